@@ -1,0 +1,47 @@
+# The two set-up commands of the README: `make demo` and `make test`. Both create .venv when absent.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# Triton runs on the CPU interpreter unless a GPU is present.
+export TRITON_INTERPRET ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 0 || echo 1)
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: venv build test test-fast demo bench ctest clean
+
+$(STAMP): requirements.txt pyproject.toml setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+venv: $(STAMP)
+
+# Rebuilds the extension in place when a C++/CUDA source changed (ninja; a no-op otherwise).
+build: $(STAMP)
+	flock /tmp/helo_fast_build.lock $(PY) setup.py -q build_ext --inplace
+
+test: build
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# Skips the slow and torch.compile tests (for a quick local loop; CI runs `make test`).
+test-fast: build
+	$(PY) -m pytest -q -m "not slow and not compile" $(PYTEST_ARGS) tests
+
+demo: build
+	$(PY) -m helo_fast demo
+
+bench: build
+	$(PY) -m pytest -q benchmarks --benchmark-json=benchmarks/results/latest.json $(BENCH_ARGS)
+	$(PY) -m benchmarks.report benchmarks/results/latest.json
+
+# C++ users: the same sources built against libtorch with CMake, plus the C++ unit test.
+ctest: $(STAMP)
+	cmake -S . -B build/cmake -G Ninja -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" -DCMAKE_BUILD_TYPE=Release
+	cmake --build build/cmake -j2
+	cd build/cmake && ctest --output-on-failure
+
+clean:
+	rm -rf build helo_fast/_C*.so .pytest_cache .benchmarks

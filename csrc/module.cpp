@@ -1,0 +1,10 @@
+// Python module entry point of helo_fast._C. The ops themselves register through
+// TORCH_LIBRARY_FRAGMENT / TORCH_LIBRARY_IMPL in their own files; importing the module loads them.
+#include <torch/extension.h>
+
+bool helo_fast_cuda_built();
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "helo_fast fused kernels (ops live under torch.ops.helo_fast)";
+  m.def("cuda_built", &helo_fast_cuda_built, "True when the CUDA kernels were compiled into this build");
+}

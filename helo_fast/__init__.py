@@ -1,0 +1,13 @@
+"""helo_fast: the HeLo emotion-distribution-learning model with fused OT and attention kernels.
+
+Public ops (``helo_fast.functional``): sinkhorn, ipot, gromov_wasserstein, lcd_attention.
+Reference (plain PyTorch) versions: ``helo_fast.reference``. Metrics: ``helo_fast.metrics``.
+``env_report()`` says which backends are available here and why not.
+"""
+__version__ = "0.1.0"
+
+from .env import env_report
+from .functional import gromov_wasserstein, ipot, lcd_attention, sinkhorn
+from .metrics import edl_metrics
+
+__all__ = ["sinkhorn", "ipot", "gromov_wasserstein", "lcd_attention", "edl_metrics", "env_report", "__version__"]

@@ -1,0 +1,48 @@
+"""Counter-based random masks shared by every backend.
+
+DropKey and dropout masks are a pure function of (seed, element index, stream), so a backward pass
+regenerates them instead of storing them, and every backend (reference, C++ CPU, CUDA, Triton)
+draws bit-identical masks from the same seed. The generator is a 32-bit integer hash
+(murmur3's finaliser over a Weyl-style mix of the three inputs):
+
+    x = (index * 0x9E3779B1 + seed * 0x85EBCA77 + stream * 0xC2B2AE3D) mod 2**32
+    x ^= x >> 16; x *= 0x85EBCA6B; x ^= x >> 13; x *= 0xC2B2AE35; x ^= x >> 16   (mod 2**32)
+    u = (x >> 8) * 2**-24          # float32 in [0, 1), exact
+    dropped = u < float32(p)
+
+``index`` is the row-major linear index into [B, H, Lq, Lk]. Stream 0 is DropKey, stream 1 dropout.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+STREAM_DROPKEY = 0
+STREAM_DROPOUT = 1
+_M32 = 0xFFFFFFFF
+
+
+def hash_uniform(seed: int, shape, stream: int, device=None) -> torch.Tensor:
+    """Float32 uniforms in [0, 1) of the given shape, a pure function of (seed, index, stream)."""
+    numel = 1
+    for s in shape:
+        numel *= int(s)
+    x = torch.arange(numel, dtype=torch.int64, device=device)
+    x = (x * 0x9E3779B1 + ((seed & _M32) * 0x85EBCA77 + stream * 0xC2B2AE3D)) & _M32
+    x = x ^ (x >> 16)
+    x = (x * 0x85EBCA6B) & _M32
+    x = x ^ (x >> 13)
+    x = (x * 0xC2B2AE35) & _M32
+    x = x ^ (x >> 16)
+    return ((x >> 8).to(torch.float32) * (2.0 ** -24)).reshape(tuple(shape))
+
+
+def bernoulli_mask(seed: int, shape, p: float, stream: int, device=None) -> torch.Tensor:
+    """Bool mask, True with probability ``p`` (True = dropped); identical on every backend."""
+    return hash_uniform(seed, shape, stream, device) < torch.tensor(p, dtype=torch.float32)
+
+
+def draw_seed(generator: Optional[torch.Generator] = None) -> int:
+    """Draw a 31-bit seed from ``generator`` (the default CPU generator when None)."""
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())

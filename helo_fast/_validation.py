@@ -1,0 +1,230 @@
+"""The one input-validation helper shared by every backend.
+
+Every public op calls one ``validate_*`` function here before any kernel runs, so a bad input
+raises the same ``TypeError``/``ValueError`` (naming the argument and what was expected) whatever
+the backend. Checks that need the tensor *values* (finiteness, marginal mass) are skipped while
+``torch.compile`` traces, because they would force a graph break; they run in eager mode.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+GRAD_MODES = ("none", "unrolled")
+OT_SOLVERS = ("ipot", "sinkhorn")
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def check_tensor(name: str, t, *, ndim: Optional[int] = None, dtypes: Sequence[torch.dtype] = FLOAT_DTYPES) -> None:
+    """Raise TypeError unless ``t`` is a tensor of one of ``dtypes``; ValueError on wrong ndim."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in dtypes:
+        allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have dtype in ({allowed}), got {str(t.dtype).replace('torch.', '')}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D tensor, got shape {tuple(t.shape)}")
+
+
+def check_shape(name: str, t: torch.Tensor, expected: Sequence[int], what: str) -> None:
+    """Raise ValueError unless ``t.shape == expected``; ``what`` spells the expected shape in symbols."""
+    if tuple(t.shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {what} = {tuple(expected)}, got {tuple(t.shape)}")
+
+
+def check_same(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    """Raise unless ``t`` has the dtype and device of ``ref``."""
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")
+    if t.device != ref.device:
+        raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}), got {t.device}")
+
+
+def check_positive(name: str, value) -> float:
+    """Raise unless ``value`` is a finite real number > 0; return it as float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float > 0, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite float > 0, got {value}")
+    return float(value)
+
+
+def check_probability(name: str, value) -> float:
+    """Raise unless ``0 <= value < 1``; return it as float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float in [0, 1), got {type(value).__name__}")
+    if not (0.0 <= value < 1.0):
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return float(value)
+
+
+def check_int_at_least(name: str, value, minimum: int) -> int:
+    """Raise unless ``value`` is an int >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return value
+
+
+def check_choice(name: str, value, choices: Sequence[str]) -> str:
+    """Raise ValueError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    """Raise ValueError if ``t`` holds NaN or inf (skipped while torch.compile traces)."""
+    if _tracing():
+        return
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or inf; pass finite values (or check_finite=False to skip this check)")
+
+
+def _marginal(name: str, t: Optional[torch.Tensor], batch: int, size: int, sym: str, cost: torch.Tensor) -> torch.Tensor:
+    if t is None:
+        return torch.full((batch, size), 1.0 / size, dtype=cost.dtype, device=cost.device)
+    check_tensor(name, t, ndim=2)
+    check_shape(name, t, (batch, size), f"[B, {sym}]")
+    check_same(name, t, "cost", cost)
+    if not _tracing() and bool((t < 0).any()):
+        raise ValueError(f"{name} must be non-negative (a marginal distribution), got a negative entry")
+    return t
+
+
+def validate_marginals(a, b, cost: torch.Tensor, *, cost_name: str = "cost"):
+    """Fill ``None`` marginals with uniform ones and check a [B,n], b [B,m] have equal positive mass.
+
+    cost: [B, n, m] (only its sizes, dtype and device are used).
+    Returns (a, b).
+    """
+    batch, n, m = cost.shape
+    a = _marginal("a", a, batch, n, "n", cost)
+    b = _marginal("b", b, batch, m, "m", cost)
+    if not _tracing():
+        mass_a, mass_b = a.sum(-1), b.sum(-1)
+        if bool((mass_a <= 0).any()):
+            raise ValueError("a must have positive total mass in every batch entry")
+        tol = 1e-4 if a.dtype in (torch.float16, torch.bfloat16) else (1e-5 if a.dtype == torch.float32 else 1e-10)
+        if bool(((mass_a - mass_b).abs() > tol * mass_a.abs().clamp_min(1)).any()):
+            raise ValueError(
+                f"a and b must have equal total mass per batch entry (within {tol:g}); "
+                f"got max |sum(a) - sum(b)| = {float((mass_a - mass_b).abs().max()):.3g}"
+            )
+    return a, b
+
+
+def validate_ot(cost, a, b, *, reg_name: str, reg, n_iters_name: str, n_iters, grad: str, check_finite_values: bool = True):
+    """Validate a batched OT problem; return (a, b) with ``None`` replaced by uniform marginals.
+
+    cost: [B, n, m] float tensor; a: [B, n] or None; b: [B, m] or None.
+    """
+    check_tensor("cost", cost, ndim=3)
+    if cost.shape[1] < 1 or cost.shape[2] < 1 or cost.shape[0] < 1:
+        raise ValueError(f"cost must have shape [B, n, m] with B, n, m >= 1, got {tuple(cost.shape)}")
+    check_positive(reg_name, reg)
+    check_int_at_least(n_iters_name, n_iters, 1)
+    check_choice("grad", grad, GRAD_MODES)
+    if check_finite_values:
+        check_finite("cost", cost)
+    return validate_marginals(a, b, cost)
+
+
+def validate_gromov(cs, ct, a, b, *, eps, outer_iters, inner_iters, solver: str, grad: str, check_finite_values: bool = True):
+    """Validate a batched Gromov-Wasserstein problem; return (a, b) with uniform defaults.
+
+    cs: [B, n, n] source structure matrix; ct: [B, m, m] target structure matrix.
+    """
+    check_tensor("cs", cs, ndim=3)
+    check_tensor("ct", ct, ndim=3)
+    if cs.shape[1] != cs.shape[2] or cs.shape[1] < 1:
+        raise ValueError(f"cs must have shape [B, n, n], got {tuple(cs.shape)}")
+    if ct.shape[1] != ct.shape[2] or ct.shape[1] < 1:
+        raise ValueError(f"ct must have shape [B, m, m], got {tuple(ct.shape)}")
+    if ct.shape[0] != cs.shape[0]:
+        raise ValueError(f"ct must have the batch size of cs ({cs.shape[0]}), got {ct.shape[0]}")
+    check_same("ct", ct, "cs", cs)
+    check_positive("eps", eps)
+    check_int_at_least("outer_iters", outer_iters, 1)
+    check_int_at_least("inner_iters", inner_iters, 1)
+    check_choice("solver", solver, OT_SOLVERS)
+    check_choice("grad", grad, GRAD_MODES)
+    if check_finite_values:
+        check_finite("cs", cs)
+        check_finite("ct", ct)
+    # Marginals are checked against a virtual [B, n, m] cost.
+    return validate_marginals(a, b, _SizeOnly(cs, ct.shape[1]))
+
+
+class _SizeOnly:
+    """Stand-in for a [B, n, m] cost: carries shape, dtype and device without allocating."""
+
+    def __init__(self, cs: torch.Tensor, m: int):
+        self.shape = (cs.shape[0], cs.shape[1], m)
+        self.dtype = cs.dtype
+        self.device = cs.device
+
+
+def validate_attention(q, k, v, bias, residual, ln_weight, ln_bias, *, scale, dropkey_p, dropout_p, ln_eps,
+                       dropkey_mask=None, dropout_mask=None, check_finite_values: bool = True):
+    """Validate the inputs of ``lcd_attention``; return the effective scale.
+
+    q: [B, H, Lq, D]; k, v: [B, H, Lk, D]; bias broadcastable to [B, H, Lq, Lk];
+    residual: [B, Lq, H*D]; ln_weight, ln_bias: [H*D]; masks: bool [B, H, Lq, Lk].
+    """
+    check_tensor("q", q, ndim=4)
+    check_tensor("k", k, ndim=4)
+    check_tensor("v", v, ndim=4)
+    batch, heads, lq, dim = q.shape
+    lk = k.shape[2]
+    if min(batch, heads, lq, dim) < 1 or lk < 1:
+        raise ValueError(f"q must have shape [B, H, Lq, D] with all sizes >= 1, got {tuple(q.shape)}")
+    check_shape("k", k, (batch, heads, lk, dim), "[B, H, Lk, D]")
+    check_shape("v", v, (batch, heads, lk, dim), "[B, H, Lk, D]")
+    check_same("k", k, "q", q)
+    check_same("v", v, "q", q)
+    if bias is not None:
+        check_tensor("bias", bias)
+        check_same("bias", bias, "q", q)
+        try:
+            shape = torch.broadcast_shapes(bias.shape, (batch, heads, lq, lk))
+        except RuntimeError:
+            shape = None
+        if shape != (batch, heads, lq, lk):
+            raise ValueError(f"bias must be broadcastable to [B, H, Lq, Lk] = {(batch, heads, lq, lk)}, got {tuple(bias.shape)}")
+    if residual is not None:
+        check_tensor("residual", residual, ndim=3)
+        check_shape("residual", residual, (batch, lq, heads * dim), "[B, Lq, H*D]")
+        check_same("residual", residual, "q", q)
+    if ln_bias is not None and ln_weight is None:
+        raise ValueError("ln_bias needs ln_weight: LayerNorm is applied when ln_weight is given")
+    for name, t in (("ln_weight", ln_weight), ("ln_bias", ln_bias)):
+        if t is not None:
+            check_tensor(name, t, ndim=1)
+            check_shape(name, t, (heads * dim,), "[H*D]")
+            check_same(name, t, "q", q)
+    for name, t in (("dropkey_mask", dropkey_mask), ("dropout_mask", dropout_mask)):
+        if t is not None:
+            check_tensor(name, t, dtypes=(torch.bool,))
+            check_shape(name, t, (batch, heads, lq, lk), "[B, H, Lq, Lk]")
+            if t.device != q.device:
+                raise ValueError(f"{name} must be on the device of q ({q.device}), got {t.device}")
+    check_probability("dropkey_p", dropkey_p)
+    check_probability("dropout_p", dropout_p)
+    check_positive("ln_eps", ln_eps)
+    if scale is None:
+        scale = dim ** -0.5
+    else:
+        scale = check_positive("scale", scale)
+    if check_finite_values:
+        for name, t in (("q", q), ("k", k), ("v", v), ("bias", bias), ("residual", residual)):
+            if t is not None:
+                check_finite(name, t)
+    return scale

@@ -1,0 +1,68 @@
+"""Reference small-sequence attention (HELO_SPEC §3, §4.8, §6) in plain PyTorch."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import _rng
+from .._validation import validate_attention
+
+DROPKEY_VALUE = -1e12  # finite on purpose: a fully masked row gets uniform weights, never NaN
+
+
+def dropkey_value(dtype: torch.dtype) -> float:
+    """-1e12, or half the most negative finite value where -1e12 would overflow (float16)."""
+    return max(DROPKEY_VALUE, torch.finfo(dtype).min / 2)
+
+
+def attention_masks(shape, dropkey_p, dropout_p, generator=None, dropkey_mask=None, dropout_mask=None, device=None):
+    """Return (dropkey_mask, dropout_mask), bool [B, H, Lq, Lk] or None (True = dropped).
+
+    Explicit masks are returned as given; otherwise a mask is drawn for each p > 0 from one seed
+    taken from ``generator`` with the counter-based hash of ``helo_fast._rng`` (same on all backends).
+    """
+    if (dropkey_p > 0 and dropkey_mask is None) or (dropout_p > 0 and dropout_mask is None):
+        seed = _rng.draw_seed(generator)
+        if dropkey_p > 0 and dropkey_mask is None:
+            dropkey_mask = _rng.bernoulli_mask(seed, shape, dropkey_p, _rng.STREAM_DROPKEY, device)
+        if dropout_p > 0 and dropout_mask is None:
+            dropout_mask = _rng.bernoulli_mask(seed, shape, dropout_p, _rng.STREAM_DROPOUT, device)
+    return dropkey_mask, dropout_mask
+
+
+def lcd_attention(q, k, v, bias=None, *, scale=None, dropkey_p=0.0, dropout_p=0.0, residual=None,
+                  ln_weight=None, ln_bias=None, ln_eps=1e-5, bias_before_scale=True, generator=None,
+                  dropkey_mask=None, dropout_mask=None, check_finite=True):
+    """Attention fused end to end: bias, DropKey, softmax, dropout, A·V, residual, LayerNorm.
+
+    q: [B, H, Lq, D]; k, v: [B, H, Lk, D]; bias broadcastable to [B, H, Lq, Lk];
+    residual: [B, Lq, H*D]; ln_weight, ln_bias: [H*D] (LayerNorm applied when ln_weight is given).
+    logits = (q k^T + bias) * scale if bias_before_scale else q k^T * scale + bias
+    (scale defaults to D**-0.5); DropKey adds -1e12 to each logit with probability dropkey_p;
+    dropout zeroes each weight with probability dropout_p and rescales by 1/(1 - dropout_p).
+    Explicit bool masks (True = dropped) override the random ones.
+    Returns [B, Lq, H*D]: heads concatenated, plus residual, then LayerNorm.
+    """
+    scale = validate_attention(q, k, v, bias, residual, ln_weight, ln_bias, scale=scale, dropkey_p=dropkey_p,
+                               dropout_p=dropout_p, ln_eps=ln_eps, dropkey_mask=dropkey_mask,
+                               dropout_mask=dropout_mask, check_finite_values=check_finite)
+    batch, heads, lq, dim = q.shape
+    dropkey_mask, dropout_mask = attention_masks((batch, heads, lq, k.shape[2]), dropkey_p, dropout_p, generator,
+                                                 dropkey_mask, dropout_mask, q.device)
+    logits = q @ k.transpose(-1, -2)
+    if bias is not None and bias_before_scale:
+        logits = logits + bias
+    logits = logits * scale
+    if bias is not None and not bias_before_scale:
+        logits = logits + bias
+    if dropkey_mask is not None:
+        logits = logits + dropkey_mask.to(logits.dtype) * dropkey_value(logits.dtype)
+    weights = torch.softmax(logits, dim=-1)
+    if dropout_mask is not None:
+        weights = weights * (~dropout_mask).to(weights.dtype) / (1.0 - dropout_p)
+    out = (weights @ v).transpose(1, 2).reshape(batch, lq, heads * dim)
+    if residual is not None:
+        out = out + residual
+    if ln_weight is not None:
+        out = F.layer_norm(out, (heads * dim,), ln_weight, ln_bias, ln_eps)
+    return out
