@@ -1,0 +1,46 @@
+"""Shared set-up of the pytest-benchmark suites.
+
+Conventions every benchmark follows (benchmarks/report.py relies on them):
+- ``benchmark.group`` = "<op> <shape> <pass>", e.g. "gromov_wasserstein B=128 n=36 fwd+bwd";
+- ``benchmark.extra_info`` holds "op", "provider" (reference | compile | pot | pot_batch | sdpa | cpp |
+  triton), "pass" ("fwd" or "fwd+bwd"), "size" (a short label), "batch" (B), "device", "dtype", and,
+  where measured, "saved_bytes" (bytes autograd keeps for backward) or "cuda_peak_bytes";
+- the "reference" provider (eager plain PyTorch) is the denominator of every speed-up ratio.
+CPU runs use 2 threads (HELO_BENCH_THREADS overrides). On CUDA the timed function synchronises.
+"""
+import os
+
+import pytest
+import torch
+
+THREADS = int(os.environ.get("HELO_BENCH_THREADS", "2"))
+DEVICE = torch.device(os.environ.get("HELO_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def pytest_configure(config):
+    torch.set_num_threads(THREADS)
+
+
+@pytest.fixture
+def device():
+    return DEVICE
+
+
+def synchronized(fn):
+    """Wrap ``fn`` so its time includes the GPU work it queued."""
+    if DEVICE.type != "cuda":
+        return fn
+
+    def run(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        torch.cuda.synchronize()
+        return out
+
+    return run
+
+
+def record(benchmark, *, op, provider, pass_, size, batch, dtype, **extra):
+    """Fill ``benchmark.group``/``extra_info`` with the suite's conventions."""
+    benchmark.group = f"{op} {size} {pass_}"
+    benchmark.extra_info.update(op=op, provider=provider, **{"pass": pass_}, size=size, batch=batch,
+                                device=str(DEVICE), dtype=str(dtype).replace("torch.", ""), threads=THREADS, **extra)
