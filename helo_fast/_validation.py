@@ -32,6 +32,12 @@ def check_tensor(name: str, t, *, ndim: Optional[int] = None, dtypes: Sequence[t
         raise ValueError(f"{name} must be a {ndim}-D tensor, got shape {tuple(t.shape)}")
 
 
+def device_of(name: str, t) -> torch.device:
+    """The device of tensor ``t``, raising TypeError first if ``t`` is not a float tensor."""
+    check_tensor(name, t)
+    return t.device
+
+
 def check_shape(name: str, t: torch.Tensor, expected: Sequence[int], what: str) -> None:
     """Raise ValueError unless ``t.shape == expected``; ``what`` spells the expected shape in symbols."""
     if tuple(t.shape) != tuple(expected):

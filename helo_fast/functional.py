@@ -6,7 +6,7 @@ and ``check_finite=True`` (NaN/inf inputs raise ValueError; False skips that che
 from __future__ import annotations
 
 from . import _backend, _ops, reference
-from ._validation import validate_attention, validate_gromov, validate_ot
+from ._validation import device_of, validate_attention, validate_gromov, validate_ot
 
 
 def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", backend="auto", check_finite=True):
@@ -14,7 +14,7 @@ def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", backend="au
 
     cost: [B, n, m]; a: [B, n], b: [B, m] (None = uniform). Returns the plan [B, n, m].
     """
-    backend = _backend.choose_backend(backend, cost.device, "sinkhorn")
+    backend = _backend.choose_backend(backend, device_of("cost", cost), "sinkhorn")
     if backend == "reference":
         return reference.sinkhorn(cost, a, b, eps=eps, n_iters=n_iters, grad=grad, check_finite=check_finite)
     a, b = validate_ot(cost, a, b, reg_name="eps", reg=eps, n_iters_name="n_iters", n_iters=n_iters, grad=grad,
@@ -27,7 +27,7 @@ def ipot(cost, a=None, b=None, *, beta, n_iters, grad="none", backend="auto", ch
 
     cost: [B, n, m]; a: [B, n], b: [B, m] (None = uniform). Returns the plan [B, n, m].
     """
-    backend = _backend.choose_backend(backend, cost.device, "ipot")
+    backend = _backend.choose_backend(backend, device_of("cost", cost), "ipot")
     if backend == "reference":
         return reference.ipot(cost, a, b, beta=beta, n_iters=n_iters, grad=grad, check_finite=check_finite)
     a, b = validate_ot(cost, a, b, reg_name="beta", reg=beta, n_iters_name="n_iters", n_iters=n_iters, grad=grad,
@@ -41,7 +41,7 @@ def gromov_wasserstein(cs, ct, a=None, b=None, *, eps=0.1, outer_iters=5, inner_
 
     cs: [B, n, n], ct: [B, m, m]; a: [B, n], b: [B, m] (None = uniform). Returns the plan [B, n, m].
     """
-    backend = _backend.choose_backend(backend, cs.device, "gromov_wasserstein")
+    backend = _backend.choose_backend(backend, device_of("cs", cs), "gromov_wasserstein")
     if backend == "reference":
         return reference.gromov_wasserstein(cs, ct, a, b, eps=eps, outer_iters=outer_iters, inner_iters=inner_iters,
                                             solver=solver, grad=grad, check_finite=check_finite)
@@ -62,7 +62,7 @@ def lcd_attention(q, k, v, bias=None, *, scale=None, dropkey_p=0.0, dropout_p=0.
     kwargs = dict(dropkey_p=dropkey_p, dropout_p=dropout_p, residual=residual, ln_weight=ln_weight, ln_bias=ln_bias,
                   ln_eps=ln_eps, bias_before_scale=bias_before_scale, generator=generator,
                   dropkey_mask=dropkey_mask, dropout_mask=dropout_mask)
-    backend = _backend.choose_backend(backend, q.device, "lcd_attention")
+    backend = _backend.choose_backend(backend, device_of("q", q), "lcd_attention")
     if backend == "reference":
         return reference.lcd_attention(q, k, v, bias, scale=scale, check_finite=check_finite, **kwargs)
     scale = validate_attention(q, k, v, bias, residual, ln_weight, ln_bias, scale=scale, dropkey_p=dropkey_p,

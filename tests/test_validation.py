@@ -1,0 +1,146 @@
+"""Every validation rule: the wrong input raises a clear error naming the argument, on every backend."""
+import math
+
+import pytest
+import torch
+
+import helo_fast as hf
+from helo_fast import _backend, _ext
+
+BACKENDS = ["reference", "auto"]
+
+
+def ot_inputs(batch=2, n=3, m=4, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(0)
+    return torch.rand(batch, n, m, generator=gen, dtype=dtype)
+
+
+OT_CASES = [
+    (dict(cost="not a tensor"), TypeError, "cost must be a torch.Tensor"),
+    (dict(cost=torch.ones(2, 3, 4, dtype=torch.int64)), TypeError, "cost must have dtype"),
+    (dict(cost=torch.rand(3, 4)), ValueError, r"cost must be a 3-D tensor"),
+    (dict(cost=torch.rand(2, 0, 4)), ValueError, r"cost must have shape \[B, n, m\]"),
+    (dict(eps=0.0), ValueError, "eps must be a finite float > 0"),
+    (dict(eps=-1.0), ValueError, "eps must be a finite float > 0"),
+    (dict(eps=math.nan), ValueError, "eps must be a finite float > 0"),
+    (dict(eps="0.1"), TypeError, "eps must be a float > 0"),
+    (dict(n_iters=0), ValueError, "n_iters must be an int >= 1"),
+    (dict(n_iters=2.0), TypeError, "n_iters must be an int >= 1"),
+    (dict(grad="implicit!"), ValueError, "grad must be one of"),
+    (dict(a=torch.full((2, 4), 0.25, dtype=torch.float64)), ValueError, r"a must have shape \[B, n\]"),
+    (dict(b=torch.full((2, 3), 1 / 3, dtype=torch.float64)), ValueError, r"b must have shape \[B, m\]"),
+    (dict(a=torch.tensor([[0.5, 0.7, -0.2]] * 2, dtype=torch.float64)), ValueError, "a must be non-negative"),
+    (dict(a=torch.full((2, 3), 0.5, dtype=torch.float64)), ValueError, "equal total mass"),
+    (dict(a=torch.full((2, 3), 1 / 3, dtype=torch.float32)), TypeError, "a must have the dtype of cost"),
+    (dict(cost=torch.tensor([[[math.nan, 1.0]]], dtype=torch.float64)), ValueError, "cost contains NaN or inf"),
+    (dict(cost=torch.tensor([[[math.inf, 1.0]]], dtype=torch.float64)), ValueError, "cost contains NaN or inf"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("change,exc,match", OT_CASES)
+def test_sinkhorn_and_ipot_reject_bad_input(change, exc, match, backend):
+    args = dict(cost=ot_inputs(), a=None, b=None, eps=0.1, n_iters=3, grad="none")
+    args.update(change)
+    with pytest.raises(exc, match=match):
+        hf.sinkhorn(args["cost"], args["a"], args["b"], eps=args["eps"], n_iters=args["n_iters"], grad=args["grad"],
+                    backend=backend)
+    with pytest.raises(exc, match=match.replace("eps", "beta")):
+        hf.ipot(args["cost"], args["a"], args["b"], beta=args["eps"], n_iters=args["n_iters"], grad=args["grad"],
+                backend=backend)
+
+
+def test_check_finite_false_skips_the_scan():
+    cost = ot_inputs()
+    cost[0, 0, 0] = math.nan
+    plan = hf.sinkhorn(cost, eps=0.1, n_iters=2, grad="none", backend="reference", check_finite=False)
+    assert bool(plan.isnan().any())  # the caller opted out: garbage in, garbage out
+
+
+def gw_inputs():
+    gen = torch.Generator().manual_seed(0)
+    return torch.rand(2, 3, 3, generator=gen, dtype=torch.float64), torch.rand(2, 4, 4, generator=gen, dtype=torch.float64)
+
+
+GW_CASES = [
+    (dict(cs=torch.rand(2, 3, 4, dtype=torch.float64)), ValueError, r"cs must have shape \[B, n, n\]"),
+    (dict(ct=torch.rand(2, 4, 5, dtype=torch.float64)), ValueError, r"ct must have shape \[B, m, m\]"),
+    (dict(ct=torch.rand(3, 4, 4, dtype=torch.float64)), ValueError, "ct must have the batch size of cs"),
+    (dict(ct=torch.rand(2, 4, 4, dtype=torch.float32)), TypeError, "ct must have the dtype of cs"),
+    (dict(eps=0.0), ValueError, "eps must be a finite float > 0"),
+    (dict(outer_iters=0), ValueError, "outer_iters must be an int >= 1"),
+    (dict(inner_iters=0), ValueError, "inner_iters must be an int >= 1"),
+    (dict(solver="emd"), ValueError, "solver must be one of"),
+    (dict(a=torch.full((2, 4), 0.25, dtype=torch.float64)), ValueError, r"a must have shape \[B, n\]"),
+    (dict(b=torch.full((2, 4), 0.5, dtype=torch.float64)), ValueError, "equal total mass"),
+    (dict(cs=torch.full((2, 3, 3), math.nan, dtype=torch.float64)), ValueError, "cs contains NaN or inf"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("change,exc,match", GW_CASES)
+def test_gromov_rejects_bad_input(change, exc, match, backend):
+    cs, ct = gw_inputs()
+    args = dict(cs=cs, ct=ct, a=None, b=None, eps=0.1, outer_iters=2, inner_iters=2, solver="ipot")
+    args.update(change)
+    with pytest.raises(exc, match=match):
+        hf.gromov_wasserstein(args.pop("cs"), args.pop("ct"), args.pop("a"), args.pop("b"), backend=backend, **args)
+
+
+def attention_inputs(batch=2, heads=2, lq=3, lk=4, dim=5, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(batch, heads, lq, dim, generator=gen, dtype=dtype)
+    k = torch.randn(batch, heads, lk, dim, generator=gen, dtype=dtype)
+    v = torch.randn(batch, heads, lk, dim, generator=gen, dtype=dtype)
+    return q, k, v
+
+
+ATTENTION_CASES = [
+    (dict(q=torch.randn(2, 3, 5, dtype=torch.float64)), ValueError, "q must be a 4-D tensor"),
+    (dict(q=torch.randn(2, 2, 3, 5).to(torch.int32)), TypeError, "q must have dtype"),
+    (dict(k=torch.randn(2, 2, 4, 6, dtype=torch.float64)), ValueError, r"k must have shape \[B, H, Lk, D\]"),
+    (dict(v=torch.randn(2, 2, 5, 5, dtype=torch.float64)), ValueError, r"v must have shape \[B, H, Lk, D\]"),
+    (dict(k=torch.randn(2, 2, 4, 5, dtype=torch.float32)), TypeError, "k must have the dtype of q"),
+    (dict(bias=torch.randn(3, 4, dtype=torch.float32)), TypeError, "bias must have the dtype of q"),
+    (dict(bias=torch.randn(2, 4, dtype=torch.float64)), ValueError, "bias must be broadcastable"),
+    (dict(residual=torch.randn(2, 3, 9, dtype=torch.float64)), ValueError, r"residual must have shape \[B, Lq, H\*D\]"),
+    (dict(ln_bias=torch.randn(10, dtype=torch.float64)), ValueError, "ln_bias needs ln_weight"),
+    (dict(ln_weight=torch.randn(9, dtype=torch.float64)), ValueError, r"ln_weight must have shape \[H\*D\]"),
+    (dict(dropkey_mask=torch.zeros(2, 2, 3, 4)), TypeError, "dropkey_mask must have dtype"),
+    (dict(dropout_mask=torch.zeros(2, 2, 3, 3, dtype=torch.bool)), ValueError, r"dropout_mask must have shape"),
+    (dict(dropkey_p=1.0), ValueError, r"dropkey_p must be in \[0, 1\)"),
+    (dict(dropout_p=-0.1), ValueError, r"dropout_p must be in \[0, 1\)"),
+    (dict(scale=0.0), ValueError, "scale must be a finite float > 0"),
+    (dict(ln_eps=0.0), ValueError, "ln_eps must be a finite float > 0"),
+    (dict(q=torch.full((2, 2, 3, 5), math.inf, dtype=torch.float64)), ValueError, "q contains NaN or inf"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("change,exc,match", ATTENTION_CASES)
+def test_lcd_attention_rejects_bad_input(change, exc, match, backend):
+    q, k, v = attention_inputs()
+    args = dict(q=q, k=k, v=v, bias=None)
+    args.update(change)
+    with pytest.raises(exc, match=match):
+        hf.lcd_attention(args.pop("q"), args.pop("k"), args.pop("v"), args.pop("bias"), backend=backend, **args)
+
+
+def test_unknown_backend_is_a_value_error():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        hf.sinkhorn(ot_inputs(), eps=0.1, n_iters=2, backend="cuda")
+
+
+def test_missing_extension_explicit_backend_raises_and_auto_falls_back(monkeypatch):
+    monkeypatch.setattr(_ext, "_C", None)
+    monkeypatch.setattr(_ext, "EXTENSION_ERROR", "helo_fast._C could not be imported (test)")
+    with pytest.raises(RuntimeError, match=r"backend='cpp' is unavailable for sinkhorn on cpu: helo_fast._C could not"):
+        hf.sinkhorn(ot_inputs(), eps=0.1, n_iters=2, backend="cpp")
+    assert _backend.choose_backend("auto", torch.device("cpu"), "sinkhorn") == "reference"
+    assert "helo_fast._C could not be imported" in hf.env_report()["backends"]["cpp[cpu]"]
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    reason = _backend.unavailable_reason("triton", torch.device("cpu"))
+    assert reason is not None and ("TRITON_INTERPRET=1" in reason or "triton is not installed" in reason)
