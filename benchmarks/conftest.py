@@ -44,3 +44,16 @@ def record(benchmark, *, op, provider, pass_, size, batch, dtype, **extra):
     benchmark.group = f"{op} {size} {pass_}"
     benchmark.extra_info.update(op=op, provider=provider, **{"pass": pass_}, size=size, batch=batch,
                                 device=str(DEVICE), dtype=str(dtype).replace("torch.", ""), threads=THREADS, **extra)
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Record the versions and the GPU with the results (benchmarks/report.py prints them)."""
+    machine_info["helo_torch"] = torch.__version__
+    try:
+        import triton
+
+        machine_info["helo_triton"] = triton.__version__
+    except ImportError:
+        machine_info["helo_triton"] = "not installed"
+    machine_info["helo_cuda_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    machine_info["helo_threads"] = THREADS

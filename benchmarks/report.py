@@ -1,0 +1,233 @@
+"""Turn pytest-benchmark JSON into benchmarks/results/<machine>/REPORT.md and PNG plots.
+
+    python -m benchmarks.report benchmarks/results/latest.json [--out-root benchmarks/results] [--update-readme]
+
+Tables: median time per provider for each benchmark group, and the speed-up of each provider over
+reference eager (and over torch.compile(reference) and the peers, where they ran in the same run).
+Every number comes from the JSON; nothing is typed in.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+from collections import defaultdict
+from typing import Dict, List, Optional
+
+PROVIDER_ORDER = ["reference", "compile", "pot", "pot_batch", "sdpa", "cpp", "triton"]
+BASELINES = ["reference", "compile", "pot", "pot_batch", "sdpa"]
+README_BEGIN, README_END = "<!-- performance:begin -->", "<!-- performance:end -->"
+
+
+def load_rows(data: dict) -> List[dict]:
+    """One row per benchmark: op, provider, pass, size, batch, device, median (s), memory fields."""
+    rows = []
+    for bench in data.get("benchmarks", []):
+        info = bench.get("extra_info", {})
+        if "provider" not in info:
+            continue
+        rows.append({
+            "group": bench.get("group") or bench["name"],
+            "op": info.get("op", "?"),
+            "provider": info["provider"],
+            "pass": info.get("pass", "fwd"),
+            "size": info.get("size", ""),
+            "batch": info.get("batch"),
+            "device": info.get("device", "cpu"),
+            "dtype": info.get("dtype", ""),
+            "median": bench["stats"]["median"],
+            "saved_bytes": info.get("saved_bytes"),
+            "cuda_peak_bytes": info.get("cuda_peak_bytes"),
+        })
+    return rows
+
+
+def machine_name(data: dict, rows: List[dict]) -> str:
+    """A folder name for the machine: the GPU name on CUDA runs, else the CPU brand and thread count."""
+    cuda_devices = {r["device"] for r in rows if r["device"].startswith("cuda")}
+    info = data.get("machine_info", {})
+    if cuda_devices and info.get("helo_cuda_device"):
+        label = info["helo_cuda_device"]
+    else:
+        cpu = info.get("cpu", {}) or {}
+        label = f"cpu-{cpu.get('brand_raw') or info.get('processor') or 'unknown'}-{_threads(data)}t"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-").lower()
+
+
+def _threads(data: dict) -> str:
+    for bench in data.get("benchmarks", []):
+        if "threads" in bench.get("extra_info", {}):
+            return str(bench["extra_info"]["threads"])
+    return "?"
+
+
+def format_time(seconds: float) -> str:
+    for unit, factor in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= factor:
+            return f"{seconds / factor:.3g} {unit}"
+    return f"{seconds * 1e9:.3g} ns"
+
+
+def format_bytes(n: Optional[int]) -> str:
+    if n is None:
+        return "–"
+    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= factor:
+            return f"{n / factor:.3g} {unit}"
+    return f"{n} B"
+
+
+def group_rows(rows: List[dict]) -> Dict[str, Dict[str, dict]]:
+    """group -> provider -> row (providers in PROVIDER_ORDER first)."""
+    groups: Dict[str, Dict[str, dict]] = defaultdict(dict)
+    for row in rows:
+        groups[row["group"]][row["provider"]] = row
+    return groups
+
+
+def _ordered(providers) -> List[str]:
+    known = [p for p in PROVIDER_ORDER if p in providers]
+    return known + sorted(p for p in providers if p not in PROVIDER_ORDER)
+
+
+def speedup_table(groups: Dict[str, Dict[str, dict]]) -> str:
+    """Markdown: per group, each provider's median and its speed-up over every baseline present."""
+    lines = ["| benchmark | provider | median | vs reference | vs compile | vs peer | saved for backward |",
+             "|---|---|---|---|---|---|---|"]
+    for group in sorted(groups):
+        by_provider = groups[group]
+        peers = [p for p in ("pot", "pot_batch", "sdpa") if p in by_provider]
+        for provider in _ordered(by_provider):
+            row = by_provider[provider]
+
+            def ratio(base):
+                if base not in by_provider or base == provider:
+                    return "–"
+                return f"{by_provider[base]['median'] / row['median']:.2f}x"
+
+            peer = ", ".join(f"{ratio(p)} ({p})" for p in peers if p != provider) or "–"
+            memory = row["saved_bytes"] if row["saved_bytes"] is not None else row["cuda_peak_bytes"]
+            lines.append(f"| {group} | {provider} | {format_time(row['median'])} | {ratio('reference')} | "
+                         f"{ratio('compile')} | {peer} | {format_bytes(memory)} |")
+    return "\n".join(lines)
+
+
+def _series_key(row: dict) -> str:
+    """The group without its batch size, so one plot shows time against B."""
+    return re.sub(r"\s*B=\d+", "", f"{row['op']} {row['size']} {row['pass']}").strip()
+
+
+def make_plots(rows: List[dict], out_dir: str) -> List[str]:
+    """Time vs batch size per provider (log-log), one PNG per op/shape/pass; a memory bar chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    series: Dict[str, Dict[str, List[tuple]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if row["batch"] is not None:
+            series[_series_key(row)][row["provider"]].append((row["batch"], row["median"]))
+    for key, by_provider in sorted(series.items()):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for provider in _ordered(by_provider):
+            points = sorted(by_provider[provider])
+            ax.plot([p[0] for p in points], [p[1] * 1e3 for p in points], marker="o", label=provider)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size B")
+        ax.set_ylabel("median time (ms)")
+        ax.set_title(key)
+        ax.legend()
+        ax.grid(True, which="both", alpha=0.3)
+        path = os.path.join(out_dir, re.sub(r"[^A-Za-z0-9]+", "_", key).strip("_") + ".png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    memory_rows = [r for r in rows if (r["saved_bytes"] or r["cuda_peak_bytes"])]
+    if memory_rows:
+        fig, ax = plt.subplots(figsize=(7, max(2.5, 0.3 * len(memory_rows))))
+        labels = [f"{r['group']} [{r['provider']}]" for r in memory_rows]
+        values = [(r["saved_bytes"] or r["cuda_peak_bytes"]) / 2**20 for r in memory_rows]
+        ax.barh(labels, values)
+        ax.set_xscale("log")
+        ax.set_xlabel("MiB saved for backward (CPU) / peak (CUDA)")
+        ax.tick_params(axis="y", labelsize=7)
+        fig.tight_layout()
+        path = os.path.join(out_dir, "memory.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def render_report(data: dict, rows: List[dict], plots: List[str], out_dir: str) -> str:
+    info = data.get("machine_info", {})
+    cpu = (info.get("cpu") or {}).get("brand_raw", info.get("processor", "?"))
+    commit = data.get("commit_info", {})
+    header = [
+        "# helo_fast benchmark report",
+        "",
+        f"Generated by `python -m benchmarks.report` from pytest-benchmark JSON ({data.get('datetime', '?')}).",
+        f"Machine: {info.get('node', '?')}, CPU {cpu}, threads {_threads(data)}, "
+        f"GPU {info.get('helo_cuda_device') or 'none'}; python {info.get('python_version', '?')}, "
+        f"torch {info.get('helo_torch', '?')}, triton {info.get('helo_triton', '?')}; "
+        f"commit {str(commit.get('id', '?'))[:10]}{' (dirty)' if commit.get('dirty') else ''}.",
+        "",
+        "Speed-ups are ratios of medians measured in the same run (> 1 means faster than the baseline).",
+        "",
+        speedup_table(group_rows(rows)),
+        "",
+    ]
+    header += [f"![{os.path.basename(p)}]({os.path.relpath(p, out_dir)})" for p in plots]
+    return "\n".join(header) + "\n"
+
+
+def update_readme(readme: str, report_path: str, table: str, plot: Optional[str]) -> None:
+    """Replace the README block between the performance markers with the generated table and plot."""
+    with open(readme) as fh:
+        text = fh.read()
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_BEGIN} ... {README_END} block to update")
+    root = os.path.dirname(os.path.abspath(readme))
+    body = [README_BEGIN, f"Generated from `{os.path.relpath(report_path, root)}` by `python -m benchmarks.report`.", "",
+            table, ""]
+    if plot:
+        body.append(f"![time vs batch]({os.path.relpath(plot, root)})")
+    body.append(README_END)
+    start, end = text.index(README_BEGIN), text.index(README_END) + len(README_END)
+    with open(readme, "w") as fh:
+        fh.write(text[:start] + "\n".join(body) + text[end:])
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("json_path")
+    parser.add_argument("--out-root", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--update-readme", metavar="README", default=None)
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+    with open(args.json_path) as fh:
+        data = json.load(fh)
+    rows = load_rows(data)
+    if not rows:
+        raise SystemExit(f"{args.json_path}: no benchmark with extra_info['provider'] found")
+    out_dir = os.path.join(args.out_root, machine_name(data, rows))
+    os.makedirs(out_dir, exist_ok=True)
+    shutil.copyfile(args.json_path, os.path.join(out_dir, "results.json"))
+    plots = [] if args.no_plots else make_plots(rows, out_dir)
+    report_path = os.path.join(out_dir, "REPORT.md")
+    with open(report_path, "w") as fh:
+        fh.write(render_report(data, rows, plots, out_dir))
+    if args.update_readme:
+        update_readme(args.update_readme, report_path, speedup_table(group_rows(rows)), plots[0] if plots else None)
+    print(f"wrote {report_path} ({len(rows)} benchmarks, {len(plots)} plots)")
+    return report_path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""benchmarks/report.py computes its tables from the JSON (fed a small hand-made file here)."""
+import json
+import os
+
+import pytest
+
+from benchmarks import report
+
+
+def bench(group, provider, median, batch=128, saved=None):
+    return {"name": f"test[{provider}]", "group": group, "stats": {"median": median},
+            "extra_info": {"op": "gromov_wasserstein", "provider": provider, "pass": "fwd", "size": f"B={batch} n=36",
+                           "batch": batch, "device": "cpu", "dtype": "float32", "threads": 2, "saved_bytes": saved}}
+
+
+@pytest.fixture
+def results(tmp_path):
+    data = {"machine_info": {"node": "box", "cpu": {"brand_raw": "Test CPU 9000"}, "python_version": "3.11"},
+            "commit_info": {"id": "abcdef1234567", "dirty": False}, "datetime": "2026-11-24",
+            "benchmarks": [bench("gw B=128 fwd", "reference", 0.020, saved=4 << 20),
+                           bench("gw B=128 fwd", "compile", 0.010),
+                           bench("gw B=128 fwd", "cpp", 0.001, saved=1 << 10),
+                           bench("gw B=1024 fwd", "reference", 0.160, batch=1024),
+                           bench("gw B=1024 fwd", "cpp", 0.004, batch=1024),
+                           {"name": "unrelated", "group": None, "stats": {"median": 1.0}, "extra_info": {}}]}
+    path = tmp_path / "in.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_table_ratios_come_from_the_json(results, tmp_path):
+    rows = report.load_rows(json.loads(results.read_text()))
+    assert len(rows) == 5
+    table = report.speedup_table(report.group_rows(rows))
+    assert "| gw B=128 fwd | cpp | 1 ms | 20.00x | 10.00x | – | 1 KiB |" in table
+    assert "| gw B=128 fwd | reference | 20 ms | – | 0.50x | – | 4 MiB |" in table
+    assert "| gw B=1024 fwd | cpp | 4 ms | 40.00x | – | – | – |" in table
+
+
+def test_main_writes_report_plots_and_readme_block(results, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.README_BEGIN}\nold\n{report.README_END}\ntail\n")
+    path = report.main([str(results), "--out-root", str(tmp_path / "out"), "--update-readme", str(readme)])
+    assert os.path.dirname(path).endswith("cpu-test-cpu-9000-2t")
+    text = open(path).read()
+    assert "20.00x" in text and "commit abcdef1234" in text
+    pngs = [f for f in os.listdir(os.path.dirname(path)) if f.endswith(".png")]
+    assert "memory.png" in pngs and len(pngs) == 2
+    new_readme = readme.read_text()
+    assert "old" not in new_readme and "40.00x" in new_readme and new_readme.endswith("tail\n")
+
+
+def test_json_without_our_benchmarks_is_an_error(tmp_path):
+    path = tmp_path / "empty.json"
+    path.write_text(json.dumps({"benchmarks": []}))
+    with pytest.raises(SystemExit, match="no benchmark"):
+        report.main([str(path), "--out-root", str(tmp_path)])
