@@ -1,0 +1,6 @@
+"""The HeLo model (``HeLo``, ``HeLoConfig``) and its loss; see HELO_SPEC.md."""
+from .config import RELEASE_DEFECTS, HeLoConfig
+from .helo import HeLo, HeLoOutput, module_classes
+from .loss import HeLoLoss, helo_loss
+
+__all__ = ["HeLo", "HeLoConfig", "HeLoOutput", "HeLoLoss", "helo_loss", "module_classes", "RELEASE_DEFECTS"]

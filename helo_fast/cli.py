@@ -1,0 +1,208 @@
+"""``helo-fast`` command line: ``train``, ``eval`` and ``demo`` (also ``python -m helo_fast``).
+
+Errors the user can fix (missing dataset path, wrong file layout, bad option value) print one line
+``helo-fast: error: ...`` and exit with status 2, like argparse's own errors for unknown options.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import os
+import sys
+from typing import List, Optional
+
+from .data import DATASETS, PROTOCOLS, load_dataset
+from .models import HeLoConfig
+from .models.config import FAITHFUL_TO, MODEL_BACKENDS
+
+PROG = "helo-fast"
+
+
+def _config_value(field: dataclasses.Field, text: str):
+    kind = str(field.type)
+    if "bool" in kind:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"--config {field.name}=... needs true/false, got {text!r}")
+    if "int" in kind:
+        return int(text)
+    if "float" in kind:
+        return float(text)
+    return text
+
+
+def parse_config_overrides(items: List[str]) -> dict:
+    """["d_model=64", "ot_grad=true"] -> {"d_model": 64, "ot_grad": True}, checked against HeLoConfig."""
+    fields = {f.name: f for f in dataclasses.fields(HeLoConfig)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--config expects KEY=VALUE, got {item!r}")
+        if key not in fields:
+            raise ValueError(f"--config: unknown HeLoConfig field {key!r}; known: {', '.join(fields)}")
+        try:
+            out[key] = _config_value(fields[key], value)
+        except ValueError as exc:
+            raise ValueError(f"--config {key}: {exc}") from None
+    return out
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=DATASETS, default="synthetic", help="default: the embedded synthetic dataset")
+    g.add_argument("--data-path", help="DMER: directory of <id>.mat; WESAD: root with SX/SX.pkl")
+    g.add_argument("--subjects", nargs="+", help="only these subject ids (DMER: 1 2 5; WESAD: S2 S3)")
+    g.add_argument("--synthetic-subjects", type=int, default=8)
+    g.add_argument("--synthetic-trials", type=int, default=20, help="trials per synthetic subject")
+    g.add_argument("--synthetic-rows", type=int, default=5, help="rows per synthetic trial")
+    g.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic dataset")
+    g.add_argument("--window-s", type=float, default=10.0, help="WESAD window length in seconds")
+
+
+def _add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--output-json", help="write the summary here (train default: <checkpoint-dir>/results.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of ``helo-fast`` (sub-commands train, eval, demo)."""
+    parser = argparse.ArgumentParser(prog=PROG, description="Train and evaluate HeLo (multi-modal emotion "
+                                     "distribution learning).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train HeLo under a protocol, with baselines and checkpoints")
+    _add_data_args(train)
+    g = train.add_argument_group("protocol and optimisation")
+    g.add_argument("--protocol", choices=PROTOCOLS, default="subject-dependent")
+    g.add_argument("--folds", type=int, default=5, help="kfold: number of subject-wise folds")
+    g.add_argument("--test-fraction", type=float, default=0.2, help="subject-dependent: test share of each subject")
+    g.add_argument("--max-splits", type=int, help="only the first N subjects/folds")
+    g.add_argument("--epochs", type=int, default=300)
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--weight-decay", type=float, default=1e-5)
+    g.add_argument("--lr-gamma", type=float, default=0.99)
+    g.add_argument("--seed", type=int, default=3407)
+    g = train.add_argument_group("model")
+    g.add_argument("--backend", choices=MODEL_BACKENDS, default="reference",
+                   help="recorded in the model config; the model runs the reference modules for now")
+    g.add_argument("--faithful-to", choices=FAITHFUL_TO, default="paper")
+    g.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any HeLoConfig field, e.g. --config d_model=64 --config ot_grad=true")
+    g = train.add_argument_group("checkpoints and baselines")
+    g.add_argument("--checkpoint-dir", help="write checkpoint.pt, model_<i>.pt and results.json here")
+    g.add_argument("--checkpoint-every", type=int, default=10, help="epochs between checkpoints")
+    g.add_argument("--resume", action="store_true", help="continue from <checkpoint-dir>/checkpoint.pt")
+    g.add_argument("--no-save-models", action="store_true", help="do not write model_<i>.pt")
+    g.add_argument("--no-baselines", action="store_true")
+    g.add_argument("--baseline-modality", choices=("eeg", "gsr", "ppg", "video"), default="video")
+    _add_common_args(train)
+
+    ev = sub.add_parser("eval", help="re-score the model_<i>.pt files written by train on their test rows")
+    _add_data_args(ev)
+    ev.add_argument("--checkpoint-dir", help="evaluate every model_<i>.pt in this directory")
+    ev.add_argument("--model", nargs="+", default=[], help="model files to evaluate")
+    _add_common_args(ev)
+
+    demo = sub.add_parser("demo", help="short training on the synthetic dataset; prints the metrics table")
+    demo.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def dataset_from_args(args):
+    """The EmotionDataset named by the data options; ValueError/FileNotFoundError for bad ones."""
+    if args.dataset == "synthetic":
+        if args.data_path or args.subjects:
+            raise ValueError("--data-path and --subjects are for --dataset dmer or wesad; the synthetic dataset is "
+                             "generated (see --synthetic-subjects)")
+        return load_dataset("synthetic", n_subjects=args.synthetic_subjects, trials_per_subject=args.synthetic_trials,
+                            rows_per_trial=args.synthetic_rows, seed=args.data_seed)
+    if not args.data_path:
+        raise ValueError(f"--dataset {args.dataset} needs --data-path")
+    if not os.path.exists(args.data_path):
+        raise FileNotFoundError(f"--data-path {args.data_path!r} does not exist")
+    if args.dataset == "dmer":
+        subjects = None if args.subjects is None else [int(s) for s in args.subjects]
+        return load_dataset("dmer", args.data_path, subjects=subjects)
+    return load_dataset("wesad", args.data_path, subjects=args.subjects, window_s=args.window_s)
+
+
+def cmd_train(args) -> int:
+    """``helo-fast train``: run the protocol, print the table, write the JSON summary."""
+    from .train import TrainConfig, format_table, run_experiment
+
+    dataset = dataset_from_args(args)
+    overrides = parse_config_overrides(args.config)
+    model_fields = {**dataset.layout.as_config(), "backend": args.backend, "faithful_to": args.faithful_to, **overrides}
+    model_config = HeLoConfig(**model_fields)
+    output_json = args.output_json or (os.path.join(args.checkpoint_dir, "results.json") if args.checkpoint_dir else None)
+    cfg = TrainConfig(protocol=args.protocol, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      weight_decay=args.weight_decay, lr_gamma=args.lr_gamma, seed=args.seed, folds=args.folds,
+                      test_fraction=args.test_fraction, max_splits=args.max_splits, device=args.device,
+                      threads=args.threads,
+                      checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
+                      save_models=not args.no_save_models, baselines=not args.no_baselines,
+                      baseline_modality=args.baseline_modality, quiet=args.quiet, output_json=output_json)
+    if args.backend != "reference" and not args.quiet:
+        print(f"note: backend={args.backend!r} is recorded in the model config; the model runs the reference "
+              "modules until the fast modules are wired in", file=sys.stderr)
+    summary = run_experiment(dataset, model_config, cfg)
+    print(format_table(summary))
+    if output_json:
+        print(f"summary written to {output_json}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """``helo-fast eval``: re-score saved model_<i>.pt files on their test rows."""
+    import torch
+
+    from .train import evaluate_saved_models, format_table, write_json
+
+    files = list(args.model)
+    if args.checkpoint_dir:
+        if not os.path.isdir(args.checkpoint_dir):
+            raise FileNotFoundError(f"--checkpoint-dir {args.checkpoint_dir!r} is not a directory")
+        files += sorted(glob.glob(os.path.join(args.checkpoint_dir, "model_*.pt")))
+    if not files:
+        raise ValueError("nothing to evaluate: pass --checkpoint-dir with model_<i>.pt files or --model FILE")
+    for file in files:
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"model file {file!r} does not exist")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    summary = evaluate_saved_models(dataset_from_args(args), files, args.device)
+    print(format_table(summary))
+    if args.output_json:
+        write_json(summary, args.output_json)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """``helo-fast demo``: see ``helo_fast.demo.run_demo``."""
+    from .demo import run_demo
+
+    run_demo(quiet=args.quiet)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``helo-fast`` and ``python -m helo_fast``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo}[args.command]
+    try:
+        return handler(args)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,411 @@
+"""Training and evaluation of HeLo under the evaluation protocols, with baselines and checkpoints.
+
+``run_experiment(dataset, model_config, train_config)`` trains one fresh model per split of the
+protocol (subject-dependent, leave-one-subject-out or subject-wise k-fold), scores it with the six
+metrics of HELO_SPEC §9, computes two baselines on the same splits (the training-set mean
+distribution and a single-modality MLP) and returns / writes the summary (mean ± std over splits).
+
+Checkpoints (``checkpoint_dir``) are written atomically (temp file, then ``os.replace``) every
+``checkpoint_every`` epochs and at the end of every split. They hold the model, optimiser,
+scheduler, epoch, finished splits and every RNG state (torch, CUDA, the model's mask generator,
+the shuffling generator, numpy, python), so ``resume=True`` continues bit-for-bit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import PROTOCOLS, EmotionDataset, Split, make_splits, standardize
+from .metrics import LOWER_IS_BETTER, METRIC_NAMES, edl_metrics
+from .models import HeLo, HeLoConfig, helo_loss
+
+CHECKPOINT_FORMAT = "helo_fast-train-v1"
+CHECKPOINT_NAME = "checkpoint.pt"
+BASELINE_MODALITIES = ("eeg", "gsr", "ppg", "video")
+MODEL_NAMES = {"helo": "HeLo", "mlp": "MLP ({})", "mean": "train mean"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a run except the model and the data (HELO_SPEC §7 defaults)."""
+
+    protocol: str = "subject-dependent"
+    epochs: int = 300
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    lr_gamma: float = 0.99
+    seed: int = 3407
+    folds: int = 5
+    test_fraction: float = 0.2
+    max_splits: Optional[int] = None       # only the first N splits (quick runs)
+    device: str = "auto"
+    threads: Optional[int] = None          # torch.set_num_threads for the run (None: leave as is)
+    checkpoint_dir: Optional[str] = None
+    checkpoint_every: int = 10
+    resume: bool = False
+    save_models: bool = True               # final model of each split -> checkpoint_dir/model_<i>.pt
+    baselines: bool = True
+    baseline_modality: str = "video"
+    quiet: bool = False
+    output_json: Optional[str] = None
+
+    def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.baseline_modality not in BASELINE_MODALITIES:
+            raise ValueError(f"baseline_modality must be one of {BASELINE_MODALITIES}, got {self.baseline_modality!r}")
+        for name in ("epochs", "batch_size", "checkpoint_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if self.resume and not self.checkpoint_dir:
+            raise ValueError("resume needs a checkpoint_dir")
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu; anything else as given (checked to exist)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but no CUDA device is available")
+    return dev
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def atomic_save(obj, path: str) -> None:
+    """torch.save to a temp file in the same directory, then os.replace (never a half-written file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def rng_state(mask_generator: Optional[torch.Generator], shuffle: Optional[torch.Generator]) -> dict:
+    """Every RNG state a run depends on."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "mask": None if mask_generator is None else mask_generator.get_state(),
+            "shuffle": None if shuffle is None else shuffle.get_state(),
+            "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict, mask_generator: Optional[torch.Generator], shuffle: Optional[torch.Generator]) -> None:
+    """Restore what ``rng_state`` saved (the generators are restored in place)."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if mask_generator is not None and state["mask"] is not None:
+        mask_generator.set_state(state["mask"])
+    if shuffle is not None and state["shuffle"] is not None:
+        shuffle.set_state(state["shuffle"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def run_fingerprint(dataset: EmotionDataset, model_config: HeLoConfig, cfg: TrainConfig) -> dict:
+    """What must match for a checkpoint to be resumed."""
+    keys = ("protocol", "epochs", "batch_size", "lr", "weight_decay", "lr_gamma", "seed", "folds", "test_fraction",
+            "max_splits", "baselines", "baseline_modality")
+    return {"train": {k: getattr(cfg, k) for k in keys}, "model": model_config.to_dict(),
+            "dataset": {"name": dataset.name, "rows": len(dataset), "features": int(dataset.features.shape[1])}}
+
+
+# ----------------------------------------------------------------------------- evaluation
+def scored_rows(n_rows: int, batch_size: int, first_sample_only: bool) -> np.ndarray:
+    """Rows that count in the metrics: all, or (release defect) the first row of each test batch."""
+    rows = np.arange(n_rows)
+    return rows[::batch_size] if first_sample_only else rows
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Predicted distributions [rows, C] of ``model`` (eval mode) in batches of ``batch_size``."""
+    model.eval()
+    outs = []
+    for start in range(0, x.shape[0], batch_size):
+        out = model(x[start:start + batch_size])
+        outs.append(out.probs if isinstance(out, tuple) else out.exp())
+    return torch.cat(outs)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             first_sample_only: bool = False) -> Dict[str, float]:
+    """The six metrics of ``model`` on (x [rows, F], y [rows, C]) (``first_sample_only``: release defect)."""
+    probs = predict(model, x, batch_size)
+    rows = torch.from_numpy(scored_rows(x.shape[0], batch_size, first_sample_only)).to(x.device)
+    return edl_metrics(y[rows].cpu(), probs[rows].cpu())
+
+
+# ----------------------------------------------------------------------------- baselines
+class SingleModalityMLP(nn.Module):
+    """Baseline: one block of the row (e.g. the video features) -> Linear -> ReLU -> Dropout -> Linear
+    -> log_softmax. forward(x [B, F]) -> log-probabilities [B, C]."""
+
+    def __init__(self, columns: slice, n_classes: int, hidden: int = 128, dropout: float = 0.5):
+        super().__init__()
+        self.columns = columns
+        self.net = nn.Sequential(nn.Linear(columns.stop - columns.start, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.net(x[:, self.columns]), dim=-1)
+
+
+def mean_baseline(y_train: torch.Tensor, y_test: torch.Tensor) -> Dict[str, float]:
+    """Metrics of predicting the training-set mean distribution for every test row."""
+    mean = y_train.double().mean(dim=0, keepdim=True)
+    return edl_metrics(y_test.cpu(), mean.expand_as(y_test).cpu())
+
+
+def train_mlp_baseline(x_train, y_train, x_test, y_test, columns: slice, cfg: TrainConfig, seed: int) -> Dict[str, float]:
+    """Train the single-modality MLP with the run's optimiser settings; return its test metrics."""
+    torch.manual_seed(seed)
+    model = SingleModalityMLP(columns, y_train.shape[1]).to(x_train.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
+    shuffle = torch.Generator().manual_seed(seed + 1)
+    for _ in range(cfg.epochs):
+        model.train()
+        for idx in torch.randperm(x_train.shape[0], generator=shuffle).split(cfg.batch_size):
+            idx = idx.to(x_train.device)
+            loss = F.kl_div(model(x_train[idx]), y_train[idx], reduction="batchmean")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+    return evaluate(model, x_test, y_test, cfg.batch_size)
+
+
+# ----------------------------------------------------------------------------- the run
+class Experiment:
+    """One run of a protocol: splits, per-split training, baselines, checkpoints, summary."""
+
+    def __init__(self, dataset: EmotionDataset, model_config: HeLoConfig, cfg: TrainConfig,
+                 on_epoch_end: Optional[Callable[[int, int, dict], None]] = None):
+        if model_config.n_features != dataset.layout.n_features or model_config.n_classes != dataset.layout.n_classes:
+            raise ValueError(f"model_config expects rows of {model_config.n_features} features and "
+                             f"{model_config.n_classes} classes; dataset {dataset.name} has "
+                             f"{dataset.layout.n_features} and {dataset.layout.n_classes}")
+        self.dataset, self.model_config, self.cfg = dataset, model_config, cfg
+        self.device = resolve_device(cfg.device)
+        self.on_epoch_end = on_epoch_end
+        splits = make_splits(dataset, cfg.protocol, folds=cfg.folds, test_fraction=cfg.test_fraction, seed=cfg.seed)
+        self.splits: List[Split] = splits[:cfg.max_splits] if cfg.max_splits else splits
+        self.fingerprint = run_fingerprint(dataset, model_config, cfg)
+        self.show = not cfg.quiet
+        self.bars = self.show and sys.stderr.isatty()
+
+    # -- helpers
+    def _log(self, text: str) -> None:
+        if self.show:
+            tqdm.write(text)
+
+    def _checkpoint_path(self) -> Optional[str]:
+        return None if not self.cfg.checkpoint_dir else os.path.join(self.cfg.checkpoint_dir, CHECKPOINT_NAME)
+
+    def _tensors(self, split: Split):
+        x_train, x_test = standardize(self.dataset.features[split.train], self.dataset.features[split.test])
+        as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)  # noqa: E731
+        return (as_t(x_train), as_t(self.dataset.labels[split.train]), as_t(x_test),
+                as_t(self.dataset.labels[split.test]))
+
+    def _load_checkpoint(self) -> Optional[dict]:
+        path = self._checkpoint_path()
+        if not self.cfg.resume or path is None:
+            return None
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--resume: no checkpoint at {path!r}")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path!r} is not a helo_fast training checkpoint (format {state.get('format')!r})")
+        if state["fingerprint"] != self.fingerprint:
+            diff = [k for k in self.fingerprint if state["fingerprint"].get(k) != self.fingerprint[k]]
+            raise ValueError(f"checkpoint {path!r} was written by a different run (differs in: {diff}); "
+                             "use the same dataset, model and training options, or a fresh --checkpoint-dir")
+        return state
+
+    # -- one split
+    def _train_split(self, index: int, split: Split, resume_state: Optional[dict], results: List[dict]) -> dict:
+        cfg = self.cfg
+        split_seed = cfg.seed + 7919 * index
+        x_train, y_train, x_test, y_test = self._tensors(split)
+        torch.manual_seed(split_seed)
+        model = HeLo(self.model_config, mask_seed=split_seed + 1).to(self.device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
+        shuffle = torch.Generator().manual_seed(split_seed + 2)
+        start_epoch, history, seconds = 0, [], 0.0
+        if resume_state is not None:
+            model.load_state_dict(resume_state["model"])
+            optimizer.load_state_dict(resume_state["optimizer"])
+            scheduler.load_state_dict(resume_state["scheduler"])
+            set_rng_state(resume_state["rng"], model.mask_generator, shuffle)
+            start_epoch, history, seconds = resume_state["epoch"], resume_state["history"], resume_state["seconds"]
+        bar = tqdm(range(start_epoch, cfg.epochs), desc=f"{split.name} ({index + 1}/{len(self.splits)})",
+                   initial=start_epoch, total=cfg.epochs, disable=not self.bars, leave=False)
+        for epoch in bar:
+            tic = time.perf_counter()
+            model.train()
+            totals = {"loss": 0.0, "kl": 0.0, "corr": 0.0}
+            batches = torch.randperm(x_train.shape[0], generator=shuffle).split(cfg.batch_size)
+            for idx in batches:
+                idx = idx.to(self.device)
+                loss, parts = helo_loss(model(x_train[idx]), y_train[idx], kl_reduction=self.model_config.kl_reduction,
+                                        lambda_corr=self.model_config.lambda_corr)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                totals["loss"] += float(loss.detach())
+                totals["kl"] += float(parts["kl"])
+                totals["corr"] += float(parts["corr"])
+            scheduler.step()
+            seconds += time.perf_counter() - tic
+            metrics = evaluate(model, x_test, y_test, cfg.batch_size, self.model_config.eval_first_sample_only)
+            record = {"epoch": epoch + 1, **{f"train_{k}": v / len(batches) for k, v in totals.items()}, **metrics}
+            history.append(record)
+            bar.set_postfix(loss=f"{record['train_loss']:.4f}", test_kl=f"{metrics['kl']:.4f}")
+            self._log(f"{split.name} epoch {epoch + 1}/{cfg.epochs}  train loss {record['train_loss']:.4f} "
+                      f"(kl {record['train_kl']:.4f}, corr {record['train_corr']:.4f})  test: "
+                      + "  ".join(f"{m} {metrics[m]:.4f}" for m in METRIC_NAMES))
+            done = epoch + 1
+            if self._checkpoint_path() and (done % cfg.checkpoint_every == 0 or done == cfg.epochs):
+                atomic_save({"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "results": results,
+                             "split_index": index, "epoch": done, "history": history, "seconds": seconds,
+                             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "rng": rng_state(model.mask_generator, shuffle)},
+                            self._checkpoint_path())
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(index, done, record)
+        bar.close()
+        result = {"split": split.name, "train_rows": len(split.train), "test_rows": len(split.test),
+                  "train_seconds": seconds, "helo": {m: history[-1][m] for m in METRIC_NAMES},
+                  "history": history}
+        if cfg.baselines:
+            result["mean"] = mean_baseline(y_train, y_test)
+            columns = self.dataset.layout.block_slices()[cfg.baseline_modality]
+            result["mlp"] = train_mlp_baseline(x_train, y_train, x_test, y_test, columns, cfg, split_seed + 3)
+        if self.cfg.checkpoint_dir and cfg.save_models:
+            atomic_save({"format": "helo_fast-model-v1", "model_config": self.model_config.to_dict(),
+                         "state_dict": model.state_dict(), "split": split.name, "dataset": self.dataset.name,
+                         "dataset_rows": len(self.dataset),
+                         "train_rows": split.train, "test_rows": split.test, "batch_size": cfg.batch_size},
+                        os.path.join(self.cfg.checkpoint_dir, f"model_{index}.pt"))
+        return result
+
+    def run(self) -> dict:
+        """Train/evaluate every split (resuming when asked); return the summary dict (also written
+        to ``output_json`` when set)."""
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        state = self._load_checkpoint()
+        results: List[dict] = [] if state is None else list(state["results"])
+        split_bar = tqdm(total=len(self.splits), initial=len(results), desc="splits", disable=not self.bars)
+        for index in range(len(results), len(self.splits)):
+            # A mid-split checkpoint carries the model; the one written after a split does not.
+            resume_state = state if state is not None and state["split_index"] == index and "model" in state else None
+            results.append(self._train_split(index, self.splits[index], resume_state, results))
+            state = None
+            if self._checkpoint_path():
+                atomic_save({"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "results": results,
+                             "split_index": index + 1, "epoch": 0}, self._checkpoint_path())
+            split_bar.update(1)
+        split_bar.close()
+        summary = summarize(results, self.cfg)
+        summary.update(dataset=self.dataset.name, protocol=self.cfg.protocol, device=str(self.device),
+                       train_config=dataclasses.asdict(self.cfg), model_config=self.model_config.to_dict(),
+                       splits=results)
+        if self.cfg.output_json:
+            write_json(summary, self.cfg.output_json)
+        return summary
+
+
+def run_experiment(dataset: EmotionDataset, model_config: HeLoConfig, cfg: TrainConfig, **kwargs) -> dict:
+    """Train and evaluate HeLo (and the baselines) on ``dataset`` under ``cfg.protocol``; see Experiment."""
+    return Experiment(dataset, model_config, cfg, **kwargs).run()
+
+
+# ----------------------------------------------------------------------------- reporting
+def summarize(results: List[dict], cfg: TrainConfig) -> dict:
+    """{"summary": {model: {metric: {"mean", "std"}}}, "models": display names} over the splits."""
+    keys = [k for k in ("helo", "mlp", "mean") if all(k in r for r in results)]
+    summary = {}
+    for key in keys:
+        summary[key] = {}
+        for metric in METRIC_NAMES:
+            values = np.array([r[key][metric] for r in results], dtype=np.float64)
+            summary[key][metric] = {"mean": float(values.mean()), "std": float(values.std()) if len(values) > 1 else 0.0}
+    names = {k: MODEL_NAMES[k].format(cfg.baseline_modality) for k in keys}
+    return {"summary": summary, "models": names, "n_splits": len(results)}
+
+
+def format_table(summary: dict) -> str:
+    """The metrics table: one row per model, mean ± std over splits, arrows say which way is better."""
+    header = ["model"] + [f"{m} {'↓' if LOWER_IS_BETTER[m] else '↑'}" for m in METRIC_NAMES]
+    rows = [[summary["models"][key]] + [f"{v[m]['mean']:.4f} ± {v[m]['std']:.4f}" for m in METRIC_NAMES]
+            for key, v in summary["summary"].items()]
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    text = [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    text.append(f"(mean ± std over {summary['n_splits']} split(s))")
+    return "\n".join(text)
+
+
+def _json_default(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json(obj: dict, path: str) -> None:
+    """Write ``obj`` as JSON atomically (temp file, then os.replace)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, default=_json_default)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- eval of saved models
+def evaluate_saved_models(dataset: EmotionDataset, files: List[str], device: str = "auto") -> dict:
+    """Re-score final models written by a run (``model_<i>.pt``) on their own test rows of ``dataset``.
+
+    Returns a summary with the HeLo row only (see ``format_table``).
+    """
+    dev = resolve_device(device)
+    results = []
+    for file in files:
+        saved = torch.load(file, map_location="cpu", weights_only=False)
+        if not isinstance(saved, dict) or saved.get("format") != "helo_fast-model-v1":
+            raise ValueError(f"{file!r} is not a model file written by `helo-fast train` (model_<i>.pt)")
+        if saved["dataset"] != dataset.name or saved["dataset_rows"] != len(dataset):
+            raise ValueError(f"{file!r} was trained on {saved['dataset']} ({saved['dataset_rows']} rows), not on "
+                             f"{dataset.name} ({len(dataset)} rows): pass the dataset options used for training")
+        config = HeLoConfig(**saved["model_config"])
+        model = HeLo(config).to(dev)
+        model.load_state_dict(saved["state_dict"])
+        x_train, x_test = standardize(dataset.features[saved["train_rows"]], dataset.features[saved["test_rows"]])
+        y_test = torch.from_numpy(dataset.labels[saved["test_rows"]]).to(dev)
+        metrics = evaluate(model, torch.from_numpy(x_test).to(dev), y_test, saved["batch_size"],
+                           config.eval_first_sample_only)
+        results.append({"split": saved["split"], "file": file, "helo": metrics})
+    out = summarize(results, TrainConfig(baselines=False))
+    out["splits"] = results
+    return out

@@ -1,0 +1,144 @@
+"""Training loop, protocols, checkpoints/resume, baselines and the command line."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy.io import savemat
+
+from helo_fast.cli import main
+from helo_fast.data import FeatureLayout, make_synthetic_dataset
+from helo_fast.models import HeLoConfig
+from helo_fast.train import TrainConfig, format_table, run_experiment
+
+LAYOUT = FeatureLayout(n_channels=4, band_features=5, gsr_features=8, ppg_features=8, video_features=32, n_classes=10)
+SMALL_MODEL = dict(d_model=16, n_heads=2, ffn_dim=16, head_hidden=32)
+# A tiny DMER-shaped model for CLI runs (the data there is the default 913-column layout).
+CLI_MODEL = ["--config", "d_model=16", "--config", "n_heads=2", "--config", "ffn_dim=8", "--config", "head_hidden=16",
+             "--config", "gw_outer=1", "--config", "ot_iters=2"]
+CLI_DATA = ["--synthetic-subjects", "2", "--synthetic-trials", "3", "--synthetic-rows", "4"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is as fast and does not stall when other processes share the CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small_config(**changes):
+    return HeLoConfig(**LAYOUT.as_config(), **{**SMALL_MODEL, **changes})
+
+
+@pytest.mark.slow
+def test_short_run_lowers_loss_and_beats_training_mean():
+    data = make_synthetic_dataset(n_subjects=1, trials_per_subject=40, rows_per_trial=5, layout=LAYOUT, seed=0)
+    summary = run_experiment(data, small_config(), TrainConfig(epochs=20, batch_size=16, seed=0, quiet=True, device="cpu"))
+    history = summary["splits"][0]["history"]
+    assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
+    assert history[-1]["train_kl"] != history[-1]["kl"]   # training loss parts and test metrics are kept apart
+    helo, mean = summary["summary"]["helo"], summary["summary"]["mean"]
+    assert helo["chebyshev"]["mean"] < mean["chebyshev"]["mean"] - 0.05
+    assert helo["kl"]["mean"] < mean["kl"]["mean"] - 0.1
+    assert helo["intersection"]["mean"] > mean["intersection"]["mean"] + 0.05
+    assert set(summary["summary"]) == {"helo", "mlp", "mean"}
+    table = format_table(summary)
+    assert "HeLo" in table and "train mean" in table and "MLP (video)" in table and "±" in table
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _interrupt_at(split, epoch):
+    def hook(split_index, done, record):
+        if (split_index, done) == (split, epoch):
+            raise Interrupt
+    return hook
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+    data = make_synthetic_dataset(n_subjects=2, trials_per_subject=8, rows_per_trial=4, layout=LAYOUT, seed=3)
+    model_config = small_config()
+
+    def config(folder, resume=False):
+        return TrainConfig(epochs=4, batch_size=8, seed=11, quiet=True, device="cpu", checkpoint_dir=str(folder),
+                           checkpoint_every=2, resume=resume)
+
+    straight = run_experiment(data, model_config, config(tmp_path / "a"))
+    # interrupted after epoch 3 of split 0 (last checkpoint: epoch 2, so epoch 3 is redone) ...
+    with pytest.raises(Interrupt):
+        run_experiment(data, model_config, config(tmp_path / "b"), on_epoch_end=_interrupt_at(0, 3))
+    # ... and again after epoch 2 of split 1
+    with pytest.raises(Interrupt):
+        run_experiment(data, model_config, config(tmp_path / "b", resume=True), on_epoch_end=_interrupt_at(1, 2))
+    resumed = run_experiment(data, model_config, config(tmp_path / "b", resume=True))
+    assert resumed["summary"] == straight["summary"]
+    for a, b in zip(straight["splits"], resumed["splits"]):
+        for ha, hb in zip(a["history"], b["history"]):
+            assert {k: v for k, v in ha.items()} == {k: v for k, v in hb.items()}
+    assert not any(name.endswith(".tmp") or ".tmp-" in name for name in os.listdir(tmp_path / "b"))
+    # a checkpoint from a different run is refused
+    with pytest.raises(ValueError, match="different run"):
+        run_experiment(data, model_config, TrainConfig(epochs=5, batch_size=8, seed=11, quiet=True, device="cpu",
+                                                      checkpoint_dir=str(tmp_path / "b"), resume=True))
+
+
+def test_train_and_eval_command_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", *CLI_DATA, "--epochs", "2", "--batch-size", "8", "--protocol", "kfold", "--folds", "2",
+                 *CLI_MODEL, "--checkpoint-dir", str(out), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "HeLo" in printed and "train mean" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["protocol"] == "kfold" and results["n_splits"] == 2
+    assert sorted(os.listdir(out)) == ["checkpoint.pt", "model_0.pt", "model_1.pt", "results.json"]
+    assert main(["eval", *CLI_DATA, "--checkpoint-dir", str(out), "--output-json", str(tmp_path / "e.json"),
+                 "--quiet"]) == 0
+    assert main(["eval", "--synthetic-subjects", "3", "--checkpoint-dir", str(out), "--quiet"]) == 2
+    assert "pass the dataset options used for training" in capsys.readouterr().err
+    evaluated = json.loads((tmp_path / "e.json").read_text())
+    for split_train, split_eval in zip(results["splits"], evaluated["splits"]):
+        assert split_eval["helo"] == pytest.approx(split_train["helo"], rel=1e-6)
+
+
+def test_command_line_errors(tmp_path, capsys):
+    assert main(["train", "--dataset", "dmer", "--data-path", str(tmp_path / "nope"), "--quiet"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "--dataset", "wesad", "--quiet"]) == 2
+    assert "needs --data-path" in capsys.readouterr().err
+    savemat(str(tmp_path / "4.mat"), {"feas": np.zeros((3, 10)), "vids": np.ones((3, 1)), "dis_label": np.ones((1, 10))})
+    assert main(["train", "--dataset", "dmer", "--data-path", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "4.mat" in err and "'feas' must have shape" in err
+    assert main(["train", *CLI_DATA, "--config", "bogus=1", "--quiet"]) == 2
+    assert "unknown HeLoConfig field 'bogus'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--no-such-option"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--protocol", "holdout"])
+    assert "invalid choice" in capsys.readouterr().err
+    assert main(["train", *CLI_DATA, "--resume", "--quiet"]) == 2
+    assert "resume needs a checkpoint_dir" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "helo_fast", "train", "--bogus"], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 2 and "--bogus" in proc.stderr
+
+
+def test_release_mode_scores_first_sample_of_each_batch():
+    data = make_synthetic_dataset(n_subjects=1, trials_per_subject=5, rows_per_trial=4, layout=LAYOUT, seed=0)
+    summary = run_experiment(data, small_config(faithful_to="release"),
+                             TrainConfig(epochs=1, batch_size=2, seed=0, quiet=True, device="cpu", baselines=False))
+    assert summary["model_config"]["eval_first_sample_only"] and summary["model_config"]["kl_reduction"] == "sum"
+    assert torch.isfinite(torch.tensor(list(summary["splits"][0]["helo"].values()))).all()
