@@ -2,12 +2,15 @@
 
 Public ops (``helo_fast.functional``): sinkhorn, ipot, gromov_wasserstein, lcd_attention.
 Reference (plain PyTorch) versions: ``helo_fast.reference``. Metrics: ``helo_fast.metrics``.
-``env_report()`` says which backends are available here and why not.
+Drop-in modules: ``helo_fast.nn``; ``convert(model)`` / ``revert(model)`` swap them in and out.
+The model: ``helo_fast.models.HeLo``. ``env_report()`` says which backends are available here and why not.
 """
 __version__ = "0.1.0"
 
 from .env import env_report
 from .functional import gromov_wasserstein, ipot, lcd_attention, sinkhorn
 from .metrics import edl_metrics
+from .nn import convert, revert
 
-__all__ = ["sinkhorn", "ipot", "gromov_wasserstein", "lcd_attention", "edl_metrics", "env_report", "__version__"]
+__all__ = ["sinkhorn", "ipot", "gromov_wasserstein", "lcd_attention", "edl_metrics", "env_report", "convert",
+           "revert", "__version__"]

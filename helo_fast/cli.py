@@ -90,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-gamma", type=float, default=0.99)
     g.add_argument("--seed", type=int, default=3407)
     g = train.add_argument_group("model")
-    g.add_argument("--backend", choices=MODEL_BACKENDS, default="reference",
-                   help="recorded in the model config; the model runs the reference modules for now")
+    g.add_argument("--backend", choices=MODEL_BACKENDS, default="auto",
+                   help="reference: plain-PyTorch modules; cpp/triton: the fused ops; auto: the fastest built here")
     g.add_argument("--faithful-to", choices=FAITHFUL_TO, default="paper")
     g.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                    help="set any HeLoConfig field, e.g. --config d_model=64 --config ot_grad=true")
@@ -149,9 +149,6 @@ def cmd_train(args) -> int:
                       checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
                       save_models=not args.no_save_models, baselines=not args.no_baselines,
                       baseline_modality=args.baseline_modality, quiet=args.quiet, output_json=output_json)
-    if args.backend != "reference" and not args.quiet:
-        print(f"note: backend={args.backend!r} is recorded in the model config; the model runs the reference "
-              "modules until the fast modules are wired in", file=sys.stderr)
     summary = run_experiment(dataset, model_config, cfg)
     print(format_table(summary))
     if output_json:

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Dict, Optional
 
 from ..data.dataset import FeatureLayout
+from .._backend import BACKENDS
 from .._validation import check_choice, check_int_at_least, check_positive, check_probability
 
 FAITHFUL_TO = ("paper", "release")
 KL_REDUCTIONS = ("batchmean", "sum")
-MODEL_BACKENDS = ("reference", "cpp", "triton", "auto")
+MODEL_BACKENDS = BACKENDS
 
 # The defects of the release (HELO_SPEC §8): flag name -> what it does when True.
 RELEASE_DEFECTS: Dict[str, str] = {
@@ -63,7 +64,7 @@ class HeLoConfig:
     lambda_corr: float = 1.0
     kl_reduction: Optional[str] = None   # None -> "batchmean" (paper) / "sum" (release)
     # implementation
-    backend: str = "reference"    # accepted now; the model runs reference modules until fast ones exist
+    backend: str = "auto"         # "reference": plain-PyTorch modules; else the fused modules of helo_fast.nn
     faithful_to: str = "paper"
     # release defects (None -> default from faithful_to)
     resample_label_embedding: Optional[bool] = None

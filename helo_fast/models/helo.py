@@ -6,12 +6,14 @@ with the same constructor arguments and ``state_dict`` keys can be passed as ``m
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn import convert
 from ..reference import modules as reference_modules
 from .config import HeLoConfig
 
@@ -27,8 +29,9 @@ class HeLoOutput(NamedTuple):
 def module_classes(config: HeLoConfig, modules=None):
     """The attention and OT module classes HeLo is built from: ``(LCDAttention, GromovWasserstein)``.
 
-    ``modules``: any namespace with those two names (None = the reference modules). The model runs
-    the reference modules for every ``config.backend`` until the fast modules are wired in here.
+    ``modules``: any namespace with those two names (None = the reference modules). HeLo is always
+    built from these and then, unless its backend is "reference", converted in place to the fused
+    modules of ``helo_fast.nn`` (same parameters and state_dict keys).
     """
     modules = reference_modules if modules is None else modules
     return modules.LCDAttention, modules.GromovWasserstein
@@ -81,11 +84,16 @@ class HeLo(nn.Module):
     F = ``config.n_features`` columns in the order eeg | gsr | ppg | video.
     DropKey and attention-weight dropout draw their masks from ``self.mask_generator`` (a CPU
     torch.Generator seeded from ``mask_seed``, or from the global RNG when None).
+    ``backend`` (default ``config.backend``, "auto"): "reference" keeps the plain-PyTorch modules;
+    "cpp" / "triton" / "auto" run the fused modules of ``helo_fast.nn`` with the same weights.
     """
 
-    def __init__(self, config: Optional[HeLoConfig] = None, *, modules=None, mask_seed: Optional[int] = None):
+    def __init__(self, config: Optional[HeLoConfig] = None, backend: Optional[str] = None, *, modules=None,
+                 mask_seed: Optional[int] = None):
         super().__init__()
         config = HeLoConfig() if config is None else config
+        if backend is not None:
+            config = dataclasses.replace(config, backend=backend)
         self.config = config
         attention_cls, ot_cls = module_classes(config, modules)
         d, n = config.d_model, config.n_channels
@@ -111,6 +119,8 @@ class HeLo(nn.Module):
         if mask_seed is None:
             mask_seed = int(torch.randint(0, 2**62, (1,)).item())
         self.mask_generator = torch.Generator().manual_seed(mask_seed)
+        if config.backend != "reference":
+            convert(self, config.backend)
 
     def mask_probabilities(self):
         """(dropkey_p, dropout_p) for the attentions now: zero in eval mode, except DropKey under

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .attention import lcd_attention
-from .ot import gromov_wasserstein
+from .ot import gromov_wasserstein, sinkhorn
 
 
 class LCDAttention(nn.Module):
@@ -45,10 +45,14 @@ class LCDAttention(nn.Module):
         [B, H, Lq, Lk]. The caller passes dropkey_p/dropout_p = 0 when the mask should be off.
         Returns [B, Lq, d]."""
         key_value = query if key_value is None else key_value
-        return lcd_attention(self._heads(self.q_proj(query)), self._heads(self.k_proj(key_value)),
+        return self.attention_op(self._heads(self.q_proj(query)), self._heads(self.k_proj(key_value)),
                              self._heads(self.v_proj(key_value)), bias, dropkey_p=dropkey_p, dropout_p=dropout_p,
                              residual=query, ln_weight=self.norm.weight, ln_bias=self.norm.bias, ln_eps=self.norm.eps,
                              bias_before_scale=self.bias_before_scale, generator=generator)
+
+    def attention_op(self, *args, **kwargs):
+        """The fused attention op this module runs: the reference one (``helo_fast.nn`` overrides it)."""
+        return lcd_attention(*args, **kwargs)
 
 
 class GromovWasserstein(nn.Module):
@@ -69,6 +73,31 @@ class GromovWasserstein(nn.Module):
         return gromov_wasserstein(cs, ct, eps=self.eps, outer_iters=self.outer_iters, inner_iters=self.inner_iters,
                                   solver=self.solver, grad=self.grad)
 
+    def gromov_op(self, *args, **kwargs):
+        """The GW op this module runs: the reference one (``helo_fast.nn`` overrides it)."""
+        return gromov_wasserstein(*args, **kwargs)
+
     def extra_repr(self) -> str:
         return (f"eps={self.eps}, outer_iters={self.outer_iters}, inner_iters={self.inner_iters}, "
                 f"solver={self.solver!r}, grad={self.grad!r}")
+
+
+class Sinkhorn(nn.Module):
+    """Batched log-domain entropic OT plan (``helo_fast.reference.sinkhorn``); no parameters.
+
+    forward(cost [B, n, m], a [B, n] = None, b [B, m] = None) -> plan [B, n, m].
+    """
+
+    def __init__(self, *, eps: float, n_iters: int, grad: str = "unrolled"):
+        super().__init__()
+        self.eps, self.n_iters, self.grad = eps, n_iters, grad
+
+    def forward(self, cost: torch.Tensor, a: Optional[torch.Tensor] = None, b: Optional[torch.Tensor] = None):
+        return self.sinkhorn_op(cost, a, b, eps=self.eps, n_iters=self.n_iters, grad=self.grad)
+
+    def sinkhorn_op(self, *args, **kwargs):
+        """The Sinkhorn op this module runs: the reference one (``helo_fast.nn`` overrides it)."""
+        return sinkhorn(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}, n_iters={self.n_iters}, grad={self.grad!r}"

@@ -1,0 +1,93 @@
+"""Drop-in nn.Modules backed by the fused ops, and ``convert`` / ``revert`` for existing models.
+
+Each fast module subclasses its reference module (``helo_fast.reference.modules``): same
+constructor arguments (plus ``backend=``), same parameters and ``state_dict`` keys; only the op
+call is replaced by the ``helo_fast.functional`` op with the module's ``backend``.
+
+    model = helo_fast.convert(model)    # in place: reference modules -> fused ones, weights kept
+    model = helo_fast.revert(model)     # back to the reference modules
+"""
+from __future__ import annotations
+
+from typing import Dict, Type
+
+from torch import nn
+
+from . import functional
+from ._backend import BACKENDS
+from ._validation import check_choice
+from .reference import modules as reference_modules
+
+
+class LCDAttention(reference_modules.LCDAttention):
+    """Multi-head attention + residual + LayerNorm as ONE fused op (``functional.lcd_attention``).
+
+    Same arguments and state_dict keys as ``helo_fast.reference.modules.LCDAttention``;
+    forward(query [B, Lq, d], key_value [B, Lk, d] = None, bias = None, ...) -> [B, Lq, d].
+    """
+
+    def __init__(self, d_model: int, n_heads: int, *, ln_eps: float = 1e-5, bias_before_scale: bool = True,
+                 backend: str = "auto"):
+        super().__init__(d_model, n_heads, ln_eps=ln_eps, bias_before_scale=bias_before_scale)
+        self.backend = check_choice("backend", backend, BACKENDS)
+
+    def attention_op(self, *args, **kwargs):
+        return functional.lcd_attention(*args, backend=self.backend, **kwargs)
+
+
+class FusedGromovWasserstein(reference_modules.GromovWasserstein):
+    """HeLo's GW step fused into one op per call; forward(cs [B, n, n], ct [B, m, m]) -> plan [B, n, m]."""
+
+    def __init__(self, *, eps: float = 0.1, outer_iters: int = 5, inner_iters: int = 20, solver: str = "ipot",
+                 grad: str = "none", backend: str = "auto"):
+        super().__init__(eps=eps, outer_iters=outer_iters, inner_iters=inner_iters, solver=solver, grad=grad)
+        self.backend = check_choice("backend", backend, BACKENDS)
+
+    def gromov_op(self, *args, **kwargs):
+        return functional.gromov_wasserstein(*args, backend=self.backend, **kwargs)
+
+
+class FusedSinkhorn(reference_modules.Sinkhorn):
+    """Fused log-domain Sinkhorn; forward(cost [B, n, m], a [B, n] = None, b [B, m] = None) -> plan."""
+
+    def __init__(self, *, eps: float, n_iters: int, grad: str = "unrolled", backend: str = "auto"):
+        super().__init__(eps=eps, n_iters=n_iters, grad=grad)
+        self.backend = check_choice("backend", backend, BACKENDS)
+
+    def sinkhorn_op(self, *args, **kwargs):
+        return functional.sinkhorn(*args, backend=self.backend, **kwargs)
+
+
+FAST_MODULES: Dict[Type[nn.Module], Type[nn.Module]] = {
+    reference_modules.LCDAttention: LCDAttention,
+    reference_modules.GromovWasserstein: FusedGromovWasserstein,
+    reference_modules.Sinkhorn: FusedSinkhorn,
+}
+REFERENCE_MODULES = {fast: ref for ref, fast in FAST_MODULES.items()}
+
+
+def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
+    """Swap every reference module inside ``model`` for its fused counterpart, in place.
+
+    Parameters, buffers and state_dict keys are unchanged (the module objects stay the same; only
+    their class changes); fused modules already present get ``backend``. Works on a
+    ``torch.compile``-d model too (it recompiles on the next call). Returns ``model``.
+    """
+    check_choice("backend", backend, BACKENDS)
+    for module in model.modules():
+        fast_cls = FAST_MODULES.get(type(module))
+        if fast_cls is not None:
+            module.__class__ = fast_cls
+        if type(module) in REFERENCE_MODULES:
+            module.backend = backend
+    return model
+
+
+def revert(model: nn.Module) -> nn.Module:
+    """Undo ``convert``: every fused module inside ``model`` becomes its reference module again."""
+    for module in model.modules():
+        reference_cls = REFERENCE_MODULES.get(type(module))
+        if reference_cls is not None:
+            module.__class__ = reference_cls
+            del module.backend
+    return model
