@@ -6,7 +6,8 @@ Conventions every benchmark follows (benchmarks/report.py relies on them):
   triton), "pass" ("fwd" or "fwd+bwd"), "size" (a short label), "batch" (B), "device", "dtype", and,
   where measured, "saved_bytes" (bytes autograd keeps for backward) or "cuda_peak_bytes";
 - the "reference" provider (eager plain PyTorch) is the denominator of every speed-up ratio.
-CPU runs use 2 threads (HELO_BENCH_THREADS overrides). On CUDA the timed function synchronises.
+CPU runs use 2 threads (HELO_BENCH_THREADS overrides). The torch.compile provider runs only with
+HELO_BENCH_COMPILE=1. On CUDA the timed function synchronises.
 """
 import os
 
@@ -14,6 +15,8 @@ import pytest
 import torch
 
 THREADS = int(os.environ.get("HELO_BENCH_THREADS", "2"))
+# torch.compile providers take a minute or more to compile on 2 cores: opt-in.
+COMPILE = os.environ.get("HELO_BENCH_COMPILE") == "1"
 DEVICE = torch.device(os.environ.get("HELO_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu"))
 
 

@@ -150,9 +150,10 @@ def cmd_train(args) -> int:
                       save_models=not args.no_save_models, baselines=not args.no_baselines,
                       baseline_modality=args.baseline_modality, quiet=args.quiet, output_json=output_json)
     summary = run_experiment(dataset, model_config, cfg)
-    print(format_table(summary))
-    if output_json:
-        print(f"summary written to {output_json}")
+    if summary["rank"] == 0:  # under torchrun, rank 0 alone prints and writes
+        print(format_table(summary))
+        if output_json:
+            print(f"summary written to {output_json}")
     return 0
 
 

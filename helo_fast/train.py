@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoint import atomic_save, load_checked, load_latest_good
+from .distributed import DistContext, all_reduce_sum, init_distributed, local_device, shard, wrap_model
 from .data import PROTOCOLS, EmotionDataset, Split, make_splits, standardize
 from .metrics import LOWER_IS_BETTER, METRIC_NAMES, edl_metrics
 from .models import HeLo, HeLoConfig, helo_loss
@@ -86,14 +88,6 @@ def resolve_device(device: str) -> torch.device:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def atomic_save(obj, path: str) -> None:
-    """torch.save to a temp file in the same directory, then os.replace (never a half-written file)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def rng_state(mask_generator: Optional[torch.Generator], shuffle: Optional[torch.Generator]) -> dict:
     """Every RNG state a run depends on."""
     return {"torch": torch.get_rng_state(),
@@ -131,6 +125,23 @@ def scored_rows(n_rows: int, batch_size: int, first_sample_only: bool) -> np.nda
     return rows[::batch_size] if first_sample_only else rows
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
+               config: Optional[HeLoConfig] = None, batch_total: Optional[int] = None, loss_scale: float = 1.0):
+    """One optimisation step: forward, HeLo loss (``config``'s terms, default ``model.config``),
+    backward of ``loss * loss_scale``, optimiser step.
+
+    x: [B, F] features; y: [B, C] target distributions; ``batch_total``: see ``helo_loss`` (the
+    global batch size in data-parallel training). Returns (loss, {"kl", "corr"}).
+    """
+    config = model.config if config is None else config
+    loss, parts = helo_loss(model(x), y, kl_reduction=config.kl_reduction, lambda_corr=config.lambda_corr,
+                            batch_total=batch_total)
+    optimizer.zero_grad()
+    (loss * loss_scale if loss_scale != 1.0 else loss).backward()
+    optimizer.step()
+    return loss, parts
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Predicted distributions [rows, C] of ``model`` (eval mode) in batches of ``batch_size``."""
@@ -143,11 +154,23 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-             first_sample_only: bool = False) -> Dict[str, float]:
-    """The six metrics of ``model`` on (x [rows, F], y [rows, C]) (``first_sample_only``: release defect)."""
-    probs = predict(model, x, batch_size)
+             first_sample_only: bool = False, ctx: DistContext = DistContext()) -> Dict[str, float]:
+    """The six metrics of ``model`` on (x [rows, F], y [rows, C]) (``first_sample_only``: release defect).
+
+    Under data parallelism each rank scores its share of the rows and the per-row sums are reduced.
+    """
     rows = torch.from_numpy(scored_rows(x.shape[0], batch_size, first_sample_only)).to(x.device)
-    return edl_metrics(y[rows].cpu(), probs[rows].cpu())
+    if not ctx.enabled:
+        probs = predict(model, x, batch_size)
+        return edl_metrics(y[rows].cpu(), probs[rows].cpu())
+    mine = shard(rows, ctx)
+    sums = torch.zeros(len(METRIC_NAMES) + 1, dtype=torch.float64, device=x.device)
+    if len(mine):
+        per_row = edl_metrics(y[mine].cpu(), predict(model, x[mine], batch_size).cpu(), per_sample=True)
+        sums[:-1] = torch.stack([per_row[m].sum() for m in METRIC_NAMES]).to(x.device)
+        sums[-1] = len(mine)
+    all_reduce_sum(sums, ctx)
+    return {m: float(sums[i] / sums[-1]) for i, m in enumerate(METRIC_NAMES)}
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -201,18 +224,23 @@ class Experiment:
                              f"{model_config.n_classes} classes; dataset {dataset.name} has "
                              f"{dataset.layout.n_features} and {dataset.layout.n_classes}")
         self.dataset, self.model_config, self.cfg = dataset, model_config, cfg
-        self.device = resolve_device(cfg.device)
+        self.device = local_device(resolve_device(cfg.device))
+        self.dist = init_distributed(self.device)
         self.on_epoch_end = on_epoch_end
         splits = make_splits(dataset, cfg.protocol, folds=cfg.folds, test_fraction=cfg.test_fraction, seed=cfg.seed)
         self.splits: List[Split] = splits[:cfg.max_splits] if cfg.max_splits else splits
         self.fingerprint = run_fingerprint(dataset, model_config, cfg)
-        self.show = not cfg.quiet
+        self.show = not cfg.quiet and self.dist.is_main
         self.bars = self.show and sys.stderr.isatty()
 
     # -- helpers
     def _log(self, text: str) -> None:
         if self.show:
             tqdm.write(text)
+
+    def _writes_checkpoints(self) -> bool:
+        """Every rank reads checkpoints on resume; rank 0 alone writes them."""
+        return bool(self.cfg.checkpoint_dir) and self.dist.is_main
 
     def _checkpoint_path(self) -> Optional[str]:
         return None if not self.cfg.checkpoint_dir else os.path.join(self.cfg.checkpoint_dir, CHECKPOINT_NAME)
@@ -229,7 +257,7 @@ class Experiment:
             return None
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--resume: no checkpoint at {path!r}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_latest_good(path)
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path!r} is not a helo_fast training checkpoint (format {state.get('format')!r})")
         if state["fingerprint"] != self.fingerprint:
@@ -244,7 +272,8 @@ class Experiment:
         split_seed = cfg.seed + 7919 * index
         x_train, y_train, x_test, y_test = self._tensors(split)
         torch.manual_seed(split_seed)
-        model = HeLo(self.model_config, mask_seed=split_seed + 1).to(self.device)
+        # Ranks draw independent DropKey/dropout masks (rank 0 keeps the single-process seed).
+        model = HeLo(self.model_config, mask_seed=split_seed + 1 + 1_000_003 * self.dist.rank).to(self.device)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
         shuffle = torch.Generator().manual_seed(split_seed + 2)
@@ -255,26 +284,28 @@ class Experiment:
             scheduler.load_state_dict(resume_state["scheduler"])
             set_rng_state(resume_state["rng"], model.mask_generator, shuffle)
             start_epoch, history, seconds = resume_state["epoch"], resume_state["history"], resume_state["seconds"]
+        trained = wrap_model(model, self.dist, self.device)  # DistributedDataParallel under torchrun
         bar = tqdm(range(start_epoch, cfg.epochs), desc=f"{split.name} ({index + 1}/{len(self.splits)})",
                    initial=start_epoch, total=cfg.epochs, disable=not self.bars, leave=False)
         for epoch in bar:
             tic = time.perf_counter()
             model.train()
-            totals = {"loss": 0.0, "kl": 0.0, "corr": 0.0}
+            totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, kl, corr summed over batches
             batches = torch.randperm(x_train.shape[0], generator=shuffle).split(cfg.batch_size)
             for idx in batches:
-                idx = idx.to(self.device)
-                loss, parts = helo_loss(model(x_train[idx]), y_train[idx], kl_reduction=self.model_config.kl_reduction,
-                                        lambda_corr=self.model_config.lambda_corr)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                totals["loss"] += float(loss.detach())
-                totals["kl"] += float(parts["kl"])
-                totals["corr"] += float(parts["corr"])
+                rows, weight = shard(idx, self.dist), 1.0
+                if len(rows) == 0:  # a last global batch smaller than the job: join the all-reduce with weight 0
+                    rows, weight = idx[:1], 0.0
+                rows = rows.to(self.device)
+                loss, parts = train_step(trained, optimizer, x_train[rows], y_train[rows], config=self.model_config,
+                                         batch_total=len(idx) if self.dist.enabled else None,
+                                         loss_scale=weight * self.dist.world_size)
+                totals += weight * torch.stack([loss.detach(), parts["kl"], parts["corr"]]).double()
+            all_reduce_sum(totals, self.dist)
+            totals = dict(zip(("loss", "kl", "corr"), totals.tolist()))
             scheduler.step()
             seconds += time.perf_counter() - tic
-            metrics = evaluate(model, x_test, y_test, cfg.batch_size, self.model_config.eval_first_sample_only)
+            metrics = evaluate(model, x_test, y_test, cfg.batch_size, self.model_config.eval_first_sample_only, self.dist)
             record = {"epoch": epoch + 1, **{f"train_{k}": v / len(batches) for k, v in totals.items()}, **metrics}
             history.append(record)
             bar.set_postfix(loss=f"{record['train_loss']:.4f}", test_kl=f"{metrics['kl']:.4f}")
@@ -282,7 +313,7 @@ class Experiment:
                       f"(kl {record['train_kl']:.4f}, corr {record['train_corr']:.4f})  test: "
                       + "  ".join(f"{m} {metrics[m]:.4f}" for m in METRIC_NAMES))
             done = epoch + 1
-            if self._checkpoint_path() and (done % cfg.checkpoint_every == 0 or done == cfg.epochs):
+            if self._writes_checkpoints() and (done % cfg.checkpoint_every == 0 or done == cfg.epochs):
                 atomic_save({"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "results": results,
                              "split_index": index, "epoch": done, "history": history, "seconds": seconds,
                              "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -298,12 +329,12 @@ class Experiment:
             result["mean"] = mean_baseline(y_train, y_test)
             columns = self.dataset.layout.block_slices()[cfg.baseline_modality]
             result["mlp"] = train_mlp_baseline(x_train, y_train, x_test, y_test, columns, cfg, split_seed + 3)
-        if self.cfg.checkpoint_dir and cfg.save_models:
+        if self._writes_checkpoints() and cfg.save_models:
             atomic_save({"format": "helo_fast-model-v1", "model_config": self.model_config.to_dict(),
                          "state_dict": model.state_dict(), "split": split.name, "dataset": self.dataset.name,
                          "dataset_rows": len(self.dataset),
                          "train_rows": split.train, "test_rows": split.test, "batch_size": cfg.batch_size},
-                        os.path.join(self.cfg.checkpoint_dir, f"model_{index}.pt"))
+                        os.path.join(self.cfg.checkpoint_dir, f"model_{index}.pt"), keep_previous=False)
         return result
 
     def run(self) -> dict:
@@ -319,16 +350,17 @@ class Experiment:
             resume_state = state if state is not None and state["split_index"] == index and "model" in state else None
             results.append(self._train_split(index, self.splits[index], resume_state, results))
             state = None
-            if self._checkpoint_path():
+            if self._writes_checkpoints():
                 atomic_save({"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "results": results,
                              "split_index": index + 1, "epoch": 0}, self._checkpoint_path())
             split_bar.update(1)
         split_bar.close()
         summary = summarize(results, self.cfg)
         summary.update(dataset=self.dataset.name, protocol=self.cfg.protocol, device=str(self.device),
+                       world_size=self.dist.world_size, rank=self.dist.rank,
                        train_config=dataclasses.asdict(self.cfg), model_config=self.model_config.to_dict(),
                        splits=results)
-        if self.cfg.output_json:
+        if self.cfg.output_json and self.dist.is_main:
             write_json(summary, self.cfg.output_json)
         return summary
 
@@ -392,7 +424,7 @@ def evaluate_saved_models(dataset: EmotionDataset, files: List[str], device: str
     dev = resolve_device(device)
     results = []
     for file in files:
-        saved = torch.load(file, map_location="cpu", weights_only=False)
+        saved = load_checked(file)
         if not isinstance(saved, dict) or saved.get("format") != "helo_fast-model-v1":
             raise ValueError(f"{file!r} is not a model file written by `helo-fast train` (model_<i>.pt)")
         if saved["dataset"] != dataset.name or saved["dataset_rows"] != len(dataset):

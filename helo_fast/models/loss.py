@@ -1,7 +1,7 @@
 """HeLo's training loss (HELO_SPEC §5, §7): KL(y || y_hat) + lambda_corr * L_corr."""
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -19,19 +19,23 @@ def target_correlation(target: torch.Tensor) -> torch.Tensor:
 
 
 def helo_loss(output: HeLoOutput, target: torch.Tensor, *, kl_reduction: str = "batchmean",
-              lambda_corr: float = 1.0) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+              lambda_corr: float = 1.0, batch_total: Optional[int] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Total loss and its parts {"kl", "corr"}.
 
     output: HeLoOutput (log_probs [B, C], label_correlation [C, C]); target: [B, C] distributions.
-    kl = sum y (log y - log y_hat), divided by B for "batchmean", summed over batch for "sum";
-    corr = mean over batch and all C x C entries of (R_hat - R)^2.
+    kl = sum y (log y - log y_hat), divided by the batch size for "batchmean", summed for "sum";
+    corr = mean over the batch of the mean over all C x C entries of (R_hat - R)^2.
+    ``batch_total`` replaces B as the divisor of the batch means (data-parallel training passes the
+    global batch size, so each process's loss is its share of the global-batch loss).
     """
     check_choice("kl_reduction", kl_reduction, KL_REDUCTIONS)
     if target.shape != output.log_probs.shape:
         raise ValueError(f"target must have shape [B, C] = {tuple(output.log_probs.shape)}, got {tuple(target.shape)}")
-    kl = F.kl_div(output.log_probs, target, reduction=kl_reduction)
+    rows = target.shape[0] if batch_total is None else batch_total
+    kl = F.kl_div(output.log_probs, target, reduction="sum")
+    kl = kl / rows if kl_reduction == "batchmean" else kl
     r = target_correlation(target)
-    corr = (output.label_correlation.unsqueeze(0) - r).square().mean()
+    corr = (output.label_correlation.unsqueeze(0) - r).square().mean(dim=(1, 2)).sum() / rows
     return kl + lambda_corr * corr, {"kl": kl.detach(), "corr": corr.detach()}
 
 

@@ -1,0 +1,31 @@
+"""One HeLo training step (forward, backward, Adam) at the default size: reference eager,
+torch.compile(reference) (HELO_BENCH_COMPILE=1), and the fast model (fused ops, backend "auto")."""
+import pytest
+import torch
+
+from benchmarks.conftest import COMPILE, record, synchronized
+from helo_fast._backend import choose_backend
+from helo_fast.models import HeLo, HeLoConfig
+from helo_fast.step_timing import synthetic_batch
+from helo_fast.train import train_step
+
+BATCHES = [128, 1024]
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("provider", ["reference", "compile", "fast"])
+def test_bench_training_step(benchmark, device, provider, batch):
+    if provider == "compile" and not COMPILE:
+        pytest.skip("set HELO_BENCH_COMPILE=1 for the torch.compile provider")
+    config = HeLoConfig()
+    torch.manual_seed(0)
+    model = HeLo(config, backend="reference" if provider != "fast" else "auto", mask_seed=0).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
+    x, y = synthetic_batch(config, batch, device=device)
+    step_model = torch.compile(model) if provider == "compile" else model  # .config reaches the wrapped model
+    # The fast model is reported under the backend "auto" picked here (cpp on CPU when built).
+    label = choose_backend("auto", device, "gromov_wasserstein") if provider == "fast" else provider
+    record(benchmark, op="helo_training_step", provider=label, pass_="fwd+bwd+adam",
+           size=f"B={batch} default config", batch=batch, dtype=torch.float32)
+    step = synchronized(lambda: train_step(step_model, optimizer, x, y))
+    benchmark.pedantic(step, rounds=5 if batch <= 128 else 3, warmup_rounds=1)

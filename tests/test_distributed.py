@@ -1,0 +1,37 @@
+"""Two processes with DistributedDataParallel (gloo, CPU) give the single-process result for the same global batch."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Dropout/DropKey off (each rank draws its own masks); a batch size that leaves uneven shards and a short last batch.
+ARGS = ["train", "--synthetic-subjects", "2", "--synthetic-trials", "6", "--synthetic-rows", "5", "--protocol", "kfold",
+        "--folds", "2", "--max-splits", "1", "--epochs", "2", "--batch-size", "7", "--config", "p_dropkey=0",
+        "--config", "dropout=0", "--config", "d_model=32", "--no-baselines", "--quiet", "--threads", "1",
+        "--device", "cpu"]
+
+
+def run(command, tmp_path, name):
+    out = tmp_path / f"{name}.json"
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command + ARGS + ["--output-json", str(out), "--checkpoint-dir", str(tmp_path / name)],
+                            capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads(out.read_text()), result.stdout
+
+
+@pytest.mark.slow
+def test_two_process_ddp_equals_single_process(tmp_path):
+    single, _ = run([sys.executable, "-m", "helo_fast"], tmp_path, "single")
+    ddp, stdout = run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29561",
+                       "-m", "helo_fast"], tmp_path, "ddp")
+    assert ddp["world_size"] == 2 and single["world_size"] == 1
+    assert stdout.count("HeLo ") == 1  # rank 0 alone prints the table
+    assert sorted(os.listdir(tmp_path / "ddp")) == ["checkpoint.pt", "checkpoint.pt.prev", "model_0.pt"]
+    for metric, value in single["summary"]["helo"].items():
+        assert ddp["summary"]["helo"][metric]["mean"] == pytest.approx(value["mean"], rel=1e-4), metric
+    losses = [[h["train_loss"] for h in run_["splits"][0]["history"]] for run_ in (single, ddp)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
