@@ -1,0 +1,106 @@
+// Host-side argument handling of lcd_attention shared by the CPU and CUDA launchers: checks, contiguous
+// copies where needed, and the Params struct (attention_common.h).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+
+#include <optional>
+
+#include "attention_common.h"
+
+namespace helo_fast::attention {
+
+// The tensors a kernel reads, in the layout it expects: q/k/v/residual/masks contiguous; bias as given
+// (read through Params::bias_stride, so a broadcast [Lq, Lk] bias is never materialised).
+struct Inputs {
+  at::Tensor q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask;
+};
+
+inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
+}
+
+inline int mask_mode(const at::Tensor& explicit_mask, double p) {
+  if (explicit_mask.defined()) return kExplicitMask;
+  return p > 0 ? kSeededMask : kNoMask;
+}
+
+inline Inputs make_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+                          const std::optional<at::Tensor>& ln_weight, const std::optional<at::Tensor>& ln_bias,
+                          const std::optional<at::Tensor>& dropkey_mask,
+                          const std::optional<at::Tensor>& dropout_mask) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "lcd_attention: q, k, v must be 4-D [B, H, L, D]");
+  const int64_t batch = q.size(0), heads = q.size(1), lq = q.size(2), dim = q.size(3), lk = k.size(2);
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == batch && k.size(1) == heads && k.size(3) == dim,
+              "lcd_attention: k and v must be [B, H, Lk, D] matching q [B, H, Lq, D]");
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+              "lcd_attention: q, k, v must share a dtype");
+  Inputs in;
+  in.q = q.contiguous();
+  in.k = k.contiguous();
+  in.v = v.contiguous();
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->scalar_type() == q.scalar_type(), "lcd_attention: bias must have the dtype of q");
+    TORCH_CHECK(bias->dim() <= 4, "lcd_attention: bias must be broadcastable to [B, H, Lq, Lk]");
+    in.bias = *bias;
+  }
+  in.residual = contiguous_or_undefined(residual);
+  if (in.residual.defined())
+    TORCH_CHECK(in.residual.sizes() == at::IntArrayRef({batch, lq, heads * dim}),
+                "lcd_attention: residual must be [B, Lq, H*D]");
+  in.ln_weight = contiguous_or_undefined(ln_weight);
+  in.ln_bias = contiguous_or_undefined(ln_bias);
+  TORCH_CHECK(!in.ln_bias.defined() || in.ln_weight.defined(), "lcd_attention: ln_bias needs ln_weight");
+  for (const at::Tensor* t : {&in.ln_weight, &in.ln_bias})
+    if (t->defined()) TORCH_CHECK(t->numel() == heads * dim, "lcd_attention: ln_weight/ln_bias must be [H*D]");
+  in.dropkey_mask = contiguous_or_undefined(dropkey_mask);
+  in.dropout_mask = contiguous_or_undefined(dropout_mask);
+  for (const at::Tensor* t : {&in.dropkey_mask, &in.dropout_mask})
+    if (t->defined())
+      TORCH_CHECK(t->scalar_type() == at::kBool && t->sizes() == at::IntArrayRef({batch, heads, lq, lk}),
+                  "lcd_attention: masks must be bool [B, H, Lq, Lk]");
+  return in;
+}
+
+inline Params make_params(const Inputs& in, double scale, double dropkey_p, double dropout_p, double dropkey_value,
+                          double ln_eps, bool bias_before_scale, int64_t seed) {
+  Params p{};
+  p.batch = in.q.size(0);
+  p.heads = in.q.size(1);
+  p.lq = in.q.size(2);
+  p.dim = in.q.size(3);
+  p.lk = in.k.size(2);
+  p.scale = scale;
+  p.dropkey_value = dropkey_value;
+  p.dropout_scale = 1.0 / (1.0 - dropout_p);
+  p.ln_eps = ln_eps;
+  p.dropkey_p = static_cast<float>(dropkey_p);
+  p.dropout_p = static_cast<float>(dropout_p);
+  p.seed = static_cast<uint32_t>(seed & 0xFFFFFFFF);
+  p.dropkey_mode = mask_mode(in.dropkey_mask, dropkey_p);
+  p.dropout_mode = mask_mode(in.dropout_mask, dropout_p);
+  p.bias_before_scale = bias_before_scale;
+  p.has_bias = in.bias.defined();
+  p.has_residual = in.residual.defined();
+  p.has_ln = in.ln_weight.defined();
+  p.has_ln_bias = in.ln_bias.defined();
+  for (int d = 0; d < 4; ++d) p.bias_stride[d] = 0;
+  if (p.has_bias) {
+    const at::Tensor expanded = in.bias.expand({p.batch, p.heads, p.lq, p.lk});
+    for (int d = 0; d < 4; ++d) p.bias_stride[d] = expanded.stride(d);
+  }
+  return p;
+}
+
+// Strides of a contiguous tensor of bias's shape, seen as [B, H, Lq, Lk] (0 along broadcast dims):
+// where the gradient of logit (b, h, i, j) accumulates.
+inline void bias_grad_strides(const at::Tensor& grad_bias, const Params& p, int64_t out[4]) {
+  const at::Tensor expanded = grad_bias.expand({p.batch, p.heads, p.lq, p.lk});
+  for (int d = 0; d < 4; ++d) out[d] = expanded.stride(d);
+}
+
+inline at::ScalarType acc_type_of(const at::Tensor& t) { return at::toOpMathType(t.scalar_type()); }
+
+}  // namespace helo_fast::attention

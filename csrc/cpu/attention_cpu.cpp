@@ -1,0 +1,238 @@
+// lcd_attention on CPU: logits (+ bias, before or after scaling), DropKey, softmax, dropout, A·V, residual,
+// LayerNorm, fused per query row. With save_for_backward the forward also returns the softmax weights
+// [B, H, Lq, Lk] and the LayerNorm input [B, Lq, H*D] (accumulation type); the backward reads them and
+// regenerates the dropout mask from the seed. Forward: at::parallel_for over the B*Lq query rows (all heads
+// of a row together, LayerNorm spans them). Backward: over the batch, since all rows of a batch entry
+// accumulate into its dk, dv.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "../attention_params.h"
+#include "../ot_cpu_math.h"
+
+namespace helo_fast::attention {
+namespace {
+
+// Read-only views of the inputs for one dtype.
+template <typename scalar_t>
+struct Views {
+  const scalar_t *q, *k, *v, *bias, *residual, *ln_weight, *ln_bias;
+  const bool *dropkey_mask, *dropout_mask;
+};
+
+template <typename scalar_t>
+Views<scalar_t> views_of(const Inputs& in) {
+  auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr; };
+  auto mask = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<bool>() : nullptr; };
+  return {ptr(in.q), ptr(in.k), ptr(in.v), ptr(in.bias), ptr(in.residual), ptr(in.ln_weight), ptr(in.ln_bias),
+          mask(in.dropkey_mask), mask(in.dropout_mask)};
+}
+
+// Scratch of one parallel task (a range of query rows or batch entries), in the accumulation type.
+template <typename acc_t>
+struct ChunkScratch {
+  std::vector<acc_t> prob, weight, y, dy, dp, dq, dk, dv;
+  explicit ChunkScratch(const Params& p)
+      : prob(p.heads * p.lk), weight(p.heads * p.lk), y(p.heads * p.dim), dy(p.heads * p.dim), dp(p.lk),
+        dq(p.dim), dk(p.heads * p.lk * p.dim), dv(p.heads * p.lk * p.dim) {}
+};
+
+// Outputs of the backward: gradients in the input dtype (q, k, v, the LayerNorm input) and reduction
+// targets in the accumulation type (bias, ln_weight, ln_bias; one slice per chunk where chunks share them).
+template <typename scalar_t, typename acc_t>
+struct Grads {
+  scalar_t *dq, *dk, *dv, *dy;
+  acc_t* dbias;                  // [chunks, bias numel] when bias_shared_over_batch, else [bias numel]
+  acc_t *dln_weight, *dln_bias;  // [chunks, H*D]
+  int64_t dbias_stride[4];
+  int64_t dbias_numel;
+  bool bias_shared_over_batch;
+};
+
+// The kernels, compiled three times; best_isa() picks the widest this CPU runs.
+namespace isa_default {
+#include "../attention_cpu_kernels.h"
+}  // namespace isa_default
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace isa_avx2 {
+#include "../attention_cpu_kernels.h"
+}  // namespace isa_avx2
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")
+namespace isa_avx512 {
+#include "../attention_cpu_kernels.h"
+}  // namespace isa_avx512
+#pragma GCC pop_options
+
+enum class Isa { kDefault, kAvx2, kAvx512 };
+
+// HELO_FAST_CPU_ISA=default|avx2 caps the choice (tests run every variant on one machine).
+Isa best_isa() {
+  static const Isa isa = [] {
+    const char* cap = std::getenv("HELO_FAST_CPU_ISA");
+    if (cap != nullptr && std::string(cap) == "default") return Isa::kDefault;
+    const bool avx2_only = cap != nullptr && std::string(cap) == "avx2";
+    __builtin_cpu_init();
+    if (!avx2_only && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+      return Isa::kAvx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+    return Isa::kDefault;
+  }();
+  return isa;
+}
+
+template <typename scalar_t, typename acc_t>
+void forward_cpu(const Params& p, const Views<scalar_t>& x, scalar_t* out, acc_t* mean_out, acc_t* rstd_out,
+                 acc_t* prob_out, acc_t* y_out) {
+  const int64_t rows = p.batch * p.lq;
+  const int64_t work_per_row = std::max<int64_t>(1, 2 * p.heads * p.lk * p.dim);
+  const int64_t grain = std::max<int64_t>(1, 16384 / work_per_row);
+  const Isa isa = best_isa();
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    ChunkScratch<acc_t> scratch(p);
+    switch (isa) {
+      case Isa::kAvx512: isa_avx512::forward_rows(p, x, out, mean_out, rstd_out, prob_out, y_out, begin, end, scratch); break;
+      case Isa::kAvx2: isa_avx2::forward_rows(p, x, out, mean_out, rstd_out, prob_out, y_out, begin, end, scratch); break;
+      default: isa_default::forward_rows(p, x, out, mean_out, rstd_out, prob_out, y_out, begin, end, scratch);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lcd_attention_fwd_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& ln_weight,
+    const std::optional<at::Tensor>& ln_bias, const std::optional<at::Tensor>& dropkey_mask,
+    const std::optional<at::Tensor>& dropout_mask, double scale, double dropkey_p, double dropout_p,
+    double dropkey_value, double ln_eps, bool bias_before_scale, int64_t seed, bool save_for_backward) {
+  const Inputs in = make_inputs(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask);
+  const Params p = make_params(in, scale, dropkey_p, dropout_p, dropkey_value, ln_eps, bias_before_scale, seed);
+  at::Tensor out = at::empty({p.batch, p.lq, p.heads * p.dim}, q.options());
+  const auto stat_options = q.options().dtype(acc_type_of(q));
+  at::Tensor mean = at::empty({p.batch, p.lq}, stat_options), rstd = at::empty({p.batch, p.lq}, stat_options);
+  at::Tensor prob = save_for_backward ? at::empty({p.batch, p.heads, p.lq, p.lk}, stat_options)
+                                      : q.new_empty({0}, stat_options);
+  at::Tensor ln_input = save_for_backward ? at::empty({p.batch, p.lq, p.heads * p.dim}, stat_options)
+                                          : q.new_empty({0}, stat_options);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "lcd_attention_fwd_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    forward_cpu<scalar_t, acc_t>(p, views_of<scalar_t>(in), out.mutable_data_ptr<scalar_t>(),
+                                 mean.mutable_data_ptr<acc_t>(), rstd.mutable_data_ptr<acc_t>(),
+                                 save_for_backward ? prob.mutable_data_ptr<acc_t>() : nullptr,
+                                 save_for_backward ? ln_input.mutable_data_ptr<acc_t>() : nullptr);
+  });
+  return {out, mean, rstd, prob, ln_input};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lcd_attention_bwd_cpu(
+    const at::Tensor& grad_out_in, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+    const std::optional<at::Tensor>& ln_weight, const std::optional<at::Tensor>& ln_bias,
+    const std::optional<at::Tensor>& dropkey_mask, const std::optional<at::Tensor>& dropout_mask,
+    const at::Tensor& mean_in, const at::Tensor& rstd_in, const at::Tensor& prob_in, const at::Tensor& ln_input_in,
+    double scale, double dropkey_p, double dropout_p, double dropkey_value, bool bias_before_scale, int64_t seed) {
+  const Inputs in = make_inputs(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask);
+  const Params p = make_params(in, scale, dropkey_p, dropout_p, dropkey_value, 1e-5, bias_before_scale, seed);
+  TORCH_CHECK(prob_in.sizes() == at::IntArrayRef({p.batch, p.heads, p.lq, p.lk}) &&
+                  ln_input_in.sizes() == at::IntArrayRef({p.batch, p.lq, p.heads * p.dim}),
+              "lcd_attention_bwd: prob and ln_input must be the forward's saved [B, H, Lq, Lk] and [B, Lq, H*D] "
+              "(run the forward with save_for_backward=True)");
+  const int64_t HD = p.heads * p.dim;
+  const at::Tensor grad_out = grad_out_in.to(q.scalar_type()).contiguous();
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({p.batch, p.lq, HD}), "lcd_attention_bwd: grad_out must be [B, Lq, H*D]");
+  const at::ScalarType acc = acc_type_of(q);
+  const at::Tensor mean = mean_in.to(acc).contiguous(), rstd = rstd_in.to(acc).contiguous();
+  const at::Tensor prob = prob_in.to(acc).contiguous(), ln_input = ln_input_in.to(acc).contiguous();
+  at::Tensor dq = at::empty_like(in.q), dk = at::empty_like(in.k), dv = at::empty_like(in.v);
+  at::Tensor dy = at::empty({p.batch, p.lq, HD}, q.options());
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), p.batch));
+  const auto acc_options = q.options().dtype(acc);
+  at::Tensor dbias_acc, dln_weight_acc, dln_bias_acc;
+  int64_t dbias_stride[4] = {0, 0, 0, 0};
+  bool bias_shared = false;
+  if (p.has_bias) {
+    at::Tensor shaped = at::zeros(in.bias.sizes(), acc_options);
+    bias_grad_strides(shaped, p, dbias_stride);
+    bias_shared = dbias_stride[0] == 0 && p.batch > 1;
+    dbias_acc = bias_shared ? at::zeros({chunks, shaped.numel()}, acc_options) : shaped;
+  }
+  if (p.has_ln) {
+    dln_weight_acc = at::zeros({chunks, HD}, acc_options);
+    if (p.has_ln_bias) dln_bias_acc = at::zeros({chunks, HD}, acc_options);
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "lcd_attention_bwd_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Views<scalar_t> x = views_of<scalar_t>(in);
+    Grads<scalar_t, acc_t> g{};
+    g.dq = dq.mutable_data_ptr<scalar_t>();
+    g.dk = dk.mutable_data_ptr<scalar_t>();
+    g.dv = dv.mutable_data_ptr<scalar_t>();
+    g.dy = dy.mutable_data_ptr<scalar_t>();
+    g.dbias = dbias_acc.defined() ? dbias_acc.mutable_data_ptr<acc_t>() : nullptr;
+    g.dln_weight = dln_weight_acc.defined() ? dln_weight_acc.mutable_data_ptr<acc_t>() : nullptr;
+    g.dln_bias = dln_bias_acc.defined() ? dln_bias_acc.mutable_data_ptr<acc_t>() : nullptr;
+    for (int d = 0; d < 4; ++d) g.dbias_stride[d] = dbias_stride[d];
+    g.dbias_numel = p.has_bias ? in.bias.numel() : 0;
+    g.bias_shared_over_batch = bias_shared;
+    const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
+    const acc_t* mp = mean.const_data_ptr<acc_t>();
+    const acc_t* rp = rstd.const_data_ptr<acc_t>();
+    const acc_t* pp = prob.const_data_ptr<acc_t>();
+    const acc_t* yp = ln_input.const_data_ptr<acc_t>();
+    // One task per chunk of batch entries, so each chunk owns its slice of the shared reductions.
+    const Isa isa = best_isa();
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      ChunkScratch<acc_t> scratch(p);
+      for (int64_t c = begin; c < end; ++c) {
+        const int64_t first = c * p.batch / chunks, last = (c + 1) * p.batch / chunks;
+        switch (isa) {
+          case Isa::kAvx512: isa_avx512::backward_batches(p, x, go, mp, rp, pp, yp, first, last, c, g, scratch); break;
+          case Isa::kAvx2: isa_avx2::backward_batches(p, x, go, mp, rp, pp, yp, first, last, c, g, scratch); break;
+          default: isa_default::backward_batches(p, x, go, mp, rp, pp, yp, first, last, c, g, scratch);
+        }
+      }
+    });
+  });
+  // Absent inputs get distinct empty tensors (outputs must not alias each other).
+  at::Tensor grad_bias = q.new_empty({0}), grad_ln_weight = q.new_empty({0}), grad_ln_bias = q.new_empty({0});
+  if (p.has_bias)
+    grad_bias = (bias_shared ? dbias_acc.sum(0).view(in.bias.sizes()) : dbias_acc).to(q.scalar_type());
+  if (p.has_ln) grad_ln_weight = dln_weight_acc.sum(0).to(q.scalar_type());
+  if (p.has_ln_bias) grad_ln_bias = dln_bias_acc.sum(0).to(q.scalar_type());
+  return {dq, dk, dv, grad_bias, dy, grad_ln_weight, grad_ln_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(helo_fast, m) {
+  m.def(
+      "lcd_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? bias, Tensor? residual, Tensor? ln_weight, "
+      "Tensor? ln_bias, Tensor? dropkey_mask, Tensor? dropout_mask, float scale, float dropkey_p, float dropout_p, "
+      "float dropkey_value, float ln_eps, bool bias_before_scale, int seed, bool save_for_backward) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "lcd_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? bias, Tensor? residual, "
+      "Tensor? ln_weight, Tensor? ln_bias, Tensor? dropkey_mask, Tensor? dropout_mask, Tensor mean, Tensor rstd, "
+      "Tensor prob, Tensor ln_input, float scale, float dropkey_p, float dropout_p, float dropkey_value, bool bias_before_scale, int seed) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(helo_fast, CPU, m) {
+  m.impl("lcd_attention_fwd", &lcd_attention_fwd_cpu);
+  m.impl("lcd_attention_bwd", &lcd_attention_bwd_cpu);
+}
+
+}  // namespace helo_fast::attention

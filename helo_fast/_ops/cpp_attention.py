@@ -1,0 +1,126 @@
+"""The C++ fused attention (torch.ops.helo_fast.lcd_attention_fwd/_bwd): fake kernels, autograd, registration.
+
+When gradients are needed the forward also returns what the backward reads: the LayerNorm statistics
+(mean, rstd [B, Lq]), the softmax weights [B, H, Lq, Lk] and the LayerNorm input [B, Lq, H*D] (in the
+accumulation type); DropKey/dropout masks are never stored, the backward regenerates them from the seed.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _ext, _rng
+from ..reference.attention import dropkey_value
+from . import register
+
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """LayerNorm statistics are kept in the accumulation type (float32 for half inputs)."""
+    return torch.float32 if dtype in _HALF_DTYPES else dtype
+
+
+def needs_seed(dropkey_p: float, dropout_p: float, dropkey_mask, dropout_mask) -> bool:
+    """Whether a seed is drawn: exactly when reference.attention.attention_masks draws one."""
+    return (dropkey_p > 0 and dropkey_mask is None) or (dropout_p > 0 and dropout_mask is None)
+
+
+if _ext.has_cpp():
+
+    @torch.library.register_fake("helo_fast::lcd_attention_fwd")
+    def _lcd_attention_fwd_fake(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, scale,
+                                dropkey_p, dropout_p, dropkey_value, ln_eps, bias_before_scale, seed, save_for_backward):
+        batch, heads, lq, dim = q.shape
+        stat_dtype = _stat_dtype(q.dtype)
+        saved = save_for_backward
+        return (q.new_empty((batch, lq, heads * dim)), q.new_empty((batch, lq), dtype=stat_dtype),
+                q.new_empty((batch, lq), dtype=stat_dtype),
+                q.new_empty((batch, heads, lq, k.shape[2]) if saved else (0,), dtype=stat_dtype),
+                q.new_empty((batch, lq, heads * dim) if saved else (0,), dtype=stat_dtype))
+
+    @torch.library.register_fake("helo_fast::lcd_attention_bwd")
+    def _lcd_attention_bwd_fake(grad_out, q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask,
+                                mean, rstd, prob, ln_input, scale, dropkey_p, dropout_p, dropkey_value,
+                                bias_before_scale, seed):
+        batch, heads, lq, dim = q.shape
+
+        def like(t, shape):
+            return q.new_empty(shape if t is not None else (0,))
+
+        return (q.new_empty(q.shape), q.new_empty(k.shape), q.new_empty(v.shape),
+                like(bias, None if bias is None else bias.shape), q.new_empty((batch, lq, heads * dim)),
+                like(ln_weight, (heads * dim,)), like(ln_bias, (heads * dim,)))
+
+    def _save_context(ctx, inputs, output):
+        """Keep what lcd_attention_bwd reads (shared by the registered autograd and the eager Function)."""
+        (q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, scale, dropkey_p, dropout_p,
+         dk_value, ln_eps, bias_before_scale, seed, saved) = inputs
+        _, mean, rstd, prob, ln_input = output
+        # The CPU backward reads the saved LayerNorm input, so it needs no residual; CUDA recomputes it.
+        ctx.has_residual, ctx.saved = residual is not None, saved
+        keep_residual = residual if q.is_cuda or not saved else None
+        ctx.save_for_backward(q, k, v, bias, keep_residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, mean,
+                              rstd, prob, ln_input)
+        ctx.scalars = (scale, dropkey_p, dropout_p, dk_value, bias_before_scale, seed)
+        ctx.ln_eps = ln_eps
+
+    def _input_grads(ctx, grad_out):
+        """Gradients for (q, k, v, bias, residual, ln_weight, ln_bias); None where an input is absent."""
+        (q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, mean, rstd, prob,
+         ln_input) = ctx.saved_tensors
+        if not ctx.saved:  # the forward ran with save_for_backward=False: recompute what it would have saved
+            scale, dropkey_p, dropout_p, dk_value, bias_before_scale, seed = ctx.scalars
+            _, mean, rstd, prob, ln_input = torch.ops.helo_fast.lcd_attention_fwd(
+                q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, scale, dropkey_p, dropout_p,
+                dk_value, ctx.ln_eps, bias_before_scale, seed, True)
+        dq, dk, dv, dbias, dy, dln_weight, dln_bias = torch.ops.helo_fast.lcd_attention_bwd(
+            grad_out, q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, mean, rstd, prob,
+            ln_input, *ctx.scalars)
+        return (dq, dk, dv, None if bias is None else dbias, dy if ctx.has_residual else None,
+                None if ln_weight is None else dln_weight, None if ln_bias is None else dln_bias)
+
+    _NO_GRADS = (None,) * 10  # masks and the scalar arguments
+
+    def _setup_context(ctx, inputs, output):
+        _save_context(ctx, inputs, output)
+        ctx.mark_non_differentiable(*output[1:])
+
+    def _backward(ctx, grad_out, *_grad_saved):
+        return _input_grads(ctx, grad_out) + _NO_GRADS
+
+    # Used by torch.compile (and any caller of the op): the op's own autograd.
+    torch.library.register_autograd("helo_fast::lcd_attention_fwd", _backward, setup_context=_setup_context)
+
+    class _EagerLcdAttention(torch.autograd.Function):
+        """The same forward/backward as the op's registered autograd, minus its Python dispatch overhead
+        (about 0.1 ms per forward+backward, as much as the whole kernel at small batches); eager mode only."""
+
+        @staticmethod
+        def forward(ctx, *inputs):
+            output = torch.ops.helo_fast.lcd_attention_fwd(*inputs)
+            _save_context(ctx, inputs, output)
+            return output[0]
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            return _input_grads(ctx, grad_out) + _NO_GRADS
+
+    def lcd_attention_cpp(q, k, v, bias, *, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias, ln_eps,
+                          bias_before_scale, generator, dropkey_mask, dropout_mask):
+        """Validated inputs (see functional.lcd_attention) -> out [B, Lq, H*D] from the C++ kernels.
+
+        q [B, H, Lq, D], k/v [B, H, Lk, D], bias broadcastable to [B, H, Lq, Lk], residual [B, Lq, H*D],
+        ln_weight/ln_bias [H*D], masks bool [B, H, Lq, Lk]. The seed is drawn from ``generator`` exactly as
+        the reference draws it, so both give the same masks for the same generator state.
+        """
+        seed = _rng.draw_seed(generator) if needs_seed(dropkey_p, dropout_p, dropkey_mask, dropout_mask) else 0
+        save = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (q, k, v, bias, residual, ln_weight, ln_bias))
+        args = (q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, float(scale),
+                float(dropkey_p), float(dropout_p), dropkey_value(q.dtype), float(ln_eps), bool(bias_before_scale),
+                seed, save)
+        if save and not torch.compiler.is_compiling():
+            return _EagerLcdAttention.apply(*args)
+        return torch.ops.helo_fast.lcd_attention_fwd(*args)[0]
+
+    register("lcd_attention", "cpp", lcd_attention_cpp)
