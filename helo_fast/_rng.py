@@ -43,6 +43,16 @@ def bernoulli_mask(seed: int, shape, p: float, stream: int, device=None) -> torc
     return hash_uniform(seed, shape, stream, device) < torch.tensor(p, dtype=torch.float32)
 
 
+def needs_seed(dropkey_p: float, dropout_p: float, dropkey_mask=None, dropout_mask=None) -> bool:
+    """Whether an attention call draws a seed: some p > 0 has no explicit mask (same rule on every backend)."""
+    return (dropkey_p > 0 and dropkey_mask is None) or (dropout_p > 0 and dropout_mask is None)
+
+
+def draw_seed_tensor(generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The seed draw as an int64 tensor [1] (no .item(), so torch.compile graphs do not break)."""
+    return torch.randint(0, 2**31 - 1, (1,), generator=generator)
+
+
 def draw_seed(generator: Optional[torch.Generator] = None) -> int:
     """Draw a 31-bit seed from ``generator`` (the default CPU generator when None)."""
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
+    return int(draw_seed_tensor(generator).item())

@@ -20,11 +20,6 @@ def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in _HALF_DTYPES else dtype
 
 
-def needs_seed(dropkey_p: float, dropout_p: float, dropkey_mask, dropout_mask) -> bool:
-    """Whether a seed is drawn: exactly when reference.attention.attention_masks draws one."""
-    return (dropkey_p > 0 and dropkey_mask is None) or (dropout_p > 0 and dropout_mask is None)
-
-
 if _ext.has_cpp():
 
     @torch.library.register_fake("helo_fast::lcd_attention_fwd")
@@ -113,7 +108,7 @@ if _ext.has_cpp():
         ln_weight/ln_bias [H*D], masks bool [B, H, Lq, Lk]. The seed is drawn from ``generator`` exactly as
         the reference draws it, so both give the same masks for the same generator state.
         """
-        seed = _rng.draw_seed(generator) if needs_seed(dropkey_p, dropout_p, dropkey_mask, dropout_mask) else 0
+        seed = _rng.draw_seed(generator) if _rng.needs_seed(dropkey_p, dropout_p, dropkey_mask, dropout_mask) else 0
         save = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (q, k, v, bias, residual, ln_weight, ln_bias))
         args = (q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, float(scale),

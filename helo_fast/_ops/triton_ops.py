@@ -17,7 +17,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import kernels
+from .. import _rng, kernels
 from . import register
 
 if kernels.TRITON_ERROR is None:
@@ -239,11 +239,8 @@ if kernels.TRITON_ERROR is None:
     def lcd_attention_triton(q, k, v, bias, *, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias, ln_eps,
                              bias_before_scale, generator, dropkey_mask, dropout_mask):
         """Validated inputs (see helo_fast.functional.lcd_attention) -> out [B, Lq, H*D]."""
-        seed = None
-        if (dropkey_p > 0 and dropkey_mask is None) or (dropout_p > 0 and dropout_mask is None):
-            # The draw of helo_fast._rng.draw_seed (same generator state, same value), kept as a tensor
-            # so that no .item() breaks a torch.compile graph.
-            seed = torch.randint(0, 2**31 - 1, (1,), generator=generator)
+        needed = _rng.needs_seed(dropkey_p, dropout_p, dropkey_mask, dropout_mask)
+        seed = _rng.draw_seed_tensor(generator) if needed else None
         return triton_lcd_attention_fwd(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, seed,
                                         float(scale), float(dropkey_p), float(dropout_p), float(ln_eps),
                                         bool(bias_before_scale))
