@@ -25,3 +25,5 @@ def get(op: str, backend: str) -> Callable:
 
 
 from . import cpp_ot  # noqa: E402,F401  (registers the C++ OT ops)
+from . import cpp_attention  # noqa: E402,F401  (registers the C++ fused attention)
+from . import triton_ops  # noqa: E402,F401  (registers the Triton ops)

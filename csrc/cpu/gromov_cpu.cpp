@@ -1,0 +1,337 @@
+// HeLo's whole Gromov-Wasserstein step (HELO_SPEC §4.4) on CPU: cost linearisation and the inner
+// IPOT / Sinkhorn solves fused per problem, forward and unrolled backward.
+// Schemas of helo_fast::gromov_wasserstein_fwd / _bwd live here; CUDA kernels in csrc/cuda/ot_cuda.cu.
+//   u = (cs∘cs) a, v = (ct∘ct) b, Gamma_0 = a bᵀ;  for t = 1..outer: L_t = u 1ᵀ + 1 vᵀ - 2 cs Gamma_{t-1} ctᵀ,
+//   Gamma_t = solver(L_t).   The backward keeps the outer plans Gamma_{t-1} and the inner potentials.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+#include "../ot_checks.h"
+#include "../ot_cpu_solvers.h"
+
+namespace helo_fast {
+namespace {
+
+using namespace ot_cpu;
+
+// out [r, c] = A [r, k] @ B [k, c] (all row-major). Four output rows at a time: four independent
+// accumulation chains per loaded row of B, contiguous inner loops.
+template <typename T>
+HF_INLINE void matmul(const T* __restrict A, const T* __restrict B, int64_t r, int64_t k, int64_t c, T* __restrict out) {
+  for (int64_t e = 0; e < r * c; ++e) out[e] = 0;
+  int64_t i = 0;
+  for (; i + 4 <= r; i += 4) {
+    T* __restrict o0 = out + i * c;
+    T* __restrict o1 = o0 + c;
+    T* __restrict o2 = o1 + c;
+    T* __restrict o3 = o2 + c;
+    for (int64_t l = 0; l < k; ++l) {
+      const T w0 = A[i * k + l], w1 = A[(i + 1) * k + l], w2 = A[(i + 2) * k + l], w3 = A[(i + 3) * k + l];
+      const T* __restrict brow = B + l * c;
+#pragma omp simd
+      for (int64_t j = 0; j < c; ++j) {
+        const T bj = brow[j];
+        o0[j] += w0 * bj;
+        o1[j] += w1 * bj;
+        o2[j] += w2 * bj;
+        o3[j] += w3 * bj;
+      }
+    }
+  }
+  for (; i < r; ++i) {
+    T* __restrict orow = out + i * c;
+    for (int64_t l = 0; l < k; ++l) {
+      const T w = A[i * k + l];
+      const T* __restrict brow = B + l * c;
+#pragma omp simd
+      for (int64_t j = 0; j < c; ++j) orow[j] += w * brow[j];
+    }
+  }
+}
+
+template <typename T>
+HF_INLINE void transpose(const T* __restrict A, int64_t r, int64_t c, T* __restrict out) {
+  for (int64_t i = 0; i < r; ++i)
+    for (int64_t j = 0; j < c; ++j) out[j * r + i] = A[i * c + j];
+}
+
+// Per-problem buffers, allocated once per parallel task.
+template <typename T>
+struct GwScratch {
+  std::vector<T> buf;
+  T *ctT, *csT, *X, *M, *K, *Q, *G0, *dG, *dK, *lam, *Z, *Dcum, *Scum;
+  T *u, *loga, *F, *vn1, *vn2, *vn3, *vn4, *vn5;
+  T *v, *logb, *Gv, *colmax, *vm1, *vm2, *vm3, *vm4, *vm5, *vm6;
+  GwScratch(int64_t n, int64_t m, int64_t inner) {
+    buf.assign(m * m + n * n + 11 * n * m + (inner + 1) * (n + m) + 8 * n + 10 * m, T(0));
+    T* p = buf.data();
+    auto take = [&p](int64_t count) {
+      T* q = p;
+      p += count;
+      return q;
+    };
+    ctT = take(m * m), csT = take(n * n);
+    X = take(n * m), M = take(n * m), K = take(n * m), Q = take(n * m), G0 = take(n * m), dG = take(n * m);
+    dK = take(n * m), lam = take(n * m), Z = take(n * m);
+    take(2 * n * m);
+    Dcum = take((inner + 1) * n), Scum = take((inner + 1) * m);
+    u = take(n), loga = take(n), F = take(n), vn1 = take(n), vn2 = take(n), vn3 = take(n), vn4 = take(n), vn5 = take(n);
+    v = take(m), logb = take(m), Gv = take(m), colmax = take(m), vm1 = take(m), vm2 = take(m), vm3 = take(m);
+    vm4 = take(m), vm5 = take(m), vm6 = take(m);
+  }
+};
+
+// K = -(u_i + v_j - 2 (cs Gamma ctᵀ)_ij) / eps; X = cs Gamma is left in s.X.
+template <typename T>
+HF_INLINE void gw_log_kernel(const T* cs, const T* Gamma, GwScratch<T>& s, int64_t n, int64_t m, T eps) {
+  matmul(cs, Gamma, n, n, m, s.X);
+  matmul(s.X, s.ctT, n, m, m, s.M);
+  for (int64_t i = 0; i < n; ++i) {
+    const T ui = s.u[i];
+    const T* __restrict mrow = s.M + i * m;
+    T* __restrict krow = s.K + i * m;
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) krow[j] = -(((ui + s.v[j]) - T(2) * mrow[j]) / eps);
+  }
+}
+
+template <typename T>
+HF_INLINE void gw_setup(const T* cs, const T* ct, const T* a, const T* b, GwScratch<T>& s, int64_t n, int64_t m) {
+  transpose(ct, m, m, s.ctT);
+  for (int64_t i = 0; i < n; ++i) {
+    T acc = 0;
+    for (int64_t k = 0; k < n; ++k) acc += cs[i * n + k] * cs[i * n + k] * a[k];
+    s.u[i] = acc;
+    s.loga[i] = std::log(a[i]);
+  }
+  for (int64_t j = 0; j < m; ++j) {
+    T acc = 0;
+    for (int64_t l = 0; l < m; ++l) acc += ct[j * m + l] * ct[j * m + l] * b[l];
+    s.v[j] = acc;
+    s.logb[j] = std::log(b[j]);
+  }
+}
+
+template <typename T>
+HF_INLINE void gw_fwd_chunk(const T* cs, const T* ct, const T* a, const T* b, T* plan, T* plans, T* hist_n, T* hist_m,
+                            int64_t n, int64_t m, T eps, int64_t outer, int64_t inner, bool use_ipot, int64_t begin,
+                            int64_t end) {
+  GwScratch<T> s(n, m, inner);
+  for (int64_t p = begin; p < end; ++p) {
+    const T *pcs = cs + p * n * n, *pct = ct + p * m * m, *pa = a + p * n, *pb = b + p * m;
+    T* gamma = plan + p * n * m;
+    gw_setup(pcs, pct, pa, pb, s, n, m);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < m; ++j) gamma[i * m + j] = pa[i] * pb[j];
+    for (int64_t t = 0; t < outer; ++t) {
+      if (plans != nullptr)
+        for (int64_t e = 0; e < n * m; ++e) plans[(p * outer + t) * n * m + e] = gamma[e];
+      gw_log_kernel(pcs, gamma, s, n, m, eps);
+      T* hn = hist_n ? hist_n + (p * outer + t) * inner * n : nullptr;
+      T* hm = hist_m ? hist_m + (p * outer + t) * inner * m : nullptr;
+      if (use_ipot) {
+        if (!ipot_forward_linear(s.K, pa, pb, n, m, inner, gamma, hn, hm, s.G0, s.Q, s.F, s.Gv, s.colmax))
+          ipot_forward(s.K, s.loga, s.logb, n, m, inner, gamma, hn, hm, s.Q, s.F, s.Gv, s.colmax);
+      } else if (!sinkhorn_forward_linear(s.K, pa, pb, n, m, inner, gamma, hn, hm, s.G0, s.F, s.Gv)) {
+        sinkhorn_forward(s.K, s.loga, s.logb, n, m, inner, s.F, s.Gv, hn, hm, s.colmax);
+        exp_outer(s.K, s.F, s.Gv, T(1), n, m, gamma);
+      }
+    }
+  }
+}
+HF_DEFINE_SIMD_DISPATCH(gw_fwd_chunk)
+
+template <typename T>
+HF_INLINE void gw_bwd_chunk(const T* grad, const T* cs, const T* ct, const T* a, const T* b, const T* plans,
+                            const T* hist_n, const T* hist_m, T* g_cs, T* g_ct, T* g_a, T* g_b, int64_t n, int64_t m,
+                            T eps, int64_t outer, int64_t inner, bool use_ipot, int64_t begin, int64_t end) {
+  GwScratch<T> s(n, m, inner);
+  for (int64_t p = begin; p < end; ++p) {
+    const T *pcs = cs + p * n * n, *pct = ct + p * m * m, *pa = a + p * n, *pb = b + p * m;
+    T *dcs = g_cs + p * n * n, *dct = g_ct + p * m * m, *da = g_a + p * n, *db = g_b + p * m;
+    gw_setup(pcs, pct, pa, pb, s, n, m);
+    transpose(pcs, n, n, s.csT);
+    for (int64_t e = 0; e < n * n; ++e) dcs[e] = 0;
+    for (int64_t e = 0; e < m * m; ++e) dct[e] = 0;
+    for (int64_t i = 0; i < n; ++i) da[i] = 0, s.vn4[i] = 0;  // vn4 = dL/du
+    for (int64_t j = 0; j < m; ++j) db[j] = 0, s.vm5[j] = 0;  // vm5 = dL/dv
+    for (int64_t e = 0; e < n * m; ++e) s.dG[e] = grad[p * n * m + e];
+    for (int64_t t = outer - 1; t >= 0; --t) {
+      const T* gprev = plans + (p * outer + t) * n * m;
+      gw_log_kernel(pcs, gprev, s, n, m, eps);
+      const T* hn = hist_n + (p * outer + t) * inner * n;
+      const T* hm = hist_m + (p * outer + t) * inner * m;
+      T *dloga = s.vn1, *dlogb = s.vm1;
+      if (use_ipot)
+        ipot_backward(s.K, s.loga, s.logb, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.lam, s.Dcum, s.Scum, s.vn2,
+                      s.vm2, s.vm3, s.vm4, s.Gv);
+      else if (!sinkhorn_backward_linear(s.K, pa, pb, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.G0, s.lam, s.vn2,
+                                         s.vn3, s.F, s.vn5, s.vm2, s.vm3, s.vm4, s.vm6))
+        sinkhorn_backward(s.K, s.loga, s.logb, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.vn2, s.vm2, s.vn3,
+                          s.vm3);
+      for (int64_t i = 0; i < n; ++i) da[i] += dloga[i] / pa[i];
+      for (int64_t j = 0; j < m; ++j) db[j] += dlogb[j] / pb[j];
+      // dL/dcost = -dK/eps; the cost is u_i + v_j - 2 M_ij, so dM = 2 dK / eps (kept in s.dK).
+      const T two_over_eps = T(2) / eps;
+      for (int64_t i = 0; i < n; ++i) {
+        T* __restrict drow = s.dK + i * m;
+        T acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t j = 0; j < m; ++j) {
+          const T dc = -(drow[j] / eps);
+          acc += dc;
+          s.vm5[j] += dc;
+          drow[j] *= two_over_eps;
+        }
+        s.vn4[i] += acc;
+      }
+      const T* dM = s.dK;
+      // Y = Gamma_{t-1} ctᵀ (in s.M); dcs_ik += sum_j dM_ij Y_kj.
+      matmul(gprev, s.ctT, n, m, m, s.M);
+      for (int64_t i = 0; i < n; ++i) {
+        const T* __restrict drow = dM + i * m;
+        for (int64_t k = 0; k < n; ++k) {
+          const T* __restrict yrow = s.M + k * m;
+          T acc = 0;
+#pragma omp simd reduction(+ : acc)
+          for (int64_t j = 0; j < m; ++j) acc += drow[j] * yrow[j];
+          dcs[i * n + k] += acc;
+        }
+      }
+      // dct_jl += sum_i dM_ij X_il with X = cs Gamma_{t-1} (left in s.X by gw_log_kernel).
+      for (int64_t i = 0; i < n; ++i) {
+        const T* __restrict xrow = s.X + i * m;
+        for (int64_t j = 0; j < m; ++j) {
+          const T w = dM[i * m + j];
+          T* __restrict crow = dct + j * m;
+#pragma omp simd
+          for (int64_t l = 0; l < m; ++l) crow[l] += w * xrow[l];
+        }
+      }
+      // dGamma_{t-1} = csᵀ dM ct.
+      matmul(s.csT, dM, n, n, m, s.Z);
+      matmul(s.Z, pct, n, m, m, s.dG);
+    }
+    // Gamma_0 = a bᵀ.
+    for (int64_t i = 0; i < n; ++i) {
+      const T* __restrict grow = s.dG + i * m;
+      T acc = 0;
+      for (int64_t j = 0; j < m; ++j) {
+        acc += grow[j] * pb[j];
+        db[j] += grow[j] * pa[i];
+      }
+      da[i] += acc;
+    }
+    // u = (cs∘cs) a, v = (ct∘ct) b.
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t k = 0; k < n; ++k) {
+        const T c = pcs[i * n + k];
+        dcs[i * n + k] += T(2) * c * pa[k] * s.vn4[i];
+        da[k] += c * c * s.vn4[i];
+      }
+    for (int64_t j = 0; j < m; ++j)
+      for (int64_t l = 0; l < m; ++l) {
+        const T c = pct[j * m + l];
+        dct[j * m + l] += T(2) * c * pb[l] * s.vm5[j];
+        db[l] += c * c * s.vm5[j];
+      }
+  }
+}
+HF_DEFINE_SIMD_DISPATCH(gw_bwd_chunk)
+
+bool uses_ipot(const std::string& solver) {
+  TORCH_CHECK(solver == "ipot" || solver == "sinkhorn", "gromov_wasserstein: solver must be 'ipot' or 'sinkhorn', got '",
+              solver, "'");
+  return solver == "ipot";
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gw_fwd_cpu(const at::Tensor& cs_in, const at::Tensor& ct_in,
+                                                                      const at::Tensor& a_in, const at::Tensor& b_in,
+                                                                      double eps, int64_t outer, int64_t inner,
+                                                                      c10::string_view solver, bool save_history) {
+  check_gw_problem("gromov_wasserstein_fwd", cs_in, ct_in, a_in, b_in, eps, outer, inner);
+  const bool use_ipot = uses_ipot(std::string(solver));
+  const auto hist_type = history_dtype(cs_in.scalar_type());
+  const auto work = save_history ? hist_type : cs_in.scalar_type();
+  const at::Tensor cs = cs_in.to(work).contiguous(), ct = ct_in.to(work).contiguous(), a = a_in.to(work).contiguous(),
+                   b = b_in.to(work).contiguous();
+  const int64_t batch = cs.size(0), n = cs.size(1), m = ct.size(1);
+  const int64_t ho = save_history ? outer : 0, hi = save_history ? inner : 0;
+  at::Tensor plan = at::empty({batch, n, m}, cs.options());
+  at::Tensor plans = at::empty({batch, ho, n, m}, cs.options().dtype(hist_type));
+  at::Tensor hist_n = at::empty({batch, ho, hi, n}, cs.options().dtype(hist_type));
+  at::Tensor hist_m = at::empty({batch, ho, hi, m}, cs.options().dtype(hist_type));
+  AT_DISPATCH_FLOATING_TYPES(cs.scalar_type(), "gromov_wasserstein_fwd_cpu", [&] {
+    const scalar_t *pcs = cs.const_data_ptr<scalar_t>(), *pct = ct.const_data_ptr<scalar_t>();
+    const scalar_t *pa = a.const_data_ptr<scalar_t>(), *pb = b.const_data_ptr<scalar_t>();
+    scalar_t* out = plan.mutable_data_ptr<scalar_t>();
+    scalar_t* pl = save_history ? plans.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* hn = save_history ? hist_n.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* hm = save_history ? hist_m.mutable_data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      gw_fwd_chunk_dispatch<scalar_t>(pcs, pct, pa, pb, out, pl, hn, hm, n, m, scalar_t(eps), outer, inner, use_ipot,
+                                      begin, end);
+    });
+  });
+  return {plan.to(cs_in.scalar_type()), plans, hist_n, hist_m};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gw_bwd_cpu(
+    const at::Tensor& grad_in, const at::Tensor& cs_in, const at::Tensor& ct_in, const at::Tensor& a_in,
+    const at::Tensor& b_in, const at::Tensor& plans_in, const at::Tensor& hist_n_in, const at::Tensor& hist_m_in,
+    double eps, c10::string_view solver) {
+  const int64_t outer = plans_in.dim() == 4 ? plans_in.size(1) : 0;
+  const int64_t inner = hist_n_in.dim() == 4 ? hist_n_in.size(2) : 0;
+  TORCH_CHECK(outer >= 1 && inner >= 1,
+              "gromov_wasserstein_bwd: the saved plans/histories are empty (run the forward with save_history=True)");
+  check_gw_problem("gromov_wasserstein_bwd", cs_in, ct_in, a_in, b_in, eps, outer, inner);
+  const bool use_ipot = uses_ipot(std::string(solver));
+  const int64_t batch = cs_in.size(0), n = cs_in.size(1), m = ct_in.size(1);
+  TORCH_CHECK(grad_in.sizes() == at::IntArrayRef({batch, n, m}), "gromov_wasserstein_bwd: grad must be [B, n, m]");
+  TORCH_CHECK(plans_in.sizes() == at::IntArrayRef({batch, outer, n, m}) &&
+                  hist_n_in.sizes() == at::IntArrayRef({batch, outer, inner, n}) &&
+                  hist_m_in.sizes() == at::IntArrayRef({batch, outer, inner, m}),
+              "gromov_wasserstein_bwd: the saved plans/histories must come from the forward with save_history=True");
+  const auto work = history_dtype(cs_in.scalar_type());
+  TORCH_CHECK(plans_in.scalar_type() == work && hist_n_in.scalar_type() == work && hist_m_in.scalar_type() == work,
+              "gromov_wasserstein_bwd: the saved plans/histories must have dtype ", work);
+  const at::Tensor grad = grad_in.to(work).contiguous(), cs = cs_in.to(work).contiguous(),
+                   ct = ct_in.to(work).contiguous(), a = a_in.to(work).contiguous(), b = b_in.to(work).contiguous(),
+                   plans = plans_in.contiguous(), hist_n = hist_n_in.contiguous(), hist_m = hist_m_in.contiguous();
+  at::Tensor g_cs = at::empty_like(cs), g_ct = at::empty_like(ct), g_a = at::empty_like(a), g_b = at::empty_like(b);
+  AT_DISPATCH_FLOATING_TYPES(cs.scalar_type(), "gromov_wasserstein_bwd_cpu", [&] {
+    const scalar_t *pg = grad.const_data_ptr<scalar_t>(), *pcs = cs.const_data_ptr<scalar_t>();
+    const scalar_t *pct = ct.const_data_ptr<scalar_t>(), *pa = a.const_data_ptr<scalar_t>();
+    const scalar_t *pb = b.const_data_ptr<scalar_t>(), *pl = plans.const_data_ptr<scalar_t>();
+    const scalar_t *hn = hist_n.const_data_ptr<scalar_t>(), *hm = hist_m.const_data_ptr<scalar_t>();
+    scalar_t *gcs = g_cs.mutable_data_ptr<scalar_t>(), *gct = g_ct.mutable_data_ptr<scalar_t>();
+    scalar_t *ga = g_a.mutable_data_ptr<scalar_t>(), *gb = g_b.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      gw_bwd_chunk_dispatch<scalar_t>(pg, pcs, pct, pa, pb, pl, hn, hm, gcs, gct, ga, gb, n, m, scalar_t(eps), outer,
+                                      inner, use_ipot, begin, end);
+    });
+  });
+  const auto out = cs_in.scalar_type();
+  return {g_cs.to(out), g_ct.to(out), g_a.to(out), g_b.to(out)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(helo_fast, m) {
+  m.def("gromov_wasserstein_fwd(Tensor cs, Tensor ct, Tensor a, Tensor b, float eps, int outer_iters, "
+        "int inner_iters, str solver, bool save_history) -> (Tensor plan, Tensor plans, Tensor hist_n, Tensor hist_m)");
+  m.def("gromov_wasserstein_bwd(Tensor grad_plan, Tensor cs, Tensor ct, Tensor a, Tensor b, Tensor plans, "
+        "Tensor hist_n, Tensor hist_m, float eps, str solver) -> "
+        "(Tensor grad_cs, Tensor grad_ct, Tensor grad_a, Tensor grad_b)");
+}
+
+TORCH_LIBRARY_IMPL(helo_fast, CPU, m) {
+  m.impl("gromov_wasserstein_fwd", &gw_fwd_cpu);
+  m.impl("gromov_wasserstein_bwd", &gw_bwd_cpu);
+}
+
+}  // namespace helo_fast

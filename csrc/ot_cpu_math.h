@@ -1,0 +1,210 @@
+// Branch-free scalar math for the CPU OT kernels, written so that GCC vectorises the loops that call it
+// (`#pragma omp simd`): std::exp is a library call the compiler cannot vectorise without -ffast-math.
+#pragma once
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
+
+#define HF_INLINE inline __attribute__((always_inline))
+#define HF_INLINE_LAMBDA __attribute__((always_inline))
+
+// GCC's partial-redundancy elimination and jump threading turn the clamps of fast_exp into branches
+// (they pre-compute exp of the clamp bounds), which stops the vectoriser ("control flow in loop").
+// Disabled for the rest of every translation unit that includes this header: include it after the
+// ATen/torch headers.
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#pragma GCC optimize("no-tree-pre", "no-thread-jumps")
+#endif
+
+namespace helo_fast::ot_cpu {
+
+// exp(x) with range reduction x = k ln2 + r, |r| <= ln2/2, and a polynomial for exp(r); the integer k
+// is read from the bits of a round-to-nearest "magic number" sum, so no float->int conversion is
+// needed. About 1 ulp; returns exactly 0 below the underflow threshold (and for x = -inf).
+// max/min as selects: they map to one SIMD instruction (std::fmax's NaN rules block vectorisation).
+template <typename T>
+HF_INLINE T vmax(T x, T y) {
+  return x > y ? x : y;
+}
+template <typename T>
+HF_INLINE T vmin(T x, T y) {
+  return x < y ? x : y;
+}
+
+HF_INLINE float fast_exp(float x) {
+  const float clamped = vmin(vmax(x, -87.0f), 88.0f);
+  const float magic = 12582912.0f;  // 1.5 * 2^23
+  const float shifted = clamped * 1.44269504088896341f + magic;
+  const float k = shifted - magic;
+  float r = clamped - k * 0.693359375f;
+  r = r - k * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t ki = std::bit_cast<int32_t>(shifted) - std::bit_cast<int32_t>(magic);
+  const float scale = std::bit_cast<float>((ki + 127) << 23);
+  // A multiply by the 0/1 mask rather than a ternary: the loop stays branch-free (if-conversion may not
+  // speculate a floating-point multiply under the default -ftrapping-math).
+  return (p * scale) * float(x >= -87.0f);
+}
+
+HF_INLINE double fast_exp(double x) {
+  const double clamped = vmin(vmax(x, -708.0), 709.0);
+  const double magic = 6755399441055744.0;  // 1.5 * 2^52
+  const double shifted = clamped * 1.4426950408889634074 + magic;
+  const double k = shifted - magic;
+  double r = clamped - k * 6.93147180369123816490e-01;
+  r = r - k * 1.90821492927058770002e-10;
+  // Taylor series of exp(r) to degree 13: error < 2e-17 for |r| <= ln2/2.
+  double p = 1.0 / 6227020800.0;
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  const int64_t ki = std::bit_cast<int64_t>(shifted) - std::bit_cast<int64_t>(magic);
+  const double scale = std::bit_cast<double>((ki + 1023) << 52);
+  return (p * scale) * double(x >= -708.0);
+}
+
+// log(x) for normal positive finite x (the callers range-check first): x = 2^e m with m in
+// [sqrt(1/2), sqrt(2)), log m = 2 atanh(f), f = (m - 1)/(m + 1), |f| < 0.172, odd series to f^23.
+HF_INLINE double fast_log(double x) {
+  const int64_t bits = std::bit_cast<int64_t>(x);
+  const double mant = std::bit_cast<double>((bits & 0x000fffffffffffffLL) | 0x3ff0000000000000LL);  // [1, 2)
+  const double big = mant > 1.4142135623730951 ? 1.0 : 0.0;
+  const double m = mant * (1.0 - 0.5 * big);
+  // The biased exponent as a double without an int64 -> double conversion (not vectorisable on AVX2):
+  // the bits of 2^52 + k are those of 2^52 with k in the mantissa.
+  const double biased = std::bit_cast<double>(((bits >> 52) & 0x7ff) | 0x4330000000000000LL) - 4503599627370496.0;
+  const double e = biased - 1023.0 + big;
+  const double f = (m - 1.0) / (m + 1.0);
+  const double f2 = f * f;
+  double p = 1.0 / 23.0;
+  p = p * f2 + 1.0 / 21.0;
+  p = p * f2 + 1.0 / 19.0;
+  p = p * f2 + 1.0 / 17.0;
+  p = p * f2 + 1.0 / 15.0;
+  p = p * f2 + 1.0 / 13.0;
+  p = p * f2 + 1.0 / 11.0;
+  p = p * f2 + 1.0 / 9.0;
+  p = p * f2 + 1.0 / 7.0;
+  p = p * f2 + 1.0 / 5.0;
+  p = p * f2 + 1.0 / 3.0;
+  p = p * f2 + 1.0;
+  return e * 6.93147180369123816490e-01 + (e * 1.90821492927058770002e-10 + 2.0 * f * p);
+}
+HF_INLINE float fast_log(float x) { return float(fast_log(double(x))); }
+
+// A row of only -inf has no finite maximum; shifting by 0 instead keeps exp(-inf - shift) = 0.
+template <typename T>
+HF_INLINE T finite_or_zero(T x) {
+  return x == -std::numeric_limits<T>::infinity() ? T(0) : x;
+}
+
+// log sum_j exp(x_j + y_j) over contiguous x, y of length len (two passes: max, then sum).
+template <typename T>
+HF_INLINE T lse_add(const T* __restrict x, const T* __restrict y, int64_t len) {
+  T mx = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : mx)
+  for (int64_t j = 0; j < len; ++j) mx = vmax(mx, x[j] + y[j]);
+  mx = finite_or_zero(mx);
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < len; ++j) s += fast_exp(x[j] + y[j] - mx);
+  return mx + std::log(s);
+}
+
+// out_j = log sum_i exp(row_i(mat)_j + v_i) for a row-major [rows, cols] mat (column log-sum-exp);
+// colmax scratch [cols]. Two passes over mat, both along contiguous rows.
+template <typename T>
+HF_INLINE void column_lse_add(const T* __restrict mat, const T* __restrict v, int64_t rows, int64_t cols,
+                              T* __restrict out, T* __restrict colmax) {
+  for (int64_t j = 0; j < cols; ++j) colmax[j] = -std::numeric_limits<T>::infinity();
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* __restrict row = mat + i * cols;
+    const T vi = v[i];
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) colmax[j] = vmax(colmax[j], row[j] + vi);
+  }
+  for (int64_t j = 0; j < cols; ++j) {
+    colmax[j] = finite_or_zero(colmax[j]);
+    out[j] = 0;
+  }
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* __restrict row = mat + i * cols;
+    const T vi = v[i];
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) out[j] += fast_exp(row[j] + vi - colmax[j]);
+  }
+  for (int64_t j = 0; j < cols; ++j) out[j] = colmax[j] + std::log(out[j]);
+}
+
+}  // namespace helo_fast::ot_cpu
+
+// Runtime SIMD dispatch without -march flags: the kernels are compiled twice (baseline x86-64 and
+// AVX2+FMA); the always-inline solver bodies take the target of the wrapper they are inlined into.
+namespace helo_fast::ot_cpu {
+#if defined(__x86_64__) && defined(__GNUC__)
+inline bool cpu_has_avx2_fma() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+#define HF_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#else
+inline bool cpu_has_avx2_fma() { return false; }
+#define HF_TARGET_AVX2
+#endif
+}  // namespace helo_fast::ot_cpu
+
+// Flush-to-zero / denormals-are-zero for the lifetime of the guard (restored afterwards). The scaling-form
+// solvers produce entries like exp(-k C / beta) that drift through the subnormal range, where every
+// multiply costs ~100x; flushing them to 0 changes results by less than the smallest normal number.
+namespace helo_fast::ot_cpu {
+#if defined(__SSE__)
+struct FlushDenormals {
+  unsigned int saved;
+  FlushDenormals() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040u); }
+  ~FlushDenormals() { _mm_setcsr(saved); }
+};
+#else
+struct FlushDenormals {};
+#endif
+}  // namespace helo_fast::ot_cpu
+
+// Defines NAME_avx2 / NAME_base (same arguments as the always-inline template NAME<T>) and
+// NAME_dispatch<T>(args...) choosing between them once per call.
+#define HF_DEFINE_SIMD_DISPATCH(NAME)                                                        \
+  template <typename T, typename... Args>                                                    \
+  HF_TARGET_AVX2 void NAME##_avx2(Args... args) {                                            \
+    NAME<T>(args...);                                                                        \
+  }                                                                                          \
+  template <typename T, typename... Args>                                                    \
+  void NAME##_base(Args... args) {                                                           \
+    NAME<T>(args...);                                                                        \
+  }                                                                                          \
+  template <typename T, typename... Args>                                                    \
+  void NAME##_dispatch(Args... args) {                                                       \
+    ::helo_fast::ot_cpu::FlushDenormals flush_guard;                                         \
+    if (::helo_fast::ot_cpu::cpu_has_avx2_fma())                                             \
+      NAME##_avx2<T>(args...);                                                               \
+    else                                                                                     \
+      NAME##_base<T>(args...);                                                               \
+  }

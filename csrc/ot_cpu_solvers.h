@@ -1,0 +1,486 @@
+// Per-problem log-domain OT solvers (forward and unrolled backward) for the CPU kernels: one [n, m]
+// problem at a time, all buffers passed in by the caller (allocated once per thread, never per
+// iteration). Everything works on the scaled log-kernel K = -cost / eps; the callers convert.
+//
+// Sinkhorn (POT sinkhorn_log order), scaled potentials F = f/eps, G = g/eps, F_0 = 0:
+//   G_k = log b - LSE_i(F_{k-1} + K),  F_k = log a - LSE_j(G_k + K),  P = exp(F_N + G_N + K).
+// IPOT (log domain), L_0 = 0, s_0 = -log m:
+//   Q_k = K + L_{k-1},  d_k = log a - LSE_j(Q_k + s_{k-1}),  s_k = log b - LSE_i(Q_k + d_k),
+//   L_k = d_k + Q_k + s_k,  T = exp(L_N).   Note L_k = k K + D_k + S_k with D_k, S_k the running
+//   sums of d and s, which is how the backward rebuilds every Q_k from the saved vectors alone.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "ot_cpu_math.h"
+
+namespace helo_fast::ot_cpu {
+
+// K = -cost / eps (division as in the reference), log a, log b for one problem.
+template <typename T>
+HF_INLINE void scaled_inputs(const T* __restrict cost, const T* __restrict a, const T* __restrict b, int64_t n,
+                             int64_t m, T eps, T* __restrict K, T* __restrict loga, T* __restrict logb) {
+#pragma omp simd
+  for (int64_t i = 0; i < n * m; ++i) K[i] = -(cost[i] / eps);
+  for (int64_t i = 0; i < n; ++i) loga[i] = std::log(a[i]);
+  for (int64_t j = 0; j < m; ++j) logb[j] = std::log(b[j]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sinkhorn
+// ---------------------------------------------------------------------------------------------
+
+// Runs n_iters iterations; F [n], G [m] end as F_N, G_N. f_hist [n_iters, n] / g_hist [n_iters, m]
+// receive F_k / G_k for k = 1..N when not null. colmax: scratch [m].
+template <typename T>
+HF_INLINE void sinkhorn_forward(const T* __restrict K, const T* __restrict loga, const T* __restrict logb, int64_t n,
+                                int64_t m, int64_t n_iters, T* __restrict F, T* __restrict G, T* f_hist, T* g_hist,
+                                T* __restrict colmax) {
+  for (int64_t i = 0; i < n; ++i) F[i] = 0;
+  for (int64_t k = 0; k < n_iters; ++k) {
+    column_lse_add(K, F, n, m, G, colmax);
+    for (int64_t j = 0; j < m; ++j) G[j] = logb[j] - G[j];
+    for (int64_t i = 0; i < n; ++i) F[i] = loga[i] - lse_add(G, K + i * m, m);
+    if (f_hist != nullptr) {
+      for (int64_t i = 0; i < n; ++i) f_hist[k * n + i] = F[i];
+      for (int64_t j = 0; j < m; ++j) g_hist[k * m + j] = G[j];
+    }
+  }
+}
+
+// out_ij = exp(r_i + c_j + scale * K_ij)
+template <typename T>
+HF_INLINE void exp_outer(const T* __restrict K, const T* __restrict r, const T* __restrict c, T scale, int64_t n,
+                         int64_t m, T* __restrict out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T ri = r[i];
+    const T* __restrict krow = K + i * m;
+    T* __restrict orow = out + i * m;
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) orow[j] = fast_exp(scale * krow[j] + ri + c[j]);
+  }
+}
+
+// Gradient of the unrolled Sinkhorn iterations. gP: dL/dP [n, m]. Writes dK [n, m] (dL/dK),
+// dloga [n], dlogb [m]. Scratch: dF, zeros, fa [n]; dG, gb [m].
+template <typename T>
+HF_INLINE void sinkhorn_backward(const T* __restrict K, const T* __restrict loga, const T* __restrict logb, int64_t n,
+                                 int64_t m, int64_t n_iters, const T* __restrict f_hist, const T* __restrict g_hist,
+                                 const T* __restrict gP, T* __restrict dK, T* __restrict dloga, T* __restrict dlogb,
+                                 T* __restrict dF, T* __restrict dG, T* __restrict zeros, T* __restrict gb) {
+  const T* FN = f_hist + (n_iters - 1) * n;
+  const T* GN = g_hist + (n_iters - 1) * m;
+  for (int64_t j = 0; j < m; ++j) {
+    dG[j] = 0;
+    dlogb[j] = 0;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const T fi = FN[i];
+    const T* __restrict krow = K + i * m;
+    const T* __restrict grow = gP + i * m;
+    T* __restrict drow = dK + i * m;
+    T acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < m; ++j) {
+      const T t = grow[j] * fast_exp(fi + GN[j] + krow[j]);
+      drow[j] = t;
+      dG[j] += t;
+      acc += t;
+    }
+    dF[i] = acc;
+    dloga[i] = 0;
+    zeros[i] = 0;
+  }
+  for (int64_t k = n_iters; k >= 1; --k) {
+    const T* __restrict Fk = f_hist + (k - 1) * n;
+    const T* __restrict Gk = g_hist + (k - 1) * m;
+    const T* __restrict Fprev = k > 1 ? f_hist + (k - 2) * n : zeros;
+    // F_k = log a - LSE_j(G_k + K): softmax weights along j are exp(G_k + K + F_k - log a).
+    for (int64_t i = 0; i < n; ++i) {
+      const T fa = Fk[i] - loga[i];
+      const T c = dF[i];
+      dloga[i] += c;
+      const T* __restrict krow = K + i * m;
+      T* __restrict drow = dK + i * m;
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) {
+        const T t = c * fast_exp(Gk[j] + krow[j] + fa);
+        drow[j] -= t;
+        dG[j] -= t;
+      }
+    }
+    // G_k = log b - LSE_i(F_{k-1} + K): softmax weights along i are exp(F_{k-1} + K + G_k - log b).
+    for (int64_t j = 0; j < m; ++j) {
+      gb[j] = Gk[j] - logb[j];
+      dlogb[j] += dG[j];
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const T fp = Fprev[i];
+      const T* __restrict krow = K + i * m;
+      T* __restrict drow = dK + i * m;
+      T acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t j = 0; j < m; ++j) {
+        const T t = dG[j] * fast_exp(fp + krow[j] + gb[j]);
+        drow[j] -= t;
+        acc += t;
+      }
+      dF[i] = -acc;
+    }
+    for (int64_t j = 0; j < m; ++j) dG[j] = 0;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// IPOT
+// ---------------------------------------------------------------------------------------------
+
+// Runs n_iters IPOT iterations and writes the plan T = exp(L_N) to plan [n, m]. d_hist [n_iters, n]
+// and s_hist [n_iters, m] receive d_k, s_k (k = 1..N) when not null. Scratch: Q [n, m], d [n],
+// s [m], colmax [m].
+template <typename T>
+HF_INLINE void ipot_forward(const T* __restrict K, const T* __restrict loga, const T* __restrict logb, int64_t n,
+                            int64_t m, int64_t n_iters, T* __restrict plan, T* d_hist, T* s_hist, T* __restrict Q,
+                            T* __restrict d, T* __restrict s, T* __restrict colmax) {
+  const T s0 = -std::log(T(m));
+  for (int64_t j = 0; j < m; ++j) s[j] = s0;
+  for (int64_t k = 0; k < n_iters; ++k) {
+    for (int64_t i = 0; i < n; ++i) {
+      const T* __restrict krow = K + i * m;
+      T* __restrict qrow = Q + i * m;
+      if (k == 0) {
+#pragma omp simd
+        for (int64_t j = 0; j < m; ++j) qrow[j] = krow[j] + T(0);
+      } else {
+        const T di = d[i];  // previous iteration's d; s still holds the previous s
+#pragma omp simd
+        for (int64_t j = 0; j < m; ++j) qrow[j] = krow[j] + ((di + qrow[j]) + s[j]);
+      }
+      d[i] = loga[i] - lse_add(qrow, s, m);
+    }
+    column_lse_add(Q, d, n, m, s, colmax);
+    for (int64_t j = 0; j < m; ++j) s[j] = logb[j] - s[j];
+    if (d_hist != nullptr) {
+      for (int64_t i = 0; i < n; ++i) d_hist[k * n + i] = d[i];
+      for (int64_t j = 0; j < m; ++j) s_hist[k * m + j] = s[j];
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const T di = d[i];
+    const T* __restrict qrow = Q + i * m;
+    T* __restrict prow = plan + i * m;
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) prow[j] = fast_exp((di + qrow[j]) + s[j]);
+  }
+}
+
+// Gradient of the unrolled IPOT iterations. gT: dL/dT [n, m]. Writes dK [n, m], dloga [n],
+// dlogb [m]. Scratch: lam [n, m]; Dcum [(n_iters+1) n]; Scum [(n_iters+1) m]; rr [n];
+// ds, dsprev, c1, c2 [m].
+template <typename T>
+HF_INLINE void ipot_backward(const T* __restrict K, const T* __restrict loga, const T* __restrict logb, int64_t n,
+                             int64_t m, int64_t n_iters, const T* __restrict d_hist, const T* __restrict s_hist,
+                             const T* __restrict gT, T* __restrict dK, T* __restrict dloga, T* __restrict dlogb,
+                             T* __restrict lam, T* __restrict Dcum, T* __restrict Scum, T* __restrict rr,
+                             T* __restrict ds, T* __restrict dsprev, T* __restrict c1, T* __restrict c2) {
+  for (int64_t i = 0; i < n; ++i) Dcum[i] = 0;
+  for (int64_t j = 0; j < m; ++j) Scum[j] = 0;
+  for (int64_t k = 1; k <= n_iters; ++k) {
+    for (int64_t i = 0; i < n; ++i) Dcum[k * n + i] = Dcum[(k - 1) * n + i] + d_hist[(k - 1) * n + i];
+    for (int64_t j = 0; j < m; ++j) Scum[k * m + j] = Scum[(k - 1) * m + j] + s_hist[(k - 1) * m + j];
+  }
+  // lam = dL_N = gT * T with T = exp(N K + D_N + S_N).
+  exp_outer(K, Dcum + n_iters * n, Scum + n_iters * m, T(n_iters), n, m, lam);
+  for (int64_t i = 0; i < n * m; ++i) {
+    lam[i] *= gT[i];
+    dK[i] = 0;
+  }
+  for (int64_t i = 0; i < n; ++i) dloga[i] = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    dlogb[j] = 0;
+    ds[j] = 0;
+  }
+  const T s0 = -std::log(T(m));
+  for (int64_t k = n_iters; k >= 1; --k) {
+    const T kf = T(k);
+    const T* __restrict Dk = Dcum + k * n;
+    const T* __restrict Sk = Scum + k * m;
+    const T* __restrict Sprev = Scum + (k - 1) * m;
+    // ds_k += column sums of dL_k (L_k = d_k + Q_k + s_k).
+    for (int64_t i = 0; i < n; ++i) {
+      const T* __restrict lrow = lam + i * m;
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) ds[j] += lrow[j];
+    }
+    for (int64_t j = 0; j < m; ++j) {
+      dlogb[j] += ds[j];
+      c1[j] = Sk[j] - logb[j];                                           // s_k column softmax: kK + D_k + S_k - log b
+      c2[j] = Sprev[j] + (k > 1 ? s_hist[(k - 2) * m + j] : s0);         // d_k row softmax: kK + D_k + S_{k-1} + s_{k-1} - log a
+      dsprev[j] = 0;
+    }
+    for (int64_t i = 0; i < n; ++i) rr[i] = Dk[i] - loga[i];
+    for (int64_t i = 0; i < n; ++i) {
+      const T* __restrict krow = K + i * m;
+      T* __restrict lrow = lam + i * m;
+      T* __restrict drow = dK + i * m;
+      const T di = Dk[i];
+      T acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t j = 0; j < m; ++j) {
+        const T l = lrow[j] - ds[j] * fast_exp(kf * krow[j] + di + c1[j]);
+        lrow[j] = l;
+        acc += l;
+      }
+      const T ddi = acc;  // dL/dd_k,i: row sum of dL_k minus the s_k softmax term
+      dloga[i] += ddi;
+      const T ri = rr[i];
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) {
+        const T t = ddi * fast_exp(kf * krow[j] + ri + c2[j]);
+        const T l = lrow[j] - t;  // dL/dQ_k = dL/dL_{k-1}
+        lrow[j] = l;
+        drow[j] += l;
+        dsprev[j] -= t;
+      }
+    }
+    for (int64_t j = 0; j < m; ++j) ds[j] = dsprev[j];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear-domain fast paths. The same iterations on the kernel exp(K - max K) with scalings u = exp(F),
+// v = exp(G + max K) (Sinkhorn) or delta, sigma (IPOT): multiplies instead of exps, equal in exact
+// arithmetic. They return false as soon as a scaling leaves [range_lo, range_hi] (tiny eps / beta,
+// huge costs, zero marginals): the caller then runs the log-domain solver above, which never fails.
+// ---------------------------------------------------------------------------------------------
+
+template <typename T>
+struct ScalingRange;
+template <>
+struct ScalingRange<float> {
+  static constexpr float lo = 1e-25f, hi = 1e25f;
+};
+template <>
+struct ScalingRange<double> {
+  static constexpr double lo = 1e-250, hi = 1e250;
+};
+
+// Number of entries of x [len] outside the safe scaling range (NaN counts).
+template <typename T>
+HF_INLINE int64_t count_out_of_range(const T* __restrict x, int64_t len) {
+  int64_t bad = 0;
+#pragma omp simd reduction(+ : bad)
+  for (int64_t i = 0; i < len; ++i) bad += int64_t(!(x[i] >= ScalingRange<T>::lo)) + int64_t(!(x[i] <= ScalingRange<T>::hi));
+  return bad;
+}
+
+// Kx = exp(K - max K) (entries in (0, 1]); returns max K.
+template <typename T>
+HF_INLINE T shifted_kernel(const T* __restrict K, int64_t count, T* __restrict Kx) {
+  T c = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : c)
+  for (int64_t e = 0; e < count; ++e) c = vmax(c, K[e]);
+#pragma omp simd
+  for (int64_t e = 0; e < count; ++e) Kx[e] = fast_exp(K[e] - c);
+  return c;
+}
+
+// Sinkhorn in scaling form: v = b / (Kxᵀ u), u = a / (Kx v). Writes plan and (if not null) the
+// log-domain histories F_k = log u_k, G_k = log v_k - max K. Scratch: Kx [n, m], u [n], v [m].
+template <typename T>
+HF_INLINE bool sinkhorn_forward_linear(const T* __restrict K, const T* __restrict a, const T* __restrict b, int64_t n,
+                                       int64_t m, int64_t n_iters, T* __restrict plan, T* f_hist, T* g_hist,
+                                       T* __restrict Kx, T* __restrict u, T* __restrict v) {
+  const T c = shifted_kernel(K, n * m, Kx);
+  for (int64_t i = 0; i < n; ++i) u[i] = 1;
+  for (int64_t k = 0; k < n_iters; ++k) {
+    for (int64_t j = 0; j < m; ++j) v[j] = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const T ui = u[i];
+      const T* __restrict krow = Kx + i * m;
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) v[j] += ui * krow[j];
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) v[j] = b[j] / v[j];
+    for (int64_t i = 0; i < n; ++i) {
+      const T* __restrict krow = Kx + i * m;
+      T dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t j = 0; j < m; ++j) dot += krow[j] * v[j];
+      u[i] = a[i] / dot;
+    }
+    if (count_out_of_range(u, n) + count_out_of_range(v, m) != 0) return false;
+    if (f_hist != nullptr) {
+      T* __restrict fh = f_hist + k * n;
+      T* __restrict gh = g_hist + k * m;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) fh[i] = fast_log(u[i]);
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) gh[j] = fast_log(v[j]) - c;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const T ui = u[i];
+    const T* __restrict krow = Kx + i * m;
+    T* __restrict prow = plan + i * m;
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) prow[j] = (ui * krow[j]) * v[j];
+  }
+  return true;
+}
+
+// The Sinkhorn backward of sinkhorn_backward in scaling form (the softmax weights are products
+// u_i Kx_ij v_j / a_i): two matrix-vector products and one rank-2 update per iteration, no exps.
+// Scratch: Kx, acc [n, m]; u, up, alpha, dF [n]; v, beta, w, dG [m].
+template <typename T>
+HF_INLINE bool sinkhorn_backward_linear(const T* __restrict K, const T* __restrict a, const T* __restrict b, int64_t n,
+                                        int64_t m, int64_t n_iters, const T* __restrict f_hist,
+                                        const T* __restrict g_hist, const T* __restrict gP, T* __restrict dK,
+                                        T* __restrict dloga, T* __restrict dlogb, T* __restrict Kx, T* __restrict acc,
+                                        T* __restrict u, T* __restrict up, T* __restrict alpha, T* __restrict dF,
+                                        T* __restrict v, T* __restrict beta, T* __restrict w, T* __restrict dG) {
+  const T c = shifted_kernel(K, n * m, Kx);
+  auto load_scalings = [&](int64_t k) HF_INLINE_LAMBDA {  // u = exp(F_k), v = exp(G_k + c), up = exp(F_{k-1})
+    const T* Fk = f_hist + (k - 1) * n;
+    const T* Gk = g_hist + (k - 1) * m;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) u[i] = fast_exp(Fk[i]);
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) v[j] = fast_exp(Gk[j] + c);
+    if (k > 1) {
+      const T* Fp = f_hist + (k - 2) * n;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) up[i] = fast_exp(Fp[i]);
+    } else {
+      for (int64_t i = 0; i < n; ++i) up[i] = 1;
+    }
+    return count_out_of_range(u, n) + count_out_of_range(v, m) + count_out_of_range(up, n) == 0;
+  };
+  if (!load_scalings(n_iters)) return false;
+  for (int64_t j = 0; j < m; ++j) dG[j] = 0, dlogb[j] = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const T ui = u[i];
+    const T* __restrict krow = Kx + i * m;
+    const T* __restrict grow = gP + i * m;
+    T* __restrict drow = dK + i * m;
+    T* __restrict arow = acc + i * m;
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < m; ++j) {
+      const T t = grow[j] * ((ui * krow[j]) * v[j]);
+      drow[j] = t;
+      arow[j] = 0;
+      dG[j] += t;
+      s += t;
+    }
+    dF[i] = s;
+    dloga[i] = 0;
+  }
+  for (int64_t k = n_iters; k >= 1; --k) {
+    if (k != n_iters && !load_scalings(k)) return false;
+    // Row step F_k = log a - LSE_j(G_k + K).
+    for (int64_t i = 0; i < n; ++i) {
+      dloga[i] += dF[i];
+      alpha[i] = dF[i] * u[i] / a[i];
+    }
+    for (int64_t j = 0; j < m; ++j) w[j] = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const T al = alpha[i];
+      const T* __restrict krow = Kx + i * m;
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) w[j] += al * krow[j];
+    }
+    // Column step G_k = log b - LSE_i(F_{k-1} + K).
+    for (int64_t j = 0; j < m; ++j) {
+      dG[j] -= v[j] * w[j];
+      dlogb[j] += dG[j];
+      beta[j] = dG[j] * v[j] / b[j];
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const T al = alpha[i], upi = up[i];
+      const T* __restrict krow = Kx + i * m;
+      T* __restrict arow = acc + i * m;
+      T dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t j = 0; j < m; ++j) {
+        dot += krow[j] * beta[j];
+        arow[j] += al * v[j] + upi * beta[j];
+      }
+      dF[i] = -upi * dot;
+    }
+    for (int64_t j = 0; j < m; ++j) dG[j] = 0;
+  }
+#pragma omp simd
+  for (int64_t e = 0; e < n * m; ++e) dK[e] -= Kx[e] * acc[e];
+  return true;
+}
+
+// IPOT in scaling form: Q = Kx ∘ T, delta = a / (Q sigma), sigma = b / (Qᵀ delta), T = delta Q sigma.
+// Writes plan and (if not null) d_k = log delta_k - max K, s_k = log sigma_k. Scratch: Kx, Tm [n, m];
+// delta [n]; sigma, col [m].
+template <typename T>
+HF_INLINE bool ipot_forward_linear(const T* __restrict K, const T* __restrict a, const T* __restrict b, int64_t n,
+                                   int64_t m, int64_t n_iters, T* __restrict plan, T* d_hist, T* s_hist,
+                                   T* __restrict Kx, T* __restrict Tm, T* __restrict delta, T* __restrict sigma,
+                                   T* __restrict col) {
+  const T c = shifted_kernel(K, n * m, Kx);
+  for (int64_t j = 0; j < m; ++j) sigma[j] = T(1) / T(m);
+  for (int64_t k = 0; k < n_iters; ++k) {
+    // Pass 1: Q_k = Kx ∘ T_{k-1} (T_{k-1} = delta Q_{k-1} sigma with the previous delta, sigma) and the
+    // row sums Q_k sigma; rows are independent, so no division sits on the critical path.
+    for (int64_t i = 0; i < n; ++i) {
+      const T* __restrict krow = Kx + i * m;
+      T* __restrict trow = Tm + i * m;
+      T dot = 0;
+      if (k == 0) {
+#pragma omp simd reduction(+ : dot)
+        for (int64_t j = 0; j < m; ++j) {
+          trow[j] = krow[j];
+          dot += krow[j] * sigma[j];
+        }
+      } else {
+        const T di = delta[i];
+#pragma omp simd reduction(+ : dot)
+        for (int64_t j = 0; j < m; ++j) {
+          const T q = krow[j] * ((di * trow[j]) * sigma[j]);
+          trow[j] = q;
+          dot += q * sigma[j];
+        }
+      }
+      delta[i] = dot;
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) delta[i] = a[i] / delta[i];
+    // Pass 2: column sums Q_kᵀ delta_k.
+    for (int64_t j = 0; j < m; ++j) col[j] = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const T di = delta[i];
+      const T* __restrict trow = Tm + i * m;
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) col[j] += trow[j] * di;
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) sigma[j] = b[j] / col[j];
+    if (count_out_of_range(delta, n) + count_out_of_range(sigma, m) != 0) return false;
+    if (d_hist != nullptr) {
+      T* __restrict dh = d_hist + k * n;
+      T* __restrict sh = s_hist + k * m;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) dh[i] = fast_log(delta[i]) - c;
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) sh[j] = fast_log(sigma[j]);
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const T di = delta[i];
+    const T* __restrict trow = Tm + i * m;
+    T* __restrict prow = plan + i * m;
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) prow[j] = (di * trow[j]) * sigma[j];
+  }
+  return true;
+}
+
+}  // namespace helo_fast::ot_cpu

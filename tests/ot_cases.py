@@ -1,0 +1,70 @@
+"""Shared inputs and checks of the C++ OT op tests (test_sinkhorn, test_ipot, test_gromov_wasserstein)."""
+import pytest
+import torch
+
+from helo_fast import _ext
+from tolerance import assert_float64_close, assert_within_reference_error
+
+requires_cpp = pytest.mark.skipif(not _ext.has_cpp(), reason=f"C++ extension unavailable: {_ext.EXTENSION_ERROR}")
+
+# (B, n, m): n != m both ways, n = 1, m = 1, odd sizes, batch 1, the HeLo size.
+SHAPES = [(3, 5, 7), (2, 8, 3), (2, 1, 4), (1, 6, 1), (1, 9, 9), (2, 36, 36)]
+
+
+# Gradients whose reference magnitude is below this are measured against it instead (absolute error
+# <= 1e-10 x ZERO_GRAD in float64): they vanish in exact arithmetic (a single row or column).
+ZERO_GRAD = 1e-2
+
+
+def marginal(gen, batch, size, dtype=torch.float64):
+    w = torch.rand(batch, size, generator=gen, dtype=torch.float64) + 0.1
+    return (w / w.sum(-1, keepdim=True)).to(dtype)
+
+
+def ot_problem(seed, batch, n, m, dtype=torch.float64, cost_scale=1.0):
+    """Random cost [B, n, m] in [0, cost_scale) and non-uniform marginals a [B, n], b [B, m]."""
+    gen = torch.Generator().manual_seed(seed)
+    cost = torch.rand(batch, n, m, generator=gen, dtype=torch.float64) * cost_scale
+    return cost.to(dtype), marginal(gen, batch, n, dtype), marginal(gen, batch, m, dtype)
+
+
+def value_and_grads(fn, inputs, weight):
+    """fn(*inputs) and the gradients of sum(fn(*inputs) * weight) w.r.t. every input."""
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    grads = torch.autograd.grad((out * weight.to(out.dtype)).sum(), leaves)
+    return out.detach(), grads
+
+
+def assert_parity(fn, ref_fn, inputs64, dtype, seed=0, grad_floor=0.0):
+    """Forward and gradients of fn vs ref_fn: float64 to 1e-10, lower precision within 2x the reference's error.
+
+    grad_floor: the scale below which a gradient counts as zero (errors are measured relative to
+    max(|reference|, grad_floor)); for a near-saturated plan the cost gradient is a cancellation of
+    terms of size 1/eps and is pure rounding noise at that scale.
+    """
+    gen = torch.Generator().manual_seed(seed + 1)
+    probe = fn(*inputs64).detach()
+    weight = torch.randn(probe.shape, generator=gen, dtype=torch.float64)
+    ref64, ref_grads64 = value_and_grads(ref_fn, inputs64, weight)
+    low = [t.to(dtype) for t in inputs64]
+    out, grads = value_and_grads(fn, low, weight)
+    if dtype == torch.float64:
+        assert_float64_close(out, ref64)
+        for g, r in zip(grads, ref_grads64):
+            floor = max(grad_floor, ZERO_GRAD)
+            if float(r.abs().max()) < floor:  # zero in exact arithmetic (n = 1 or m = 1), or saturated
+                assert float((g - r).abs().max()) <= 1e-10 * floor
+            else:
+                assert_float64_close(g, r)
+        return
+    ref_low, ref_grads_low = value_and_grads(ref_fn, low, weight)
+    assert out.dtype == dtype
+    assert_within_reference_error(out, ref64, ref_low)
+    for g, r64, rlow in zip(grads, ref_grads64, ref_grads_low):
+        floor = max(grad_floor, ZERO_GRAD)
+        if float(r64.abs().max()) < floor:
+            own, ref_err = float((g.double() - r64).abs().max()), float((rlow.double() - r64).abs().max())
+            assert own <= max(2 * ref_err, 8 * torch.finfo(dtype).eps * floor)
+        else:
+            assert_within_reference_error(g, r64, rlow)

@@ -1,0 +1,110 @@
+"""The C++ gromov_wasserstein op (helo_fast::gromov_wasserstein_fwd / _bwd) against the reference."""
+import pytest
+import torch
+
+import helo_fast as hf
+from helo_fast import reference
+from ot_cases import assert_parity, marginal, requires_cpp
+from tolerance import assert_no_nan
+
+pytestmark = requires_cpp
+
+GW_SHAPES = [(3, 5, 7), (2, 8, 3), (2, 1, 4), (1, 6, 1), (2, 36, 36)]
+
+
+def gw_problem(seed, batch, n, m, dtype=torch.float64):
+    """Cosine-distance structure matrices cs [B, n, n], ct [B, m, m] (as in HeLo) and non-uniform marginals."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def structure(size):
+        x = torch.randn(batch, size, 6, generator=gen, dtype=torch.float64)
+        return 1 - torch.nn.functional.cosine_similarity(x[:, :, None], x[:, None, :], dim=-1)
+
+    return (structure(n).to(dtype), structure(m).to(dtype), marginal(gen, batch, n, dtype),
+            marginal(gen, batch, m, dtype))
+
+
+def run(fn, solver, eps=0.1, outer=3, inner=6, **kw):
+    return lambda cs, ct, a, b: fn(cs, ct, a, b, eps=eps, outer_iters=outer, inner_iters=inner, solver=solver,
+                                   grad="unrolled", **kw)
+
+
+@pytest.mark.parametrize("solver", ["ipot", "sinkhorn"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", GW_SHAPES, ids=[f"B{b}n{n}m{m}" for b, n, m in GW_SHAPES])
+def test_forward_and_gradients_match_reference(shape, dtype, solver):
+    assert_parity(run(hf.gromov_wasserstein, solver, backend="cpp"), run(reference.gromov_wasserstein, solver),
+                  gw_problem(sum(shape), *shape), dtype)
+
+
+def test_helo_step_defaults_match_reference():
+    cs, ct, _, _ = gw_problem(11, 4, 36, 36)
+    out = hf.gromov_wasserstein(cs, ct, backend="cpp")  # eps 0.1, 5 outer, 20 inner IPOT, uniform marginals
+    torch.testing.assert_close(out, reference.gromov_wasserstein(cs, ct), rtol=1e-10, atol=1e-14)
+
+
+def test_gradcheck():
+    cs, ct, a, b = gw_problem(1, 2, 3, 4)
+    for solver in ("ipot", "sinkhorn"):
+        leaves = [t.clone().requires_grad_() for t in (cs, ct, a, b)]
+
+        def fn(*x):
+            return torch.ops.helo_fast.gromov_wasserstein_fwd(*x, 0.3, 2, 3, solver, True)[0]
+
+        assert torch.autograd.gradcheck(fn, leaves)
+
+
+def test_opcheck():
+    cs, ct, a, b = gw_problem(2, 2, 4, 3)
+    op = torch.ops.helo_fast.gromov_wasserstein_fwd
+    for solver, save in (("ipot", True), ("sinkhorn", True), ("ipot", False)):
+        torch.library.opcheck(op, (cs, ct, a, b, 0.2, 2, 3, solver, save))
+    torch.library.opcheck(op, (cs.clone().requires_grad_(), ct, a, b, 0.2, 2, 3, "ipot", True))
+    plan, plans, hist_n, hist_m = op(cs, ct, a, b, 0.2, 2, 3, "ipot", True)
+    torch.library.opcheck(torch.ops.helo_fast.gromov_wasserstein_bwd,
+                          (torch.randn_like(plan), cs, ct, a, b, plans, hist_n, hist_m, 0.2, "ipot"))
+
+
+def test_stable_at_small_eps_and_large_costs():
+    cs, ct, a, b = gw_problem(5, 2, 7, 6)
+    leaves = [t.clone().requires_grad_() for t in (cs * 30, ct * 30, a, b)]
+    plan = hf.gromov_wasserstein(*leaves, eps=1e-3, outer_iters=3, inner_iters=10, grad="unrolled", backend="cpp")
+    grads = torch.autograd.grad((plan * torch.randn_like(plan)).sum(), leaves)
+    assert_no_nan(plan, *grads)
+    torch.testing.assert_close(plan.detach().sum(1), b, rtol=1e-9, atol=1e-12)
+
+
+def test_bad_inputs_raise_before_the_kernel():
+    cs, ct, a, b = gw_problem(0, 2, 3, 4)
+    with pytest.raises(ValueError, match=r"cs must have shape \[B, n, n\]"):
+        hf.gromov_wasserstein(cs[:, :, :2], ct, backend="cpp")
+    with pytest.raises(ValueError, match="solver must be one of"):
+        hf.gromov_wasserstein(cs, ct, solver="emd", backend="cpp")
+    with pytest.raises(ValueError, match="outer_iters must be an int >= 1"):
+        hf.gromov_wasserstein(cs, ct, outer_iters=0, backend="cpp")
+    with pytest.raises(RuntimeError, match="solver must be 'ipot' or 'sinkhorn'"):
+        torch.ops.helo_fast.gromov_wasserstein_fwd(cs, ct, a, b, 0.1, 2, 3, "emd", False)
+
+
+@pytest.mark.compile
+@pytest.mark.slow
+def test_all_three_ops_compile_fullgraph():
+    cs, ct, a, b = gw_problem(3, 2, 5, 4)
+    cost = torch.rand(2, 5, 4, dtype=torch.float64)
+
+    def step(cs, ct, cost):
+        gw = hf.gromov_wasserstein(cs, ct, a, b, eps=0.2, outer_iters=2, inner_iters=3, grad="unrolled",
+                                   backend="cpp", check_finite=False)
+        sk = hf.sinkhorn(cost, a, b, eps=0.2, n_iters=4, backend="cpp", check_finite=False)
+        ip = hf.ipot(cost, a, b, beta=0.2, n_iters=4, grad="unrolled", backend="cpp", check_finite=False)
+        return (gw * sk).sum() + (ip * ip).sum()
+
+    compiled = torch.compile(step, fullgraph=True)
+    inputs = [t.clone().requires_grad_() for t in (cs, ct, cost)]
+    expected_inputs = [t.clone().requires_grad_() for t in (cs, ct, cost)]
+    out, expected = compiled(*inputs), step(*expected_inputs)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    grads = torch.autograd.grad(out, inputs)
+    expected_grads = torch.autograd.grad(expected, expected_inputs)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)

@@ -1,0 +1,102 @@
+"""The C++ ipot op (helo_fast::ipot_fwd / ipot_bwd) against the reference, forward and backward."""
+import pytest
+import torch
+
+import helo_fast as hf
+from helo_fast import reference
+from ot_cases import SHAPES, assert_parity, ot_problem, requires_cpp
+from test_reference_ops import ipot_transcription
+from tolerance import assert_no_nan
+
+pytestmark = requires_cpp
+
+
+def cpp(cost, a, b, beta=0.1, n_iters=9):
+    return hf.ipot(cost, a, b, beta=beta, n_iters=n_iters, grad="unrolled", backend="cpp")
+
+
+def ref(cost, a, b, beta=0.1, n_iters=9):
+    return reference.ipot(cost, a, b, beta=beta, n_iters=n_iters, grad="unrolled")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"B{b}n{n}m{m}" for b, n, m in SHAPES])
+def test_forward_and_gradients_match_reference(shape, dtype):
+    assert_parity(cpp, ref, ot_problem(sum(shape) + 50, *shape), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_log_domain_path_matches_reference(dtype):
+    # beta = 2e-3 with costs in [0, 3): the scaling form under/overflows, the kernel falls back to the log domain.
+    def run(fn):
+        return lambda c, a, b: fn(c, a, b, beta=2e-3, n_iters=6)
+
+    assert_parity(run(cpp), run(ref), ot_problem(8, 2, 6, 5, cost_scale=3.0), dtype, grad_floor=1 / 2e-3)
+
+
+def test_uniform_marginals_and_non_contiguous_inputs():
+    wide = torch.rand(3, 4, 12, dtype=torch.float64)[:, :, ::2]
+    cost_nc = wide.transpose(1, 2)  # [B, 6, 4], non-contiguous
+    assert not cost_nc.is_contiguous()
+    torch.testing.assert_close(hf.ipot(cost_nc, beta=0.1, n_iters=20, backend="cpp"),
+                               reference.ipot(cost_nc, beta=0.1, n_iters=20), rtol=1e-10, atol=1e-13)
+
+
+def test_gradcheck():
+    cost, a, b = ot_problem(1, 2, 3, 4)
+    for c, beta in ((cost, 0.3), (cost * 400, 1.0)):  # scaling form, then the log-domain fallback
+        leaves = [t.clone().requires_grad_() for t in (c, a, b)]
+        assert torch.autograd.gradcheck(lambda x, y, z: torch.ops.helo_fast.ipot_fwd(x, y, z, beta, 4, True)[0], leaves)
+
+
+def test_opcheck():
+    cost, a, b = ot_problem(2, 2, 4, 3)
+    for save in (True, False):
+        torch.library.opcheck(torch.ops.helo_fast.ipot_fwd, (cost, a, b, 0.2, 5, save))
+    torch.library.opcheck(torch.ops.helo_fast.ipot_fwd, (cost.clone().requires_grad_(), a, b, 0.2, 5, True))
+    plan, d_hist, s_hist = torch.ops.helo_fast.ipot_fwd(cost, a, b, 0.2, 5, True)
+    torch.library.opcheck(torch.ops.helo_fast.ipot_bwd, (torch.randn_like(plan), cost, a, b, d_hist, s_hist, 0.2))
+
+
+@pytest.mark.parametrize("beta", [1e-3, 1e-2])
+def test_stable_at_small_beta_where_the_plain_release_ipot_fails(beta):
+    cost, a, b = ot_problem(5, 2, 9, 7, cost_scale=1e3)
+    uniform = (torch.full((2, 9), 1 / 9, dtype=torch.float64), torch.full((2, 7), 1 / 7, dtype=torch.float64))
+    # The release's plain-domain IPOT: exp(-C/beta) underflows to 0 and the plan becomes NaN.
+    plain = ipot_transcription(cost[0], beta, 20)
+    assert not bool(torch.isfinite(plain).all())
+    leaves = [t.clone().requires_grad_() for t in (cost, *uniform)]
+    plan = hf.ipot(*leaves, beta=beta, n_iters=20, grad="unrolled", backend="cpp")
+    grads = torch.autograd.grad((plan * torch.randn_like(plan)).sum(), leaves)
+    assert_no_nan(plan, *grads)
+    torch.testing.assert_close(plan.detach().sum(1), uniform[1], rtol=1e-9, atol=1e-12)  # columns are updated last
+    torch.testing.assert_close(plan.detach(), reference.ipot(cost, *uniform, beta=beta, n_iters=20), rtol=1e-8,
+                               atol=1e-12)
+    # float32: finite, and the column marginals as good as the reference's own float32 run (log terms of
+    # size |C|/beta = 1e6 carry float32 rounding of ~0.06 into the exponent).
+    plan32, ref32 = hf.ipot(cost.float(), beta=beta, n_iters=20, backend="cpp"), reference.ipot(cost.float(), beta=beta,
+                                                                                             n_iters=20)
+    assert_no_nan(plan32)
+    err, ref_err = [float((p.double().sum(1) - uniform[1]).abs().max()) for p in (plan32, ref32)]
+    assert err <= max(2 * ref_err, 1e-5)
+
+
+def test_grad_none_detaches():
+    cost, a, b = ot_problem(4, 2, 5, 6)
+    plan = hf.ipot(cost.requires_grad_(), a, b, beta=0.1, n_iters=5, backend="cpp")  # grad="none" is the default
+    assert not plan.requires_grad
+
+
+def test_bad_inputs_raise_before_the_kernel():
+    cost, a, b = ot_problem(0, 2, 3, 4)
+    with pytest.raises(ValueError, match=r"b must have shape \[B, m\]"):
+        hf.ipot(cost, a, a, beta=0.1, n_iters=3, backend="cpp")
+    with pytest.raises(ValueError, match="beta must be a finite float > 0"):
+        hf.ipot(cost, a, b, beta=-1.0, n_iters=3, backend="cpp")
+    with pytest.raises(ValueError, match="grad must be one of"):
+        hf.ipot(cost, a, b, beta=0.1, n_iters=3, grad="implicit!", backend="cpp")
+    with pytest.raises(RuntimeError, match="regularisation"):
+        torch.ops.helo_fast.ipot_fwd(cost, a, b, 0.0, 3, False)
+    plan, d_hist, s_hist = torch.ops.helo_fast.ipot_fwd(cost, a, b, 0.1, 3, False)
+    with pytest.raises(RuntimeError, match="save_history=True"):
+        torch.ops.helo_fast.ipot_bwd(plan, cost, a, b, d_hist, s_hist, 0.1)

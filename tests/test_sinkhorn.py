@@ -1,0 +1,121 @@
+"""The C++ sinkhorn op (helo_fast::sinkhorn_fwd / sinkhorn_bwd) against the reference, forward and backward."""
+import pytest
+import torch
+
+import helo_fast as hf
+from helo_fast import reference
+from ot_cases import SHAPES, assert_parity, ot_problem, requires_cpp
+from tolerance import assert_no_nan
+
+pytestmark = requires_cpp
+
+
+def cpp(cost, a, b, eps=0.07, n_iters=13):
+    return hf.sinkhorn(cost, a, b, eps=eps, n_iters=n_iters, grad="unrolled", backend="cpp")
+
+
+def ref(cost, a, b, eps=0.07, n_iters=13):
+    return reference.sinkhorn(cost, a, b, eps=eps, n_iters=n_iters, grad="unrolled")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"B{b}n{n}m{m}" for b, n, m in SHAPES])
+def test_forward_and_gradients_match_reference(shape, dtype):
+    assert_parity(cpp, ref, ot_problem(sum(shape), *shape), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_log_domain_path_matches_reference(dtype):
+    # eps = 2e-3 with costs in [0, 3): the scaling form over/underflows, the kernel falls back to the log domain.
+    def run(fn):
+        return lambda c, a, b: fn(c, a, b, eps=2e-3, n_iters=9)
+
+    assert_parity(run(cpp), run(ref), ot_problem(7, 2, 6, 5, cost_scale=3.0), dtype, grad_floor=1 / 2e-3)
+
+
+def test_uniform_marginals_and_non_contiguous_inputs():
+    cost, a, b = ot_problem(3, 3, 6, 4)
+    wide = torch.rand(3, 4, 12, dtype=torch.float64)[:, :, ::2]  # [B, m, n] non-contiguous
+    cost_nc = wide.transpose(1, 2)
+    assert not cost_nc.is_contiguous()
+    for c in (cost, cost_nc):
+        out = hf.sinkhorn(c, eps=0.1, n_iters=11, backend="cpp")
+        expected = reference.sinkhorn(c, eps=0.1, n_iters=11)
+        torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-13)
+    a_nc = torch.cat([a, a], dim=1)[:, ::2]
+    a_nc = a_nc / a_nc.sum(-1, keepdim=True)
+    torch.testing.assert_close(hf.sinkhorn(cost, a_nc, b, eps=0.1, n_iters=5, backend="cpp"),
+                               reference.sinkhorn(cost, a_nc, b, eps=0.1, n_iters=5), rtol=1e-10, atol=1e-13)
+
+
+def test_gradcheck():
+    cost, a, b = ot_problem(1, 2, 3, 4)
+
+    def fn(c, a_, b_):
+        return torch.ops.helo_fast.sinkhorn_fwd(c, a_, b_, 0.3, 4, True)[0]
+
+    for inputs in ((cost, a, b), (cost * 400, a, b)):  # scaling form, then the log-domain fallback
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        eps_fn = fn if inputs[0].max() < 10 else (lambda c, a_, b_: torch.ops.helo_fast.sinkhorn_fwd(c, a_, b_, 1.0, 4,
+                                                                                                       True)[0])
+        assert torch.autograd.gradcheck(eps_fn, leaves)
+
+
+def test_opcheck():
+    cost, a, b = ot_problem(2, 2, 4, 3)
+    for save in (True, False):
+        torch.library.opcheck(torch.ops.helo_fast.sinkhorn_fwd, (cost, a, b, 0.2, 5, save))
+    leaves = (cost.clone().requires_grad_(), a.clone().requires_grad_(), b)
+    torch.library.opcheck(torch.ops.helo_fast.sinkhorn_fwd, (*leaves, 0.2, 5, True))
+    plan, f_hist, g_hist = torch.ops.helo_fast.sinkhorn_fwd(cost, a, b, 0.2, 5, True)
+    torch.library.opcheck(torch.ops.helo_fast.sinkhorn_bwd, (torch.randn_like(plan), cost, a, b, f_hist, g_hist, 0.2))
+
+
+@pytest.mark.parametrize("eps", [1e-3, 1e-2])
+def test_stable_at_small_eps_and_large_costs(eps):
+    cost, a, b = ot_problem(5, 2, 9, 7, cost_scale=1e3)
+    leaves = [t.clone().requires_grad_() for t in (cost, a, b)]
+    plan = hf.sinkhorn(*leaves, eps=eps, n_iters=30, backend="cpp")
+    grads = torch.autograd.grad((plan * torch.randn_like(plan)).sum(), leaves)
+    assert_no_nan(plan, *grads)
+    torch.testing.assert_close(plan.sum(2), a, rtol=1e-9, atol=1e-12)  # the row update comes last
+    assert float((plan.detach().sum(1) - b).abs().max()) < 1.0  # columns: finite and a valid transport mass
+    torch.testing.assert_close(plan, reference.sinkhorn(cost, a, b, eps=eps, n_iters=30), rtol=1e-8, atol=1e-12)
+
+
+def test_grad_none_saves_nothing_and_detaches():
+    cost, a, b = ot_problem(4, 2, 5, 6)
+    cost.requires_grad_()
+    plan = hf.sinkhorn(cost, a, b, eps=0.1, n_iters=5, grad="none", backend="cpp")
+    assert not plan.requires_grad
+    _, f_hist, g_hist = torch.ops.helo_fast.sinkhorn_fwd(cost.detach(), a, b, 0.1, 5, False)
+    assert f_hist.numel() == 0 and g_hist.numel() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_run_in_float32(dtype):
+    cost, a, b = ot_problem(6, 2, 5, 4)
+    out = hf.sinkhorn(cost.to(dtype), a.to(dtype), b.to(dtype), eps=0.1, n_iters=10, backend="cpp")
+    assert out.dtype == dtype
+    expected = reference.sinkhorn(cost, a, b, eps=0.1, n_iters=10)
+    assert float((out.double() - expected).abs().max()) < 1e-2 * float(expected.abs().max())
+
+
+def test_bad_inputs_raise_before_the_kernel():
+    cost, a, b = ot_problem(0, 2, 3, 4)
+    with pytest.raises(ValueError, match=r"a must have shape \[B, n\]"):
+        hf.sinkhorn(cost, b, b, eps=0.1, n_iters=3, backend="cpp")
+    with pytest.raises(ValueError, match="eps must be a finite float > 0"):
+        hf.sinkhorn(cost, a, b, eps=0.0, n_iters=3, backend="cpp")
+    with pytest.raises(ValueError, match="n_iters must be an int >= 1"):
+        hf.sinkhorn(cost, a, b, eps=0.1, n_iters=0, backend="cpp")
+    with pytest.raises(TypeError, match="a must have the dtype of cost"):
+        hf.sinkhorn(cost, a.float(), b, eps=0.1, n_iters=3, backend="cpp")
+    with pytest.raises(ValueError, match="cost contains NaN or inf"):
+        hf.sinkhorn(cost.clone().fill_(float("nan")), a, b, eps=0.1, n_iters=3, backend="cpp")
+    # Direct callers of the op get the C++ checks.
+    with pytest.raises(RuntimeError, match=r"b must be \[B, m\]"):
+        torch.ops.helo_fast.sinkhorn_fwd(cost, a, a, 0.1, 3, False)
+    plan, f_hist, g_hist = torch.ops.helo_fast.sinkhorn_fwd(cost, a, b, 0.1, 3, False)
+    with pytest.raises(RuntimeError, match="save_history=True"):
+        torch.ops.helo_fast.sinkhorn_bwd(plan, cost, a, b, f_hist, g_hist, 0.1)
