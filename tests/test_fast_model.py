@@ -153,3 +153,19 @@ def test_compiled_fast_model_forward_fullgraph():
     assert torch.allclose(compiled(x).probs, expected, atol=1e-6)
     hf.revert(model)  # converting after compile: the compiled module follows (recompiles)
     assert torch.allclose(compiled(x).probs, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("make,args", [
+    (lambda backend: fast_nn.LCDAttention(8, 2, backend=backend), lambda: (torch.randn(2, 3, 8),)),
+    (lambda backend: fast_nn.FusedGromovWasserstein(backend=backend), lambda: (torch.rand(2, 4, 4), torch.rand(2, 4, 4))),
+    (lambda backend: fast_nn.FusedSinkhorn(eps=0.1, n_iters=3, backend=backend), lambda: (torch.rand(2, 4, 5),)),
+])
+def test_fused_modules_run_their_backend_not_the_reference(make, args, monkeypatch):
+    """Each fused module must reach helo_fast.functional with its backend (not silently the reference op)."""
+    from helo_fast import _ops
+
+    calls = []
+    monkeypatch.setattr(_ops, "get", lambda op, backend: calls.append((op, backend)) or (lambda *a, **k: "sentinel"))
+    monkeypatch.setattr("helo_fast._backend.choose_backend", lambda requested, device, op: "cpp")
+    assert make("cpp")(*args()) == "sentinel"
+    assert len(calls) == 1 and calls[0][1] == "cpp"
