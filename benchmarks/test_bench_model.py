@@ -7,7 +7,7 @@ from benchmarks.conftest import COMPILE, record, synchronized
 from helo_fast._backend import choose_backend
 from helo_fast.models import HeLo, HeLoConfig
 from helo_fast.step_timing import synthetic_batch
-from helo_fast.train import train_step
+from helo_fast.train import make_optimizer, train_step
 
 BATCHES = [128, 1024]
 
@@ -20,7 +20,7 @@ def test_bench_training_step(benchmark, device, provider, batch):
     config = HeLoConfig()
     torch.manual_seed(0)
     model = HeLo(config, backend="reference" if provider != "fast" else "auto", mask_seed=0).to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
+    optimizer = make_optimizer(model)
     x, y = synthetic_batch(config, batch, device=device)
     step_model = torch.compile(model) if provider == "compile" else model  # .config reaches the wrapped model
     # The fast model is reported under the backend "auto" picked here (cpp on CPU when built).

@@ -7,7 +7,7 @@ import time
 import torch
 
 from .models import HeLo, HeLoConfig
-from .train import train_step
+from .train import make_optimizer, train_step
 
 
 def synthetic_batch(config: HeLoConfig, batch_size: int, seed: int = 0, device="cpu"):
@@ -23,7 +23,7 @@ def median_step_seconds(config: HeLoConfig, backend: str, batch_size: int, steps
     """Median wall time of ``steps`` training steps of HeLo(config, backend) after ``warmup`` steps."""
     torch.manual_seed(seed)
     model = HeLo(config, backend=backend, mask_seed=seed).to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
+    optimizer = make_optimizer(model)
     x, y = synthetic_batch(config, batch_size, seed, device)
     times = []
     for step in range(warmup + steps):
