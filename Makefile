@@ -35,7 +35,7 @@ demo: build
 	$(PY) -m helo_fast demo
 
 bench: build
-	$(PY) -m pytest -q benchmarks --benchmark-json=benchmarks/results/latest.json $(BENCH_ARGS)
+	$(PY) -m pytest -q benchmarks --benchmark-warmup=on --benchmark-warmup-iterations=2 --benchmark-json=benchmarks/results/latest.json $(BENCH_ARGS)
 	$(PY) -m benchmarks.report benchmarks/results/latest.json --update-readme README.md
 
 # C++ users: the same sources built against libtorch with CMake, plus the C++ unit test.
