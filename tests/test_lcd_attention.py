@@ -109,7 +109,7 @@ def test_float64_optional_parts_and_bias_order_match_reference(parts, bias_befor
 
 
 @pytest.mark.parametrize("mode", MASK_MODES)
-@pytest.mark.parametrize("name", ["ca", "lcd_ca", "lq_ne_lk_d6"])
+@pytest.mark.parametrize("name", ["ca", "lcd_ca", "lq_ne_lk_d6", "full_bias_d33", "transformer"])
 def test_float32_within_reference_error(name, mode):
     batch, heads, lq, lk, dim, bias_shape = {**HELO_SHAPES, **ODD_SHAPES}[name]
     tensors64 = case(4, batch, heads, lq, lk, dim, bias_shape)
@@ -124,8 +124,10 @@ def test_float32_within_reference_error(name, mode):
         assert_within_reference_error(grads[arg], ref_grads64[arg], ref_grads32[arg])
 
 
-def test_bfloat16_forward_within_reference_error():
-    tensors64 = case(6, 2, 4, 18, 18, 32)
+# The second shape takes the kernels' row-dot path for Q Kᵀ (D large against Lk) with packed bfloat16 tiles.
+@pytest.mark.parametrize("shape", [(2, 4, 18, 18, 32), (3, 1, 10, 10, 128)])
+def test_bfloat16_forward_within_reference_error(shape):
+    tensors64 = case(6, *shape)
     tensors16 = {n: (t.bfloat16() if t is not None else None) for n, t in tensors64.items()}
 
     def forward(backend, t):
@@ -283,6 +285,21 @@ def test_no_grad_forward_saves_nothing():
     args = op_samples()[0]
     _, _, _, prob, ln_input = torch.ops.helo_fast.lcd_attention_fwd(*args, False)
     assert prob.numel() == 0 and ln_input.numel() == 0
+
+
+def test_forward_without_gradients_matches_reference_and_tracks_nothing():
+    # Without any input needing a gradient the wrapper calls the kernel below autograd.
+    tensors = case(12, 2, 4, 18, 18, 32, (18, 18))
+    kwargs = dict(residual=tensors["residual"], ln_weight=tensors["ln_weight"], ln_bias=tensors["ln_bias"])
+    ref = hf.lcd_attention(tensors["q"], tensors["k"], tensors["v"], tensors["bias"], backend="reference", **kwargs)
+    out = hf.lcd_attention(tensors["q"], tensors["k"], tensors["v"], tensors["bias"], backend="cpp", **kwargs)
+    assert not out.requires_grad and out.grad_fn is None
+    assert_float64_close(out, ref)
+    q = tensors["q"].clone().requires_grad_(True)
+    with torch.no_grad():
+        out_no_grad = hf.lcd_attention(q, tensors["k"], tensors["v"], tensors["bias"], backend="cpp", **kwargs)
+    assert not out_no_grad.requires_grad
+    assert_float64_close(out_no_grad, ref)
 
 
 @pytest.mark.compile

@@ -1,9 +1,9 @@
 // lcd_attention on CPU: logits (+ bias, before or after scaling), DropKey, softmax, dropout, A·V, residual,
 // LayerNorm, fused per query row. With save_for_backward the forward also returns the softmax weights
 // [B, H, Lq, Lk] and the LayerNorm input [B, Lq, H*D] (accumulation type); the backward reads them and
-// regenerates the dropout mask from the seed. Forward: at::parallel_for over the B*Lq query rows (all heads
-// of a row together, LayerNorm spans them). Backward: over the batch, since all rows of a batch entry
-// accumulate into its dk, dv.
+// regenerates the dropout mask from the seed. Both passes run at::parallel_for over the batch and work on one
+// (b, h) tile at a time with small register-blocked GEMMs (attention_cpu_kernels.h); the backward gives each
+// chunk of batch entries its own slice of the bias / LayerNorm-parameter gradients, summed at the end.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -39,13 +39,21 @@ Views<scalar_t> views_of(const Inputs& in) {
           mask(in.dropkey_mask), mask(in.dropout_mask)};
 }
 
-// Scratch of one parallel task (a range of query rows or batch entries), in the accumulation type.
+// Scratch of one parallel task (a range of batch entries), in the accumulation type: the (b, h) tiles of the
+// GEMMs with rows padded to whole 64-byte vectors (dim_padded columns of D, lk_padded of Lk); padding stays zero.
 template <typename acc_t>
 struct ChunkScratch {
-  std::vector<acc_t> prob, weight, y, dy, dp, dq, dk, dv;
+  int64_t dim_padded, lk_padded;
+  std::vector<acc_t> q, k, kt, v, s, w, dp, dout, dq, dk, dv, y, dy;
+  static int64_t padded(int64_t n) {
+    constexpr int64_t kLanes = 64 / sizeof(acc_t);
+    return (n + kLanes - 1) / kLanes * kLanes;
+  }
   explicit ChunkScratch(const Params& p)
-      : prob(p.heads * p.lk), weight(p.heads * p.lk), y(p.heads * p.dim), dy(p.heads * p.dim), dp(p.lk),
-        dq(p.dim), dk(p.heads * p.lk * p.dim), dv(p.heads * p.lk * p.dim) {}
+      : dim_padded(padded(p.dim)), lk_padded(padded(p.lk)), q(p.lq * dim_padded), k(p.lk * dim_padded), kt(p.dim * lk_padded),
+        v(p.lk * dim_padded), s(p.lq * lk_padded), w(p.lq * lk_padded), dp(p.lq * lk_padded),
+        dout(p.lq * dim_padded), dq(std::max(p.lq, p.lk) * dim_padded), dk(p.lk * dim_padded),
+        dv(p.lk * dim_padded), y(p.lq * p.heads * p.dim), dy(p.lq * p.heads * p.dim) {}
 };
 
 // Outputs of the backward: gradients in the input dtype (q, k, v, the LayerNorm input) and reduction
@@ -98,16 +106,15 @@ Isa best_isa() {
 template <typename scalar_t, typename acc_t>
 void forward_cpu(const Params& p, const Views<scalar_t>& x, scalar_t* out, acc_t* mean_out, acc_t* rstd_out,
                  acc_t* prob_out, acc_t* y_out) {
-  const int64_t rows = p.batch * p.lq;
-  const int64_t work_per_row = std::max<int64_t>(1, 2 * p.heads * p.lk * p.dim);
-  const int64_t grain = std::max<int64_t>(1, 16384 / work_per_row);
+  const int64_t work_per_batch = std::max<int64_t>(1, 4 * p.heads * p.lq * p.lk * p.dim);
+  const int64_t grain = std::max<int64_t>(1, 65536 / work_per_batch);
   const Isa isa = best_isa();
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.batch, grain, [&](int64_t begin, int64_t end) {
     ChunkScratch<acc_t> scratch(p);
     switch (isa) {
-      case Isa::kAvx512: isa_avx512::forward_rows(p, x, out, mean_out, rstd_out, prob_out, y_out, begin, end, scratch); break;
-      case Isa::kAvx2: isa_avx2::forward_rows(p, x, out, mean_out, rstd_out, prob_out, y_out, begin, end, scratch); break;
-      default: isa_default::forward_rows(p, x, out, mean_out, rstd_out, prob_out, y_out, begin, end, scratch);
+      case Isa::kAvx512: isa_avx512::forward_batches(p, x, out, mean_out, rstd_out, prob_out, y_out, begin, end, scratch); break;
+      case Isa::kAvx2: isa_avx2::forward_batches(p, x, out, mean_out, rstd_out, prob_out, y_out, begin, end, scratch); break;
+      default: isa_default::forward_batches(p, x, out, mean_out, rstd_out, prob_out, y_out, begin, end, scratch);
     }
   });
 }

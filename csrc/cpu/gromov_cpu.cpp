@@ -18,38 +18,72 @@ namespace {
 
 using namespace ot_cpu;
 
-// out [r, c] = A [r, k] @ B [k, c] (all row-major). Four output rows at a time: four independent
-// accumulation chains per loaded row of B, contiguous inner loops.
+// Register tile of the 36x36 products: kRows output rows x kTileCols columns, the accumulators held in
+// two 32-byte vectors per row (GCC vector extensions, lowered to the target's registers).
 template <typename T>
-HF_INLINE void matmul(const T* __restrict A, const T* __restrict B, int64_t r, int64_t k, int64_t c, T* __restrict out) {
-  for (int64_t e = 0; e < r * c; ++e) out[e] = 0;
-  int64_t i = 0;
-  for (; i + 4 <= r; i += 4) {
-    T* __restrict o0 = out + i * c;
-    T* __restrict o1 = o0 + c;
-    T* __restrict o2 = o1 + c;
-    T* __restrict o3 = o2 + c;
-    for (int64_t l = 0; l < k; ++l) {
-      const T w0 = A[i * k + l], w1 = A[(i + 1) * k + l], w2 = A[(i + 2) * k + l], w3 = A[(i + 3) * k + l];
-      const T* __restrict brow = B + l * c;
-#pragma omp simd
-      for (int64_t j = 0; j < c; ++j) {
-        const T bj = brow[j];
-        o0[j] += w0 * bj;
-        o1[j] += w1 * bj;
-        o2[j] += w2 * bj;
-        o3[j] += w3 * bj;
-      }
+struct MatmulTile {
+  static constexpr int64_t kLanes = 32 / sizeof(T);
+  static constexpr int64_t kTileCols = 2 * kLanes;
+  static constexpr int64_t kRows = 6;
+  typedef T Vec __attribute__((vector_size(32), aligned(sizeof(T))));
+};
+
+template <typename T>
+HF_INLINE int64_t padded_cols(int64_t c) {
+  constexpr int64_t w = MatmulTile<T>::kTileCols;
+  return (c + w - 1) / w * w;
+}
+
+// One tile: out rows [i, i+R) x columns [j, j + min(cols, w)) of A @ Bp, Bp row-major with stride cp.
+template <typename T, int R>
+HF_INLINE void matmul_tile(const T* __restrict A, const T* __restrict Bp, int64_t k, int64_t cp, int64_t c, int64_t i,
+                           int64_t j, T* __restrict out) {
+  using Tile = MatmulTile<T>;
+  using Vec = typename Tile::Vec;
+  constexpr int64_t L = Tile::kLanes;
+  Vec acc0[R], acc1[R];
+  for (int r = 0; r < R; ++r) acc0[r] = Vec{} , acc1[r] = Vec{};
+  const T* __restrict arow = A + i * k;
+  for (int64_t l = 0; l < k; ++l) {
+    const Vec b0 = *reinterpret_cast<const Vec*>(Bp + l * cp + j);
+    const Vec b1 = *reinterpret_cast<const Vec*>(Bp + l * cp + j + L);
+    for (int r = 0; r < R; ++r) {
+      const T w = arow[r * k + l];
+      acc0[r] += w * b0;
+      acc1[r] += w * b1;
     }
   }
-  for (; i < r; ++i) {
-    T* __restrict orow = out + i * c;
-    for (int64_t l = 0; l < k; ++l) {
-      const T w = A[i * k + l];
-      const T* __restrict brow = B + l * c;
-#pragma omp simd
-      for (int64_t j = 0; j < c; ++j) orow[j] += w * brow[j];
+  const int64_t cols = c - j < 2 * L ? c - j : 2 * L;
+  for (int r = 0; r < R; ++r) {
+    T* __restrict orow = out + (i + r) * c + j;
+    if (cols == 2 * L) {
+      *reinterpret_cast<Vec*>(orow) = acc0[r];
+      *reinterpret_cast<Vec*>(orow + L) = acc1[r];
+    } else {
+      T tmp[2 * L];
+      *reinterpret_cast<Vec*>(tmp) = acc0[r];
+      *reinterpret_cast<Vec*>(tmp + L) = acc1[r];
+      for (int64_t e = 0; e < cols; ++e) orow[e] = tmp[e];
     }
+  }
+}
+
+// out [r, c] = A [r, k] @ B [k, c] (all row-major). B is first copied into `pack` (k x padded_cols(c),
+// zero-padded) so that every column tile is full; each output element is one sequential sum over k.
+template <typename T>
+HF_INLINE void matmul(const T* __restrict A, const T* __restrict B, int64_t r, int64_t k, int64_t c, T* __restrict out,
+                      T* __restrict pack) {
+  const int64_t cp = padded_cols<T>(c);
+  for (int64_t l = 0; l < k; ++l) {
+    T* __restrict prow = pack + l * cp;
+    for (int64_t j = 0; j < c; ++j) prow[j] = B[l * c + j];
+    for (int64_t j = c; j < cp; ++j) prow[j] = 0;
+  }
+  constexpr int64_t R = MatmulTile<T>::kRows;
+  for (int64_t j = 0; j < c; j += MatmulTile<T>::kTileCols) {
+    int64_t i = 0;
+    for (; i + R <= r; i += R) matmul_tile<T, R>(A, pack, k, cp, c, i, j, out);
+    for (; i < r; ++i) matmul_tile<T, 1>(A, pack, k, cp, c, i, j, out);
   }
 }
 
@@ -63,17 +97,20 @@ HF_INLINE void transpose(const T* __restrict A, int64_t r, int64_t c, T* __restr
 template <typename T>
 struct GwScratch {
   std::vector<T> buf;
-  T *ctT, *csT, *X, *M, *K, *Q, *G0, *dG, *dK, *lam, *Z, *Dcum, *Scum;
+  T *pack, *ctT, *csT, *X, *M, *K, *Q, *G0, *dG, *dK, *lam, *Z, *Dcum, *Scum;
   T *u, *loga, *F, *vn1, *vn2, *vn3, *vn4, *vn5;
   T *v, *logb, *Gv, *colmax, *vm1, *vm2, *vm3, *vm4, *vm5, *vm6;
   GwScratch(int64_t n, int64_t m, int64_t inner) {
-    buf.assign(m * m + n * n + 11 * n * m + (inner + 1) * (n + m) + 8 * n + 10 * m, T(0));
+    const int64_t big = n > m ? n : m;
+    const int64_t pack_size = big * padded_cols<T>(big);
+    buf.assign(pack_size + m * m + n * n + 11 * n * m + (inner + 1) * (n + m) + 8 * n + 10 * m, T(0));
     T* p = buf.data();
     auto take = [&p](int64_t count) {
       T* q = p;
       p += count;
       return q;
     };
+    pack = take(pack_size);
     ctT = take(m * m), csT = take(n * n);
     X = take(n * m), M = take(n * m), K = take(n * m), Q = take(n * m), G0 = take(n * m), dG = take(n * m);
     dK = take(n * m), lam = take(n * m), Z = take(n * m);
@@ -88,8 +125,8 @@ struct GwScratch {
 // K = -(u_i + v_j - 2 (cs Gamma ctᵀ)_ij) / eps; X = cs Gamma is left in s.X.
 template <typename T>
 HF_INLINE void gw_log_kernel(const T* cs, const T* Gamma, GwScratch<T>& s, int64_t n, int64_t m, T eps) {
-  matmul(cs, Gamma, n, n, m, s.X);
-  matmul(s.X, s.ctT, n, m, m, s.M);
+  matmul(cs, Gamma, n, n, m, s.X, s.pack);
+  matmul(s.X, s.ctT, n, m, m, s.M, s.pack);
   for (int64_t i = 0; i < n; ++i) {
     const T ui = s.u[i];
     const T* __restrict mrow = s.M + i * m;
@@ -191,7 +228,7 @@ HF_INLINE void gw_bwd_chunk(const T* grad, const T* cs, const T* ct, const T* a,
       }
       const T* dM = s.dK;
       // Y = Gamma_{t-1} ctᵀ (in s.M); dcs_ik += sum_j dM_ij Y_kj.
-      matmul(gprev, s.ctT, n, m, m, s.M);
+      matmul(gprev, s.ctT, n, m, m, s.M, s.pack);
       for (int64_t i = 0; i < n; ++i) {
         const T* __restrict drow = dM + i * m;
         for (int64_t k = 0; k < n; ++k) {
@@ -213,8 +250,8 @@ HF_INLINE void gw_bwd_chunk(const T* grad, const T* cs, const T* ct, const T* a,
         }
       }
       // dGamma_{t-1} = csᵀ dM ct.
-      matmul(s.csT, dM, n, n, m, s.Z);
-      matmul(s.Z, pct, n, m, m, s.dG);
+      matmul(s.csT, dM, n, n, m, s.Z, s.pack);
+      matmul(s.Z, pct, n, m, m, s.dG, s.pack);
     }
     // Gamma_0 = a bᵀ.
     for (int64_t i = 0; i < n; ++i) {
