@@ -7,7 +7,8 @@ Conventions every benchmark follows (benchmarks/report.py relies on them):
   where measured, "saved_bytes" (bytes autograd keeps for backward) or "cuda_peak_bytes";
 - the "reference" provider (eager plain PyTorch) is the denominator of every speed-up ratio.
 CPU runs use 2 threads (HELO_BENCH_THREADS overrides). The torch.compile provider runs only with
-HELO_BENCH_COMPILE=1. On CUDA the timed function synchronises.
+HELO_BENCH_COMPILE=1. On CUDA the timed function synchronises and cycles through enough copies of its
+inputs that they cannot all sit in the L2 cache (``input_sets``/``rotating``).
 """
 import os
 
@@ -38,6 +39,42 @@ def synchronized(fn):
         out = fn(*args, **kwargs)
         torch.cuda.synchronize()
         return out
+
+    return run
+
+
+def rotation_count(set_bytes: int, l2_bytes: int, max_sets: int) -> int:
+    """How many input sets of ``set_bytes`` together exceed twice ``l2_bytes`` (1 to ``max_sets``)."""
+    return max(1, min(max_sets, 2 * l2_bytes // max(set_bytes, 1) + 1))
+
+
+def input_sets(tensors, *, max_sets: int = 32):
+    """Copies of ``tensors`` (a list; None entries stay None) to cycle through between timed calls.
+
+    On CUDA: as many sets as it takes for their bytes to exceed twice the L2 cache (so each call reads its
+    inputs from device memory, as in training, rather than from the cache the previous call left warm), at
+    most ``max_sets``; the first set is ``tensors`` itself. On CPU: only ``tensors`` (HeLo's per-call
+    inputs are cache-sized there and are timed as such). Copies keep ``requires_grad``.
+    """
+    if DEVICE.type != "cuda":
+        return [tensors]
+    nbytes = sum(t.numel() * t.element_size() for t in tensors if t is not None)
+    count = rotation_count(nbytes, torch.cuda.get_device_properties(DEVICE).L2_cache_size, max_sets)
+
+    def copy(t):
+        return None if t is None else t.detach().clone().requires_grad_(t.requires_grad)
+
+    return [tensors] + [[copy(t) for t in tensors] for _ in range(count - 1)]
+
+
+def rotating(step, sets):
+    """A no-argument callable that runs ``step(*sets[i])`` with i = 0, 1, ... cycling over ``sets``."""
+    position = [0]
+
+    def run():
+        inputs = sets[position[0] % len(sets)]
+        position[0] += 1
+        return step(*inputs)
 
     return run
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import helo_fast as hf
 from helo_fast import _backend, reference
 
-from .conftest import record, synchronized
+from .conftest import input_sets, record, rotating, synchronized
 from .memory import saved_tensor_bytes
 
 DTYPE = torch.float32
@@ -71,26 +71,32 @@ def test_bench_lcd_attention(benchmark, device, provider, shape, batch, pass_):
     backward = pass_ == "fwd+bwd"
     inputs = make_inputs(shape, batch, device, requires_grad=backward)
     fn = provider_fn(provider, SHAPES[shape][5])
-    q, k, v, bias = inputs["q"], inputs["k"], inputs["v"], inputs["bias"]
-    kwargs = dict(residual=inputs["residual"], ln_weight=inputs["ln_weight"], ln_bias=inputs["ln_bias"])
+    names = list(inputs)
+
+    def call(*tensors):
+        t = dict(zip(names, tensors))
+        return fn(t["q"], t["k"], t["v"], t["bias"], residual=t["residual"], ln_weight=t["ln_weight"],
+                  ln_bias=t["ln_bias"])
+
     extra = {}
     if backward:
+        q = inputs["q"]
         grad = torch.randn(q.shape[0], q.shape[2], q.shape[1] * q.shape[3], dtype=DTYPE, device=device)
-        extra["saved_bytes"] = saved_tensor_bytes(fn, q, k, v, bias, **kwargs)
-        leaves = [t for t in inputs.values() if t is not None]
+        extra["saved_bytes"] = saved_tensor_bytes(call, *inputs.values())
 
-        def step():
-            for t in leaves:
-                t.grad = None
-            fn(q, k, v, bias, **kwargs).backward(grad)
+        def step(*tensors):
+            for t in tensors:
+                if t is not None:
+                    t.grad = None
+            call(*tensors).backward(grad)
     else:
-        def step():
+        def step(*tensors):
             with torch.no_grad():
-                return fn(q, k, v, bias, **kwargs)
+                return call(*tensors)
 
     record(benchmark, op="lcd_attention", provider=provider, pass_=pass_, size=f"{shape} B={batch}", batch=batch,
            dtype=DTYPE, **extra)
-    benchmark(synchronized(step))
+    benchmark(synchronized(rotating(step, input_sets(list(inputs.values())))))
 
 
 # ---- triton provider (owned by the Triton backend; CUDA only: the CPU interpreter is not worth timing) ----

@@ -16,7 +16,7 @@ import torch
 import helo_fast as hf
 from helo_fast import _backend, reference
 
-from .conftest import record, synchronized
+from .conftest import input_sets, record, rotating, synchronized
 from .memory import saved_tensor_bytes
 
 ot = pytest.importorskip("ot")
@@ -36,23 +36,23 @@ def skip_unavailable(provider, device, op):
 
 
 def timed(benchmark, fn, inputs, backward, **record_kwargs):
-    """Time fn(*inputs) (no_grad) or fn(*inputs).backward(w); record saved bytes for the backward."""
+    """Time fn(*inputs) (no_grad) or fn(*inputs).backward(w) (inputs rotated on CUDA); record saved bytes."""
     extra = {}
     if backward:
         extra["saved_bytes"] = saved_tensor_bytes(fn, *inputs)
         weight = torch.randn_like(fn(*inputs).detach())
 
-        def step():
-            for t in inputs:
+        def step(*args):
+            for t in args:
                 t.grad = None
-            fn(*inputs).backward(weight)
+            fn(*args).backward(weight)
     else:
-        def step():
+        def step(*args):
             with torch.no_grad():
-                return fn(*inputs)
+                return fn(*args)
 
     record(benchmark, pass_="fwd+bwd" if backward else "fwd", dtype=DTYPE, **record_kwargs, **extra)
-    benchmark(synchronized(step))
+    benchmark(synchronized(rotating(step, input_sets(inputs))))
 
 
 # ---- sinkhorn ---------------------------------------------------------------------------------
