@@ -375,7 +375,7 @@ inline void softmax_rows(acc_t* __restrict S, int64_t rows, int64_t Lk, int64_t 
 // Forward of batch entries [begin, end), one (b, h) tile at a time: S = Q Kᵀ, the row-wise bias, scale, DropKey,
 // softmax and dropout, O = W V into the heads' columns of y, then the residual and LayerNorm per query row.
 template <typename scalar_t, typename acc_t>
-void forward_batches(const Params& p, const Views<scalar_t>& x, scalar_t* out, acc_t* mean_out, acc_t* rstd_out,
+void forward_batches(const Params& p, const InputViews<scalar_t>& x, scalar_t* out, acc_t* mean_out, acc_t* rstd_out,
                      acc_t* prob_out, acc_t* y_out, int64_t begin, int64_t end, ChunkScratch<acc_t>& s) {
   const int64_t H = p.heads, Lq = p.lq, Lk = p.lk, D = p.dim, HD = H * D, Dp = s.dim_padded, Lkp = s.lk_padded;
   const acc_t scale = acc_t(p.scale), dropkey_value = acc_t(p.dropkey_value), keep_scale = acc_t(p.dropout_scale);
@@ -476,7 +476,7 @@ void forward_batches(const Params& p, const Views<scalar_t>& x, scalar_t* out, a
 // Backward of batch entry b: LayerNorm backward for its query rows, then per head the tile GEMMs
 // dP = dO Vᵀ, dV = Wᵀ dO, dS = softmax backward of dP (through dropout), dQ = dS K, dK = dSᵀ Q.
 template <typename scalar_t, typename acc_t>
-void backward_one_batch(const Params& p, const Views<scalar_t>& x, const scalar_t* grad_out, const acc_t* mean_in,
+void backward_one_batch(const Params& p, const InputViews<scalar_t>& x, const scalar_t* grad_out, const acc_t* mean_in,
                         const acc_t* rstd_in, const acc_t* prob_in, const acc_t* y_in, int64_t b, int64_t chunk,
                         const Grads<scalar_t, acc_t>& g, ChunkScratch<acc_t>& s) {
   const int64_t H = p.heads, Lq = p.lq, Lk = p.lk, D = p.dim, HD = H * D, Dp = s.dim_padded, Lkp = s.lk_padded;
@@ -582,7 +582,7 @@ void backward_one_batch(const Params& p, const Views<scalar_t>& x, const scalar_
 }
 
 template <typename scalar_t, typename acc_t>
-void backward_batches(const Params& p, const Views<scalar_t>& x, const scalar_t* grad_out, const acc_t* mean_in,
+void backward_batches(const Params& p, const InputViews<scalar_t>& x, const scalar_t* grad_out, const acc_t* mean_in,
                       const acc_t* rstd_in, const acc_t* prob_in, const acc_t* y_in, int64_t begin, int64_t end,
                       int64_t chunk, const Grads<scalar_t, acc_t>& g, ChunkScratch<acc_t>& scratch) {
   for (int64_t b = begin; b < end; ++b)

@@ -17,6 +17,21 @@ struct Inputs {
   at::Tensor q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask;
 };
 
+// Read-only pointers to the inputs for one dtype (null where a tensor is undefined), passed to the kernels.
+template <typename scalar_t>
+struct InputViews {
+  const scalar_t *q, *k, *v, *bias, *residual, *ln_weight, *ln_bias;
+  const bool *dropkey_mask, *dropout_mask;
+};
+
+template <typename scalar_t>
+InputViews<scalar_t> input_views(const Inputs& in) {
+  auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr; };
+  auto mask = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<bool>() : nullptr; };
+  return {ptr(in.q), ptr(in.k), ptr(in.v), ptr(in.bias), ptr(in.residual), ptr(in.ln_weight), ptr(in.ln_bias),
+          mask(in.dropkey_mask), mask(in.dropout_mask)};
+}
+
 inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
 }

@@ -24,21 +24,6 @@
 namespace helo_fast::attention {
 namespace {
 
-// Read-only views of the inputs for one dtype.
-template <typename scalar_t>
-struct Views {
-  const scalar_t *q, *k, *v, *bias, *residual, *ln_weight, *ln_bias;
-  const bool *dropkey_mask, *dropout_mask;
-};
-
-template <typename scalar_t>
-Views<scalar_t> views_of(const Inputs& in) {
-  auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr; };
-  auto mask = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<bool>() : nullptr; };
-  return {ptr(in.q), ptr(in.k), ptr(in.v), ptr(in.bias), ptr(in.residual), ptr(in.ln_weight), ptr(in.ln_bias),
-          mask(in.dropkey_mask), mask(in.dropout_mask)};
-}
-
 // Scratch of one parallel task (a range of batch entries), in the accumulation type: the (b, h) tiles of the
 // GEMMs with rows padded to whole 64-byte vectors (dim_padded columns of D, lk_padded of Lk); padding stays zero.
 template <typename acc_t>
@@ -104,7 +89,7 @@ Isa best_isa() {
 }
 
 template <typename scalar_t, typename acc_t>
-void forward_cpu(const Params& p, const Views<scalar_t>& x, scalar_t* out, acc_t* mean_out, acc_t* rstd_out,
+void forward_cpu(const Params& p, const InputViews<scalar_t>& x, scalar_t* out, acc_t* mean_out, acc_t* rstd_out,
                  acc_t* prob_out, acc_t* y_out) {
   const int64_t work_per_batch = std::max<int64_t>(1, 4 * p.heads * p.lq * p.lk * p.dim);
   const int64_t grain = std::max<int64_t>(1, 65536 / work_per_batch);
@@ -136,7 +121,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lcd_atten
                                           : q.new_empty({0}, stat_options);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "lcd_attention_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    forward_cpu<scalar_t, acc_t>(p, views_of<scalar_t>(in), out.mutable_data_ptr<scalar_t>(),
+    forward_cpu<scalar_t, acc_t>(p, input_views<scalar_t>(in), out.mutable_data_ptr<scalar_t>(),
                                  mean.mutable_data_ptr<acc_t>(), rstd.mutable_data_ptr<acc_t>(),
                                  save_for_backward ? prob.mutable_data_ptr<acc_t>() : nullptr,
                                  save_for_backward ? ln_input.mutable_data_ptr<acc_t>() : nullptr);
@@ -182,7 +167,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "lcd_attention_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Views<scalar_t> x = views_of<scalar_t>(in);
+    const InputViews<scalar_t> x = input_views<scalar_t>(in);
     Grads<scalar_t, acc_t> g{};
     g.dq = dq.mutable_data_ptr<scalar_t>();
     g.dk = dk.mutable_data_ptr<scalar_t>();

@@ -13,15 +13,8 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
-// A CPU-only torch (the nvcc compile check in tests/test_cuda_compile.py) lacks the c10/cuda headers;
-// there the launches fall back to the default stream. Real CUDA builds use torch's current stream.
-#if __has_include(<c10/cuda/impl/cuda_cmake_macros.h>)
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
-#define HELO_FAST_HAVE_C10_CUDA 1
-#endif
-
 #include "../attention_params.h"
+#include "cuda_launch.cuh"
 
 namespace helo_fast::attention {
 namespace {
@@ -30,37 +23,8 @@ constexpr int kForwardThreads = 128;
 constexpr int kBackwardThreads = 256;
 constexpr int kWarp = 32;
 
-cudaStream_t current_stream(const at::Tensor& t) {
-#ifdef HELO_FAST_HAVE_C10_CUDA
-  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
-#else
-  (void)t;
-  return nullptr;
-#endif
-}
-
-void check_launch() {
-#ifdef HELO_FAST_HAVE_C10_CUDA
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-#else
-  const cudaError_t err = cudaGetLastError();
-  TORCH_CHECK(err == cudaSuccess, "lcd_attention (cuda): kernel launch failed: ", cudaGetErrorString(err));
-#endif
-}
-
-template <typename scalar_t>
-struct DeviceViews {
-  const scalar_t *q, *k, *v, *bias, *residual, *ln_weight, *ln_bias;
-  const bool *dropkey_mask, *dropout_mask;
-};
-
-template <typename scalar_t>
-DeviceViews<scalar_t> device_views(const Inputs& in) {
-  auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr; };
-  auto mask = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<bool>() : nullptr; };
-  return {ptr(in.q), ptr(in.k), ptr(in.v), ptr(in.bias), ptr(in.residual), ptr(in.ln_weight), ptr(in.ln_bias),
-          mask(in.dropkey_mask), mask(in.dropout_mask)};
-}
+using cuda::check_launch;
+using cuda::current_stream;
 
 __device__ __forceinline__ bool dropped(int mode, const bool* explicit_mask, uint32_t seed, uint64_t index,
                                         uint32_t stream, float p) {
@@ -89,7 +53,7 @@ __device__ acc_t block_sum(acc_t x, acc_t* scratch) {
 
 // Scaled logit (b, h, i, j) with bias and DropKey, as reference.lcd_attention computes it.
 template <typename scalar_t, typename acc_t>
-__device__ acc_t logit_of(const Params& p, const DeviceViews<scalar_t>& x, int64_t b, int64_t h, int64_t i,
+__device__ acc_t logit_of(const Params& p, const InputViews<scalar_t>& x, int64_t b, int64_t h, int64_t i,
                           int64_t j) {
   const int64_t bh = b * p.heads + h;
   const scalar_t* qrow = x.q + (bh * p.lq + i) * p.dim;
@@ -112,7 +76,7 @@ __device__ acc_t logit_of(const Params& p, const DeviceViews<scalar_t>& x, int64
 
 // Logits prob[0..Lk) -> softmax weights in place; weights after dropout in weight.
 template <typename scalar_t, typename acc_t>
-__device__ void softmax_dropout(const Params& p, const DeviceViews<scalar_t>& x, uint64_t mask_base, acc_t* prob,
+__device__ void softmax_dropout(const Params& p, const InputViews<scalar_t>& x, uint64_t mask_base, acc_t* prob,
                                 acc_t* weight) {
   acc_t row_max = prob[0];
   for (int64_t j = 1; j < p.lk; ++j) row_max = prob[j] > row_max ? prob[j] : row_max;
@@ -134,7 +98,7 @@ __device__ void softmax_dropout(const Params& p, const DeviceViews<scalar_t>& x,
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void _lcd_attention_fwd_kernel(Params p, DeviceViews<scalar_t> x, scalar_t* out, acc_t* mean_out,
+__global__ void _lcd_attention_fwd_kernel(Params p, InputViews<scalar_t> x, scalar_t* out, acc_t* mean_out,
                                           acc_t* rstd_out, acc_t* prob_out, acc_t* y_out) {
   extern __shared__ unsigned char smem_raw[];
   acc_t* prob = reinterpret_cast<acc_t*>(smem_raw);  // [H * Lk] logits -> softmax weights
@@ -199,7 +163,7 @@ struct DeviceGrads {
 };
 
 template <typename scalar_t, typename acc_t>
-__global__ void _lcd_attention_bwd_kernel(Params p, DeviceViews<scalar_t> x, DeviceGrads<scalar_t, acc_t> g) {
+__global__ void _lcd_attention_bwd_kernel(Params p, InputViews<scalar_t> x, DeviceGrads<scalar_t, acc_t> g) {
   const int64_t b = blockIdx.x, H = p.heads, Lq = p.lq, Lk = p.lk, D = p.dim, HD = H * D;
   const int64_t n_logits = H * Lq * Lk;
   acc_t* prob = g.workspace + b * (3 * n_logits + Lq * HD);
@@ -337,10 +301,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lcd_atten
     TORCH_CHECK(smem <= 48 * 1024, "lcd_attention (cuda): H*(Lk + D) too large for one block's shared memory");
     _lcd_attention_fwd_kernel<scalar_t, acc_t>
         <<<p.batch * p.lq, kForwardThreads, smem, current_stream(q)>>>(
-            p, device_views<scalar_t>(in), out.mutable_data_ptr<scalar_t>(), mean.mutable_data_ptr<acc_t>(),
+            p, input_views<scalar_t>(in), out.mutable_data_ptr<scalar_t>(), mean.mutable_data_ptr<acc_t>(),
             rstd.mutable_data_ptr<acc_t>(), save_for_backward ? prob.mutable_data_ptr<acc_t>() : nullptr,
             save_for_backward ? ln_input.mutable_data_ptr<acc_t>() : nullptr);
-    check_launch();
+    check_launch("lcd_attention");
   });
   return {out, mean, rstd, prob, ln_input};
 }
@@ -388,8 +352,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     g.workspace = workspace.mutable_data_ptr<acc_t>();
     for (int d = 0; d < 4; ++d) g.dbias_stride[d] = dbias_stride[d];
     _lcd_attention_bwd_kernel<scalar_t, acc_t>
-        <<<p.batch, kBackwardThreads, 0, current_stream(q)>>>(p, device_views<scalar_t>(in), g);
-    check_launch();
+        <<<p.batch, kBackwardThreads, 0, current_stream(q)>>>(p, input_views<scalar_t>(in), g);
+    check_launch("lcd_attention");
   });
   // Absent inputs get distinct empty tensors (outputs must not alias each other).
   at::Tensor grad_bias = q.new_empty({0}), grad_ln_weight = q.new_empty({0}), grad_ln_bias = q.new_empty({0});

@@ -12,14 +12,6 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
-// A CPU-only torch (the nvcc compile check in tests/test_cuda_compile.py) lacks the c10/cuda headers;
-// there the launches use the default stream. Real CUDA builds use torch's current stream.
-#if __has_include(<c10/cuda/impl/cuda_cmake_macros.h>)
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
-#define HELO_FAST_OT_HAVE_C10_CUDA 1
-#endif
-
 #include <cuda_runtime.h>
 
 #include <array>
@@ -27,27 +19,13 @@
 #include <string>
 
 #include "../ot_checks.h"
+#include "cuda_launch.cuh"
 
 namespace helo_fast {
 namespace {
 
-cudaStream_t current_stream(const at::Tensor& t) {
-#ifdef HELO_FAST_OT_HAVE_C10_CUDA
-  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
-#else
-  (void)t;
-  return nullptr;
-#endif
-}
-
-void check_launch() {
-#ifdef HELO_FAST_OT_HAVE_C10_CUDA
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-#else
-  const cudaError_t err = cudaGetLastError();
-  TORCH_CHECK(err == cudaSuccess, "CUDA kernel launch failed: ", cudaGetErrorString(err));
-#endif
-}
+using cuda::check_launch;
+using cuda::current_stream;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
@@ -289,7 +267,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ot_fwd_cuda(const char* op, const
           plan.mutable_data_ptr<scalar_t>(), save_history ? hist_n.mutable_data_ptr<T>() : nullptr,
           save_history ? hist_m.mutable_data_ptr<T>() : nullptr, on_chip ? nullptr : workspace.mutable_data_ptr<T>(),
           static_cast<int>(n), static_cast<int>(m), static_cast<T>(reg), static_cast<int>(iters), ipot, on_chip);
-    check_launch();
+    check_launch(op);
   });
   return {plan.to(cost_in.scalar_type()), hist_n, hist_m};
 }
@@ -341,7 +319,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gw_fwd_cuda(const at:
           save_history ? hist_m.mutable_data_ptr<T>() : nullptr, on_chip ? nullptr : workspace.mutable_data_ptr<T>(),
           static_cast<int>(n), static_cast<int>(m), static_cast<T>(eps), static_cast<int>(outer),
           static_cast<int>(inner), ipot, on_chip);
-    check_launch();
+    check_launch("gromov_wasserstein");
   });
   return {plan.to(cs_in.scalar_type()), plans, hist_n, hist_m};
 }
