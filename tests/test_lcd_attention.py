@@ -10,6 +10,7 @@ import torch
 import helo_fast as hf
 from helo_fast import _ext
 from helo_fast.reference.attention import attention_masks
+from attention_cases import attention_case
 from tolerance import assert_float64_close, assert_no_nan, assert_within_reference_error
 
 pytestmark = pytest.mark.skipif(not _ext.has_cpp(), reason=f"C++ extension unavailable: {_ext.EXTENSION_ERROR}")
@@ -28,19 +29,7 @@ ODD_SHAPES = {
 }
 
 
-def case(seed, batch, heads, lq, lk, dim, bias_shape=None, *, residual=True, ln=True, ln_bias=True,
-         dtype=torch.float64):
-    """Random inputs as a dict of the tensor arguments (None where absent)."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
-
-    hd = heads * dim
-    return dict(q=rand(batch, heads, lq, dim), k=rand(batch, heads, lk, dim), v=rand(batch, heads, lk, dim),
-                bias=rand(*bias_shape) if bias_shape is not None else None,
-                residual=rand(batch, lq, hd) if residual else None,
-                ln_weight=1 + 0.3 * rand(hd) if ln else None, ln_bias=rand(hd) if ln and ln_bias else None)
+case = attention_case
 
 
 def run(backend, tensors, *, seed=0, grad_weight=None, **kwargs):

@@ -15,6 +15,7 @@ if not torch.cuda.is_available() and "helo_fast.kernels.sinkhorn" not in sys.mod
 
 import helo_fast as hf  # noqa: E402
 from helo_fast import _backend, _rng, reference  # noqa: E402
+from attention_cases import attention_case  # noqa: E402
 from tolerance import assert_float64_close, assert_no_nan, assert_within_reference_error  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -29,19 +30,9 @@ pytestmark = pytest.mark.triton
 TENSOR_ARGS = ("q", "k", "v", "bias", "residual", "ln_weight", "ln_bias")
 
 
-def case(seed, batch, heads, lq, lk, dim, *, bias_shape=None, residual=False, ln=False, ln_bias=True,
-         dtype=torch.float64, device=CPU):
-    """Random inputs as a dict of the tensor arguments (None where absent)."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
-
-    hd = heads * dim
-    return dict(q=rand(batch, heads, lq, dim), k=rand(batch, heads, lk, dim), v=rand(batch, heads, lk, dim),
-                bias=rand(*bias_shape) if bias_shape is not None else None,
-                residual=rand(batch, lq, hd) if residual else None,
-                ln_weight=1 + 0.3 * rand(hd) if ln else None, ln_bias=rand(hd) if ln and ln_bias else None)
+def case(seed, batch, heads, lq, lk, dim, *, bias_shape=None, residual=False, ln=False, **kwargs):
+    """attention_case without residual and LayerNorm unless asked for."""
+    return attention_case(seed, batch, heads, lq, lk, dim, bias_shape, residual=residual, ln=ln, **kwargs)
 
 
 def run(backend, tensors, *, seed=0, grad_weight=None, **kwargs):
