@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=1e-5)
     g.add_argument("--lr-gamma", type=float, default=0.99)
     g.add_argument("--seed", type=int, default=3407)
+    g.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="dtype of the model and data (float64: for checks, e.g. DDP against one process)")
     g = train.add_argument_group("model")
     g.add_argument("--backend", choices=MODEL_BACKENDS, default="auto",
                    help="reference: plain-PyTorch modules; cpp/triton: the fused ops; auto: the fastest built here")
@@ -145,7 +147,7 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(protocol=args.protocol, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, lr_gamma=args.lr_gamma, seed=args.seed, folds=args.folds,
                       test_fraction=args.test_fraction, max_splits=args.max_splits, device=args.device,
-                      threads=args.threads,
+                      dtype=args.dtype, threads=args.threads,
                       checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
                       save_models=not args.no_save_models, baselines=not args.no_baselines,
                       baseline_modality=args.baseline_modality, quiet=args.quiet, output_json=output_json)

@@ -37,6 +37,7 @@ from .models import HeLo, HeLoConfig, helo_loss
 CHECKPOINT_FORMAT = "helo_fast-train-v1"
 CHECKPOINT_NAME = "checkpoint.pt"
 BASELINE_MODALITIES = ("eeg", "gsr", "ppg", "video")
+TRAIN_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 MODEL_NAMES = {"helo": "HeLo", "mlp": "MLP ({})", "mean": "train mean"}
 
 
@@ -55,6 +56,7 @@ class TrainConfig:
     test_fraction: float = 0.2
     max_splits: Optional[int] = None       # only the first N splits (quick runs)
     device: str = "auto"
+    dtype: str = "float32"                 # of the model and data: "float32" or "float64"
     threads: Optional[int] = None          # torch.set_num_threads for the run (None: leave as is)
     checkpoint_dir: Optional[str] = None
     checkpoint_every: int = 10
@@ -73,6 +75,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "checkpoint_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if self.dtype not in TRAIN_DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(TRAIN_DTYPES)}, got {self.dtype!r}")
         if self.resume and not self.checkpoint_dir:
             raise ValueError("resume needs a checkpoint_dir")
 
@@ -113,7 +117,7 @@ def set_rng_state(state: dict, mask_generator: Optional[torch.Generator], shuffl
 def run_fingerprint(dataset: EmotionDataset, model_config: HeLoConfig, cfg: TrainConfig) -> dict:
     """What must match for a checkpoint to be resumed."""
     keys = ("protocol", "epochs", "batch_size", "lr", "weight_decay", "lr_gamma", "seed", "folds", "test_fraction",
-            "max_splits", "baselines", "baseline_modality")
+            "max_splits", "baselines", "baseline_modality", "dtype")
     return {"train": {k: getattr(cfg, k) for k in keys}, "model": model_config.to_dict(),
             "dataset": {"name": dataset.name, "rows": len(dataset), "features": int(dataset.features.shape[1])}}
 
@@ -206,7 +210,7 @@ def mean_baseline(y_train: torch.Tensor, y_test: torch.Tensor) -> Dict[str, floa
 def train_mlp_baseline(x_train, y_train, x_test, y_test, columns: slice, cfg: TrainConfig, seed: int) -> Dict[str, float]:
     """Train the single-modality MLP with the run's optimiser settings; return its test metrics."""
     torch.manual_seed(seed)
-    model = SingleModalityMLP(columns, y_train.shape[1]).to(x_train.device)
+    model = SingleModalityMLP(columns, y_train.shape[1]).to(x_train.device, x_train.dtype)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
     shuffle = torch.Generator().manual_seed(seed + 1)
@@ -234,6 +238,7 @@ class Experiment:
                              f"{dataset.layout.n_features} and {dataset.layout.n_classes}")
         self.dataset, self.model_config, self.cfg = dataset, model_config, cfg
         self.device = local_device(resolve_device(cfg.device))
+        self.dtype = TRAIN_DTYPES[cfg.dtype]
         self.dist = init_distributed(self.device)
         self.on_epoch_end = on_epoch_end
         splits = make_splits(dataset, cfg.protocol, folds=cfg.folds, test_fraction=cfg.test_fraction, seed=cfg.seed)
@@ -256,7 +261,7 @@ class Experiment:
 
     def _tensors(self, split: Split):
         x_train, x_test = standardize(self.dataset.features[split.train], self.dataset.features[split.test])
-        as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)  # noqa: E731
+        as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device, self.dtype)  # noqa: E731
         return (as_t(x_train), as_t(self.dataset.labels[split.train]), as_t(x_test),
                 as_t(self.dataset.labels[split.test]))
 
@@ -282,7 +287,7 @@ class Experiment:
         x_train, y_train, x_test, y_test = self._tensors(split)
         torch.manual_seed(split_seed)
         # Ranks draw independent DropKey/dropout masks (rank 0 keeps the single-process seed).
-        model = HeLo(self.model_config, mask_seed=split_seed + 1 + 1_000_003 * self.dist.rank).to(self.device)
+        model = HeLo(self.model_config, mask_seed=split_seed + 1 + 1_000_003 * self.dist.rank).to(self.device, self.dtype)
         optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
         shuffle = torch.Generator().manual_seed(split_seed + 2)
@@ -342,7 +347,7 @@ class Experiment:
             atomic_save({"format": "helo_fast-model-v1", "model_config": self.model_config.to_dict(),
                          "state_dict": model.state_dict(), "split": split.name, "dataset": self.dataset.name,
                          "dataset_rows": len(self.dataset),
-                         "train_rows": split.train, "test_rows": split.test, "batch_size": cfg.batch_size},
+                         "train_rows": split.train, "test_rows": split.test, "batch_size": cfg.batch_size, "dtype": cfg.dtype},
                         os.path.join(self.cfg.checkpoint_dir, f"model_{index}.pt"), keep_previous=False)
         return result
 
@@ -440,11 +445,12 @@ def evaluate_saved_models(dataset: EmotionDataset, files: List[str], device: str
             raise ValueError(f"{file!r} was trained on {saved['dataset']} ({saved['dataset_rows']} rows), not on "
                              f"{dataset.name} ({len(dataset)} rows): pass the dataset options used for training")
         config = HeLoConfig(**saved["model_config"])
-        model = HeLo(config).to(dev)
+        dtype = TRAIN_DTYPES[saved.get("dtype", "float32")]
+        model = HeLo(config).to(dev, dtype)
         model.load_state_dict(saved["state_dict"])
         x_train, x_test = standardize(dataset.features[saved["train_rows"]], dataset.features[saved["test_rows"]])
-        y_test = torch.from_numpy(dataset.labels[saved["test_rows"]]).to(dev)
-        metrics = evaluate(model, torch.from_numpy(x_test).to(dev), y_test, saved["batch_size"],
+        y_test = torch.from_numpy(dataset.labels[saved["test_rows"]]).to(dev, dtype)
+        metrics = evaluate(model, torch.from_numpy(x_test).to(dev, dtype), y_test, saved["batch_size"],
                            config.eval_first_sample_only)
         results.append({"split": saved["split"], "file": file, "helo": metrics})
     out = summarize(results, TrainConfig(baselines=False))

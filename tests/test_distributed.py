@@ -8,7 +8,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Dropout/DropKey off (each rank draws its own masks); a batch size that leaves uneven shards and a short last batch.
-ARGS = ["train", "--synthetic-subjects", "2", "--synthetic-trials", "6", "--synthetic-rows", "5", "--protocol", "kfold",
+# float64: HeLo's float32 gradient carries ~1e-4 relative rounding error (GW and the cosine graphs amplify it; the
+# reference and the fused model alike), so a float32 DDP run, whose sums are ordered differently, drifts from the
+# single-process run by about that much within a few Adam steps. In float64 the two agree to ~1e-12.
+ARGS = ["train", "--synthetic-subjects", "2", "--synthetic-trials", "6", "--synthetic-rows", "5", "--dtype", "float64", "--protocol", "kfold",
         "--folds", "2", "--max-splits", "1", "--epochs", "2", "--batch-size", "7", "--config", "p_dropkey=0",
         "--config", "dropout=0", "--config", "d_model=32", "--no-baselines", "--quiet", "--threads", "1",
         "--device", "cpu"]
@@ -32,6 +35,6 @@ def test_two_process_ddp_equals_single_process(tmp_path):
     assert stdout.count("HeLo ") == 1  # rank 0 alone prints the table
     assert sorted(os.listdir(tmp_path / "ddp")) == ["checkpoint.pt", "checkpoint.pt.prev", "model_0.pt"]
     for metric, value in single["summary"]["helo"].items():
-        assert ddp["summary"]["helo"][metric]["mean"] == pytest.approx(value["mean"], rel=1e-4), metric
+        assert ddp["summary"]["helo"][metric]["mean"] == pytest.approx(value["mean"], rel=1e-9), metric
     losses = [[h["train_loss"] for h in run_["splits"][0]["history"]] for run_ in (single, ddp)]
-    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert losses[1] == pytest.approx(losses[0], rel=1e-9)

@@ -142,3 +142,11 @@ def test_release_mode_scores_first_sample_of_each_batch():
                              TrainConfig(epochs=1, batch_size=2, seed=0, quiet=True, device="cpu", baselines=False))
     assert summary["model_config"]["eval_first_sample_only"] and summary["model_config"]["kl_reduction"] == "sum"
     assert torch.isfinite(torch.tensor(list(summary["splits"][0]["helo"].values()))).all()
+
+
+@pytest.mark.parametrize("field, value, message", [("dtype", "float16", "dtype must be one of"),
+                                                   ("protocol", "nope", "protocol must be one of"),
+                                                   ("epochs", 0, "epochs must be an int >= 1")])
+def test_train_config_rejects_bad_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
