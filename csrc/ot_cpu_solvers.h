@@ -17,14 +17,15 @@
 
 namespace helo_fast::ot_cpu {
 
-// K = -cost / eps (division as in the reference), log a, log b for one problem.
-template <typename T>
-HF_INLINE void scaled_inputs(const T* __restrict cost, const T* __restrict a, const T* __restrict b, int64_t n,
+// K = -cost / eps (division as in the reference), log a, log b for one problem; In is the input
+// dtype (float32 inputs of float64 solves are converted here, one problem at a time).
+template <typename In, typename T>
+HF_INLINE void scaled_inputs(const In* __restrict cost, const In* __restrict a, const In* __restrict b, int64_t n,
                              int64_t m, T eps, T* __restrict K, T* __restrict loga, T* __restrict logb) {
 #pragma omp simd
-  for (int64_t i = 0; i < n * m; ++i) K[i] = -(cost[i] / eps);
-  for (int64_t i = 0; i < n; ++i) loga[i] = std::log(a[i]);
-  for (int64_t j = 0; j < m; ++j) logb[j] = std::log(b[j]);
+  for (int64_t i = 0; i < n * m; ++i) K[i] = -(T(cost[i]) / eps);
+  for (int64_t i = 0; i < n; ++i) loga[i] = std::log(T(a[i]));
+  for (int64_t j = 0; j < m; ++j) logb[j] = std::log(T(b[j]));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -286,31 +287,93 @@ HF_INLINE T shifted_kernel(const T* __restrict K, int64_t count, T* __restrict K
   return c;
 }
 
+// out = matᵀ x for a row-major [rows, cols] mat, four rows per update of out (a quarter of the
+// dependent load-add-store chain through out).
+template <typename T>
+HF_INLINE void column_product(const T* __restrict mat, const T* __restrict x, int64_t rows, int64_t cols,
+                              T* __restrict out) {
+  for (int64_t j = 0; j < cols; ++j) out[j] = 0;
+  int64_t i = 0;
+  for (; i + 4 <= rows; i += 4) {
+    const T x0 = x[i], x1 = x[i + 1], x2 = x[i + 2], x3 = x[i + 3];
+    const T* __restrict r0 = mat + i * cols;
+    const T* __restrict r1 = r0 + cols;
+    const T* __restrict r2 = r1 + cols;
+    const T* __restrict r3 = r2 + cols;
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) out[j] += (r0[j] * x0 + r1[j] * x1) + (r2[j] * x2 + r3[j] * x3);
+  }
+  for (; i < rows; ++i) {
+    const T xi = x[i];
+    const T* __restrict row = mat + i * cols;
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) out[j] += row[j] * xi;
+  }
+}
+
+// One pass over a row-major [rows, cols] mat for two chained products: s_i = row_i · x, then
+// out = sum_i coef(i, s_i) row_i (out zeroed first). Eight rows at a time: eight independent dot chains
+// (one would leave the FMA units waiting on its latency) while the rows are in L1, and an eighth of the
+// load-add-store chain through out.
+template <typename T, typename Coef>
+HF_INLINE void row_dots_then_column_product(const T* __restrict mat, const T* __restrict x, int64_t rows,
+                                            int64_t cols, T* __restrict out, Coef&& coef) {
+  for (int64_t j = 0; j < cols; ++j) out[j] = 0;
+  int64_t i = 0;
+  for (; i + 8 <= rows; i += 8) {
+    const T* __restrict r0 = mat + i * cols;
+    const T* __restrict r1 = r0 + cols;
+    const T* __restrict r2 = r1 + cols;
+    const T* __restrict r3 = r2 + cols;
+    const T* __restrict r4 = r3 + cols;
+    const T* __restrict r5 = r4 + cols;
+    const T* __restrict r6 = r5 + cols;
+    const T* __restrict r7 = r6 + cols;
+    T s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7)
+    for (int64_t j = 0; j < cols; ++j) {
+      s0 += r0[j] * x[j];
+      s1 += r1[j] * x[j];
+      s2 += r2[j] * x[j];
+      s3 += r3[j] * x[j];
+      s4 += r4[j] * x[j];
+      s5 += r5[j] * x[j];
+      s6 += r6[j] * x[j];
+      s7 += r7[j] * x[j];
+    }
+    const T c0 = coef(i, s0), c1 = coef(i + 1, s1), c2 = coef(i + 2, s2), c3 = coef(i + 3, s3);
+    const T c4 = coef(i + 4, s4), c5 = coef(i + 5, s5), c6 = coef(i + 6, s6), c7 = coef(i + 7, s7);
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j)
+      out[j] += ((r0[j] * c0 + r1[j] * c1) + (r2[j] * c2 + r3[j] * c3)) +
+                ((r4[j] * c4 + r5[j] * c5) + (r6[j] * c6 + r7[j] * c7));
+  }
+  for (; i < rows; ++i) {
+    const T* __restrict row = mat + i * cols;
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < cols; ++j) s += row[j] * x[j];
+    const T ci = coef(i, s);
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) out[j] += row[j] * ci;
+  }
+}
+
 // Sinkhorn in scaling form: v = b / (Kxᵀ u), u = a / (Kx v). Writes plan and (if not null) the
 // log-domain histories F_k = log u_k, G_k = log v_k - max K. Scratch: Kx [n, m], u [n], v [m].
+// One pass over Kx per iteration: each row's u_i feeds the next iteration's Kxᵀ u right away.
 template <typename T>
 HF_INLINE bool sinkhorn_forward_linear(const T* __restrict K, const T* __restrict a, const T* __restrict b, int64_t n,
                                        int64_t m, int64_t n_iters, T* __restrict plan, T* f_hist, T* g_hist,
                                        T* __restrict Kx, T* __restrict u, T* __restrict v) {
   const T c = shifted_kernel(K, n * m, Kx);
+  T* __restrict col = plan;  // Kxᵀ u [m]; the plan is only written after the last iteration
   for (int64_t i = 0; i < n; ++i) u[i] = 1;
+  column_product(Kx, u, n, m, col);
   for (int64_t k = 0; k < n_iters; ++k) {
-    for (int64_t j = 0; j < m; ++j) v[j] = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const T ui = u[i];
-      const T* __restrict krow = Kx + i * m;
 #pragma omp simd
-      for (int64_t j = 0; j < m; ++j) v[j] += ui * krow[j];
-    }
-#pragma omp simd
-    for (int64_t j = 0; j < m; ++j) v[j] = b[j] / v[j];
-    for (int64_t i = 0; i < n; ++i) {
-      const T* __restrict krow = Kx + i * m;
-      T dot = 0;
-#pragma omp simd reduction(+ : dot)
-      for (int64_t j = 0; j < m; ++j) dot += krow[j] * v[j];
-      u[i] = a[i] / dot;
-    }
+    for (int64_t j = 0; j < m; ++j) v[j] = b[j] / col[j];
+    row_dots_then_column_product(Kx, v, n, m, col, [&](int64_t i, T dot) HF_INLINE_LAMBDA { return u[i] = a[i] / dot; });
     if (count_out_of_range(u, n) + count_out_of_range(v, m) != 0) return false;
     if (f_hist != nullptr) {
       T* __restrict fh = f_hist + k * n;
@@ -331,89 +394,84 @@ HF_INLINE bool sinkhorn_forward_linear(const T* __restrict K, const T* __restric
   return true;
 }
 
-// The Sinkhorn backward of sinkhorn_backward in scaling form (the softmax weights are products
-// u_i Kx_ij v_j / a_i): two matrix-vector products and one rank-2 update per iteration, no exps.
-// Scratch: Kx, acc [n, m]; u, up, alpha, dF [n]; v, beta, w, dG [m].
+// dst = exp(src + shift) [len]; false if an entry leaves the safe scaling range.
+template <typename T>
+HF_INLINE bool load_scaling(const T* __restrict src, T shift, int64_t len, T* __restrict dst) {
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) dst[i] = fast_exp(src[i] + shift);
+  return count_out_of_range(dst, len) == 0;
+}
+
+// The Sinkhorn backward of sinkhorn_backward in scaling form: with u_k = exp(F_k), v_k = exp(G_k + max K),
+// the softmax weights are u_i Kx_ij v_j / a_i, and dK = Kx ∘ acc with
+//   acc = gP ∘ (u_N v_Nᵀ) - sum_k (alpha_k v_kᵀ + u_{k-1} beta_kᵀ),
+//   alpha_k = dF_k u_k / a,  beta_k = (dG_k - v_k ∘ Kxᵀ alpha_k) v_k / b,  dF_{k-1} = -u_{k-1} ∘ Kx beta_k.
+// No exps; one pass over Kx per iteration (Kx beta_k, then Kxᵀ alpha_{k-1} from the same rows) and one
+// over acc. Scratch: Kx, acc [n, m]; u, up, upa, alpha [n]; v, beta, w, dG [m].
 template <typename T>
 HF_INLINE bool sinkhorn_backward_linear(const T* __restrict K, const T* __restrict a, const T* __restrict b, int64_t n,
                                         int64_t m, int64_t n_iters, const T* __restrict f_hist,
                                         const T* __restrict g_hist, const T* __restrict gP, T* __restrict dK,
                                         T* __restrict dloga, T* __restrict dlogb, T* __restrict Kx, T* __restrict acc,
-                                        T* __restrict u, T* __restrict up, T* __restrict alpha, T* __restrict dF,
+                                        T* __restrict u, T* __restrict up, T* __restrict alpha, T* __restrict upa,
                                         T* __restrict v, T* __restrict beta, T* __restrict w, T* __restrict dG) {
   const T c = shifted_kernel(K, n * m, Kx);
-  auto load_scalings = [&](int64_t k) HF_INLINE_LAMBDA {  // u = exp(F_k), v = exp(G_k + c), up = exp(F_{k-1})
-    const T* Fk = f_hist + (k - 1) * n;
-    const T* Gk = g_hist + (k - 1) * m;
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) u[i] = fast_exp(Fk[i]);
-#pragma omp simd
-    for (int64_t j = 0; j < m; ++j) v[j] = fast_exp(Gk[j] + c);
-    if (k > 1) {
-      const T* Fp = f_hist + (k - 2) * n;
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) up[i] = fast_exp(Fp[i]);
-    } else {
+  // up = u_{k-1} (u_0 = 1), upa = up / a and v = v_k for the iteration k about to run.
+  auto load_iteration = [&](int64_t k) HF_INLINE_LAMBDA {
+    if (k == 1)
       for (int64_t i = 0; i < n; ++i) up[i] = 1;
-    }
-    return count_out_of_range(u, n) + count_out_of_range(v, m) + count_out_of_range(up, n) == 0;
+    else if (!load_scaling(f_hist + (k - 2) * n, T(0), n, up))
+      return false;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) upa[i] = up[i] / a[i];
+    return load_scaling(g_hist + (k - 1) * m, c, m, v);
   };
-  if (!load_scalings(n_iters)) return false;
+  if (!load_scaling(f_hist + (n_iters - 1) * n, T(0), n, u) || !load_iteration(n_iters)) return false;
+  // dL/dP = gP: dF_N, dG_N are the row and column sums of gP ∘ P.
   for (int64_t j = 0; j < m; ++j) dG[j] = 0, dlogb[j] = 0;
   for (int64_t i = 0; i < n; ++i) {
     const T ui = u[i];
     const T* __restrict krow = Kx + i * m;
     const T* __restrict grow = gP + i * m;
-    T* __restrict drow = dK + i * m;
     T* __restrict arow = acc + i * m;
     T s = 0;
 #pragma omp simd reduction(+ : s)
     for (int64_t j = 0; j < m; ++j) {
-      const T t = grow[j] * ((ui * krow[j]) * v[j]);
-      drow[j] = t;
-      arow[j] = 0;
+      const T g = (grow[j] * ui) * v[j];
+      const T t = g * krow[j];
+      arow[j] = g;
       dG[j] += t;
       s += t;
     }
-    dF[i] = s;
-    dloga[i] = 0;
+    dloga[i] = s;
+    alpha[i] = s * ui / a[i];
   }
+  column_product(Kx, alpha, n, m, w);
   for (int64_t k = n_iters; k >= 1; --k) {
-    if (k != n_iters && !load_scalings(k)) return false;
-    // Row step F_k = log a - LSE_j(G_k + K).
-    for (int64_t i = 0; i < n; ++i) {
-      dloga[i] += dF[i];
-      alpha[i] = dF[i] * u[i] / a[i];
-    }
-    for (int64_t j = 0; j < m; ++j) w[j] = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const T al = alpha[i];
-      const T* __restrict krow = Kx + i * m;
-#pragma omp simd
-      for (int64_t j = 0; j < m; ++j) w[j] += al * krow[j];
-    }
-    // Column step G_k = log b - LSE_i(F_{k-1} + K).
+    // Column step G_k = log b - LSE_i(F_{k-1} + K); dG is nonzero only for k = N.
     for (int64_t j = 0; j < m; ++j) {
-      dG[j] -= v[j] * w[j];
-      dlogb[j] += dG[j];
-      beta[j] = dG[j] * v[j] / b[j];
+      const T dg = dG[j] - v[j] * w[j];
+      dG[j] = 0;
+      dlogb[j] += dg;
+      beta[j] = dg * v[j] / b[j];
     }
     for (int64_t i = 0; i < n; ++i) {
       const T al = alpha[i], upi = up[i];
-      const T* __restrict krow = Kx + i * m;
       T* __restrict arow = acc + i * m;
-      T dot = 0;
-#pragma omp simd reduction(+ : dot)
-      for (int64_t j = 0; j < m; ++j) {
-        dot += krow[j] * beta[j];
-        arow[j] += al * v[j] + upi * beta[j];
-      }
-      dF[i] = -upi * dot;
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) arow[j] -= al * v[j] + upi * beta[j];
     }
-    for (int64_t j = 0; j < m; ++j) dG[j] = 0;
+    if (k == 1) break;  // dF_0 is the gradient of the constant F_0 = 0
+    // Row step F_{k-1} = log a - LSE_j(G_{k-1} + K), fused with w = Kxᵀ alpha_{k-1}.
+    row_dots_then_column_product(Kx, beta, n, m, w, [&](int64_t i, T dot) HF_INLINE_LAMBDA {
+      const T df = -up[i] * dot;
+      dloga[i] += df;
+      return alpha[i] = df * upa[i];
+    });
+    if (!load_iteration(k - 1)) return false;
   }
 #pragma omp simd
-  for (int64_t e = 0; e < n * m; ++e) dK[e] -= Kx[e] * acc[e];
+  for (int64_t e = 0; e < n * m; ++e) dK[e] = Kx[e] * acc[e];
   return true;
 }
 
