@@ -93,17 +93,18 @@ HF_INLINE void transpose(const T* __restrict A, int64_t r, int64_t c, T* __restr
     for (int64_t j = 0; j < c; ++j) out[j * r + i] = A[i * c + j];
 }
 
-// Per-problem buffers, allocated once per parallel task.
+// Per-problem buffers, allocated once per parallel task. Qs: the inner iterates of the scaling-form IPOT backward,
+// kept_iterates of them (0 where unused).
 template <typename T>
 struct GwScratch {
   std::vector<T> buf;
-  T *pack, *ctT, *csT, *X, *M, *K, *Q, *G0, *dG, *dK, *lam, *Z, *Dcum, *Scum;
+  T *pack, *ctT, *csT, *X, *M, *K, *Q, *G0, *dG, *dK, *lam, *Z, *Qs, *Dcum, *Scum;
   T *u, *loga, *F, *vn1, *vn2, *vn3, *vn4, *vn5;
   T *v, *logb, *Gv, *colmax, *vm1, *vm2, *vm3, *vm4, *vm5, *vm6;
-  GwScratch(int64_t n, int64_t m, int64_t inner) {
+  GwScratch(int64_t n, int64_t m, int64_t inner, int64_t kept_iterates = 0) {
     const int64_t big = n > m ? n : m;
     const int64_t pack_size = big * padded_cols<T>(big);
-    buf.assign(pack_size + m * m + n * n + 11 * n * m + (inner + 1) * (n + m) + 8 * n + 10 * m, T(0));
+    buf.assign(pack_size + m * m + n * n + (9 + kept_iterates) * n * m + (inner + 1) * (n + m) + 8 * n + 10 * m, T(0));
     T* p = buf.data();
     auto take = [&p](int64_t count) {
       T* q = p;
@@ -114,7 +115,7 @@ struct GwScratch {
     ctT = take(m * m), csT = take(n * n);
     X = take(n * m), M = take(n * m), K = take(n * m), Q = take(n * m), G0 = take(n * m), dG = take(n * m);
     dK = take(n * m), lam = take(n * m), Z = take(n * m);
-    take(2 * n * m);
+    Qs = take(kept_iterates * n * m);
     Dcum = take((inner + 1) * n), Scum = take((inner + 1) * m);
     u = take(n), loga = take(n), F = take(n), vn1 = take(n), vn2 = take(n), vn3 = take(n), vn4 = take(n), vn5 = take(n);
     v = take(m), logb = take(m), Gv = take(m), colmax = take(m), vm1 = take(m), vm2 = take(m), vm3 = take(m);
@@ -186,7 +187,7 @@ template <typename T>
 HF_INLINE void gw_bwd_chunk(const T* grad, const T* cs, const T* ct, const T* a, const T* b, const T* plans,
                             const T* hist_n, const T* hist_m, T* g_cs, T* g_ct, T* g_a, T* g_b, int64_t n, int64_t m,
                             T eps, int64_t outer, int64_t inner, bool use_ipot, int64_t begin, int64_t end) {
-  GwScratch<T> s(n, m, inner);
+  GwScratch<T> s(n, m, inner, use_ipot ? inner : 0);
   for (int64_t p = begin; p < end; ++p) {
     const T *pcs = cs + p * n * n, *pct = ct + p * m * m, *pa = a + p * n, *pb = b + p * m;
     T *dcs = g_cs + p * n * n, *dct = g_ct + p * m * m, *da = g_a + p * n, *db = g_b + p * m;
@@ -203,11 +204,13 @@ HF_INLINE void gw_bwd_chunk(const T* grad, const T* cs, const T* ct, const T* a,
       const T* hn = hist_n + (p * outer + t) * inner * n;
       const T* hm = hist_m + (p * outer + t) * inner * m;
       T *dloga = s.vn1, *dlogb = s.vm1;
-      if (use_ipot)
-        ipot_backward(s.K, s.loga, s.logb, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.lam, s.Dcum, s.Scum, s.vn2,
-                      s.vm2, s.vm3, s.vm4, s.Gv);
-      else if (!sinkhorn_backward_linear(s.K, pa, pb, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.G0, s.lam, s.vn2,
-                                         s.vn3, s.F, s.vn5, s.vm2, s.vm3, s.vm4, s.vm6))
+      if (use_ipot) {
+        if (!ipot_backward_linear(s.K, pa, pb, n, m, inner, s.dG, s.dK, dloga, dlogb, s.Qs, s.lam, s.Dcum, s.Scum,
+                                  s.vn2, s.vm2, s.vm3, s.vm4))
+          ipot_backward(s.K, s.loga, s.logb, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.lam, s.Dcum, s.Scum,
+                        s.vn2, s.vm2, s.vm3, s.vm4, s.Gv);
+      } else if (!sinkhorn_backward_linear(s.K, pa, pb, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.G0, s.lam,
+                                           s.vn2, s.vn3, s.F, s.vn5, s.vm2, s.vm3, s.vm4, s.vm6))
         sinkhorn_backward(s.K, s.loga, s.logb, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.vn2, s.vm2, s.vn3,
                           s.vm3);
       for (int64_t i = 0; i < n; ++i) da[i] += dloga[i] / pa[i];
