@@ -475,6 +475,65 @@ HF_INLINE bool sinkhorn_backward_linear(const T* __restrict K, const T* __restri
   return true;
 }
 
+// IPOT row step in scaling form: Q = Kx ∘ T_prev with T_prev = delta_prev Q_prev sigma (the previous iteration's
+// scalings; Q_prev = delta_prev = nullptr in the first iteration, where T_0 = 1), then delta = a / (Q sigma).
+// Q may alias Q_prev and delta delta_prev (updates in place). Rows are independent, so no division sits on the
+// critical path.
+template <typename T>
+HF_INLINE void ipot_row_step(const T* __restrict Kx, const T* Q_prev, const T* delta_prev, const T* __restrict sigma,
+                             const T* __restrict a, int64_t n, int64_t m, T* Q, T* delta) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T* __restrict krow = Kx + i * m;
+    T* qrow = Q + i * m;
+    T dot = 0;
+    if (Q_prev == nullptr) {
+#pragma omp simd reduction(+ : dot)
+      for (int64_t j = 0; j < m; ++j) {
+        qrow[j] = krow[j];
+        dot += krow[j] * sigma[j];
+      }
+    } else {
+      const T* prow = Q_prev + i * m;
+      const T di = delta_prev[i];
+#pragma omp simd reduction(+ : dot)
+      for (int64_t j = 0; j < m; ++j) {
+        const T q = krow[j] * ((di * prow[j]) * sigma[j]);
+        qrow[j] = q;
+        dot += q * sigma[j];
+      }
+    }
+    delta[i] = dot;
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) delta[i] = a[i] / delta[i];
+}
+
+// IPOT column step in scaling form: sigma = b / (Qᵀ delta). col: scratch [m].
+template <typename T>
+HF_INLINE void ipot_column_step(const T* __restrict Q, const T* __restrict delta, const T* __restrict b, int64_t n,
+                                int64_t m, T* __restrict sigma, T* __restrict col) {
+  // Four rows per update of col: a quarter of the dependent load-add-store chain through col.
+  for (int64_t j = 0; j < m; ++j) col[j] = 0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const T d0 = delta[i], d1 = delta[i + 1], d2 = delta[i + 2], d3 = delta[i + 3];
+    const T* __restrict t0 = Q + i * m;
+    const T* __restrict t1 = t0 + m;
+    const T* __restrict t2 = t1 + m;
+    const T* __restrict t3 = t2 + m;
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) col[j] += (t0[j] * d0 + t1[j] * d1) + (t2[j] * d2 + t3[j] * d3);
+  }
+  for (; i < n; ++i) {
+    const T di = delta[i];
+    const T* __restrict trow = Q + i * m;
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) col[j] += trow[j] * di;
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < m; ++j) sigma[j] = b[j] / col[j];
+}
+
 // IPOT in scaling form: Q = Kx ∘ T, delta = a / (Q sigma), sigma = b / (Qᵀ delta), T = delta Q sigma.
 // Writes plan and (if not null) d_k = log delta_k - max K, s_k = log sigma_k. Scratch: Kx, Tm [n, m];
 // delta [n]; sigma, col [m].
@@ -486,52 +545,8 @@ HF_INLINE bool ipot_forward_linear(const T* __restrict K, const T* __restrict a,
   const T c = shifted_kernel(K, n * m, Kx);
   for (int64_t j = 0; j < m; ++j) sigma[j] = T(1) / T(m);
   for (int64_t k = 0; k < n_iters; ++k) {
-    // Pass 1: Q_k = Kx ∘ T_{k-1} (T_{k-1} = delta Q_{k-1} sigma with the previous delta, sigma) and the
-    // row sums Q_k sigma; rows are independent, so no division sits on the critical path.
-    for (int64_t i = 0; i < n; ++i) {
-      const T* __restrict krow = Kx + i * m;
-      T* __restrict trow = Tm + i * m;
-      T dot = 0;
-      if (k == 0) {
-#pragma omp simd reduction(+ : dot)
-        for (int64_t j = 0; j < m; ++j) {
-          trow[j] = krow[j];
-          dot += krow[j] * sigma[j];
-        }
-      } else {
-        const T di = delta[i];
-#pragma omp simd reduction(+ : dot)
-        for (int64_t j = 0; j < m; ++j) {
-          const T q = krow[j] * ((di * trow[j]) * sigma[j]);
-          trow[j] = q;
-          dot += q * sigma[j];
-        }
-      }
-      delta[i] = dot;
-    }
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) delta[i] = a[i] / delta[i];
-    // Pass 2: column sums Q_kᵀ delta_k, four rows per update of col (a quarter of the dependent
-    // load-add-store chain through col).
-    for (int64_t j = 0; j < m; ++j) col[j] = 0;
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-      const T d0 = delta[i], d1 = delta[i + 1], d2 = delta[i + 2], d3 = delta[i + 3];
-      const T* __restrict t0 = Tm + i * m;
-      const T* __restrict t1 = t0 + m;
-      const T* __restrict t2 = t1 + m;
-      const T* __restrict t3 = t2 + m;
-#pragma omp simd
-      for (int64_t j = 0; j < m; ++j) col[j] += (t0[j] * d0 + t1[j] * d1) + (t2[j] * d2 + t3[j] * d3);
-    }
-    for (; i < n; ++i) {
-      const T di = delta[i];
-      const T* __restrict trow = Tm + i * m;
-#pragma omp simd
-      for (int64_t j = 0; j < m; ++j) col[j] += trow[j] * di;
-    }
-#pragma omp simd
-    for (int64_t j = 0; j < m; ++j) sigma[j] = b[j] / col[j];
+    ipot_row_step(Kx, k == 0 ? nullptr : Tm, delta, sigma, a, n, m, Tm, delta);
+    ipot_column_step(Tm, delta, b, n, m, sigma, col);
     if (count_out_of_range(delta, n) + count_out_of_range(sigma, m) != 0) return false;
     if (d_hist != nullptr) {
       T* __restrict dh = d_hist + k * n;
@@ -548,6 +563,102 @@ HF_INLINE bool ipot_forward_linear(const T* __restrict K, const T* __restrict a,
     T* __restrict prow = plan + i * m;
 #pragma omp simd
     for (int64_t j = 0; j < m; ++j) prow[j] = (di * trow[j]) * sigma[j];
+  }
+  return true;
+}
+
+// The iterates of ipot_forward_linear, all kept: Qs [n_iters, n, m] (Q_k), delta [n_iters, n] (delta_k),
+// sigma [n_iters + 1, m] (sigma_0 = 1/m, then sigma_k). The same operations as the forward, so this fails
+// exactly where the forward fell back to the log domain. Scratch: Kx [n, m]; col [m].
+template <typename T>
+HF_INLINE bool ipot_forward_linear_iterates(const T* __restrict K, const T* __restrict a, const T* __restrict b,
+                                            int64_t n, int64_t m, int64_t n_iters, T* __restrict Kx, T* __restrict Qs,
+                                            T* __restrict delta, T* __restrict sigma, T* __restrict col) {
+  const int64_t nm = n * m;
+  shifted_kernel(K, nm, Kx);
+  for (int64_t j = 0; j < m; ++j) sigma[j] = T(1) / T(m);
+  for (int64_t k = 1; k <= n_iters; ++k) {
+    T* dk = delta + (k - 1) * n;
+    T* sk = sigma + k * m;
+    if (k == 1)
+      ipot_row_step(Kx, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), sigma, a, n, m, Qs, dk);
+    else
+      ipot_row_step(Kx, Qs + (k - 2) * nm, dk - n, sk - m, a, n, m, Qs + (k - 1) * nm, dk);
+    ipot_column_step(Qs + (k - 1) * nm, dk, b, n, m, sk, col);
+    if (count_out_of_range(dk, n) + count_out_of_range(sk, m) != 0) return false;
+  }
+  return true;
+}
+
+// ipot_backward in scaling form, on the iterates of ipot_forward_linear_iterates (c = max K, so d_k = log delta_k
+// - c and Q_k(log) = log Q_k + c): with P_k = delta_k ∘ Q_k, s_k's column softmax weights exp(L_k - log b) are
+// T_k / b = P_k sigma_k / b and d_k's row softmax weights exp(L_k - s_k + s_{k-1} - log a) are P_k sigma_{k-1} / a,
+// so the sweep has no exps. Returns false (outputs undefined) where ipot_forward_linear bails out or a column
+// factor sigma_k / b overflows; the caller then runs ipot_backward. Scratch: Qs [n_iters, n, m]; lam [n, m];
+// delta [n_iters, n]; sigma [n_iters + 1, m]; rho [n]; ds, dsnext, cw [m].
+template <typename T>
+HF_INLINE bool ipot_backward_linear(const T* __restrict K, const T* __restrict a, const T* __restrict b, int64_t n,
+                                    int64_t m, int64_t n_iters, const T* __restrict gT, T* __restrict dK,
+                                    T* __restrict dloga, T* __restrict dlogb, T* __restrict Qs, T* __restrict lam,
+                                    T* __restrict delta, T* __restrict sigma, T* __restrict rho, T* __restrict ds,
+                                    T* __restrict dsnext, T* __restrict cw) {
+  const int64_t nm = n * m;
+  if (!ipot_forward_linear_iterates(K, a, b, n, m, n_iters, lam, Qs, delta, sigma, cw)) return false;
+  // lam = dL_N = gT ∘ T_N.
+  {
+    const T* __restrict dN = delta + (n_iters - 1) * n;
+    const T* __restrict sN = sigma + n_iters * m;
+    const T* __restrict qN = Qs + (n_iters - 1) * nm;
+    for (int64_t i = 0; i < n; ++i) {
+      const T di = dN[i];
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) lam[i * m + j] = gT[i * m + j] * ((di * qN[i * m + j]) * sN[j]);
+    }
+  }
+  for (int64_t e = 0; e < nm; ++e) dK[e] = 0;
+  for (int64_t i = 0; i < n; ++i) dloga[i] = 0;
+  for (int64_t j = 0; j < m; ++j) dlogb[j] = 0, ds[j] = 0;
+  for (int64_t i = 0; i < n; ++i) {
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) ds[j] += lam[i * m + j];
+  }
+  for (int64_t k = n_iters; k >= 1; --k) {
+    const T* __restrict qk = Qs + (k - 1) * nm;
+    const T* __restrict dk = delta + (k - 1) * n;
+    const T* __restrict sk = sigma + k * m;
+    const T* __restrict sprev = sigma + (k - 1) * m;
+    // ds holds dL/ds_k: the column sums of dL_k plus d_{k+1}'s softmax term.
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) cw[j] = sk[j] / b[j];
+    if (count_out_of_range(cw, m) != 0) return false;
+    for (int64_t j = 0; j < m; ++j) {
+      dlogb[j] += ds[j];
+      cw[j] *= ds[j];
+      dsnext[j] = 0;
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) rho[i] = dk[i] / a[i];
+    for (int64_t i = 0; i < n; ++i) {
+      const T di = dk[i];
+      const T* __restrict qrow = qk + i * m;
+      T* __restrict lrow = lam + i * m;
+      T* __restrict drow = dK + i * m;
+      T acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t j = 0; j < m; ++j) acc += lrow[j] - (di * qrow[j]) * cw[j];
+      dloga[i] += acc;  // dL/dd_k,i: row sum of dL_k minus the s_k softmax term
+      // dL/dQ_k = dL/dL_{k-1}; its column sums and s_{k-1}'s share of the d_k softmax term give dL/ds_{k-1}.
+      const T r = acc * rho[i];
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) {
+        const T t = r * (qrow[j] * sprev[j]);
+        const T l = (lrow[j] - (di * qrow[j]) * cw[j]) - t;
+        lrow[j] = l;
+        drow[j] += l;
+        dsnext[j] += l - t;
+      }
+    }
+    for (int64_t j = 0; j < m; ++j) ds[j] = dsnext[j];
   }
   return true;
 }

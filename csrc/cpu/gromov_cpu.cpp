@@ -34,8 +34,9 @@ HF_INLINE int64_t padded_cols(int64_t c) {
   return (c + w - 1) / w * w;
 }
 
-// One tile: out rows [i, i+R) x columns [j, j + min(cols, w)) of A @ Bp, Bp row-major with stride cp.
-template <typename T, int R>
+// One tile: out rows [i, i+R) x columns [j, j + min(cols, w)) of A @ Bp (added to out if kAdd), Bp row-major
+// with stride cp.
+template <bool kAdd, typename T, int R>
 HF_INLINE void matmul_tile(const T* __restrict A, const T* __restrict Bp, int64_t k, int64_t cp, int64_t c, int64_t i,
                            int64_t j, T* __restrict out) {
   using Tile = MatmulTile<T>;
@@ -57,20 +58,23 @@ HF_INLINE void matmul_tile(const T* __restrict A, const T* __restrict Bp, int64_
   for (int r = 0; r < R; ++r) {
     T* __restrict orow = out + (i + r) * c + j;
     if (cols == 2 * L) {
-      *reinterpret_cast<Vec*>(orow) = acc0[r];
-      *reinterpret_cast<Vec*>(orow + L) = acc1[r];
+      Vec* __restrict o = reinterpret_cast<Vec*>(orow);
+      if constexpr (kAdd) acc0[r] += o[0], acc1[r] += o[1];
+      o[0] = acc0[r];
+      o[1] = acc1[r];
     } else {
       T tmp[2 * L];
       *reinterpret_cast<Vec*>(tmp) = acc0[r];
       *reinterpret_cast<Vec*>(tmp + L) = acc1[r];
-      for (int64_t e = 0; e < cols; ++e) orow[e] = tmp[e];
+      for (int64_t e = 0; e < cols; ++e) orow[e] = kAdd ? orow[e] + tmp[e] : tmp[e];
     }
   }
 }
 
-// out [r, c] = A [r, k] @ B [k, c] (all row-major). B is first copied into `pack` (k x padded_cols(c),
-// zero-padded) so that every column tile is full; each output element is one sequential sum over k.
-template <typename T>
+// out [r, c] = A [r, k] @ B [k, c] (all row-major; out += A @ B if kAdd). B is first copied into `pack`
+// (k x padded_cols(c), zero-padded) so that every column tile is full; each output element is one sequential
+// sum over k.
+template <bool kAdd = false, typename T>
 HF_INLINE void matmul(const T* __restrict A, const T* __restrict B, int64_t r, int64_t k, int64_t c, T* __restrict out,
                       T* __restrict pack) {
   const int64_t cp = padded_cols<T>(c);
@@ -82,8 +86,8 @@ HF_INLINE void matmul(const T* __restrict A, const T* __restrict B, int64_t r, i
   constexpr int64_t R = MatmulTile<T>::kRows;
   for (int64_t j = 0; j < c; j += MatmulTile<T>::kTileCols) {
     int64_t i = 0;
-    for (; i + R <= r; i += R) matmul_tile<T, R>(A, pack, k, cp, c, i, j, out);
-    for (; i < r; ++i) matmul_tile<T, 1>(A, pack, k, cp, c, i, j, out);
+    for (; i + R <= r; i += R) matmul_tile<kAdd, T, R>(A, pack, k, cp, c, i, j, out);
+    for (; i < r; ++i) matmul_tile<kAdd, T, 1>(A, pack, k, cp, c, i, j, out);
   }
 }
 
@@ -93,17 +97,18 @@ HF_INLINE void transpose(const T* __restrict A, int64_t r, int64_t c, T* __restr
     for (int64_t j = 0; j < c; ++j) out[j * r + i] = A[i * c + j];
 }
 
-// Per-problem buffers, allocated once per parallel task.
+// Per-problem buffers, allocated once per parallel task. Qs: the inner iterates of the scaling-form IPOT backward,
+// kept_iterates of them (0 where unused).
 template <typename T>
 struct GwScratch {
   std::vector<T> buf;
-  T *pack, *ctT, *csT, *X, *M, *K, *Q, *G0, *dG, *dK, *lam, *Z, *Dcum, *Scum;
+  T *pack, *ctT, *csT, *X, *M, *K, *Q, *G0, *dG, *dK, *lam, *Z, *Qs, *Dcum, *Scum;
   T *u, *loga, *F, *vn1, *vn2, *vn3, *vn4, *vn5;
   T *v, *logb, *Gv, *colmax, *vm1, *vm2, *vm3, *vm4, *vm5, *vm6;
-  GwScratch(int64_t n, int64_t m, int64_t inner) {
+  GwScratch(int64_t n, int64_t m, int64_t inner, int64_t kept_iterates = 0) {
     const int64_t big = n > m ? n : m;
     const int64_t pack_size = big * padded_cols<T>(big);
-    buf.assign(pack_size + m * m + n * n + 11 * n * m + (inner + 1) * (n + m) + 8 * n + 10 * m, T(0));
+    buf.assign(pack_size + m * m + n * n + (9 + kept_iterates) * n * m + (inner + 1) * (n + m) + 8 * n + 10 * m, T(0));
     T* p = buf.data();
     auto take = [&p](int64_t count) {
       T* q = p;
@@ -114,7 +119,7 @@ struct GwScratch {
     ctT = take(m * m), csT = take(n * n);
     X = take(n * m), M = take(n * m), K = take(n * m), Q = take(n * m), G0 = take(n * m), dG = take(n * m);
     dK = take(n * m), lam = take(n * m), Z = take(n * m);
-    take(2 * n * m);
+    Qs = take(kept_iterates * n * m);
     Dcum = take((inner + 1) * n), Scum = take((inner + 1) * m);
     u = take(n), loga = take(n), F = take(n), vn1 = take(n), vn2 = take(n), vn3 = take(n), vn4 = take(n), vn5 = take(n);
     v = take(m), logb = take(m), Gv = take(m), colmax = take(m), vm1 = take(m), vm2 = take(m), vm3 = take(m);
@@ -186,7 +191,7 @@ template <typename T>
 HF_INLINE void gw_bwd_chunk(const T* grad, const T* cs, const T* ct, const T* a, const T* b, const T* plans,
                             const T* hist_n, const T* hist_m, T* g_cs, T* g_ct, T* g_a, T* g_b, int64_t n, int64_t m,
                             T eps, int64_t outer, int64_t inner, bool use_ipot, int64_t begin, int64_t end) {
-  GwScratch<T> s(n, m, inner);
+  GwScratch<T> s(n, m, inner, use_ipot ? inner : 0);
   for (int64_t p = begin; p < end; ++p) {
     const T *pcs = cs + p * n * n, *pct = ct + p * m * m, *pa = a + p * n, *pb = b + p * m;
     T *dcs = g_cs + p * n * n, *dct = g_ct + p * m * m, *da = g_a + p * n, *db = g_b + p * m;
@@ -203,11 +208,13 @@ HF_INLINE void gw_bwd_chunk(const T* grad, const T* cs, const T* ct, const T* a,
       const T* hn = hist_n + (p * outer + t) * inner * n;
       const T* hm = hist_m + (p * outer + t) * inner * m;
       T *dloga = s.vn1, *dlogb = s.vm1;
-      if (use_ipot)
-        ipot_backward(s.K, s.loga, s.logb, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.lam, s.Dcum, s.Scum, s.vn2,
-                      s.vm2, s.vm3, s.vm4, s.Gv);
-      else if (!sinkhorn_backward_linear(s.K, pa, pb, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.G0, s.lam, s.vn2,
-                                         s.vn3, s.F, s.vn5, s.vm2, s.vm3, s.vm4, s.vm6))
+      if (use_ipot) {
+        if (!ipot_backward_linear(s.K, pa, pb, n, m, inner, s.dG, s.dK, dloga, dlogb, s.Qs, s.lam, s.Dcum, s.Scum,
+                                  s.vn2, s.vm2, s.vm3, s.vm4))
+          ipot_backward(s.K, s.loga, s.logb, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.lam, s.Dcum, s.Scum,
+                        s.vn2, s.vm2, s.vm3, s.vm4, s.Gv);
+      } else if (!sinkhorn_backward_linear(s.K, pa, pb, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.G0, s.lam,
+                                           s.vn2, s.vn3, s.F, s.vn5, s.vm2, s.vm3, s.vm4, s.vm6))
         sinkhorn_backward(s.K, s.loga, s.logb, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.vn2, s.vm2, s.vn3,
                           s.vm3);
       for (int64_t i = 0; i < n; ++i) da[i] += dloga[i] / pa[i];
@@ -226,32 +233,16 @@ HF_INLINE void gw_bwd_chunk(const T* grad, const T* cs, const T* ct, const T* a,
         }
         s.vn4[i] += acc;
       }
+      // M = cs Gamma_{t-1} ctᵀ with X = cs Gamma_{t-1} (left in s.X by gw_log_kernel) and W = dM ct:
+      // dcs += W Gamma_{t-1}ᵀ, dct += dMᵀ X, dGamma_{t-1} = csᵀ W.
       const T* dM = s.dK;
-      // Y = Gamma_{t-1} ctᵀ (in s.M); dcs_ik += sum_j dM_ij Y_kj.
-      matmul(gprev, s.ctT, n, m, m, s.M, s.pack);
-      for (int64_t i = 0; i < n; ++i) {
-        const T* __restrict drow = dM + i * m;
-        for (int64_t k = 0; k < n; ++k) {
-          const T* __restrict yrow = s.M + k * m;
-          T acc = 0;
-#pragma omp simd reduction(+ : acc)
-          for (int64_t j = 0; j < m; ++j) acc += drow[j] * yrow[j];
-          dcs[i * n + k] += acc;
-        }
-      }
-      // dct_jl += sum_i dM_ij X_il with X = cs Gamma_{t-1} (left in s.X by gw_log_kernel).
-      for (int64_t i = 0; i < n; ++i) {
-        const T* __restrict xrow = s.X + i * m;
-        for (int64_t j = 0; j < m; ++j) {
-          const T w = dM[i * m + j];
-          T* __restrict crow = dct + j * m;
-#pragma omp simd
-          for (int64_t l = 0; l < m; ++l) crow[l] += w * xrow[l];
-        }
-      }
-      // dGamma_{t-1} = csᵀ dM ct.
-      matmul(s.csT, dM, n, n, m, s.Z, s.pack);
-      matmul(s.Z, pct, n, m, m, s.dG, s.pack);
+      T *W = s.Z, *gprevT = s.M, *dMT = s.Q;
+      matmul(dM, pct, n, m, m, W, s.pack);
+      transpose(gprev, n, m, gprevT);
+      matmul<true>(W, gprevT, n, m, n, dcs, s.pack);
+      transpose(dM, n, m, dMT);
+      matmul<true>(dMT, s.X, m, n, m, dct, s.pack);
+      matmul(s.csT, W, n, n, m, s.dG, s.pack);
     }
     // Gamma_0 = a bᵀ.
     for (int64_t i = 0; i < n; ++i) {

@@ -37,8 +37,9 @@ template <typename T>
 HF_INLINE void ipot_bwd_chunk(const T* grad, const T* cost, const T* a, const T* b, const T* d_hist, const T* s_hist,
                               T* g_cost, T* g_a, T* g_b, int64_t n, int64_t m, T beta, int64_t n_iters, int64_t begin,
                               int64_t end) {
-  std::vector<T> buf(2 * n * m + (n_iters + 1) * (n + m) + 3 * n + 6 * m);
-  T *K = buf.data(), *lam = K + n * m, *Dcum = lam + n * m, *Scum = Dcum + (n_iters + 1) * n;
+  std::vector<T> buf((2 + n_iters) * n * m + (n_iters + 1) * (n + m) + 3 * n + 6 * m);
+  T *K = buf.data(), *lam = K + n * m, *Qs = lam + n * m, *Dcum = Qs + n_iters * n * m;
+  T *Scum = Dcum + (n_iters + 1) * n;
   T *loga = Scum + (n_iters + 1) * m, *dloga = loga + n, *rr = dloga + n;
   T *logb = rr + n, *dlogb = logb + m, *ds = dlogb + m, *dsprev = ds + m, *c1 = dsprev + m, *c2 = c1 + m;
   for (int64_t p = begin; p < end; ++p) {
@@ -46,8 +47,11 @@ HF_INLINE void ipot_bwd_chunk(const T* grad, const T* cost, const T* a, const T*
     const T* pb = b + p * m;
     scaled_inputs(cost + p * n * m, pa, pb, n, m, beta, K, loga, logb);
     T* dK = g_cost + p * n * m;
-    ipot_backward(K, loga, logb, n, m, n_iters, d_hist + p * n_iters * n, s_hist + p * n_iters * m, grad + p * n * m,
-                  dK, dloga, dlogb, lam, Dcum, Scum, rr, ds, dsprev, c1, c2);
+    const T *dh = d_hist + p * n_iters * n, *sh = s_hist + p * n_iters * m, *gT = grad + p * n * m;
+    if (!ipot_backward_linear(K, pa, pb, n, m, n_iters, gT, dK, dloga, dlogb, Qs, lam, Dcum, Scum, rr, ds, dsprev,
+                              c1))
+      ipot_backward(K, loga, logb, n, m, n_iters, dh, sh, gT, dK, dloga, dlogb, lam, Dcum, Scum, rr, ds, dsprev, c1,
+                    c2);
 #pragma omp simd
     for (int64_t i = 0; i < n * m; ++i) dK[i] = -(dK[i] / beta);
     for (int64_t i = 0; i < n; ++i) g_a[p * n + i] = dloga[i] / pa[i];
