@@ -21,6 +21,13 @@ COMPILE = os.environ.get("HELO_BENCH_COMPILE") == "1"
 DEVICE = torch.device(os.environ.get("HELO_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu"))
 
 
+def compiled(fn, **compile_kwargs):
+    """torch.compile(fn) with dynamo's caches cleared first: every parametrized case compiles its own graph
+    (sharing one would hit dynamo's per-function recompile limit across shapes and grad modes)."""
+    torch._dynamo.reset()
+    return torch.compile(fn, **compile_kwargs)
+
+
 def pytest_configure(config):
     torch.set_num_threads(THREADS)
 

@@ -125,6 +125,7 @@ def make_plots(rows: List[dict], out_dir: str) -> List[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     written = []
     series: Dict[str, Dict[str, List[tuple]]] = defaultdict(lambda: defaultdict(list))
@@ -138,6 +139,9 @@ def make_plots(rows: List[dict], out_dir: str) -> List[str]:
             ax.plot([p[0] for p in points], [p[1] * 1e3 for p in points], marker="o", label=provider)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        batches = sorted({p[0] for points in by_provider.values() for p in points})
+        ax.set_xticks(batches, [str(b) for b in batches])  # label the measured sizes only
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("batch size B")
         ax.set_ylabel("median time (ms)")
         ax.set_title(key)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import helo_fast as hf
 from helo_fast import _backend, reference
 
-from .conftest import input_sets, record, rotating, synchronized
+from .conftest import compiled, input_sets, record, rotating, synchronized
 from .memory import saved_tensor_bytes
 
 DTYPE = torch.float32
@@ -54,8 +54,8 @@ def provider_fn(provider, bias_before_scale):
     if provider == "sdpa":
         return lambda q, k, v, bias, **kw: sdpa_attention(q, k, v, bias, bias_before_scale=bias_before_scale, **kw)
     if provider == "compile":
-        compiled = torch.compile(reference.lcd_attention, fullgraph=True)
-        return lambda q, k, v, bias, **kw: compiled(q, k, v, bias, bias_before_scale=bias_before_scale,
+        compiled_fn = compiled(reference.lcd_attention, fullgraph=True)
+        return lambda q, k, v, bias, **kw: compiled_fn(q, k, v, bias, bias_before_scale=bias_before_scale,
                                                     check_finite=False, **kw)
     return lambda q, k, v, bias, **kw: hf.lcd_attention(q, k, v, bias, bias_before_scale=bias_before_scale,
                                                         backend=provider, check_finite=False, **kw)

@@ -3,7 +3,7 @@ torch.compile(reference) (HELO_BENCH_COMPILE=1), and the fast model (fused ops, 
 import pytest
 import torch
 
-from benchmarks.conftest import COMPILE, record, synchronized
+from benchmarks.conftest import COMPILE, compiled, record, synchronized
 from helo_fast._backend import choose_backend
 from helo_fast.models import HeLo, HeLoConfig
 from helo_fast.step_timing import synthetic_batch
@@ -22,7 +22,9 @@ def test_bench_training_step(benchmark, device, provider, batch):
     model = HeLo(config, backend="reference" if provider != "fast" else "auto", mask_seed=0).to(device).train()
     optimizer = make_optimizer(model)
     x, y = synthetic_batch(config, batch, device=device)
-    step_model = torch.compile(model) if provider == "compile" else model  # .config reaches the wrapped model
+    # dynamic=False: with symbolic shapes, inductor (torch 2.13, CPU) vectorises the reference's int64 mask hash
+    # (helo_fast/_rng.py) as float and the generated C++ does not compile. .config reaches the wrapped model.
+    step_model = compiled(model, dynamic=False) if provider == "compile" else model
     # The fast model is reported under the backend "auto" picked here (cpp on CPU when built).
     label = choose_backend("auto", device, "gromov_wasserstein") if provider == "fast" else provider
     record(benchmark, op="helo_training_step", provider=label, pass_="fwd+bwd+adam",

@@ -16,7 +16,7 @@ import torch
 import helo_fast as hf
 from helo_fast import _backend, reference
 
-from .conftest import input_sets, record, rotating, synchronized
+from .conftest import compiled, input_sets, record, rotating, synchronized
 from .memory import saved_tensor_bytes
 
 ot = pytest.importorskip("ot")
@@ -59,8 +59,8 @@ def timed(benchmark, fn, inputs, backward, **record_kwargs):
 def sinkhorn_fn(provider):
     eps, n_iters = SINKHORN["eps"], SINKHORN["n_iters"]
     if provider == "compile":
-        compiled = torch.compile(reference.sinkhorn, fullgraph=True)
-        return lambda c: compiled(c, eps=eps, n_iters=n_iters, check_finite=False)
+        compiled_fn = compiled(reference.sinkhorn, fullgraph=True)
+        return lambda c: compiled_fn(c, eps=eps, n_iters=n_iters, check_finite=False)
     if provider == "pot":
         def pot_loop(c):
             cost = c.detach().cpu().double().numpy()
@@ -92,8 +92,8 @@ def test_bench_sinkhorn(benchmark, device, provider, pass_):
 def gw_fn(provider):
     kwargs = dict(eps=GW["eps"], outer_iters=GW["outer_iters"], inner_iters=GW["inner_iters"], grad="unrolled")
     if provider == "compile":
-        compiled = torch.compile(reference.gromov_wasserstein, fullgraph=True)
-        return lambda cs, ct: compiled(cs, ct, check_finite=False, **kwargs)
+        compiled_fn = compiled(reference.gromov_wasserstein, fullgraph=True)
+        return lambda cs, ct: compiled_fn(cs, ct, check_finite=False, **kwargs)
     return lambda cs, ct: hf.gromov_wasserstein(cs, ct, backend=provider, check_finite=False, **kwargs)
 
 

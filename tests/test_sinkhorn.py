@@ -49,12 +49,30 @@ def test_every_cpu_instruction_set_variant_matches_reference(isa):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_log_domain_path_matches_reference(dtype):
-    # eps = 2e-3 with costs in [0, 3): the scaling form over/underflows, the kernel falls back to the log domain.
+def test_small_eps_matches_reference(dtype):
+    # eps = 2e-3 with costs in [0, 3): K spans ~1500, far past float range for the rows whose costs are all
+    # large (test_both_backward_paths forces the log-domain fallback on purpose).
     def run(fn):
         return lambda c, a, b: fn(c, a, b, eps=2e-3, n_iters=9)
 
     assert_parity(run(cpp), run(ref), ot_problem(7, 2, 6, 5, cost_scale=3.0), dtype, grad_floor=1 / 2e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("row_offset", [0.0, 40.0], ids=["scaling_form", "log_fallback"])
+def test_both_backward_paths(row_offset, dtype):
+    # The plan does not depend on per-row cost offsets, but an offset of 40 / eps = 800 makes a whole row of the
+    # scaled kernel exp(K - max K) underflow to zero (e^-800), so the scaling form must give up: forward and
+    # backward then run in the log domain. Offset 0 keeps the scaling form.
+    eps, n_iters = 0.05, 8
+    cost, a, b = ot_problem(4, 2, 5, 4)
+    cost = cost + row_offset * torch.linspace(0, 1, 5, dtype=torch.float64)[None, :, None]
+    assert_parity(lambda *x: cpp(*x, eps=eps, n_iters=n_iters), lambda *x: ref(*x, eps=eps, n_iters=n_iters),
+                  (cost, a, b), dtype)
+    if dtype == torch.float64:
+        leaves = [t.clone().requires_grad_() for t in (cost, a, b)]
+        assert torch.autograd.gradcheck(
+            lambda x, y, z: torch.ops.helo_fast.sinkhorn_fwd(x, y, z, eps, n_iters, True)[0], leaves)
 
 
 def test_uniform_marginals_and_non_contiguous_inputs():
@@ -78,7 +96,7 @@ def test_gradcheck():
     def fn(c, a_, b_):
         return torch.ops.helo_fast.sinkhorn_fwd(c, a_, b_, 0.3, 4, True)[0]
 
-    for inputs in ((cost, a, b), (cost * 400, a, b)):  # scaling form, then the log-domain fallback
+    for inputs in ((cost, a, b), (cost * 400, a, b)):  # moderate, then large costs
         leaves = [t.clone().requires_grad_() for t in inputs]
         eps_fn = fn if inputs[0].max() < 10 else (lambda c, a_, b_: torch.ops.helo_fast.sinkhorn_fwd(c, a_, b_, 1.0, 4,
                                                                                                        True)[0])
