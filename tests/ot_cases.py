@@ -68,3 +68,17 @@ def assert_parity(fn, ref_fn, inputs64, dtype, seed=0, grad_floor=0.0):
             assert own <= max(2 * ref_err, 8 * torch.finfo(dtype).eps * floor)
         else:
             assert_within_reference_error(g, r64, rlow)
+
+
+def assert_both_backward_paths(op, cpp_fn, ref_fn, reg, n_iters, row_offset, dtype, seed):
+    """Parity (and float64 gradcheck) of the C++ op ``op`` ("sinkhorn" or "ipot") on a [2, 5, 4] problem whose
+    cost rows are shifted by up to ``row_offset``. The plan does not depend on per-row offsets, but an offset of
+    40 / reg = 800 makes a whole row of the scaled kernel exp(K - max K) underflow (e^-800): the scaling form
+    must give up and forward and backward run in the log domain; offset 0 keeps the scaling form."""
+    cost, a, b = ot_problem(seed, 2, 5, 4)
+    cost = cost + row_offset * torch.linspace(0, 1, 5, dtype=torch.float64)[None, :, None]
+    assert_parity(lambda *x: cpp_fn(*x, reg, n_iters), lambda *x: ref_fn(*x, reg, n_iters), (cost, a, b), dtype)
+    if dtype == torch.float64:
+        fwd = getattr(torch.ops.helo_fast, f"{op}_fwd")
+        leaves = [t.clone().requires_grad_() for t in (cost, a, b)]
+        assert torch.autograd.gradcheck(lambda x, y, z: fwd(x, y, z, reg, n_iters, True)[0], leaves)

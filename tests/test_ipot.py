@@ -4,7 +4,7 @@ import torch
 
 import helo_fast as hf
 from helo_fast import reference
-from ot_cases import SHAPES, assert_parity, ot_problem, requires_cpp
+from ot_cases import SHAPES, assert_both_backward_paths, assert_parity, ot_problem, requires_cpp
 from test_reference_ops import ipot_transcription
 from tolerance import assert_no_nan
 
@@ -52,17 +52,9 @@ def test_gradcheck():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("row_offset", [0.0, 40.0], ids=["scaling_form", "log_fallback"])
 def test_both_backward_paths(row_offset, dtype):
-    # The plan does not depend on per-row cost offsets, but offsets up to 40 / beta = 800 push the row scalings
-    # to ~e^800, past the scaling form's range: forward and backward fall back to the log domain.
-    beta, n_iters = 0.05, 8
-    cost, a, b = ot_problem(3, 2, 5, 4)
-    cost = cost + row_offset * torch.linspace(0, 1, 5, dtype=torch.float64)[None, :, None]
-    assert_parity(lambda *x: cpp(*x, beta=beta, n_iters=n_iters), lambda *x: ref(*x, beta=beta, n_iters=n_iters),
-                  (cost, a, b), dtype)
-    if dtype == torch.float64:
-        leaves = [t.clone().requires_grad_() for t in (cost, a, b)]
-        assert torch.autograd.gradcheck(
-            lambda x, y, z: torch.ops.helo_fast.ipot_fwd(x, y, z, beta, n_iters, True)[0], leaves)
+    assert_both_backward_paths("ipot", lambda c, a, b, r, k: cpp(c, a, b, beta=r, n_iters=k),
+                               lambda c, a, b, r, k: ref(c, a, b, beta=r, n_iters=k), 0.05, 8, row_offset, dtype,
+                               seed=3)
 
 
 def test_opcheck():

@@ -8,7 +8,7 @@ import torch
 
 import helo_fast as hf
 from helo_fast import reference
-from ot_cases import SHAPES, assert_parity, ot_problem, requires_cpp
+from ot_cases import SHAPES, assert_both_backward_paths, assert_parity, ot_problem, requires_cpp
 from tolerance import assert_no_nan
 
 pytestmark = requires_cpp
@@ -61,18 +61,9 @@ def test_small_eps_matches_reference(dtype):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("row_offset", [0.0, 40.0], ids=["scaling_form", "log_fallback"])
 def test_both_backward_paths(row_offset, dtype):
-    # The plan does not depend on per-row cost offsets, but an offset of 40 / eps = 800 makes a whole row of the
-    # scaled kernel exp(K - max K) underflow to zero (e^-800), so the scaling form must give up: forward and
-    # backward then run in the log domain. Offset 0 keeps the scaling form.
-    eps, n_iters = 0.05, 8
-    cost, a, b = ot_problem(4, 2, 5, 4)
-    cost = cost + row_offset * torch.linspace(0, 1, 5, dtype=torch.float64)[None, :, None]
-    assert_parity(lambda *x: cpp(*x, eps=eps, n_iters=n_iters), lambda *x: ref(*x, eps=eps, n_iters=n_iters),
-                  (cost, a, b), dtype)
-    if dtype == torch.float64:
-        leaves = [t.clone().requires_grad_() for t in (cost, a, b)]
-        assert torch.autograd.gradcheck(
-            lambda x, y, z: torch.ops.helo_fast.sinkhorn_fwd(x, y, z, eps, n_iters, True)[0], leaves)
+    assert_both_backward_paths("sinkhorn", lambda c, a, b, r, k: cpp(c, a, b, eps=r, n_iters=k),
+                               lambda c, a, b, r, k: ref(c, a, b, eps=r, n_iters=k), 0.05, 8, row_offset, dtype,
+                               seed=4)
 
 
 def test_uniform_marginals_and_non_contiguous_inputs():
