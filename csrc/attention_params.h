@@ -118,4 +118,21 @@ inline void bias_grad_strides(const at::Tensor& grad_bias, const Params& p, int6
 
 inline at::ScalarType acc_type_of(const at::Tensor& t) { return at::toOpMathType(t.scalar_type()); }
 
+// The forward op's outputs: out [B, Lq, H*D] (input dtype); LayerNorm mean, rstd [B, Lq]; and, when saved for
+// the backward, the softmax weights [B, H, Lq, Lk] and the LayerNorm input [B, Lq, H*D] (empty otherwise), all
+// but `out` in the accumulation type.
+struct ForwardOutputs {
+  at::Tensor out, mean, rstd, prob, ln_input;
+};
+
+inline ForwardOutputs allocate_forward_outputs(const Params& p, const at::Tensor& q, bool save_for_backward) {
+  const auto stat_options = q.options().dtype(acc_type_of(q));
+  auto saved = [&](at::IntArrayRef shape) {
+    return save_for_backward ? at::empty(shape, stat_options) : q.new_empty({0}, stat_options);
+  };
+  return {at::empty({p.batch, p.lq, p.heads * p.dim}, q.options()), at::empty({p.batch, p.lq}, stat_options),
+          at::empty({p.batch, p.lq}, stat_options), saved({p.batch, p.heads, p.lq, p.lk}),
+          saved({p.batch, p.lq, p.heads * p.dim})};
+}
+
 }  // namespace helo_fast::attention

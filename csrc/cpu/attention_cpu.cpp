@@ -112,13 +112,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lcd_atten
     double dropkey_value, double ln_eps, bool bias_before_scale, int64_t seed, bool save_for_backward) {
   const Inputs in = make_inputs(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask);
   const Params p = make_params(in, scale, dropkey_p, dropout_p, dropkey_value, ln_eps, bias_before_scale, seed);
-  at::Tensor out = at::empty({p.batch, p.lq, p.heads * p.dim}, q.options());
-  const auto stat_options = q.options().dtype(acc_type_of(q));
-  at::Tensor mean = at::empty({p.batch, p.lq}, stat_options), rstd = at::empty({p.batch, p.lq}, stat_options);
-  at::Tensor prob = save_for_backward ? at::empty({p.batch, p.heads, p.lq, p.lk}, stat_options)
-                                      : q.new_empty({0}, stat_options);
-  at::Tensor ln_input = save_for_backward ? at::empty({p.batch, p.lq, p.heads * p.dim}, stat_options)
-                                          : q.new_empty({0}, stat_options);
+  auto [out, mean, rstd, prob, ln_input] = allocate_forward_outputs(p, q, save_for_backward);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "lcd_attention_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     forward_cpu<scalar_t, acc_t>(p, input_views<scalar_t>(in), out.mutable_data_ptr<scalar_t>(),

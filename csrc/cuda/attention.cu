@@ -287,14 +287,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lcd_atten
   const c10::DeviceGuard guard(q.device());
   const Inputs in = make_inputs(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask);
   const Params p = make_params(in, scale, dropkey_p, dropout_p, dropkey_value, ln_eps, bias_before_scale, seed);
-  at::Tensor out = at::empty({p.batch, p.lq, p.heads * p.dim}, q.options());
-  const auto stat_options = q.options().dtype(acc_type_of(q));
-  at::Tensor mean = at::empty({p.batch, p.lq}, stat_options), rstd = at::empty({p.batch, p.lq}, stat_options);
-  // Returned for the CPU backward's layout contract; the CUDA backward recomputes them instead.
-  at::Tensor prob = save_for_backward ? at::empty({p.batch, p.heads, p.lq, p.lk}, stat_options)
-                                      : q.new_empty({0}, stat_options);
-  at::Tensor ln_input = save_for_backward ? at::empty({p.batch, p.lq, p.heads * p.dim}, stat_options)
-                                          : q.new_empty({0}, stat_options);
+  // prob and ln_input are written for the op's layout contract; the CUDA backward recomputes them instead.
+  auto [out, mean, rstd, prob, ln_input] = allocate_forward_outputs(p, q, save_for_backward);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "lcd_attention_fwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const size_t smem = (2 * p.heads * p.lk + p.heads * p.dim + kForwardThreads / kWarp) * sizeof(acc_t);
