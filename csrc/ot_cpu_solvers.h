@@ -512,24 +512,7 @@ HF_INLINE void ipot_row_step(const T* __restrict Kx, const T* Q_prev, const T* d
 template <typename T>
 HF_INLINE void ipot_column_step(const T* __restrict Q, const T* __restrict delta, const T* __restrict b, int64_t n,
                                 int64_t m, T* __restrict sigma, T* __restrict col) {
-  // Four rows per update of col: a quarter of the dependent load-add-store chain through col.
-  for (int64_t j = 0; j < m; ++j) col[j] = 0;
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const T d0 = delta[i], d1 = delta[i + 1], d2 = delta[i + 2], d3 = delta[i + 3];
-    const T* __restrict t0 = Q + i * m;
-    const T* __restrict t1 = t0 + m;
-    const T* __restrict t2 = t1 + m;
-    const T* __restrict t3 = t2 + m;
-#pragma omp simd
-    for (int64_t j = 0; j < m; ++j) col[j] += (t0[j] * d0 + t1[j] * d1) + (t2[j] * d2 + t3[j] * d3);
-  }
-  for (; i < n; ++i) {
-    const T di = delta[i];
-    const T* __restrict trow = Q + i * m;
-#pragma omp simd
-    for (int64_t j = 0; j < m; ++j) col[j] += trow[j] * di;
-  }
+  column_product(Q, delta, n, m, col);
 #pragma omp simd
   for (int64_t j = 0; j < m; ++j) sigma[j] = b[j] / col[j];
 }
