@@ -1,8 +1,5 @@
 """The C++ fused attention (lcd_attention, backend="cpp") against the reference: outputs, gradients, masks."""
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,6 +8,7 @@ import helo_fast as hf
 from helo_fast import _ext
 from helo_fast.reference.attention import attention_masks
 from attention_cases import attention_case
+from cpu_isa import run_under_isa
 from tolerance import assert_float64_close, assert_no_nan, assert_within_reference_error
 
 pytestmark = pytest.mark.skipif(not _ext.has_cpp(), reason=f"C++ extension unavailable: {_ext.EXTENSION_ERROR}")
@@ -391,8 +389,4 @@ def test_every_cpu_instruction_set_variant_matches_reference(isa):
         "    ref32, _, _ = run('reference', t32, seed=5)\n"
         "    torch.testing.assert_close(out32, ref32, rtol=1e-4, atol=1e-4)\n"
     )
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, HELO_FAST_CPU_ISA=isa, PYTHONPATH=os.pathsep.join(
-        [tests_dir, os.path.dirname(tests_dir), os.environ.get("PYTHONPATH", "")]))
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tests_dir)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_under_isa(isa, script)

@@ -1,13 +1,11 @@
 """The C++ sinkhorn op (helo_fast::sinkhorn_fwd / sinkhorn_bwd) against the reference, forward and backward."""
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import helo_fast as hf
 from helo_fast import reference
+from cpu_isa import run_under_isa
 from ot_cases import SHAPES, assert_both_backward_paths, assert_parity, ot_problem, requires_cpp
 from tolerance import assert_no_nan
 
@@ -41,11 +39,7 @@ def test_every_cpu_instruction_set_variant_matches_reference(isa):
         "    for dtype in (torch.float64, torch.float32):\n"
         "        assert_parity(cpp, ref, ot_problem(sum(shape), *shape), dtype)\n"
     )
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, HELO_FAST_CPU_ISA=isa, PYTHONPATH=os.pathsep.join(
-        [tests_dir, os.path.dirname(tests_dir), os.environ.get("PYTHONPATH", "")]))
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tests_dir)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_under_isa(isa, script)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
