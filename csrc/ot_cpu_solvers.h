@@ -267,6 +267,19 @@ struct ScalingRange<double> {
   static constexpr double lo = 1e-250, hi = 1e250;
 };
 
+// out_ij = (r_i * mat_ij) * c_j: a plan from its scaling-form factors. mat, out [n, m].
+template <typename T>
+HF_INLINE void scale_rows_and_columns(const T* __restrict r, const T* __restrict mat, const T* __restrict c,
+                                      int64_t n, int64_t m, T* __restrict out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T ri = r[i];
+    const T* __restrict mrow = mat + i * m;
+    T* __restrict orow = out + i * m;
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) orow[j] = (ri * mrow[j]) * c[j];
+  }
+}
+
 // Number of entries of x [len] outside the safe scaling range (NaN counts).
 template <typename T>
 HF_INLINE int64_t count_out_of_range(const T* __restrict x, int64_t len) {
@@ -384,13 +397,7 @@ HF_INLINE bool sinkhorn_forward_linear(const T* __restrict K, const T* __restric
       for (int64_t j = 0; j < m; ++j) gh[j] = fast_log(v[j]) - c;
     }
   }
-  for (int64_t i = 0; i < n; ++i) {
-    const T ui = u[i];
-    const T* __restrict krow = Kx + i * m;
-    T* __restrict prow = plan + i * m;
-#pragma omp simd
-    for (int64_t j = 0; j < m; ++j) prow[j] = (ui * krow[j]) * v[j];
-  }
+  scale_rows_and_columns(u, Kx, v, n, m, plan);
   return true;
 }
 
@@ -540,13 +547,7 @@ HF_INLINE bool ipot_forward_linear(const T* __restrict K, const T* __restrict a,
       for (int64_t j = 0; j < m; ++j) sh[j] = fast_log(sigma[j]);
     }
   }
-  for (int64_t i = 0; i < n; ++i) {
-    const T di = delta[i];
-    const T* __restrict trow = Tm + i * m;
-    T* __restrict prow = plan + i * m;
-#pragma omp simd
-    for (int64_t j = 0; j < m; ++j) prow[j] = (di * trow[j]) * sigma[j];
-  }
+  scale_rows_and_columns(delta, Tm, sigma, n, m, plan);
   return true;
 }
 
