@@ -93,6 +93,13 @@ def _head_weights(q_h, k, bias_ptr, dk_mask_ptr, do_mask_ptr, seed, dk_p, do_p, 
 
 
 @triton.jit
+def _load_call_scalars(fparams_ptr, seed_ptr, prob_ptr):
+    """The call's scalars, read on device: (scale, keep_scale, ln_eps, dropkey_value, seed, dropkey_p, dropout_p)."""
+    return (tl.load(fparams_ptr), tl.load(fparams_ptr + 1), tl.load(fparams_ptr + 2), tl.load(fparams_ptr + 3),
+            tl.load(seed_ptr), tl.load(prob_ptr), tl.load(prob_ptr + 1))
+
+
+@triton.jit
 def _load_rows(ptr, pid, rows, cols, n_rows, H, D, stride_b, stride_h, stride_l):
     """Load [B, H, L, D] entry pid as a [rows, H*D] tile (column c = head c // D, dim c % D)."""
     head = cols // D
@@ -148,13 +155,7 @@ def _lcd_attention_fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, lnw_ptr, l
     rq = tl.arange(0, BLOCK_Q)
     rk = tl.arange(0, BLOCK_K)
     cols = tl.arange(0, BLOCK_C)
-    scale = tl.load(fparams_ptr)
-    keep_scale = tl.load(fparams_ptr + 1)
-    ln_eps = tl.load(fparams_ptr + 2)
-    dk_value = tl.load(fparams_ptr + 3)
-    seed = tl.load(seed_ptr)
-    dk_p = tl.load(prob_ptr)
-    do_p = tl.load(prob_ptr + 1)
+    scale, keep_scale, ln_eps, dk_value, seed, dk_p, do_p = _load_call_scalars(fparams_ptr, seed_ptr, prob_ptr)
     q, _, _ = _load_rows(q_ptr, pid, rq, cols, Lq, H, D, stride_qb, stride_qh, stride_ql)
     k, _, _ = _load_rows(k_ptr, pid, rk, cols, Lk, H, D, stride_kb, stride_kh, stride_kl)
     v, _, _ = _load_rows(v_ptr, pid, rk, cols, Lk, H, D, stride_vb, stride_vh, stride_vl)
@@ -186,13 +187,7 @@ def _lcd_attention_bwd_kernel(grad_ptr, q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, 
     rk = tl.arange(0, BLOCK_K)
     cols = tl.arange(0, BLOCK_C)
     HD = H * D
-    scale = tl.load(fparams_ptr)
-    keep_scale = tl.load(fparams_ptr + 1)
-    ln_eps = tl.load(fparams_ptr + 2)
-    dk_value = tl.load(fparams_ptr + 3)
-    seed = tl.load(seed_ptr)
-    dk_p = tl.load(prob_ptr)
-    do_p = tl.load(prob_ptr + 1)
+    scale, keep_scale, ln_eps, dk_value, seed, dk_p, do_p = _load_call_scalars(fparams_ptr, seed_ptr, prob_ptr)
     q, q_offs, q_valid = _load_rows(q_ptr, pid, rq, cols, Lq, H, D, stride_qb, stride_qh, stride_ql)
     k, k_offs, k_valid = _load_rows(k_ptr, pid, rk, cols, Lk, H, D, stride_kb, stride_kh, stride_kl)
     v, v_offs, v_valid = _load_rows(v_ptr, pid, rk, cols, Lk, H, D, stride_vb, stride_vh, stride_vl)
