@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from helo_fast import _ext
+from devices import CPU
 from tolerance import assert_float64_close, assert_within_reference_error
 
 requires_cpp = pytest.mark.skipif(not _ext.has_cpp(), reason=f"C++ extension unavailable: {_ext.EXTENSION_ERROR}")
@@ -10,34 +11,48 @@ requires_cpp = pytest.mark.skipif(not _ext.has_cpp(), reason=f"C++ extension una
 # (B, n, m): n != m both ways, n = 1, m = 1, odd sizes, batch 1, the HeLo size.
 SHAPES = [(3, 5, 7), (2, 8, 3), (2, 1, 4), (1, 6, 1), (1, 9, 9), (2, 36, 36)]
 
+# (dtype, with_grad) of the parity tests: float32 without a gradient saves no history and computes in float32
+# (with one, float32 problems are solved in float64 for their float64 backward).
+PARITY_DTYPES = [pytest.param(torch.float64, True, id="f64"), pytest.param(torch.float32, True, id="f32"),
+                 pytest.param(torch.float32, False, id="f32_nograd")]
 
 # Gradients whose reference magnitude is below this are measured against it instead (absolute error
 # <= 1e-10 x ZERO_GRAD in float64): they vanish in exact arithmetic (a single row or column).
 ZERO_GRAD = 1e-2
 
 
-def marginal(gen, batch, size, dtype=torch.float64):
+def marginal(gen, batch, size):
     w = torch.rand(batch, size, generator=gen, dtype=torch.float64) + 0.1
-    return (w / w.sum(-1, keepdim=True)).to(dtype)
+    return w / w.sum(-1, keepdim=True)
 
 
-def ot_problem(seed, batch, n, m, dtype=torch.float64, cost_scale=1.0):
-    """Random cost [B, n, m] in [0, cost_scale) and non-uniform marginals a [B, n], b [B, m]."""
+def ot_problem(seed, batch, n, m, dtype=torch.float64, cost_scale=1.0, device=CPU):
+    """Random cost [B, n, m] in [0, cost_scale) and non-uniform marginals a [B, n], b [B, m], on ``device``
+    (drawn on the CPU: the same numbers on every device)."""
     gen = torch.Generator().manual_seed(seed)
     cost = torch.rand(batch, n, m, generator=gen, dtype=torch.float64) * cost_scale
-    return cost.to(dtype), marginal(gen, batch, n, dtype), marginal(gen, batch, m, dtype)
+    return to_device((cost, marginal(gen, batch, n), marginal(gen, batch, m)), dtype, device)
 
 
-def value_and_grads(fn, inputs, weight):
-    """fn(*inputs) and the gradients of sum(fn(*inputs) * weight) w.r.t. every input."""
-    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+def to_device(tensors, dtype, device):
+    """The CPU-drawn ``tensors`` in ``dtype`` on ``device``."""
+    return tuple(t.to(device=device, dtype=dtype) for t in tensors)
+
+
+def value_and_grads(fn, inputs, weight, with_grad=True):
+    """fn(*inputs) and the gradients of sum(fn(*inputs) * weight) w.r.t. every input (none without with_grad)."""
+    leaves = [t.detach().clone().requires_grad_(with_grad) for t in inputs]
     out = fn(*leaves)
+    if not with_grad:
+        return out.detach(), ()
     grads = torch.autograd.grad((out * weight.to(out.dtype)).sum(), leaves)
     return out.detach(), grads
 
 
-def assert_parity(fn, ref_fn, inputs64, dtype, seed=0, grad_floor=0.0):
+def assert_parity(fn, ref_fn, inputs64, dtype, seed=0, grad_floor=0.0, with_grad=True):
     """Forward and gradients of fn vs ref_fn: float64 to 1e-10, lower precision within 2x the reference's error.
+    Both run on the device of ``inputs64``. with_grad=False: forward only, on inputs that need no gradient
+    (the ops then save no history and compute in the input dtype).
 
     grad_floor: the scale below which a gradient counts as zero (errors are measured relative to
     max(|reference|, grad_floor)); for a near-saturated plan the cost gradient is a cancellation of
@@ -45,10 +60,10 @@ def assert_parity(fn, ref_fn, inputs64, dtype, seed=0, grad_floor=0.0):
     """
     gen = torch.Generator().manual_seed(seed + 1)
     probe = fn(*inputs64).detach()
-    weight = torch.randn(probe.shape, generator=gen, dtype=torch.float64)
-    ref64, ref_grads64 = value_and_grads(ref_fn, inputs64, weight)
+    weight = torch.randn(probe.shape, generator=gen, dtype=torch.float64).to(probe.device)
+    ref64, ref_grads64 = value_and_grads(ref_fn, inputs64, weight, with_grad)
     low = [t.to(dtype) for t in inputs64]
-    out, grads = value_and_grads(fn, low, weight)
+    out, grads = value_and_grads(fn, low, weight, with_grad)
     if dtype == torch.float64:
         assert_float64_close(out, ref64)
         for g, r in zip(grads, ref_grads64):
@@ -58,7 +73,7 @@ def assert_parity(fn, ref_fn, inputs64, dtype, seed=0, grad_floor=0.0):
             else:
                 assert_float64_close(g, r)
         return
-    ref_low, ref_grads_low = value_and_grads(ref_fn, low, weight)
+    ref_low, ref_grads_low = value_and_grads(ref_fn, low, weight, with_grad)
     assert out.dtype == dtype
     assert_within_reference_error(out, ref64, ref_low)
     for g, r64, rlow in zip(grads, ref_grads64, ref_grads_low):
@@ -70,13 +85,13 @@ def assert_parity(fn, ref_fn, inputs64, dtype, seed=0, grad_floor=0.0):
             assert_within_reference_error(g, r64, rlow)
 
 
-def assert_both_backward_paths(op, cpp_fn, ref_fn, reg, n_iters, row_offset, dtype, seed):
+def assert_both_backward_paths(op, cpp_fn, ref_fn, reg, n_iters, row_offset, dtype, seed, device=CPU):
     """Parity (and float64 gradcheck) of the C++ op ``op`` ("sinkhorn" or "ipot") on a [2, 5, 4] problem whose
     cost rows are shifted by up to ``row_offset``. The plan does not depend on per-row offsets, but an offset of
     40 / reg = 800 makes a whole row of the scaled kernel exp(K - max K) underflow (e^-800): the scaling form
     must give up and forward and backward run in the log domain; offset 0 keeps the scaling form."""
-    cost, a, b = ot_problem(seed, 2, 5, 4)
-    cost = cost + row_offset * torch.linspace(0, 1, 5, dtype=torch.float64)[None, :, None]
+    cost, a, b = ot_problem(seed, 2, 5, 4, device=device)
+    cost = cost + row_offset * torch.linspace(0, 1, 5, dtype=torch.float64, device=device)[None, :, None]
     assert_parity(lambda *x: cpp_fn(*x, reg, n_iters), lambda *x: ref_fn(*x, reg, n_iters), (cost, a, b), dtype)
     if dtype == torch.float64:
         fwd = getattr(torch.ops.helo_fast, f"{op}_fwd")

@@ -5,10 +5,12 @@ import pytest
 import torch
 
 import helo_fast as hf
+from helo_fast import _backend
 from helo_fast import nn as fast_nn
 from helo_fast.models import HeLo, HeLoConfig, helo_loss
 from helo_fast.reference import modules as reference_modules
 from backends import cpu_backends
+from devices import CPU, CUDA, cpp_devices
 from tolerance import assert_float64_close, assert_within_reference_error
 
 # Model-size tests run the backends that serve both fused ops on CPU (Triton's interpreter is too
@@ -16,24 +18,30 @@ from tolerance import assert_float64_close, assert_within_reference_error
 BACKENDS = [b for b in cpu_backends("lcd_attention", include_triton=False) if b != "reference"
             and b in cpu_backends("gromov_wasserstein", include_triton=False)] + ["auto"]
 NO_MASKS = dict(p_dropkey=0.0, dropout=0.0)
+CUDA_MARKS = cpp_devices(include_cpu=False)[0].marks
+# (backend, device) of the model parity tests: BACKENDS on cpu, then cpp, triton and auto on cuda.
+BACKEND_DEVICES = ([pytest.param(b, CPU, id=b) for b in BACKENDS]
+                   + [pytest.param(b, CUDA, id=f"{b}-cuda", marks=CUDA_MARKS) for b in ("cpp", "triton", "auto")])
 SMALL = dict(n_channels=6, band_features=5, gsr_features=6, ppg_features=7, video_features=12, n_classes=5,
              d_model=16, n_heads=2, ffn_dim=8, head_hidden=16, **NO_MASKS)
 
 
-def pair(config, backend, dtype=torch.float32, seed=0):
-    """(reference model, fast model) with identical weights."""
+def pair(config, backend, dtype=torch.float32, seed=0, device=CPU):
+    """(reference model, fast model) with identical weights (initialised on the CPU) on ``device``."""
+    if backend == "triton" and (reason := _backend.unavailable_reason(backend, device, "lcd_attention")):
+        pytest.skip(reason)
     torch.manual_seed(seed)
-    ref = HeLo(config, backend="reference", mask_seed=seed).to(dtype)
+    ref = HeLo(config, backend="reference", mask_seed=seed).to(device, dtype)
     fast = copy.deepcopy(ref)
     hf.convert(fast, backend)
     return ref, fast
 
 
-def batch(config, size=6, dtype=torch.float32, seed=1):
+def batch(config, size=6, dtype=torch.float32, seed=1, device=CPU):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(size, config.n_features, generator=gen, dtype=dtype)
     y = torch.softmax(2 * torch.randn(size, config.n_classes, generator=gen, dtype=dtype), dim=-1)
-    return x, y
+    return x.to(device), y.to(device)
 
 
 def forward_backward(model, x, y):
@@ -44,11 +52,11 @@ def forward_backward(model, x, y):
     return out.probs.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_fast_model_matches_reference_in_float64(backend):
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_fast_model_matches_reference_in_float64(backend, device):
     config = HeLoConfig(**SMALL)
-    ref, fast = pair(config, backend, torch.float64)
-    x, y = batch(config, dtype=torch.float64)
+    ref, fast = pair(config, backend, torch.float64, device=device)
+    x, y = batch(config, dtype=torch.float64, device=device)
     ref_probs, ref_grads = forward_backward(ref, x, y)
     fast_probs, fast_grads = forward_backward(fast, x, y)
     assert_float64_close(fast_probs, ref_probs)
@@ -58,13 +66,13 @@ def test_fast_model_matches_reference_in_float64(backend):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_fast_model_matches_reference_in_float32_default_size(backend):
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_fast_model_matches_reference_in_float32_default_size(backend, device):
     config = HeLoConfig(**NO_MASKS)
-    ref64, fast = pair(config, backend, torch.float64)
+    ref64, fast = pair(config, backend, torch.float64, device=device)
     fast = fast.float()
     ref32 = copy.deepcopy(ref64).float()
-    x, y = batch(config, size=4, dtype=torch.float64)
+    x, y = batch(config, size=4, dtype=torch.float64, device=device)
     probs64, grads64 = forward_backward(ref64, x, y)
     probs32, grads32 = forward_backward(ref32, x.float(), y.float())
     fast_probs, fast_grads = forward_backward(fast, x.float(), y.float())

@@ -4,7 +4,8 @@ import torch
 
 import helo_fast as hf
 from helo_fast import reference
-from ot_cases import assert_parity, marginal, requires_cpp
+from devices import CPU, cpp_devices
+from ot_cases import PARITY_DTYPES, assert_parity, marginal, requires_cpp, to_device
 from tolerance import assert_no_nan
 
 pytestmark = requires_cpp
@@ -12,16 +13,16 @@ pytestmark = requires_cpp
 GW_SHAPES = [(3, 5, 7), (2, 8, 3), (2, 1, 4), (1, 6, 1), (2, 36, 36)]
 
 
-def gw_problem(seed, batch, n, m, dtype=torch.float64):
-    """Cosine-distance structure matrices cs [B, n, n], ct [B, m, m] (as in HeLo) and non-uniform marginals."""
+def gw_problem(seed, batch, n, m, dtype=torch.float64, device=CPU):
+    """Cosine-distance structure matrices cs [B, n, n], ct [B, m, m] (as in HeLo) and non-uniform marginals,
+    drawn on the CPU and moved to ``device``."""
     gen = torch.Generator().manual_seed(seed)
 
     def structure(size):
         x = torch.randn(batch, size, 6, generator=gen, dtype=torch.float64)
         return 1 - torch.nn.functional.cosine_similarity(x[:, :, None], x[:, None, :], dim=-1)
 
-    return (structure(n).to(dtype), structure(m).to(dtype), marginal(gen, batch, n, dtype),
-            marginal(gen, batch, m, dtype))
+    return to_device((structure(n), structure(m), marginal(gen, batch, n), marginal(gen, batch, m)), dtype, device)
 
 
 def run(fn, solver, eps=0.1, outer=3, inner=6, **kw):
@@ -29,22 +30,43 @@ def run(fn, solver, eps=0.1, outer=3, inner=6, **kw):
                                    grad="unrolled", **kw)
 
 
+# No f32_nograd case here: the CPU kernel's float32 forward is up to 3.6x the reference's float32 error.
+@pytest.mark.parametrize("device", cpp_devices())
 @pytest.mark.parametrize("solver", ["ipot", "sinkhorn"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("dtype,with_grad", PARITY_DTYPES[:2])
 @pytest.mark.parametrize("shape", GW_SHAPES, ids=[f"B{b}n{n}m{m}" for b, n, m in GW_SHAPES])
-def test_forward_and_gradients_match_reference(shape, dtype, solver):
+def test_forward_and_gradients_match_reference(shape, dtype, with_grad, solver, device):
     assert_parity(run(hf.gromov_wasserstein, solver, backend="cpp"), run(reference.gromov_wasserstein, solver),
-                  gw_problem(sum(shape), *shape), dtype)
+                  gw_problem(sum(shape), *shape, device=device), dtype, with_grad=with_grad)
 
 
-def test_helo_step_defaults_match_reference():
-    cs, ct, _, _ = gw_problem(11, 4, 36, 36)
+@pytest.mark.parametrize("device", cpp_devices(include_cpu=False))
+@pytest.mark.parametrize("solver", ["ipot", "sinkhorn"])
+@pytest.mark.parametrize("dtype,with_grad", PARITY_DTYPES)
+def test_problem_too_large_for_shared_memory_matches_reference(dtype, with_grad, solver, device):
+    # 3(n + m) + n^2 + m^2 + 4nm values exceed the CUDA kernel's 48 KB of shared memory (in float32 too): it
+    # solves in a global workspace. (n = m = 36 does in float64, as do float32 problems with a gradient.)
+    assert_parity(run(hf.gromov_wasserstein, solver, backend="cpp"), run(reference.gromov_wasserstein, solver),
+                  gw_problem(19, 2, 50, 40, device=device), dtype, with_grad=with_grad)
+
+
+@pytest.mark.parametrize("device", cpp_devices(include_cpu=False))
+def test_helo_batch_in_float32_matches_reference(device):
+    # HeLo's GW call: B = 128, n = m = 36, float32, the default (forward-only) settings.
+    assert_parity(lambda *x: hf.gromov_wasserstein(*x, backend="cpp"), reference.gromov_wasserstein,
+                  gw_problem(20, 128, 36, 36, device=device), torch.float32, with_grad=False)
+
+
+@pytest.mark.parametrize("device", cpp_devices())
+def test_helo_step_defaults_match_reference(device):
+    cs, ct, _, _ = gw_problem(11, 4, 36, 36, device=device)
     out = hf.gromov_wasserstein(cs, ct, backend="cpp")  # eps 0.1, 5 outer, 20 inner IPOT, uniform marginals
     torch.testing.assert_close(out, reference.gromov_wasserstein(cs, ct), rtol=1e-10, atol=1e-14)
 
 
-def test_gradcheck():
-    cs, ct, a, b = gw_problem(1, 2, 3, 4)
+@pytest.mark.parametrize("device", cpp_devices())
+def test_gradcheck(device):
+    cs, ct, a, b = gw_problem(1, 2, 3, 4, device=device)
     for solver in ("ipot", "sinkhorn"):
         leaves = [t.clone().requires_grad_() for t in (cs, ct, a, b)]
 
@@ -54,8 +76,9 @@ def test_gradcheck():
         assert torch.autograd.gradcheck(fn, leaves)
 
 
-def test_opcheck():
-    cs, ct, a, b = gw_problem(2, 2, 4, 3)
+@pytest.mark.parametrize("device", cpp_devices())
+def test_opcheck(device):
+    cs, ct, a, b = gw_problem(2, 2, 4, 3, device=device)
     op = torch.ops.helo_fast.gromov_wasserstein_fwd
     for solver, save in (("ipot", True), ("sinkhorn", True), ("ipot", False)):
         torch.library.opcheck(op, (cs, ct, a, b, 0.2, 2, 3, solver, save))
@@ -65,8 +88,9 @@ def test_opcheck():
                           (torch.randn_like(plan), cs, ct, a, b, plans, hist_n, hist_m, 0.2, "ipot"))
 
 
-def test_stable_at_small_eps_and_large_costs():
-    cs, ct, a, b = gw_problem(5, 2, 7, 6)
+@pytest.mark.parametrize("device", cpp_devices())
+def test_stable_at_small_eps_and_large_costs(device):
+    cs, ct, a, b = gw_problem(5, 2, 7, 6, device=device)
     leaves = [t.clone().requires_grad_() for t in (cs * 30, ct * 30, a, b)]
     plan = hf.gromov_wasserstein(*leaves, eps=1e-3, outer_iters=3, inner_iters=10, grad="unrolled", backend="cpp")
     grads = torch.autograd.grad((plan * torch.randn_like(plan)).sum(), leaves)

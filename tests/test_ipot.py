@@ -4,7 +4,8 @@ import torch
 
 import helo_fast as hf
 from helo_fast import reference
-from ot_cases import SHAPES, assert_both_backward_paths, assert_parity, ot_problem, requires_cpp
+from devices import cpp_devices
+from ot_cases import PARITY_DTYPES, SHAPES, assert_both_backward_paths, assert_parity, ot_problem, requires_cpp
 from test_reference_ops import ipot_transcription
 from tolerance import assert_no_nan
 
@@ -19,46 +20,59 @@ def ref(cost, a, b, beta=0.1, n_iters=9):
     return reference.ipot(cost, a, b, beta=beta, n_iters=n_iters, grad="unrolled")
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("device", cpp_devices())
+@pytest.mark.parametrize("dtype,with_grad", PARITY_DTYPES)
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"B{b}n{n}m{m}" for b, n, m in SHAPES])
-def test_forward_and_gradients_match_reference(shape, dtype):
-    assert_parity(cpp, ref, ot_problem(sum(shape) + 50, *shape), dtype)
+def test_forward_and_gradients_match_reference(shape, dtype, with_grad, device):
+    assert_parity(cpp, ref, ot_problem(sum(shape) + 50, *shape, device=device), dtype, with_grad=with_grad)
 
 
+@pytest.mark.parametrize("device", cpp_devices(include_cpu=False))
+@pytest.mark.parametrize("dtype,with_grad", PARITY_DTYPES)
+def test_problem_too_large_for_shared_memory_matches_reference(dtype, with_grad, device):
+    # 2(n + m) + 2nm values exceed the CUDA kernel's 48 KB of shared memory: it solves in a global workspace.
+    assert_parity(cpp, ref, ot_problem(18, 2, 70, 90, device=device), dtype, with_grad=with_grad)
+
+
+@pytest.mark.parametrize("device", cpp_devices())
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_small_beta_matches_reference(dtype):
+def test_small_beta_matches_reference(dtype, device):
     # beta = 2e-3 with costs in [0, 3): K spans ~1500 (test_both_backward_paths forces the log-domain fallback).
     def run(fn):
         return lambda c, a, b: fn(c, a, b, beta=2e-3, n_iters=6)
 
-    assert_parity(run(cpp), run(ref), ot_problem(8, 2, 6, 5, cost_scale=3.0), dtype, grad_floor=1 / 2e-3)
+    assert_parity(run(cpp), run(ref), ot_problem(8, 2, 6, 5, cost_scale=3.0, device=device), dtype, grad_floor=1 / 2e-3)
 
 
-def test_uniform_marginals_and_non_contiguous_inputs():
-    wide = torch.rand(3, 4, 12, dtype=torch.float64)[:, :, ::2]
+@pytest.mark.parametrize("device", cpp_devices())
+def test_uniform_marginals_and_non_contiguous_inputs(device):
+    wide = torch.rand(3, 4, 12, dtype=torch.float64).to(device)[:, :, ::2]
     cost_nc = wide.transpose(1, 2)  # [B, 6, 4], non-contiguous
     assert not cost_nc.is_contiguous()
     torch.testing.assert_close(hf.ipot(cost_nc, beta=0.1, n_iters=20, backend="cpp"),
                                reference.ipot(cost_nc, beta=0.1, n_iters=20), rtol=1e-10, atol=1e-13)
 
 
-def test_gradcheck():
-    cost, a, b = ot_problem(1, 2, 3, 4)
+@pytest.mark.parametrize("device", cpp_devices())
+def test_gradcheck(device):
+    cost, a, b = ot_problem(1, 2, 3, 4, device=device)
     for c, beta in ((cost, 0.3), (cost * 400, 1.0)):  # moderate, then large costs
         leaves = [t.clone().requires_grad_() for t in (c, a, b)]
         assert torch.autograd.gradcheck(lambda x, y, z: torch.ops.helo_fast.ipot_fwd(x, y, z, beta, 4, True)[0], leaves)
 
 
+@pytest.mark.parametrize("device", cpp_devices())
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("row_offset", [0.0, 40.0], ids=["scaling_form", "log_fallback"])
-def test_both_backward_paths(row_offset, dtype):
+def test_both_backward_paths(row_offset, dtype, device):
     assert_both_backward_paths("ipot", lambda c, a, b, r, k: cpp(c, a, b, beta=r, n_iters=k),
                                lambda c, a, b, r, k: ref(c, a, b, beta=r, n_iters=k), 0.05, 8, row_offset, dtype,
-                               seed=3)
+                               seed=3, device=device)
 
 
-def test_opcheck():
-    cost, a, b = ot_problem(2, 2, 4, 3)
+@pytest.mark.parametrize("device", cpp_devices())
+def test_opcheck(device):
+    cost, a, b = ot_problem(2, 2, 4, 3, device=device)
     for save in (True, False):
         torch.library.opcheck(torch.ops.helo_fast.ipot_fwd, (cost, a, b, 0.2, 5, save))
     torch.library.opcheck(torch.ops.helo_fast.ipot_fwd, (cost.clone().requires_grad_(), a, b, 0.2, 5, True))
@@ -66,12 +80,13 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.helo_fast.ipot_bwd, (torch.randn_like(plan), cost, a, b, d_hist, s_hist, 0.2))
 
 
+@pytest.mark.parametrize("device", cpp_devices())
 @pytest.mark.parametrize("beta", [1e-3, 1e-2])
-def test_stable_at_small_beta_where_the_plain_release_ipot_fails(beta):
-    cost, a, b = ot_problem(5, 2, 9, 7, cost_scale=1e3)
-    uniform = (torch.full((2, 9), 1 / 9, dtype=torch.float64), torch.full((2, 7), 1 / 7, dtype=torch.float64))
+def test_stable_at_small_beta_where_the_plain_release_ipot_fails(beta, device):
+    cost, a, b = ot_problem(5, 2, 9, 7, cost_scale=1e3, device=device)
+    uniform = (cost.new_full((2, 9), 1 / 9), cost.new_full((2, 7), 1 / 7))
     # The release's plain-domain IPOT: exp(-C/beta) underflows to 0 and the plan becomes NaN.
-    plain = ipot_transcription(cost[0], beta, 20)
+    plain = ipot_transcription(cost[0].cpu(), beta, 20)
     assert not bool(torch.isfinite(plain).all())
     leaves = [t.clone().requires_grad_() for t in (cost, *uniform)]
     plan = hf.ipot(*leaves, beta=beta, n_iters=20, grad="unrolled", backend="cpp")
@@ -89,8 +104,9 @@ def test_stable_at_small_beta_where_the_plain_release_ipot_fails(beta):
     assert err <= max(2 * ref_err, 1e-5)
 
 
-def test_grad_none_detaches():
-    cost, a, b = ot_problem(4, 2, 5, 6)
+@pytest.mark.parametrize("device", cpp_devices())
+def test_grad_none_detaches(device):
+    cost, a, b = ot_problem(4, 2, 5, 6, device=device)
     plan = hf.ipot(cost.requires_grad_(), a, b, beta=0.1, n_iters=5, backend="cpp")  # grad="none" is the default
     assert not plan.requires_grad
 

@@ -6,7 +6,8 @@ import torch
 import helo_fast as hf
 from helo_fast import reference
 from cpu_isa import run_under_isa
-from ot_cases import SHAPES, assert_both_backward_paths, assert_parity, ot_problem, requires_cpp
+from devices import cpp_devices
+from ot_cases import PARITY_DTYPES, SHAPES, assert_both_backward_paths, assert_parity, ot_problem, requires_cpp
 from tolerance import assert_no_nan
 
 pytestmark = requires_cpp
@@ -20,10 +21,18 @@ def ref(cost, a, b, eps=0.07, n_iters=13):
     return reference.sinkhorn(cost, a, b, eps=eps, n_iters=n_iters, grad="unrolled")
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("device", cpp_devices())
+@pytest.mark.parametrize("dtype,with_grad", PARITY_DTYPES)
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"B{b}n{n}m{m}" for b, n, m in SHAPES])
-def test_forward_and_gradients_match_reference(shape, dtype):
-    assert_parity(cpp, ref, ot_problem(sum(shape), *shape), dtype)
+def test_forward_and_gradients_match_reference(shape, dtype, with_grad, device):
+    assert_parity(cpp, ref, ot_problem(sum(shape), *shape, device=device), dtype, with_grad=with_grad)
+
+
+@pytest.mark.parametrize("device", cpp_devices(include_cpu=False))
+@pytest.mark.parametrize("dtype,with_grad", PARITY_DTYPES)
+def test_problem_too_large_for_shared_memory_matches_reference(dtype, with_grad, device):
+    # 2(n + m) + 2nm values exceed the CUDA kernel's 48 KB of shared memory: it solves in a global workspace.
+    assert_parity(cpp, ref, ot_problem(17, 2, 70, 90, device=device), dtype, with_grad=with_grad)
 
 
 @pytest.mark.slow
@@ -42,27 +51,30 @@ def test_every_cpu_instruction_set_variant_matches_reference(isa):
     run_under_isa(isa, script)
 
 
+@pytest.mark.parametrize("device", cpp_devices())
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_small_eps_matches_reference(dtype):
+def test_small_eps_matches_reference(dtype, device):
     # eps = 2e-3 with costs in [0, 3): K spans ~1500, far past float range for the rows whose costs are all
     # large (test_both_backward_paths forces the log-domain fallback on purpose).
     def run(fn):
         return lambda c, a, b: fn(c, a, b, eps=2e-3, n_iters=9)
 
-    assert_parity(run(cpp), run(ref), ot_problem(7, 2, 6, 5, cost_scale=3.0), dtype, grad_floor=1 / 2e-3)
+    assert_parity(run(cpp), run(ref), ot_problem(7, 2, 6, 5, cost_scale=3.0, device=device), dtype, grad_floor=1 / 2e-3)
 
 
+@pytest.mark.parametrize("device", cpp_devices())
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("row_offset", [0.0, 40.0], ids=["scaling_form", "log_fallback"])
-def test_both_backward_paths(row_offset, dtype):
+def test_both_backward_paths(row_offset, dtype, device):
     assert_both_backward_paths("sinkhorn", lambda c, a, b, r, k: cpp(c, a, b, eps=r, n_iters=k),
                                lambda c, a, b, r, k: ref(c, a, b, eps=r, n_iters=k), 0.05, 8, row_offset, dtype,
-                               seed=4)
+                               seed=4, device=device)
 
 
-def test_uniform_marginals_and_non_contiguous_inputs():
-    cost, a, b = ot_problem(3, 3, 6, 4)
-    wide = torch.rand(3, 4, 12, dtype=torch.float64)[:, :, ::2]  # [B, m, n] non-contiguous
+@pytest.mark.parametrize("device", cpp_devices())
+def test_uniform_marginals_and_non_contiguous_inputs(device):
+    cost, a, b = ot_problem(3, 3, 6, 4, device=device)
+    wide = torch.rand(3, 4, 12, dtype=torch.float64).to(device)[:, :, ::2]  # [B, m, n] non-contiguous
     cost_nc = wide.transpose(1, 2)
     assert not cost_nc.is_contiguous()
     for c in (cost, cost_nc):
@@ -75,8 +87,9 @@ def test_uniform_marginals_and_non_contiguous_inputs():
                                reference.sinkhorn(cost, a_nc, b, eps=0.1, n_iters=5), rtol=1e-10, atol=1e-13)
 
 
-def test_gradcheck():
-    cost, a, b = ot_problem(1, 2, 3, 4)
+@pytest.mark.parametrize("device", cpp_devices())
+def test_gradcheck(device):
+    cost, a, b = ot_problem(1, 2, 3, 4, device=device)
 
     def fn(c, a_, b_):
         return torch.ops.helo_fast.sinkhorn_fwd(c, a_, b_, 0.3, 4, True)[0]
@@ -88,8 +101,9 @@ def test_gradcheck():
         assert torch.autograd.gradcheck(eps_fn, leaves)
 
 
-def test_opcheck():
-    cost, a, b = ot_problem(2, 2, 4, 3)
+@pytest.mark.parametrize("device", cpp_devices())
+def test_opcheck(device):
+    cost, a, b = ot_problem(2, 2, 4, 3, device=device)
     for save in (True, False):
         torch.library.opcheck(torch.ops.helo_fast.sinkhorn_fwd, (cost, a, b, 0.2, 5, save))
     leaves = (cost.clone().requires_grad_(), a.clone().requires_grad_(), b)
@@ -98,9 +112,10 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.helo_fast.sinkhorn_bwd, (torch.randn_like(plan), cost, a, b, f_hist, g_hist, 0.2))
 
 
+@pytest.mark.parametrize("device", cpp_devices())
 @pytest.mark.parametrize("eps", [1e-3, 1e-2])
-def test_stable_at_small_eps_and_large_costs(eps):
-    cost, a, b = ot_problem(5, 2, 9, 7, cost_scale=1e3)
+def test_stable_at_small_eps_and_large_costs(eps, device):
+    cost, a, b = ot_problem(5, 2, 9, 7, cost_scale=1e3, device=device)
     leaves = [t.clone().requires_grad_() for t in (cost, a, b)]
     plan = hf.sinkhorn(*leaves, eps=eps, n_iters=30, backend="cpp")
     grads = torch.autograd.grad((plan * torch.randn_like(plan)).sum(), leaves)
@@ -110,8 +125,9 @@ def test_stable_at_small_eps_and_large_costs(eps):
     torch.testing.assert_close(plan, reference.sinkhorn(cost, a, b, eps=eps, n_iters=30), rtol=1e-8, atol=1e-12)
 
 
-def test_grad_none_saves_nothing_and_detaches():
-    cost, a, b = ot_problem(4, 2, 5, 6)
+@pytest.mark.parametrize("device", cpp_devices())
+def test_grad_none_saves_nothing_and_detaches(device):
+    cost, a, b = ot_problem(4, 2, 5, 6, device=device)
     cost.requires_grad_()
     plan = hf.sinkhorn(cost, a, b, eps=0.1, n_iters=5, grad="none", backend="cpp")
     assert not plan.requires_grad
@@ -119,9 +135,10 @@ def test_grad_none_saves_nothing_and_detaches():
     assert f_hist.numel() == 0 and g_hist.numel() == 0
 
 
+@pytest.mark.parametrize("device", cpp_devices())
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_inputs_run_in_float32(dtype):
-    cost, a, b = ot_problem(6, 2, 5, 4)
+def test_half_precision_inputs_run_in_float32(dtype, device):
+    cost, a, b = ot_problem(6, 2, 5, 4, device=device)
     out = hf.sinkhorn(cost.to(dtype), a.to(dtype), b.to(dtype), eps=0.1, n_iters=10, backend="cpp")
     assert out.dtype == dtype
     expected = reference.sinkhorn(cost, a, b, eps=0.1, n_iters=10)

@@ -1,8 +1,11 @@
 """The Triton fused attention (lcd_attention) against the reference: outputs, gradients, masks.
 
-On CPU the kernels run under the Triton interpreter (TRITON_INTERPRET=1, set by the Makefile when
-there is no GPU; set here when no Triton kernel was imported yet), so shapes stay small; the HeLo
-shapes run on CUDA only.
+Every test runs on the one device ``triton_devices()`` gives: the CPU under the Triton interpreter
+(TRITON_INTERPRET=1, set by the Makefile when there is no GPU; set here when no Triton kernel was
+imported yet), so shapes stay small, or CUDA with a GPU and the interpreter off. Inputs and masks are
+drawn on the CPU from seeded generators (the same numbers on every device) and then moved; the
+reference runs on the same device, and both draw their mask seeds from the same CPU generator. The
+HeLo shapes run on CUDA only.
 """
 import os
 import sys
@@ -16,23 +19,37 @@ if not torch.cuda.is_available() and "helo_fast.kernels.sinkhorn" not in sys.mod
 import helo_fast as hf  # noqa: E402
 from helo_fast import _backend, _rng, reference  # noqa: E402
 from attention_cases import attention_case  # noqa: E402
+from devices import CUDA, triton_devices  # noqa: E402
 from tolerance import assert_float64_close, assert_no_nan, assert_within_reference_error  # noqa: E402
 
-CPU = torch.device("cpu")
-if _backend.unavailable_reason("triton", CPU, "lcd_attention") is not None:
-    pytest.skip(f"triton backend unavailable on CPU: {_backend.unavailable_reason('triton', CPU, 'lcd_attention')}",
-                allow_module_level=True)
+(_DEVICE_PARAM,) = triton_devices()  # cpu under the interpreter, else cuda (marked `cuda`, skipped without a GPU)
+DEVICE = _DEVICE_PARAM.values[0]
+_UNAVAILABLE = _backend.unavailable_reason("triton", DEVICE, "lcd_attention")
+if _UNAVAILABLE is not None:
+    pytest.skip(f"triton backend unavailable on {DEVICE}: {_UNAVAILABLE}", allow_module_level=True)
 
 from helo_fast.kernels import attention as triton_attention  # noqa: E402
 
-pytestmark = pytest.mark.triton
+pytestmark = [pytest.mark.triton, *_DEVICE_PARAM.marks]
 
 TENSOR_ARGS = ("q", "k", "v", "bias", "residual", "ln_weight", "ln_bias")
 
 
 def case(seed, batch, heads, lq, lk, dim, *, bias_shape=None, residual=False, ln=False, **kwargs):
-    """attention_case without residual and LayerNorm unless asked for."""
+    """attention_case (drawn on the CPU, then moved to DEVICE unless ``device`` is given) without residual and
+    LayerNorm unless asked for."""
+    kwargs.setdefault("device", DEVICE)
     return attention_case(seed, batch, heads, lq, lk, dim, bias_shape, residual=residual, ln=ln, **kwargs)
+
+
+def weights(seed, *shape):
+    """float64 normal upstream-gradient weights drawn on the CPU from ``seed``, on DEVICE."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(DEVICE)
+
+
+def bool_mask(gen, shape, p):
+    """A bool mask [B, H, Lq, Lk], True with probability ``p``, drawn on the CPU from ``gen``, on DEVICE."""
+    return (torch.rand(*shape, generator=gen) < p).to(DEVICE)
 
 
 def run(backend, tensors, *, seed=0, grad_weight=None, **kwargs):
@@ -69,8 +86,7 @@ CONFIGS = {
 def test_float64_output_gradients_and_generator_equal_reference(name):
     shape_kwargs, op_kwargs = CONFIGS[name]
     tensors = case(len(name), **shape_kwargs)
-    weight = torch.randn(shape_kwargs["batch"], shape_kwargs["lq"], shape_kwargs["heads"] * shape_kwargs["dim"],
-                         generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    weight = weights(5, shape_kwargs["batch"], shape_kwargs["lq"], shape_kwargs["heads"] * shape_kwargs["dim"])
     out, grads, next_draw = run("triton", tensors, seed=11, grad_weight=weight, **op_kwargs)
     ref_out, ref_grads, ref_next_draw = run("reference", tensors, seed=11, grad_weight=weight, **op_kwargs)
     # Masks drawn from a different seed or hash would move the output by O(1), far beyond 1e-10.
@@ -85,14 +101,15 @@ def test_float64_output_gradients_and_generator_equal_reference(name):
 @pytest.mark.parametrize("stream", [_rng.STREAM_DROPKEY, _rng.STREAM_DROPOUT])
 def test_in_kernel_hash_is_bit_identical_to_rng(seed, stream):
     shape = (3, 4, 37, 41)
-    assert torch.equal(triton_attention.hash_uniform(seed, shape, stream), _rng.hash_uniform(seed, shape, stream))
+    assert torch.equal(triton_attention.hash_uniform(seed, shape, stream, device=DEVICE),
+                       _rng.hash_uniform(seed, shape, stream, device=DEVICE))
 
 
 def test_explicit_masks_override_probabilities():
     tensors = case(3, 2, 2, 4, 5, 3, bias_shape=(2, 2, 4, 5), residual=True, ln=True)
     gen = torch.Generator().manual_seed(8)
-    dropkey_mask = torch.rand(2, 2, 4, 5, generator=gen) < 0.5
-    dropout_mask = torch.rand(2, 2, 4, 5, generator=gen) < 0.3
+    dropkey_mask = bool_mask(gen, (2, 2, 4, 5), 0.5)
+    dropout_mask = bool_mask(gen, (2, 2, 4, 5), 0.3)
     both = dict(dropkey_mask=dropkey_mask, dropout_mask=dropout_mask)
     # Both masks given (no seed drawn), or one given and the other drawn from the generator.
     for kwargs in (dict(dropkey_p=0.0, dropout_p=0.3, **both), dict(dropkey_p=0.5, dropout_p=0.3, **both),
@@ -108,7 +125,7 @@ def test_explicit_masks_override_probabilities():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fully_masked_row_is_finite_and_equals_reference(dtype):
     tensors = case(4, 1, 2, 3, 4, 2, dtype=dtype)
-    mask = torch.zeros(1, 2, 3, 4, dtype=torch.bool)
+    mask = torch.zeros(1, 2, 3, 4, dtype=torch.bool, device=DEVICE)
     mask[0, 1, 2] = True
     out, grads, _ = run("triton", tensors, dropkey_mask=mask)
     ref_out, ref_grads, _ = run("reference", tensors, dropkey_mask=mask)
@@ -127,8 +144,7 @@ def test_float32_within_reference_error(name):
         shape_kwargs["bias_shape"] = (8, *shape_kwargs["bias_shape"][1:])
     tensors64 = case(21, **shape_kwargs)
     tensors32 = {key: (t.float() if t is not None else None) for key, t in tensors64.items()}
-    weight = torch.randn(8, shape_kwargs["lq"], shape_kwargs["heads"] * shape_kwargs["dim"],
-                         generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    weight = weights(6, 8, shape_kwargs["lq"], shape_kwargs["heads"] * shape_kwargs["dim"])
     got = run("triton", tensors32, seed=4, grad_weight=weight.float(), **op_kwargs)
     ref64 = run("reference", tensors64, seed=4, grad_weight=weight, **op_kwargs)
     ref32 = run("reference", tensors32, seed=4, grad_weight=weight.float(), **op_kwargs)
@@ -158,7 +174,7 @@ def test_gradcheck_float64_with_fixed_seed():
     # The custom op directly, with a fixed seed tensor, so every gradcheck evaluation draws the same masks.
     tensors = case(9, 1, 2, 2, 3, 1, bias_shape=(3,), residual=True, ln=True)
     names = [n for n in TENSOR_ARGS if tensors[n] is not None]
-    seed = torch.tensor([12345])
+    seed = torch.tensor([12345])  # on the CPU, as lcd_attention passes it (the launcher moves it)
 
     def fn(*args):
         t = dict(zip(names, args))
@@ -173,8 +189,8 @@ def test_gradcheck_float64_with_fixed_seed():
 def test_opcheck_custom_ops():
     tensors = case(10, 2, 2, 3, 4, 2, bias_shape=(4,), residual=True, ln=True)
     t = {key: (x.clone().requires_grad_(True) if x is not None else None) for key, x in tensors.items()}
-    seed = torch.tensor([7])
-    mask = torch.rand(2, 2, 3, 4, generator=torch.Generator().manual_seed(1)) < 0.5
+    seed = torch.tensor([7])  # on the CPU, as lcd_attention passes it
+    mask = bool_mask(torch.Generator().manual_seed(1), (2, 2, 3, 4), 0.5)
     ops = torch.ops.helo_fast
     args = (t["q"], t["k"], t["v"], t["bias"], t["residual"], t["ln_weight"], t["ln_bias"], mask, None, seed, 0.5,
             0.0, 0.3, 1e-5, False)
@@ -219,8 +235,7 @@ HELO_SHAPES = {
 @pytest.mark.parametrize("name", sorted(HELO_SHAPES))
 def test_cuda_helo_shapes_within_reference_error(name):
     shape_kwargs, op_kwargs = HELO_SHAPES[name]
-    device = torch.device("cuda")
-    tensors64 = case(31, **shape_kwargs, device=device)
+    tensors64 = case(31, **shape_kwargs, device=CUDA)  # CUDA whatever DEVICE (also under a forced interpreter)
     tensors32 = {key: (t.float() if t is not None else None) for key, t in tensors64.items()}
     got = run("triton", tensors32, seed=4, **op_kwargs)
     ref64 = run("reference", tensors64, seed=4, **op_kwargs)

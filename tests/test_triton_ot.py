@@ -1,8 +1,10 @@
 """The Triton OT kernels (sinkhorn, ipot, gromov_wasserstein) against the reference, fwd and bwd.
 
-On CPU they run under the Triton interpreter (TRITON_INTERPRET=1, set by the Makefile when there
-is no GPU; set here when no Triton kernel was imported yet), so shapes stay tiny; the full-size
-HeLo shapes run on CUDA only.
+Every test runs on the one device ``triton_devices()`` gives: the CPU under the Triton interpreter
+(TRITON_INTERPRET=1, set by the Makefile when there is no GPU; set here when no Triton kernel was
+imported yet), so shapes stay tiny, or CUDA with a GPU and the interpreter off. Inputs are drawn on
+the CPU from seeded generators (the same numbers on every device) and then moved; the reference runs
+on the same device. The full-size HeLo shapes run on CUDA only.
 """
 import os
 import sys
@@ -15,19 +17,22 @@ if not torch.cuda.is_available() and "helo_fast.kernels.sinkhorn" not in sys.mod
 
 import helo_fast as hf  # noqa: E402
 from helo_fast import _backend, _ops, reference  # noqa: E402
+from devices import CUDA, triton_devices  # noqa: E402
 from tolerance import assert_float64_close, assert_no_nan, assert_within_reference_error  # noqa: E402
 
-CPU = torch.device("cpu")
-if _backend.unavailable_reason("triton", CPU, "sinkhorn") is not None:
-    pytest.skip(f"triton backend unavailable on CPU: {_backend.unavailable_reason('triton', CPU, 'sinkhorn')}",
-                allow_module_level=True)
+(_DEVICE_PARAM,) = triton_devices()  # cpu under the interpreter, else cuda (marked `cuda`, skipped without a GPU)
+DEVICE = _DEVICE_PARAM.values[0]
+_UNAVAILABLE = _backend.unavailable_reason("triton", DEVICE, "sinkhorn")
+if _UNAVAILABLE is not None:
+    pytest.skip(f"triton backend unavailable on {DEVICE}: {_UNAVAILABLE}", allow_module_level=True)
 
-pytestmark = pytest.mark.triton
+pytestmark = [pytest.mark.triton, *_DEVICE_PARAM.marks]
 
 SOLVERS = {"sinkhorn": (hf.sinkhorn, reference.sinkhorn, "eps"), "ipot": (hf.ipot, reference.ipot, "beta")}
 
 
-def problem(seed, batch, n, m, dtype=torch.float64, uniform=False, device=CPU):
+def problem(seed, batch, n, m, dtype=torch.float64, uniform=False, device=DEVICE):
+    """(cost [B, n, m], a [B, n], b [B, m]) drawn on the CPU in float64, then cast and moved to ``device``."""
     gen = torch.Generator().manual_seed(seed)
     cost = torch.rand(batch, n, m, generator=gen, dtype=torch.float64)
     a = torch.rand(batch, n, generator=gen, dtype=torch.float64) + 0.1
@@ -37,11 +42,17 @@ def problem(seed, batch, n, m, dtype=torch.float64, uniform=False, device=CPU):
     return (cast[0], None, None) if uniform else tuple(cast)
 
 
-def structure(seed, batch, n, dtype=torch.float64, device=CPU):
+def structure(seed, batch, n, dtype=torch.float64, device=DEVICE):
+    """A [B, n, n] cosine-distance matrix drawn on the CPU in float64, then cast and moved to ``device``."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, n, 4, generator=gen, dtype=torch.float64)
     d = 1 - torch.nn.functional.cosine_similarity(x[:, :, None], x[:, None, :], dim=-1)
     return d.to(device=device, dtype=dtype)
+
+
+def weights(seed, *shape, device=DEVICE):
+    """float64 normal weights (for a loss or upstream gradient) drawn on the CPU from ``seed``, on ``device``."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)
 
 
 def solve(op, backend, cost, a, b, reg=0.1, n_iters=7, grad="unrolled"):
@@ -85,7 +96,7 @@ def test_extreme_regularisation_stays_finite(op):
 @pytest.mark.parametrize("batch,n,m", [(2, 5, 7), (1, 2, 4), (3, 4, 2), (1, 1, 4), (3, 4, 1)])
 def test_unrolled_gradient_equals_reference_autograd(op, batch, n, m):
     cost, a, b = problem(batch + n + m, batch, n, m)
-    weight = torch.randn(batch, n, m, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    weight = weights(1, batch, n, m)
     grads = {}
     for backend in ("reference", "triton"):
         inputs = [t.clone().requires_grad_(True) for t in (cost, a, b)]
@@ -101,7 +112,7 @@ def test_unrolled_gradient_equals_reference_autograd(op, batch, n, m):
 @pytest.mark.parametrize("op", sorted(SOLVERS))
 def test_unrolled_gradient_float32_within_reference_error(op):
     cost64, a64, b64 = problem(8, 16, 6, 5)
-    weight = torch.randn(16, 6, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    weight = weights(2, 16, 6, 5)
 
     def grads(backend, dtype):
         inputs = [t.to(dtype).requires_grad_(True) for t in (cost64, a64, b64)]
@@ -118,7 +129,7 @@ def test_unrolled_gradient_float32_within_reference_error(op):
 def test_half_precision_inputs_within_reference_error(op, dtype):
     # Computed in float32 inside the kernel; plan and gradients returned in the input dtype.
     cost64, a64, b64 = problem(12, 4, 5, 6)
-    weight = torch.randn(4, 5, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    weight = weights(4, 4, 5, 6)
 
     def run(backend, dt):
         inputs = [t.to(dt).requires_grad_(True) for t in (cost64, a64, b64)]
@@ -171,7 +182,7 @@ def test_gromov_float32_forward_and_gradient_within_reference_error():
     # the seed (measured ratios 0.1-4 either way, gradients included). eps=0.5 with two outer
     # iterations keeps the comparison meaningful (ratios 0.4-1.5 over 4 seeds).
     cs64, ct64 = structure(1, 16, 12), structure(2, 16, 12)
-    weight = torch.randn(16, 12, 12, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    weight = weights(7, 16, 12, 12)
     kwargs = dict(eps=0.5, outer_iters=2, inner_iters=20, grad="unrolled")
 
     def run(backend, dtype):
@@ -188,7 +199,7 @@ def test_gromov_float32_forward_and_gradient_within_reference_error():
 @pytest.mark.parametrize("eps,outer_iters,inner_iters", [(0.2, 3, 4), (0.1, 5, 20)])  # the latter: HeLo's
 def test_gromov_unrolled_gradient_equals_reference(solver, eps, outer_iters, inner_iters):
     cs, ct = structure(3, 2, 5), structure(4, 2, 4)
-    weight = torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    weight = weights(3, 2, 5, 4)
     _, a, b = problem(16, 2, 5, 4)
     kwargs = dict(eps=eps, outer_iters=outer_iters, inner_iters=inner_iters, solver=solver, grad="unrolled")
     grads = {}
@@ -254,6 +265,7 @@ def test_torch_compile_fullgraph_traces_the_triton_op():
 
 # ----------------------------------------------------------------------------- CUDA, full size
 
+# On CUDA whatever the module's device (also when the interpreter was forced on a GPU machine).
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -262,9 +274,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 @pytest.mark.parametrize("op", sorted(SOLVERS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cuda_helo_size_forward_and_backward(op, dtype):
-    device = torch.device("cuda")
-    cost64, a64, b64 = problem(10, 128, 36, 36, device=device)
-    weight = torch.randn(128, 36, 36, dtype=torch.float64, device=device)
+    cost64, a64, b64 = problem(10, 128, 36, 36, device=CUDA)
+    weight = weights(20, 128, 36, 36, device=CUDA)
 
     def run(backend, dt):
         inputs = [t.to(dt).requires_grad_(True) for t in (cost64, a64, b64)]
@@ -279,8 +290,7 @@ def test_cuda_helo_size_forward_and_backward(op, dtype):
 @pytest.mark.cuda
 @pytest.mark.parametrize("solver", ["ipot", "sinkhorn"])
 def test_cuda_gromov_helo_size(solver):
-    device = torch.device("cuda")
-    cs64, ct64 = structure(11, 128, 36, device=device), structure(12, 128, 36, device=device)
+    cs64, ct64 = structure(11, 128, 36, device=CUDA), structure(12, 128, 36, device=CUDA)
     kwargs = dict(eps=0.1, inner_iters=20, solver=solver)
     # float32 at eps=0.5, two outer iterations (see test_gromov_float32_forward_and_gradient_within_...).
     f32 = dict(kwargs, eps=0.5, outer_iters=2)
@@ -288,7 +298,7 @@ def test_cuda_gromov_helo_size(solver):
     ref32 = reference.gromov_wasserstein(cs64.float(), ct64.float(), **f32)
     got = hf.gromov_wasserstein(cs64.float(), ct64.float(), backend="triton", **f32)
     assert_within_reference_error(got, ref64, ref32)
-    weight = torch.randn(128, 36, 36, dtype=torch.float64, device=device)
+    weight = weights(21, 128, 36, 36, device=CUDA)
     results = []
     for backend in ("triton", "reference"):
         inputs = [cs64.clone().requires_grad_(True), ct64.clone().requires_grad_(True)]

@@ -1,0 +1,30 @@
+"""The devices a test runs on: the CPU always, CUDA where a GPU is present (those cases are marked `cuda`).
+
+Use ``@pytest.mark.parametrize("device", cpp_devices())`` for the C++ ops and ``triton_devices()`` for the
+Triton kernels (the CPU only under TRITON_INTERPRET=1; CUDA only with a GPU and the interpreter off).
+"""
+import pytest
+import torch
+
+from helo_fast import kernels
+
+CPU = torch.device("cpu")
+CUDA = torch.device("cuda")
+HAS_CUDA = torch.cuda.is_available()
+
+
+def _cuda_param():
+    return pytest.param(CUDA, id="cuda", marks=[pytest.mark.cuda,
+                                                pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")])
+
+
+def cpp_devices(include_cpu: bool = True):
+    """Parameters for the C++ (cpp) backend: cpu, then cuda (skipped without a GPU)."""
+    return ([pytest.param(CPU, id="cpu")] if include_cpu else []) + [_cuda_param()]
+
+
+def triton_devices():
+    """Parameters for the Triton backend: cpu under the interpreter, cuda with a GPU and no interpreter."""
+    if kernels.interpreter_enabled():
+        return [pytest.param(CPU, id="cpu")]
+    return [_cuda_param()]
