@@ -2,7 +2,7 @@
 
 Conventions every benchmark follows (benchmarks/report.py relies on them):
 - ``benchmark.group`` = "<op> <shape> <pass>", e.g. "gromov_wasserstein B=128 n=36 fwd+bwd";
-- ``benchmark.extra_info`` holds "op", "provider" (reference | compile | pot | pot_batch | sdpa | cpp |
+- ``benchmark.extra_info`` holds "op", "provider" (reference | compile | pot | pot_batch | sdpa | io_floor | cpp |
   triton), "pass" ("fwd" or "fwd+bwd"), "size" (a short label), "batch" (B), "device", "dtype", and,
   where measured, "saved_bytes" (bytes autograd keeps for backward) or "cuda_peak_bytes";
 - the "reference" provider (eager plain PyTorch) is the denominator of every speed-up ratio.

@@ -12,12 +12,11 @@ import argparse
 import json
 import os
 import re
-import shutil
 from collections import defaultdict
 from typing import Dict, List, Optional
 
-PROVIDER_ORDER = ["reference", "compile", "pot", "pot_batch", "sdpa", "cpp", "triton"]
-BASELINES = ["reference", "compile", "pot", "pot_batch", "sdpa"]
+PROVIDER_ORDER = ["reference", "compile", "pot", "pot_batch", "sdpa", "io_floor", "cpp", "triton"]
+BASELINES = ["reference", "compile", "pot", "pot_batch", "sdpa", "io_floor"]
 README_BEGIN, README_END = "<!-- performance:begin -->", "<!-- performance:end -->"
 
 
@@ -98,7 +97,7 @@ def speedup_table(groups: Dict[str, Dict[str, dict]]) -> str:
              "|---|---|---|---|---|---|---|"]
     for group in sorted(groups):
         by_provider = groups[group]
-        peers = [p for p in ("pot", "pot_batch", "sdpa") if p in by_provider]
+        peers = [p for p in ("pot", "pot_batch", "sdpa", "io_floor") if p in by_provider]
         for provider in _ordered(by_provider):
             row = by_provider[provider]
 
@@ -208,21 +207,42 @@ def update_readme(readme: str, report_path: str, table: str, plot: Optional[str]
         fh.write(text[:start] + "\n".join(body) + text[end:])
 
 
+def merge_runs(paths: List[str]) -> dict:
+    """One pytest-benchmark document from several runs on one machine (machine and commit of the first).
+
+    A group (the unit every ratio is taken in) must come whole from one run: a group found in two files
+    is an error, so no ratio ever compares timings of different runs."""
+    merged, owner = None, {}
+    for path in paths:
+        with open(path) as fh:
+            data = json.load(fh)
+        for bench in data.get("benchmarks", []):
+            group = bench.get("group")
+            if owner.setdefault(group, path) != path:
+                raise SystemExit(f"group {group!r} is in both {owner[group]} and {path}: ratios must come from one run")
+        if merged is None:
+            merged = data
+        else:
+            merged["benchmarks"] = merged.get("benchmarks", []) + data.get("benchmarks", [])
+    return merged
+
+
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("json_path")
+    parser.add_argument("json_paths", nargs="+", metavar="json_path",
+                        help="pytest-benchmark JSON files of one machine (several runs are merged)")
     parser.add_argument("--out-root", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--update-readme", metavar="README", default=None)
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
-    with open(args.json_path) as fh:
-        data = json.load(fh)
+    data = merge_runs(args.json_paths)
     rows = load_rows(data)
     if not rows:
-        raise SystemExit(f"{args.json_path}: no benchmark with extra_info['provider'] found")
+        raise SystemExit(f"{', '.join(args.json_paths)}: no benchmark with extra_info['provider'] found")
     out_dir = os.path.join(args.out_root, machine_name(data, rows))
     os.makedirs(out_dir, exist_ok=True)
-    shutil.copyfile(args.json_path, os.path.join(out_dir, "results.json"))
+    with open(os.path.join(out_dir, "results.json"), "w") as fh:
+        json.dump(data, fh, indent=1)
     plots = [] if args.no_plots else make_plots(rows, out_dir)
     report_path = os.path.join(out_dir, "REPORT.md")
     with open(report_path, "w") as fh:
