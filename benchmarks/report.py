@@ -18,6 +18,8 @@ from typing import Dict, List, Optional
 PROVIDER_ORDER = ["reference", "compile", "pot", "pot_batch", "sdpa", "io_floor", "cpp", "triton"]
 BASELINES = ["reference", "compile", "pot", "pot_batch", "sdpa", "io_floor"]
 README_BEGIN, README_END = "<!-- performance:begin -->", "<!-- performance:end -->"
+# GPU runs fill a block of their own, so a CPU run and a GPU run both stay in the README.
+README_GPU_BEGIN, README_GPU_END = "<!-- performance-gpu:begin -->", "<!-- performance-gpu:end -->"
 
 
 def load_rows(data: dict) -> List[dict]:
@@ -190,19 +192,21 @@ def render_report(data: dict, rows: List[dict], plots: List[str], out_dir: str) 
     return "\n".join(header) + "\n"
 
 
-def update_readme(readme: str, report_path: str, table: str, plot: Optional[str]) -> None:
-    """Replace the README block between the performance markers with the generated table and plot."""
+def update_readme(readme: str, report_path: str, table: str, plot: Optional[str], gpu: bool = False) -> None:
+    """Replace the README block between the performance markers (the GPU block for a GPU run) with the
+    generated table and plot."""
+    begin, end_marker = (README_GPU_BEGIN, README_GPU_END) if gpu else (README_BEGIN, README_END)
     with open(readme) as fh:
         text = fh.read()
-    if README_BEGIN not in text or README_END not in text:
-        raise ValueError(f"{readme} has no {README_BEGIN} ... {README_END} block to update")
+    if begin not in text or end_marker not in text:
+        raise ValueError(f"{readme} has no {begin} ... {end_marker} block to update")
     root = os.path.dirname(os.path.abspath(readme))
-    body = [README_BEGIN, f"Generated from `{os.path.relpath(report_path, root)}` by `python -m benchmarks.report`.", "",
+    body = [begin, f"Generated from `{os.path.relpath(report_path, root)}` by `python -m benchmarks.report`.", "",
             table, ""]
     if plot:
         body.append(f"![time vs batch]({os.path.relpath(plot, root)})")
-    body.append(README_END)
-    start, end = text.index(README_BEGIN), text.index(README_END) + len(README_END)
+    body.append(end_marker)
+    start, end = text.index(begin), text.index(end_marker) + len(end_marker)
     with open(readme, "w") as fh:
         fh.write(text[:start] + "\n".join(body) + text[end:])
 
@@ -248,7 +252,9 @@ def main(argv=None) -> str:
     with open(report_path, "w") as fh:
         fh.write(render_report(data, rows, plots, out_dir))
     if args.update_readme:
-        update_readme(args.update_readme, report_path, speedup_table(group_rows(rows)), plots[0] if plots else None)
+        gpu = any(row["device"].startswith("cuda") for row in rows)
+        update_readme(args.update_readme, report_path, speedup_table(group_rows(rows)), plots[0] if plots else None,
+                      gpu=gpu)
     print(f"wrote {report_path} ({len(rows)} benchmarks, {len(plots)} plots)")
     return report_path
 

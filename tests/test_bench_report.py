@@ -7,10 +7,17 @@ import pytest
 from benchmarks import report
 
 
-def bench(group, provider, median, batch=128, saved=None):
+def bench(group, provider, median, batch=128, saved=None, device="cpu"):
     return {"name": f"test[{provider}]", "group": group, "stats": {"median": median},
             "extra_info": {"op": "gromov_wasserstein", "provider": provider, "pass": "fwd", "size": f"B={batch} n=36",
-                           "batch": batch, "device": "cpu", "dtype": "float32", "threads": 2, "saved_bytes": saved}}
+                           "batch": batch, "device": device, "dtype": "float32", "threads": 2, "saved_bytes": saved}}
+
+
+def write_run(path, benchmarks, gpu=None):
+    path.write_text(json.dumps({"machine_info": {"node": "box", "cpu": {"brand_raw": "Test CPU 9000"},
+                                                 "helo_cuda_device": gpu},
+                                "commit_info": {"id": "abcdef1234567"}, "benchmarks": benchmarks}))
+    return str(path)
 
 
 @pytest.fixture
@@ -55,3 +62,25 @@ def test_json_without_our_benchmarks_is_an_error(tmp_path):
     path.write_text(json.dumps({"benchmarks": []}))
     with pytest.raises(SystemExit, match="no benchmark"):
         report.main([str(path), "--out-root", str(tmp_path)])
+
+
+def test_runs_merge_and_a_gpu_run_fills_the_gpu_block(tmp_path):
+    first = write_run(tmp_path / "a.json", [bench("gw B=128 fwd", "reference", 0.02, device="cuda"),
+                                            bench("gw B=128 fwd", "cpp", 0.001, device="cuda")], gpu="Test GPU")
+    second = write_run(tmp_path / "b.json", [bench("gw B=4096 fwd", "reference", 0.5, 4096, device="cuda"),
+                                             bench("gw B=4096 fwd", "cpp", 0.01, 4096, device="cuda")], gpu="Test GPU")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{report.README_BEGIN}\ncpu\n{report.README_END}\n{report.README_GPU_BEGIN}\nold\n"
+                      f"{report.README_GPU_END}\n")
+    path = report.main([first, second, "--out-root", str(tmp_path / "out"), "--update-readme", str(readme),
+                        "--no-plots"])
+    assert os.path.dirname(path).endswith("test-gpu")
+    text = readme.read_text()
+    assert "cpu" in text and "old" not in text and "20.00x" in text and "50.00x" in text
+
+
+def test_a_group_split_across_runs_is_an_error(tmp_path):
+    first = write_run(tmp_path / "a.json", [bench("gw B=128 fwd", "reference", 0.02)])
+    second = write_run(tmp_path / "b.json", [bench("gw B=128 fwd", "cpp", 0.001)])
+    with pytest.raises(SystemExit, match="ratios must come from one run"):
+        report.main([first, second, "--out-root", str(tmp_path / "out"), "--no-plots"])

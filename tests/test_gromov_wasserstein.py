@@ -30,7 +30,7 @@ def run(fn, solver, eps=0.1, outer=3, inner=6, **kw):
                                    grad="unrolled", **kw)
 
 
-# No f32_nograd case here: the CPU kernel's float32 forward is up to 3.6x the reference's float32 error.
+# float32 without a gradient (the op computes in float32) is checked on large batches below, not here.
 @pytest.mark.parametrize("device", cpp_devices())
 @pytest.mark.parametrize("solver", ["ipot", "sinkhorn"])
 @pytest.mark.parametrize("dtype,with_grad", PARITY_DTYPES[:2])
@@ -46,15 +46,24 @@ def test_forward_and_gradients_match_reference(shape, dtype, with_grad, solver, 
 def test_problem_too_large_for_shared_memory_matches_reference(dtype, with_grad, solver, device):
     # 3(n + m) + n^2 + m^2 + 4nm values exceed the CUDA kernel's 48 KB of shared memory (in float32 too): it
     # solves in a global workspace. (n = m = 36 does in float64, as do float32 problems with a gradient.)
+    # 64 problems: see test_float32_forward_within_reference_error_over_a_batch for why float32 needs many.
     assert_parity(run(hf.gromov_wasserstein, solver, backend="cpp"), run(reference.gromov_wasserstein, solver),
-                  gw_problem(19, 2, 50, 40, device=device), dtype, with_grad=with_grad)
+                  gw_problem(19, 64, 50, 40, device=device), dtype, with_grad=with_grad)
 
 
-@pytest.mark.parametrize("device", cpp_devices(include_cpu=False))
-def test_helo_batch_in_float32_matches_reference(device):
-    # HeLo's GW call: B = 128, n = m = 36, float32, the default (forward-only) settings.
-    assert_parity(lambda *x: hf.gromov_wasserstein(*x, backend="cpp"), reference.gromov_wasserstein,
-                  gw_problem(20, 128, 36, 36, device=device), torch.float32, with_grad=False)
+# The GW iteration feeds each plan back into the next cost, so float32 rounding grows ~1/eps per outer
+# iteration: at HeLo's 5 x 20, eps = 0.1, the eager reference's own float32 plan is off by up to ~50% of an
+# entry. Two float32 computations of one small problem then land at errors that differ by chance (the C++
+# kernel measured 0.2x to 30x the reference's error problem by problem, at most 1x in geometric mean), so the 2x rule
+# is applied to the worst error over a batch of many problems, where chance evens out.
+@pytest.mark.parametrize("device", cpp_devices())
+@pytest.mark.parametrize("solver", ["ipot", "sinkhorn"])
+@pytest.mark.parametrize("shape", [(128, 36, 36), (256, 5, 7), (256, 8, 3)], ids=["helo_B128n36", "B256n5m7",
+                                                                                  "B256n8m3"])
+def test_float32_forward_within_reference_error_over_a_batch(shape, solver, device):
+    assert_parity(run(hf.gromov_wasserstein, solver, outer=5, inner=20, backend="cpp"),
+                  run(reference.gromov_wasserstein, solver, outer=5, inner=20),
+                  gw_problem(3, *shape, device=device), torch.float32, with_grad=False)
 
 
 @pytest.mark.parametrize("device", cpp_devices())
