@@ -2,7 +2,8 @@
 # One session on a machine with a CUDA GPU, from the source tree, with the machine's own python3 (torch with
 # CUDA, Triton, nvcc): build the extension with its CUDA kernels, then run the requested phases.
 #   build          compile helo_fast._C for this GPU (TORCH_CUDA_ARCH_LIST defaults to 9.0, Hopper)
-#   test           the CUDA- and Triton-marked tests (real Triton kernels, TRITON_INTERPRET=0)
+#   test           the CUDA- and Triton-marked tests (real Triton kernels, TRITON_INTERPRET=0; one warp count
+#                  per kernel, HELO_TRITON_NUM_WARPS=4, since autotuning every test shape costs minutes)
 #   test-rest      the rest of the test suite (not cuda, not triton, not slow)
 #   bench          the benchmark suites on CUDA, one JSON each for benchmarks/report.py (BENCH_SUITES picks
 #                  among ot, model, attention; BENCH_K, or BENCH_K_<suite>, selects cases with -k;
@@ -47,7 +48,7 @@ for step in "$@"; do
   case $step in
     build) phase build "${BUILD_LIMIT:-420}" $PY setup.py build_ext --inplace \
              && $PY -c "from helo_fast import _ext; print('cpp', _ext.has_cpp(), 'cuda kernels', _ext.has_cuda_kernels())" ;;
-    test) phase test "${TEST_LIMIT:-300}" $PY -m pytest -p no:cacheprovider -n "${TEST_WORKERS:-12}" -v -rfE --durations=10 \
+    test) HELO_TRITON_NUM_WARPS=${HELO_TRITON_NUM_WARPS:-4} phase test "${TEST_LIMIT:-300}" $PY -m pytest -p no:cacheprovider -n "${TEST_WORKERS:-12}" -v -rfE --durations=10 \
              --timeout="${TEST_TIMEOUT:-60}" -m "cuda or triton" tests ;;
     test-rest) phase test-rest "${TEST_LIMIT:-300}" $PY -m pytest -q -p no:cacheprovider -n 8 \
              -m "not cuda and not triton and not slow" tests ;;

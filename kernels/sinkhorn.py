@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import torch
 import triton
@@ -34,8 +35,19 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def num_warps_configs():
-    """Autotune over the warp count on GPU; a single config under the interpreter (no timing runs)."""
-    warps = (4,) if interpreter_enabled() else (1, 2, 4, 8)
+    """Autotune over the warp count on GPU; a single config under the interpreter (no timing runs).
+
+    HELO_TRITON_NUM_WARPS="4" (or "2,4") narrows the GPU choice: every config is compiled and timed for each
+    new shape, which dominates test runs over many shapes."""
+    if interpreter_enabled():
+        warps = (4,)
+    else:
+        setting = os.environ.get("HELO_TRITON_NUM_WARPS", "1,2,4,8")
+        try:
+            warps = tuple(int(w) for w in setting.split(","))
+        except ValueError:
+            raise ValueError(f"HELO_TRITON_NUM_WARPS must be a comma-separated list of ints, "
+                             f"got {setting!r}") from None
     return [triton.Config({}, num_warps=w) for w in warps]
 
 
