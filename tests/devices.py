@@ -6,7 +6,7 @@ Triton kernels (the CPU only under TRITON_INTERPRET=1; CUDA only with a GPU and 
 import pytest
 import torch
 
-from helo_fast import kernels
+from helo_fast import _backend, kernels
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
@@ -28,3 +28,20 @@ def triton_devices():
     if kernels.interpreter_enabled():
         return [pytest.param(CPU, id="cpu")]
     return [_cuda_param()]
+
+
+def triton_module_device(op: str):
+    """(device, pytestmark) for a Triton test module: the one device of triton_devices() and the marks its tests
+    carry. Skips the whole module when the Triton backend cannot run ``op`` there."""
+    (param,) = triton_devices()
+    device = param.values[0]
+    reason = _backend.unavailable_reason("triton", device, op)
+    if reason is not None:
+        pytest.skip(f"triton backend unavailable on {device}: {reason}", allow_module_level=True)
+    return device, [pytest.mark.triton, *param.marks]
+
+
+def seeded_weights(seed: int, *shape: int, device: torch.device) -> torch.Tensor:
+    """float64 standard-normal weights (a loss's or an upstream gradient's) drawn on the CPU from ``seed``, then
+    moved to ``device``: the same numbers on every device."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)

@@ -17,20 +17,17 @@ if not torch.cuda.is_available() and "helo_fast.kernels.sinkhorn" not in sys.mod
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import helo_fast as hf  # noqa: E402
-from helo_fast import _backend, _rng, reference  # noqa: E402
+from helo_fast import _rng, reference  # noqa: E402
 from attention_cases import attention_case  # noqa: E402
-from devices import CUDA, triton_devices  # noqa: E402
+from devices import CUDA, seeded_weights, triton_module_device  # noqa: E402
 from tolerance import assert_float64_close, assert_no_nan, assert_within_reference_error  # noqa: E402
 
-(_DEVICE_PARAM,) = triton_devices()  # cpu under the interpreter, else cuda (marked `cuda`, skipped without a GPU)
-DEVICE = _DEVICE_PARAM.values[0]
-_UNAVAILABLE = _backend.unavailable_reason("triton", DEVICE, "lcd_attention")
-if _UNAVAILABLE is not None:
-    pytest.skip(f"triton backend unavailable on {DEVICE}: {_UNAVAILABLE}", allow_module_level=True)
+# cpu under the interpreter, else cuda (marked `cuda`, skipped without a GPU)
+DEVICE, _MARKS = triton_module_device("lcd_attention")
 
 from helo_fast.kernels import attention as triton_attention  # noqa: E402
 
-pytestmark = [pytest.mark.triton, *_DEVICE_PARAM.marks]
+pytestmark = _MARKS
 
 TENSOR_ARGS = ("q", "k", "v", "bias", "residual", "ln_weight", "ln_bias")
 
@@ -43,8 +40,7 @@ def case(seed, batch, heads, lq, lk, dim, *, bias_shape=None, residual=False, ln
 
 
 def weights(seed, *shape):
-    """float64 normal upstream-gradient weights drawn on the CPU from ``seed``, on DEVICE."""
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(DEVICE)
+    return seeded_weights(seed, *shape, device=DEVICE)
 
 
 def bool_mask(gen, shape, p):

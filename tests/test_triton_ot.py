@@ -16,17 +16,14 @@ if not torch.cuda.is_available() and "helo_fast.kernels.sinkhorn" not in sys.mod
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import helo_fast as hf  # noqa: E402
-from helo_fast import _backend, _ops, reference  # noqa: E402
-from devices import CUDA, triton_devices  # noqa: E402
+from helo_fast import _ops, reference  # noqa: E402
+from devices import CUDA, seeded_weights, triton_module_device  # noqa: E402
 from tolerance import assert_float64_close, assert_no_nan, assert_within_reference_error  # noqa: E402
 
-(_DEVICE_PARAM,) = triton_devices()  # cpu under the interpreter, else cuda (marked `cuda`, skipped without a GPU)
-DEVICE = _DEVICE_PARAM.values[0]
-_UNAVAILABLE = _backend.unavailable_reason("triton", DEVICE, "sinkhorn")
-if _UNAVAILABLE is not None:
-    pytest.skip(f"triton backend unavailable on {DEVICE}: {_UNAVAILABLE}", allow_module_level=True)
+# cpu under the interpreter, else cuda (marked `cuda`, skipped without a GPU)
+DEVICE, _MARKS = triton_module_device("sinkhorn")
 
-pytestmark = [pytest.mark.triton, *_DEVICE_PARAM.marks]
+pytestmark = _MARKS
 
 SOLVERS = {"sinkhorn": (hf.sinkhorn, reference.sinkhorn, "eps"), "ipot": (hf.ipot, reference.ipot, "beta")}
 
@@ -51,8 +48,7 @@ def structure(seed, batch, n, dtype=torch.float64, device=DEVICE):
 
 
 def weights(seed, *shape, device=DEVICE):
-    """float64 normal weights (for a loss or upstream gradient) drawn on the CPU from ``seed``, on ``device``."""
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)
+    return seeded_weights(seed, *shape, device=device)
 
 
 def solve(op, backend, cost, a, b, reg=0.1, n_iters=7, grad="unrolled"):
