@@ -9,10 +9,10 @@
 #                  among ot, model, attention; BENCH_K, or BENCH_K_<suite>, selects cases with -k;
 #                  BENCH_LIMIT_<suite> sets a suite's time limit)
 #   bench-compile  the same with the torch.compile providers (HELO_BENCH_COMPILE=1)
-# Logs, JUnit XML and benchmark JSON go to $OUT (default build/gpu-session). Each phase has a time limit
-# (seconds, e.g. TEST_LIMIT=240), and none runs past DEADLINE seconds after the start (default 560), so the
-# whole session ends inside a lease. POT, a test and benchmark peer,
-# is installed from wheels in .whl/ when present (machines without a package registry).
+# Logs and benchmark JSON go to $OUT (default build/gpu-session). Each phase has a time limit (seconds, e.g.
+# TEST_LIMIT=240), and none runs past DEADLINE seconds after the start (default 560), so the whole session
+# ends inside a lease. Needs pytest-xdist and pytest-timeout (on the lent machines' image). POT, a test and
+# benchmark peer, is installed from wheels in .whl/ when present (machines without a package registry).
 # Usage: benchmarks/gpu_session.sh build test bench
 set -u
 OUT=${OUT:-build/gpu-session}
@@ -48,8 +48,9 @@ for step in "$@"; do
   case $step in
     build) phase build "${BUILD_LIMIT:-420}" $PY setup.py build_ext --inplace \
              && $PY -c "from helo_fast import _ext; print('cpp', _ext.has_cpp(), 'cuda kernels', _ext.has_cuda_kernels())" ;;
-    test) HELO_TRITON_NUM_WARPS=${HELO_TRITON_NUM_WARPS:-4} phase test "${TEST_LIMIT:-300}" $PY -m pytest -p no:cacheprovider -n "${TEST_WORKERS:-12}" -v -rfE --durations=10 \
-             --timeout="${TEST_TIMEOUT:-60}" -m "cuda or triton" tests ;;
+    test) HELO_TRITON_NUM_WARPS=${HELO_TRITON_NUM_WARPS:-4} phase test "${TEST_LIMIT:-300}" $PY -m pytest \
+             -p no:cacheprovider -n "${TEST_WORKERS:-12}" -v -rfE --durations=10 --timeout="${TEST_TIMEOUT:-60}" \
+             -m "cuda or triton" tests ;;
     test-rest) phase test-rest "${TEST_LIMIT:-300}" $PY -m pytest -q -p no:cacheprovider -n 8 \
              -m "not cuda and not triton and not slow" tests ;;
     bench|bench-compile)  # one pytest run (and JSON) per suite, so a time-out loses one suite, not all
