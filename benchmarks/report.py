@@ -16,7 +16,9 @@ from collections import defaultdict
 from typing import Dict, List, Optional
 
 PROVIDER_ORDER = ["reference", "compile", "pot", "pot_batch", "sdpa", "io_floor", "cpp", "triton"]
-BASELINES = ["reference", "compile", "pot", "pot_batch", "sdpa", "io_floor"]
+# Independent implementations (and the memory-traffic floor) each row is also compared with, beside
+# reference and compile.
+PEERS = ["pot", "pot_batch", "sdpa", "io_floor"]
 README_BEGIN, README_END = "<!-- performance:begin -->", "<!-- performance:end -->"
 # GPU runs fill a block of their own, so a CPU run and a GPU run both stay in the README.
 README_GPU_BEGIN, README_GPU_END = "<!-- performance-gpu:begin -->", "<!-- performance-gpu:end -->"
@@ -45,11 +47,15 @@ def load_rows(data: dict) -> List[dict]:
     return rows
 
 
+def ran_on_cuda(rows: List[dict]) -> bool:
+    """True when any benchmark ran on a CUDA device."""
+    return any(row["device"].startswith("cuda") for row in rows)
+
+
 def machine_name(data: dict, rows: List[dict]) -> str:
     """A folder name for the machine: the GPU name on CUDA runs, else the CPU brand and thread count."""
-    cuda_devices = {r["device"] for r in rows if r["device"].startswith("cuda")}
     info = data.get("machine_info", {})
-    if cuda_devices and info.get("helo_cuda_device"):
+    if ran_on_cuda(rows) and info.get("helo_cuda_device"):
         label = info["helo_cuda_device"]
     else:
         cpu = info.get("cpu", {}) or {}
@@ -99,7 +105,7 @@ def speedup_table(groups: Dict[str, Dict[str, dict]]) -> str:
              "|---|---|---|---|---|---|---|"]
     for group in sorted(groups):
         by_provider = groups[group]
-        peers = [p for p in ("pot", "pot_batch", "sdpa", "io_floor") if p in by_provider]
+        peers = [p for p in PEERS if p in by_provider]
         for provider in _ordered(by_provider):
             row = by_provider[provider]
 
@@ -252,9 +258,8 @@ def main(argv=None) -> str:
     with open(report_path, "w") as fh:
         fh.write(render_report(data, rows, plots, out_dir))
     if args.update_readme:
-        gpu = any(row["device"].startswith("cuda") for row in rows)
         update_readme(args.update_readme, report_path, speedup_table(group_rows(rows)), plots[0] if plots else None,
-                      gpu=gpu)
+                      gpu=ran_on_cuda(rows))
     print(f"wrote {report_path} ({len(rows)} benchmarks, {len(plots)} plots)")
     return report_path
 

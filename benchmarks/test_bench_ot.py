@@ -3,11 +3,12 @@
 Groups: sinkhorn B=64 n=m=64 50 iterations; HeLo's GW step B=128 n=m=36 (5 outer x 20 inner IPOT);
 the same GW step at B=4096 on CUDA only. float32. On CUDA the GW groups also time ``io_floor``: one
 elementwise op that reads cs and ct once and writes a plan-sized result once, the fewest bytes any GW
-kernel must move (issue #4 asks for the step within 2x of it at B=4096). ``saved_bytes`` (fwd+bwd rows) is what autograd keeps
-for the backward. POT providers: ``pot`` loops ot.sinkhorn(method="sinkhorn_log", stopThr=-1) over
-the batch (forward only, numpy); ``pot_batch`` is ot.solve_batch(method="log_sinkhorn") on the whole
-batch (torch backend, so it also has a fwd+bwd). The compile provider takes about a minute per size to
-compile on 2 cores, so it runs only with HELO_BENCH_COMPILE=1.
+kernel must move (issue #4 asks for the step within 2x of it at B=4096). ``saved_bytes`` (fwd+bwd rows)
+is what autograd keeps for the backward. POT providers: ``pot`` loops
+ot.sinkhorn(method="sinkhorn_log", stopThr=-1) over the batch (forward only, numpy); ``pot_batch`` is
+ot.solve_batch(method="log_sinkhorn") on the whole batch (torch backend, so it also has a fwd+bwd). The
+compile provider takes about a minute per size to compile on 2 cores, so it runs only with
+HELO_BENCH_COMPILE=1.
 """
 import os
 
