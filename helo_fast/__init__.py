@@ -8,9 +8,9 @@ The model: ``helo_fast.models.HeLo``. ``env_report()`` says which backends are a
 __version__ = "0.1.0"
 
 from .env import env_report
-from .functional import gromov_wasserstein, ipot, lcd_attention, sinkhorn
+from .functional import gromov_wasserstein, ipot, lcd_attention, seeded_dropout, sinkhorn
 from .metrics import edl_metrics
 from .nn import convert, revert
 
-__all__ = ["sinkhorn", "ipot", "gromov_wasserstein", "lcd_attention", "edl_metrics", "env_report", "convert",
+__all__ = ["sinkhorn", "ipot", "gromov_wasserstein", "lcd_attention", "seeded_dropout", "edl_metrics", "env_report", "convert",
            "revert", "__version__"]

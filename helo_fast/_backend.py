@@ -17,6 +17,7 @@ AUTO_CUDA_PREFERENCE: Dict[str, Tuple[str, ...]] = {
     "ipot": ("cpp", "triton"),
     "gromov_wasserstein": ("cpp", "triton"),
     "lcd_attention": ("cpp", "triton"),
+    "seeded_dropout": ("cpp", "triton"),
 }
 
 

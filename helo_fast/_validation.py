@@ -238,3 +238,17 @@ def validate_attention(q, k, v, bias, residual, ln_weight, ln_bias, *, scale, dr
             if t is not None:
                 check_finite(name, t)
     return scale
+
+
+MAX_DROPOUT_NUMEL = 2**32  # the mask hash indexes elements modulo 2**32
+
+
+def validate_dropout(x, p) -> float:
+    """Validate the inputs of ``seeded_dropout``; return p as float. x: a float tensor of any shape with at most
+    2**32 elements (the mask index is 32 bits); p in [0, 1)."""
+    check_tensor("x", x)
+    p = check_probability("p", p)
+    if x.numel() > MAX_DROPOUT_NUMEL:
+        raise ValueError(f"x must have at most 2**32 elements (the dropout mask index is 32-bit), got {x.numel()}")
+    return p
+

@@ -6,7 +6,7 @@ and ``check_finite=True`` (NaN/inf inputs raise ValueError; False skips that che
 from __future__ import annotations
 
 from . import _backend, _ops, reference
-from ._validation import device_of, validate_attention, validate_gromov, validate_ot
+from ._validation import device_of, validate_attention, validate_dropout, validate_gromov, validate_ot
 
 
 def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", backend="auto", check_finite=True):
@@ -69,3 +69,20 @@ def lcd_attention(q, k, v, bias=None, *, scale=None, dropkey_p=0.0, dropout_p=0.
                                dropout_p=dropout_p, ln_eps=ln_eps, dropkey_mask=dropkey_mask,
                                dropout_mask=dropout_mask, check_finite_values=check_finite)
     return _ops.get("lcd_attention", backend)(q, k, v, bias, scale=scale, **kwargs)
+
+
+def seeded_dropout(x, p, *, generator=None, training=True, backend="auto"):
+    """Dropout whose mask is a function of (seed, element index); see ``helo_fast.reference.seeded_dropout``.
+
+    x: any shape (at most 2**32 elements); p in [0, 1). Returns x * 1/(1-p) where kept and 0 where dropped, same
+    shape and dtype; x itself when ``training`` is False or p = 0. One seed is drawn from ``generator`` per call
+    (the default CPU generator when None), so every backend gives the same mask for the same generator state.
+    """
+    backend = _backend.choose_backend(backend, device_of("x", x), "seeded_dropout")
+    p = validate_dropout(x, p)
+    if not training or p == 0.0:
+        return x
+    if backend == "reference":
+        return reference.seeded_dropout(x, p, generator=generator)
+    return _ops.get("seeded_dropout", backend)(x, p, generator=generator)
+

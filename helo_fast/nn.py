@@ -58,10 +58,25 @@ class FusedSinkhorn(reference_modules.Sinkhorn):
         return functional.sinkhorn(*args, backend=self.backend, **kwargs)
 
 
+class FusedDropout(reference_modules.SeededDropout):
+    """Seeded dropout as one fused pass (``functional.seeded_dropout``); same masks as the reference module.
+
+    forward(x [any shape], generator=None) -> same shape. No parameters.
+    """
+
+    def __init__(self, p: float = 0.5, *, backend: str = "auto"):
+        super().__init__(p)
+        self.backend = check_choice("backend", backend, BACKENDS)
+
+    def dropout_op(self, *args, **kwargs):
+        return functional.seeded_dropout(*args, backend=self.backend, **kwargs)
+
+
 FAST_MODULES: Dict[Type[nn.Module], Type[nn.Module]] = {
     reference_modules.LCDAttention: LCDAttention,
     reference_modules.GromovWasserstein: FusedGromovWasserstein,
     reference_modules.Sinkhorn: FusedSinkhorn,
+    reference_modules.SeededDropout: FusedDropout,
 }
 REFERENCE_MODULES = {fast: ref for ref, fast in FAST_MODULES.items()}
 

@@ -65,6 +65,23 @@ def test_fast_model_matches_reference_in_float64(backend, device):
         assert_float64_close(fast_grads[name], ref_grads[name], rtol=1e-9)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fast_model_matches_reference_in_training_mode_with_every_mask_on(backend):
+    """DropKey, attention dropout and the FFN dropout all draw from the model's mask generator (one counter-hash
+    seed per call), so with the same mask_seed the fast and reference models drop the same entries."""
+    config = HeLoConfig(**{**SMALL, "p_dropkey": 0.3, "dropout": 0.4})
+    ref, fast = pair(config, backend, torch.float64)
+    assert type(fast.encoder.dropout) is fast_nn.FusedDropout
+    x, y = batch(config, dtype=torch.float64)
+    ref_probs, ref_grads = forward_backward(ref.train(), x, y)
+    fast_probs, fast_grads = forward_backward(fast.train(), x, y)
+    no_masks_probs, _ = forward_backward(copy.deepcopy(ref).eval(), x, y)
+    assert not torch.allclose(ref_probs, no_masks_probs), "the masks must change the output"
+    assert_float64_close(fast_probs, ref_probs)
+    for name in ref_grads:
+        assert_float64_close(fast_grads[name], ref_grads[name], rtol=1e-9)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 def test_fast_model_matches_reference_in_float32_default_size(backend, device):
@@ -167,6 +184,7 @@ def test_compiled_fast_model_forward_fullgraph():
     (lambda backend: fast_nn.LCDAttention(8, 2, backend=backend), lambda: (torch.randn(2, 3, 8),)),
     (lambda backend: fast_nn.FusedGromovWasserstein(backend=backend), lambda: (torch.rand(2, 4, 4), torch.rand(2, 4, 4))),
     (lambda backend: fast_nn.FusedSinkhorn(eps=0.1, n_iters=3, backend=backend), lambda: (torch.rand(2, 4, 5),)),
+    (lambda backend: fast_nn.FusedDropout(0.5, backend=backend), lambda: (torch.rand(2, 4),)),
 ])
 def test_fused_modules_run_their_backend_not_the_reference(make, args, monkeypatch):
     """Each fused module must reach helo_fast.functional with its backend (not silently the reference op)."""

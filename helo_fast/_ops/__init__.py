@@ -26,4 +26,5 @@ def get(op: str, backend: str) -> Callable:
 
 from . import cpp_ot  # noqa: E402,F401  (registers the C++ OT ops)
 from . import cpp_attention  # noqa: E402,F401  (registers the C++ fused attention)
+from . import cpp_dropout  # noqa: E402,F401  (registers the C++ seeded dropout)
 from . import triton_ops  # noqa: E402,F401  (registers the Triton ops)

@@ -22,6 +22,7 @@ from . import register
 
 if kernels.TRITON_ERROR is None:
     from ..kernels import attention as _attention
+    from ..kernels import dropout as _dropout
     from ..kernels import gromov as _gromov
     from ..kernels import sinkhorn as _sinkhorn
 
@@ -245,7 +246,33 @@ if kernels.TRITON_ERROR is None:
                                         float(scale), float(dropkey_p), float(dropout_p), float(ln_eps),
                                         bool(bias_before_scale))
 
+    # ------------------------------------------------------------------ seeded_dropout
+
+    @torch.library.custom_op("helo_fast::triton_seeded_dropout_fwd", mutates_args=())
+    def triton_seeded_dropout_fwd(x: Tensor, seed: Tensor, p: float) -> Tensor:
+        """-> x * 1/(1-p) where kept, 0 where dropped (shape of x); seed: int64 [1]. Its own backward."""
+        return _dropout.seeded_dropout_fwd(x, p, seed)
+
+    @triton_seeded_dropout_fwd.register_fake
+    def _(x, seed, p):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    def _dropout_setup(ctx, inputs, output):
+        _, seed, ctx.p = inputs
+        ctx.save_for_backward(seed)
+
+    def _dropout_backward(ctx, grad_out):
+        (seed,) = ctx.saved_tensors
+        return triton_seeded_dropout_fwd(grad_out, seed, ctx.p), None, None
+
+    triton_seeded_dropout_fwd.register_autograd(_dropout_backward, setup_context=_dropout_setup)
+
+    def seeded_dropout_triton(x, p, *, generator):
+        """Validated x (any shape), 0 < p < 1 -> the dropout of x, seed drawn from ``generator`` as the reference."""
+        return triton_seeded_dropout_fwd(x, _rng.draw_seed_tensor(generator), float(p))
+
     register("sinkhorn", "triton", sinkhorn_triton)
     register("ipot", "triton", ipot_triton)
     register("gromov_wasserstein", "triton", gromov_wasserstein_triton)
     register("lcd_attention", "triton", lcd_attention_triton)
+    register("seeded_dropout", "triton", seeded_dropout_triton)

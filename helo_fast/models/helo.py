@@ -60,21 +60,24 @@ def label_correlation(label_embedding: torch.Tensor, over_label_axis: bool = Fal
 
 
 class TransformerEncoderLayer(nn.Module):
-    """Post-LN encoder layer (HELO_SPEC §4.8): LN(x + MHSA(x)) then LN(x + FFN(x)), FFN d -> ffn_dim -> d."""
+    """Post-LN encoder layer (HELO_SPEC §4.8): LN(x + MHSA(x)) then LN(x + FFN(x)), FFN d -> ffn_dim -> d.
+
+    The FFN's dropout draws its masks from the model's mask generator, like the attentions' dropout
+    (``SeededDropout``: the counter hash of helo_fast._rng, one fused pass in the fast model)."""
 
     def __init__(self, config: HeLoConfig, attention_cls):
         super().__init__()
         self.self_attn = attention_cls(config.d_model, config.n_heads, ln_eps=config.ln_eps, bias_before_scale=True)
         self.linear1 = nn.Linear(config.d_model, config.ffn_dim)
         self.linear2 = nn.Linear(config.ffn_dim, config.d_model)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = reference_modules.SeededDropout(config.dropout)
         self.norm = nn.LayerNorm(config.d_model, eps=config.ln_eps)
 
     def forward(self, x: torch.Tensor, *, dropkey_p: float, dropout_p: float, generator=None) -> torch.Tensor:
         """x: [B, L, d] -> [B, L, d]."""
         x = self.self_attn(x, None, dropkey_p=dropkey_p, dropout_p=dropout_p, generator=generator)
-        ffn = self.linear2(self.dropout(F.gelu(self.linear1(x))))
-        return self.norm(x + self.dropout(ffn))
+        ffn = self.linear2(self.dropout(F.gelu(self.linear1(x)), generator))
+        return self.norm(x + self.dropout(ffn, generator))
 
 
 class HeLo(nn.Module):

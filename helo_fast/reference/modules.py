@@ -10,7 +10,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .._validation import check_probability
 from .attention import lcd_attention
+from .dropout import seeded_dropout
 from .ot import gromov_wasserstein, sinkhorn
 
 
@@ -101,3 +103,23 @@ class Sinkhorn(nn.Module):
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, n_iters={self.n_iters}, grad={self.grad!r}"
+
+
+class SeededDropout(nn.Dropout):
+    """nn.Dropout whose mask comes from the counter hash of ``helo_fast._rng`` (``reference.seeded_dropout``).
+
+    forward(x [any shape], generator=None) -> same shape: x * 1/(1-p) where kept, 0 where dropped, in training
+    mode; x in eval mode. One seed is drawn from ``generator`` per call (the default CPU generator when None), so
+    the reference and the fused module give the same masks for the same generator state. No parameters.
+    """
+
+    def __init__(self, p: float = 0.5):
+        super().__init__(check_probability("p", p))
+
+    def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return self.dropout_op(x, self.p if self.training else 0.0, generator=generator)
+
+    def dropout_op(self, *args, **kwargs):
+        """The dropout op this module runs: the reference one (``helo_fast.nn`` overrides it)."""
+        return seeded_dropout(*args, **kwargs)
+

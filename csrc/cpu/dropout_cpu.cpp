@@ -1,0 +1,77 @@
+// seeded_dropout on CPU: out = x * 1/(1-p) where the counter hash keeps element i, else 0 (csrc/seeded_dropout.h).
+// The mask is a pure function of (seed, i), so the backward is the same op applied to the gradient. Schema of
+// helo_fast::seeded_dropout_fwd lives here; the CUDA kernel is csrc/cuda/dropout.cu.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <bit>
+#include <cstdint>
+
+#include "../ot_cpu_math.h"
+#include "../seeded_dropout.h"
+
+namespace helo_fast::dropout {
+namespace {
+
+using ot_cpu::best_simd_isa;
+using ot_cpu::SimdIsa;
+
+// Unsigned integer of sizeof(T) bytes: the select below is a bitwise AND, which the vectoriser takes (a ?: on
+// floating-point values stays a branch: "control flow in loop").
+template <size_t kBytes> struct BitsOf;
+template <> struct BitsOf<2> { using type = uint16_t; };
+template <> struct BitsOf<4> { using type = uint32_t; };
+template <> struct BitsOf<8> { using type = uint64_t; };
+
+// out[i] = dropped(i) ? 0 : x[i] * scale for i in [begin, end), as bits: (x[i] * scale) AND all-ones where kept,
+// AND zero (+0.0) where dropped. The hash is 32-bit integer arithmetic (AVX2's vpmulld).
+template <typename T>
+HF_INLINE void dropout_range(const T* __restrict x, T* __restrict out, int64_t begin, int64_t end, uint32_t seed,
+                             uint32_t threshold, at::opmath_type<T> scale) {
+  using acc_t = at::opmath_type<T>;
+  using U = typename BitsOf<sizeof(T)>::type;
+  U* __restrict out_bits = reinterpret_cast<U*>(out);
+#pragma omp simd
+  for (int64_t i = begin; i < end; ++i) {
+    const U kept = std::bit_cast<U>(T(acc_t(x[i]) * scale));
+    out_bits[i] = kept & (U(0) - U(!dropped(seed, static_cast<uint32_t>(i), threshold)));
+  }
+}
+HF_DEFINE_SIMD_VARIANT(dropout_range, _avx2, HF_TARGET_AVX2)
+HF_DEFINE_SIMD_VARIANT(dropout_range, _base, )
+
+at::Tensor seeded_dropout_fwd_cpu(const at::Tensor& x_in, double p, int64_t seed) {
+  TORCH_CHECK(p >= 0.0 && p < 1.0, "seeded_dropout: p must be in [0, 1), got ", p);
+  TORCH_CHECK(x_in.numel() <= (int64_t{1} << 32),
+              "seeded_dropout: x has more than 2^32 elements, where the 32-bit mask index would repeat");
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const uint32_t threshold = drop_threshold(p), seed32 = static_cast<uint32_t>(seed & 0xFFFFFFFF);
+  const bool wide = best_simd_isa() != SimdIsa::kBase;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "seeded_dropout_fwd_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t scale = acc_t(1.0 / (1.0 - p));
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, x.numel(), 32768, [&](int64_t begin, int64_t end) {
+      if (wide)
+        dropout_range_avx2<scalar_t>(xp, op, begin, end, seed32, threshold, scale);
+      else
+        dropout_range_base<scalar_t>(xp, op, begin, end, seed32, threshold, scale);
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(helo_fast, m) {
+  m.def("seeded_dropout_fwd(Tensor x, float p, int seed) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(helo_fast, CPU, m) { m.impl("seeded_dropout_fwd", &seeded_dropout_fwd_cpu); }
+
+}  // namespace helo_fast::dropout

@@ -1,0 +1,32 @@
+"""The C++ seeded dropout (torch.ops.helo_fast.seeded_dropout_fwd): fake kernel, autograd, registration.
+
+The mask is a function of (seed, element index), so the backward is the same op applied to the gradient with
+the same seed: nothing but the seed is saved.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _ext, _rng
+from . import register
+
+if _ext.has_cpp():
+
+    @torch.library.register_fake("helo_fast::seeded_dropout_fwd")
+    def _seeded_dropout_fwd_fake(x, p, seed):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    def _setup_context(ctx, inputs, output):
+        _, ctx.p, ctx.seed = inputs
+
+    def _backward(ctx, grad_out):
+        return torch.ops.helo_fast.seeded_dropout_fwd(grad_out, ctx.p, ctx.seed), None, None
+
+    torch.library.register_autograd("helo_fast::seeded_dropout_fwd", _backward, setup_context=_setup_context)
+
+    def seeded_dropout_cpp(x, p, *, generator):
+        """Validated x (any shape), 0 < p < 1 -> x * 1/(1-p) where kept, 0 where dropped, from the C++ kernels.
+        The seed is drawn from ``generator`` as the reference draws it."""
+        return torch.ops.helo_fast.seeded_dropout_fwd(x, float(p), _rng.draw_seed(generator))
+
+    register("seeded_dropout", "cpp", seeded_dropout_cpp)

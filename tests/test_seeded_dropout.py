@@ -1,0 +1,174 @@
+"""seeded_dropout (HeLo's FFN dropout, masks from the counter hash of helo_fast._rng): the C++ op against the
+reference, the mask statistics, gradients, validation and the modules. The Triton kernel: test_triton_dropout.py."""
+import math
+
+import pytest
+import torch
+
+import helo_fast as hf
+from helo_fast import _ext, _rng
+from helo_fast import nn as fast_nn
+from helo_fast.reference import modules as reference_modules
+from helo_fast.reference.dropout import seeded_dropout as reference_dropout
+from devices import cpp_devices
+
+needs_cpp = pytest.mark.skipif(not _ext.has_cpp(), reason=f"C++ extension unavailable: {_ext.EXTENSION_ERROR}")
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+# HeLo's two FFN dropouts (B = 128: [2B, 4N, ffn_dim] and [2B, 4N, d]), odd sizes, one element, nothing.
+SHAPES = [(256, 36, 64), (256, 36, 128), (3, 37, 129), (1,), (0, 5)]
+
+
+def draw(shape, dtype, seed=0, device="cpu"):
+    """Standard-normal values drawn on the CPU from ``seed`` (the same numbers on every device)."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device, dtype)
+
+
+def dropout_pair(x, p, backend, seed=7):
+    """(backend's output, reference's output), each drawing its mask seed from a generator seeded ``seed``."""
+    out = hf.seeded_dropout(x, p, generator=torch.Generator().manual_seed(seed), backend=backend)
+    ref = reference_dropout(x, p, generator=torch.Generator().manual_seed(seed))
+    return out, ref
+
+
+@needs_cpp
+@pytest.mark.parametrize("device", cpp_devices())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_cpp_matches_reference_bit_for_bit(device, dtype, shape, p):
+    """Same generator state -> the same mask, and kept values x * 1/(1-p) rounded as PyTorch rounds them."""
+    x = draw(shape, dtype, device=device)
+    out, ref = dropout_pair(x, p, "cpp")
+    assert out.dtype == x.dtype and out.shape == x.shape
+    assert torch.equal(out, ref)
+
+
+@needs_cpp
+@pytest.mark.parametrize("device", cpp_devices())
+def test_cpp_non_contiguous_input_and_non_finite_values(device):
+    """A transposed view is dropped in its logical (row-major) order; dropped inf/NaN become 0 as in the reference."""
+    x = draw((33, 40), torch.float32, device=device).t()
+    x[0, :4] = torch.tensor([math.inf, -math.inf, math.nan, -0.0])
+    out, ref = dropout_pair(x, 0.5, "cpp")
+    assert out.is_contiguous() and torch.equal(out.isnan(), ref.isnan())
+    assert torch.equal(out.nan_to_num(), ref.nan_to_num())
+
+
+@needs_cpp
+@pytest.mark.parametrize("device", cpp_devices())
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_mask_rate_and_unbiasedness(device, p):
+    """The drop rate is p within 5 binomial standard deviations, and E[out] = x (mean of out / x is 1)."""
+    n = 1 << 20
+    x = torch.full((n,), 3.0, device=device)
+    out = hf.seeded_dropout(x, p, generator=torch.Generator().manual_seed(11), backend="cpp")
+    rate = float((out == 0).double().mean())
+    assert abs(rate - p) <= 5 * math.sqrt(p * (1 - p) / n)
+    kept = out[out != 0]
+    assert torch.equal(kept, torch.full_like(kept, 3.0 / (1 - p)))
+    assert abs(float(out.double().mean()) / 3.0 - 1.0) <= 5 * math.sqrt(p / (1 - p) / n)
+
+
+@needs_cpp
+def test_masks_differ_between_seeds_and_repeat_for_the_same_seed():
+    x = torch.ones(4096)
+    first = torch.ops.helo_fast.seeded_dropout_fwd(x, 0.5, 1)
+    assert torch.equal(first, torch.ops.helo_fast.seeded_dropout_fwd(x, 0.5, 1))
+    assert not torch.equal(first, torch.ops.helo_fast.seeded_dropout_fwd(x, 0.5, 2))
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp)])
+def test_identity_at_p0_and_in_eval(backend):
+    x = draw((5, 6), torch.float32)
+    gen = torch.Generator().manual_seed(3)
+    state = gen.get_state()
+    assert hf.seeded_dropout(x, 0.0, generator=gen, backend=backend) is x
+    assert hf.seeded_dropout(x, 0.7, generator=gen, training=False, backend=backend) is x
+    assert torch.equal(gen.get_state(), state), "no seed is drawn when nothing is dropped"
+
+
+@needs_cpp
+@pytest.mark.parametrize("device", cpp_devices())
+def test_gradient_is_the_same_mask_times_the_scale(device):
+    x = draw((7, 9), torch.float64, device=device).requires_grad_(True)
+    weight = draw((7, 9), torch.float64, seed=1, device=device)
+    out = hf.seeded_dropout(x, 0.4, generator=torch.Generator().manual_seed(5), backend="cpp")
+    (out * weight).sum().backward()
+    assert torch.equal(x.grad, torch.where(out != 0, weight * (1.0 / 0.6), 0.0))
+
+
+@needs_cpp
+def test_gradcheck_and_double_backward_float64():
+    x = draw((4, 5), torch.float64).requires_grad_(True)
+
+    def fn(t):
+        return torch.ops.helo_fast.seeded_dropout_fwd(t, 0.3, 17)
+
+    assert torch.autograd.gradcheck(fn, (x,))
+    assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+@needs_cpp
+@pytest.mark.parametrize("device", cpp_devices())
+def test_opcheck(device):
+    x = draw((6, 11), torch.float32, device=device)
+    torch.library.opcheck(torch.ops.helo_fast.seeded_dropout_fwd, (x, 0.25, 9))
+    torch.library.opcheck(torch.ops.helo_fast.seeded_dropout_fwd, (x.clone().requires_grad_(), 0.25, 9))
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp)])
+def test_bad_inputs_raise_before_any_kernel(backend):
+    x = torch.randn(3, 4)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        hf.seeded_dropout([1.0, 2.0], 0.5, backend=backend)
+    with pytest.raises(TypeError, match="x must have dtype"):
+        hf.seeded_dropout(torch.ones(3, dtype=torch.int64), 0.5, backend=backend)
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\)"):
+        hf.seeded_dropout(x, 1.0, backend=backend)
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\)"):
+        hf.seeded_dropout(x, -0.1, backend=backend)
+    with pytest.raises(TypeError, match="p must be a float"):
+        hf.seeded_dropout(x, True, backend=backend)
+    with pytest.raises(ValueError, match="at most 2\\*\\*32 elements"):
+        hf.seeded_dropout(torch.zeros(1).expand(2**32 + 1), 0.5, backend=backend)  # a view: no memory
+
+
+def test_reference_module_is_an_nn_dropout_with_no_state():
+    module = reference_modules.SeededDropout(0.3)
+    assert isinstance(module, torch.nn.Dropout) and module.p == 0.3
+    assert module.state_dict() == {}
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\)"):
+        reference_modules.SeededDropout(1.0)
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp), "auto"])
+def test_fused_module_matches_reference_module_and_converts_back(backend):
+    x = draw((8, 16), torch.float32)
+    fast = fast_nn.FusedDropout(0.5, backend=backend)
+    ref = reference_modules.SeededDropout(0.5)
+    assert torch.equal(fast(x, torch.Generator().manual_seed(2)), ref(x, torch.Generator().manual_seed(2)))
+    assert fast.eval()(x) is x
+    holder = torch.nn.Sequential(reference_modules.SeededDropout(0.5))
+    hf.convert(holder, backend)
+    assert type(holder[0]) is fast_nn.FusedDropout and holder[0].backend == backend
+    hf.revert(holder)
+    assert type(holder[0]) is reference_modules.SeededDropout
+
+
+@needs_cpp
+@pytest.mark.slow
+@pytest.mark.compile
+def test_compile_fullgraph_forward_and_backward():
+    x = draw((5, 8), torch.float32).requires_grad_(True)
+    weight = draw((5, 8), torch.float32, seed=1)
+
+    def fn(t):
+        return torch.ops.helo_fast.seeded_dropout_fwd(t * 2.0, 0.5, 21)
+
+    compiled = torch.compile(fn, fullgraph=True, dynamic=False)
+    expected = fn(x)
+    (grad_expected,) = torch.autograd.grad((expected * weight).sum(), x)
+    out = compiled(x)
+    (grad,) = torch.autograd.grad((out * weight).sum(), x)
+    assert torch.equal(out, expected)
+    torch.testing.assert_close(grad, grad_expected, rtol=1e-6, atol=0)
