@@ -115,6 +115,9 @@ if _ext.has_cpp():
         the reference draws it, so both give the same masks for the same generator state.
         """
         seed = _rng.draw_seed(generator) if _rng.needs_seed(dropkey_p, dropout_p, dropkey_mask, dropout_mask) else 0
+        # The kernels read contiguous [B, H, L, D]; made so here, once, the backward gets the contiguous tensors
+        # saved (HeLo's heads are transposed views: else both passes would copy them).
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         save = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (q, k, v, bias, residual, ln_weight, ln_bias))
         args = (q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, float(scale),
