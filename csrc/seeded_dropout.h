@@ -3,6 +3,8 @@
 // _rng.bernoulli_mask, (x >> 8) * 2^-24 < float(p), done as the equivalent integer test (x >> 8) < threshold.
 #pragma once
 
+#include <ATen/ATen.h>
+
 #include <cmath>
 #include <cstdint>
 
@@ -18,6 +20,20 @@ inline uint32_t drop_threshold(double p) {
 
 HELO_ATTN_HD bool dropped(uint32_t seed, uint32_t index, uint32_t threshold) {
   return (attention::mask_hash(seed, index, attention::kStreamDropout) >> 8) < threshold;
+}
+
+// The op's argument checks (messages name the argument), shared by the CPU and CUDA launchers.
+inline void check_arguments(const at::Tensor& x, const at::Tensor& seed, double p) {
+  TORCH_CHECK(p >= 0.0 && p < 1.0, "seeded_dropout: p must be in [0, 1), got ", p);
+  TORCH_CHECK(x.numel() <= (int64_t{1} << 32),
+              "seeded_dropout: x has more than 2^32 elements, where the 32-bit mask index would repeat");
+  TORCH_CHECK(seed.numel() == 1 && seed.scalar_type() == at::kLong && seed.device().is_cpu(),
+              "seeded_dropout: seed must be an int64 CPU tensor of one element");
+}
+
+// The seed's low 32 bits (the hash takes them mod 2^32, as _rng does).
+inline uint32_t seed_value(const at::Tensor& seed) {
+  return static_cast<uint32_t>(seed.item<int64_t>() & 0xFFFFFFFF);
 }
 
 }  // namespace helo_fast::dropout

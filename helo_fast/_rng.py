@@ -14,7 +14,7 @@ draws bit-identical masks from the same seed. The generator is a 32-bit integer 
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -23,11 +23,17 @@ STREAM_DROPOUT = 1
 _M32 = 0xFFFFFFFF
 
 
-def hash_uniform(seed: int, shape, stream: int, device=None) -> torch.Tensor:
-    """Float32 uniforms in [0, 1) of the given shape, a pure function of (seed, index, stream)."""
+def hash_uniform(seed: Union[int, torch.Tensor], shape, stream: int, device=None) -> torch.Tensor:
+    """Float32 uniforms in [0, 1) of the given shape, a pure function of (seed, index, stream).
+
+    ``seed``: an int, or an int64 tensor of one element (``draw_seed_tensor``), which keeps torch.compile from
+    specialising, and recompiling, on the seed's value. Seeds are below 2**31 (``draw_seed``), so the int64
+    products below stay exact."""
     numel = 1
     for s in shape:
         numel *= int(s)
+    if isinstance(seed, torch.Tensor):
+        seed = seed.to(device=device, dtype=torch.int64).reshape(())
     x = torch.arange(numel, dtype=torch.int64, device=device)
     x = (x * 0x9E3779B1 + ((seed & _M32) * 0x85EBCA77 + stream * 0xC2B2AE3D)) & _M32
     x = x ^ (x >> 16)
@@ -38,7 +44,7 @@ def hash_uniform(seed: int, shape, stream: int, device=None) -> torch.Tensor:
     return ((x >> 8).to(torch.float32) * (2.0 ** -24)).reshape(tuple(shape))
 
 
-def bernoulli_mask(seed: int, shape, p: float, stream: int, device=None) -> torch.Tensor:
+def bernoulli_mask(seed: Union[int, torch.Tensor], shape, p: float, stream: int, device=None) -> torch.Tensor:
     """Bool mask, True with probability ``p`` (True = dropped); identical on every backend."""
     return hash_uniform(seed, shape, stream, device) < torch.tensor(p, dtype=torch.float32)
 

@@ -18,6 +18,11 @@ DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 SHAPES = [(256, 36, 64), (256, 36, 128), (3, 37, 129), (1,), (0, 5)]
 
 
+def seed_tensor(value):
+    """A mask seed as the ops take it: an int64 CPU tensor of one element."""
+    return torch.tensor([value], dtype=torch.int64)
+
+
 def draw(shape, dtype, seed=0, device="cpu"):
     """Standard-normal values drawn on the CPU from ``seed`` (the same numbers on every device)."""
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device, dtype)
@@ -72,9 +77,9 @@ def test_mask_rate_and_unbiasedness(device, p):
 @needs_cpp
 def test_masks_differ_between_seeds_and_repeat_for_the_same_seed():
     x = torch.ones(4096)
-    first = torch.ops.helo_fast.seeded_dropout_fwd(x, 0.5, 1)
-    assert torch.equal(first, torch.ops.helo_fast.seeded_dropout_fwd(x, 0.5, 1))
-    assert not torch.equal(first, torch.ops.helo_fast.seeded_dropout_fwd(x, 0.5, 2))
+    first = torch.ops.helo_fast.seeded_dropout_fwd(x, seed_tensor(1), 0.5)
+    assert torch.equal(first, torch.ops.helo_fast.seeded_dropout_fwd(x, seed_tensor(1), 0.5))
+    assert not torch.equal(first, torch.ops.helo_fast.seeded_dropout_fwd(x, seed_tensor(2), 0.5))
 
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp)])
@@ -102,7 +107,7 @@ def test_gradcheck_and_double_backward_float64():
     x = draw((4, 5), torch.float64).requires_grad_(True)
 
     def fn(t):
-        return torch.ops.helo_fast.seeded_dropout_fwd(t, 0.3, 17)
+        return torch.ops.helo_fast.seeded_dropout_fwd(t, seed_tensor(17), 0.3)
 
     assert torch.autograd.gradcheck(fn, (x,))
     assert torch.autograd.gradgradcheck(fn, (x,))
@@ -112,8 +117,8 @@ def test_gradcheck_and_double_backward_float64():
 @pytest.mark.parametrize("device", cpp_devices())
 def test_opcheck(device):
     x = draw((6, 11), torch.float32, device=device)
-    torch.library.opcheck(torch.ops.helo_fast.seeded_dropout_fwd, (x, 0.25, 9))
-    torch.library.opcheck(torch.ops.helo_fast.seeded_dropout_fwd, (x.clone().requires_grad_(), 0.25, 9))
+    torch.library.opcheck(torch.ops.helo_fast.seeded_dropout_fwd, (x, seed_tensor(9), 0.25))
+    torch.library.opcheck(torch.ops.helo_fast.seeded_dropout_fwd, (x.clone().requires_grad_(), seed_tensor(9), 0.25))
 
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp)])
@@ -158,12 +163,13 @@ def test_fused_module_matches_reference_module_and_converts_back(backend):
 @needs_cpp
 @pytest.mark.slow
 @pytest.mark.compile
-def test_compile_fullgraph_forward_and_backward():
+def test_compile_fullgraph_forward_and_backward_without_recompiling_per_seed():
     x = draw((5, 8), torch.float32).requires_grad_(True)
+    seed = seed_tensor(21)
     weight = draw((5, 8), torch.float32, seed=1)
 
     def fn(t):
-        return torch.ops.helo_fast.seeded_dropout_fwd(t * 2.0, 0.5, 21)
+        return torch.ops.helo_fast.seeded_dropout_fwd(t * 2.0, seed, 0.5)
 
     compiled = torch.compile(fn, fullgraph=True, dynamic=False)
     expected = fn(x)
@@ -172,3 +178,7 @@ def test_compile_fullgraph_forward_and_backward():
     (grad,) = torch.autograd.grad((out * weight).sum(), x)
     assert torch.equal(out, expected)
     torch.testing.assert_close(grad, grad_expected, rtol=1e-6, atol=0)
+    seed.fill_(22)  # a new seed is a new value of the same graph input: the same compiled graph, new masks
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        again = compiled(x)
+    assert torch.equal(again, fn(x)) and not torch.equal(again, out)

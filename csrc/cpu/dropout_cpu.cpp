@@ -43,13 +43,11 @@ HF_INLINE void dropout_range(const T* __restrict x, T* __restrict out, int64_t b
 HF_DEFINE_SIMD_VARIANT(dropout_range, _avx2, HF_TARGET_AVX2)
 HF_DEFINE_SIMD_VARIANT(dropout_range, _base, )
 
-at::Tensor seeded_dropout_fwd_cpu(const at::Tensor& x_in, double p, int64_t seed) {
-  TORCH_CHECK(p >= 0.0 && p < 1.0, "seeded_dropout: p must be in [0, 1), got ", p);
-  TORCH_CHECK(x_in.numel() <= (int64_t{1} << 32),
-              "seeded_dropout: x has more than 2^32 elements, where the 32-bit mask index would repeat");
+at::Tensor seeded_dropout_fwd_cpu(const at::Tensor& x_in, const at::Tensor& seed, double p) {
+  check_arguments(x_in, seed, p);
   const at::Tensor x = x_in.contiguous();
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
-  const uint32_t threshold = drop_threshold(p), seed32 = static_cast<uint32_t>(seed & 0xFFFFFFFF);
+  const uint32_t threshold = drop_threshold(p), seed32 = seed_value(seed);
   const bool wide = best_simd_isa() != SimdIsa::kBase;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "seeded_dropout_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -69,7 +67,7 @@ at::Tensor seeded_dropout_fwd_cpu(const at::Tensor& x_in, double p, int64_t seed
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(helo_fast, m) {
-  m.def("seeded_dropout_fwd(Tensor x, float p, int seed) -> Tensor");
+  m.def("seeded_dropout_fwd(Tensor x, Tensor seed, float p) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(helo_fast, CPU, m) { m.impl("seeded_dropout_fwd", &seeded_dropout_fwd_cpu); }

@@ -26,16 +26,14 @@ __global__ void _seeded_dropout_fwd_kernel(const scalar_t* __restrict__ x, scala
                                                                 : scalar_t(static_cast<acc_t>(x[i]) * scale);
 }
 
-at::Tensor seeded_dropout_fwd_cuda(const at::Tensor& x_in, double p, int64_t seed) {
-  TORCH_CHECK(p >= 0.0 && p < 1.0, "seeded_dropout: p must be in [0, 1), got ", p);
-  TORCH_CHECK(x_in.numel() <= (int64_t{1} << 32),
-              "seeded_dropout: x has more than 2^32 elements, where the 32-bit mask index would repeat");
+at::Tensor seeded_dropout_fwd_cuda(const at::Tensor& x_in, const at::Tensor& seed, double p) {
+  check_arguments(x_in, seed, p);
   const c10::DeviceGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
   const int64_t numel = x.numel();
   if (numel == 0) return out;
-  const uint32_t threshold = drop_threshold(p), seed32 = static_cast<uint32_t>(seed & 0xFFFFFFFF);
+  const uint32_t threshold = drop_threshold(p), seed32 = seed_value(seed);
   const int blocks = static_cast<int>(std::min<int64_t>((numel + kThreads - 1) / kThreads, kMaxBlocks));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "seeded_dropout_fwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;

@@ -13,20 +13,23 @@ from . import register
 if _ext.has_cpp():
 
     @torch.library.register_fake("helo_fast::seeded_dropout_fwd")
-    def _seeded_dropout_fwd_fake(x, p, seed):
+    def _seeded_dropout_fwd_fake(x, seed, p):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     def _setup_context(ctx, inputs, output):
-        _, ctx.p, ctx.seed = inputs
+        _, seed, ctx.p = inputs
+        ctx.save_for_backward(seed)
 
     def _backward(ctx, grad_out):
-        return torch.ops.helo_fast.seeded_dropout_fwd(grad_out, ctx.p, ctx.seed), None, None
+        (seed,) = ctx.saved_tensors
+        return torch.ops.helo_fast.seeded_dropout_fwd(grad_out, seed, ctx.p), None, None
 
     torch.library.register_autograd("helo_fast::seeded_dropout_fwd", _backward, setup_context=_setup_context)
 
     def seeded_dropout_cpp(x, p, *, generator):
         """Validated x (any shape), 0 < p < 1 -> x * 1/(1-p) where kept, 0 where dropped, from the C++ kernels.
-        The seed is drawn from ``generator`` as the reference draws it."""
-        return torch.ops.helo_fast.seeded_dropout_fwd(x, float(p), _rng.draw_seed(generator))
+        The seed is drawn from ``generator`` as the reference draws it, as an int64 CPU tensor [1] (an int would
+        make torch.compile recompile for every new seed)."""
+        return torch.ops.helo_fast.seeded_dropout_fwd(x, _rng.draw_seed_tensor(generator), float(p))
 
     register("seeded_dropout", "cpp", seeded_dropout_cpp)

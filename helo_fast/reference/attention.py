@@ -22,7 +22,7 @@ def attention_masks(shape, dropkey_p, dropout_p, generator=None, dropkey_mask=No
     taken from ``generator`` with the counter-based hash of ``helo_fast._rng`` (same on all backends).
     """
     if _rng.needs_seed(dropkey_p, dropout_p, dropkey_mask, dropout_mask):
-        seed = _rng.draw_seed(generator)
+        seed = _rng.draw_seed_tensor(generator)  # a tensor: no recompiling on its value under torch.compile
         if dropkey_p > 0 and dropkey_mask is None:
             dropkey_mask = _rng.bernoulli_mask(seed, shape, dropkey_p, _rng.STREAM_DROPKEY, device)
         if dropout_p > 0 and dropout_mask is None:

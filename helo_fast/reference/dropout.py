@@ -17,6 +17,6 @@ def seeded_dropout(x: torch.Tensor, p: float, *, generator=None) -> torch.Tensor
     p = validate_dropout(x, p)
     if p == 0.0:
         return x
-    seed = _rng.draw_seed(generator)
+    seed = _rng.draw_seed_tensor(generator)  # a tensor: no recompiling on its value under torch.compile
     dropped = _rng.bernoulli_mask(seed, x.shape, p, _rng.STREAM_DROPOUT, x.device)
     return torch.where(dropped, torch.zeros((), dtype=x.dtype, device=x.device), x * (1.0 / (1.0 - p)))
