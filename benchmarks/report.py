@@ -15,10 +15,10 @@ import re
 from collections import defaultdict
 from typing import Dict, List, Optional
 
-PROVIDER_ORDER = ["reference", "compile", "pot", "pot_batch", "sdpa", "io_floor", "cpp", "triton"]
+PROVIDER_ORDER = ["reference", "compile", "pot", "pot_batch", "sdpa", "torch_dropout", "io_floor", "cpp", "triton"]
 # Independent implementations (and the memory-traffic floor) each row is also compared with, beside
 # reference and compile.
-PEERS = ["pot", "pot_batch", "sdpa", "io_floor"]
+PEERS = ["pot", "pot_batch", "sdpa", "torch_dropout", "io_floor"]
 README_BEGIN, README_END = "<!-- performance:begin -->", "<!-- performance:end -->"
 # GPU runs fill a block of their own, so a CPU run and a GPU run both stay in the README.
 README_GPU_BEGIN, README_GPU_END = "<!-- performance-gpu:begin -->", "<!-- performance-gpu:end -->"
