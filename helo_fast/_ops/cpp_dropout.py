@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .. import _ext, _rng
-from . import register
+from . import register, register_seeded_dropout_autograd
 
 if _ext.has_cpp():
 
@@ -16,15 +16,7 @@ if _ext.has_cpp():
     def _seeded_dropout_fwd_fake(x, seed, p):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
-    def _setup_context(ctx, inputs, output):
-        _, seed, ctx.p = inputs
-        ctx.save_for_backward(seed)
-
-    def _backward(ctx, grad_out):
-        (seed,) = ctx.saved_tensors
-        return torch.ops.helo_fast.seeded_dropout_fwd(grad_out, seed, ctx.p), None, None
-
-    torch.library.register_autograd("helo_fast::seeded_dropout_fwd", _backward, setup_context=_setup_context)
+    register_seeded_dropout_autograd("helo_fast::seeded_dropout_fwd", torch.ops.helo_fast.seeded_dropout_fwd)
 
     def seeded_dropout_cpp(x, p, *, generator):
         """Validated x (any shape), 0 < p < 1 -> x * 1/(1-p) where kept, 0 where dropped, from the C++ kernels.

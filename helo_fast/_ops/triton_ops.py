@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import _rng, kernels
-from . import register
+from . import register, register_seeded_dropout_autograd
 
 if kernels.TRITON_ERROR is None:
     from ..kernels import attention as _attention
@@ -257,15 +257,7 @@ if kernels.TRITON_ERROR is None:
     def _(x, seed, p):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
-    def _dropout_setup(ctx, inputs, output):
-        _, seed, ctx.p = inputs
-        ctx.save_for_backward(seed)
-
-    def _dropout_backward(ctx, grad_out):
-        (seed,) = ctx.saved_tensors
-        return triton_seeded_dropout_fwd(grad_out, seed, ctx.p), None, None
-
-    triton_seeded_dropout_fwd.register_autograd(_dropout_backward, setup_context=_dropout_setup)
+    register_seeded_dropout_autograd("helo_fast::triton_seeded_dropout_fwd", triton_seeded_dropout_fwd)
 
     def seeded_dropout_triton(x, p, *, generator):
         """Validated x (any shape), 0 < p < 1 -> the dropout of x, seed drawn from ``generator`` as the reference."""
