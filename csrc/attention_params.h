@@ -79,6 +79,14 @@ inline Inputs make_inputs(const at::Tensor& q, const at::Tensor& k, const at::Te
   return in;
 }
 
+// A mask seed, passed as an int64 CPU tensor of one element (a tensor, so that torch.compile does not specialise,
+// and recompile, on its value); `op` names the op in the error. Its low 32 bits, as the mask hash takes them.
+inline uint32_t seed_of(const at::Tensor& seed, const char* op) {
+  TORCH_CHECK(seed.numel() == 1 && seed.scalar_type() == at::kLong && seed.device().is_cpu(), op,
+              ": seed must be an int64 CPU tensor of one element");
+  return static_cast<uint32_t>(seed.item<int64_t>() & 0xFFFFFFFF);
+}
+
 inline Params make_params(const Inputs& in, double scale, double dropkey_p, double dropout_p, double dropkey_value,
                           double ln_eps, bool bias_before_scale, int64_t seed) {
   Params p{};

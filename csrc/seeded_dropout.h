@@ -8,7 +8,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "attention_common.h"
+#include "attention_params.h"
 
 namespace helo_fast::dropout {
 
@@ -23,17 +23,10 @@ HELO_ATTN_HD bool dropped(uint32_t seed, uint32_t index, uint32_t threshold) {
 }
 
 // The op's argument checks (messages name the argument), shared by the CPU and CUDA launchers.
-inline void check_arguments(const at::Tensor& x, const at::Tensor& seed, double p) {
+inline void check_arguments(const at::Tensor& x, double p) {
   TORCH_CHECK(p >= 0.0 && p < 1.0, "seeded_dropout: p must be in [0, 1), got ", p);
   TORCH_CHECK(x.numel() <= (int64_t{1} << 32),
               "seeded_dropout: x has more than 2^32 elements, where the 32-bit mask index would repeat");
-  TORCH_CHECK(seed.numel() == 1 && seed.scalar_type() == at::kLong && seed.device().is_cpu(),
-              "seeded_dropout: seed must be an int64 CPU tensor of one element");
-}
-
-// The seed's low 32 bits (the hash takes them mod 2^32, as _rng does).
-inline uint32_t seed_value(const at::Tensor& seed) {
-  return static_cast<uint32_t>(seed.item<int64_t>() & 0xFFFFFFFF);
 }
 
 }  // namespace helo_fast::dropout

@@ -251,8 +251,9 @@ def op_samples():
     t = case(9, 2, 2, 3, 4, 5, (3, 4))
     dropkey, dropout = explicit_masks((2, 2, 3, 4), 3)
     full = (t["q"], t["k"], t["v"], t["bias"], t["residual"], t["ln_weight"], t["ln_bias"], None, None,
-            0.4, 0.3, 0.2, -1e12, 1e-5, True, 17)
-    bare = (t["q"], t["k"], t["v"], None, None, None, None, dropkey, dropout, 0.5, 0.0, 0.3, -1e12, 1e-5, False, 0)
+            0.4, 0.3, 0.2, -1e12, 1e-5, True, torch.tensor([17]))
+    bare = (t["q"], t["k"], t["v"], None, None, None, None, dropkey, dropout, 0.5, 0.0, 0.3, -1e12, 1e-5, False,
+            torch.tensor([0]))
     return [full, bare]
 
 
@@ -311,6 +312,27 @@ def test_torch_compile_fullgraph_matches_eager():
         torch.testing.assert_close(a.grad, b.grad)
 
 
+@pytest.mark.compile
+@pytest.mark.slow
+def test_torch_compile_seeded_masks_do_not_recompile_per_seed():
+    """The seed reaches the op as a tensor: a new draw is a new value of the same graph input, not a new graph."""
+    tensors = case(11, 2, 1, 10, 10, 16, (10, 10), dtype=torch.float32)
+
+    def fn(gen, q, k, v, bias, residual, ln_weight, ln_bias):
+        return hf.lcd_attention(q, k, v, bias, residual=residual, ln_weight=ln_weight, ln_bias=ln_bias,
+                                dropkey_p=0.3, dropout_p=0.5, generator=gen, backend="cpp")
+
+    args = [tensors[n] for n in TENSOR_ARGS]
+    compiled = torch.compile(fn, dynamic=False)
+    gen, eager_gen = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    first = compiled(gen, *args)
+    torch.testing.assert_close(first, fn(eager_gen, *args))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        second = compiled(gen, *args)
+    torch.testing.assert_close(second, fn(eager_gen, *args))
+    assert not torch.equal(first, second)
+
+
 @pytest.mark.parametrize("change,error,match", [
     (dict(k=torch.randn(2, 2, 4, 6)), ValueError, "k must have shape"),
     (dict(bias=torch.randn(5, 4)), ValueError, "bias must be broadcastable"),
@@ -340,7 +362,7 @@ def test_op_rejects_inconsistent_shapes():
     q, k = torch.randn(2, 2, 3, 5), torch.randn(2, 2, 4, 5)
     with pytest.raises(RuntimeError, match="k and v must be"):
         torch.ops.helo_fast.lcd_attention_fwd(q, k, torch.randn(2, 2, 4, 6), None, None, None, None, None, None,
-                                              0.5, 0.0, 0.0, -1e12, 1e-5, True, 0, False)
+                                              0.5, 0.0, 0.0, -1e12, 1e-5, True, torch.tensor([0]), False)
 
 
 @pytest.mark.cuda

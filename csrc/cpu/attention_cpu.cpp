@@ -109,9 +109,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lcd_atten
     const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& ln_weight,
     const std::optional<at::Tensor>& ln_bias, const std::optional<at::Tensor>& dropkey_mask,
     const std::optional<at::Tensor>& dropout_mask, double scale, double dropkey_p, double dropout_p,
-    double dropkey_value, double ln_eps, bool bias_before_scale, int64_t seed, bool save_for_backward) {
+    double dropkey_value, double ln_eps, bool bias_before_scale, const at::Tensor& seed, bool save_for_backward) {
   const Inputs in = make_inputs(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask);
-  const Params p = make_params(in, scale, dropkey_p, dropout_p, dropkey_value, ln_eps, bias_before_scale, seed);
+  const Params p = make_params(in, scale, dropkey_p, dropout_p, dropkey_value, ln_eps, bias_before_scale,
+                               seed_of(seed, "lcd_attention"));
   auto [out, mean, rstd, prob, ln_input] = allocate_forward_outputs(p, q, save_for_backward);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "lcd_attention_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -129,9 +130,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& ln_weight, const std::optional<at::Tensor>& ln_bias,
     const std::optional<at::Tensor>& dropkey_mask, const std::optional<at::Tensor>& dropout_mask,
     const at::Tensor& mean_in, const at::Tensor& rstd_in, const at::Tensor& prob_in, const at::Tensor& ln_input_in,
-    double scale, double dropkey_p, double dropout_p, double dropkey_value, bool bias_before_scale, int64_t seed) {
+    double scale, double dropkey_p, double dropout_p, double dropkey_value, bool bias_before_scale, const at::Tensor& seed) {
   const Inputs in = make_inputs(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask);
-  const Params p = make_params(in, scale, dropkey_p, dropout_p, dropkey_value, 1e-5, bias_before_scale, seed);
+  const Params p = make_params(in, scale, dropkey_p, dropout_p, dropkey_value, 1e-5, bias_before_scale,
+                               seed_of(seed, "lcd_attention"));
   TORCH_CHECK(prob_in.sizes() == at::IntArrayRef({p.batch, p.heads, p.lq, p.lk}) &&
                   ln_input_in.sizes() == at::IntArrayRef({p.batch, p.lq, p.heads * p.dim}),
               "lcd_attention_bwd: prob and ln_input must be the forward's saved [B, H, Lq, Lk] and [B, Lq, H*D] "
@@ -207,12 +209,12 @@ TORCH_LIBRARY_FRAGMENT(helo_fast, m) {
   m.def(
       "lcd_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? bias, Tensor? residual, Tensor? ln_weight, "
       "Tensor? ln_bias, Tensor? dropkey_mask, Tensor? dropout_mask, float scale, float dropkey_p, float dropout_p, "
-      "float dropkey_value, float ln_eps, bool bias_before_scale, int seed, bool save_for_backward) "
+      "float dropkey_value, float ln_eps, bool bias_before_scale, Tensor seed, bool save_for_backward) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "lcd_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? bias, Tensor? residual, "
       "Tensor? ln_weight, Tensor? ln_bias, Tensor? dropkey_mask, Tensor? dropout_mask, Tensor mean, Tensor rstd, "
-      "Tensor prob, Tensor ln_input, float scale, float dropkey_p, float dropout_p, float dropkey_value, bool bias_before_scale, int seed) "
+      "Tensor prob, Tensor ln_input, float scale, float dropkey_p, float dropout_p, float dropkey_value, bool bias_before_scale, Tensor seed) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 

@@ -44,10 +44,10 @@ HF_DEFINE_SIMD_VARIANT(dropout_range, _avx2, HF_TARGET_AVX2)
 HF_DEFINE_SIMD_VARIANT(dropout_range, _base, )
 
 at::Tensor seeded_dropout_fwd_cpu(const at::Tensor& x_in, const at::Tensor& seed, double p) {
-  check_arguments(x_in, seed, p);
+  check_arguments(x_in, p);
   const at::Tensor x = x_in.contiguous();
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
-  const uint32_t threshold = drop_threshold(p), seed32 = seed_value(seed);
+  const uint32_t threshold = drop_threshold(p), seed32 = attention::seed_of(seed, "seeded_dropout");
   const bool wide = best_simd_isa() != SimdIsa::kBase;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "seeded_dropout_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;

@@ -27,13 +27,13 @@ __global__ void _seeded_dropout_fwd_kernel(const scalar_t* __restrict__ x, scala
 }
 
 at::Tensor seeded_dropout_fwd_cuda(const at::Tensor& x_in, const at::Tensor& seed, double p) {
-  check_arguments(x_in, seed, p);
+  check_arguments(x_in, p);
   const c10::DeviceGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
   const int64_t numel = x.numel();
   if (numel == 0) return out;
-  const uint32_t threshold = drop_threshold(p), seed32 = seed_value(seed);
+  const uint32_t threshold = drop_threshold(p), seed32 = attention::seed_of(seed, "seeded_dropout");
   const int blocks = static_cast<int>(std::min<int64_t>((numel + kThreads - 1) / kThreads, kMaxBlocks));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "seeded_dropout_fwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;

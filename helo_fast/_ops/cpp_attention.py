@@ -55,26 +55,27 @@ if _ext.has_cpp():
         ctx.has_residual, ctx.saved = residual is not None, saved
         keep_residual = residual if q.is_cuda or not saved else None
         ctx.save_for_backward(q, k, v, bias, keep_residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, mean,
-                              rstd, prob, ln_input)
-        ctx.scalars = (scale, dropkey_p, dropout_p, dk_value, bias_before_scale, seed)
+                              rstd, prob, ln_input, seed)
+        ctx.scalars = (scale, dropkey_p, dropout_p, dk_value, bias_before_scale)
         ctx.ln_eps = ln_eps
 
     def _input_grads(ctx, grad_out):
         """Gradients for (q, k, v, bias, residual, ln_weight, ln_bias); None where an input is absent."""
-        (q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, mean, rstd, prob,
-         ln_input) = ctx.saved_tensors
+        (q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, mean, rstd, prob, ln_input,
+         seed) = ctx.saved_tensors
         if not ctx.saved:  # the forward ran with save_for_backward=False: recompute what it would have saved
-            scale, dropkey_p, dropout_p, dk_value, bias_before_scale, seed = ctx.scalars
+            scale, dropkey_p, dropout_p, dk_value, bias_before_scale = ctx.scalars
             _, mean, rstd, prob, ln_input = torch.ops.helo_fast.lcd_attention_fwd(
                 q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, scale, dropkey_p, dropout_p,
                 dk_value, ctx.ln_eps, bias_before_scale, seed, True)
         dq, dk, dv, dbias, dy, dln_weight, dln_bias = torch.ops.helo_fast.lcd_attention_bwd(
             grad_out, q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, mean, rstd, prob,
-            ln_input, *ctx.scalars)
+            ln_input, *ctx.scalars, seed)
         return (dq, dk, dv, None if bias is None else dbias, dy if ctx.has_residual else None,
                 None if ln_weight is None else dln_weight, None if ln_bias is None else dln_bias)
 
     _NO_GRADS = (None,) * 10  # masks and the scalar arguments
+    _NO_SEED = torch.zeros(1, dtype=torch.int64)  # passed when no mask is drawn: its value is unused (never written)
 
     def _setup_context(ctx, inputs, output):
         _save_context(ctx, inputs, output)
@@ -114,7 +115,9 @@ if _ext.has_cpp():
         ln_weight/ln_bias [H*D], masks bool [B, H, Lq, Lk]. The seed is drawn from ``generator`` exactly as
         the reference draws it, so both give the same masks for the same generator state.
         """
-        seed = _rng.draw_seed(generator) if _rng.needs_seed(dropkey_p, dropout_p, dropkey_mask, dropout_mask) else 0
+        # The seed as an int64 CPU tensor (an int would make torch.compile recompile for every new seed).
+        needed = _rng.needs_seed(dropkey_p, dropout_p, dropkey_mask, dropout_mask)
+        seed = _rng.draw_seed_tensor(generator) if needed else _NO_SEED
         # The kernels read contiguous [B, H, L, D]; made so here, once, the backward gets the contiguous tensors
         # saved (HeLo's heads are transposed views: else both passes would copy them).
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
