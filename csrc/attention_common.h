@@ -49,6 +49,9 @@ struct Params {
   int dropkey_mode, dropout_mode;
   bool bias_before_scale, has_bias, has_residual, has_ln, has_ln_bias;
   int64_t bias_stride[4];
+  // q, k, v [B, H, L, D] strides of the batch, head and row dimensions (unit column stride). The CPU kernels read
+  // strided views (a [B, L, H, D] layout seen as [B, H, L, D]); the CUDA kernels get contiguous copies.
+  int64_t q_stride[3], k_stride[3], v_stride[3];
 };
 
 }  // namespace helo_fast::attention

@@ -111,22 +111,23 @@ inline void gemm(int64_t M, int64_t N, int64_t K, const T* __restrict A, int64_t
   }
 }
 
-// dst[r * ld + c] = src[r * cols + c] (rows x cols, converted to acc_t); the padding columns of dst are left alone.
+// dst[r * ld + c] = src[r * src_ld + c] (rows x cols, converted to acc_t); the padding columns of dst are left alone.
 template <typename acc_t, typename scalar_t>
-inline void pack_rows(acc_t* __restrict dst, int64_t ld, const scalar_t* __restrict src, int64_t rows, int64_t cols) {
+inline void pack_rows(acc_t* __restrict dst, int64_t ld, const scalar_t* __restrict src, int64_t src_ld, int64_t rows,
+                      int64_t cols) {
   for (int64_t r = 0; r < rows; ++r) {
 #pragma omp simd
-    for (int64_t c = 0; c < cols; ++c) dst[r * ld + c] = acc_t(src[r * cols + c]);
+    for (int64_t c = 0; c < cols; ++c) dst[r * ld + c] = acc_t(src[r * src_ld + c]);
   }
 }
 
-// dst[c * ld + r] = src[r * cols + c]: the transpose of a rows x cols tile.
+// dst[c * ld + r] = src[r * src_ld + c]: the transpose of a rows x cols tile.
 template <typename acc_t, typename scalar_t>
-inline void pack_transposed(acc_t* __restrict dst, int64_t ld, const scalar_t* __restrict src, int64_t rows,
-                            int64_t cols) {
+inline void pack_transposed(acc_t* __restrict dst, int64_t ld, const scalar_t* __restrict src, int64_t src_ld,
+                            int64_t rows, int64_t cols) {
   for (int64_t c = 0; c < cols; ++c) {
 #pragma omp simd
-    for (int64_t r = 0; r < rows; ++r) dst[c * ld + r] = acc_t(src[r * cols + c]);
+    for (int64_t r = 0; r < rows; ++r) dst[c * ld + r] = acc_t(src[r * src_ld + c]);
   }
 }
 
@@ -175,15 +176,23 @@ inline void apply_dropout(const Params& p, const bool* explicit_mask, uint64_t m
   }
 }
 
-// A rows x cols tile of acc_t with rows ld = padded(cols) apart: the input itself where it already is one (same
-// type, cols a whole number of vectors), else a packed copy in dst.
+// A rows x cols tile of acc_t with rows ld = padded(cols) apart, from source rows src_ld apart: the input itself
+// where it already is one (same type, rows contiguous and a whole number of vectors), else a packed copy in dst
+// (so a head of a [B, L, H, D] layout is gathered here, in cache, rather than copied whole beforehand).
 template <typename acc_t, typename scalar_t>
-inline const acc_t* tile_rows(acc_t* dst, int64_t ld, const scalar_t* src, int64_t rows, int64_t cols) {
+inline const acc_t* tile_rows(acc_t* dst, int64_t ld, const scalar_t* src, int64_t src_ld, int64_t rows,
+                              int64_t cols) {
   if constexpr (std::is_same_v<acc_t, scalar_t>) {
-    if (ld == cols) return src;
+    if (ld == cols && src_ld == cols) return src;
   }
-  pack_rows(dst, ld, src, rows, cols);
+  pack_rows(dst, ld, src, src_ld, rows, cols);
   return dst;
+}
+
+// Row 0 of head h of batch entry b of a [B, H, L, D] input with strides (batch, head, row) and unit columns.
+template <typename scalar_t>
+inline const scalar_t* head_rows(const scalar_t* base, const int64_t (&stride)[3], int64_t b, int64_t h) {
+  return base + b * stride[0] + h * stride[1];
 }
 
 // Where a GEMM writes a rows x cols result meant for out (row stride cols): out itself where the types match and
@@ -384,13 +393,14 @@ void forward_batches(const Params& p, const InputViews<scalar_t>& x, scalar_t* o
     acc_t* y = s.y.data();  // [Lq, H*D]
     for (int64_t h = 0; h < H; ++h) {
       const int64_t bh = b * H + h;
-      const acc_t* q = tile_rows(s.q.data(), Dp, x.q + bh * Lq * D, Lq, D);
-      const acc_t* v = tile_rows(s.v.data(), Dp, x.v + bh * Lk * D, Lk, D);
+      const scalar_t* k_rows = head_rows(x.k, p.k_stride, b, h);
+      const acc_t* q = tile_rows(s.q.data(), Dp, head_rows(x.q, p.q_stride, b, h), p.q_stride[2], Lq, D);
+      const acc_t* v = tile_rows(s.v.data(), Dp, head_rows(x.v, p.v_stride, b, h), p.v_stride[2], Lk, D);
       acc_t* S = s.s.data();  // [Lq, Lkp]
       if (long_rows) {
-        gemm_nt(Lq, Lk, Dp, q, Dp, tile_rows(s.k.data(), Dp, x.k + bh * Lk * D, Lk, D), Dp, S, Lkp);
+        gemm_nt(Lq, Lk, Dp, q, Dp, tile_rows(s.k.data(), Dp, k_rows, p.k_stride[2], Lk, D), Dp, S, Lkp);
       } else {
-        pack_transposed(s.kt.data(), Lkp, x.k + bh * Lk * D, Lk, D);
+        pack_transposed(s.kt.data(), Lkp, k_rows, p.k_stride[2], Lk, D);
         gemm(Lq, Lkp, D, q, Dp, 1, s.kt.data(), Lkp, S, Lkp);
       }
       for (int64_t i = 0; i < Lq; ++i) {
@@ -522,8 +532,10 @@ void backward_one_batch(const Params& p, const InputViews<scalar_t>& x, const sc
   }
   for (int64_t h = 0; h < H; ++h) {
     const int64_t bh = b * H + h;
-    const acc_t* q = tile_rows(s.q.data(), Dp, x.q + bh * Lq * D, Lq, D);
-    const acc_t* k = tile_rows(s.v.data(), Dp, x.k + bh * Lk * D, Lk, D);  // (s.v is free in the backward)
+    const scalar_t* v_rows = head_rows(x.v, p.v_stride, b, h);
+    const acc_t* q = tile_rows(s.q.data(), Dp, head_rows(x.q, p.q_stride, b, h), p.q_stride[2], Lq, D);
+    // (s.v is free in the backward)
+    const acc_t* k = tile_rows(s.v.data(), Dp, head_rows(x.k, p.k_stride, b, h), p.k_stride[2], Lk, D);
     const acc_t* dO = dy_all + h * D;  // [Lq, D] rows HD apart, or a padded copy
     int64_t ld_dO = HD;
     if (D != Dp) {
@@ -542,9 +554,9 @@ void backward_one_batch(const Params& p, const InputViews<scalar_t>& x, const sc
                       keep_scale, Lk);
     }
     if (long_rows) {
-      gemm_nt(Lq, Lk, Dp, dO, ld_dO, tile_rows(s.k.data(), Dp, x.v + bh * Lk * D, Lk, D), Dp, dP, Lkp);
+      gemm_nt(Lq, Lk, Dp, dO, ld_dO, tile_rows(s.k.data(), Dp, v_rows, p.v_stride[2], Lk, D), Dp, dP, Lkp);
     } else {
-      pack_transposed(s.kt.data(), Lkp, x.v + bh * Lk * D, Lk, D);  // Vᵀ
+      pack_transposed(s.kt.data(), Lkp, v_rows, p.v_stride[2], Lk, D);  // Vᵀ
       gemm(Lq, Lkp, D, dO, ld_dO, 1, s.kt.data(), Lkp, dP, Lkp);
     }
     scalar_t* dv_out = g.dv + bh * Lk * D;

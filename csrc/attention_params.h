@@ -11,8 +11,9 @@
 
 namespace helo_fast::attention {
 
-// The tensors a kernel reads, in the layout it expects: q/k/v/residual/masks contiguous; bias as given
-// (read through Params::bias_stride, so a broadcast [Lq, Lk] bias is never materialised).
+// The tensors a kernel reads, in the layout it expects: residual/masks contiguous; q/k/v contiguous, or (CPU) any
+// layout with unit column stride, read through Params::q_stride etc.; bias as given (read through
+// Params::bias_stride, so a broadcast [Lq, Lk] bias is never materialised).
 struct Inputs {
   at::Tensor q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask;
 };
@@ -45,7 +46,7 @@ inline Inputs make_inputs(const at::Tensor& q, const at::Tensor& k, const at::Te
                           const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
                           const std::optional<at::Tensor>& ln_weight, const std::optional<at::Tensor>& ln_bias,
                           const std::optional<at::Tensor>& dropkey_mask,
-                          const std::optional<at::Tensor>& dropout_mask) {
+                          const std::optional<at::Tensor>& dropout_mask, bool keep_row_strides = false) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "lcd_attention: q, k, v must be 4-D [B, H, L, D]");
   const int64_t batch = q.size(0), heads = q.size(1), lq = q.size(2), dim = q.size(3), lk = k.size(2);
   TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == batch && k.size(1) == heads && k.size(3) == dim,
@@ -53,9 +54,14 @@ inline Inputs make_inputs(const at::Tensor& q, const at::Tensor& k, const at::Te
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
               "lcd_attention: q, k, v must share a dtype");
   Inputs in;
-  in.q = q.contiguous();
-  in.k = k.contiguous();
-  in.v = v.contiguous();
+  // keep_row_strides: the CPU kernels read any layout whose columns are contiguous (HeLo's heads are transposed
+  // views of [B, L, H*D]) and gather each head's rows in cache, instead of a whole-tensor copy here.
+  auto rows_of = [keep_row_strides](const at::Tensor& t) {
+    return keep_row_strides && t.stride(3) == 1 ? t : t.contiguous();
+  };
+  in.q = rows_of(q);
+  in.k = rows_of(k);
+  in.v = rows_of(v);
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->scalar_type() == q.scalar_type(), "lcd_attention: bias must have the dtype of q");
     TORCH_CHECK(bias->dim() <= 4, "lcd_attention: bias must be broadcastable to [B, H, Lq, Lk]");
@@ -109,6 +115,11 @@ inline Params make_params(const Inputs& in, double scale, double dropkey_p, doub
   p.has_residual = in.residual.defined();
   p.has_ln = in.ln_weight.defined();
   p.has_ln_bias = in.ln_bias.defined();
+  for (int d = 0; d < 3; ++d) {
+    p.q_stride[d] = in.q.stride(d);
+    p.k_stride[d] = in.k.stride(d);
+    p.v_stride[d] = in.v.stride(d);
+  }
   for (int d = 0; d < 4; ++d) p.bias_stride[d] = 0;
   if (p.has_bias) {
     const at::Tensor expanded = in.bias.expand({p.batch, p.heads, p.lq, p.lk});

@@ -110,7 +110,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lcd_atten
     const std::optional<at::Tensor>& ln_bias, const std::optional<at::Tensor>& dropkey_mask,
     const std::optional<at::Tensor>& dropout_mask, double scale, double dropkey_p, double dropout_p,
     double dropkey_value, double ln_eps, bool bias_before_scale, const at::Tensor& seed, bool save_for_backward) {
-  const Inputs in = make_inputs(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask);
+  const Inputs in = make_inputs(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask,
+                                /*keep_row_strides=*/true);
   const Params p = make_params(in, scale, dropkey_p, dropout_p, dropkey_value, ln_eps, bias_before_scale,
                                seed_of(seed, "lcd_attention"));
   auto [out, mean, rstd, prob, ln_input] = allocate_forward_outputs(p, q, save_for_backward);
@@ -131,7 +132,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& dropkey_mask, const std::optional<at::Tensor>& dropout_mask,
     const at::Tensor& mean_in, const at::Tensor& rstd_in, const at::Tensor& prob_in, const at::Tensor& ln_input_in,
     double scale, double dropkey_p, double dropout_p, double dropkey_value, bool bias_before_scale, const at::Tensor& seed) {
-  const Inputs in = make_inputs(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask);
+  const Inputs in = make_inputs(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask,
+                                /*keep_row_strides=*/true);
   const Params p = make_params(in, scale, dropkey_p, dropout_p, dropkey_value, 1e-5, bias_before_scale,
                                seed_of(seed, "lcd_attention"));
   TORCH_CHECK(prob_in.sizes() == at::IntArrayRef({p.batch, p.heads, p.lq, p.lk}) &&
@@ -144,7 +146,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::ScalarType acc = acc_type_of(q);
   const at::Tensor mean = mean_in.to(acc).contiguous(), rstd = rstd_in.to(acc).contiguous();
   const at::Tensor prob = prob_in.to(acc).contiguous(), ln_input = ln_input_in.to(acc).contiguous();
-  at::Tensor dq = at::empty_like(in.q), dk = at::empty_like(in.k), dv = at::empty_like(in.v);
+  // Contiguous [B, H, L, D] gradients, whatever the inputs' layout (the kernel writes them row-major).
+  at::Tensor dq = at::empty(in.q.sizes(), in.q.options()), dk = at::empty(in.k.sizes(), in.k.options());
+  at::Tensor dv = at::empty(in.v.sizes(), in.v.options());
   at::Tensor dy = at::empty({p.batch, p.lq, HD}, q.options());
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), p.batch));
   const auto acc_options = q.options().dtype(acc);

@@ -118,9 +118,8 @@ if _ext.has_cpp():
         # The seed as an int64 CPU tensor (an int would make torch.compile recompile for every new seed).
         needed = _rng.needs_seed(dropkey_p, dropout_p, dropkey_mask, dropout_mask)
         seed = _rng.draw_seed_tensor(generator) if needed else _NO_SEED
-        # The kernels read contiguous [B, H, L, D]; made so here, once, the backward gets the contiguous tensors
-        # saved (HeLo's heads are transposed views: else both passes would copy them).
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        if q.is_cuda:  # the CUDA kernels read contiguous [B, H, L, D]: copied once here, the backward reuses them
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         save = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (q, k, v, bias, residual, ln_weight, ln_bias))
         args = (q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, float(scale),
