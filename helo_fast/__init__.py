@@ -12,5 +12,5 @@ from .functional import gromov_wasserstein, ipot, lcd_attention, seeded_dropout,
 from .metrics import edl_metrics
 from .nn import convert, revert
 
-__all__ = ["sinkhorn", "ipot", "gromov_wasserstein", "lcd_attention", "seeded_dropout", "edl_metrics", "env_report", "convert",
-           "revert", "__version__"]
+__all__ = ["sinkhorn", "ipot", "gromov_wasserstein", "lcd_attention", "seeded_dropout", "edl_metrics", "env_report",
+           "convert", "revert", "__version__"]

@@ -34,7 +34,7 @@ def hash_uniform(seed: Union[int, torch.Tensor], shape, stream: int, device=None
     if isinstance(seed, torch.Tensor):
         seed = seed.to(device=device, dtype=torch.int64).reshape(())
     # In place on one int64 buffer (half the time of fresh tensors per step at HeLo's B=1024 FFN activations).
-    # Products may pass 2**63 and wrap; only their low 32 bits are kept, and those wrapping leaves exact.
+    # Products may pass 2**63 and wrap around; only their low 32 bits are kept, and wrapping leaves those exact.
     x = torch.arange(numel, dtype=torch.int64, device=device)
     x.mul_(0x9E3779B1).add_((seed & _M32) * 0x85EBCA77 + stream * 0xC2B2AE3D).bitwise_and_(_M32)
     x.bitwise_xor_(x >> 16)

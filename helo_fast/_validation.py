@@ -253,4 +253,3 @@ def validate_dropout(x, p) -> float:
     if x.numel() > MAX_DROPOUT_NUMEL:
         raise ValueError(f"x must have at most 2**32 elements (the dropout mask index is 32-bit), got {x.numel()}")
     return p
-

@@ -10,6 +10,7 @@ from helo_fast import _ext, _rng
 from helo_fast import nn as fast_nn
 from helo_fast.reference import modules as reference_modules
 from helo_fast.reference.dropout import seeded_dropout as reference_dropout
+from cpu_isa import run_under_isa
 from devices import cpp_devices
 
 needs_cpp = pytest.mark.skipif(not _ext.has_cpp(), reason=f"C++ extension unavailable: {_ext.EXTENSION_ERROR}")
@@ -46,6 +47,20 @@ def test_cpp_matches_reference_bit_for_bit(device, dtype, shape, p):
     out, ref = dropout_pair(x, p, "cpp")
     assert out.dtype == x.dtype and out.shape == x.shape
     assert torch.equal(out, ref)
+
+
+@needs_cpp
+@pytest.mark.slow
+@pytest.mark.parametrize("isa", ["default", "avx2"])
+def test_cpp_narrower_instruction_sets_match_reference(isa):
+    """The kernel is compiled for the baseline x86-64 and for AVX2 and picked at run time: each variant here."""
+    run_under_isa(isa, (
+        "import torch, helo_fast as hf\n"
+        "from helo_fast.reference.dropout import seeded_dropout\n"
+        "for dtype in (torch.float32, torch.float64, torch.bfloat16):\n"
+        "    x = torch.randn(3, 37, 129, generator=torch.Generator().manual_seed(0)).to(dtype)\n"
+        "    out = hf.seeded_dropout(x, 0.3, generator=torch.Generator().manual_seed(2), backend='cpp')\n"
+        "    assert torch.equal(out, seeded_dropout(x, 0.3, generator=torch.Generator().manual_seed(2))), dtype\n"))
 
 
 @needs_cpp
