@@ -14,12 +14,15 @@ import torch
 import triton
 import triton.language as tl
 
+from .._rng import STREAM_DROPKEY, STREAM_DROPOUT
 from ..reference.attention import dropkey_value
 from .sinkhorn import block_size, compute_dtype, num_warps_configs, scalar_tensor
 
 MASK_NONE = 0
 MASK_HASH = 1
 MASK_TENSOR = 2
+_STREAM_DROPKEY = tl.constexpr(STREAM_DROPKEY)
+_STREAM_DROPOUT = tl.constexpr(STREAM_DROPOUT)
 
 
 @triton.jit
@@ -80,13 +83,14 @@ def _head_weights(q_h, k, bias_ptr, dk_mask_ptr, do_mask_ptr, seed, dk_p, do_p, 
         logits = logits * scale
     index = ((pid * H + h) * Lq + rq[:, None]) * Lk + rk[None, :]
     if DK_MODE != 0:
-        logits = logits + tl.where(_dropped(DK_MODE, dk_mask_ptr, index, valid, seed, dk_p, 0), dk_value, 0.0)
+        dropped_key = _dropped(DK_MODE, dk_mask_ptr, index, valid, seed, dk_p, _STREAM_DROPKEY)
+        logits = logits + tl.where(dropped_key, dk_value, 0.0)
     logits = tl.where(rk[None, :] < Lk, logits, float("-inf"))
     row_max = tl.max(logits, axis=1)
     e = tl.exp(logits - row_max[:, None])
     probs = e / tl.sum(e, axis=1)[:, None]
     if DO_MODE != 0:
-        keep = tl.where(_dropped(DO_MODE, do_mask_ptr, index, valid, seed, do_p, 1), 0.0, 1.0)
+        keep = tl.where(_dropped(DO_MODE, do_mask_ptr, index, valid, seed, do_p, _STREAM_DROPOUT), 0.0, 1.0)
     else:
         keep = tl.zeros_like(probs) + 1.0
     return probs, keep

@@ -8,10 +8,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .._rng import STREAM_DROPOUT
 from .attention import _hash_uniform
 from .sinkhorn import compute_dtype, scalar_tensor
 
-_STREAM_DROPOUT = 1  # helo_fast._rng.STREAM_DROPOUT
+_STREAM_DROPOUT = tl.constexpr(STREAM_DROPOUT)
 _BLOCK = 1024
 
 
