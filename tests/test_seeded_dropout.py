@@ -11,7 +11,7 @@ from helo_fast import nn as fast_nn
 from helo_fast.reference import modules as reference_modules
 from helo_fast.reference.dropout import seeded_dropout as reference_dropout
 from cpu_isa import run_under_isa
-from devices import cpp_devices
+from devices import CPU, cpp_devices, seeded_weights
 
 needs_cpp = pytest.mark.skipif(not _ext.has_cpp(), reason=f"C++ extension unavailable: {_ext.EXTENSION_ERROR}")
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -24,9 +24,9 @@ def seed_tensor(value):
     return torch.tensor([value], dtype=torch.int64)
 
 
-def draw(shape, dtype, seed=0, device="cpu"):
-    """Standard-normal values drawn on the CPU from ``seed`` (the same numbers on every device)."""
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device, dtype)
+def draw(shape, dtype, seed=0, device=CPU):
+    """Standard-normal values drawn on the CPU from ``seed`` (the same numbers on every device), in ``dtype``."""
+    return seeded_weights(seed, *shape, device=device).to(dtype)
 
 
 def dropout_pair(x, p, backend, seed=7):

@@ -14,14 +14,14 @@ if not torch.cuda.is_available() and "helo_fast.kernels.sinkhorn" not in sys.mod
 
 import helo_fast as hf  # noqa: E402
 from helo_fast.reference.dropout import seeded_dropout as reference_dropout  # noqa: E402
-from devices import triton_module_device  # noqa: E402
+from devices import seeded_weights, triton_module_device  # noqa: E402
 
 DEVICE, _MARKS = triton_module_device("seeded_dropout")
 pytestmark = _MARKS
 
 
 def draw(shape, dtype, seed=0):
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(DEVICE, dtype)
+    return seeded_weights(seed, *shape, device=DEVICE).to(dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
