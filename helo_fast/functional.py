@@ -79,10 +79,10 @@ def seeded_dropout(x, p, *, generator=None, training=True, backend="auto"):
     (the default CPU generator when None), so every backend gives the same mask for the same generator state.
     """
     backend = _backend.choose_backend(backend, device_of("x", x), "seeded_dropout")
+    if backend == "reference" and training:
+        return reference.seeded_dropout(x, p, generator=generator)  # validates its inputs itself
     p = validate_dropout(x, p)
     if not training or p == 0.0:
         return x
-    if backend == "reference":
-        return reference.seeded_dropout(x, p, generator=generator)
     return _ops.get("seeded_dropout", backend)(x, p, generator=generator)
 
