@@ -73,9 +73,14 @@ def test_helo_step_defaults_match_reference(device):
     torch.testing.assert_close(out, reference.gromov_wasserstein(cs, ct), rtol=1e-10, atol=1e-14)
 
 
+# n = m = 36 (HeLo's size) runs the CPU kernels' fixed-size instantiation; the other sizes the general one.
+FIXED_SIZE_AND_GENERAL = [(2, 3, 4), (1, 36, 36)]
+
+
 @pytest.mark.parametrize("device", cpp_devices())
-def test_gradcheck(device):
-    cs, ct, a, b = gw_problem(1, 2, 3, 4, device=device)
+@pytest.mark.parametrize("shape", FIXED_SIZE_AND_GENERAL, ids=[f"B{b}n{n}m{m}" for b, n, m in FIXED_SIZE_AND_GENERAL])
+def test_gradcheck(shape, device):
+    cs, ct, a, b = gw_problem(1, *shape, device=device)
     for solver in ("ipot", "sinkhorn"):
         leaves = [t.clone().requires_grad_() for t in (cs, ct, a, b)]
 
@@ -98,8 +103,9 @@ def test_opcheck(device):
 
 
 @pytest.mark.parametrize("device", cpp_devices())
-def test_stable_at_small_eps_and_large_costs(device):
-    cs, ct, a, b = gw_problem(5, 2, 7, 6, device=device)
+@pytest.mark.parametrize("shape", [(2, 7, 6), (1, 36, 36)], ids=["B2n7m6", "B1n36m36"])
+def test_stable_at_small_eps_and_large_costs(shape, device):
+    cs, ct, a, b = gw_problem(5, *shape, device=device)
     leaves = [t.clone().requires_grad_() for t in (cs * 30, ct * 30, a, b)]
     plan = hf.gromov_wasserstein(*leaves, eps=1e-3, outer_iters=3, inner_iters=10, grad="unrolled", backend="cpp")
     grads = torch.autograd.grad((plan * torch.randn_like(plan)).sum(), leaves)

@@ -158,10 +158,15 @@ HF_INLINE void gw_setup(const T* cs, const T* ct, const T* a, const T* b, GwScra
   }
 }
 
-template <typename T>
-HF_INLINE void gw_fwd_chunk(const T* cs, const T* ct, const T* a, const T* b, T* plan, T* plans, T* hist_n, T* hist_m,
-                            int64_t n, int64_t m, T eps, int64_t outer, int64_t inner, bool use_ipot, int64_t begin,
-                            int64_t end) {
+// HeLo's problem size (2N = 36 tokens per modality): an instantiation of the per-problem loops where n and m are
+// compile-time constants: GCC unrolls the row loops and drops their remainder loops (the float32 forward at B=128: 3.8 -> 2.9 ms).
+constexpr int64_t kHeloTokens = 36;
+
+template <int64_t kFixed, typename T>
+HF_INLINE void gw_fwd_problems(const T* cs, const T* ct, const T* a, const T* b, T* plan, T* plans, T* hist_n,
+                               T* hist_m, int64_t n_runtime, int64_t m_runtime, T eps, int64_t outer, int64_t inner,
+                               bool use_ipot, int64_t begin, int64_t end) {
+  const int64_t n = kFixed != 0 ? kFixed : n_runtime, m = kFixed != 0 ? kFixed : m_runtime;
   GwScratch<T> s(n, m, inner);
   for (int64_t p = begin; p < end; ++p) {
     const T *pcs = cs + p * n * n, *pct = ct + p * m * m, *pa = a + p * n, *pb = b + p * m;
@@ -185,12 +190,25 @@ HF_INLINE void gw_fwd_chunk(const T* cs, const T* ct, const T* a, const T* b, T*
     }
   }
 }
-HF_DEFINE_SIMD_DISPATCH(gw_fwd_chunk)
 
 template <typename T>
-HF_INLINE void gw_bwd_chunk(const T* grad, const T* cs, const T* ct, const T* a, const T* b, const T* plans,
-                            const T* hist_n, const T* hist_m, T* g_cs, T* g_ct, T* g_a, T* g_b, int64_t n, int64_t m,
-                            T eps, int64_t outer, int64_t inner, bool use_ipot, int64_t begin, int64_t end) {
+HF_INLINE void gw_fwd_chunk(const T* cs, const T* ct, const T* a, const T* b, T* plan, T* plans, T* hist_n, T* hist_m,
+                            int64_t n, int64_t m, T eps, int64_t outer, int64_t inner, bool use_ipot, int64_t begin,
+                            int64_t end) {
+  if (n == kHeloTokens && m == kHeloTokens)
+    gw_fwd_problems<kHeloTokens>(cs, ct, a, b, plan, plans, hist_n, hist_m, n, m, eps, outer, inner, use_ipot, begin,
+                                 end);
+  else
+    gw_fwd_problems<0>(cs, ct, a, b, plan, plans, hist_n, hist_m, n, m, eps, outer, inner, use_ipot, begin, end);
+}
+HF_DEFINE_SIMD_DISPATCH(gw_fwd_chunk)
+
+template <int64_t kFixed, typename T>
+HF_INLINE void gw_bwd_problems(const T* grad, const T* cs, const T* ct, const T* a, const T* b, const T* plans,
+                               const T* hist_n, const T* hist_m, T* g_cs, T* g_ct, T* g_a, T* g_b, int64_t n_runtime,
+                               int64_t m_runtime, T eps, int64_t outer, int64_t inner, bool use_ipot, int64_t begin,
+                               int64_t end) {
+  const int64_t n = kFixed != 0 ? kFixed : n_runtime, m = kFixed != 0 ? kFixed : m_runtime;
   GwScratch<T> s(n, m, inner, use_ipot ? inner : 0);
   for (int64_t p = begin; p < end; ++p) {
     const T *pcs = cs + p * n * n, *pct = ct + p * m * m, *pa = a + p * n, *pb = b + p * m;
@@ -268,6 +286,18 @@ HF_INLINE void gw_bwd_chunk(const T* grad, const T* cs, const T* ct, const T* a,
         db[l] += c * c * s.vm5[j];
       }
   }
+}
+
+template <typename T>
+HF_INLINE void gw_bwd_chunk(const T* grad, const T* cs, const T* ct, const T* a, const T* b, const T* plans,
+                            const T* hist_n, const T* hist_m, T* g_cs, T* g_ct, T* g_a, T* g_b, int64_t n, int64_t m,
+                            T eps, int64_t outer, int64_t inner, bool use_ipot, int64_t begin, int64_t end) {
+  if (n == kHeloTokens && m == kHeloTokens)
+    gw_bwd_problems<kHeloTokens>(grad, cs, ct, a, b, plans, hist_n, hist_m, g_cs, g_ct, g_a, g_b, n, m, eps, outer,
+                                 inner, use_ipot, begin, end);
+  else
+    gw_bwd_problems<0>(grad, cs, ct, a, b, plans, hist_n, hist_m, g_cs, g_ct, g_a, g_b, n, m, eps, outer, inner,
+                       use_ipot, begin, end);
 }
 HF_DEFINE_SIMD_DISPATCH(gw_bwd_chunk)
 
