@@ -195,24 +195,25 @@ inline const scalar_t* head_rows(const scalar_t* base, const int64_t (&stride)[3
   return base + b * stride[0] + h * stride[1];
 }
 
-// Where a GEMM writes a rows x cols result meant for out (row stride cols): out itself where the types match and
-// cols is a whole number of vectors, else the scratch tile (copied out by store_rows).
+// Where a GEMM writes a result tile with rows ld apart meant for out (rows out_ld apart): out itself where the
+// types and row strides match, else the scratch tile (copied out by store_rows).
 template <typename acc_t, typename scalar_t>
-inline acc_t* result_tile(acc_t* scratch, int64_t ld, scalar_t* out, int64_t cols) {
+inline acc_t* result_tile(acc_t* scratch, int64_t ld, scalar_t* out, int64_t out_ld) {
   if constexpr (std::is_same_v<acc_t, scalar_t>) {
-    if (ld == cols) return out;
+    if (ld == out_ld) return out;
   }
   return scratch;
 }
 
 template <typename acc_t, typename scalar_t>
-inline void store_rows(scalar_t* __restrict out, const acc_t* tile, int64_t ld, int64_t rows, int64_t cols) {
+inline void store_rows(scalar_t* __restrict out, int64_t out_ld, const acc_t* tile, int64_t ld, int64_t rows,
+                       int64_t cols) {
   if constexpr (std::is_same_v<acc_t, scalar_t>) {
     if (tile == out) return;
   }
   for (int64_t r = 0; r < rows; ++r) {
 #pragma omp simd
-    for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = scalar_t(tile[r * ld + c]);
+    for (int64_t c = 0; c < cols; ++c) out[r * out_ld + c] = scalar_t(tile[r * ld + c]);
   }
 }
 
@@ -559,10 +560,10 @@ void backward_one_batch(const Params& p, const InputViews<scalar_t>& x, const sc
       pack_transposed(s.kt.data(), Lkp, v_rows, p.v_stride[2], Lk, D);  // Vᵀ
       gemm(Lq, Lkp, D, dO, ld_dO, 1, s.kt.data(), Lkp, dP, Lkp);
     }
-    scalar_t* dv_out = g.dv + bh * Lk * D;
-    acc_t* dV = result_tile(s.dv.data(), Dp, dv_out, D);  // [Lk, Dp]
+    scalar_t* dv_out = g.dv + b * g.dv_stride[0] + h * g.dv_stride[1];
+    acc_t* dV = result_tile(s.dv.data(), Dp, dv_out, D == Dp ? g.dv_stride[2] : -1);  // [Lk, Dp]
     gemm(Lk, Dp, Lq, W, 1, Lkp, dO, ld_dO, dV, Dp);
-    store_rows(dv_out, dV, Dp, Lk, D);
+    store_rows(dv_out, g.dv_stride[2], dV, Dp, Lk, D);
     for (int64_t i = 0; i < Lq; ++i) {
       const uint64_t mask_base = static_cast<uint64_t>((bh * Lq + i) * Lk);
       const acc_t* prob = P + i * Lkp;
@@ -582,14 +583,14 @@ void backward_one_batch(const Params& p, const InputViews<scalar_t>& x, const sc
 #pragma omp simd
       for (int64_t j = 0; j < Lk; ++j) dp[j] = prob[j] * (dp[j] - pdp) * scale;  // d loss / d (q_i · k_j)
     }
-    scalar_t* dq_out = g.dq + bh * Lq * D;
-    scalar_t* dk_out = g.dk + bh * Lk * D;
-    acc_t* dQ = result_tile(s.dq.data(), Dp, dq_out, D);
-    acc_t* dK = result_tile(s.dk.data(), Dp, dk_out, D);
+    scalar_t* dq_out = g.dq + b * g.dq_stride[0] + h * g.dq_stride[1];
+    scalar_t* dk_out = g.dk + b * g.dk_stride[0] + h * g.dk_stride[1];
+    acc_t* dQ = result_tile(s.dq.data(), Dp, dq_out, D == Dp ? g.dq_stride[2] : -1);
+    acc_t* dK = result_tile(s.dk.data(), Dp, dk_out, D == Dp ? g.dk_stride[2] : -1);
     gemm(Lq, Dp, Lk, dP, Lkp, 1, k, Dp, dQ, Dp);
     gemm(Lk, Dp, Lq, dP, 1, Lkp, q, Dp, dK, Dp);
-    store_rows(dq_out, dQ, Dp, Lq, D);
-    store_rows(dk_out, dK, Dp, Lk, D);
+    store_rows(dq_out, g.dq_stride[2], dQ, Dp, Lq, D);
+    store_rows(dk_out, g.dk_stride[2], dK, Dp, Lk, D);
   }
 }
 

@@ -137,6 +137,14 @@ inline void bias_grad_strides(const at::Tensor& grad_bias, const Params& p, int6
 
 inline at::ScalarType acc_type_of(const at::Tensor& t) { return at::toOpMathType(t.scalar_type()); }
 
+// The layout of the gradient of q, k or v: at::empty_like's (the input's own strides where it is dense, so the
+// gradient of a transposed view of [B, L, H, D] flows back through the view without a copy), or contiguous where
+// that has no unit column stride. The fake kernel (helo_fast/_ops/cpp_attention.py) follows the same rule.
+inline at::Tensor gradient_like(const at::Tensor& input) {
+  at::Tensor grad = at::empty_like(input);
+  return grad.dim() > 0 && grad.stride(-1) != 1 ? at::empty(input.sizes(), input.options()) : grad;
+}
+
 // The forward op's outputs: out [B, Lq, H*D] (input dtype); LayerNorm mean, rstd [B, Lq]; and, when saved for
 // the backward, the softmax weights [B, H, Lq, Lk] and the LayerNorm input [B, Lq, H*D] (empty otherwise), all
 // but `out` in the accumulation type.

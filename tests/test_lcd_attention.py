@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import helo_fast as hf
 from helo_fast import _ext
@@ -248,6 +249,30 @@ def test_non_contiguous_inputs_match_reference(dim):
     assert_float64_close(out, ref_out)
     for arg in grads:
         assert_float64_close(grads[arg], ref_grads[arg])
+
+
+def test_gradients_of_head_views_come_back_in_the_inputs_layout():
+    """The CPU backward writes dq, dk, dv with the strides of q, k, v (heads of [B, L, H*D]), so autograd's
+    transpose/view backward needs no copy; the fake kernel reports the same strides (what torch.compile plans)."""
+    gen = torch.Generator().manual_seed(6)
+    batch, heads, lq, lk, dim = 2, 3, 4, 5, 8
+
+    def heads_of(length):
+        return torch.randn(batch, length, heads, dim, generator=gen, dtype=torch.float64).transpose(1, 2)
+
+    q, k, v = heads_of(lq), heads_of(lk), heads_of(lk)
+    residual = torch.randn(batch, lq, heads * dim, generator=gen, dtype=torch.float64)
+    args = (q, k, v, None, residual, None, None, None, None, 0.5, 0.0, 0.0, -1e12, 1e-5, True, torch.tensor([3]))
+    out, mean, rstd, prob, ln_input = torch.ops.helo_fast.lcd_attention_fwd(*args, True)
+    bwd_args = (torch.randn_like(out),) + args[:9] + (mean, rstd, prob, ln_input) + args[9:13] + args[14:]
+    grads = torch.ops.helo_fast.lcd_attention_bwd(*bwd_args)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = torch.ops.helo_fast.lcd_attention_bwd(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
+                                                       for a in bwd_args))
+    for grad, fake_grad, x in zip(grads[:3], fake[:3], (q, k, v)):
+        assert grad.stride() == x.stride() == fake_grad.stride()
+    torch.library.opcheck(torch.ops.helo_fast.lcd_attention_bwd, bwd_args)
+    # (The values in this layout: test_non_contiguous_inputs_match_reference.)
 
 
 def op_samples():

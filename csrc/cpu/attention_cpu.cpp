@@ -46,6 +46,7 @@ struct ChunkScratch {
 template <typename scalar_t, typename acc_t>
 struct Grads {
   scalar_t *dq, *dk, *dv, *dy;
+  int64_t dq_stride[3], dk_stride[3], dv_stride[3];  // (batch, head, row) strides; columns are contiguous
   acc_t* dbias;                  // [chunks, bias numel] when bias_shared_over_batch, else [bias numel]
   acc_t *dln_weight, *dln_bias;  // [chunks, H*D]
   int64_t dbias_stride[4];
@@ -146,9 +147,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::ScalarType acc = acc_type_of(q);
   const at::Tensor mean = mean_in.to(acc).contiguous(), rstd = rstd_in.to(acc).contiguous();
   const at::Tensor prob = prob_in.to(acc).contiguous(), ln_input = ln_input_in.to(acc).contiguous();
-  // Contiguous [B, H, L, D] gradients, whatever the inputs' layout (the kernel writes them row-major).
-  at::Tensor dq = at::empty(in.q.sizes(), in.q.options()), dk = at::empty(in.k.sizes(), in.k.options());
-  at::Tensor dv = at::empty(in.v.sizes(), in.v.options());
+  // The kernel writes the gradients of q, k, v with any strides of unit column stride.
+  at::Tensor dq = gradient_like(q), dk = gradient_like(k), dv = gradient_like(v);
   at::Tensor dy = at::empty({p.batch, p.lq, HD}, q.options());
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), p.batch));
   const auto acc_options = q.options().dtype(acc);
@@ -172,6 +172,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     g.dq = dq.mutable_data_ptr<scalar_t>();
     g.dk = dk.mutable_data_ptr<scalar_t>();
     g.dv = dv.mutable_data_ptr<scalar_t>();
+    for (int d = 0; d < 3; ++d) {
+      g.dq_stride[d] = dq.stride(d);
+      g.dk_stride[d] = dk.stride(d);
+      g.dv_stride[d] = dv.stride(d);
+    }
     g.dy = dy.mutable_data_ptr<scalar_t>();
     g.dbias = dbias_acc.defined() ? dbias_acc.mutable_data_ptr<acc_t>() : nullptr;
     g.dln_weight = dln_weight_acc.defined() ? dln_weight_acc.mutable_data_ptr<acc_t>() : nullptr;

@@ -356,7 +356,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   if (p.has_bias) grad_bias = dbias_acc.to(q.scalar_type());
   if (p.has_ln) grad_ln_weight = dln_weight_acc.to(q.scalar_type());
   if (p.has_ln_bias) grad_ln_bias = dln_bias_acc.to(q.scalar_type());
-  return {dq, dk, dv, grad_bias, dy, grad_ln_weight, grad_ln_bias};
+  // The kernel wrote contiguous [B, H, L, D]; the op returns the layout of gradient_like (that of the fake kernel).
+  auto in_input_layout = [](const at::Tensor& grad, const at::Tensor& input) {
+    at::Tensor out = gradient_like(input);
+    if (out.strides() == grad.strides()) return grad;
+    out.copy_(grad);
+    return out;
+  };
+  return {in_input_layout(dq, q), in_input_layout(dk, k), in_input_layout(dv, v), grad_bias, dy, grad_ln_weight,
+          grad_ln_bias};
 }
 
 }  // namespace

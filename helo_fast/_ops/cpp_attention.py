@@ -42,7 +42,11 @@ if _ext.has_cpp():
         def like(t, shape):
             return q.new_empty(shape if t is not None else (0,))
 
-        return (q.new_empty(q.shape), q.new_empty(k.shape), q.new_empty(v.shape),
+        def gradient_like(t):  # the layout rule of gradient_like in csrc/attention_params.h
+            grad = torch.empty_like(t)
+            return grad if grad.dim() == 0 or grad.stride(-1) == 1 else t.new_empty(t.shape)
+
+        return (gradient_like(q), gradient_like(k), gradient_like(v),
                 like(bias, None if bias is None else bias.shape), q.new_empty((batch, lq, heads * dim)),
                 like(ln_weight, (heads * dim,)), like(ln_bias, (heads * dim,)))
 
