@@ -34,38 +34,39 @@ HF_INLINE int64_t padded_cols(int64_t c) {
   return (c + w - 1) / w * w;
 }
 
-// One tile: out rows [i, i+R) x columns [j, j + min(cols, w)) of A @ Bp (added to out if kAdd), Bp row-major
-// with stride cp.
-template <bool kAdd, typename T, int R>
+// One tile: out rows [i, i+R) x columns [j, j + min(cols, V L)) of A @ Bp (added to out if kAdd), Bp row-major
+// with stride cp; V = 2 vectors per row, or 1 for a last tile of at most L columns (n = 36 in float32: tiles of
+// 16, 16 and 8 columns rather than 16, 16, 16).
+template <bool kAdd, typename T, int R, int V = 2>
 HF_INLINE void matmul_tile(const T* __restrict A, const T* __restrict Bp, int64_t k, int64_t cp, int64_t c, int64_t i,
                            int64_t j, T* __restrict out) {
   using Tile = MatmulTile<T>;
   using Vec = typename Tile::Vec;
   constexpr int64_t L = Tile::kLanes;
-  Vec acc0[R], acc1[R];
-  for (int r = 0; r < R; ++r) acc0[r] = Vec{} , acc1[r] = Vec{};
+  Vec acc[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) acc[r][v] = Vec{};
   const T* __restrict arow = A + i * k;
   for (int64_t l = 0; l < k; ++l) {
-    const Vec b0 = *reinterpret_cast<const Vec*>(Bp + l * cp + j);
-    const Vec b1 = *reinterpret_cast<const Vec*>(Bp + l * cp + j + L);
+    Vec bv[V];
+    for (int v = 0; v < V; ++v) bv[v] = *reinterpret_cast<const Vec*>(Bp + l * cp + j + v * L);
     for (int r = 0; r < R; ++r) {
       const T w = arow[r * k + l];
-      acc0[r] += w * b0;
-      acc1[r] += w * b1;
+      for (int v = 0; v < V; ++v) acc[r][v] += w * bv[v];
     }
   }
-  const int64_t cols = c - j < 2 * L ? c - j : 2 * L;
+  const int64_t cols = c - j < V * L ? c - j : V * L;
   for (int r = 0; r < R; ++r) {
     T* __restrict orow = out + (i + r) * c + j;
-    if (cols == 2 * L) {
+    if (cols == V * L) {
       Vec* __restrict o = reinterpret_cast<Vec*>(orow);
-      if constexpr (kAdd) acc0[r] += o[0], acc1[r] += o[1];
-      o[0] = acc0[r];
-      o[1] = acc1[r];
+      for (int v = 0; v < V; ++v) {
+        if constexpr (kAdd) acc[r][v] += o[v];
+        o[v] = acc[r][v];
+      }
     } else {
-      T tmp[2 * L];
-      *reinterpret_cast<Vec*>(tmp) = acc0[r];
-      *reinterpret_cast<Vec*>(tmp + L) = acc1[r];
+      T tmp[V * L];
+      for (int v = 0; v < V; ++v) *reinterpret_cast<Vec*>(tmp + v * L) = acc[r][v];
       for (int64_t e = 0; e < cols; ++e) orow[e] = kAdd ? orow[e] + tmp[e] : tmp[e];
     }
   }
@@ -83,11 +84,16 @@ HF_INLINE void matmul(const T* __restrict A, const T* __restrict B, int64_t r, i
     for (int64_t j = 0; j < c; ++j) prow[j] = B[l * c + j];
     for (int64_t j = c; j < cp; ++j) prow[j] = 0;
   }
-  constexpr int64_t R = MatmulTile<T>::kRows;
+  constexpr int64_t R = MatmulTile<T>::kRows, L = MatmulTile<T>::kLanes;
   for (int64_t j = 0; j < c; j += MatmulTile<T>::kTileCols) {
     int64_t i = 0;
-    for (; i + R <= r; i += R) matmul_tile<kAdd, T, R>(A, pack, k, cp, c, i, j, out);
-    for (; i < r; ++i) matmul_tile<kAdd, T, 1>(A, pack, k, cp, c, i, j, out);
+    if (c - j <= L) {
+      for (; i + R <= r; i += R) matmul_tile<kAdd, T, R, 1>(A, pack, k, cp, c, i, j, out);
+      for (; i < r; ++i) matmul_tile<kAdd, T, 1, 1>(A, pack, k, cp, c, i, j, out);
+    } else {
+      for (; i + R <= r; i += R) matmul_tile<kAdd, T, R>(A, pack, k, cp, c, i, j, out);
+      for (; i < r; ++i) matmul_tile<kAdd, T, 1>(A, pack, k, cp, c, i, j, out);
+    }
   }
 }
 
