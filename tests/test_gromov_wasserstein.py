@@ -4,6 +4,7 @@ import torch
 
 import helo_fast as hf
 from helo_fast import reference
+from cpu_isa import run_under_isa
 from devices import CPU, cpp_devices
 from ot_cases import PARITY_DTYPES, assert_parity, marginal, requires_cpp, to_device
 from tolerance import assert_no_nan
@@ -64,6 +65,24 @@ def test_float32_forward_within_reference_error_over_a_batch(shape, solver, devi
     assert_parity(run(hf.gromov_wasserstein, solver, outer=5, inner=20, backend="cpp"),
                   run(reference.gromov_wasserstein, solver, outer=5, inner=20),
                   gw_problem(3, *shape, device=device), torch.float32, with_grad=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isa", ["default", "avx2"])
+def test_every_cpu_instruction_set_variant_matches_reference(isa):
+    # Compiled per instruction set, the n = m = 36 instantiation too; a subprocess caps the run-time choice.
+    script = (
+        "import torch\n"
+        "import helo_fast as hf\n"
+        "from helo_fast import reference\n"
+        "from ot_cases import assert_parity\n"
+        "from test_gromov_wasserstein import gw_problem, run\n"
+        "for shape in ((2, 8, 3), (2, 36, 36)):\n"
+        "    for dtype, with_grad in ((torch.float64, True), (torch.float32, False)):\n"
+        "        assert_parity(run(hf.gromov_wasserstein, 'ipot', backend='cpp'), run(reference.gromov_wasserstein, 'ipot'),\n"
+        "                      gw_problem(4, *shape), dtype, with_grad=with_grad)\n"
+    )
+    run_under_isa(isa, script)
 
 
 @pytest.mark.parametrize("device", cpp_devices())
