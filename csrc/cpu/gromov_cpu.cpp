@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../ot_checks.h"
@@ -86,14 +87,16 @@ HF_INLINE void matmul(const T* __restrict A, const T* __restrict B, int64_t r, i
   }
   constexpr int64_t R = MatmulTile<T>::kRows, L = MatmulTile<T>::kLanes;
   for (int64_t j = 0; j < c; j += MatmulTile<T>::kTileCols) {
-    int64_t i = 0;
-    if (c - j <= L) {
-      for (; i + R <= r; i += R) matmul_tile<kAdd, T, R, 1>(A, pack, k, cp, c, i, j, out);
-      for (; i < r; ++i) matmul_tile<kAdd, T, 1, 1>(A, pack, k, cp, c, i, j, out);
-    } else {
-      for (; i + R <= r; i += R) matmul_tile<kAdd, T, R>(A, pack, k, cp, c, i, j, out);
-      for (; i < r; ++i) matmul_tile<kAdd, T, 1>(A, pack, k, cp, c, i, j, out);
-    }
+    auto rows_of_tiles = [&](auto vectors) HF_INLINE_LAMBDA {
+      constexpr int V = decltype(vectors)::value;
+      int64_t i = 0;
+      for (; i + R <= r; i += R) matmul_tile<kAdd, T, R, V>(A, pack, k, cp, c, i, j, out);
+      for (; i < r; ++i) matmul_tile<kAdd, T, 1, V>(A, pack, k, cp, c, i, j, out);
+    };
+    if (c - j <= L)
+      rows_of_tiles(std::integral_constant<int, 1>{});
+    else
+      rows_of_tiles(std::integral_constant<int, 2>{});
   }
 }
 
@@ -168,6 +171,16 @@ HF_INLINE void gw_setup(const T* cs, const T* ct, const T* a, const T* b, GwScra
 // compile-time constants: GCC unrolls the row loops and drops their remainder loops (the float32 forward at B=128: 3.8 -> 2.9 ms).
 constexpr int64_t kHeloTokens = 36;
 
+// body(std::integral_constant<int64_t, kFixed>{}) with kFixed = kHeloTokens for an n = m = 36 problem, else 0
+// (run-time sizes): the one place that picks the instantiation, for the forward and the backward.
+template <typename Body>
+HF_INLINE void with_fixed_size(int64_t n, int64_t m, Body&& body) {
+  if (n == kHeloTokens && m == kHeloTokens)
+    body(std::integral_constant<int64_t, kHeloTokens>{});
+  else
+    body(std::integral_constant<int64_t, 0>{});
+}
+
 template <int64_t kFixed, typename T>
 HF_INLINE void gw_fwd_problems(const T* cs, const T* ct, const T* a, const T* b, T* plan, T* plans, T* hist_n,
                                T* hist_m, int64_t n_runtime, int64_t m_runtime, T eps, int64_t outer, int64_t inner,
@@ -201,11 +214,10 @@ template <typename T>
 HF_INLINE void gw_fwd_chunk(const T* cs, const T* ct, const T* a, const T* b, T* plan, T* plans, T* hist_n, T* hist_m,
                             int64_t n, int64_t m, T eps, int64_t outer, int64_t inner, bool use_ipot, int64_t begin,
                             int64_t end) {
-  if (n == kHeloTokens && m == kHeloTokens)
-    gw_fwd_problems<kHeloTokens>(cs, ct, a, b, plan, plans, hist_n, hist_m, n, m, eps, outer, inner, use_ipot, begin,
-                                 end);
-  else
-    gw_fwd_problems<0>(cs, ct, a, b, plan, plans, hist_n, hist_m, n, m, eps, outer, inner, use_ipot, begin, end);
+  with_fixed_size(n, m, [&](auto fixed) HF_INLINE_LAMBDA {
+    gw_fwd_problems<decltype(fixed)::value>(cs, ct, a, b, plan, plans, hist_n, hist_m, n, m, eps, outer, inner,
+                                            use_ipot, begin, end);
+  });
 }
 HF_DEFINE_SIMD_DISPATCH(gw_fwd_chunk)
 
@@ -298,12 +310,10 @@ template <typename T>
 HF_INLINE void gw_bwd_chunk(const T* grad, const T* cs, const T* ct, const T* a, const T* b, const T* plans,
                             const T* hist_n, const T* hist_m, T* g_cs, T* g_ct, T* g_a, T* g_b, int64_t n, int64_t m,
                             T eps, int64_t outer, int64_t inner, bool use_ipot, int64_t begin, int64_t end) {
-  if (n == kHeloTokens && m == kHeloTokens)
-    gw_bwd_problems<kHeloTokens>(grad, cs, ct, a, b, plans, hist_n, hist_m, g_cs, g_ct, g_a, g_b, n, m, eps, outer,
-                                 inner, use_ipot, begin, end);
-  else
-    gw_bwd_problems<0>(grad, cs, ct, a, b, plans, hist_n, hist_m, g_cs, g_ct, g_a, g_b, n, m, eps, outer, inner,
-                       use_ipot, begin, end);
+  with_fixed_size(n, m, [&](auto fixed) HF_INLINE_LAMBDA {
+    gw_bwd_problems<decltype(fixed)::value>(grad, cs, ct, a, b, plans, hist_n, hist_m, g_cs, g_ct, g_a, g_b, n, m,
+                                            eps, outer, inner, use_ipot, begin, end);
+  });
 }
 HF_DEFINE_SIMD_DISPATCH(gw_bwd_chunk)
 
