@@ -195,12 +195,13 @@ inline const scalar_t* head_rows(const scalar_t* base, const int64_t (&stride)[3
   return base + b * stride[0] + h * stride[1];
 }
 
-// Where a GEMM writes a result tile with rows ld apart meant for out (rows out_ld apart): out itself where the
-// types and row strides match, else the scratch tile (copied out by store_rows).
+// Where a GEMM writes a result tile of rows ld wide meant for out (rows of cols entries, out_ld apart): out itself
+// where the types match and the tile's rows are out's rows (ld == cols == out_ld), else the scratch tile (copied
+// out by store_rows).
 template <typename acc_t, typename scalar_t>
-inline acc_t* result_tile(acc_t* scratch, int64_t ld, scalar_t* out, int64_t out_ld) {
+inline acc_t* result_tile(acc_t* scratch, int64_t ld, scalar_t* out, int64_t out_ld, int64_t cols) {
   if constexpr (std::is_same_v<acc_t, scalar_t>) {
-    if (ld == out_ld) return out;
+    if (ld == cols && out_ld == cols) return out;
   }
   return scratch;
 }
@@ -561,7 +562,7 @@ void backward_one_batch(const Params& p, const InputViews<scalar_t>& x, const sc
       gemm(Lq, Lkp, D, dO, ld_dO, 1, s.kt.data(), Lkp, dP, Lkp);
     }
     scalar_t* dv_out = g.dv + b * g.dv_stride[0] + h * g.dv_stride[1];
-    acc_t* dV = result_tile(s.dv.data(), Dp, dv_out, D == Dp ? g.dv_stride[2] : -1);  // [Lk, Dp]
+    acc_t* dV = result_tile(s.dv.data(), Dp, dv_out, g.dv_stride[2], D);  // [Lk, Dp]
     gemm(Lk, Dp, Lq, W, 1, Lkp, dO, ld_dO, dV, Dp);
     store_rows(dv_out, g.dv_stride[2], dV, Dp, Lk, D);
     for (int64_t i = 0; i < Lq; ++i) {
@@ -585,8 +586,8 @@ void backward_one_batch(const Params& p, const InputViews<scalar_t>& x, const sc
     }
     scalar_t* dq_out = g.dq + b * g.dq_stride[0] + h * g.dq_stride[1];
     scalar_t* dk_out = g.dk + b * g.dk_stride[0] + h * g.dk_stride[1];
-    acc_t* dQ = result_tile(s.dq.data(), Dp, dq_out, D == Dp ? g.dq_stride[2] : -1);
-    acc_t* dK = result_tile(s.dk.data(), Dp, dk_out, D == Dp ? g.dk_stride[2] : -1);
+    acc_t* dQ = result_tile(s.dq.data(), Dp, dq_out, g.dq_stride[2], D);
+    acc_t* dK = result_tile(s.dk.data(), Dp, dk_out, g.dk_stride[2], D);
     gemm(Lq, Dp, Lk, dP, Lkp, 1, k, Dp, dQ, Dp);
     gemm(Lk, Dp, Lq, dP, 1, Lkp, q, Dp, dK, Dp);
     store_rows(dq_out, g.dq_stride[2], dQ, Dp, Lq, D);

@@ -358,6 +358,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   if (p.has_ln_bias) grad_ln_bias = dln_bias_acc.to(q.scalar_type());
   // The kernel wrote contiguous [B, H, L, D]; the op returns the layout of gradient_like (that of the fake kernel).
   auto in_input_layout = [](const at::Tensor& grad, const at::Tensor& input) {
+    if (input.strides() == grad.strides()) return grad;  // gradient_like of a dense input keeps its strides
     at::Tensor out = gradient_like(input);
     if (out.strides() == grad.strides()) return grad;
     out.copy_(grad);
