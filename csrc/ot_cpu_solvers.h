@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "ot_cpu_math.h"
+#include "ot_cpu_vec.h"
 
 namespace helo_fast::ot_cpu {
 
@@ -267,13 +268,13 @@ struct ScalingRange<double> {
   static constexpr double lo = 1e-250, hi = 1e250;
 };
 
-// out_ij = (r_i * mat_ij) * c_j: a plan from its scaling-form factors. mat, out [n, m].
+// out_ij = (r_i * mat_ij) * c_j: a plan from its scaling-form factors. mat [n, m] with rows ld apart; out [n, m].
 template <typename T>
-HF_INLINE void scale_rows_and_columns(const T* __restrict r, const T* __restrict mat, const T* __restrict c,
-                                      int64_t n, int64_t m, T* __restrict out) {
+HF_INLINE void scale_rows_and_columns(const T* __restrict r, const T* __restrict mat, int64_t ld,
+                                      const T* __restrict c, int64_t n, int64_t m, T* __restrict out) {
   for (int64_t i = 0; i < n; ++i) {
     const T ri = r[i];
-    const T* __restrict mrow = mat + i * m;
+    const T* __restrict mrow = mat + i * ld;
     T* __restrict orow = out + i * m;
 #pragma omp simd
     for (int64_t j = 0; j < m; ++j) orow[j] = (ri * mrow[j]) * c[j];
@@ -397,7 +398,7 @@ HF_INLINE bool sinkhorn_forward_linear(const T* __restrict K, const T* __restric
       for (int64_t j = 0; j < m; ++j) gh[j] = fast_log(v[j]) - c;
     }
   }
-  scale_rows_and_columns(u, Kx, v, n, m, plan);
+  scale_rows_and_columns(u, Kx, m, v, n, m, plan);
   return true;
 }
 
@@ -482,61 +483,102 @@ HF_INLINE bool sinkhorn_backward_linear(const T* __restrict K, const T* __restri
   return true;
 }
 
-// IPOT row step in scaling form: Q = Kx ∘ T_prev with T_prev = delta_prev Q_prev sigma (the previous iteration's
-// scalings; Q_prev = delta_prev = nullptr in the first iteration, where T_0 = 1), then delta = a / (Q sigma).
-// Q may alias Q_prev and delta delta_prev (updates in place). Rows are independent, so no division sits on the
-// critical path.
+// Kx = exp(K - max K) (entries in (0, 1]) for K [n, m], written into rows ld >= m apart whose padding columns
+// [m, ld) are zero; returns max K.
 template <typename T>
-HF_INLINE void ipot_row_step(const T* __restrict Kx, const T* Q_prev, const T* delta_prev, const T* __restrict sigma,
-                             const T* __restrict a, int64_t n, int64_t m, T* Q, T* delta) {
+HF_INLINE T shifted_kernel_rows(const T* __restrict K, int64_t n, int64_t m, int64_t ld, T* __restrict Kx) {
+  T c = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : c)
+  for (int64_t e = 0; e < n * m; ++e) c = vmax(c, K[e]);
   for (int64_t i = 0; i < n; ++i) {
-    const T* __restrict krow = Kx + i * m;
-    T* qrow = Q + i * m;
-    T dot = 0;
-    if (Q_prev == nullptr) {
-#pragma omp simd reduction(+ : dot)
-      for (int64_t j = 0; j < m; ++j) {
-        qrow[j] = krow[j];
-        dot += krow[j] * sigma[j];
-      }
-    } else {
-      const T* prow = Q_prev + i * m;
-      const T di = delta_prev[i];
-#pragma omp simd reduction(+ : dot)
-      for (int64_t j = 0; j < m; ++j) {
-        const T q = krow[j] * ((di * prow[j]) * sigma[j]);
-        qrow[j] = q;
-        dot += q * sigma[j];
-      }
-    }
-    delta[i] = dot;
-  }
+    const T* __restrict krow = K + i * m;
+    T* __restrict xrow = Kx + i * ld;
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) delta[i] = a[i] / delta[i];
+    for (int64_t j = 0; j < m; ++j) xrow[j] = fast_exp(krow[j] - c);
+    for (int64_t j = m; j < ld; ++j) xrow[j] = 0;
+  }
+  return c;
 }
 
-// IPOT column step in scaling form: sigma = b / (Qᵀ delta). col: scratch [m].
+// Rows [i0, i0 + rows) (rows <= L, the lanes of a 32-byte vector) of one ipot_iteration: their rows of Q, their
+// deltas, and their share of col += Qᵀ delta, added while the rows are in L1. The L rows' dot products are L
+// independent chains summed by one row_sums tree, and their deltas are one vector division.
+template <bool kFirst, typename T, typename Rows>
+HF_INLINE void ipot_row_group(const T* __restrict Kx, const T* Q_prev, const T* delta_prev, const T* __restrict a,
+                              int64_t i0, Rows rows, int64_t ld, const T* __restrict sig, T* Q, T* delta,
+                              T* __restrict col) {
+  using V = Vec32<T>;
+  constexpr int64_t L = vec32_lanes<T>();
+  V acc[L];
+  T d_prev[L] = {};
+  for (int64_t r = 0; r < L; ++r) acc[r] = V{};
+  if constexpr (!kFirst)
+    for (int64_t r = 0; r < rows; ++r) d_prev[r] = delta_prev[i0 + r];
+  for (int64_t c = 0; c < ld; c += L) {
+    const V s = load32(sig + c);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t e = (i0 + r) * ld + c;
+      V q = load32(Kx + e);
+      if constexpr (!kFirst) q = q * ((d_prev[r] * load32(Q_prev + e)) * s);
+      store32(Q + e, q);
+      acc[r] += q * s;
+    }
+  }
+  const V dots = row_sums(acc);
+  T d[L];
+  if (rows == L) {
+    store32(d, load32(a + i0) / dots);
+  } else {
+    for (int64_t r = 0; r < rows; ++r) d[r] = a[i0 + r] / dots[r];
+  }
+  for (int64_t r = 0; r < rows; ++r) delta[i0 + r] = d[r];
+  for (int64_t c = 0; c < ld; c += L) {
+    V sum = load32(col + c);
+    for (int64_t r = 0; r < rows; ++r) sum += load32(Q + (i0 + r) * ld + c) * d[r];
+    store32(col + c, sum);
+  }
+}
+
+// One IPOT iteration in scaling form on rows ld = padded_row_stride<T>(m) apart whose padding columns are zero
+// (those of Kx, hence of Q): Q = Kx ∘ T_prev with T_prev = delta_prev Q_prev sigma_prev (Q_prev = delta_prev =
+// nullptr in the first iteration, where T_0 = 1), delta = a / (Q sigma_prev), sigma = b / (Qᵀ delta).
+// sig [ld] holds sigma_prev on entry (padding zero) and sigma on return. Q may alias Q_prev and delta
+// delta_prev (updates in place). col: scratch [ld].
 template <typename T>
-HF_INLINE void ipot_column_step(const T* __restrict Q, const T* __restrict delta, const T* __restrict b, int64_t n,
-                                int64_t m, T* __restrict sigma, T* __restrict col) {
-  column_product(Q, delta, n, m, col);
+HF_INLINE void ipot_iteration(const T* __restrict Kx, const T* Q_prev, const T* delta_prev, const T* __restrict a,
+                              const T* __restrict b, int64_t n, int64_t m, int64_t ld, T* Q, T* delta,
+                              T* __restrict sig, T* __restrict col) {
+  constexpr int64_t L = vec32_lanes<T>();
+  for (int64_t c = 0; c < ld; ++c) col[c] = 0;
+  for (int64_t i0 = 0; i0 < n; i0 += L) {
+    auto group = [&](auto rows) HF_INLINE_LAMBDA {
+      if (Q_prev == nullptr)
+        ipot_row_group<true>(Kx, Q_prev, delta_prev, a, i0, rows, ld, sig, Q, delta, col);
+      else
+        ipot_row_group<false>(Kx, Q_prev, delta_prev, a, i0, rows, ld, sig, Q, delta, col);
+    };
+    if (n - i0 >= L)
+      group(std::integral_constant<int64_t, L>{});
+    else
+      group(n - i0);
+  }
 #pragma omp simd
-  for (int64_t j = 0; j < m; ++j) sigma[j] = b[j] / col[j];
+  for (int64_t j = 0; j < m; ++j) sig[j] = b[j] / col[j];
 }
 
 // IPOT in scaling form: Q = Kx ∘ T, delta = a / (Q sigma), sigma = b / (Qᵀ delta), T = delta Q sigma.
-// Writes plan and (if not null) d_k = log delta_k - max K, s_k = log sigma_k. Scratch: Kx, Tm [n, m];
-// delta [n]; sigma, col [m].
+// Writes plan and (if not null) d_k = log delta_k - max K, s_k = log sigma_k. Scratch (ld =
+// padded_row_stride<T>(m)): Kx, Tm [n, ld]; delta [n]; sigma, col [ld].
 template <typename T>
 HF_INLINE bool ipot_forward_linear(const T* __restrict K, const T* __restrict a, const T* __restrict b, int64_t n,
                                    int64_t m, int64_t n_iters, T* __restrict plan, T* d_hist, T* s_hist,
                                    T* __restrict Kx, T* __restrict Tm, T* __restrict delta, T* __restrict sigma,
                                    T* __restrict col) {
-  const T c = shifted_kernel(K, n * m, Kx);
-  for (int64_t j = 0; j < m; ++j) sigma[j] = T(1) / T(m);
+  const int64_t ld = padded_row_stride<T>(m);
+  const T c = shifted_kernel_rows(K, n, m, ld, Kx);
+  for (int64_t j = 0; j < ld; ++j) sigma[j] = j < m ? T(1) / T(m) : T(0);
   for (int64_t k = 0; k < n_iters; ++k) {
-    ipot_row_step(Kx, k == 0 ? nullptr : Tm, delta, sigma, a, n, m, Tm, delta);
-    ipot_column_step(Tm, delta, b, n, m, sigma, col);
+    ipot_iteration(Kx, k == 0 ? nullptr : Tm, k == 0 ? nullptr : delta, a, b, n, m, ld, Tm, delta, sigma, col);
     if (count_out_of_range(delta, n) + count_out_of_range(sigma, m) != 0) return false;
     if (d_hist != nullptr) {
       T* __restrict dh = d_hist + k * n;
@@ -547,28 +589,30 @@ HF_INLINE bool ipot_forward_linear(const T* __restrict K, const T* __restrict a,
       for (int64_t j = 0; j < m; ++j) sh[j] = fast_log(sigma[j]);
     }
   }
-  scale_rows_and_columns(delta, Tm, sigma, n, m, plan);
+  scale_rows_and_columns(delta, Tm, ld, sigma, n, m, plan);
   return true;
 }
 
-// The iterates of ipot_forward_linear, all kept: Qs [n_iters, n, m] (Q_k), delta [n_iters, n] (delta_k),
-// sigma [n_iters + 1, m] (sigma_0 = 1/m, then sigma_k). The same operations as the forward, so this fails
-// exactly where the forward fell back to the log domain. Scratch: Kx [n, m]; col [m].
+// The iterates of ipot_forward_linear, all kept: Qs [n_iters, n, ld] (Q_k, ld = padded_row_stride<T>(m)),
+// delta [n_iters, n] (delta_k), sigma [n_iters + 1, m] (sigma_0 = 1/m, then sigma_k). The same operations as
+// the forward, so this fails exactly where the forward fell back to the log domain. Scratch: Kx [n, ld]; sig,
+// col [ld].
 template <typename T>
 HF_INLINE bool ipot_forward_linear_iterates(const T* __restrict K, const T* __restrict a, const T* __restrict b,
                                             int64_t n, int64_t m, int64_t n_iters, T* __restrict Kx, T* __restrict Qs,
-                                            T* __restrict delta, T* __restrict sigma, T* __restrict col) {
-  const int64_t nm = n * m;
-  shifted_kernel(K, nm, Kx);
-  for (int64_t j = 0; j < m; ++j) sigma[j] = T(1) / T(m);
+                                            T* __restrict delta, T* __restrict sigma, T* __restrict sig,
+                                            T* __restrict col) {
+  const int64_t ld = padded_row_stride<T>(m), nq = n * ld;
+  shifted_kernel_rows(K, n, m, ld, Kx);
+  for (int64_t j = 0; j < ld; ++j) sig[j] = j < m ? T(1) / T(m) : T(0);
+  for (int64_t j = 0; j < m; ++j) sigma[j] = sig[j];
   for (int64_t k = 1; k <= n_iters; ++k) {
     T* dk = delta + (k - 1) * n;
     T* sk = sigma + k * m;
-    if (k == 1)
-      ipot_row_step(Kx, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), sigma, a, n, m, Qs, dk);
-    else
-      ipot_row_step(Kx, Qs + (k - 2) * nm, dk - n, sk - m, a, n, m, Qs + (k - 1) * nm, dk);
-    ipot_column_step(Qs + (k - 1) * nm, dk, b, n, m, sk, col);
+    const bool first = k == 1;
+    ipot_iteration(Kx, first ? nullptr : Qs + (k - 2) * nq, first ? nullptr : dk - n, a, b, n, m, ld,
+                   Qs + (k - 1) * nq, dk, sig, col);
+    for (int64_t j = 0; j < m; ++j) sk[j] = sig[j];
     if (count_out_of_range(dk, n) + count_out_of_range(sk, m) != 0) return false;
   }
   return true;
@@ -578,25 +622,26 @@ HF_INLINE bool ipot_forward_linear_iterates(const T* __restrict K, const T* __re
 // - c and Q_k(log) = log Q_k + c): with P_k = delta_k ∘ Q_k, s_k's column softmax weights exp(L_k - log b) are
 // T_k / b = P_k sigma_k / b and d_k's row softmax weights exp(L_k - s_k + s_{k-1} - log a) are P_k sigma_{k-1} / a,
 // so the sweep has no exps. Returns false (outputs undefined) where ipot_forward_linear bails out or a column
-// factor sigma_k / b overflows; the caller then runs ipot_backward. Scratch: Qs [n_iters, n, m]; lam [n, m];
-// delta [n_iters, n]; sigma [n_iters + 1, m]; rho [n]; ds, dsnext, cw [m].
+// factor sigma_k / b overflows; the caller then runs ipot_backward. Scratch (ld = padded_row_stride<T>(m)):
+// Qs [n_iters, n, ld]; lam [n, ld]; delta [n_iters, n]; sigma [n_iters + 1, m]; rho [n]; ds, dsnext [m]; cw, sig
+// [ld].
 template <typename T>
 HF_INLINE bool ipot_backward_linear(const T* __restrict K, const T* __restrict a, const T* __restrict b, int64_t n,
                                     int64_t m, int64_t n_iters, const T* __restrict gT, T* __restrict dK,
                                     T* __restrict dloga, T* __restrict dlogb, T* __restrict Qs, T* __restrict lam,
                                     T* __restrict delta, T* __restrict sigma, T* __restrict rho, T* __restrict ds,
-                                    T* __restrict dsnext, T* __restrict cw) {
-  const int64_t nm = n * m;
-  if (!ipot_forward_linear_iterates(K, a, b, n, m, n_iters, lam, Qs, delta, sigma, cw)) return false;
+                                    T* __restrict dsnext, T* __restrict cw, T* __restrict sig) {
+  const int64_t nm = n * m, ld = padded_row_stride<T>(m), nq = n * ld;
+  if (!ipot_forward_linear_iterates(K, a, b, n, m, n_iters, lam, Qs, delta, sigma, sig, cw)) return false;
   // lam = dL_N = gT ∘ T_N.
   {
     const T* __restrict dN = delta + (n_iters - 1) * n;
     const T* __restrict sN = sigma + n_iters * m;
-    const T* __restrict qN = Qs + (n_iters - 1) * nm;
+    const T* __restrict qN = Qs + (n_iters - 1) * nq;
     for (int64_t i = 0; i < n; ++i) {
       const T di = dN[i];
 #pragma omp simd
-      for (int64_t j = 0; j < m; ++j) lam[i * m + j] = gT[i * m + j] * ((di * qN[i * m + j]) * sN[j]);
+      for (int64_t j = 0; j < m; ++j) lam[i * m + j] = gT[i * m + j] * ((di * qN[i * ld + j]) * sN[j]);
     }
   }
   for (int64_t e = 0; e < nm; ++e) dK[e] = 0;
@@ -607,7 +652,7 @@ HF_INLINE bool ipot_backward_linear(const T* __restrict K, const T* __restrict a
     for (int64_t j = 0; j < m; ++j) ds[j] += lam[i * m + j];
   }
   for (int64_t k = n_iters; k >= 1; --k) {
-    const T* __restrict qk = Qs + (k - 1) * nm;
+    const T* __restrict qk = Qs + (k - 1) * nq;
     const T* __restrict dk = delta + (k - 1) * n;
     const T* __restrict sk = sigma + k * m;
     const T* __restrict sprev = sigma + (k - 1) * m;
@@ -624,7 +669,7 @@ HF_INLINE bool ipot_backward_linear(const T* __restrict K, const T* __restrict a
     for (int64_t i = 0; i < n; ++i) rho[i] = dk[i] / a[i];
     for (int64_t i = 0; i < n; ++i) {
       const T di = dk[i];
-      const T* __restrict qrow = qk + i * m;
+      const T* __restrict qrow = qk + i * ld;
       T* __restrict lrow = lam + i * m;
       T* __restrict drow = dK + i * m;
       T acc = 0;

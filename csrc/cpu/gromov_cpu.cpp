@@ -107,7 +107,8 @@ HF_INLINE void transpose(const T* __restrict A, int64_t r, int64_t c, T* __restr
 }
 
 // Per-problem buffers, allocated once per parallel task. Qs: the inner iterates of the scaling-form IPOT backward,
-// kept_iterates of them (0 where unused).
+// kept_iterates of them (0 where unused). The [n, m] matrices and the [m] vectors have room for rows of
+// padded_row_stride<T>(m), the layout of the scaling-form IPOT (ot_cpu_solvers.h).
 template <typename T>
 struct GwScratch {
   std::vector<T> buf;
@@ -117,7 +118,8 @@ struct GwScratch {
   GwScratch(int64_t n, int64_t m, int64_t inner, int64_t kept_iterates = 0) {
     const int64_t big = n > m ? n : m;
     const int64_t pack_size = big * padded_cols<T>(big);
-    buf.assign(pack_size + m * m + n * n + (9 + kept_iterates) * n * m + (inner + 1) * (n + m) + 8 * n + 10 * m, T(0));
+    const int64_t ld = padded_row_stride<T>(m), nq = n * ld;
+    buf.assign(pack_size + m * m + n * n + (9 + kept_iterates) * nq + (inner + 1) * (n + m) + 8 * n + 10 * ld, T(0));
     T* p = buf.data();
     auto take = [&p](int64_t count) {
       T* q = p;
@@ -126,13 +128,13 @@ struct GwScratch {
     };
     pack = take(pack_size);
     ctT = take(m * m), csT = take(n * n);
-    X = take(n * m), M = take(n * m), K = take(n * m), Q = take(n * m), G0 = take(n * m), dG = take(n * m);
-    dK = take(n * m), lam = take(n * m), Z = take(n * m);
-    Qs = take(kept_iterates * n * m);
+    X = take(nq), M = take(nq), K = take(nq), Q = take(nq), G0 = take(nq), dG = take(nq);
+    dK = take(nq), lam = take(nq), Z = take(nq);
+    Qs = take(kept_iterates * nq);
     Dcum = take((inner + 1) * n), Scum = take((inner + 1) * m);
     u = take(n), loga = take(n), F = take(n), vn1 = take(n), vn2 = take(n), vn3 = take(n), vn4 = take(n), vn5 = take(n);
-    v = take(m), logb = take(m), Gv = take(m), colmax = take(m), vm1 = take(m), vm2 = take(m), vm3 = take(m);
-    vm4 = take(m), vm5 = take(m), vm6 = take(m);
+    v = take(ld), logb = take(ld), Gv = take(ld), colmax = take(ld), vm1 = take(ld), vm2 = take(ld), vm3 = take(ld);
+    vm4 = take(ld), vm5 = take(ld), vm6 = take(ld);
   }
 };
 
@@ -246,7 +248,7 @@ HF_INLINE void gw_bwd_problems(const T* grad, const T* cs, const T* ct, const T*
       T *dloga = s.vn1, *dlogb = s.vm1;
       if (use_ipot) {
         if (!ipot_backward_linear(s.K, pa, pb, n, m, inner, s.dG, s.dK, dloga, dlogb, s.Qs, s.lam, s.Dcum, s.Scum,
-                                  s.vn2, s.vm2, s.vm3, s.vm4))
+                                  s.vn2, s.vm2, s.vm3, s.vm4, s.vm6))
           ipot_backward(s.K, s.loga, s.logb, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.lam, s.Dcum, s.Scum,
                         s.vn2, s.vm2, s.vm3, s.vm4, s.Gv);
       } else if (!sinkhorn_backward_linear(s.K, pa, pb, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.G0, s.lam,

@@ -18,10 +18,12 @@ using namespace ot_cpu;
 template <typename T>
 HF_INLINE void ipot_fwd_chunk(const T* cost, const T* a, const T* b, T* plan, T* d_hist, T* s_hist, int64_t n,
                               int64_t m, T beta, int64_t n_iters, int64_t begin, int64_t end) {
-  std::vector<T> buf(3 * n * m + 2 * n + 3 * m);
-  T *K = buf.data(), *Q = K + n * m, *Kx = Q + n * m;
-  T *loga = Kx + n * m, *d = loga + n;
-  T *logb = d + n, *s = logb + m, *colmax = s + m;
+  // Q and Kx have rows of padded_row_stride<T>(m) for the scaling-form solver, s and colmax that many entries.
+  const int64_t ld = padded_row_stride<T>(m);
+  std::vector<T> buf(n * m + 2 * n * ld + 2 * n + m + 2 * ld);
+  T *K = buf.data(), *Q = K + n * m, *Kx = Q + n * ld;
+  T *loga = Kx + n * ld, *d = loga + n;
+  T *logb = d + n, *s = logb + m, *colmax = s + ld;
   for (int64_t p = begin; p < end; ++p) {
     scaled_inputs(cost + p * n * m, a + p * n, b + p * m, n, m, beta, K, loga, logb);
     T* dh = d_hist ? d_hist + p * n_iters * n : nullptr;
@@ -37,11 +39,13 @@ template <typename T>
 HF_INLINE void ipot_bwd_chunk(const T* grad, const T* cost, const T* a, const T* b, const T* d_hist, const T* s_hist,
                               T* g_cost, T* g_a, T* g_b, int64_t n, int64_t m, T beta, int64_t n_iters, int64_t begin,
                               int64_t end) {
-  std::vector<T> buf((2 + n_iters) * n * m + (n_iters + 1) * (n + m) + 3 * n + 6 * m);
-  T *K = buf.data(), *lam = K + n * m, *Qs = lam + n * m, *Dcum = Qs + n_iters * n * m;
+  // lam and Qs have rows of padded_row_stride<T>(m) for the scaling-form backward, c1 and c2 that many entries.
+  const int64_t ld = padded_row_stride<T>(m);
+  std::vector<T> buf(n * m + (1 + n_iters) * n * ld + (n_iters + 1) * (n + m) + 3 * n + 4 * m + 2 * ld);
+  T *K = buf.data(), *lam = K + n * m, *Qs = lam + n * ld, *Dcum = Qs + n_iters * n * ld;
   T *Scum = Dcum + (n_iters + 1) * n;
   T *loga = Scum + (n_iters + 1) * m, *dloga = loga + n, *rr = dloga + n;
-  T *logb = rr + n, *dlogb = logb + m, *ds = dlogb + m, *dsprev = ds + m, *c1 = dsprev + m, *c2 = c1 + m;
+  T *logb = rr + n, *dlogb = logb + m, *ds = dlogb + m, *dsprev = ds + m, *c1 = dsprev + m, *c2 = c1 + ld;
   for (int64_t p = begin; p < end; ++p) {
     const T* pa = a + p * n;
     const T* pb = b + p * m;
@@ -49,7 +53,7 @@ HF_INLINE void ipot_bwd_chunk(const T* grad, const T* cost, const T* a, const T*
     T* dK = g_cost + p * n * m;
     const T *dh = d_hist + p * n_iters * n, *sh = s_hist + p * n_iters * m, *gT = grad + p * n * m;
     if (!ipot_backward_linear(K, pa, pb, n, m, n_iters, gT, dK, dloga, dlogb, Qs, lam, Dcum, Scum, rr, ds, dsprev,
-                              c1))
+                              c1, c2))
       ipot_backward(K, loga, logb, n, m, n_iters, dh, sh, gT, dK, dloga, dlogb, lam, Dcum, Scum, rr, ds, dsprev, c1,
                     c2);
 #pragma omp simd
