@@ -290,14 +290,20 @@ HF_INLINE int64_t count_out_of_range(const T* __restrict x, int64_t len) {
   return bad;
 }
 
-// Kx = exp(K - max K) (entries in (0, 1]); returns max K.
+// Kx = exp(K - max K) (entries in (0, 1]) for K [n, m], written into rows ld >= m apart whose padding columns
+// [m, ld) are zero; returns max K.
 template <typename T>
-HF_INLINE T shifted_kernel(const T* __restrict K, int64_t count, T* __restrict Kx) {
+HF_INLINE T shifted_kernel_rows(const T* __restrict K, int64_t n, int64_t m, int64_t ld, T* __restrict Kx) {
   T c = -std::numeric_limits<T>::infinity();
 #pragma omp simd reduction(max : c)
-  for (int64_t e = 0; e < count; ++e) c = vmax(c, K[e]);
+  for (int64_t e = 0; e < n * m; ++e) c = vmax(c, K[e]);
+  for (int64_t i = 0; i < n; ++i) {
+    const T* __restrict krow = K + i * m;
+    T* __restrict xrow = Kx + i * ld;
 #pragma omp simd
-  for (int64_t e = 0; e < count; ++e) Kx[e] = fast_exp(K[e] - c);
+    for (int64_t j = 0; j < m; ++j) xrow[j] = fast_exp(krow[j] - c);
+    for (int64_t j = m; j < ld; ++j) xrow[j] = 0;
+  }
   return c;
 }
 
@@ -380,7 +386,7 @@ template <typename T>
 HF_INLINE bool sinkhorn_forward_linear(const T* __restrict K, const T* __restrict a, const T* __restrict b, int64_t n,
                                        int64_t m, int64_t n_iters, T* __restrict plan, T* f_hist, T* g_hist,
                                        T* __restrict Kx, T* __restrict u, T* __restrict v) {
-  const T c = shifted_kernel(K, n * m, Kx);
+  const T c = shifted_kernel_rows(K, n, m, m, Kx);
   T* __restrict col = plan;  // Kxᵀ u [m]; the plan is only written after the last iteration
   for (int64_t i = 0; i < n; ++i) u[i] = 1;
   column_product(Kx, u, n, m, col);
@@ -423,7 +429,7 @@ HF_INLINE bool sinkhorn_backward_linear(const T* __restrict K, const T* __restri
                                         T* __restrict dloga, T* __restrict dlogb, T* __restrict Kx, T* __restrict acc,
                                         T* __restrict u, T* __restrict up, T* __restrict alpha, T* __restrict upa,
                                         T* __restrict v, T* __restrict beta, T* __restrict w, T* __restrict dG) {
-  const T c = shifted_kernel(K, n * m, Kx);
+  const T c = shifted_kernel_rows(K, n, m, m, Kx);
   // up = u_{k-1} (u_0 = 1), upa = up / a and v = v_k for the iteration k about to run.
   auto load_iteration = [&](int64_t k) HF_INLINE_LAMBDA {
     if (k == 1)
@@ -481,23 +487,6 @@ HF_INLINE bool sinkhorn_backward_linear(const T* __restrict K, const T* __restri
 #pragma omp simd
   for (int64_t e = 0; e < n * m; ++e) dK[e] = Kx[e] * acc[e];
   return true;
-}
-
-// Kx = exp(K - max K) (entries in (0, 1]) for K [n, m], written into rows ld >= m apart whose padding columns
-// [m, ld) are zero; returns max K.
-template <typename T>
-HF_INLINE T shifted_kernel_rows(const T* __restrict K, int64_t n, int64_t m, int64_t ld, T* __restrict Kx) {
-  T c = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(max : c)
-  for (int64_t e = 0; e < n * m; ++e) c = vmax(c, K[e]);
-  for (int64_t i = 0; i < n; ++i) {
-    const T* __restrict krow = K + i * m;
-    T* __restrict xrow = Kx + i * ld;
-#pragma omp simd
-    for (int64_t j = 0; j < m; ++j) xrow[j] = fast_exp(krow[j] - c);
-    for (int64_t j = m; j < ld; ++j) xrow[j] = 0;
-  }
-  return c;
 }
 
 // Rows [i0, i0 + rows) (rows <= L, the lanes of a 32-byte vector) of one ipot_iteration: their rows of Q, their
