@@ -1,7 +1,8 @@
-"""seeded_dropout at HeLo's two FFN dropouts (B = 128 and 1024: [2B, 36, 64] after the GELU and [2B, 36, 128] after
-the second Linear, p = 0.5): reference (the counter hash in PyTorch ops), torch.compile(reference)
-(HELO_BENCH_COMPILE=1), the peer ``torch_dropout`` (``F.dropout``: the same distribution from torch's own
-Bernoulli draws, so different masks), cpp, and triton on CUDA. Forward, and forward+backward."""
+"""seeded_dropout at HeLo's FFN dropout (B = 128 and 1024: [2B, 36, 128] after the second Linear, p = 0.5) and at
+the FFN's hidden width ([2B, 36, 64], a second size; HeLo has no dropout there): reference (the counter hash in
+PyTorch ops), torch.compile(reference) (HELO_BENCH_COMPILE=1), the peer ``torch_dropout`` (``F.dropout``: the same
+distribution from torch's own Bernoulli draws, so different masks), cpp, and triton on CUDA. Forward, and
+forward+backward."""
 import pytest
 import torch
 import torch.nn.functional as F

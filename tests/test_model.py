@@ -5,10 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helo_fast import _rng
 from helo_fast.models import RELEASE_DEFECTS, HeLo, HeLoConfig, helo_loss
 from helo_fast.models.helo import label_correlation, sparsify
 from helo_fast.reference import modules as reference_modules
 from helo_fast.train import evaluate
+from backends import cpu_backends
 
 SMALL = dict(n_channels=4, band_features=5, gsr_features=6, ppg_features=7, video_features=12, n_classes=6,
              d_model=16, n_heads=2, ffn_dim=8, head_hidden=16)
@@ -158,11 +160,86 @@ def test_flags_leave_everything_else_alone(flag, mode, batch):
     paper, flagged = small_model(), small_model(**{flag: True})
     flagged.load_state_dict(paper.state_dict())
     for model in (paper, flagged):
-        model.train(mode == "train")
-    torch.manual_seed(3)   # FFN dropout (global RNG) in train mode
-    expected = paper(x).probs
-    torch.manual_seed(3)
-    torch.testing.assert_close(flagged(x).probs, expected, rtol=0, atol=0)
+        model.train(mode == "train")   # masks in train mode: both draw from mask_seed 0
+    torch.testing.assert_close(flagged(x).probs, paper(x).probs, rtol=0, atol=0)
+
+
+# --- dropout sites (HELO_SPEC §3, §4.8, §6) -----------------------------------------------------
+# Every random mask the spec puts in a forward, as {(module, kind): [p of each call]}: DropKey and weight dropout
+# in the three attentions (the physiological CA runs Z1 and Z2 as one call, the encoder's self-attention both
+# streams as one call) and ONE FFN dropout, after the encoder's second linear layer. Nothing else.
+SITES_IN_TRAINING = {
+    ("physio_attention", "dropkey"): [0.3], ("physio_attention", "weight dropout"): [0.4],
+    ("encoder.self_attn", "dropkey"): [0.3], ("encoder.self_attn", "weight dropout"): [0.4],
+    ("encoder.dropout", "dropout"): [0.4],
+    ("lcd_attention", "dropkey"): [0.3], ("lcd_attention", "weight dropout"): [0.4],
+}
+SITES_IN_RELEASE_EVAL = {(name, "dropkey"): [0.3] for name in ("physio_attention", "encoder.self_attn", "lcd_attention")}
+
+
+def count_dropout_sites(model, x, monkeypatch):
+    """One forward of ``model`` on x [B, F] -> (sites {(module name, kind): [p of each call]},
+    seeds {module name: mask seeds drawn inside it}, the FFN dropout's input is linear2's output).
+
+    A site is an attention call with dropkey_p / dropout_p > 0 or a SeededDropout call in training mode;
+    seeds are counted where the ops draw them (``_rng.draw_seed_tensor``), so a mask drawn outside a
+    listed site shows up too; a torch dropout call anywhere is counted under ("torch", "dropout")."""
+    sites, seeds, stack, seen = {}, {}, [], {}
+
+    def enter(module, args, kwargs):
+        name = names[module]
+        stack.append(name)
+        if isinstance(module, reference_modules.LCDAttention):
+            for kind, key in (("dropkey", "dropkey_p"), ("weight dropout", "dropout_p")):
+                if kwargs.get(key, 0.0) > 0:
+                    sites.setdefault((name, kind), []).append(kwargs[key])
+        if isinstance(module, reference_modules.SeededDropout) and module.training and module.p > 0:
+            sites.setdefault((name, "dropout"), []).append(module.p)
+            seen["dropout input"] = args[0]
+
+    def leave(module, args, output):
+        stack.pop()
+        if module is model.encoder.linear2:
+            seen["linear2 output"] = output
+
+    def draw_seed_tensor(generator=None):
+        seeds[stack[-1]] = seeds.get(stack[-1], 0) + 1
+        return real_draw(generator)
+
+    def torch_dropout(*args, **kwargs):
+        sites.setdefault(("torch", "dropout"), []).append(kwargs.get("p", args[1] if len(args) > 1 else 0.5))
+        return real_dropout(*args, **kwargs)
+
+    names = {module: name for name, module in model.named_modules()}
+    real_draw, real_dropout = _rng.draw_seed_tensor, F.dropout
+    handles = [h for m in names for h in (m.register_forward_pre_hook(enter, with_kwargs=True),
+                                          m.register_forward_hook(leave))]
+    try:
+        with monkeypatch.context() as patch, torch.no_grad():
+            patch.setattr(_rng, "draw_seed_tensor", draw_seed_tensor)
+            patch.setattr(F, "dropout", torch_dropout)
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sites, seeds, seen.get("dropout input") is seen.get("linear2 output") is not None
+
+
+@pytest.mark.parametrize("faithful_to", ["paper", "release"])
+@pytest.mark.parametrize("backend", cpu_backends("lcd_attention", include_triton=False))
+def test_dropout_sites_match_the_spec(backend, faithful_to, monkeypatch):
+    """Counted in one forward of the reference and the fast model: the spec's sites, each called once, each
+    drawing one mask seed; the FFN's only dropout sits on the second linear layer's output."""
+    model = HeLo(HeLoConfig(**SMALL, p_dropkey=0.3, dropout=0.4, faithful_to=faithful_to), backend=backend,
+                 mask_seed=0)
+    x, _ = inputs()
+    sites, seeds, ffn_dropout_after_linear2 = count_dropout_sites(model.train(), x, monkeypatch)
+    assert sites == SITES_IN_TRAINING
+    assert seeds == {name: 1 for name, _ in SITES_IN_TRAINING}
+    assert ffn_dropout_after_linear2
+    sites, seeds, _ = count_dropout_sites(model.eval(), x, monkeypatch)
+    assert sites == (SITES_IN_RELEASE_EVAL if faithful_to == "release" else {})   # DropKey in eval: release defect
+    assert seeds == {name: 1 for name, _ in sites}
 
 
 # --- loss ---------------------------------------------------------------------------------------

@@ -60,7 +60,9 @@ def label_correlation(label_embedding: torch.Tensor, over_label_axis: bool = Fal
 
 
 class TransformerEncoderLayer(nn.Module):
-    """Post-LN encoder layer (HELO_SPEC §4.8): LN(x + MHSA(x)) then LN(x + FFN(x)), FFN d -> ffn_dim -> d.
+    """Post-LN encoder layer (HELO_SPEC §4.8): x = LN(x + MHSA(x)), then LN(x + Dropout(W2 GELU(W1 x))),
+    FFN d -> ffn_dim -> d with ONE dropout, after the second linear layer (none after the GELU), as the
+    paper and the release have it.
 
     The FFN's dropout draws its masks from the model's mask generator, like the attentions' dropout
     (``SeededDropout``: the counter hash of helo_fast._rng, one fused pass in the fast model)."""
@@ -76,7 +78,7 @@ class TransformerEncoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, *, dropkey_p: float, dropout_p: float, generator=None) -> torch.Tensor:
         """x: [B, L, d] -> [B, L, d]."""
         x = self.self_attn(x, None, dropkey_p=dropkey_p, dropout_p=dropout_p, generator=generator)
-        ffn = self.linear2(self.dropout(F.gelu(self.linear1(x)), generator))
+        ffn = self.linear2(F.gelu(self.linear1(x)))
         return self.norm(x + self.dropout(ffn, generator))
 
 
