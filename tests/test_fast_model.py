@@ -52,9 +52,10 @@ def forward_backward(model, x, y):
     return out.probs.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("faithful_to", ["paper", "release"])
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
-def test_fast_model_matches_reference_in_float64(backend, device):
-    config = HeLoConfig(**SMALL)
+def test_fast_model_matches_reference_in_float64(backend, device, faithful_to):
+    config = HeLoConfig(**SMALL, faithful_to=faithful_to)
     ref, fast = pair(config, backend, torch.float64, device=device)
     x, y = batch(config, dtype=torch.float64, device=device)
     ref_probs, ref_grads = forward_backward(ref, x, y)
@@ -65,11 +66,13 @@ def test_fast_model_matches_reference_in_float64(backend, device):
         assert_float64_close(fast_grads[name], ref_grads[name], rtol=1e-9)
 
 
+@pytest.mark.parametrize("faithful_to", ["paper", "release"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_fast_model_matches_reference_in_training_mode_with_every_mask_on(backend):
+def test_fast_model_matches_reference_in_training_mode_with_every_mask_on(backend, faithful_to):
     """DropKey, attention dropout and the FFN dropout all draw from the model's mask generator (one counter-hash
-    seed per call), so with the same mask_seed the fast and reference models drop the same entries."""
-    config = HeLoConfig(**{**SMALL, "p_dropkey": 0.3, "dropout": 0.4})
+    seed per call), so with the same mask_seed the fast and reference models drop the same entries; in release
+    mode they also draw the same per-sample label embeddings [B, C, d] (a per-sample LCD-CA bias [B, 1, C, C])."""
+    config = HeLoConfig(**{**SMALL, "p_dropkey": 0.3, "dropout": 0.4, "faithful_to": faithful_to})
     ref, fast = pair(config, backend, torch.float64)
     assert type(fast.encoder.dropout) is fast_nn.FusedDropout
     x, y = batch(config, dtype=torch.float64)

@@ -88,7 +88,8 @@ def test_flag_resample_label_embedding():
     x, y = inputs()
     for flag in (False, True):
         model = small_model(resample_label_embedding=flag)
-        first, second = model.current_label_embedding(), model.current_label_embedding()
+        first, second = model.current_label_embedding(5), model.current_label_embedding(5)
+        assert first.shape == ((5, 6, 16) if flag else (6, 16))   # release: one draw per sample
         assert torch.equal(first, second) is (not flag)
         loss, _ = helo_loss(model(x), y)
         loss.backward()
@@ -97,6 +98,34 @@ def test_flag_resample_label_embedding():
             assert not torch.equal(first, model.label_embedding)
         else:
             assert model.label_embedding.grad is not None and model.label_embedding.grad.abs().sum() > 0
+
+
+def test_release_label_embedding_is_drawn_per_sample():
+    """The release draws torch.rand(B, C, d) on every forward: each sample's LCD-CA queries are its own draw,
+    and its R_hat [C, C], the LCD-CA bias and the correlation loss's prediction, comes from that draw."""
+    model = small_model(faithful_to="release", dropkey_in_eval=False).eval()   # no masks: the draw is all that varies
+    with pytest.raises(ValueError, match="batch"):
+        model.current_label_embedding(-1)
+    x, y = inputs(batch=5)
+    x[1] = x[0]
+    seen = {}
+    model.lcd_attention.register_forward_pre_hook(lambda module, args: seen.update(queries=args[0], bias=args[2]))
+    draws = torch.Generator().set_state(model.mask_generator.get_state())
+    with torch.no_grad():
+        out = model(x)
+    queries, r_hat = seen["queries"], out.label_correlation
+    assert torch.equal(queries, torch.rand(5, 6, 16, generator=draws))   # the forward's only draw from the generator
+    assert r_hat.shape == (5, 6, 6)
+    for b in range(5):
+        torch.testing.assert_close(r_hat[b], label_correlation(queries[b], over_label_axis=True), rtol=0, atol=0)
+    assert torch.equal(seen["bias"], r_hat.unsqueeze(1))
+    assert (r_hat[0] - r_hat[1]).abs().max() > 1e-3
+    assert (out.probs[0] - out.probs[1]).abs().max() > 1e-6   # the same row, two draws
+    _, parts = helo_loss(out, y)
+    dn = F.normalize(y, dim=-1)
+    torch.testing.assert_close(parts["corr"], (r_hat - dn[:, :, None] * dn[:, None, :]).square().mean())
+    with pytest.raises(ValueError, match="label_correlation"):
+        helo_loss(out._replace(label_correlation=r_hat[:4]), y)
 
 
 def test_flag_normalize_label_axis():

@@ -20,7 +20,8 @@ MODEL_BACKENDS = BACKENDS
 
 # The defects of the release (HELO_SPEC §8): flag name -> what it does when True.
 RELEASE_DEFECTS: Dict[str, str] = {
-    "resample_label_embedding": "label embedding re-drawn uniform [0,1) on every forward, never trained",
+    "resample_label_embedding": "label embedding re-drawn uniform [0,1) on every forward, one draw per sample "
+                                "[B, C, d] (so R_hat is [B, C, C]), never trained",
     "normalize_label_axis": "R_hat normalises L_e over the label axis instead of the feature axis",
     "dropkey_in_eval": "DropKey stays on in eval mode (predictions are random)",
     "eval_first_sample_only": "evaluation scores only the first sample of each test batch",

@@ -13,13 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._validation import check_int_at_least
 from ..nn import convert
 from ..reference import modules as reference_modules
 from .config import HeLoConfig
 
 
 class HeLoOutput(NamedTuple):
-    """probs, log_probs: [B, C] predicted distribution; label_correlation: R_hat [C, C]."""
+    """probs, log_probs: [B, C] predicted distribution; label_correlation: R_hat [C, C], or one per sample
+    [B, C, C] when the label embedding is re-drawn per sample (``resample_label_embedding``, release defect)."""
 
     probs: torch.Tensor
     log_probs: torch.Tensor
@@ -54,9 +56,10 @@ def sparsify(distance: torch.Tensor, ratio: float, over_batch: bool = False) -> 
 
 def label_correlation(label_embedding: torch.Tensor, over_label_axis: bool = False) -> torch.Tensor:
     """R_hat = norm(L_e) norm(L_e)^T, rows normalised along d (HELO_SPEC §5), or along the label
-    axis when ``over_label_axis`` (the release's defect). label_embedding [C, d] -> [C, C]."""
-    unit = F.normalize(label_embedding, dim=0 if over_label_axis else 1)
-    return unit @ unit.t()
+    axis when ``over_label_axis`` (the release's defect). label_embedding [..., C, d] -> [..., C, C]
+    (the parameter [C, d] -> [C, C]; the release's per-sample draws [B, C, d] -> [B, C, C])."""
+    unit = F.normalize(label_embedding, dim=-2 if over_label_axis else -1)
+    return unit @ unit.transpose(-1, -2)
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -85,7 +88,7 @@ class TransformerEncoderLayer(nn.Module):
 class HeLo(nn.Module):
     """HeLo: physiological + behavioural features -> a distribution over C emotions.
 
-    forward(x [B, F]) -> HeLoOutput(probs [B, C], log_probs [B, C], label_correlation [C, C]),
+    forward(x [B, F]) -> HeLoOutput(probs [B, C], log_probs [B, C], label_correlation [C, C] or [B, C, C]),
     F = ``config.n_features`` columns in the order eeg | gsr | ppg | video.
     DropKey and attention-weight dropout draw their masks from ``self.mask_generator`` (a CPU
     torch.Generator seeded from ``mask_seed``, or from the global RNG when None).
@@ -135,10 +138,12 @@ class HeLo(nn.Module):
         dropout_p = cfg.dropout if self.training else 0.0
         return dropkey_p, dropout_p
 
-    def current_label_embedding(self) -> torch.Tensor:
-        """L_e [C, d]: the parameter, or (release defect) a fresh uniform [0,1) draw every call."""
+    def current_label_embedding(self, batch: int) -> torch.Tensor:
+        """L_e for a batch of ``batch`` samples: the parameter [C, d], or (release defect) a fresh uniform [0,1)
+        draw for each sample [B, C, d] on every call, the release's torch.rand(B, C, d) (from ``mask_generator``)."""
+        check_int_at_least("batch", batch, 0)
         if self.config.resample_label_embedding:
-            fresh = torch.rand(self.label_embedding.shape, generator=self.mask_generator)
+            fresh = torch.rand((batch, *self.label_embedding.shape), generator=self.mask_generator)
             return fresh.to(self.label_embedding.device, self.label_embedding.dtype)
         return self.label_embedding
 
@@ -155,7 +160,7 @@ class HeLo(nn.Module):
         return eeg, gsr, ppg, video
 
     def forward(self, x: torch.Tensor) -> HeLoOutput:
-        """x [B, F] -> HeLoOutput(probs [B, C], log_probs [B, C], label_correlation [C, C])."""
+        """x [B, F] -> HeLoOutput(probs [B, C], log_probs [B, C], label_correlation [C, C] or [B, C, C])."""
         cfg = self.config
         batch = x.shape[0]
         dropkey_p, dropout_p = self.mask_probabilities()
@@ -172,11 +177,11 @@ class HeLo(nn.Module):
         fused = self.encoder(torch.cat([h_p, h_b]), **masks)
         fused = torch.cat(fused.split(batch), dim=1)                      # [B, 4N, d]
         # §5-§6: label correlation as an additive bias of LCD-CA
-        label_emb = self.current_label_embedding()
-        r_hat = label_correlation(label_emb, cfg.normalize_label_axis)
+        label_emb = self.current_label_embedding(batch)                   # [C, d], or [B, C, d] per sample
+        r_hat = label_correlation(label_emb, cfg.normalize_label_axis)   # [C, C], or [B, C, C] per sample
         reduced = self.token_reduction(fused.transpose(1, 2)).transpose(1, 2)   # [B, C, d]
-        queries = label_emb.unsqueeze(0).expand(batch, -1, -1)
-        out = self.lcd_attention(queries, reduced, r_hat, **masks)
+        queries = label_emb.expand(batch, -1, -1)
+        out = self.lcd_attention(queries, reduced, r_hat.unsqueeze(-3), **masks)   # bias shared by the heads
         logits = self.head(out.flatten(1))
         log_probs = torch.log_softmax(logits, dim=-1)
         return HeLoOutput(log_probs.exp(), log_probs, r_hat)

@@ -22,20 +22,26 @@ def helo_loss(output: HeLoOutput, target: torch.Tensor, *, kl_reduction: str = "
               lambda_corr: float = 1.0, batch_total: Optional[int] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Total loss and its parts {"kl", "corr"}.
 
-    output: HeLoOutput (log_probs [B, C], label_correlation [C, C]); target: [B, C] distributions.
+    output: HeLoOutput (log_probs [B, C], label_correlation R_hat [C, C], or [B, C, C] with one per sample);
+    target: [B, C] distributions.
     kl = sum y (log y - log y_hat), divided by the batch size for "batchmean", summed for "sum";
-    corr = mean over the batch of the mean over all C x C entries of (R_hat - R)^2.
+    corr = mean over the batch of the mean over all C x C entries of (R_hat - R)^2 (each sample's own
+    R_hat when there is one per sample).
     ``batch_total`` replaces B as the divisor of the batch means (data-parallel training passes the
     global batch size, so each process's loss is its share of the global-batch loss).
     """
     check_choice("kl_reduction", kl_reduction, KL_REDUCTIONS)
     if target.shape != output.log_probs.shape:
         raise ValueError(f"target must have shape [B, C] = {tuple(output.log_probs.shape)}, got {tuple(target.shape)}")
-    rows = target.shape[0] if batch_total is None else batch_total
+    batch, classes = target.shape
+    if output.label_correlation.shape not in ((classes, classes), (batch, classes, classes)):
+        raise ValueError(f"output.label_correlation must have shape [C, C] = {(classes, classes)} or [B, C, C] = "
+                         f"{(batch, classes, classes)}, got {tuple(output.label_correlation.shape)}")
+    rows = batch if batch_total is None else batch_total
     kl = F.kl_div(output.log_probs, target, reduction="sum")
     kl = kl / rows if kl_reduction == "batchmean" else kl
     r = target_correlation(target)
-    corr = (output.label_correlation.unsqueeze(0) - r).square().mean(dim=(1, 2)).sum() / rows
+    corr = (output.label_correlation - r).square().mean(dim=(1, 2)).sum() / rows
     return kl + lambda_corr * corr, {"kl": kl.detach(), "corr": corr.detach()}
 
 
