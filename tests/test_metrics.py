@@ -78,7 +78,8 @@ def test_kl_matches_float64_for_tiny_predictions(dtype):
     p[:, 1] += 1.0 - p.sum(-1)
     p = p.to(dtype)
     per = edl_metrics(y, p, per_sample=True)["kl"]
-    expected = torch.tensor([kl_float64(yr, pr) for yr, pr in zip(y.tolist(), p.double().tolist())], dtype=torch.float64)
+    expected = torch.tensor([kl_float64(yr, pr) for yr, pr in zip(y.tolist(), p.double().tolist())],
+                            dtype=torch.float64)
     torch.testing.assert_close(per, expected, rtol=1e-13, atol=0)
 
 

@@ -203,7 +203,8 @@ SITES_IN_TRAINING = {
     ("encoder.dropout", "dropout"): [0.4],
     ("lcd_attention", "dropkey"): [0.3], ("lcd_attention", "weight dropout"): [0.4],
 }
-SITES_IN_RELEASE_EVAL = {(name, "dropkey"): [0.3] for name in ("physio_attention", "encoder.self_attn", "lcd_attention")}
+SITES_IN_RELEASE_EVAL = {(name, "dropkey"): [0.3]
+                         for name in ("physio_attention", "encoder.self_attn", "lcd_attention")}
 
 
 def count_dropout_sites(model, x, monkeypatch):

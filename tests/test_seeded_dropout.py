@@ -15,7 +15,8 @@ from devices import CPU, cpp_devices, seeded_weights
 
 needs_cpp = pytest.mark.skipif(not _ext.has_cpp(), reason=f"C++ extension unavailable: {_ext.EXTENSION_ERROR}")
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
-# HeLo's two FFN dropouts (B = 128: [2B, 4N, ffn_dim] and [2B, 4N, d]), odd sizes, one element, nothing.
+# HeLo's FFN dropout (B = 128: [2B, 2N, d]), the FFN's hidden width [2B, 2N, ffn_dim], odd sizes, one element,
+# nothing.
 SHAPES = [(256, 36, 64), (256, 36, 128), (3, 37, 129), (1,), (0, 5)]
 
 
