@@ -1,4 +1,5 @@
 """Datasets: synthetic generator, splits, DMER (.mat) and WESAD (.pkl) loaders."""
+import codecs
 import os
 import pickle
 
@@ -6,8 +7,10 @@ import numpy as np
 import pytest
 from scipy.io import savemat
 
+from crafted import RunsShellCommand, WritesMarker
 from helo_fast.data import (FeatureLayout, kfold_splits, load_dataset, load_dmer, load_wesad, loso_splits,
                             make_synthetic_dataset, standardize, subject_dependent_splits, wesad_layout)
+from helo_fast.data.safe_pickle import UnsafePickleError, load_plain_pickle
 from helo_fast.data.synthetic import emotion_groups, partner_of
 
 
@@ -142,10 +145,10 @@ def _wesad_record(seconds_per_label=((1, 10), (0, 3), (2, 10), (3, 10), (4, 10))
             "questionnaire": {"baseline": panas[1], 2: panas[2], "amusement": panas[3], 4: panas[4]}}, panas
 
 
-def _write_wesad(root, subject, record):
+def _write_wesad(root, subject, record, protocol=pickle.DEFAULT_PROTOCOL):
     os.makedirs(os.path.join(root, subject), exist_ok=True)
     with open(os.path.join(root, subject, f"{subject}.pkl"), "wb") as fh:
-        pickle.dump(record, fh)
+        pickle.dump(record, fh, protocol=protocol)
 
 
 def test_wesad_round_trip(tmp_path):
@@ -207,3 +210,60 @@ def test_wesad_errors_name_subject_and_field(tmp_path):
         load_wesad(str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"S9 .*file not found"):
         load_wesad(str(tmp_path), subjects=["S9"])
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 5])
+def test_wesad_pickles_of_every_protocol_load(tmp_path, protocol):
+    record, _ = _wesad_record()
+    record["extra"] = {"bytes": b"\x00\xff", "tuple": (1, 2.5, "x"), "set": {1}, "scalar": np.float32(2.0),
+                       "ints": np.arange(3, dtype=np.int16), "fortran": np.asfortranarray(np.ones((2, 3)))}
+    _write_wesad(tmp_path / "a", "S2", record)
+    _write_wesad(tmp_path / "b", "S2", record, protocol=protocol)
+    expected = load_wesad(str(tmp_path / "a"), window_s=5.0)
+    np.testing.assert_array_equal(load_wesad(str(tmp_path / "b"), window_s=5.0).features, expected.features)
+    loaded = load_plain_pickle(str(tmp_path / "b" / "S2" / "S2.pkl"))
+    assert loaded["extra"]["bytes"] == b"\x00\xff" and loaded["extra"]["tuple"] == (1, 2.5, "x")
+    assert loaded["extra"]["fortran"].flags.f_contiguous and loaded["extra"]["ints"].dtype == np.int16
+
+
+def _crafted_records(marker):
+    record, _ = _wesad_record()
+    inside_signal, _ = _wesad_record()
+    inside_signal["signal"]["chest"]["ECG"] = WritesMarker(marker)
+    in_object_array, _ = _wesad_record()
+    in_object_array["questionnaire"][2] = np.array([RunsShellCommand(marker)], dtype=object)
+    return {"file-is-payload": WritesMarker(marker), "inside-signal": inside_signal, "object-array": in_object_array,
+            "shell-command": {**record, "subject": RunsShellCommand(marker)}}
+
+
+@pytest.mark.parametrize("kind", ["file-is-payload", "inside-signal", "object-array", "shell-command"])
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_crafted_wesad_pickle_never_runs_code(tmp_path, kind, protocol):
+    marker = tmp_path / "marker"
+    _write_wesad(tmp_path, "S2", _crafted_records(marker)[kind], protocol=protocol)
+    file = os.path.join(str(tmp_path), "S2", "S2.pkl")
+    with pytest.raises(ValueError, match="refused") as error:
+        load_wesad(str(tmp_path), window_s=5.0)
+    assert file in str(error.value) and (".exec," in str(error.value) or ".system," in str(error.value))
+    with pytest.raises(UnsafePickleError, match="not a numpy array, dtype or builtin") as error:
+        load_plain_pickle(file)
+    assert file in str(error.value)
+    assert not marker.exists()
+
+
+def test_crafted_codec_call_is_refused(tmp_path):
+    class Rot13:
+        def __reduce__(self):
+            return codecs.encode, ("text", "rot13")
+
+    _write_wesad(tmp_path, "S2", {"signal": Rot13()}, protocol=2)
+    with pytest.raises(ValueError, match="S2.pkl.*admitted only for latin-1"):
+        load_wesad(str(tmp_path), window_s=5.0)
+
+
+@pytest.mark.parametrize("window_s, message", [(0.0, "window_s must be a finite float > 0"),
+                                               (float("nan"), "window_s must be a finite float > 0"),
+                                               (0.001, "window_s must be at least 6 samples")])
+def test_wesad_window_is_checked(tmp_path, window_s, message):
+    with pytest.raises(ValueError, match=message):
+        load_wesad(str(tmp_path), window_s=window_s)

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import csv
 import os
-import pickle
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from .._validation import check_int_at_least, check_positive
 from .dataset import EmotionDataset, FeatureLayout, normalize_distribution
+from .safe_pickle import UnsafePickleError, load_plain_pickle
 
 WESAD_SUBJECT_IDS = tuple(f"S{i}" for i in range(2, 18) if i != 12)
 CONDITIONS = {1: "baseline", 2: "stress", 3: "amusement", 4: "meditation"}
@@ -119,16 +120,31 @@ def read_quest_csv(file: str) -> Dict[int, np.ndarray]:
     return {c: np.mean([v[:width] for v in rows], axis=0) for c, rows in grouped.items()}
 
 
+def check_window(window_s: float, ecg_segments: int = 6, name: str = "window_s") -> None:
+    """ValueError/TypeError naming ``name`` unless ``window_s`` is a finite length > 0 that gives every
+    ECG sub-window at least one sample."""
+    check_positive(name, window_s)
+    check_int_at_least("ecg_segments", ecg_segments, 1)
+    if int(round(window_s * CHEST_HZ)) < ecg_segments:
+        raise ValueError(f"{name} must be at least {ecg_segments} samples at {CHEST_HZ} Hz "
+                         f"({ecg_segments / CHEST_HZ:g} s) for ecg_segments={ecg_segments}, got {window_s}")
+
+
 def load_wesad_subject(folder: str, subject: str, *, window_s: float = 10.0, ecg_segments: int = 6,
                        n_items: int = 20):
-    """One subject -> (features float32 [windows, F], labels float32 [windows, n_items], conditions int64 [windows])."""
+    """One subject -> (features float32 [windows, F], labels float32 [windows, n_items], conditions int64 [windows]).
+
+    The pickle is read with ``load_plain_pickle`` (numpy arrays and builtin containers only).
+    """
+    check_window(window_s, ecg_segments)
     file = os.path.join(folder, subject, f"{subject}.pkl")
     where = f"WESAD subject {subject} ({file})"
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{where}: file not found (expected <root>/{subject}/{subject}.pkl)")
     try:
-        with open(file, "rb") as fh:
-            record = pickle.load(fh, encoding="latin1")
+        record = load_plain_pickle(file)
+    except UnsafePickleError as exc:
+        raise ValueError(f"{where}: refused: {exc.reason}") from None
     except Exception as exc:
         raise ValueError(f"{where}: cannot be unpickled ({exc})") from exc
     if not isinstance(record, dict) or "signal" not in record or "label" not in record:
@@ -181,6 +197,8 @@ def load_wesad(path: str, subjects: Optional[Sequence[str]] = None, *, window_s:
 
     ``trials`` of the result holds each window's condition (1 baseline .. 4 meditation).
     """
+    check_window(window_s, ecg_segments)
+    check_int_at_least("n_items", n_items, 1)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"WESAD path {path!r} is not a directory (expected <root>/SX/SX.pkl per subject)")
     if subjects is None:

@@ -1,0 +1,22 @@
+"""Crafted payloads for the file-safety tests: unpickling any of them writes a marker file."""
+import os
+
+
+class WritesMarker:
+    """Unpickling this runs ``exec`` to write ``path``: a stand-in for any code a crafted file could run."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return exec, (f"open({self.path!r}, 'w').write('code ran')",)
+
+
+class RunsShellCommand:
+    """Unpickling this runs ``os.system("touch <path>")``."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
