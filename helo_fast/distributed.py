@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import List
 
 import torch
 import torch.distributed as dist
@@ -58,6 +59,19 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def all_gather_tensor(tensor: torch.Tensor, ctx: DistContext, device: torch.device) -> List[torch.Tensor]:
+    """``tensor`` (same shape and dtype on every rank) from every rank, in rank order, as CPU tensors.
+
+    ``device``: where the collective runs (the rank's CUDA device under nccl). One process: ``[tensor]``.
+    """
+    if not ctx.enabled:
+        return [tensor]
+    local = tensor.to(device)
+    gathered = [torch.empty_like(local) for _ in range(ctx.world_size)]
+    dist.all_gather(gathered, local)
+    return [t.cpu() for t in gathered]
 
 
 def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:

@@ -7,19 +7,21 @@ distribution and a single-modality MLP) and returns / writes the summary (mean ย
 
 Checkpoints (``checkpoint_dir``) are written atomically (temp file, then ``os.replace``) every
 ``checkpoint_every`` epochs and at the end of every split. They hold the model, optimiser,
-scheduler, epoch, finished splits and every RNG state (torch, CUDA, the model's mask generator,
-the shuffling generator, numpy, python), so ``resume=True`` continues bit-for-bit.
+scheduler, epoch, finished splits and every RNG state (torch, CUDA, each rank's mask generator,
+the shuffling generator, numpy, python), so ``resume=True`` continues bit-for-bit. A resume is
+refused unless the run's fingerprint matches: the options that change the numbers, the thread
+count, the device, the number of processes and the backends the ops resolved to.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import random
 import sys
 import time
-from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -28,98 +30,89 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_save, load_checked, load_latest_good
-from .distributed import DistContext, all_reduce_sum, init_distributed, local_device, shard, wrap_model
-from .data import PROTOCOLS, EmotionDataset, Split, make_splits, standardize
+from ._backend import choose_backend
+from .checkpoint import atomic_save, load_checked, load_latest_good, previous_path
+from .distributed import (DistContext, all_gather_tensor, all_reduce_sum, init_distributed, local_device, shard,
+                          wrap_model)
+from .data import EmotionDataset, Split, make_splits, standardize
 from .metrics import LOWER_IS_BETTER, METRIC_NAMES, edl_metrics
 from .models import HeLo, HeLoConfig, helo_loss
+from .train_config import BASELINE_MODALITIES, TRAIN_DTYPES, TrainConfig, resolve_device  # noqa: F401 (re-exported)
 
-CHECKPOINT_FORMAT = "helo_fast-train-v1"
+CHECKPOINT_FORMAT = "helo_fast-train-v2"
+MODEL_FORMAT = "helo_fast-model-v2"
 CHECKPOINT_NAME = "checkpoint.pt"
-BASELINE_MODALITIES = ("eeg", "gsr", "ppg", "video")
-TRAIN_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 MODEL_NAMES = {"helo": "HeLo", "mlp": "MLP ({})", "mean": "train mean"}
+# The custom ops a HeLo forward/backward runs (each resolved to a backend by choose_backend).
+MODEL_OPS = ("lcd_attention", "gromov_wasserstein", "seeded_dropout")
 
 
-@dataclass
-class TrainConfig:
-    """Everything about a run except the model and the data (HELO_SPEC ยง7 defaults)."""
-
-    protocol: str = "subject-dependent"
-    epochs: int = 300
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    lr_gamma: float = 0.99
-    seed: int = 3407
-    folds: int = 5
-    test_fraction: float = 0.2
-    max_splits: Optional[int] = None       # only the first N splits (quick runs)
-    device: str = "auto"
-    dtype: str = "float32"                 # of the model and data: "float32" or "float64"
-    threads: Optional[int] = None          # torch.set_num_threads for the run (None: leave as is)
-    checkpoint_dir: Optional[str] = None
-    checkpoint_every: int = 10
-    resume: bool = False
-    save_models: bool = True               # final model of each split -> checkpoint_dir/model_<i>.pt
-    baselines: bool = True
-    baseline_modality: str = "video"
-    quiet: bool = False
-    output_json: Optional[str] = None
-
-    def __post_init__(self):
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
-        if self.baseline_modality not in BASELINE_MODALITIES:
-            raise ValueError(f"baseline_modality must be one of {BASELINE_MODALITIES}, got {self.baseline_modality!r}")
-        for name in ("epochs", "batch_size", "checkpoint_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
-        if self.dtype not in TRAIN_DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(TRAIN_DTYPES)}, got {self.dtype!r}")
-        if self.resume and not self.checkpoint_dir:
-            raise ValueError("resume needs a checkpoint_dir")
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else as given (checked to exist)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but no CUDA device is available")
-    return dev
+class TrainingDiverged(ValueError):
+    """The model's parameters or loss stopped being finite during training."""
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def rng_state(mask_generator: Optional[torch.Generator], shuffle: Optional[torch.Generator]) -> dict:
-    """Every RNG state a run depends on."""
+def rng_state(mask_states: List[torch.Tensor], shuffle: Optional[torch.Generator]) -> dict:
+    """Every RNG state a run depends on; ``mask_states``: each rank's mask-generator state, in rank order
+    (the other generators are drawn from identically on every rank)."""
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "mask": None if mask_generator is None else mask_generator.get_state(),
+            "masks": list(mask_states),
             "shuffle": None if shuffle is None else shuffle.get_state(),
             "numpy": np.random.get_state(), "python": random.getstate()}
 
 
-def set_rng_state(state: dict, mask_generator: Optional[torch.Generator], shuffle: Optional[torch.Generator]) -> None:
-    """Restore what ``rng_state`` saved (the generators are restored in place)."""
+def set_rng_state(state: dict, mask_generator: Optional[torch.Generator], shuffle: Optional[torch.Generator],
+                  rank: int = 0) -> None:
+    """Restore what ``rng_state`` saved (the generators in place; ``mask_generator`` gets rank ``rank``'s state)."""
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    if mask_generator is not None and state["mask"] is not None:
-        mask_generator.set_state(state["mask"])
+    if mask_generator is not None:
+        mask_generator.set_state(state["masks"][rank])
     if shuffle is not None and state["shuffle"] is not None:
         shuffle.set_state(state["shuffle"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
 
 
-def run_fingerprint(dataset: EmotionDataset, model_config: HeLoConfig, cfg: TrainConfig) -> dict:
-    """What must match for a checkpoint to be resumed."""
+def model_backends(backend: str, device: torch.device) -> Dict[str, str]:
+    """The backend each op of HeLo resolves to for ``backend`` on ``device`` (RuntimeError if one cannot run)."""
+    return {op: choose_backend(backend, device, op) for op in MODEL_OPS}
+
+
+def dataset_digest(dataset: EmotionDataset) -> str:
+    """SHA-256 of the dataset's arrays (features, labels, subjects): a resume must see the same data."""
+    digest = hashlib.sha256()
+    for array in (dataset.features, dataset.labels, dataset.subjects):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def run_fingerprint(dataset: EmotionDataset, model_config: HeLoConfig, cfg: TrainConfig, *, device: torch.device,
+                    world_size: int = 1) -> dict:
+    """What must match for a checkpoint to be resumed: the options that change the numbers, and the
+    environment that does (torch's thread count, device, number of processes, kernel choices)."""
     keys = ("protocol", "epochs", "batch_size", "lr", "weight_decay", "lr_gamma", "seed", "folds", "test_fraction",
             "max_splits", "baselines", "baseline_modality", "dtype")
-    return {"train": {k: getattr(cfg, k) for k in keys}, "model": model_config.to_dict(),
-            "dataset": {"name": dataset.name, "rows": len(dataset), "features": int(dataset.features.shape[1])}}
+    environment = {"threads": torch.get_num_threads(), "world_size": world_size, "device": device.type,
+                   "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                   "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                   "HELO_FAST_CPU_ISA": os.environ.get("HELO_FAST_CPU_ISA"),
+                   "backends": model_backends(model_config.backend, device)}
+    return {"train": {k: getattr(cfg, k) for k in keys}, "model": model_config.to_dict(), "environment": environment,
+            "dataset": {"name": dataset.name, "rows": len(dataset), "features": int(dataset.features.shape[1]),
+                        "sha256": dataset_digest(dataset)}}
+
+
+def fingerprint_differences(saved, current, prefix: str = "") -> List[str]:
+    """"key.sub: checkpoint X, this run Y" for every entry where two fingerprints differ."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for key in list(current) + [k for k in saved if k not in current]:
+            out += fingerprint_differences(saved.get(key), current.get(key), f"{prefix}{key}.")
+        return out
+    return [] if saved == current else [f"{prefix[:-1]}: checkpoint {saved!r}, this run {current!r}"]
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -243,7 +236,7 @@ class Experiment:
         self.on_epoch_end = on_epoch_end
         splits = make_splits(dataset, cfg.protocol, folds=cfg.folds, test_fraction=cfg.test_fraction, seed=cfg.seed)
         self.splits: List[Split] = splits[:cfg.max_splits] if cfg.max_splits else splits
-        self.fingerprint = run_fingerprint(dataset, model_config, cfg)
+        self.fingerprint: Optional[dict] = None   # set by run(), once the thread count is set
         self.show = not cfg.quiet and self.dist.is_main
         self.bars = self.show and sys.stderr.isatty()
 
@@ -269,16 +262,29 @@ class Experiment:
         path = self._checkpoint_path()
         if not self.cfg.resume or path is None:
             return None
-        if not os.path.isfile(path):
+        if not os.path.isfile(path) and not os.path.isfile(previous_path(path)):
             raise FileNotFoundError(f"--resume: no checkpoint at {path!r}")
-        state = load_latest_good(path)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path!r} is not a helo_fast training checkpoint (format {state.get('format')!r})")
-        if state["fingerprint"] != self.fingerprint:
-            diff = [k for k in self.fingerprint if state["fingerprint"].get(k) != self.fingerprint[k]]
-            raise ValueError(f"checkpoint {path!r} was written by a different run (differs in: {diff}); "
-                             "use the same dataset, model and training options, or a fresh --checkpoint-dir")
+        state = load_latest_good(path)  # a kill between atomic_save's renames leaves only <path>.prev
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"{path!r} is not a helo_fast training checkpoint (format {found!r})")
+        differences = fingerprint_differences(state["fingerprint"], self.fingerprint)
+        if differences:
+            raise ValueError(f"checkpoint {path!r} was written by a different run ({'; '.join(differences)}): "
+                             "the results depend on each of these, so a resume must match them (the same dataset, "
+                             "model and training options, --threads, device, number of processes and backends); "
+                             "or start a fresh --checkpoint-dir")
         return state
+
+    def _check_finite(self, model: nn.Module, split: Split, epoch: int, cause: Optional[Exception],
+                      force: bool = False) -> None:
+        """Raise TrainingDiverged when the parameters (or, with ``force``, the loss) are no longer finite."""
+        if not force and all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            return
+        raise TrainingDiverged(
+            f"training diverged in {split.name}, epoch {epoch + 1}: the model's parameters or loss are no longer "
+            f"finite; lower the learning rate (lr = {self.cfg.lr}; the default is 1e-3), or check the --config "
+            "values (lambda_corr, beta)") from cause
 
     # -- one split
     def _train_split(self, index: int, split: Split, resume_state: Optional[dict], results: List[dict]) -> dict:
@@ -296,7 +302,7 @@ class Experiment:
             model.load_state_dict(resume_state["model"])
             optimizer.load_state_dict(resume_state["optimizer"])
             scheduler.load_state_dict(resume_state["scheduler"])
-            set_rng_state(resume_state["rng"], model.mask_generator, shuffle)
+            set_rng_state(resume_state["rng"], model.mask_generator, shuffle, rank=self.dist.rank)
             start_epoch, history, seconds = resume_state["epoch"], resume_state["history"], resume_state["seconds"]
         trained = wrap_model(model, self.dist, self.device)  # DistributedDataParallel under torchrun
         bar = tqdm(range(start_epoch, cfg.epochs), desc=f"{split.name} ({index + 1}/{len(self.splits)})",
@@ -311,11 +317,17 @@ class Experiment:
                 if len(rows) == 0:  # a last global batch smaller than the job: join the all-reduce with weight 0
                     rows, weight = idx[:1], 0.0
                 rows = rows.to(self.device)
-                loss, parts = train_step(trained, optimizer, x_train[rows], y_train[rows], config=self.model_config,
-                                         batch_total=len(idx) if self.dist.enabled else None,
-                                         loss_scale=weight * self.dist.world_size)
+                try:
+                    loss, parts = train_step(trained, optimizer, x_train[rows], y_train[rows],
+                                             config=self.model_config, batch_total=len(idx) if self.dist.enabled else None,
+                                             loss_scale=weight * self.dist.world_size)
+                except ValueError as exc:  # the ops refuse non-finite inputs: say why they became non-finite
+                    self._check_finite(model, split, epoch, exc)
+                    raise
                 totals += weight * torch.stack([loss.detach(), parts["kl"], parts["corr"]]).double()
             all_reduce_sum(totals, self.dist)
+            if not bool(torch.isfinite(totals).all()):
+                self._check_finite(model, split, epoch, None, force=True)
             totals = dict(zip(("loss", "kl", "corr"), totals.tolist()))
             scheduler.step()
             seconds += time.perf_counter() - tic
@@ -327,12 +339,15 @@ class Experiment:
                       f"(kl {record['train_kl']:.4f}, corr {record['train_corr']:.4f})  test: "
                       + "  ".join(f"{m} {metrics[m]:.4f}" for m in METRIC_NAMES))
             done = epoch + 1
-            if self._writes_checkpoints() and (done % cfg.checkpoint_every == 0 or done == cfg.epochs):
-                atomic_save({"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "results": results,
-                             "split_index": index, "epoch": done, "history": history, "seconds": seconds,
-                             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "rng": rng_state(model.mask_generator, shuffle)},
-                            self._checkpoint_path())
+            if self.cfg.checkpoint_dir and (done % cfg.checkpoint_every == 0 or done == cfg.epochs):
+                # Every rank takes part: rank 0 writes each rank's own mask-generator state.
+                masks = all_gather_tensor(model.mask_generator.get_state(), self.dist, self.device)
+                if self._writes_checkpoints():
+                    atomic_save({"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "results": results,
+                                 "split_index": index, "epoch": done, "history": history, "seconds": seconds,
+                                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "scheduler": scheduler.state_dict(), "rng": rng_state(masks, shuffle)},
+                                self._checkpoint_path())
             if self.on_epoch_end is not None:
                 self.on_epoch_end(index, done, record)
         bar.close()
@@ -344,7 +359,7 @@ class Experiment:
             columns = self.dataset.layout.block_slices()[cfg.baseline_modality]
             result["mlp"] = train_mlp_baseline(x_train, y_train, x_test, y_test, columns, cfg, split_seed + 3)
         if self._writes_checkpoints() and cfg.save_models:
-            atomic_save({"format": "helo_fast-model-v1", "model_config": self.model_config.to_dict(),
+            atomic_save({"format": MODEL_FORMAT, "model_config": self.model_config.to_dict(),
                          "state_dict": model.state_dict(), "split": split.name, "dataset": self.dataset.name,
                          "dataset_rows": len(self.dataset),
                          "train_rows": split.train, "test_rows": split.test, "batch_size": cfg.batch_size, "dtype": cfg.dtype},
@@ -356,6 +371,8 @@ class Experiment:
         to ``output_json`` when set)."""
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
+        self.fingerprint = run_fingerprint(self.dataset, self.model_config, self.cfg, device=self.device,
+                                           world_size=self.dist.world_size)
         state = self._load_checkpoint()
         results: List[dict] = [] if state is None else list(state["results"])
         split_bar = tqdm(total=len(self.splits), initial=len(results), desc="splits", disable=not self.bars)
@@ -439,7 +456,7 @@ def evaluate_saved_models(dataset: EmotionDataset, files: List[str], device: str
     results = []
     for file in files:
         saved = load_checked(file)
-        if not isinstance(saved, dict) or saved.get("format") != "helo_fast-model-v1":
+        if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
             raise ValueError(f"{file!r} is not a model file written by `helo-fast train` (model_<i>.pt)")
         if saved["dataset"] != dataset.name or saved["dataset_rows"] != len(dataset):
             raise ValueError(f"{file!r} was trained on {saved['dataset']} ({saved['dataset_rows']} rows), not on "

@@ -1,12 +1,21 @@
-"""Checksummed checkpoints: corruption and truncation are detected; resume falls back to the last good one."""
+"""Checkpoints: plain data and tensors only (nothing in a file runs), corruption and truncation detected,
+resume falls back to the last good one, a resume that would change the numbers is refused."""
+import hashlib
+import io
 import os
+import pickle
+import random
 
+import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
-from helo_fast.checkpoint import CheckpointError, atomic_save, load_checked, load_latest_good, previous_path
+from helo_fast.checkpoint import (LEGACY_MAGIC, MAGIC, CheckpointError, atomic_save, load_checked, load_latest_good,
+                                  previous_path)
 from helo_fast.data import make_synthetic_dataset
 from helo_fast.train import TrainConfig, run_experiment
+from crafted import WritesMarker
 from test_train import LAYOUT, Interrupt, _interrupt_at, small_config
 
 
@@ -63,3 +72,138 @@ def test_resume_after_a_corrupt_checkpoint_matches_uninterrupted_run(tmp_path):
     with pytest.warns(UserWarning, match="corrupt or truncated"):
         resumed = run_experiment(data, small_config(), config(tmp_path / "b", resume=True))
     assert resumed["summary"] == straight["summary"]
+
+
+# --- format: plain data and tensors only ------------------------------------------------------------
+def test_state_types_round_trip(tmp_path):
+    path = str(tmp_path / "ck.pt")
+    state = {"optimizer": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(2, 3)}},
+                           "param_groups": [{"betas": (0.9, 0.999), "foreach": None, "params": [0]}]},
+             "numpy": ("MT19937", np.arange(624, dtype=np.uint32), 3, 0, 0.0), "rows": np.array([4, 1], dtype=np.int64),
+             "python": (3, tuple(range(5)), None), "floats": [float("nan"), float("inf"), -0.5, np.float32(2.5)],
+             "half": torch.ones(3, dtype=torch.bfloat16), "view": torch.arange(10.0)[::2], "empty": torch.zeros(0, 4),
+             "__tuple__": "a key that looks like a tag", "nested": {1.5: "float key", (1, 2): "tuple key"}}
+    atomic_save(state, path)
+    loaded = load_checked(path)
+    assert loaded["optimizer"]["state"][0]["exp_avg"].equal(state["optimizer"]["state"][0]["exp_avg"])
+    assert loaded["optimizer"]["param_groups"] == [{"betas": (0.9, 0.999), "foreach": None, "params": [0]}]
+    assert loaded["numpy"][0] == "MT19937" and loaded["numpy"][1].dtype == np.uint32
+    assert np.array_equal(loaded["numpy"][1], state["numpy"][1]) and loaded["rows"].tolist() == [4, 1]
+    assert loaded["python"] == (3, (0, 1, 2, 3, 4), None)
+    assert np.isnan(loaded["floats"][0]) and loaded["floats"][1:] == [float("inf"), -0.5, 2.5]
+    assert loaded["half"].dtype == torch.bfloat16 and loaded["view"].tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]
+    assert loaded["empty"].shape == (0, 4) and loaded["__tuple__"] == state["__tuple__"]
+    assert loaded["nested"] == state["nested"]
+    atomic_save({"numpy": np.random.get_state(), "python": random.getstate()}, path)
+    rngs = load_checked(path)
+    np.random.set_state(rngs["numpy"])   # the RNG states restore as they were saved
+    random.setstate(rngs["python"])
+
+
+@pytest.mark.parametrize("value", [object(), {1, 2}, np.array(["text"]), lambda: 0])
+def test_values_that_are_not_plain_data_are_refused(tmp_path, value):
+    with pytest.raises(TypeError, match="cannot store"):
+        atomic_save({"x": value}, str(tmp_path / "ck.pt"))
+    assert not os.path.exists(tmp_path / "ck.pt")
+
+
+def _with_header(magic, payload):
+    return magic + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+
+
+def crafted_checkpoints(tmp_path, marker):
+    """Files with valid SHA-256 headers whose payload would run code if it were unpickled."""
+    pickled = pickle.dumps({"format": "helo_fast-train-v2", "x": WritesMarker(marker)})
+    buffer = io.BytesIO()
+    torch.save({"x": WritesMarker(marker)}, buffer)
+    return {"legacy-pickle": _with_header(LEGACY_MAGIC, pickled),
+            "legacy-torch-save": _with_header(LEGACY_MAGIC, buffer.getvalue()),
+            "pickle-under-new-header": _with_header(MAGIC, pickled),
+            "torch-save-under-new-header": _with_header(MAGIC, buffer.getvalue())}
+
+
+@pytest.mark.parametrize("kind", ["legacy-pickle", "legacy-torch-save", "pickle-under-new-header",
+                                  "torch-save-under-new-header"])
+def test_crafted_checkpoint_never_runs_code(tmp_path, kind):
+    marker = tmp_path / "marker"
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(crafted_checkpoints(tmp_path, marker)[kind])
+    match = "earlier helo_fast version" if kind.startswith("legacy") else "not a helo_fast checkpoint payload"
+    with pytest.raises(CheckpointError, match=match) as error:
+        load_checked(str(path))
+    assert str(path) in str(error.value)
+    atomic_save({"step": 1}, previous_path(str(path)), keep_previous=False)
+    if kind.startswith("legacy"):  # an old-format file is refused, not skipped in favour of .prev
+        with pytest.raises(CheckpointError, match="earlier helo_fast version"):
+            load_latest_good(str(path))
+    assert not marker.exists()
+
+
+def test_crafted_json_state_builds_only_plain_data(tmp_path):
+    path = str(tmp_path / "ck.pt")
+    for text in ('{"__tensor__": "missing"}', '{"__dict__": [[[1], 2]]}', '{"__float__": "1e400"}', "[" * 100000):
+        payload = safetensors.torch.save({}, metadata={"helo_fast_state": text})
+        open(path, "wb").write(_with_header(MAGIC, payload))
+        with pytest.raises(CheckpointError, match="not a helo_fast checkpoint payload"):
+            load_checked(path)
+
+
+# --- recovery ----------------------------------------------------------------------------------------
+def test_checkpoint_exists_at_every_instant_of_atomic_save(tmp_path, monkeypatch):
+    path = str(tmp_path / "ck.pt")
+    atomic_save({"step": 1}, path)
+    atomic_save({"step": 2}, path)
+    real_replace = os.replace
+
+    def killed_before_installing_the_new_file(src, dst):
+        if dst == path:
+            raise KeyboardInterrupt  # stands for a kill at this instant
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_before_installing_the_new_file)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"step": 3}, path)
+    monkeypatch.undo()
+    assert load_checked(path)["step"] == 2 and load_checked(previous_path(path))["step"] == 2
+
+
+def test_missing_checkpoint_with_previous_falls_back(tmp_path):
+    path = str(tmp_path / "ck.pt")
+    atomic_save({"step": 1}, path)
+    os.replace(path, previous_path(path))  # what a kill between an earlier version's two renames left
+    with pytest.warns(UserWarning, match="does not exist; resuming from the previous good checkpoint"):
+        assert load_latest_good(path)["step"] == 1
+
+
+def test_resume_when_only_the_previous_checkpoint_is_left(tmp_path):
+    data = make_synthetic_dataset(n_subjects=1, trials_per_subject=6, rows_per_trial=4, layout=LAYOUT, seed=3)
+
+    def config(folder, resume=False):
+        return TrainConfig(epochs=3, batch_size=8, seed=5, quiet=True, device="cpu", checkpoint_dir=str(folder),
+                           checkpoint_every=1, resume=resume, baselines=False)
+
+    straight = run_experiment(data, small_config(), config(tmp_path / "a"))
+    with pytest.raises(Interrupt):
+        run_experiment(data, small_config(), config(tmp_path / "b"), on_epoch_end=_interrupt_at(0, 2))
+    latest = str(tmp_path / "b" / "checkpoint.pt")
+    os.replace(latest, previous_path(latest))   # killed between the renames: the epoch-2 checkpoint is .prev only
+    with pytest.warns(UserWarning, match="resuming from the previous good checkpoint"):
+        resumed = run_experiment(data, small_config(), config(tmp_path / "b", resume=True))
+    assert resumed["splits"][0]["history"] == straight["splits"][0]["history"]
+
+
+def test_resume_with_another_thread_count_is_refused(tmp_path):
+    data = make_synthetic_dataset(n_subjects=1, trials_per_subject=6, rows_per_trial=4, layout=LAYOUT, seed=3)
+
+    def config(threads, resume=False):
+        return TrainConfig(epochs=2, batch_size=8, seed=5, quiet=True, device="cpu", threads=threads, baselines=False,
+                           checkpoint_dir=str(tmp_path), checkpoint_every=1, resume=resume)
+
+    with pytest.raises(Interrupt):
+        run_experiment(data, small_config(), config(1), on_epoch_end=_interrupt_at(0, 1))
+    with pytest.raises(ValueError, match=r"different run \(environment.threads: checkpoint 1, this run 2\)"):
+        run_experiment(data, small_config(), config(2, resume=True))
+    with pytest.raises(ValueError, match=r"model.dropout: checkpoint 0.5, this run 0.25"):
+        run_experiment(data, small_config(dropout=0.25), config(1, resume=True))
+    resumed = run_experiment(data, small_config(), config(1, resume=True))
+    assert [h["epoch"] for h in resumed["splits"][0]["history"]] == [1, 2]
