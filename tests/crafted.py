@@ -1,5 +1,11 @@
 """Crafted payloads for the file-safety tests: unpickling any of them writes a marker file."""
+import hashlib
 import os
+
+
+def with_header(magic: bytes, payload: bytes) -> bytes:
+    """``payload`` behind a checkpoint header with a valid SHA-256 (anyone can write one)."""
+    return magic + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
 
 
 class WritesMarker:

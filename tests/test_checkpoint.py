@@ -1,6 +1,5 @@
 """Checkpoints: plain data and tensors only (nothing in a file runs), corruption and truncation detected,
 resume falls back to the last good one, a resume that would change the numbers is refused."""
-import hashlib
 import io
 import os
 import pickle
@@ -15,7 +14,7 @@ from helo_fast.checkpoint import (LEGACY_MAGIC, MAGIC, CheckpointError, atomic_s
                                   previous_path)
 from helo_fast.data import make_synthetic_dataset
 from helo_fast.train import TrainConfig, run_experiment
-from crafted import WritesMarker
+from crafted import WritesMarker, with_header
 from test_train import LAYOUT, Interrupt, _interrupt_at, small_config
 
 
@@ -107,19 +106,15 @@ def test_values_that_are_not_plain_data_are_refused(tmp_path, value):
     assert not os.path.exists(tmp_path / "ck.pt")
 
 
-def _with_header(magic, payload):
-    return magic + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
-
-
 def crafted_checkpoints(tmp_path, marker):
     """Files with valid SHA-256 headers whose payload would run code if it were unpickled."""
     pickled = pickle.dumps({"format": "helo_fast-train-v2", "x": WritesMarker(marker)})
     buffer = io.BytesIO()
     torch.save({"x": WritesMarker(marker)}, buffer)
-    return {"legacy-pickle": _with_header(LEGACY_MAGIC, pickled),
-            "legacy-torch-save": _with_header(LEGACY_MAGIC, buffer.getvalue()),
-            "pickle-under-new-header": _with_header(MAGIC, pickled),
-            "torch-save-under-new-header": _with_header(MAGIC, buffer.getvalue())}
+    return {"legacy-pickle": with_header(LEGACY_MAGIC, pickled),
+            "legacy-torch-save": with_header(LEGACY_MAGIC, buffer.getvalue()),
+            "pickle-under-new-header": with_header(MAGIC, pickled),
+            "torch-save-under-new-header": with_header(MAGIC, buffer.getvalue())}
 
 
 @pytest.mark.parametrize("kind", ["legacy-pickle", "legacy-torch-save", "pickle-under-new-header",
@@ -143,7 +138,7 @@ def test_crafted_json_state_builds_only_plain_data(tmp_path):
     path = str(tmp_path / "ck.pt")
     for text in ('{"__tensor__": "missing"}', '{"__dict__": [[[1], 2]]}', '{"__float__": "1e400"}', "[" * 100000):
         payload = safetensors.torch.save({}, metadata={"helo_fast_state": text})
-        open(path, "wb").write(_with_header(MAGIC, payload))
+        open(path, "wb").write(with_header(MAGIC, payload))
         with pytest.raises(CheckpointError, match="not a helo_fast checkpoint payload"):
             load_checked(path)
 

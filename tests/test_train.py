@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy.io import savemat
 
+from helo_fast import train
 from helo_fast.cli import main
 from helo_fast.data import FeatureLayout, make_synthetic_dataset
 from helo_fast.models import HeLoConfig
@@ -127,7 +128,7 @@ def test_command_line_errors(tmp_path, capsys):
         main(["train", "--protocol", "holdout"])
     assert "invalid choice" in capsys.readouterr().err
     assert main(["train", *CLI_DATA, "--resume", "--quiet"]) == 2
-    assert "resume needs a checkpoint_dir" in capsys.readouterr().err
+    assert "--resume needs a --checkpoint-dir" in capsys.readouterr().err
 
 
 def test_python_dash_m_entry_point():
@@ -150,3 +151,43 @@ def test_release_mode_scores_first_sample_of_each_batch():
 def test_train_config_rejects_bad_values(field, value, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{field: value})
+
+
+def test_divergence_is_reported_naming_the_learning_rate(monkeypatch):
+    make_optimizer = train.make_optimizer
+
+    def poisoned_after_first_step(model, lr, weight_decay):
+        optimizer = make_optimizer(model, lr, weight_decay)
+        # What a far too large step leaves behind.
+        optimizer.register_step_post_hook(lambda *_: next(model.parameters()).data.fill_(float("nan")))
+        return optimizer
+
+    monkeypatch.setattr(train, "make_optimizer", poisoned_after_first_step)
+    data = make_synthetic_dataset(n_subjects=1, trials_per_subject=4, rows_per_trial=4, layout=LAYOUT, seed=0)
+    with pytest.raises(train.TrainingDiverged, match=r"diverged in subject .*, epoch 1: .*lower the learning rate "
+                                                     r"\(lr = 0.001"):
+        run_experiment(data, small_config(), TrainConfig(epochs=2, batch_size=4, quiet=True, device="cpu",
+                                                         baselines=False))
+
+
+@pytest.mark.parametrize("field, value, message", [("max_splits", 0, "max_splits must be an int >= 1"),
+                                                   ("threads", -1, "threads must be an int >= 1"),
+                                                   ("lr_gamma", 0.0, "lr_gamma must be a finite float > 0"),
+                                                   ("lr", float("nan"), "lr must be a finite float > 0"),
+                                                   ("lr", 1e9, r"lr must be in \(0, 1\]"),
+                                                   ("folds", 1, "folds must be an int >= 2"),
+                                                   ("weight_decay", -1e-5, "weight_decay must be a finite float >= 0"),
+                                                   ("test_fraction", 0.0, "test_fraction must be a finite float > 0"),
+                                                   ("seed", -1, "seed must be an int >= 0")])
+def test_train_config_rejects_values_that_were_accepted_silently(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("device, message", [("foo", "device 'foo' is not a device"),
+                                             ("meta", "training runs on cpu or cuda, not meta"),
+                                             ("cuda:99", "cuda:99")])
+def test_bad_device_is_refused_before_training(device, message):
+    data = make_synthetic_dataset(n_subjects=1, trials_per_subject=4, rows_per_trial=4, layout=LAYOUT, seed=0)
+    with pytest.raises(ValueError, match=message):
+        run_experiment(data, small_config(), TrainConfig(epochs=1, quiet=True, device=device))

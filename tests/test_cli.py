@@ -1,0 +1,154 @@
+"""The real ``python -m helo_fast`` entry point, in subprocesses: every bad option exits with status 2 and one
+``helo-fast: error:`` line naming the option (before any training), crafted files never run, Ctrl-C exits 130
+with the last checkpoint intact."""
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from crafted import WritesMarker, with_header
+from helo_fast.checkpoint import LEGACY_MAGIC, load_checked, previous_path
+from helo_fast.cli import main
+from test_train import CLI_DATA, CLI_MODEL
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = ["train", *CLI_DATA, *CLI_MODEL, "--epochs", "1", "--quiet", "--no-baselines", "--threads", "1"]
+
+
+def run_cli(args, cwd, env=None, timeout=120):
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "helo_fast", *args], capture_output=True, text=True, env=env,
+                          cwd=str(cwd), timeout=timeout)
+
+
+# id -> (argv, extra environment, text the error line must contain); "{tmp}" is the fixture's directory.
+CASES = {
+    "device-cuda": (TRAIN + ["--device", "cuda"], {}, "--device 'cuda': no CUDA device"),
+    "device-foo": (TRAIN + ["--device", "foo"], {}, "--device 'foo' is not a device"),
+    "device-meta": (TRAIN + ["--device", "meta"], {}, "--device 'meta': training runs on cpu or cuda"),
+    "threads-negative": (TRAIN + ["--threads", "-1"], {}, "--threads must be an int >= 1"),
+    "threads-zero": (TRAIN + ["--threads", "0"], {}, "--threads must be an int >= 1"),
+    "backend-triton": (TRAIN + ["--backend", "triton", "--device", "cpu"], {"TRITON_INTERPRET": "0"},
+                       "--backend triton: "),
+    "checkpoint-dir-is-file": (TRAIN + ["--checkpoint-dir", "{tmp}/a_file"], {},
+                               "--checkpoint-dir '{tmp}/a_file' is a file"),
+    "checkpoint-dir-unwritable": (TRAIN + ["--checkpoint-dir", "/proc/self/helo-run"], {},
+                                  "--checkpoint-dir '/proc/self/helo-run': cannot write"),
+    "checkpoint-dir-read-only": (TRAIN + ["--checkpoint-dir", "{tmp}/read_only/run"], {}, "cannot write in"),
+    "output-json-is-dir": (TRAIN + ["--output-json", "{tmp}"], {}, "--output-json '{tmp}' is a directory"),
+    "results-json-is-dir": (TRAIN + ["--checkpoint-dir", "{tmp}"], {}, "--checkpoint-dir '{tmp}/results.json'"),
+    "max-splits-zero": (TRAIN + ["--max-splits", "0"], {}, "--max-splits must be an int >= 1"),
+    "max-splits-negative": (TRAIN + ["--max-splits", "-1"], {}, "--max-splits must be an int >= 1"),
+    "lr-gamma-zero": (TRAIN + ["--lr-gamma", "0"], {}, "--lr-gamma must be a finite float > 0"),
+    "lr-gamma-negative": (TRAIN + ["--lr-gamma", "-0.5"], {}, "--lr-gamma must be a finite float > 0"),
+    "lr-huge": (TRAIN + ["--lr", "1e9"], {}, "--lr must be in (0, 1]"),
+    "lr-nan": (TRAIN + ["--lr", "nan"], {}, "--lr must be a finite float > 0"),
+    "weight-decay-negative": (TRAIN + ["--weight-decay", "-1"], {}, "--weight-decay must be a finite float >= 0"),
+    "folds-one": (TRAIN + ["--folds", "1"], {}, "--folds must be an int >= 2"),
+    "test-fraction-one": (TRAIN + ["--test-fraction", "1"], {}, "--test-fraction must be in [0, 1)"),
+    "seed-negative": (TRAIN + ["--seed", "-3"], {}, "--seed must be an int >= 0"),
+    "epochs-not-int": (TRAIN + ["--epochs", "x"], {}, "argument --epochs: invalid int value"),
+    "protocol-unknown": (TRAIN + ["--protocol", "holdout"], {}, "argument --protocol: invalid choice"),
+    "window-zero": (TRAIN + ["--window-s", "0"], {}, "--window-s must be a finite float > 0"),
+    "window-nan": (TRAIN + ["--window-s", "nan"], {}, "--window-s must be a finite float > 0"),
+    "synthetic-subjects-zero": (TRAIN + ["--synthetic-subjects", "0"], {}, "--synthetic-subjects must be an int"),
+    "subjects-not-int": (TRAIN + ["--dataset", "dmer", "--data-path", "{tmp}/dmer", "--subjects", "abc"], {},
+                         "--subjects: DMER subject ids are integers"),
+    "subjects-twice": (TRAIN + ["--dataset", "wesad", "--data-path", "{tmp}", "--subjects", "S2", "S2"], {},
+                       "--subjects: 'S2' is given twice"),
+    "config-nan": (TRAIN + ["--config", "lambda_corr=nan"], {}, "--config lambda_corr: needs a finite number"),
+    "config-not-int": (TRAIN + ["--config", "d_model=1.5"], {}, "--config d_model: needs an integer"),
+    "config-out-of-range": (TRAIN + ["--config", "beta=0"], {}, "--config: beta must be a finite float > 0"),
+    "resume-without-dir": (TRAIN + ["--resume"], {}, "--resume needs a --checkpoint-dir"),
+    "resume-nothing-there": (TRAIN + ["--resume", "--checkpoint-dir", "{tmp}/empty"], {}, "--resume: no checkpoint at"),
+    "resume-old-format": (TRAIN + ["--resume", "--checkpoint-dir", "{tmp}/legacy"], {},
+                          "'{tmp}/legacy/checkpoint.pt' was written by an earlier helo_fast version"),
+    "eval-old-format": (["eval", *CLI_DATA, "--model", "{tmp}/legacy_model.pt", "--quiet"], {},
+                        "'{tmp}/legacy_model.pt' was written by an earlier helo_fast version"),
+    "eval-output-json-is-dir": (["eval", *CLI_DATA, "--model", "{tmp}/a_file", "--output-json", "{tmp}"], {},
+                                "--output-json '{tmp}' is a directory"),
+    "eval-threads-zero": (["eval", *CLI_DATA, "--model", "{tmp}/a_file", "--threads", "0"], {},
+                          "--threads must be an int >= 1"),
+}
+
+
+def _make_files(tmp):
+    """The files the cases name; the crafted ones would write {tmp}/marker if their payload ever ran."""
+    (tmp / "a_file").write_text("")
+    for folder in ("legacy", "empty", "dmer", "results.json", "read_only"):
+        (tmp / folder).mkdir()
+    (tmp / "read_only").chmod(0o500)
+    marker = WritesMarker(tmp / "marker")
+    (tmp / "legacy" / "checkpoint.pt").write_bytes(with_header(LEGACY_MAGIC, pickle.dumps({"state": marker})))
+    (tmp / "legacy_model.pt").write_bytes(with_header(LEGACY_MAGIC, pickle.dumps(marker)))
+
+
+@pytest.fixture(scope="module")
+def refused(tmp_path_factory):
+    """Every case's subprocess, started together (three at a time) so the module takes seconds, not minutes."""
+    tmp = tmp_path_factory.mktemp("cli")
+    _make_files(tmp)
+    fill = lambda text: text.replace("{tmp}", str(tmp))  # noqa: E731
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {name: pool.submit(run_cli, [fill(a) for a in argv], tmp, env)
+                   for name, (argv, env, _) in CASES.items()}
+        results = {name: (future.result(), fill(CASES[name][2])) for name, future in futures.items()}
+    (tmp / "read_only").chmod(0o700)
+    return results, tmp
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_option_exits_2_with_one_line_naming_it(refused, case):
+    results, tmp = refused
+    proc, expected = results[case]
+    if case == "device-cuda" and torch.cuda.is_available():
+        pytest.skip("a CUDA device is available here")
+    if case == "checkpoint-dir-read-only" and os.geteuid() == 0:
+        pytest.skip("root writes into read-only directories (checkpoint-dir-unwritable covers an unwritable one)")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("helo-fast: error: "), proc.stderr
+    assert expected in lines[0]
+    assert proc.stdout == ""   # refused before any training (which prints the table)
+    assert not (tmp / "marker").exists()
+
+
+def test_resume_with_another_thread_count_is_refused(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        assert main(TRAIN + ["--checkpoint-dir", str(tmp_path / "run")]) == 0
+    finally:
+        torch.set_num_threads(before)
+    proc = run_cli([*TRAIN, "--checkpoint-dir", str(tmp_path / "run"), "--resume", "--threads", "2"], tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "was written by a different run (environment.threads: checkpoint 1, this run 2)" in proc.stderr
+
+
+def test_ctrl_c_exits_130_with_one_line_and_the_checkpoint_intact(tmp_path):
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "helo_fast", *TRAIN, "--epochs", "100000", "--checkpoint-every", "1",
+            "--checkpoint-dir", str(run)]
+    # Warnings the training may print are not this test's subject: the interrupt's own output is.
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path))
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(previous_path(str(run / "checkpoint.pt"))):  # two checkpoints written
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines() == [f"helo-fast: interrupted; the last checkpoint, {run / 'checkpoint.pt'}, "
+                                           "is intact: continue with the same options and --resume"]
+    state = load_checked(str(run / "checkpoint.pt"))
+    assert state["format"] == "helo_fast-train-v2" and state["epoch"] >= 1
