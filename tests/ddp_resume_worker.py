@@ -1,0 +1,43 @@
+"""Run by test_distributed under torchrun: a tiny run with DropKey/dropout on (the defaults), optionally
+stopped right after the checkpoint of an epoch (as a kill there would), or resumed from it.
+
+Usage: torchrun ... ddp_resume_worker.py CHECKPOINT_DIR OUTPUT_JSON [--stop-after EPOCH] [--resume]
+"""
+import argparse
+
+from helo_fast.data import FeatureLayout, make_synthetic_dataset
+from helo_fast.models import HeLoConfig
+from helo_fast.train import TrainConfig, run_experiment
+
+LAYOUT = FeatureLayout(n_channels=4, band_features=5, gsr_features=8, ppg_features=8, video_features=32, n_classes=10)
+
+
+class Stop(Exception):
+    pass
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("checkpoint_dir")
+    parser.add_argument("output_json")
+    parser.add_argument("--stop-after", type=int)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args()
+    data = make_synthetic_dataset(n_subjects=2, trials_per_subject=6, rows_per_trial=4, layout=LAYOUT, seed=1)
+    model = HeLoConfig(**LAYOUT.as_config(), d_model=16, n_heads=2, ffn_dim=16, head_hidden=16, gw_outer=2, ot_iters=3)
+    cfg = TrainConfig(epochs=3, batch_size=8, seed=2, device="cpu", threads=1, quiet=True, baselines=False,
+                      max_splits=1, checkpoint_dir=args.checkpoint_dir, checkpoint_every=1, resume=args.resume,
+                      output_json=args.output_json)
+
+    def stop(split, done, record):
+        if done == args.stop_after:
+            raise Stop
+
+    try:
+        run_experiment(data, model, cfg, on_epoch_end=stop)
+    except Stop:
+        pass
+
+
+if __name__ == "__main__":
+    main()
