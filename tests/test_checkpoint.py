@@ -13,7 +13,7 @@ import torch
 from helo_fast.checkpoint import (LEGACY_MAGIC, MAGIC, CheckpointError, atomic_save, load_checked, load_latest_good,
                                   previous_path)
 from helo_fast.data import make_synthetic_dataset
-from helo_fast.train import TrainConfig, run_experiment
+from helo_fast.train import TrainConfig, fingerprint_differences, run_experiment, run_fingerprint
 from crafted import WritesMarker, with_header
 from test_train import LAYOUT, Interrupt, _interrupt_at, small_config
 
@@ -200,5 +200,19 @@ def test_resume_with_another_thread_count_is_refused(tmp_path):
         run_experiment(data, small_config(), config(2, resume=True))
     with pytest.raises(ValueError, match=r"model.dropout: checkpoint 0.5, this run 0.25"):
         run_experiment(data, small_config(dropout=0.25), config(1, resume=True))
+    other_data = make_synthetic_dataset(n_subjects=1, trials_per_subject=6, rows_per_trial=4, layout=LAYOUT, seed=4)
+    with pytest.raises(ValueError, match=r"dataset.sha256: checkpoint '[0-9a-f]+', this run '[0-9a-f]+'"):
+        run_experiment(other_data, small_config(), config(1, resume=True))
     resumed = run_experiment(data, small_config(), config(1, resume=True))
     assert [h["epoch"] for h in resumed["splits"][0]["history"]] == [1, 2]
+
+
+def test_fingerprint_names_each_difference_of_the_environment():
+    data = make_synthetic_dataset(n_subjects=1, trials_per_subject=2, rows_per_trial=2, layout=LAYOUT, seed=0)
+    cfg = TrainConfig(device="cpu")
+    one = run_fingerprint(data, small_config(), cfg, device=torch.device("cpu"), world_size=1)
+    two = run_fingerprint(data, small_config(backend="reference"), cfg, device=torch.device("cpu"), world_size=2)
+    differences = fingerprint_differences(two, one)
+    assert "environment.world_size: checkpoint 2, this run 1" in differences
+    assert "model.backend: checkpoint 'reference', this run 'auto'" in differences
+    assert fingerprint_differences(one, one) == []
