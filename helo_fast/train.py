@@ -37,7 +37,7 @@ from .distributed import (DistContext, all_gather_tensor, all_reduce_sum, init_d
 from .data import EmotionDataset, Split, make_splits, standardize
 from .metrics import LOWER_IS_BETTER, METRIC_NAMES, edl_metrics
 from .models import HeLo, HeLoConfig, helo_loss
-from .train_config import BASELINE_MODALITIES, TRAIN_DTYPES, TrainConfig, resolve_device  # noqa: F401 (re-exported)
+from .train_config import TRAIN_DTYPES, TrainConfig, resolve_device
 
 CHECKPOINT_FORMAT = "helo_fast-train-v2"
 MODEL_FORMAT = "helo_fast-model-v2"
@@ -236,7 +236,7 @@ class Experiment:
         self.on_epoch_end = on_epoch_end
         splits = make_splits(dataset, cfg.protocol, folds=cfg.folds, test_fraction=cfg.test_fraction, seed=cfg.seed)
         self.splits: List[Split] = splits[:cfg.max_splits] if cfg.max_splits else splits
-        self.fingerprint: Optional[dict] = None   # set by run(), once the thread count is set
+        self.fingerprint: Optional[dict] = None   # set by run() once the thread count is set, with checkpoint_dir
         self.show = not cfg.quiet and self.dist.is_main
         self.bars = self.show and sys.stderr.isatty()
 
@@ -318,8 +318,8 @@ class Experiment:
                     rows, weight = idx[:1], 0.0
                 rows = rows.to(self.device)
                 try:
-                    loss, parts = train_step(trained, optimizer, x_train[rows], y_train[rows],
-                                             config=self.model_config, batch_total=len(idx) if self.dist.enabled else None,
+                    loss, parts = train_step(trained, optimizer, x_train[rows], y_train[rows], config=self.model_config,
+                                             batch_total=len(idx) if self.dist.enabled else None,
                                              loss_scale=weight * self.dist.world_size)
                 except ValueError as exc:  # the ops refuse non-finite inputs: say why they became non-finite
                     self._check_finite(model, split, epoch, exc)
@@ -371,8 +371,9 @@ class Experiment:
         to ``output_json`` when set)."""
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
-        self.fingerprint = run_fingerprint(self.dataset, self.model_config, self.cfg, device=self.device,
-                                           world_size=self.dist.world_size)
+        if self.cfg.checkpoint_dir:  # only checkpoints carry it (hashing a large dataset takes a moment)
+            self.fingerprint = run_fingerprint(self.dataset, self.model_config, self.cfg, device=self.device,
+                                               world_size=self.dist.world_size)
         state = self._load_checkpoint()
         results: List[dict] = [] if state is None else list(state["results"])
         split_bar = tqdm(total=len(self.splits), initial=len(results), desc="splits", disable=not self.bars)
