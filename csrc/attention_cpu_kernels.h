@@ -420,12 +420,14 @@ void forward_batches(const Params& p, const InputViews<scalar_t>& x, scalar_t* o
 #pragma omp simd
           for (int64_t j = 0; j < Lk; ++j) sr[j] *= scale;
         }
+        // DropKey replaces the logit (a fully dropped row: uniform weights in every dtype); the backward still routes
+        // the logit's gradient to q, k and the bias, as the release's additive -1e12 does in float32.
         if (p.dropkey_mode == kSeededMask) {
 #pragma omp simd
           for (int64_t j = 0; j < Lk; ++j)
-            sr[j] += hash_dropped(p.seed, mask_base + j, kStreamDropKey, p.dropkey_p) ? dropkey_value : acc_t(0);
+            sr[j] = hash_dropped(p.seed, mask_base + j, kStreamDropKey, p.dropkey_p) ? dropkey_value : sr[j];
         } else if (p.dropkey_mode == kExplicitMask) {
-          for (int64_t j = 0; j < Lk; ++j) sr[j] += x.dropkey_mask[mask_base + j] ? dropkey_value : acc_t(0);
+          for (int64_t j = 0; j < Lk; ++j) sr[j] = x.dropkey_mask[mask_base + j] ? dropkey_value : sr[j];
         }
       }
       softmax_rows(S, Lq, Lk, Lkp);

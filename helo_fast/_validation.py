@@ -15,6 +15,8 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 GRAD_MODES = ("none", "unrolled")
 OT_SOLVERS = ("ipot", "sinkhorn")
+# Iteration counts are C++ int64 loop bounds and size the saved histories; beyond this they are a mistake.
+MAX_ITERATIONS = 2**31 - 1
 
 
 def _tracing() -> bool:
@@ -25,6 +27,8 @@ def check_tensor(name: str, t, *, ndim: Optional[int] = None, dtypes: Sequence[t
     """Raise TypeError unless ``t`` is a tensor of one of ``dtypes``; ValueError on wrong ndim."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (shape only, no data); helo_fast ops compute on real tensors")
     if t.dtype not in dtypes:
         allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
         raise TypeError(f"{name} must have dtype in ({allowed}), got {str(t.dtype).replace('torch.', '')}")
@@ -76,12 +80,14 @@ def check_probability(name: str, value) -> float:
     return float(value)
 
 
-def check_int_at_least(name: str, value, minimum: int) -> int:
-    """Raise unless ``value`` is an int >= ``minimum``."""
+def check_int_at_least(name: str, value, minimum: int, maximum: Optional[int] = None) -> int:
+    """Raise unless ``value`` is an int >= ``minimum`` (and <= ``maximum`` when given)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be an int <= {maximum}, got {value}")
     return value
 
 
@@ -92,16 +98,42 @@ def check_choice(name: str, value, choices: Sequence[str]) -> str:
     return value
 
 
-def check_finite(name: str, t: torch.Tensor) -> None:
-    """Raise ValueError if ``t`` holds NaN or inf (skipped while torch.compile traces)."""
-    if _tracing():
-        return
-    # One reduction first: a NaN/inf element makes the sum non-finite. Only then (or if finite values
-    # overflow the sum) run the exact element-wise check.
-    if bool(torch.isfinite(t.sum())):
-        return
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or inf; pass finite values (or check_finite=False to skip this check)")
+def check_finite(name: str, t: torch.Tensor, *, skippable: bool = True) -> float:
+    """Raise ValueError if ``t`` holds NaN or inf; return max |t| (0 for an empty t, and while torch.compile
+    traces, when the check is skipped). ``skippable``: whether the message may point at check_finite=False."""
+    if _tracing() or t.numel() == 0:
+        return 0.0
+    # One reduction: max |t| is NaN or inf exactly when an element is.
+    largest = float(torch.linalg.vector_norm(t.detach(), ord=math.inf))
+    if not math.isfinite(largest):
+        hint = " (or check_finite=False to skip this check)" if skippable else ""
+        raise ValueError(f"{name} contains NaN or inf; pass finite values{hint}")
+    return largest
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the OT ops compute in for inputs of ``dtype``: float64 stays, everything else runs in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_regularisation(name: str, value, dtype: torch.dtype, cost_bound: float) -> float:
+    """The OT regularisation (eps / beta): a finite float of at least the compute dtype's smallest normal, small
+    enough that no scaled cost exceeds 1 / the dtype's epsilon. ``cost_bound`` bounds max |cost| (0: unknown).
+
+    Beyond that bound the plan's exponents (f + g - cost) / eps carry no correct digit in any implementation: the
+    rounding of f, g and cost alone is larger than 1 in the exponent.
+    """
+    value = check_positive(name, value)
+    info = torch.finfo(compute_dtype(dtype))
+    if value < info.tiny:
+        raise ValueError(f"{name} must be >= {info.tiny:.4g} (the smallest normal {info.dtype} number), got {value:g}")
+    limit = 1.0 / info.eps
+    if cost_bound / value > limit:
+        raise ValueError(
+            f"{name} = {value:g} is too small for costs of magnitude {cost_bound:.4g}: max|cost| / {name} must be "
+            f"<= {limit:.3g} in {info.dtype} (1 / its epsilon), got {cost_bound / value:.3g}; rescale the costs or "
+            f"raise {name}")
+    return value
 
 
 def _marginal(name: str, t: Optional[torch.Tensor], batch: int, size: int, sym: str, cost: torch.Tensor) -> torch.Tensor:
@@ -110,6 +142,7 @@ def _marginal(name: str, t: Optional[torch.Tensor], batch: int, size: int, sym: 
     check_tensor(name, t, ndim=2)
     check_shape(name, t, (batch, size), f"[B, {sym}]")
     check_same(name, t, "cost", cost)
+    check_finite(name, t, skippable=False)
     if not _tracing() and bool((t < 0).any()):
         raise ValueError(f"{name} must be non-negative (a marginal distribution), got a negative entry")
     return t
@@ -140,16 +173,15 @@ def validate_marginals(a, b, cost: torch.Tensor, *, cost_name: str = "cost"):
 def validate_ot(cost, a, b, *, reg_name: str, reg, n_iters_name: str, n_iters, grad: str, check_finite_values: bool = True):
     """Validate a batched OT problem; return (a, b) with ``None`` replaced by uniform marginals.
 
-    cost: [B, n, m] float tensor; a: [B, n] or None; b: [B, m] or None.
+    cost: [B, n, m] float tensor (B may be 0); a: [B, n] or None; b: [B, m] or None.
     """
     check_tensor("cost", cost, ndim=3)
-    if cost.shape[1] < 1 or cost.shape[2] < 1 or cost.shape[0] < 1:
-        raise ValueError(f"cost must have shape [B, n, m] with B, n, m >= 1, got {tuple(cost.shape)}")
-    check_positive(reg_name, reg)
-    check_int_at_least(n_iters_name, n_iters, 1)
+    if cost.shape[1] < 1 or cost.shape[2] < 1:
+        raise ValueError(f"cost must have shape [B, n, m] with n, m >= 1, got {tuple(cost.shape)}")
+    check_int_at_least(n_iters_name, n_iters, 1, MAX_ITERATIONS)
     check_choice("grad", grad, GRAD_MODES)
-    if check_finite_values:
-        check_finite("cost", cost)
+    cost_bound = check_finite("cost", cost) if check_finite_values else 0.0
+    check_regularisation(reg_name, reg, cost.dtype, cost_bound)
     return validate_marginals(a, b, cost)
 
 
@@ -167,16 +199,18 @@ def validate_gromov(cs, ct, a, b, *, eps, outer_iters, inner_iters, solver: str,
     if ct.shape[0] != cs.shape[0]:
         raise ValueError(f"ct must have the batch size of cs ({cs.shape[0]}), got {ct.shape[0]}")
     check_same("ct", ct, "cs", cs)
-    check_positive("eps", eps)
-    check_int_at_least("outer_iters", outer_iters, 1)
-    check_int_at_least("inner_iters", inner_iters, 1)
+    check_int_at_least("outer_iters", outer_iters, 1, MAX_ITERATIONS)
+    check_int_at_least("inner_iters", inner_iters, 1, MAX_ITERATIONS)
     check_choice("solver", solver, OT_SOLVERS)
     check_choice("grad", grad, GRAD_MODES)
-    if check_finite_values:
-        check_finite("cs", cs)
-        check_finite("ct", ct)
+    structure_bound = check_finite("cs", cs) + check_finite("ct", ct) if check_finite_values else 0.0
+    check_positive("eps", eps)
     # Marginals are checked against a virtual [B, n, m] cost.
-    return validate_marginals(a, b, _SizeOnly(cs, ct.shape[1]))
+    a, b = validate_marginals(a, b, _SizeOnly(cs, ct.shape[1]))
+    # Every linearised cost is at most (max|cs| + max|ct|)^2 times the total mass (HELO_SPEC §4.4).
+    mass = float(a.detach().sum(-1).max()) if check_finite_values and a.numel() and not _tracing() else 0.0
+    check_regularisation("eps", eps, cs.dtype, structure_bound**2 * mass)
+    return a, b
 
 
 class _SizeOnly:
@@ -200,8 +234,8 @@ def validate_attention(q, k, v, bias, residual, ln_weight, ln_bias, *, scale, dr
     check_tensor("v", v, ndim=4)
     batch, heads, lq, dim = q.shape
     lk = k.shape[2]
-    if min(batch, heads, lq, dim) < 1 or lk < 1:
-        raise ValueError(f"q must have shape [B, H, Lq, D] with all sizes >= 1, got {tuple(q.shape)}")
+    if min(heads, lq, dim) < 1 or lk < 1:
+        raise ValueError(f"q must have shape [B, H, Lq, D] with H, Lq, D >= 1 (B may be 0), got {tuple(q.shape)}")
     check_shape("k", k, (batch, heads, lk, dim), "[B, H, Lk, D]")
     check_shape("v", v, (batch, heads, lk, dim), "[B, H, Lk, D]")
     check_same("k", k, "q", q)
@@ -236,7 +270,8 @@ def validate_attention(q, k, v, bias, residual, ln_weight, ln_bias, *, scale, dr
     else:
         scale = check_positive("scale", scale)
     if check_finite_values:
-        for name, t in (("q", q), ("k", k), ("v", v), ("bias", bias), ("residual", residual)):
+        for name, t in (("q", q), ("k", k), ("v", v), ("bias", bias), ("residual", residual), ("ln_weight", ln_weight),
+                        ("ln_bias", ln_bias)):
             if t is not None:
                 check_finite(name, t)
     return scale

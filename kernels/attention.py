@@ -84,7 +84,8 @@ def _head_weights(q_h, k, bias_ptr, dk_mask_ptr, do_mask_ptr, seed, dk_p, do_p, 
     index = ((pid * H + h) * Lq + rq[:, None]) * Lk + rk[None, :]
     if DK_MODE != 0:
         dropped_key = _dropped(DK_MODE, dk_mask_ptr, index, valid, seed, dk_p, _STREAM_DROPKEY)
-        logits = logits + tl.where(dropped_key, dk_value, 0.0)
+        # Replaced, not added: a fully dropped row gets uniform weights in every dtype (helo_fast.reference).
+        logits = tl.where(dropped_key, dk_value, logits)
     logits = tl.where(rk[None, :] < Lk, logits, float("-inf"))
     row_max = tl.max(logits, axis=1)
     e = tl.exp(logits - row_max[:, None])

@@ -106,20 +106,23 @@ HF_INLINE void transpose(const T* __restrict A, int64_t r, int64_t c, T* __restr
     for (int64_t j = 0; j < c; ++j) out[j * r + i] = A[i * c + j];
 }
 
-// Per-problem buffers, allocated once per parallel task. Qs: the inner iterates of the scaling-form IPOT backward,
-// kept_iterates of them (0 where unused). The [n, m] matrices and the [m] vectors have room for rows of
+// Per-problem buffers, allocated once per parallel task. Dcum, Scum: the running sums of the inner potentials for
+// the log-domain IPOT backward (history_iterates + 1 of each; 0 for the forward, whose scratch does not grow with
+// the iteration count). Qs: the inner iterates of the scaling-form IPOT backward, kept_iterates of them (0 where
+// unused). The [n, m] matrices and the [m] vectors have room for rows of
 // padded_row_stride<T>(m), the layout of the scaling-form IPOT (ot_cpu_solvers.h).
 template <typename T>
 struct GwScratch {
   std::vector<T> buf;
   T *pack, *ctT, *csT, *X, *M, *K, *Q, *G0, *dG, *dK, *lam, *Z, *Qs, *Dcum, *Scum;
-  T *u, *loga, *F, *vn1, *vn2, *vn3, *vn4, *vn5;
-  T *v, *logb, *Gv, *colmax, *vm1, *vm2, *vm3, *vm4, *vm5, *vm6;
-  GwScratch(int64_t n, int64_t m, int64_t inner, int64_t kept_iterates = 0) {
+  T *u, *loga, *inv_a, *F, *vn1, *vn2, *vn3, *vn4, *vn5;
+  T *v, *logb, *inv_b, *Gv, *colmax, *vm1, *vm2, *vm3, *vm4, *vm5, *vm6;
+  GwScratch(int64_t n, int64_t m, int64_t history_iterates, int64_t kept_iterates) {
     const int64_t big = n > m ? n : m;
     const int64_t pack_size = big * padded_cols<T>(big);
     const int64_t ld = padded_row_stride<T>(m), nq = n * ld;
-    buf.assign(pack_size + m * m + n * n + (9 + kept_iterates) * nq + (inner + 1) * (n + m) + 8 * n + 10 * ld, T(0));
+    const int64_t sums = history_iterates > 0 ? history_iterates + 1 : 0;
+    buf.assign(pack_size + m * m + n * n + (9 + kept_iterates) * nq + sums * (n + m) + 9 * n + 11 * ld, T(0));
     T* p = buf.data();
     auto take = [&p](int64_t count) {
       T* q = p;
@@ -131,9 +134,9 @@ struct GwScratch {
     X = take(nq), M = take(nq), K = take(nq), Q = take(nq), G0 = take(nq), dG = take(nq);
     dK = take(nq), lam = take(nq), Z = take(nq);
     Qs = take(kept_iterates * nq);
-    Dcum = take((inner + 1) * n), Scum = take((inner + 1) * m);
-    u = take(n), loga = take(n), F = take(n), vn1 = take(n), vn2 = take(n), vn3 = take(n), vn4 = take(n), vn5 = take(n);
-    v = take(ld), logb = take(ld), Gv = take(ld), colmax = take(ld), vm1 = take(ld), vm2 = take(ld), vm3 = take(ld);
+    Dcum = take(sums * n), Scum = take(sums * m);
+    u = take(n), loga = take(n), inv_a = take(n), F = take(n), vn1 = take(n), vn2 = take(n), vn3 = take(n), vn4 = take(n), vn5 = take(n);
+    v = take(ld), logb = take(ld), inv_b = take(ld), Gv = take(ld), colmax = take(ld), vm1 = take(ld), vm2 = take(ld), vm3 = take(ld);
     vm4 = take(ld), vm5 = take(ld), vm6 = take(ld);
   }
 };
@@ -161,6 +164,8 @@ HF_INLINE void gw_setup(const T* cs, const T* ct, const T* a, const T* b, GwScra
     s.u[i] = acc;
     s.loga[i] = std::log(a[i]);
   }
+  inverse_or_zero(a, n, s.inv_a);
+  inverse_or_zero(b, m, s.inv_b);
   for (int64_t j = 0; j < m; ++j) {
     T acc = 0;
     for (int64_t l = 0; l < m; ++l) acc += ct[j * m + l] * ct[j * m + l] * b[l];
@@ -188,7 +193,7 @@ HF_INLINE void gw_fwd_problems(const T* cs, const T* ct, const T* a, const T* b,
                                T* hist_m, int64_t n_runtime, int64_t m_runtime, T eps, int64_t outer, int64_t inner,
                                bool use_ipot, int64_t begin, int64_t end) {
   const int64_t n = kFixed != 0 ? kFixed : n_runtime, m = kFixed != 0 ? kFixed : m_runtime;
-  GwScratch<T> s(n, m, inner);
+  GwScratch<T> s(n, m, 0, 0);
   for (int64_t p = begin; p < end; ++p) {
     const T *pcs = cs + p * n * n, *pct = ct + p * m * m, *pa = a + p * n, *pb = b + p * m;
     T* gamma = plan + p * n * m;
@@ -202,9 +207,10 @@ HF_INLINE void gw_fwd_problems(const T* cs, const T* ct, const T* a, const T* b,
       T* hn = hist_n ? hist_n + (p * outer + t) * inner * n : nullptr;
       T* hm = hist_m ? hist_m + (p * outer + t) * inner * m : nullptr;
       if (use_ipot) {
-        if (!ipot_forward_linear(s.K, pa, pb, n, m, inner, gamma, hn, hm, s.G0, s.Q, s.F, s.Gv, s.colmax))
+        if (!ipot_forward_linear<T>(s.K, pa, pb, s.inv_a, s.inv_b, n, m, inner, gamma, hn, hm, s.G0, s.Q, s.F, s.Gv,
+                                    s.colmax))
           ipot_forward(s.K, s.loga, s.logb, n, m, inner, gamma, hn, hm, s.Q, s.F, s.Gv, s.colmax);
-      } else if (!sinkhorn_forward_linear(s.K, pa, pb, n, m, inner, gamma, hn, hm, s.G0, s.F, s.Gv)) {
+      } else if (!sinkhorn_forward_linear(s.K, pa, pb, s.inv_a, s.inv_b, n, m, inner, gamma, hn, hm, s.G0, s.F, s.Gv)) {
         sinkhorn_forward(s.K, s.loga, s.logb, n, m, inner, s.F, s.Gv, hn, hm, s.colmax);
         exp_outer(s.K, s.F, s.Gv, T(1), n, m, gamma);
       }
@@ -247,16 +253,16 @@ HF_INLINE void gw_bwd_problems(const T* grad, const T* cs, const T* ct, const T*
       const T* hm = hist_m + (p * outer + t) * inner * m;
       T *dloga = s.vn1, *dlogb = s.vm1;
       if (use_ipot) {
-        if (!ipot_backward_linear(s.K, pa, pb, n, m, inner, s.dG, s.dK, dloga, dlogb, s.Qs, s.lam, s.Dcum, s.Scum,
+        if (!ipot_backward_linear(s.K, pa, pb, s.inv_a, s.inv_b, n, m, inner, s.dG, s.dK, dloga, dlogb, s.Qs, s.lam, s.Dcum, s.Scum,
                                   s.vn2, s.vm2, s.vm3, s.vm4, s.vm6))
           ipot_backward(s.K, s.loga, s.logb, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.lam, s.Dcum, s.Scum,
                         s.vn2, s.vm2, s.vm3, s.vm4, s.Gv);
-      } else if (!sinkhorn_backward_linear(s.K, pa, pb, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.G0, s.lam,
+      } else if (!sinkhorn_backward_linear(s.K, s.inv_a, s.inv_b, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.G0, s.lam,
                                            s.vn2, s.vn3, s.F, s.vn5, s.vm2, s.vm3, s.vm4, s.vm6))
         sinkhorn_backward(s.K, s.loga, s.logb, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.vn2, s.vm2, s.vn3,
                           s.vm3);
-      for (int64_t i = 0; i < n; ++i) da[i] += dloga[i] / pa[i];
-      for (int64_t j = 0; j < m; ++j) db[j] += dlogb[j] / pb[j];
+      for (int64_t i = 0; i < n; ++i) da[i] += ratio_or_zero(dloga[i], pa[i]);
+      for (int64_t j = 0; j < m; ++j) db[j] += ratio_or_zero(dlogb[j], pb[j]);
       // dL/dcost = -dK/eps; the cost is u_i + v_j - 2 M_ij, so dM = 2 dK / eps (kept in s.dK).
       const T two_over_eps = T(2) / eps;
       for (int64_t i = 0; i < n; ++i) {

@@ -20,16 +20,19 @@ HF_INLINE void ipot_fwd_chunk(const T* cost, const T* a, const T* b, T* plan, T*
                               int64_t m, T beta, int64_t n_iters, int64_t begin, int64_t end) {
   // Q and Kx have rows of padded_row_stride<T>(m) for the scaling-form solver, s and colmax that many entries.
   const int64_t ld = padded_row_stride<T>(m);
-  std::vector<T> buf(n * m + 2 * n * ld + 2 * n + m + 2 * ld);
+  std::vector<T> buf(n * m + 2 * n * ld + 3 * n + 2 * m + 2 * ld);
   T *K = buf.data(), *Q = K + n * m, *Kx = Q + n * ld;
-  T *loga = Kx + n * ld, *d = loga + n;
-  T *logb = d + n, *s = logb + m, *colmax = s + ld;
+  T *loga = Kx + n * ld, *d = loga + n, *inv_a = d + n;
+  T *logb = inv_a + n, *inv_b = logb + m, *s = inv_b + m, *colmax = s + ld;
   for (int64_t p = begin; p < end; ++p) {
     scaled_inputs(cost + p * n * m, a + p * n, b + p * m, n, m, beta, K, loga, logb);
     T* dh = d_hist ? d_hist + p * n_iters * n : nullptr;
     T* sh = s_hist ? s_hist + p * n_iters * m : nullptr;
     T* out = plan + p * n * m;
-    if (ipot_forward_linear(K, a + p * n, b + p * m, n, m, n_iters, out, dh, sh, Kx, Q, d, s, colmax)) continue;
+    inverse_or_zero(a + p * n, n, inv_a);
+    inverse_or_zero(b + p * m, m, inv_b);
+    if (ipot_forward_linear<T>(K, a + p * n, b + p * m, inv_a, inv_b, n, m, n_iters, out, dh, sh, Kx, Q, d, s, colmax))
+      continue;
     ipot_forward(K, loga, logb, n, m, n_iters, out, dh, sh, Q, d, s, colmax);
   }
 }
@@ -41,25 +44,28 @@ HF_INLINE void ipot_bwd_chunk(const T* grad, const T* cost, const T* a, const T*
                               int64_t end) {
   // lam and Qs have rows of padded_row_stride<T>(m) for the scaling-form backward, c1 and c2 that many entries.
   const int64_t ld = padded_row_stride<T>(m);
-  std::vector<T> buf(n * m + (1 + n_iters) * n * ld + (n_iters + 1) * (n + m) + 3 * n + 4 * m + 2 * ld);
+  std::vector<T> buf(n * m + (1 + n_iters) * n * ld + (n_iters + 1) * (n + m) + 4 * n + 5 * m + 2 * ld);
   T *K = buf.data(), *lam = K + n * m, *Qs = lam + n * ld, *Dcum = Qs + n_iters * n * ld;
   T *Scum = Dcum + (n_iters + 1) * n;
   T *loga = Scum + (n_iters + 1) * m, *dloga = loga + n, *rr = dloga + n;
-  T *logb = rr + n, *dlogb = logb + m, *ds = dlogb + m, *dsprev = ds + m, *c1 = dsprev + m, *c2 = c1 + ld;
+  T *inv_a = rr + n, *logb = inv_a + n, *inv_b = logb + m, *dlogb = inv_b + m, *ds = dlogb + m, *dsprev = ds + m;
+  T *c1 = dsprev + m, *c2 = c1 + ld;
   for (int64_t p = begin; p < end; ++p) {
     const T* pa = a + p * n;
     const T* pb = b + p * m;
     scaled_inputs(cost + p * n * m, pa, pb, n, m, beta, K, loga, logb);
+    inverse_or_zero(pa, n, inv_a);
+    inverse_or_zero(pb, m, inv_b);
     T* dK = g_cost + p * n * m;
     const T *dh = d_hist + p * n_iters * n, *sh = s_hist + p * n_iters * m, *gT = grad + p * n * m;
-    if (!ipot_backward_linear(K, pa, pb, n, m, n_iters, gT, dK, dloga, dlogb, Qs, lam, Dcum, Scum, rr, ds, dsprev,
+    if (!ipot_backward_linear(K, pa, pb, inv_a, inv_b, n, m, n_iters, gT, dK, dloga, dlogb, Qs, lam, Dcum, Scum, rr, ds, dsprev,
                               c1, c2))
       ipot_backward(K, loga, logb, n, m, n_iters, dh, sh, gT, dK, dloga, dlogb, lam, Dcum, Scum, rr, ds, dsprev, c1,
                     c2);
 #pragma omp simd
     for (int64_t i = 0; i < n * m; ++i) dK[i] = -(dK[i] / beta);
-    for (int64_t i = 0; i < n; ++i) g_a[p * n + i] = dloga[i] / pa[i];
-    for (int64_t j = 0; j < m; ++j) g_b[p * m + j] = dlogb[j] / pb[j];
+    for (int64_t i = 0; i < n; ++i) g_a[p * n + i] = ratio_or_zero(dloga[i], pa[i]);
+    for (int64_t j = 0; j < m; ++j) g_b[p * m + j] = ratio_or_zero(dlogb[j], pb[j]);
   }
 }
 HF_DEFINE_SIMD_DISPATCH(ipot_bwd_chunk)

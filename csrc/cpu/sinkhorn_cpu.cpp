@@ -31,14 +31,16 @@ HF_INLINE const T* in_compute_type(const In* src, int64_t len, T* scratch) {
 template <typename T, typename In>
 HF_INLINE void sinkhorn_fwd_chunk(const In* cost, const In* a, const In* b, In* plan, T* f_hist, T* g_hist, int64_t n,
                                   int64_t m, T eps, int64_t n_iters, int64_t begin, int64_t end) {
-  std::vector<T> buf(3 * n * m + 3 * n + 4 * m);
+  std::vector<T> buf(3 * n * m + 4 * n + 5 * m);
   T *K = buf.data(), *Kx = K + n * m, *P = Kx + n * m;
-  T *loga = P + n * m, *F = loga + n, *at = F + n;
-  T *logb = at + n, *G = logb + m, *colmax = G + m, *bt = colmax + m;
+  T *loga = P + n * m, *F = loga + n, *at = F + n, *inv_a = at + n;
+  T *logb = inv_a + n, *G = logb + m, *colmax = G + m, *bt = colmax + m, *inv_b = bt + m;
   for (int64_t p = begin; p < end; ++p) {
     scaled_inputs(cost + p * n * m, a + p * n, b + p * m, n, m, eps, K, loga, logb);
     const T* pa = in_compute_type(a + p * n, n, at);
     const T* pb = in_compute_type(b + p * m, m, bt);
+    inverse_or_zero(pa, n, inv_a);
+    inverse_or_zero(pb, m, inv_b);
     T* fh = f_hist ? f_hist + p * n_iters * n : nullptr;
     T* gh = g_hist ? g_hist + p * n_iters * m : nullptr;
     In* out = plan + p * n * m;
@@ -47,7 +49,7 @@ HF_INLINE void sinkhorn_fwd_chunk(const In* cost, const In* a, const In* b, In* 
       out_t = out;
     else
       out_t = P;
-    if (!sinkhorn_forward_linear(K, pa, pb, n, m, n_iters, out_t, fh, gh, Kx, F, G)) {
+    if (!sinkhorn_forward_linear(K, pa, pb, inv_a, inv_b, n, m, n_iters, out_t, fh, gh, Kx, F, G)) {
       sinkhorn_forward(K, loga, logb, n, m, n_iters, F, G, fh, gh, colmax);
       exp_outer(K, F, G, T(1), n, m, out_t);
     }
@@ -61,26 +63,29 @@ template <typename T, typename In>
 HF_INLINE void sinkhorn_bwd_chunk(const In* grad, const In* cost, const In* a, const In* b, const T* f_hist,
                                   const T* g_hist, In* g_cost, In* g_a, In* g_b, int64_t n, int64_t m, T eps,
                                   int64_t n_iters, int64_t begin, int64_t end) {
-  std::vector<T> buf(5 * n * m + 9 * n + 7 * m);
+  std::vector<T> buf(5 * n * m + 10 * n + 8 * m);
   T *K = buf.data(), *Kx = K + n * m, *acc = Kx + n * m, *dK = acc + n * m, *gt = dK + n * m;
   T *loga = gt + n * m, *dF = loga + n, *zeros = dF + n, *dloga = zeros + n, *u = dloga + n, *up = u + n;
-  T *alpha = up + n, *upa = alpha + n, *at = upa + n;
-  T *logb = at + n, *dG = logb + m, *gb = dG + m, *dlogb = gb + m, *v = dlogb + m, *beta = v + m, *bt = beta + m;
+  T *alpha = up + n, *upa = alpha + n, *at = upa + n, *inv_a = at + n;
+  T *logb = inv_a + n, *dG = logb + m, *gb = dG + m, *dlogb = gb + m, *v = dlogb + m, *beta = v + m, *bt = beta + m;
+  T* inv_b = bt + m;
   for (int64_t p = begin; p < end; ++p) {
     scaled_inputs(cost + p * n * m, a + p * n, b + p * m, n, m, eps, K, loga, logb);
     const T* pa = in_compute_type(a + p * n, n, at);
     const T* pb = in_compute_type(b + p * m, m, bt);
     const T* gp = in_compute_type(grad + p * n * m, n * m, gt);
+    inverse_or_zero(pa, n, inv_a);
+    inverse_or_zero(pb, m, inv_b);
     const T* fh = f_hist + p * n_iters * n;
     const T* gh = g_hist + p * n_iters * m;
-    if (!sinkhorn_backward_linear(K, pa, pb, n, m, n_iters, fh, gh, gp, dK, dloga, dlogb, Kx, acc, u, up, alpha, upa, v,
+    if (!sinkhorn_backward_linear(K, inv_a, inv_b, n, m, n_iters, fh, gh, gp, dK, dloga, dlogb, Kx, acc, u, up, alpha, upa, v,
                                   beta, gb, dG))
       sinkhorn_backward(K, loga, logb, n, m, n_iters, fh, gh, gp, dK, dloga, dlogb, dF, dG, zeros, gb);
     In* dc = g_cost + p * n * m;
 #pragma omp simd
     for (int64_t e = 0; e < n * m; ++e) dc[e] = In(-(dK[e] / eps));
-    for (int64_t i = 0; i < n; ++i) g_a[p * n + i] = In(dloga[i] / pa[i]);
-    for (int64_t j = 0; j < m; ++j) g_b[p * m + j] = In(dlogb[j] / pb[j]);
+    for (int64_t i = 0; i < n; ++i) g_a[p * n + i] = In(ratio_or_zero(dloga[i], pa[i]));
+    for (int64_t j = 0; j < m; ++j) g_b[p * m + j] = In(ratio_or_zero(dlogb[j], pb[j]));
   }
 }
 HF_DEFINE_SIMD_DISPATCH_AVX512(sinkhorn_bwd_chunk)

@@ -69,8 +69,9 @@ __device__ acc_t logit_of(const Params& p, const InputViews<scalar_t>& x, int64_
     s *= scale;
   }
   const uint64_t index = static_cast<uint64_t>((bh * p.lq + i) * p.lk + j);
-  if (dropped(p.dropkey_mode, x.dropkey_mask, p.seed, index, kStreamDropKey, p.dropkey_p))
-    s += acc_t(p.dropkey_value);
+  // DropKey replaces the logit (a fully dropped row: uniform weights in every dtype); the backward still routes the
+  // logit's gradient to q, k and the bias, as the release's additive -1e12 does in float32.
+  if (dropped(p.dropkey_mode, x.dropkey_mask, p.seed, index, kStreamDropKey, p.dropkey_p)) s = acc_t(p.dropkey_value);
   return s;
 }
 

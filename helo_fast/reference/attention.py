@@ -38,7 +38,9 @@ def lcd_attention(q, k, v, bias=None, *, scale=None, dropkey_p=0.0, dropout_p=0.
     q: [B, H, Lq, D]; k, v: [B, H, Lk, D]; bias broadcastable to [B, H, Lq, Lk];
     residual: [B, Lq, H*D]; ln_weight, ln_bias: [H*D] (LayerNorm applied when ln_weight is given).
     logits = (q k^T + bias) * scale if bias_before_scale else q k^T * scale + bias
-    (scale defaults to D**-0.5); DropKey adds -1e12 to each logit with probability dropkey_p;
+    (scale defaults to D**-0.5); DropKey sets each logit to -1e12 with probability dropkey_p (a row with every
+    key dropped gets uniform weights, in every dtype; the dropped logit's gradient still flows, as with the release's
+    additive -1e12 in float32);
     dropout zeroes each weight with probability dropout_p and rescales by 1/(1 - dropout_p).
     Explicit bool masks (True = dropped) override the random ones.
     Returns [B, Lq, H*D]: heads concatenated, plus residual, then LayerNorm.
@@ -56,7 +58,11 @@ def lcd_attention(q, k, v, bias=None, *, scale=None, dropkey_p=0.0, dropout_p=0.
     if bias is not None and not bias_before_scale:
         logits = logits + bias
     if dropkey_mask is not None:
-        logits = logits + dropkey_mask.to(logits.dtype) * dropkey_value(logits.dtype)
+        # Replaced, not added: x - 1e12 keeps x's digits in float64 (softmax(x) for a fully dropped row) and loses them
+        # in float32 (uniform); replacing gives uniform weights in every dtype. The straight-through term keeps the
+        # gradient of the dropped logits (zero forward), as the additive mask has in float32.
+        dropped = torch.full_like(logits, dropkey_value(logits.dtype)) + (logits - logits.detach())
+        logits = torch.where(dropkey_mask, dropped, logits)
     weights = torch.softmax(logits, dim=-1)
     if dropout_mask is not None:
         weights = weights * (~dropout_mask).to(weights.dtype) / (1.0 - dropout_p)
