@@ -472,14 +472,14 @@ void forward_batches(const Params& p, const InputViews<scalar_t>& x, scalar_t* o
       for (int64_t e = 0; e < HD; ++e) var += (yr[e] - mean) * (yr[e] - mean);
       var /= acc_t(HD);
       const acc_t rstd = acc_t(1) / std::sqrt(var + acc_t(p.ln_eps));
-      const scalar_t* __restrict lw = x.ln_weight;
-      const scalar_t* __restrict lb = x.ln_bias;
+      const acc_t* __restrict lw = x.ln_weight;
+      const acc_t* __restrict lb = x.ln_bias;
       if (p.has_ln_bias) {
 #pragma omp simd
-        for (int64_t e = 0; e < HD; ++e) o[e] = scalar_t((yr[e] - mean) * rstd * acc_t(lw[e]) + acc_t(lb[e]));
+        for (int64_t e = 0; e < HD; ++e) o[e] = scalar_t((yr[e] - mean) * rstd * lw[e] + lb[e]);
       } else {
 #pragma omp simd
-        for (int64_t e = 0; e < HD; ++e) o[e] = scalar_t((yr[e] - mean) * rstd * acc_t(lw[e]));
+        for (int64_t e = 0; e < HD; ++e) o[e] = scalar_t((yr[e] - mean) * rstd * lw[e]);
       }
       mean_out[row] = mean;
       rstd_out[row] = rstd;
@@ -509,7 +509,7 @@ void backward_one_batch(const Params& p, const InputViews<scalar_t>& x, const sc
       const acc_t mean = mean_in[row], rstd = rstd_in[row];
       acc_t sum_g = 0, sum_gx = 0;
       const acc_t* __restrict yr = y_in + row * HD;
-      const scalar_t* __restrict lw = x.ln_weight;
+      const acc_t* __restrict lw = x.ln_weight;
       if (dln_bias != nullptr) {
 #pragma omp simd
         for (int64_t e = 0; e < HD; ++e) dln_bias[e] += acc_t(go[e]);
@@ -518,7 +518,7 @@ void backward_one_batch(const Params& p, const InputViews<scalar_t>& x, const sc
       for (int64_t e = 0; e < HD; ++e) {
         const acc_t xhat = (yr[e] - mean) * rstd, gout = acc_t(go[e]);
         dln_weight[e] += gout * xhat;
-        dy[e] = gout * acc_t(lw[e]);
+        dy[e] = gout * lw[e];
         sum_g += dy[e];
         sum_gx += dy[e] * xhat;
       }

@@ -18,23 +18,42 @@ struct Inputs {
   at::Tensor q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask;
 };
 
-// Read-only pointers to the inputs for one dtype (null where a tensor is undefined), passed to the kernels.
+// Read-only pointers to the inputs for one dtype (null where a tensor is undefined), passed to the kernels. The
+// LayerNorm parameters are in the accumulation type (make_inputs converts them): float16/bfloat16 inputs may come
+// with float32 parameters, as torch.autocast leaves them.
 template <typename scalar_t>
 struct InputViews {
-  const scalar_t *q, *k, *v, *bias, *residual, *ln_weight, *ln_bias;
+  const scalar_t *q, *k, *v, *bias, *residual;
+  const at::opmath_type<scalar_t> *ln_weight, *ln_bias;
   const bool *dropkey_mask, *dropout_mask;
 };
 
 template <typename scalar_t>
 InputViews<scalar_t> input_views(const Inputs& in) {
+  using acc_t = at::opmath_type<scalar_t>;
   auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr; };
+  auto acc_ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<acc_t>() : nullptr; };
   auto mask = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<bool>() : nullptr; };
-  return {ptr(in.q), ptr(in.k), ptr(in.v), ptr(in.bias), ptr(in.residual), ptr(in.ln_weight), ptr(in.ln_bias),
-          mask(in.dropkey_mask), mask(in.dropout_mask)};
+  return {ptr(in.q), ptr(in.k), ptr(in.v), ptr(in.bias), ptr(in.residual), acc_ptr(in.ln_weight),
+          acc_ptr(in.ln_bias), mask(in.dropkey_mask), mask(in.dropout_mask)};
 }
 
 inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
+}
+
+// A LayerNorm parameter [H*D] in the accumulation type of q (float32 for float16/bfloat16 q), contiguous.
+inline at::Tensor layer_norm_parameter(const std::optional<at::Tensor>& t, const at::Tensor& q) {
+  if (!t.has_value() || !t->defined()) return at::Tensor();
+  const at::ScalarType acc = at::toOpMathType(q.scalar_type());
+  TORCH_CHECK(t->scalar_type() == q.scalar_type() || t->scalar_type() == acc,
+              "lcd_attention: ln_weight/ln_bias must have the dtype of q or its accumulation type");
+  return t->to(acc).contiguous();
+}
+
+// The dtype the gradient of a LayerNorm parameter is returned in: the parameter's own.
+inline at::ScalarType parameter_dtype(const std::optional<at::Tensor>& t, const at::Tensor& q) {
+  return t.has_value() && t->defined() ? t->scalar_type() : q.scalar_type();
 }
 
 inline int mask_mode(const at::Tensor& explicit_mask, double p) {
@@ -71,8 +90,8 @@ inline Inputs make_inputs(const at::Tensor& q, const at::Tensor& k, const at::Te
   if (in.residual.defined())
     TORCH_CHECK(in.residual.sizes() == at::IntArrayRef({batch, lq, heads * dim}),
                 "lcd_attention: residual must be [B, Lq, H*D]");
-  in.ln_weight = contiguous_or_undefined(ln_weight);
-  in.ln_bias = contiguous_or_undefined(ln_bias);
+  in.ln_weight = layer_norm_parameter(ln_weight, q);
+  in.ln_bias = layer_norm_parameter(ln_bias, q);
   TORCH_CHECK(!in.ln_bias.defined() || in.ln_weight.defined(), "lcd_attention: ln_bias needs ln_weight");
   for (const at::Tensor* t : {&in.ln_weight, &in.ln_bias})
     if (t->defined()) TORCH_CHECK(t->numel() == heads * dim, "lcd_attention: ln_weight/ln_bias must be [H*D]");

@@ -222,6 +222,16 @@ class _SizeOnly:
         self.device = cs.device
 
 
+def check_layer_norm_parameter(name: str, t: torch.Tensor, q: torch.Tensor) -> None:
+    """A LayerNorm parameter of lcd_attention has q's dtype, or float32 when q is float16/bfloat16 (torch.autocast
+    keeps LayerNorm parameters in float32), and q's device."""
+    if t.dtype != q.dtype and not (q.dtype in (torch.float16, torch.bfloat16) and t.dtype == torch.float32):
+        also = " or float32" if q.dtype in (torch.float16, torch.bfloat16) else ""
+        raise TypeError(f"{name} must have the dtype of q ({q.dtype}){also}, got {t.dtype}")
+    if t.device != q.device:
+        raise ValueError(f"{name} must be on the device of q ({q.device}), got {t.device}")
+
+
 def validate_attention(q, k, v, bias, residual, ln_weight, ln_bias, *, scale, dropkey_p, dropout_p, ln_eps,
                        dropkey_mask=None, dropout_mask=None, check_finite_values: bool = True):
     """Validate the inputs of ``lcd_attention``; return the effective scale.
@@ -255,7 +265,7 @@ def validate_attention(q, k, v, bias, residual, ln_weight, ln_bias, *, scale, dr
         if t is not None:
             check_tensor(name, t, ndim=1)
             check_shape(name, t, (heads * dim,), "[H*D]")
-            check_same(name, t, "q", q)
+            check_layer_norm_parameter(name, t, q)
     for name, t in (("dropkey_mask", dropkey_mask), ("dropout_mask", dropout_mask)):
         if t is not None:
             check_tensor(name, t, dtypes=(torch.bool,))

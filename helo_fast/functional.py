@@ -2,13 +2,16 @@
 
 Each op takes ``backend="auto" | "reference" | "cpp" | "triton"`` (see ``_backend.choose_backend``)
 and ``check_finite=True`` (NaN/inf inputs raise ValueError; False skips that check for speed).
+Under torch.autocast the OT ops and lcd_attention follow the policy of ``_autocast`` (applied before validation).
 """
 from __future__ import annotations
 
 from . import _backend, _ops, reference
+from ._autocast import ATTENTION_ARGS, OT_ARGS, autocast_policy
 from ._validation import device_of, validate_attention, validate_dropout, validate_gromov, validate_ot
 
 
+@autocast_policy(OT_ARGS)
 def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", backend="auto", check_finite=True):
     """Batched log-domain entropic OT; see ``helo_fast.reference.sinkhorn`` for the semantics.
 
@@ -22,6 +25,7 @@ def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", backend="au
     return _ops.get("sinkhorn", backend)(cost, a, b, eps=eps, n_iters=n_iters, grad=grad)
 
 
+@autocast_policy(OT_ARGS)
 def ipot(cost, a=None, b=None, *, beta, n_iters, grad="none", backend="auto", check_finite=True):
     """Batched log-domain IPOT (HELO_SPEC §4.5); see ``helo_fast.reference.ipot``.
 
@@ -35,6 +39,7 @@ def ipot(cost, a=None, b=None, *, beta, n_iters, grad="none", backend="auto", ch
     return _ops.get("ipot", backend)(cost, a, b, beta=beta, n_iters=n_iters, grad=grad)
 
 
+@autocast_policy(OT_ARGS)
 def gromov_wasserstein(cs, ct, a=None, b=None, *, eps=0.1, outer_iters=5, inner_iters=20, solver="ipot", grad="none",
                        backend="auto", check_finite=True):
     """HeLo's whole GW step fused; see ``helo_fast.reference.gromov_wasserstein``.
@@ -51,6 +56,7 @@ def gromov_wasserstein(cs, ct, a=None, b=None, *, eps=0.1, outer_iters=5, inner_
                                                    inner_iters=inner_iters, solver=solver, grad=grad)
 
 
+@autocast_policy(ATTENTION_ARGS)
 def lcd_attention(q, k, v, bias=None, *, scale=None, dropkey_p=0.0, dropout_p=0.0, residual=None, ln_weight=None,
                   ln_bias=None, ln_eps=1e-5, bias_before_scale=True, generator=None, dropkey_mask=None,
                   dropout_mask=None, backend="auto", check_finite=True):

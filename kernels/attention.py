@@ -324,5 +324,5 @@ def lcd_attention_bwd(grad_out, q, k, v, bias, residual, ln_weight, scale: float
     return (dq.to(out_dtype), dk.to(out_dtype), dv.to(out_dtype),
             dbias.sum_to_size(bias.shape).to(out_dtype) if bias is not None else None,
             dres.to(out_dtype) if residual is not None else None,
-            dlnw.sum(0).to(out_dtype) if has_ln else None,
-            dlnb.sum(0).to(out_dtype) if has_ln else None)
+            dlnw.sum(0).to(ln_weight.dtype) if has_ln else None,
+            dlnb.sum(0).to(ln_weight.dtype) if has_ln else None)

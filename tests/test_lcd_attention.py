@@ -282,10 +282,13 @@ def op_samples():
             0.4, 0.3, 0.2, -1e12, 1e-5, True, torch.tensor([17]))
     bare = (t["q"], t["k"], t["v"], None, None, None, None, dropkey, dropout, 0.5, 0.0, 0.3, -1e12, 1e-5, False,
             torch.tensor([0]))
-    return [full, bare]
+    # bfloat16 activations with float32 LayerNorm parameters, as torch.autocast passes them
+    low = tuple(t[n].bfloat16() for n in ("q", "k", "v", "bias", "residual"))
+    mixed = low + (t["ln_weight"].float(), t["ln_bias"].float()) + full[7:]
+    return [full, bare, mixed]
 
 
-@pytest.mark.parametrize("sample", [0, 1])
+@pytest.mark.parametrize("sample", [0, 1, 2])
 def test_opcheck_forward_and_backward_ops(sample):
     args = op_samples()[sample]
     fwd_args = tuple(a.clone().requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point() else a

@@ -106,6 +106,8 @@ ATTENTION_CASES = [
     (dict(residual=torch.randn(2, 3, 9, dtype=torch.float64)), ValueError, r"residual must have shape \[B, Lq, H\*D\]"),
     (dict(ln_bias=torch.randn(10, dtype=torch.float64)), ValueError, "ln_bias needs ln_weight"),
     (dict(ln_weight=torch.randn(9, dtype=torch.float64)), ValueError, r"ln_weight must have shape \[H\*D\]"),
+    (dict(ln_weight=torch.randn(10, dtype=torch.float32)), TypeError, r"ln_weight must have the dtype of q \(torch"
+     r"\.float64\), got torch\.float32"),
     (dict(dropkey_mask=torch.zeros(2, 2, 3, 4)), TypeError, "dropkey_mask must have dtype"),
     (dict(dropout_mask=torch.zeros(2, 2, 3, 3, dtype=torch.bool)), ValueError, r"dropout_mask must have shape"),
     (dict(dropkey_p=1.0), ValueError, r"dropkey_p must be in \[0, 1\)"),
@@ -124,6 +126,20 @@ def test_lcd_attention_rejects_bad_input(change, exc, match, backend):
     args.update(change)
     with pytest.raises(exc, match=match):
         hf.lcd_attention(args.pop("q"), args.pop("k"), args.pop("v"), args.pop("bias"), backend=backend, **args)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_lcd_attention_half_inputs_take_float32_layer_norm_parameters_only(dtype, backend):
+    """float16/bfloat16 q may come with float32 LayerNorm parameters (as torch.autocast leaves them); no other
+    mix of dtypes."""
+    q, k, v = attention_inputs(dtype=dtype)
+    out = hf.lcd_attention(q, k, v, ln_weight=torch.ones(10), ln_bias=torch.zeros(10), backend=backend)
+    assert out.dtype == dtype
+    with pytest.raises(TypeError, match=r"ln_bias must have the dtype of q \(torch\.\w+\) or float32, got "
+                                        r"torch\.float64"):
+        hf.lcd_attention(q, k, v, ln_weight=torch.ones(10), ln_bias=torch.zeros(10, dtype=torch.float64),
+                         backend=backend)
 
 
 def test_unknown_backend_is_a_value_error():

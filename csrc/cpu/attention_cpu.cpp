@@ -207,8 +207,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor grad_bias = q.new_empty({0}), grad_ln_weight = q.new_empty({0}), grad_ln_bias = q.new_empty({0});
   if (p.has_bias)
     grad_bias = (bias_shared ? dbias_acc.sum(0).view(in.bias.sizes()) : dbias_acc).to(q.scalar_type());
-  if (p.has_ln) grad_ln_weight = dln_weight_acc.sum(0).to(q.scalar_type());
-  if (p.has_ln_bias) grad_ln_bias = dln_bias_acc.sum(0).to(q.scalar_type());
+  if (p.has_ln) grad_ln_weight = dln_weight_acc.sum(0).to(parameter_dtype(ln_weight, q));
+  if (p.has_ln_bias) grad_ln_bias = dln_bias_acc.sum(0).to(parameter_dtype(ln_bias, q));
   return {dq, dk, dv, grad_bias, dy, grad_ln_weight, grad_ln_bias};
 }
 

@@ -355,8 +355,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   // Absent inputs get distinct empty tensors (outputs must not alias each other).
   at::Tensor grad_bias = q.new_empty({0}), grad_ln_weight = q.new_empty({0}), grad_ln_bias = q.new_empty({0});
   if (p.has_bias) grad_bias = dbias_acc.to(q.scalar_type());
-  if (p.has_ln) grad_ln_weight = dln_weight_acc.to(q.scalar_type());
-  if (p.has_ln_bias) grad_ln_bias = dln_bias_acc.to(q.scalar_type());
+  if (p.has_ln) grad_ln_weight = dln_weight_acc.to(parameter_dtype(ln_weight, q));
+  if (p.has_ln_bias) grad_ln_bias = dln_bias_acc.to(parameter_dtype(ln_bias, q));
   // The kernel wrote contiguous [B, H, L, D]; the op returns the layout of gradient_like (that of the fake kernel).
   auto in_input_layout = [](const at::Tensor& grad, const at::Tensor& input) {
     if (input.strides() == grad.strides()) return grad;  // gradient_like of a dense input keeps its strides

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .. import _ext, _rng
+from .._autocast import FLOAT32, LOW, register_autocast_rule
 from ..reference.attention import dropkey_value
 from . import register
 
@@ -46,9 +47,17 @@ if _ext.has_cpp():
             grad = torch.empty_like(t)
             return grad if grad.dim() == 0 or grad.stride(-1) == 1 else t.new_empty(t.shape)
 
+        def parameter_grad(t):  # in the parameter's own dtype (float32 LayerNorm parameters of half inputs)
+            return q.new_empty((heads * dim,) if t is not None else (0,), dtype=q.dtype if t is None else t.dtype)
+
         return (gradient_like(q), gradient_like(k), gradient_like(v),
                 like(bias, None if bias is None else bias.shape), q.new_empty((batch, lq, heads * dim)),
-                like(ln_weight, (heads * dim,)), like(ln_bias, (heads * dim,)))
+                parameter_grad(ln_weight), parameter_grad(ln_bias))
+
+    # Under autocast: q, k, v, bias, residual (and grad_out) in the autocast dtype, the LayerNorm parameters in
+    # float32; masks, scalars and the backward's saved statistics untouched (helo_fast._autocast).
+    register_autocast_rule("helo_fast::lcd_attention_fwd", [LOW] * 5 + [FLOAT32] * 2)
+    register_autocast_rule("helo_fast::lcd_attention_bwd", [LOW] * 6 + [FLOAT32] * 2)
 
     def _save_context(ctx, inputs, output):
         """Keep what lcd_attention_bwd reads (shared by the registered autograd and the eager Function)."""

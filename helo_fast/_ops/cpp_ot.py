@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
+from .._autocast import register_autocast_rule
 from . import register
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -119,6 +120,11 @@ if _ext.has_cpp():
         plan, _, _, _ = _ops.gromov_wasserstein_fwd(cs, ct, a, b, float(eps), int(outer_iters), int(inner_iters),
                                                    str(solver), _wants_grad(grad, cs, ct, a, b))
         return plan.to(dtype)
+
+    # Under autocast every float argument is cast to float32 (helo_fast._autocast's OT rule).
+    for _name in ("sinkhorn", "ipot", "gromov_wasserstein"):
+        register_autocast_rule(f"helo_fast::{_name}_fwd")
+        register_autocast_rule(f"helo_fast::{_name}_bwd")
 
     register("sinkhorn", "cpp", sinkhorn_cpp)
     register("ipot", "cpp", ipot_cpp)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import _rng, kernels
+from .._autocast import FLOAT32, LOW, register_autocast_rule
 from . import register, register_seeded_dropout_autograd
 
 if kernels.TRITON_ERROR is None:
@@ -262,6 +263,14 @@ if kernels.TRITON_ERROR is None:
     def seeded_dropout_triton(x, p, *, generator):
         """Validated x (any shape), 0 < p < 1 -> the dropout of x, seed drawn from ``generator`` as the reference."""
         return triton_seeded_dropout_fwd(x, _rng.draw_seed_tensor(generator), float(p))
+
+    # Under autocast (helo_fast._autocast): the OT ops in float32; the attention's q, k, v, bias, residual (and
+    # grad_out) in the autocast dtype, its LayerNorm parameters in float32. seeded_dropout keeps the input dtype.
+    for _name in ("sinkhorn", "ipot", "gromov_wasserstein"):
+        register_autocast_rule(f"helo_fast::triton_{_name}_fwd")
+        register_autocast_rule(f"helo_fast::triton_{_name}_bwd")
+    register_autocast_rule("helo_fast::triton_lcd_attention_fwd", [LOW] * 5 + [FLOAT32] * 2)
+    register_autocast_rule("helo_fast::triton_lcd_attention_bwd", [LOW] * 6 + [FLOAT32])
 
     register("sinkhorn", "triton", sinkhorn_triton)
     register("ipot", "triton", ipot_triton)

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _rng
+from .._autocast import ATTENTION_ARGS, autocast_policy
 from .._validation import validate_attention
 
 DROPKEY_VALUE = -1e12  # finite on purpose: a fully masked row gets uniform weights, never NaN
@@ -30,6 +31,12 @@ def attention_masks(shape, dropkey_p, dropout_p, generator=None, dropkey_mask=No
     return dropkey_mask, dropout_mask
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype lcd_attention computes in for inputs of ``dtype``: float32 for float16/bfloat16, else ``dtype``."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+@autocast_policy(ATTENTION_ARGS)
 def lcd_attention(q, k, v, bias=None, *, scale=None, dropkey_p=0.0, dropout_p=0.0, residual=None,
                   ln_weight=None, ln_bias=None, ln_eps=1e-5, bias_before_scale=True, generator=None,
                   dropkey_mask=None, dropout_mask=None, check_finite=True):
@@ -44,6 +51,9 @@ def lcd_attention(q, k, v, bias=None, *, scale=None, dropkey_p=0.0, dropout_p=0.
     dropout zeroes each weight with probability dropout_p and rescales by 1/(1 - dropout_p).
     Explicit bool masks (True = dropped) override the random ones.
     Returns [B, Lq, H*D]: heads concatenated, plus residual, then LayerNorm.
+    float16/bfloat16 inputs are computed in float32 and the result returned in their dtype; their LayerNorm
+    parameters may be float32. Under torch.autocast see ``helo_fast._autocast`` (q, k, v, bias, residual are cast to
+    the autocast dtype, the LayerNorm parameters to float32).
     """
     scale = validate_attention(q, k, v, bias, residual, ln_weight, ln_bias, scale=scale, dropkey_p=dropkey_p,
                                dropout_p=dropout_p, ln_eps=ln_eps, dropkey_mask=dropkey_mask,
@@ -51,6 +61,10 @@ def lcd_attention(q, k, v, bias=None, *, scale=None, dropkey_p=0.0, dropout_p=0.
     batch, heads, lq, dim = q.shape
     dropkey_mask, dropout_mask = attention_masks((batch, heads, lq, k.shape[2]), dropkey_p, dropout_p, generator,
                                                  dropkey_mask, dropout_mask, q.device)
+    out_dtype, dropped_value = q.dtype, dropkey_value(q.dtype)
+    compute = compute_dtype(q.dtype)
+    q, k, v, bias, residual, ln_weight, ln_bias = (None if t is None else t.to(compute)
+                                                   for t in (q, k, v, bias, residual, ln_weight, ln_bias))
     logits = q @ k.transpose(-1, -2)
     if bias is not None and bias_before_scale:
         logits = logits + bias
@@ -61,7 +75,7 @@ def lcd_attention(q, k, v, bias=None, *, scale=None, dropkey_p=0.0, dropout_p=0.
         # Replaced, not added: x - 1e12 keeps x's digits in float64 (softmax(x) for a fully dropped row) and loses them
         # in float32 (uniform); replacing gives uniform weights in every dtype. The straight-through term keeps the
         # gradient of the dropped logits (zero forward), as the additive mask has in float32.
-        dropped = torch.full_like(logits, dropkey_value(logits.dtype)) + (logits - logits.detach())
+        dropped = torch.full_like(logits, dropped_value) + (logits - logits.detach())
         logits = torch.where(dropkey_mask, dropped, logits)
     weights = torch.softmax(logits, dim=-1)
     if dropout_mask is not None:
@@ -71,4 +85,4 @@ def lcd_attention(q, k, v, bias=None, *, scale=None, dropkey_p=0.0, dropout_p=0.
         out = out + residual
     if ln_weight is not None:
         out = F.layer_norm(out, (heads * dim,), ln_weight, ln_bias, ln_eps)
-    return out
+    return out.to(out_dtype)

@@ -13,7 +13,7 @@ from torch import nn
 from .._validation import check_probability
 from .attention import lcd_attention
 from .dropout import seeded_dropout
-from .ot import gromov_wasserstein, sinkhorn
+from . import gromov_wasserstein, sinkhorn  # with the autocast rule of helo_fast._autocast
 
 
 class LCDAttention(nn.Module):

@@ -1,0 +1,167 @@
+"""Every public op under torch.autocast (bfloat16 and float16; CPU, and CUDA where a GPU is present), on the
+reference and cpp backends (Triton: test_triton_autocast.py), against the policy of helo_fast._autocast:
+
+- OT ops compute in float32 and return float32 whatever the input dtype;
+- lcd_attention casts q, k, v, bias, residual to the autocast dtype and the LayerNorm parameters to float32,
+  computes in float32 and returns the autocast dtype;
+- seeded_dropout keeps the input dtype and its result.
+
+Each backend's result (and gradients) must be within 2x the error of the reference in the same autocast setting,
+both measured against the float64 reference on the same inputs (tests/tolerance.py).
+"""
+import pytest
+import torch
+
+import helo_fast as hf
+from helo_fast import _ext, reference
+from autocast_cases import (ATTENTION_ARGS, LOW_DTYPES, MASKS, assert_backend_within_reference_error, attention_call,
+                            attention_inputs, low_precision_costs, ot_call, ot_inputs, value_and_grads)
+from devices import cpp_devices, seeded_weights
+from ot_cases import ot_problem
+
+BACKENDS = ["reference", pytest.param("cpp", marks=pytest.mark.skipif(not _ext.has_cpp(), reason="no C++ extension"))]
+# HeLo's three attentions (B reduced): (batch, heads, lq, lk, dim, bias shape).
+ATTENTION_SHAPES = {"ca": (3, 4, 18, 18, 32, None), "transformer": (2, 4, 36, 36, 32, None),
+                    "lcd_ca": (3, 1, 10, 10, 128, (1, 10, 10))}
+
+
+# ----------------------------------------------------------------------------------------------- OT ops
+@pytest.mark.parametrize("device", cpp_devices())
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", LOW_DTYPES)
+@pytest.mark.parametrize("op", ["sinkhorn", "ipot", "gromov_wasserstein"])
+def test_ot_ops_compute_in_float32_under_autocast(op, dtype, backend, device):
+    """Low-precision inputs under autocast: the same plan as the op on their float32 copies without autocast."""
+    inputs = low_precision_costs(ot_inputs(op, device), dtype)
+    call = ot_call(op)
+    with torch.autocast(device.type, dtype=dtype):
+        plan = call(backend, *inputs)
+    assert plan.dtype == torch.float32
+    assert torch.equal(plan, call(backend, *[t.float() if t is not None else None for t in inputs]))
+
+
+@pytest.mark.parametrize("device", cpp_devices())
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", LOW_DTYPES)
+@pytest.mark.parametrize("op", ["sinkhorn", "ipot", "gromov_wasserstein"])
+def test_ot_ops_on_float32_inputs_are_unchanged_by_autocast(op, dtype, backend, device):
+    inputs = low_precision_costs(ot_inputs(op, device, seed=1), torch.float32)
+    call = ot_call(op)
+    with torch.autocast(device.type, dtype=dtype):
+        plan = call(backend, *inputs)
+    assert torch.equal(plan, call(backend, *inputs))
+
+
+@pytest.mark.skipif(not _ext.has_cpp(), reason="no C++ extension")
+@pytest.mark.parametrize("device", cpp_devices())
+@pytest.mark.parametrize("input_dtype", ["low", torch.float32], ids=["low_inputs", "f32_inputs"])
+@pytest.mark.parametrize("dtype", LOW_DTYPES)
+@pytest.mark.parametrize("op", ["sinkhorn", "ipot", "gromov_wasserstein"])
+def test_cpp_ot_ops_within_reference_error_under_autocast(op, dtype, input_dtype, device):
+    inputs = low_precision_costs(ot_inputs(op, device, seed=2), dtype if input_dtype == "low" else input_dtype)
+    probe = ot_call(op)("reference", *[t.double() if t is not None else None for t in inputs])
+    weight = seeded_weights(3, *probe.shape, device=device)
+    assert_backend_within_reference_error(ot_call(op), inputs, weight, device, dtype, "cpp", torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------- lcd_attention
+
+
+@pytest.mark.parametrize("device", cpp_devices())
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", LOW_DTYPES)
+@pytest.mark.parametrize("name", list(ATTENTION_SHAPES))
+def test_attention_casts_inputs_and_returns_the_autocast_dtype(name, dtype, backend, device):
+    """Under autocast: the result of the op on q, k, v, bias, residual in the autocast dtype and LayerNorm parameters
+    in float32, without autocast; gradients in each input's dtype."""
+    inputs = attention_inputs(ATTENTION_SHAPES[name], torch.float32, device)
+    out, grads = value_and_grads(lambda *x: attention_call(backend, *x, **MASKS["seeded"]), inputs,
+                                 torch.ones(()), (device.type, dtype))
+    assert out.dtype == dtype
+    cast = [t.to(dtype) if n not in ("ln_weight", "ln_bias") and t is not None else t
+            for n, t in zip(ATTENTION_ARGS, inputs)]
+    assert torch.equal(out, attention_call(backend, *cast, **MASKS["seeded"]))
+    assert [g.dtype for g in grads] == [t.dtype for t in inputs if t is not None]
+
+
+@pytest.mark.skipif(not _ext.has_cpp(), reason="no C++ extension")
+@pytest.mark.parametrize("device", cpp_devices())
+@pytest.mark.parametrize("masks", list(MASKS))
+@pytest.mark.parametrize("dtype", LOW_DTYPES)
+@pytest.mark.parametrize("name", list(ATTENTION_SHAPES))
+def test_cpp_attention_within_reference_error_under_autocast(name, dtype, masks, device):
+    inputs = attention_inputs(ATTENTION_SHAPES[name], dtype, device, seed=4)
+    batch, heads, lq, _, dim, _ = ATTENTION_SHAPES[name]
+    weight = seeded_weights(5, batch, lq, heads * dim, device=device)
+    call = lambda backend, *x: attention_call(backend, *x, **MASKS[masks])  # noqa: E731
+    assert_backend_within_reference_error(call, inputs, weight, device, dtype, "cpp", dtype)
+
+
+@pytest.mark.parametrize("device", cpp_devices())
+@pytest.mark.parametrize("dtype", LOW_DTYPES)
+def test_reference_attention_accumulates_in_float32(dtype, device):
+    """Half-precision inputs: the float32 computation on their values, rounded once at the end."""
+    inputs = attention_inputs(ATTENTION_SHAPES["transformer"], dtype, device, seed=6)
+    low = [t.to(dtype) if t is not None else None for t in inputs]
+    out = reference.lcd_attention(*low[:4], residual=low[4], ln_weight=inputs[5], ln_bias=inputs[6])
+    in32 = [t.float() if t is not None else None for t in low]
+    out32 = reference.lcd_attention(*in32[:4], residual=in32[4], ln_weight=inputs[5], ln_bias=inputs[6])
+    assert out.dtype == dtype and torch.equal(out, out32.to(dtype))
+
+
+# ----------------------------------------------------------------------------------------------- seeded_dropout
+@pytest.mark.parametrize("device", cpp_devices())
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("dtype", LOW_DTYPES)
+def test_seeded_dropout_keeps_dtype_and_result_under_autocast(dtype, input_dtype, backend, device):
+    x = seeded_weights(0, 64, 36, 16, device=device).to(input_dtype).requires_grad_()
+    with torch.autocast(device.type, dtype=dtype):
+        out = hf.seeded_dropout(x, 0.5, generator=torch.Generator().manual_seed(3), backend=backend)
+    assert out.dtype == input_dtype
+    plain = hf.seeded_dropout(x, 0.5, generator=torch.Generator().manual_seed(3), backend=backend)
+    assert torch.equal(out, plain)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert grad.dtype == input_dtype and torch.equal(grad, (plain != 0).to(input_dtype) * 2)
+
+
+# ----------------------------------------------------------------------------------------------- the custom ops
+@pytest.mark.skipif(not _ext.has_cpp(), reason="no C++ extension")
+@pytest.mark.parametrize("device", cpp_devices())
+@pytest.mark.parametrize("dtype", LOW_DTYPES)
+def test_cpp_ot_op_autocast_kernel_casts_to_float32(dtype, device):
+    """torch.ops.helo_fast.*_fwd called directly under autocast with mixed dtypes: every input in float32."""
+    cost, a, b = ot_problem(7, 2, 6, 5, device=device)
+    with torch.autocast(device.type, dtype=dtype):
+        plan, _, _ = torch.ops.helo_fast.ipot_fwd(cost.to(dtype), a.float(), b.to(dtype), 0.1, 10, False)
+    expected, _, _ = torch.ops.helo_fast.ipot_fwd(cost.to(dtype).float(), a.float(), b.to(dtype).float(), 0.1, 10,
+                                                  False)
+    assert plan.dtype == torch.float32 and torch.equal(plan, expected)
+
+
+@pytest.mark.skipif(not _ext.has_cpp(), reason="no C++ extension")
+@pytest.mark.parametrize("device", cpp_devices())
+@pytest.mark.parametrize("dtype", LOW_DTYPES)
+def test_cpp_attention_op_autocast_kernels_cast_by_argument(dtype, device):
+    """lcd_attention_fwd/_bwd called directly under autocast with float32 tensors: q, k, v, bias, residual (and
+    grad_out) in the autocast dtype, LayerNorm parameters and the saved statistics in float32."""
+    q, k, v, bias, residual, ln_weight, ln_bias = attention_inputs(ATTENTION_SHAPES["ca"], torch.float32, device)
+    seed = torch.zeros(1, dtype=torch.int64)
+    scalars = (0.25, 0.0, 0.0, -1e12, 1e-5, True, seed)
+    with torch.autocast(device.type, dtype=dtype):
+        out, mean, rstd, prob, ln_input = torch.ops.helo_fast.lcd_attention_fwd(
+            q, k, v, bias, residual, ln_weight, ln_bias, None, None, *scalars, True)
+        grads = torch.ops.helo_fast.lcd_attention_bwd(torch.ones_like(out, dtype=torch.float32), q, k, v, bias,
+                                                      residual, ln_weight, ln_bias, None, None, mean, rstd, prob,
+                                                      ln_input, *scalars[:4], True, seed)
+    low = [t.to(dtype) for t in (q, k, v, residual)]
+    expected = torch.ops.helo_fast.lcd_attention_fwd(*low[:3], None, low[3], ln_weight, ln_bias, None, None,
+                                                     *scalars, True)
+    assert out.dtype == dtype and prob.dtype == torch.float32
+    assert torch.equal(out, expected[0]) and torch.equal(prob, expected[3])
+    expected_grads = torch.ops.helo_fast.lcd_attention_bwd(torch.ones_like(out), *low[:3], None, low[3], ln_weight,
+                                                           ln_bias, None, None, *expected[1:], *scalars[:4], True,
+                                                           seed)
+    assert [g.dtype for g in grads[:3]] == [dtype] * 3 and grads[5].dtype == grads[6].dtype == torch.float32
+    for got, want in zip(grads, expected_grads):
+        assert torch.equal(got, want)
