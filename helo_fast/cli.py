@@ -20,6 +20,7 @@ from .cli_checks import (check_backend, check_data_options, check_subjects, chec
 from .data import DATASETS, PROTOCOLS, load_dataset
 from .models import HeLoConfig
 from .models.config import FAITHFUL_TO, MODEL_BACKENDS
+from .precision import PRECISIONS, check_precision
 from .train_config import BASELINE_MODALITIES, check_train_values, resolve_device
 
 PROG = "helo-fast"
@@ -117,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=3407, help=">= 0")
     g.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="dtype of the model and data (float64: for checks, e.g. DDP against one process)")
+    g.add_argument("--precision", choices=PRECISIONS, default="32",
+                   help="32; bf16-mixed: forward and loss under bfloat16 autocast (parameters, gradients and Adam "
+                   "in float32); 16-mixed: float16 autocast with a gradient scaler, CUDA only")
     g = train.add_argument_group("model")
     g.add_argument("--backend", choices=MODEL_BACKENDS, default="auto",
                    help="reference: plain-PyTorch modules; cpp/triton: the fused ops; auto: the fastest built here")
@@ -136,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(ev)
     ev.add_argument("--checkpoint-dir", help="evaluate every model_<i>.pt in this directory")
     ev.add_argument("--model", nargs="+", default=[], help="model files to evaluate")
+    ev.add_argument("--precision", choices=PRECISIONS, help="default: the precision each model was trained in")
     _add_common_args(ev)
 
     demo = sub.add_parser("demo", help="short training on the synthetic dataset; prints the metrics table")
@@ -189,6 +194,7 @@ def cmd_train(args) -> int:
     model_options = {"backend": args.backend, "faithful_to": args.faithful_to, **parse_config_overrides(args.config)}
     _model_config(model_options)   # the --config values, checked before the dataset is loaded
     check_backend(args.backend, local_device(device))
+    check_precision("--precision", args.precision, local_device(device), args.dtype)
     check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
     output_json = args.output_json or (os.path.join(args.checkpoint_dir, "results.json") if args.checkpoint_dir else None)
     check_writable_file(output_json, "--output-json" if args.output_json else "--checkpoint-dir")
@@ -198,7 +204,7 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(protocol=args.protocol, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, lr_gamma=args.lr_gamma, seed=args.seed, folds=args.folds,
                       test_fraction=args.test_fraction, max_splits=args.max_splits, device=args.device,
-                      dtype=args.dtype, threads=args.threads,
+                      dtype=args.dtype, precision=args.precision, threads=args.threads,
                       checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
                       save_models=not args.no_save_models, baselines=not args.no_baselines,
                       baseline_modality=args.baseline_modality, quiet=args.quiet, output_json=output_json)
@@ -217,6 +223,8 @@ def cmd_eval(args) -> int:
     from .train import evaluate_saved_models, format_table, write_json
 
     device = _check_common_options(args)
+    if args.precision is not None:
+        check_precision("--precision", args.precision, device)
     check_writable_file(args.output_json, "--output-json")
     files = list(args.model)
     if args.checkpoint_dir:
@@ -230,7 +238,7 @@ def cmd_eval(args) -> int:
             raise FileNotFoundError(f"model file {file!r} does not exist")
     if args.threads:
         torch.set_num_threads(args.threads)
-    summary = evaluate_saved_models(dataset_from_args(args), files, str(device))
+    summary = evaluate_saved_models(dataset_from_args(args), files, str(device), args.precision)
     print(format_table(summary))
     if args.output_json:
         write_json(summary, args.output_json)

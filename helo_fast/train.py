@@ -8,9 +8,10 @@ distribution and a single-modality MLP) and returns / writes the summary (mean Â
 Checkpoints (``checkpoint_dir``) are written atomically (temp file, then ``os.replace``) every
 ``checkpoint_every`` epochs and at the end of every split. They hold the model, optimiser,
 scheduler, epoch, finished splits and every RNG state (torch, CUDA, each rank's mask generator,
-the shuffling generator, numpy, python), so ``resume=True`` continues bit-for-bit. A resume is
-refused unless the run's fingerprint matches: the options that change the numbers, the thread
-count, the device, the number of processes and the backends the ops resolved to.
+the shuffling generator, numpy, python) and, for 16-mixed, the gradient scaler, so ``resume=True``
+continues bit-for-bit. A resume is refused unless the run's fingerprint matches: the options that
+change the numbers (the precision among them), the thread count, the device, the number of
+processes and the backends the ops resolved to.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from .distributed import (DistContext, all_gather_tensor, all_reduce_sum, init_d
 from .data import EmotionDataset, Split, make_splits, standardize
 from .metrics import LOWER_IS_BETTER, METRIC_NAMES, edl_metrics
 from .models import HeLo, HeLoConfig, helo_loss
+from .precision import autocast, check_precision, grad_scaler
 from .train_config import TRAIN_DTYPES, TrainConfig, resolve_device
 
 CHECKPOINT_FORMAT = "helo_fast-train-v2"
@@ -94,7 +96,7 @@ def run_fingerprint(dataset: EmotionDataset, model_config: HeLoConfig, cfg: Trai
     """What must match for a checkpoint to be resumed: the options that change the numbers, and the
     environment that does (torch's thread count, device, number of processes, kernel choices)."""
     keys = ("protocol", "epochs", "batch_size", "lr", "weight_decay", "lr_gamma", "seed", "folds", "test_fraction",
-            "max_splits", "baselines", "baseline_modality", "dtype")
+            "max_splits", "baselines", "baseline_modality", "dtype", "precision")
     environment = {"threads": torch.get_num_threads(), "world_size": world_size, "device": device.type,
                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                    "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -132,47 +134,59 @@ def make_optimizer(model: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
-               config: Optional[HeLoConfig] = None, batch_total: Optional[int] = None, loss_scale: float = 1.0):
-    """One optimisation step: forward, HeLo loss (``config``'s terms, default ``model.config``),
-    backward of ``loss * loss_scale``, optimiser step.
+               config: Optional[HeLoConfig] = None, batch_total: Optional[int] = None, loss_scale: float = 1.0,
+               precision: str = "32", scaler: Optional[torch.amp.GradScaler] = None):
+    """One optimisation step: forward and HeLo loss (``config``'s terms, default ``model.config``) under the
+    autocast of ``precision`` (helo_fast.precision), backward of ``loss * loss_scale`` (scaled by ``scaler`` when
+    given, for 16-mixed), optimiser step.
 
     x: [B, F] features; y: [B, C] target distributions; ``batch_total``: see ``helo_loss`` (the
     global batch size in data-parallel training). Returns (loss, {"kl", "corr"}).
     """
     config = model.config if config is None else config
-    loss, parts = helo_loss(model(x), y, kl_reduction=config.kl_reduction, lambda_corr=config.lambda_corr,
-                            batch_total=batch_total)
+    with autocast(precision, x.device):
+        loss, parts = helo_loss(model(x), y, kl_reduction=config.kl_reduction, lambda_corr=config.lambda_corr,
+                                batch_total=batch_total)
     optimizer.zero_grad()
-    (loss * loss_scale if loss_scale != 1.0 else loss).backward()
-    optimizer.step()
+    total = loss * loss_scale if loss_scale != 1.0 else loss
+    if scaler is None:
+        total.backward()
+        optimizer.step()
+    else:
+        scaler.scale(total).backward()
+        scaler.step(optimizer)
+        scaler.update()
     return loss, parts
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Predicted distributions [rows, C] of ``model`` (eval mode) in batches of ``batch_size``."""
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int, precision: str = "32") -> torch.Tensor:
+    """Predicted distributions [rows, C] of ``model`` (eval mode) in batches of ``batch_size``, under the autocast
+    of ``precision``."""
     model.eval()
     outs = []
     for start in range(0, x.shape[0], batch_size):
-        out = model(x[start:start + batch_size])
+        with autocast(precision, x.device):
+            out = model(x[start:start + batch_size])
         outs.append(out.probs if isinstance(out, tuple) else out.exp())
     return torch.cat(outs)
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-             first_sample_only: bool = False, ctx: DistContext = DistContext()) -> Dict[str, float]:
-    """The six metrics of ``model`` on (x [rows, F], y [rows, C]) (``first_sample_only``: release defect).
+             first_sample_only: bool = False, ctx: DistContext = DistContext(), precision: str = "32") -> Dict[str, float]:
+    """The six metrics of ``model`` on (x [rows, F], y [rows, C]) (``first_sample_only``: release defect), its
+    predictions made in ``precision``.
 
     Under data parallelism each rank scores its share of the rows and the per-row sums are reduced.
     """
     rows = torch.from_numpy(scored_rows(x.shape[0], batch_size, first_sample_only)).to(x.device)
     if not ctx.enabled:
-        probs = predict(model, x, batch_size)
+        probs = predict(model, x, batch_size, precision)
         return edl_metrics(y[rows].cpu(), probs[rows].cpu())
     mine = shard(rows, ctx)
     sums = torch.zeros(len(METRIC_NAMES) + 1, dtype=torch.float64, device=x.device)
     if len(mine):
-        per_row = edl_metrics(y[mine].cpu(), predict(model, x[mine], batch_size).cpu(), per_sample=True)
+        per_row = edl_metrics(y[mine].cpu(), predict(model, x[mine], batch_size, precision).cpu(), per_sample=True)
         sums[:-1] = torch.stack([per_row[m].sum() for m in METRIC_NAMES]).to(x.device)
         sums[-1] = len(mine)
     all_reduce_sum(sums, ctx)
@@ -232,6 +246,7 @@ class Experiment:
         self.dataset, self.model_config, self.cfg = dataset, model_config, cfg
         self.device = local_device(resolve_device(cfg.device))
         self.dtype = TRAIN_DTYPES[cfg.dtype]
+        check_precision("precision", cfg.precision, self.device, cfg.dtype)
         self.dist = init_distributed(self.device)
         self.on_epoch_end = on_epoch_end
         splits = make_splits(dataset, cfg.protocol, folds=cfg.folds, test_fraction=cfg.test_fraction, seed=cfg.seed)
@@ -296,12 +311,15 @@ class Experiment:
         model = HeLo(self.model_config, mask_seed=split_seed + 1 + 1_000_003 * self.dist.rank).to(self.device, self.dtype)
         optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
+        scaler = grad_scaler(cfg.precision, self.device)
         shuffle = torch.Generator().manual_seed(split_seed + 2)
         start_epoch, history, seconds = 0, [], 0.0
         if resume_state is not None:
             model.load_state_dict(resume_state["model"])
             optimizer.load_state_dict(resume_state["optimizer"])
             scheduler.load_state_dict(resume_state["scheduler"])
+            if scaler is not None:
+                scaler.load_state_dict(resume_state["scaler"])
             set_rng_state(resume_state["rng"], model.mask_generator, shuffle, rank=self.dist.rank)
             start_epoch, history, seconds = resume_state["epoch"], resume_state["history"], resume_state["seconds"]
         trained = wrap_model(model, self.dist, self.device)  # DistributedDataParallel under torchrun
@@ -320,7 +338,8 @@ class Experiment:
                 try:
                     loss, parts = train_step(trained, optimizer, x_train[rows], y_train[rows], config=self.model_config,
                                              batch_total=len(idx) if self.dist.enabled else None,
-                                             loss_scale=weight * self.dist.world_size)
+                                             loss_scale=weight * self.dist.world_size, precision=cfg.precision,
+                                             scaler=scaler)
                 except ValueError as exc:  # the ops refuse non-finite inputs: say why they became non-finite
                     self._check_finite(model, split, epoch, exc)
                     raise
@@ -331,7 +350,8 @@ class Experiment:
             totals = dict(zip(("loss", "kl", "corr"), totals.tolist()))
             scheduler.step()
             seconds += time.perf_counter() - tic
-            metrics = evaluate(model, x_test, y_test, cfg.batch_size, self.model_config.eval_first_sample_only, self.dist)
+            metrics = evaluate(model, x_test, y_test, cfg.batch_size, self.model_config.eval_first_sample_only, self.dist,
+                               cfg.precision)
             record = {"epoch": epoch + 1, **{f"train_{k}": v / len(batches) for k, v in totals.items()}, **metrics}
             history.append(record)
             bar.set_postfix(loss=f"{record['train_loss']:.4f}", test_kl=f"{metrics['kl']:.4f}")
@@ -346,7 +366,8 @@ class Experiment:
                     atomic_save({"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "results": results,
                                  "split_index": index, "epoch": done, "history": history, "seconds": seconds,
                                  "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict(), "rng": rng_state(masks, shuffle)},
+                                 "scheduler": scheduler.state_dict(), "rng": rng_state(masks, shuffle),
+                                 "scaler": None if scaler is None else scaler.state_dict()},
                                 self._checkpoint_path())
             if self.on_epoch_end is not None:
                 self.on_epoch_end(index, done, record)
@@ -362,7 +383,8 @@ class Experiment:
             atomic_save({"format": MODEL_FORMAT, "model_config": self.model_config.to_dict(),
                          "state_dict": model.state_dict(), "split": split.name, "dataset": self.dataset.name,
                          "dataset_rows": len(self.dataset),
-                         "train_rows": split.train, "test_rows": split.test, "batch_size": cfg.batch_size, "dtype": cfg.dtype},
+                         "train_rows": split.train, "test_rows": split.test, "batch_size": cfg.batch_size, "dtype": cfg.dtype,
+                         "precision": cfg.precision},
                         os.path.join(self.cfg.checkpoint_dir, f"model_{index}.pt"), keep_previous=False)
         return result
 
@@ -448,8 +470,10 @@ def write_json(obj: dict, path: str) -> None:
 
 
 # ----------------------------------------------------------------------------- eval of saved models
-def evaluate_saved_models(dataset: EmotionDataset, files: List[str], device: str = "auto") -> dict:
-    """Re-score final models written by a run (``model_<i>.pt``) on their own test rows of ``dataset``.
+def evaluate_saved_models(dataset: EmotionDataset, files: List[str], device: str = "auto",
+                          precision: Optional[str] = None) -> dict:
+    """Re-score final models written by a run (``model_<i>.pt``) on their own test rows of ``dataset``, in
+    ``precision`` (None: the precision each model was trained in).
 
     Returns a summary with the HeLo row only (see ``format_table``).
     """
@@ -464,12 +488,17 @@ def evaluate_saved_models(dataset: EmotionDataset, files: List[str], device: str
                              f"{dataset.name} ({len(dataset)} rows): pass the dataset options used for training")
         config = HeLoConfig(**saved["model_config"])
         dtype = TRAIN_DTYPES[saved.get("dtype", "float32")]
+        file_precision = precision or saved.get("precision", "32")
+        try:
+            check_precision("precision", file_precision, dev, saved.get("dtype", "float32"))
+        except ValueError as exc:
+            raise ValueError(f"{file!r}: {exc}") from None
         model = HeLo(config).to(dev, dtype)
         model.load_state_dict(saved["state_dict"])
         x_train, x_test = standardize(dataset.features[saved["train_rows"]], dataset.features[saved["test_rows"]])
         y_test = torch.from_numpy(dataset.labels[saved["test_rows"]]).to(dev, dtype)
         metrics = evaluate(model, torch.from_numpy(x_test).to(dev, dtype), y_test, saved["batch_size"],
-                           config.eval_first_sample_only)
+                           config.eval_first_sample_only, precision=file_precision)
         results.append({"split": saved["split"], "file": file, "helo": metrics})
     out = summarize(results, TrainConfig(baselines=False))
     out["splits"] = results

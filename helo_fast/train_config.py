@@ -13,6 +13,7 @@ import torch
 
 from ._validation import check_choice, check_int_at_least, check_positive, check_probability
 from .data import PROTOCOLS
+from .precision import PRECISIONS
 
 BASELINE_MODALITIES = ("eeg", "gsr", "ppg", "video")
 TRAIN_DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -39,6 +40,7 @@ def check_train_values(values: Mapping[str, Any], name: Callable[[str], str] = s
         "protocol": lambda n, v: check_choice(n, v, PROTOCOLS),
         "baseline_modality": lambda n, v: check_choice(n, v, BASELINE_MODALITIES),
         "dtype": lambda n, v: check_choice(n, v, tuple(TRAIN_DTYPES)),
+        "precision": lambda n, v: check_choice(n, v, PRECISIONS),
         "epochs": lambda n, v: check_int_at_least(n, v, 1),
         "batch_size": lambda n, v: check_int_at_least(n, v, 1),
         "checkpoint_every": lambda n, v: check_int_at_least(n, v, 1),
@@ -80,6 +82,7 @@ class TrainConfig:
     max_splits: Optional[int] = None       # only the first N splits (None: all)
     device: str = "auto"
     dtype: str = "float32"                 # of the model and data: "float32" or "float64"
+    precision: str = "32"                  # "32", "bf16-mixed" or "16-mixed" (CUDA): see helo_fast.precision
     threads: Optional[int] = None          # torch.set_num_threads for the run (None: leave as is)
     checkpoint_dir: Optional[str] = None
     checkpoint_every: int = 10

@@ -75,6 +75,14 @@ CASES = {
                                 "--output-json '{tmp}' is a directory"),
     "eval-threads-zero": (["eval", *CLI_DATA, "--model", "{tmp}/a_file", "--threads", "0"], {},
                           "--threads must be an int >= 1"),
+    "precision-unknown": (TRAIN + ["--precision", "bf16"], {}, "argument --precision: invalid choice: 'bf16'"),
+    "precision-16-mixed-on-cpu": (TRAIN + ["--precision", "16-mixed", "--device", "cpu"], {},
+                                  "--precision 16-mixed (float16 autocast with a gradient scaler) runs on CUDA "
+                                  "devices only, not on cpu"),
+    "precision-mixed-float64": (TRAIN + ["--precision", "bf16-mixed", "--dtype", "float64"], {},
+                                "--precision bf16-mixed needs a float32 model"),
+    "eval-precision-16-mixed-on-cpu": (["eval", *CLI_DATA, "--model", "{tmp}/a_file", "--precision", "16-mixed",
+                                        "--device", "cpu"], {}, "--precision 16-mixed (float16 autocast"),
 }
 
 
@@ -128,6 +136,17 @@ def test_resume_with_another_thread_count_is_refused(tmp_path):
     proc = run_cli([*TRAIN, "--checkpoint-dir", str(tmp_path / "run"), "--resume", "--threads", "2"], tmp_path)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "was written by a different run (environment.threads: checkpoint 1, this run 2)" in proc.stderr
+
+
+def test_resume_with_another_precision_is_refused(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        assert main(TRAIN + ["--checkpoint-dir", str(tmp_path / "run"), "--precision", "bf16-mixed"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    proc = run_cli([*TRAIN, "--checkpoint-dir", str(tmp_path / "run"), "--resume"], tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "was written by a different run (train.precision: checkpoint 'bf16-mixed', this run '32')" in proc.stderr
 
 
 def test_ctrl_c_exits_130_with_one_line_and_the_checkpoint_intact(tmp_path):

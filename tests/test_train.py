@@ -90,6 +90,79 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
                                                       checkpoint_dir=str(tmp_path / "b"), resume=True))
 
 
+def test_bf16_mixed_resume_matches_uninterrupted_run(tmp_path):
+    """A bf16-mixed run stopped and resumed continues bit for bit; a resume in another precision is refused."""
+    data = make_synthetic_dataset(n_subjects=1, trials_per_subject=8, rows_per_trial=4, layout=LAYOUT, seed=3)
+
+    def config(folder, resume=False, precision="bf16-mixed"):
+        return TrainConfig(epochs=3, batch_size=8, seed=11, quiet=True, device="cpu", checkpoint_dir=str(folder),
+                           checkpoint_every=1, resume=resume, baselines=False, precision=precision)
+
+    straight = run_experiment(data, small_config(), config(tmp_path / "a"))
+    with pytest.raises(Interrupt):
+        run_experiment(data, small_config(), config(tmp_path / "b"), on_epoch_end=_interrupt_at(0, 2))
+    with pytest.raises(ValueError, match=r"different run \(train.precision: checkpoint 'bf16-mixed', this run '32'\)"):
+        run_experiment(data, small_config(), config(tmp_path / "b", resume=True, precision="32"))
+    resumed = run_experiment(data, small_config(), config(tmp_path / "b", resume=True))
+    assert resumed["splits"][0]["history"] == straight["splits"][0]["history"]
+    fp32 = run_experiment(data, small_config(), config(tmp_path / "c", precision="32"))
+    assert fp32["splits"][0]["history"] != straight["splits"][0]["history"]   # autocast was on
+
+
+def test_train_step_under_bf16_mixed_keeps_parameters_and_gradients_float32():
+    from helo_fast.models import HeLo
+
+    torch.manual_seed(0)
+    model = HeLo(small_config(), mask_seed=0)
+    optimizer = train.make_optimizer(model)
+    x, y = torch.randn(6, LAYOUT.n_features), torch.softmax(torch.randn(6, LAYOUT.n_classes), -1)
+    loss, parts = train.train_step(model, optimizer, x, y, precision="bf16-mixed")
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters()
+               if p.grad is not None)
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_16_mixed_is_refused_on_cpu():
+    data = make_synthetic_dataset(n_subjects=1, trials_per_subject=4, rows_per_trial=4, layout=LAYOUT, seed=0)
+    with pytest.raises(ValueError, match="precision 16-mixed .* runs on CUDA devices only, not on cpu"):
+        run_experiment(data, small_config(), TrainConfig(epochs=1, quiet=True, device="cpu", precision="16-mixed"))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_16_mixed_on_cuda_trains_with_a_grad_scaler_and_resumes_bit_for_bit(tmp_path):
+    data = make_synthetic_dataset(n_subjects=1, trials_per_subject=8, rows_per_trial=4, layout=LAYOUT, seed=3)
+
+    def config(folder, resume=False):
+        return TrainConfig(epochs=3, batch_size=8, seed=11, quiet=True, device="cuda", checkpoint_dir=str(folder),
+                           checkpoint_every=1, resume=resume, baselines=False, precision="16-mixed")
+
+    straight = run_experiment(data, small_config(), config(tmp_path / "a"))
+    with pytest.raises(Interrupt):
+        run_experiment(data, small_config(), config(tmp_path / "b"), on_epoch_end=_interrupt_at(0, 2))
+    state = train.load_checked(str(tmp_path / "b" / train.CHECKPOINT_NAME))
+    assert state["scaler"]["scale"] > 0
+    resumed = run_experiment(data, small_config(), config(tmp_path / "b", resume=True))
+    assert resumed["splits"][0]["history"] == straight["splits"][0]["history"]
+
+
+def test_bf16_mixed_command_line_and_eval_in_the_trained_precision(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *CLI_DATA, "--epochs", "1", "--batch-size", "8", *CLI_MODEL, "--checkpoint-dir", str(out),
+                 "--quiet", "--no-baselines", "--precision", "bf16-mixed", "--max-splits", "1"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["train_config"]["precision"] == "bf16-mixed"
+    for precision, json_name in ((None, "same.json"), ("32", "fp32.json")):
+        extra = [] if precision is None else ["--precision", precision]
+        assert main(["eval", *CLI_DATA, "--checkpoint-dir", str(out), "--output-json", str(tmp_path / json_name),
+                     "--quiet", *extra]) == 0
+    same = json.loads((tmp_path / "same.json").read_text())["splits"][0]["helo"]
+    fp32 = json.loads((tmp_path / "fp32.json").read_text())["splits"][0]["helo"]
+    assert same == pytest.approx(results["splits"][0]["helo"], rel=1e-6)
+    assert fp32 != same
+
+
 def test_train_and_eval_command_line(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["train", *CLI_DATA, "--epochs", "2", "--batch-size", "8", "--protocol", "kfold", "--folds", "2",
@@ -146,6 +219,7 @@ def test_release_mode_scores_first_sample_of_each_batch():
 
 
 @pytest.mark.parametrize("field, value, message", [("dtype", "float16", "dtype must be one of"),
+                                                   ("precision", "bf16", "precision must be one of"),
                                                    ("protocol", "nope", "protocol must be one of"),
                                                    ("epochs", 0, "epochs must be an int >= 1")])
 def test_train_config_rejects_bad_values(field, value, message):

@@ -40,9 +40,14 @@ def module_classes(config: HeLoConfig, modules=None):
 
 
 def cosine_distance_graph(tokens: torch.Tensor) -> torch.Tensor:
-    """tokens [B, n, d] -> D [B, n, n] with D[i, k] = 1 - cos(h_i, h_k) (HELO_SPEC §4.1)."""
-    unit = F.normalize(tokens, dim=-1)
-    return 1.0 - unit @ unit.transpose(1, 2)
+    """tokens [B, n, d] -> D [B, n, n] with D[i, k] = 1 - cos(h_i, h_k) (HELO_SPEC §4.1), in at least float32.
+
+    Under autocast too: D is the OT step's cost, and bfloat16's ~4e-3 rounding of the cosines moves HeLo's GW plan
+    (beta = 0.1) by ~10%; in float32 the plan keeps the precision of the tokens.
+    """
+    with torch.autocast(tokens.device.type, enabled=False):
+        unit = F.normalize(tokens.to(torch.promote_types(tokens.dtype, torch.float32)), dim=-1)
+        return 1.0 - unit @ unit.transpose(1, 2)
 
 
 def sparsify(distance: torch.Tensor, ratio: float, over_batch: bool = False) -> torch.Tensor:
@@ -183,7 +188,8 @@ class HeLo(nn.Module):
         queries = label_emb.expand(batch, -1, -1)
         out = self.lcd_attention(queries, reduced, r_hat.unsqueeze(-3), **masks)   # bias shared by the heads
         logits = self.head(out.flatten(1))
-        log_probs = torch.log_softmax(logits, dim=-1)
+        # At least float32 (under autocast on CPU log_softmax would keep bfloat16: 3 digits of each probability).
+        log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
         return HeLoOutput(log_probs.exp(), log_probs, r_hat)
 
     def extra_repr(self) -> str:
