@@ -123,6 +123,24 @@ def test_train_step_under_bf16_mixed_keeps_parameters_and_gradients_float32():
     assert not torch.is_autocast_enabled("cpu")
 
 
+def test_fused_adam_is_the_default_adam_up_to_rounding():
+    """make_optimizer's fused Adam takes the default (for-loop) Adam's step, rounded differently in an ulp or so
+    (an update of lr = 1e-3 done differently would move parameters by ~1e-3)."""
+    from helo_fast.models import HeLo
+
+    x, y = torch.randn(8, LAYOUT.n_features), torch.softmax(torch.randn(8, LAYOUT.n_classes), -1)
+    params = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = HeLo(small_config(p_dropkey=0.0, dropout=0.0), mask_seed=0)
+        optimizer = (train.make_optimizer(model) if fused else
+                     torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5, foreach=False))
+        assert optimizer.defaults["fused"] is (True if fused else None)
+        train.train_step(model, optimizer, x, y)
+        params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert float((params[0] - params[1]).abs().max()) <= 4 * torch.finfo(torch.float32).eps * float(params[1].abs().max())
+
+
 def test_16_mixed_is_refused_on_cpu():
     data = make_synthetic_dataset(n_subjects=1, trials_per_subject=4, rows_per_trial=4, layout=LAYOUT, seed=0)
     with pytest.raises(ValueError, match="precision 16-mixed .* runs on CUDA devices only, not on cpu"):
