@@ -3,8 +3,9 @@
 Conventions every benchmark follows (benchmarks/report.py relies on them):
 - ``benchmark.group`` = "<op> <shape> <pass>", e.g. "gromov_wasserstein B=128 n=36 fwd+bwd";
 - ``benchmark.extra_info`` holds "op", "provider" (reference | compile | pot | pot_batch | sdpa | io_floor | cpp |
-  triton), "pass" ("fwd" or "fwd+bwd"), "size" (a short label), "batch" (B), "device", "dtype", and,
-  where measured, "saved_bytes" (bytes autograd keeps for backward) or "cuda_peak_bytes";
+  triton), "pass" ("fwd" or "fwd+bwd"), "size" (a short label), "batch" (B), "device", "dtype", "precision" where
+  it is not "32" (e.g. "bf16-mixed": run under autocast), and, where measured, "saved_bytes" (bytes autograd keeps
+  for backward) or "cuda_peak_bytes";
 - the "reference" provider (eager plain PyTorch) is the denominator of every speed-up ratio.
 CPU runs use 2 threads (HELO_BENCH_THREADS overrides). The torch.compile provider runs only with
 HELO_BENCH_COMPILE=1. On CUDA the timed function synchronises and cycles through enough copies of its

@@ -1,10 +1,15 @@
 """Turn pytest-benchmark JSON into benchmarks/results/<machine>/REPORT.md and PNG plots.
 
     python -m benchmarks.report benchmarks/results/latest.json [--out-root benchmarks/results] [--update-readme]
+    python -m benchmarks.report benchmarks/results/<machine>/results.json new.json --replace-groups ...
 
 Tables: median time per provider for each benchmark group, and the speed-up of each provider over
 reference eager (and over torch.compile(reference) and the peers, where they ran in the same run).
-Every number comes from the JSON; nothing is typed in.
+A provider measured in a mixed precision (extra_info "precision", e.g. "bf16-mixed") is shown as
+"<provider> <precision>", and the reference in that precision is one of its peers.
+Every number comes from the JSON; nothing is typed in. The machine's ``results.json`` keeps the
+summary statistics of each benchmark (not pytest-benchmark's per-round timings), so a later run of
+some suites can be merged into it with ``--replace-groups``.
 """
 from __future__ import annotations
 
@@ -24,6 +29,12 @@ README_BEGIN, README_END = "<!-- performance:begin -->", "<!-- performance:end -
 README_GPU_BEGIN, README_GPU_END = "<!-- performance-gpu:begin -->", "<!-- performance-gpu:end -->"
 
 
+def provider_label(info: dict) -> str:
+    """The provider, with its precision when that is not full precision ("cpp bf16-mixed")."""
+    precision = info.get("precision", "32")
+    return info["provider"] if precision == "32" else f"{info['provider']} {precision}"
+
+
 def load_rows(data: dict) -> List[dict]:
     """One row per benchmark: op, provider, pass, size, batch, device, median (s), memory fields."""
     rows = []
@@ -34,7 +45,7 @@ def load_rows(data: dict) -> List[dict]:
         rows.append({
             "group": bench.get("group") or bench["name"],
             "op": info.get("op", "?"),
-            "provider": info["provider"],
+            "provider": provider_label(info),
             "pass": info.get("pass", "fwd"),
             "size": info.get("size", ""),
             "batch": info.get("batch"),
@@ -95,8 +106,17 @@ def group_rows(rows: List[dict]) -> Dict[str, Dict[str, dict]]:
 
 
 def _ordered(providers) -> List[str]:
-    known = [p for p in PROVIDER_ORDER if p in providers]
-    return known + sorted(p for p in providers if p not in PROVIDER_ORDER)
+    """PROVIDER_ORDER, each provider's mixed-precision variants right after it, unknown providers last."""
+    def key(label):
+        base, _, precision = label.partition(" ")
+        rank = PROVIDER_ORDER.index(base) if base in PROVIDER_ORDER else len(PROVIDER_ORDER)
+        return rank, base, precision
+    return sorted(providers, key=key)
+
+
+def _peers(providers) -> List[str]:
+    """The peers of a group: PEERS, and the reference in each mixed precision measured."""
+    return [p for p in PEERS if p in providers] + sorted(p for p in providers if p.startswith("reference "))
 
 
 def speedup_table(groups: Dict[str, Dict[str, dict]]) -> str:
@@ -105,7 +125,7 @@ def speedup_table(groups: Dict[str, Dict[str, dict]]) -> str:
              "|---|---|---|---|---|---|---|"]
     for group in sorted(groups):
         by_provider = groups[group]
-        peers = [p for p in PEERS if p in by_provider]
+        peers = _peers(by_provider)
         for provider in _ordered(by_provider):
             row = by_provider[provider]
 
@@ -176,18 +196,38 @@ def make_plots(rows: List[dict], out_dir: str) -> List[str]:
     return written
 
 
+def run_label(data: dict) -> str:
+    """"<datetime>, commit <id>" of a pytest-benchmark run."""
+    commit = data.get("commit_info", {})
+    return (f"{data.get('datetime', '?')}, commit {str(commit.get('id', '?'))[:10]}"
+            f"{' (dirty)' if commit.get('dirty') else ''}")
+
+
+def compact(data: dict) -> dict:
+    """The run without pytest-benchmark's per-round timings and CPU flag list (what results.json keeps); each
+    benchmark is tagged with its run ("run": datetime and commit), so merged files still say where a group is from."""
+    stats_kept = ("min", "max", "mean", "stddev", "median", "iqr", "rounds", "iterations")
+    info = {k: v for k, v in data.get("machine_info", {}).items() if k != "cpu"}
+    info["cpu"] = {k: v for k, v in (data.get("machine_info", {}).get("cpu") or {}).items() if k != "flags"}
+    benchmarks = [{"group": b.get("group"), "name": b.get("name"), "extra_info": b.get("extra_info", {}),
+                   "stats": {k: v for k, v in b.get("stats", {}).items() if k in stats_kept},
+                   "run": b.get("run") or run_label(data)}
+                  for b in data.get("benchmarks", [])]
+    return {"machine_info": info, "commit_info": data.get("commit_info", {}), "datetime": data.get("datetime"),
+            "benchmarks": benchmarks}
+
+
 def render_report(data: dict, rows: List[dict], plots: List[str], out_dir: str) -> str:
     info = data.get("machine_info", {})
     cpu = (info.get("cpu") or {}).get("brand_raw", info.get("processor", "?"))
-    commit = data.get("commit_info", {})
+    runs = sorted({b.get("run") or run_label(data) for b in data.get("benchmarks", [])})
     header = [
         "# helo_fast benchmark report",
         "",
-        f"Generated by `python -m benchmarks.report` from pytest-benchmark JSON ({data.get('datetime', '?')}).",
+        f"Generated by `python -m benchmarks.report` from pytest-benchmark JSON: {'; '.join(runs)}.",
         f"Machine: {info.get('node', '?')}, CPU {cpu}, threads {_threads(data)}, "
         f"GPU {info.get('helo_cuda_device') or 'none'}; python {info.get('python_version', '?')}, "
-        f"torch {info.get('helo_torch', '?')}, triton {info.get('helo_triton', '?')}; "
-        f"commit {str(commit.get('id', '?'))[:10]}{' (dirty)' if commit.get('dirty') else ''}.",
+        f"torch {info.get('helo_torch', '?')}, triton {info.get('helo_triton', '?')}.",
         "",
         "Speed-ups are ratios of medians measured in the same run (> 1 means faster than the baseline).",
         "",
@@ -217,23 +257,34 @@ def update_readme(readme: str, report_path: str, table: str, plot: Optional[str]
         fh.write(text[:start] + "\n".join(body) + text[end:])
 
 
-def merge_runs(paths: List[str]) -> dict:
-    """One pytest-benchmark document from several runs on one machine (machine and commit of the first).
+def write_results(data: dict, path: str) -> None:
+    """``data`` (compact) as JSON with one line per benchmark: small, and a re-run changes only its own lines."""
+    head = json.dumps({**{k: v for k, v in data.items() if k != "benchmarks"}, "benchmarks": []}, indent=1)
+    lines = ",\n".join("  " + json.dumps(bench, sort_keys=True) for bench in data["benchmarks"])
+    with open(path, "w") as fh:
+        fh.write(head.replace('"benchmarks": []', '"benchmarks": [\n' + lines + "\n ]") + "\n")
+
+
+def merge_runs(paths: List[str], replace_groups: bool = False) -> dict:
+    """One document (compact, see ``compact``) from several runs on one machine (machine info of the first).
 
     A group (the unit every ratio is taken in) must come whole from one run: a group found in two files
-    is an error, so no ratio ever compares timings of different runs."""
+    is an error, so no ratio ever compares timings of different runs; with ``replace_groups`` a later
+    file's group replaces the earlier one whole instead (to update some suites of a machine's results.json)."""
     merged, owner = None, {}
     for path in paths:
         with open(path) as fh:
-            data = json.load(fh)
-        for bench in data.get("benchmarks", []):
-            group = bench.get("group")
-            if owner.setdefault(group, path) != path:
+            data = compact(json.load(fh))
+        groups = {bench.get("group") for bench in data["benchmarks"]}
+        for group in groups:
+            if group in owner and not replace_groups:
                 raise SystemExit(f"group {group!r} is in both {owner[group]} and {path}: ratios must come from one run")
+            owner[group] = path
         if merged is None:
             merged = data
         else:
-            merged["benchmarks"] = merged.get("benchmarks", []) + data.get("benchmarks", [])
+            kept = [b for b in merged["benchmarks"] if b.get("group") not in groups]
+            merged["benchmarks"] = kept + data["benchmarks"]
     return merged
 
 
@@ -244,15 +295,16 @@ def main(argv=None) -> str:
     parser.add_argument("--out-root", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--update-readme", metavar="README", default=None)
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--replace-groups", action="store_true",
+                        help="a group in a later file replaces that group of the earlier ones (else: an error)")
     args = parser.parse_args(argv)
-    data = merge_runs(args.json_paths)
+    data = merge_runs(args.json_paths, args.replace_groups)
     rows = load_rows(data)
     if not rows:
         raise SystemExit(f"{', '.join(args.json_paths)}: no benchmark with extra_info['provider'] found")
     out_dir = os.path.join(args.out_root, machine_name(data, rows))
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "results.json"), "w") as fh:
-        json.dump(data, fh, indent=1)
+    write_results(data, os.path.join(out_dir, "results.json"))
     plots = [] if args.no_plots else make_plots(rows, out_dir)
     report_path = os.path.join(out_dir, "REPORT.md")
     with open(report_path, "w") as fh:

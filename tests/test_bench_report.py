@@ -84,3 +84,40 @@ def test_a_group_split_across_runs_is_an_error(tmp_path):
     second = write_run(tmp_path / "b.json", [bench("gw B=128 fwd", "cpp", 0.001)])
     with pytest.raises(SystemExit, match="ratios must come from one run"):
         report.main([first, second, "--out-root", str(tmp_path / "out"), "--no-plots"])
+
+
+def test_mixed_precision_providers_are_labelled_and_compared_with_the_reference_in_their_precision(tmp_path):
+    def step(provider, median, precision):
+        row = bench("step B=128", provider, median)
+        row["extra_info"]["precision"] = precision
+        return row
+
+    path = write_run(tmp_path / "a.json", [step("cpp", 0.030, "bf16-mixed"), step("reference", 0.170, "32"),
+                                           step("reference", 0.120, "bf16-mixed"), step("cpp", 0.085, "32")])
+    rows = report.load_rows(json.loads(open(path).read()))
+    groups = report.group_rows(rows)
+    assert report._ordered(groups["step B=128"]) == ["reference", "reference bf16-mixed", "cpp", "cpp bf16-mixed"]
+    table = report.speedup_table(groups)
+    assert "| step B=128 | cpp bf16-mixed | 30 ms | 5.67x | – | 4.00x (reference bf16-mixed) | – |" in table
+    assert "| step B=128 | reference bf16-mixed | 120 ms | 1.42x | – | – | – |" in table
+
+
+def test_results_json_is_compact_and_a_later_run_replaces_its_groups(results, tmp_path):
+    data = json.loads(results.read_text())
+    for row in data["benchmarks"]:
+        row["stats"]["data"] = [0.1] * 1000   # pytest-benchmark's per-round timings
+    data["machine_info"]["cpu"]["flags"] = ["avx2"] * 100
+    results.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    report_path = report.main([str(results), "--out-root", str(out), "--no-plots"])
+    saved = os.path.join(os.path.dirname(report_path), "results.json")
+    text = open(saved).read()
+    assert '"data"' not in text and "flags" not in text and len(text.splitlines()) < 40
+    newer = write_run(tmp_path / "b.json", [bench("gw B=128 fwd", "reference", 0.030),
+                                            bench("gw B=128 fwd", "cpp", 0.002)])
+    with pytest.raises(SystemExit, match="ratios must come from one run"):
+        report.main([saved, newer, "--out-root", str(out), "--no-plots"])
+    report.main([saved, newer, "--out-root", str(out), "--no-plots", "--replace-groups"])
+    table = open(report_path).read()
+    assert "| gw B=128 fwd | cpp | 2 ms | 15.00x |" in table and "| gw B=128 fwd | compile |" not in table
+    assert "| gw B=1024 fwd | cpp | 4 ms | 40.00x |" in table   # the group the newer run did not measure stays
