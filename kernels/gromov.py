@@ -18,8 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .sinkhorn import (_ipot_tile, _ipot_tile_bwd, _sinkhorn_tile, _sinkhorn_tile_bwd, block_size, compute_dtype,
-                       num_warps_configs, scalar_tensor)
+from .sinkhorn import (_ipot_tile, _ipot_tile_bwd, _over_marginal, _sinkhorn_tile, _sinkhorn_tile_bwd, block_size,
+                       compute_dtype, num_warps_configs, scalar_tensor)
 
 SOLVER_IPOT = 0
 SOLVER_SINKHORN = 1
@@ -61,7 +61,7 @@ def _gromov_wasserstein_fwd_kernel(cs_ptr, ct_ptr, a_ptr, b_ptr, reg_ptr, plan_p
     mask = mn[:, None] & mm[None, :]
     eps = tl.load(reg_ptr)
     neg_log_m = tl.load(reg_ptr + 1)
-    log_a = tl.log(tl.where(mn, a, 1.0))
+    log_a = tl.log(tl.where(mn, a, 1.0))  # -inf for a zero-mass entry
     log_b = tl.log(tl.where(mm, b, 1.0))
     # const = (cs∘cs) a 1^T + 1 ((ct∘ct) b)^T
     const = tl.sum(cs * cs * a[None, :], axis=1)[:, None] + tl.sum(ct * ct * b[None, :], axis=1)[None, :]
@@ -144,8 +144,8 @@ def _gromov_wasserstein_bwd_kernel(grad_ptr, cs_ptr, ct_ptr, a_ptr, b_ptr, reg_p
     d_ct += 2.0 * ct * (d_w[:, None] * b[None, :])
     d_a = tl.sum(d_plan * b[None, :], axis=1) + tl.sum(cs * cs * d_u[:, None], axis=0)
     d_b = tl.sum(d_plan * a[:, None], axis=0) + tl.sum(ct * ct * d_w[:, None], axis=0)
-    d_a += d_log_a / tl.where(mn, a, 1.0)
-    d_b += d_log_b / tl.where(mm, b, 1.0)
+    d_a += _over_marginal(d_log_a, a)
+    d_b += _over_marginal(d_log_b, b)
     tl.store(dcs_ptr + pid * n * n + rn[:, None] * n + rn[None, :], d_cs, mask=mn[:, None] & mn[None, :])
     tl.store(dct_ptr + pid * m * m + rm[:, None] * m + rm[None, :], d_ct, mask=mm[:, None] & mm[None, :])
     tl.store(da_ptr + pid * n + rn, d_a, mask=mn)

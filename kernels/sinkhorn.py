@@ -63,6 +63,18 @@ def _lse(x, AXIS: tl.constexpr):
 
 
 @triton.jit
+def _log_ratio(log_w, lse):
+    """log_w - lse, and -inf where log_w is -inf (a zero-mass row or column; lse may be -inf there too)."""
+    return tl.where(log_w == float("-inf"), log_w, log_w - lse)
+
+
+@triton.jit
+def _over_marginal(x, w):
+    """x / w for w > 0 and 0 where the marginal w is 0 (the gradient of a zero-mass entry: HELO reference)."""
+    return tl.where(w > 0, x / tl.where(w > 0, w, 1.0), 0.0)
+
+
+@triton.jit
 def _softmax_masked(x, mask, AXIS: tl.constexpr):
     """softmax along AXIS of x (x = -inf where ~mask); 0 where ~mask."""
     lse = _lse(x, AXIS)
@@ -77,9 +89,9 @@ def _sinkhorn_tile(cost, log_a, log_b, mask, mn, mm, eps, n_iters, f_hist_ptr, g
     f = tl.zeros_like(log_a)
     g = tl.zeros_like(log_b)
     for it in range(n_iters):
-        g = eps * (log_b - _lse(tl.where(mask, (f[:, None] - cost) / eps, float("-inf")), 0))
+        g = eps * _log_ratio(log_b, _lse(tl.where(mask, (f[:, None] - cost) / eps, float("-inf")), 0))
         g = tl.where(mm, g, 0.0)
-        f = eps * (log_a - _lse(tl.where(mask, (g[None, :] - cost) / eps, float("-inf")), 1))
+        f = eps * _log_ratio(log_a, _lse(tl.where(mask, (g[None, :] - cost) / eps, float("-inf")), 1))
         f = tl.where(mn, f, 0.0)
         if SAVE:
             tl.store(f_hist_ptr + it * n + rn, f, mask=mn)
@@ -103,9 +115,9 @@ def _ipot_tile(cost, log_a, log_b, mask, mn, mm, beta, neg_log_m, n_iters, d_his
     cum_s = tl.zeros_like(log_b).to(tl.float64)
     for it in range(n_iters):
         log_q = log_kernel + log_plan
-        log_delta = log_a - _lse(tl.where(mask, log_q + log_sigma[None, :], float("-inf")), 1)
+        log_delta = _log_ratio(log_a, _lse(tl.where(mask, log_q + log_sigma[None, :], float("-inf")), 1))
         log_delta = tl.where(mn, log_delta, 0.0)
-        log_sigma = log_b - _lse(tl.where(mask, log_q + log_delta[:, None], float("-inf")), 0)
+        log_sigma = _log_ratio(log_b, _lse(tl.where(mask, log_q + log_delta[:, None], float("-inf")), 0))
         log_sigma = tl.where(mm, log_sigma, 0.0)
         log_plan = log_delta[:, None] + log_q + log_sigma[None, :]
         if SAVE:
@@ -202,8 +214,8 @@ def _sinkhorn_bwd_kernel(grad_ptr, cost_ptr, a_ptr, b_ptr, reg_ptr, f_hist_ptr, 
                                                   f_hist_ptr + pid * n_iters * n, g_hist_ptr + pid * n_iters * m,
                                                   rn, rm, n, m)
     tl.store(dcost_ptr + pid * n * m + rn[:, None] * m + rm[None, :], d_cost, mask=mask)
-    tl.store(da_ptr + pid * n + rn, d_log_a / a, mask=mn)
-    tl.store(db_ptr + pid * m + rm, d_log_b / b, mask=mm)
+    tl.store(da_ptr + pid * n + rn, _over_marginal(d_log_a, a), mask=mn)
+    tl.store(db_ptr + pid * m + rm, _over_marginal(d_log_b, b), mask=mm)
 
 
 @functools.lru_cache(maxsize=64)
@@ -346,8 +358,8 @@ def _ipot_bwd_kernel(grad_ptr, cost_ptr, a_ptr, b_ptr, reg_ptr, d_hist_ptr, s_hi
                                               d_hist_ptr + offset_n, s_hist_ptr + offset_m,
                                               cd_hist_ptr + offset_n, cs_hist_ptr + offset_m, rn, rm, n, m)
     tl.store(dcost_ptr + pid * n * m + rn[:, None] * m + rm[None, :], d_cost, mask=mask)
-    tl.store(da_ptr + pid * n + rn, d_log_a / a, mask=mn)
-    tl.store(db_ptr + pid * m + rm, d_log_b / b, mask=mm)
+    tl.store(da_ptr + pid * n + rn, _over_marginal(d_log_a, a), mask=mn)
+    tl.store(db_ptr + pid * m + rm, _over_marginal(d_log_b, b), mask=mm)
 
 
 def ipot_fwd(cost, a, b, beta: float, n_iters: int, save: bool):

@@ -45,3 +45,10 @@ def seeded_weights(seed: int, *shape: int, device: torch.device) -> torch.Tensor
     """float64 standard-normal weights (a loss's or an upstream gradient's) drawn on the CPU from ``seed``, then
     moved to ``device``: the same numbers on every device."""
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)
+
+
+def skip_unless_backend(backend: str, op: str, device=CPU):
+    """Skip the calling test when ``backend`` cannot run ``op`` on ``device`` (says why)."""
+    reason = _backend.unavailable_reason(backend, device, op)
+    if reason is not None:
+        pytest.skip(f"{backend} backend unavailable for {op} on {device}: {reason}")

@@ -4,10 +4,10 @@ import torch
 
 import helo_fast as hf
 from helo_fast import reference
-from devices import cpp_devices
+from devices import cpp_devices, skip_unless_backend
 from ot_cases import PARITY_DTYPES, SHAPES, assert_both_backward_paths, assert_parity, ot_problem, requires_cpp
 from test_reference_ops import ipot_transcription
-from tolerance import assert_no_nan
+from tolerance import assert_no_nan, assert_within_reference_error
 
 pytestmark = requires_cpp
 
@@ -124,3 +124,44 @@ def test_bad_inputs_raise_before_the_kernel():
     plan, d_hist, s_hist = torch.ops.helo_fast.ipot_fwd(cost, a, b, 0.1, 3, False)
     with pytest.raises(RuntimeError, match="save_history=True"):
         torch.ops.helo_fast.ipot_bwd(plan, cost, a, b, d_hist, s_hist, 0.1)
+
+
+# ---- issue 17: wrong plans from IPOT's sticky underflowed entries, zero-mass marginals, empty batches -------------
+ALL_BACKENDS = ["reference", "cpp", "triton"]
+
+
+def test_float32_plans_where_the_scaling_form_loses_entries():
+    """Issue 17's reproduction: costs up to 8 at beta 0.1 in float32. Entries of Q that flush to 0 stayed 0 while
+    the scalings grew, and plans came out off by 0.17 (the reference's float32 error: 2e-6)."""
+    cost = torch.rand(40, 8, 6, generator=torch.Generator().manual_seed(0)) * 8
+    plan = hf.ipot(cost, beta=0.1, n_iters=40, backend="cpp")
+    expected = reference.ipot(cost.double(), beta=0.1, n_iters=40)
+    own = reference.ipot(cost, beta=0.1, n_iters=40)
+    assert_within_reference_error(plan, expected, own)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_zero_mass_entries_give_zero_rows_and_columns(backend, dtype):
+    """a = [0, .25, .25, .25, .25] made the reference's IPOT NaN (log 0 - log 0 in the second iteration)."""
+    skip_unless_backend(backend, "ipot")
+    cost, _, b = ot_problem(12, 2, 5, 4)
+    a = torch.tensor([[0, 0.25, 0.25, 0.25, 0.25]] * 2, dtype=torch.float64)
+    b[1, 0] = 0.0
+    b = b / b.sum(-1, keepdim=True)
+    leaves = [t.to(dtype).requires_grad_() for t in (cost, a, b)]
+    plan = hf.ipot(*leaves, beta=0.1, n_iters=9, grad="unrolled", backend=backend)
+    grads = torch.autograd.grad((plan * torch.linspace(-1, 1, 40, dtype=dtype).reshape(2, 5, 4)).sum(), leaves)
+    assert_no_nan(plan, *grads)
+    assert float(plan[:, 0].abs().max()) == 0 and float(plan[1, :, 0].abs().max()) == 0
+    assert float(grads[1][:, 0].abs().max()) == 0
+    expected = reference.ipot(cost, a, b, beta=0.1, n_iters=9)
+    assert_no_nan(expected)
+    assert float((plan.double() - expected).abs().max()) <= (1e-12 if dtype == torch.float64 else 1e-5)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_empty_batch_gives_an_empty_plan(backend):
+    skip_unless_backend(backend, "ipot")
+    plan = hf.ipot(torch.rand(0, 3, 4), beta=0.1, n_iters=5, backend=backend)
+    assert plan.shape == (0, 3, 4) and plan.dtype == torch.float32

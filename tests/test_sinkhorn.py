@@ -6,7 +6,7 @@ import torch
 import helo_fast as hf
 from helo_fast import reference
 from cpu_isa import run_under_isa
-from devices import cpp_devices
+from devices import cpp_devices, skip_unless_backend
 from ot_cases import PARITY_DTYPES, SHAPES, assert_both_backward_paths, assert_parity, ot_problem, requires_cpp
 from tolerance import assert_no_nan
 
@@ -163,3 +163,59 @@ def test_bad_inputs_raise_before_the_kernel():
     plan, f_hist, g_hist = torch.ops.helo_fast.sinkhorn_fwd(cost, a, b, 0.1, 3, False)
     with pytest.raises(RuntimeError, match="save_history=True"):
         torch.ops.helo_fast.sinkhorn_bwd(plan, cost, a, b, f_hist, g_hist, 0.1)
+
+
+# ---- issue 17: wrong plans where kernel entries underflow, NaN gradients, zero-mass marginals, empty batches ----
+ALL_BACKENDS = ["reference", "cpp", "triton"]
+
+
+def test_plan_needing_an_underflowed_kernel_entry():
+    """exp(-0.75 / 1e-3) is 0 in float64, yet the plan puts 0.5 there (issue 17's reproduction): the scaling form
+    must notice and fall back to the log domain."""
+    cost = torch.tensor([[[0, 0.4], [0.4, 0.75]]], dtype=torch.float64)
+    plan = hf.sinkhorn(cost, eps=1e-3, n_iters=100, backend="cpp")
+    expected = reference.sinkhorn(cost, eps=1e-3, n_iters=100)
+    torch.testing.assert_close(plan, expected, rtol=1e-10, atol=1e-14)
+    assert float(plan[0, 1, 1]) > 0.49
+
+
+def test_gradient_finite_where_the_reference_is_at_eps_1e_3():
+    """The scaling-form backward multiplied u v (overflowing to inf) by a kernel entry of 0: NaN."""
+    cost = torch.tensor([[[1, 0.3794], [0.4668, 0]]], dtype=torch.float64)
+    a = torch.tensor([[0.3, 0.7]], dtype=torch.float64)
+    b = torch.tensor([[0.6, 0.4]], dtype=torch.float64)
+    weight = torch.tensor([[[0.3, -1.2], [0.7, 2.0]]], dtype=torch.float64)
+    for n_iters in (1, 2, 17):
+        grads = [torch.autograd.grad((fn(c, x, y, eps=8.79e-4, n_iters=n_iters) * weight).sum(), (c, x, y))
+                 for fn in (cpp, ref) for c, x, y in [[t.clone().requires_grad_() for t in (cost, a, b)]]]
+        assert_no_nan(*grads[0])
+        scale = float(weight.abs().max()) / 8.79e-4  # the size of a cost gradient: |weight| |plan| / eps
+        for g, r in zip(*grads):
+            assert float((g - r).abs().max()) <= 1e-10 * scale
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_zero_mass_entries_give_zero_rows_and_columns(backend, dtype):
+    skip_unless_backend(backend, "sinkhorn")
+    cost, a, b = ot_problem(11, 2, 5, 4)
+    a[0, 1], b[1, 2] = 0.0, 0.0
+    a, b = a / a.sum(-1, keepdim=True), b / b.sum(-1, keepdim=True)
+    leaves = [t.to(dtype).requires_grad_() for t in (cost, a, b)]
+    plan = hf.sinkhorn(*leaves, eps=0.05, n_iters=20, backend=backend)
+    grads = torch.autograd.grad((plan * torch.linspace(-1, 1, 40, dtype=dtype).reshape(2, 5, 4)).sum(), leaves)
+    assert_no_nan(plan, *grads)
+    assert float(plan[0, 1].abs().max()) == 0 and float(plan[1, :, 2].abs().max()) == 0
+    assert float(grads[1][0, 1]) == 0  # a zero-mass entry gets no gradient (its cost row still shapes the first g)
+    expected = reference.sinkhorn(cost, a, b, eps=0.05, n_iters=20)
+    assert float((plan.double() - expected).abs().max()) <= (1e-12 if dtype == torch.float64 else 1e-5)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_empty_batch_gives_an_empty_plan_and_gradient(backend):
+    skip_unless_backend(backend, "sinkhorn")
+    cost = torch.rand(0, 3, 4, dtype=torch.float64, requires_grad=True)
+    plan = hf.sinkhorn(cost, eps=0.1, n_iters=5, backend=backend)
+    assert plan.shape == (0, 3, 4)
+    (grad,) = torch.autograd.grad(plan.sum(), cost, allow_unused=True)
+    assert grad is None or grad.shape == (0, 3, 4)

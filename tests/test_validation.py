@@ -34,6 +34,14 @@ OT_CASES = [
     (dict(a=torch.full((2, 3), 1 / 3, dtype=torch.float32)), TypeError, "a must have the dtype of cost"),
     (dict(cost=torch.tensor([[[math.nan, 1.0]]], dtype=torch.float64)), ValueError, "cost contains NaN or inf"),
     (dict(cost=torch.tensor([[[math.inf, 1.0]]], dtype=torch.float64)), ValueError, "cost contains NaN or inf"),
+    # issue 17: NaN/inf marginals, regularisations below the documented floor, iteration counts past int32, meta
+    (dict(a=torch.tensor([[math.nan, 0.5, 0.5]] * 2, dtype=torch.float64)), ValueError, "a contains NaN or inf"),
+    (dict(b=torch.tensor([[math.inf, 0, 0, 0]] * 2, dtype=torch.float64)), ValueError, "b contains NaN or inf"),
+    (dict(eps=1e-100), ValueError, r"eps = 1e-100 is too small for costs of magnitude"),
+    (dict(eps=1e-320), ValueError, r"eps must be >= 2.225e-308 \(the smallest normal float64 number\)"),
+    (dict(eps=1e-40, cost=ot_inputs(dtype=torch.float32)), ValueError, "eps must be >= 1.175e-38"),
+    (dict(n_iters=2**63), ValueError, "n_iters must be an int <= 2147483647"),
+    (dict(cost=torch.empty(2, 3, 4, device="meta")), ValueError, "cost is a meta tensor"),
 ]
 
 
@@ -74,6 +82,11 @@ GW_CASES = [
     (dict(a=torch.full((2, 4), 0.25, dtype=torch.float64)), ValueError, r"a must have shape \[B, n\]"),
     (dict(b=torch.full((2, 4), 0.5, dtype=torch.float64)), ValueError, "equal total mass"),
     (dict(cs=torch.full((2, 3, 3), math.nan, dtype=torch.float64)), ValueError, "cs contains NaN or inf"),
+    (dict(eps=1e-100), ValueError, "eps = 1e-100 is too small for costs of magnitude"),
+    (dict(inner_iters=2**63), ValueError, "inner_iters must be an int <= 2147483647"),
+    (dict(outer_iters=2**40), ValueError, "outer_iters must be an int <= 2147483647"),
+    (dict(a=torch.tensor([[math.nan, 0.5, 0.5]] * 2, dtype=torch.float64)), ValueError, "a contains NaN or inf"),
+    (dict(ct=torch.empty(2, 4, 4, dtype=torch.float64, device="meta")), ValueError, "ct is a meta tensor"),
 ]
 
 
@@ -115,6 +128,10 @@ ATTENTION_CASES = [
     (dict(scale=0.0), ValueError, "scale must be a finite float > 0"),
     (dict(ln_eps=0.0), ValueError, "ln_eps must be a finite float > 0"),
     (dict(q=torch.full((2, 2, 3, 5), math.inf, dtype=torch.float64)), ValueError, "q contains NaN or inf"),
+    (dict(ln_weight=torch.full((10,), math.nan, dtype=torch.float64)), ValueError, "ln_weight contains NaN or inf"),
+    (dict(ln_weight=torch.ones(10, dtype=torch.float64), ln_bias=torch.full((10,), -math.inf, dtype=torch.float64)),
+     ValueError, "ln_bias contains NaN or inf"),
+    (dict(q=torch.empty(2, 2, 3, 5, dtype=torch.float64, device="meta")), ValueError, "q is a meta tensor"),
 ]
 
 

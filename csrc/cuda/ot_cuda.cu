@@ -45,6 +45,7 @@ struct Lse {
   T mx, sum;
   __device__ __forceinline__ void init() { mx = neg_inf<T>(), sum = T(0); }
   __device__ __forceinline__ void add(T x) {
+    if (x == neg_inf<T>()) return;  // a zero-mass row or column: exp(-inf - -inf) would be NaN
     if (x > mx) {
       sum = sum * exp_acc(mx - x) + T(1);
       mx = x;
@@ -63,6 +64,12 @@ struct Lse {
   }
   __device__ __forceinline__ T value() const { return mx == neg_inf<T>() ? mx : mx + log(sum); }
 };
+
+// lhs - lse for a log-marginal entry lhs, and -inf where it is -inf (zero mass; lse may be -inf too).
+template <typename T>
+__device__ __forceinline__ T log_ratio(T lhs, T lse) {
+  return lhs == neg_inf<T>() ? lhs : lhs - lse;
+}
 
 template <typename T>
 __device__ __forceinline__ Lse<T> warp_merge(Lse<T> s) {
@@ -83,7 +90,7 @@ __device__ void row_update(const T* M, const T* v, const T* lhs, T* out, int n, 
     s.init();
     for (int j = lane; j < m; j += 32) s.add(M[i * m + j] + v[j]);
     s = warp_merge(s);
-    if (lane == 0) out[i] = lhs[i] - s.value();
+    if (lane == 0) out[i] = log_ratio(lhs[i], s.value());
   }
 }
 
@@ -94,7 +101,7 @@ __device__ void column_update(const T* M, const T* v, const T* lhs, T* out, int 
     Lse<T> s;
     s.init();
     for (int i = 0; i < n; ++i) s.add(M[i * m + j] + v[i]);
-    out[j] = lhs[j] - s.value();
+    out[j] = log_ratio(lhs[j], s.value());
   }
 }
 
