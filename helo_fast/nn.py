@@ -9,8 +9,10 @@ call is replaced by the ``helo_fast.functional`` op with the module's ``backend`
 """
 from __future__ import annotations
 
-from typing import Dict, Type
+from typing import Dict, Optional, Type
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import functional
@@ -30,6 +32,23 @@ class LCDAttention(reference_modules.LCDAttention):
                  backend: str = "auto"):
         super().__init__(d_model, n_heads, ln_eps=ln_eps, bias_before_scale=bias_before_scale)
         self.backend = check_choice("backend", backend, BACKENDS)
+
+    def forward(self, query: torch.Tensor, key_value: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                *, dropkey_p: float = 0.0, dropout_p: float = 0.0,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The reference module's forward, with the projections of one input as one GEMM (Q, K, V of a
+        self-attention; K, V of a cross-attention): one larger matmul and, in the backward, no sum of the input's
+        three gradients. The heads are strided views of its output, which the fused op reads as they are."""
+        if key_value is None:
+            weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+            q, k, v = F.linear(query, weight).chunk(3, dim=-1)
+        else:
+            q = self.q_proj(query)
+            k, v = F.linear(key_value, torch.cat([self.k_proj.weight, self.v_proj.weight])).chunk(2, dim=-1)
+        return self.attention_op(self._heads(q), self._heads(k), self._heads(v), bias, dropkey_p=dropkey_p,
+                                 dropout_p=dropout_p, residual=query, ln_weight=self.norm.weight,
+                                 ln_bias=self.norm.bias, ln_eps=self.norm.eps,
+                                 bias_before_scale=self.bias_before_scale, generator=generator)
 
     def attention_op(self, *args, **kwargs):
         return functional.lcd_attention(*args, backend=self.backend, **kwargs)
