@@ -165,3 +165,23 @@ def test_cpp_attention_op_autocast_kernels_cast_by_argument(dtype, device):
     assert [g.dtype for g in grads[:3]] == [dtype] * 3 and grads[5].dtype == grads[6].dtype == torch.float32
     for got, want in zip(grads, expected_grads):
         assert torch.equal(got, want)
+
+
+@pytest.mark.compile
+@pytest.mark.skipif(not _ext.has_cpp(), reason="no C++ extension")
+def test_torch_compile_fullgraph_under_autocast_matches_eager():
+    q, k, v, bias, residual, ln_weight, ln_bias = attention_inputs(ATTENTION_SHAPES["ca"], torch.float32,
+                                                                   torch.device("cpu"))
+    cost = low_precision_costs(ot_inputs("sinkhorn", torch.device("cpu")), torch.bfloat16)[0]
+
+    def fn(q):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = hf.lcd_attention(q, k, v, bias, residual=residual, ln_weight=ln_weight, ln_bias=ln_bias,
+                                   check_finite=False)
+            plan = hf.sinkhorn(cost, eps=0.5, n_iters=5, check_finite=False)
+        return out, plan
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    (out, plan), (expected_out, expected_plan) = compiled(q), fn(q)
+    assert out.dtype == torch.bfloat16 and plan.dtype == torch.float32
+    assert torch.equal(out, expected_out) and torch.equal(plan, expected_plan)
