@@ -1,6 +1,7 @@
 // Per-problem log-domain OT solvers (forward and unrolled backward) for the CPU kernels: one [n, m]
 // problem at a time, all buffers passed in by the caller (allocated once per thread, never per
-// iteration). Everything works on the scaled log-kernel K = -cost / eps; the callers convert.
+// iteration). Everything works on the scaled log-kernel K = -cost / eps; the callers convert. Every iteration
+// loop ticks an InterruptCountdown (interrupt.h), so that Ctrl-C stops a call of many iterations.
 //
 // Sinkhorn (POT sinkhorn_log order), scaled potentials F = f/eps, G = g/eps, F_0 = 0:
 //   G_k = log b - LSE_i(F_{k-1} + K),  F_k = log a - LSE_j(G_k + K),  P = exp(F_N + G_N + K).
@@ -13,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "interrupt.h"
 #include "ot_cpu_math.h"
 #include "ot_cpu_vec.h"
 
@@ -46,7 +48,9 @@ HF_INLINE void sinkhorn_forward(const T* __restrict K, const T* __restrict loga,
                                 int64_t m, int64_t n_iters, T* __restrict F, T* __restrict G, T* f_hist, T* g_hist,
                                 T* __restrict colmax) {
   for (int64_t i = 0; i < n; ++i) F[i] = 0;
+  InterruptCountdown interrupt(n * m);
   for (int64_t k = 0; k < n_iters; ++k) {
+    interrupt.tick();
     column_lse_add(K, F, n, m, G, colmax);
     for (int64_t j = 0; j < m; ++j) G[j] = log_ratio(logb[j], G[j]);
     for (int64_t i = 0; i < n; ++i) F[i] = log_ratio(loga[i], lse_add(G, K + i * m, m));
@@ -100,7 +104,9 @@ HF_INLINE void sinkhorn_backward(const T* __restrict K, const T* __restrict loga
     dloga[i] = 0;
     zeros[i] = 0;
   }
+  InterruptCountdown interrupt(n * m);
   for (int64_t k = n_iters; k >= 1; --k) {
+    interrupt.tick();
     const T* __restrict Fk = f_hist + (k - 1) * n;
     const T* __restrict Gk = g_hist + (k - 1) * m;
     const T* __restrict Fprev = k > 1 ? f_hist + (k - 2) * n : zeros;
@@ -153,7 +159,9 @@ HF_INLINE void ipot_forward(const T* __restrict K, const T* __restrict loga, con
                             T* __restrict d, T* __restrict s, T* __restrict colmax) {
   const T s0 = -std::log(T(m));
   for (int64_t j = 0; j < m; ++j) s[j] = s0;
+  InterruptCountdown interrupt(n * m);
   for (int64_t k = 0; k < n_iters; ++k) {
+    interrupt.tick();
     for (int64_t i = 0; i < n; ++i) {
       const T* __restrict krow = K + i * m;
       T* __restrict qrow = Q + i * m;
@@ -210,7 +218,9 @@ HF_INLINE void ipot_backward(const T* __restrict K, const T* __restrict loga, co
     ds[j] = 0;
   }
   const T s0 = -std::log(T(m));
+  InterruptCountdown interrupt(n * m);
   for (int64_t k = n_iters; k >= 1; --k) {
+    interrupt.tick();
     const T kf = T(k);
     const T* __restrict Dk = Dcum + k * n;
     const T* __restrict Sk = Scum + k * m;
@@ -499,7 +509,9 @@ HF_INLINE bool sinkhorn_forward_linear(const T* __restrict K, const T* __restric
   for (int64_t i = 0; i < n; ++i) u[i] = 1;
   T u_max = 1;
   column_product(Kx, u, n, m, col);
+  InterruptCountdown interrupt(n * m);
   for (int64_t k = 0; k < n_iters; ++k) {
+    interrupt.tick();
 #pragma omp simd
     for (int64_t j = 0; j < m; ++j) v[j] = scaling_update(b[j], col[j]);
     row_dots_then_column_product(Kx, v, n, m, col,
@@ -587,7 +599,9 @@ HF_INLINE bool sinkhorn_backward_linear(const T* __restrict K, const T* __restri
     alpha[i] = s * (ui * inv_a[i]);
   }
   column_product(Kx, alpha, n, m, w);
+  InterruptCountdown interrupt(n * m);
   for (int64_t k = n_iters; k >= 1; --k) {
+    interrupt.tick();
     // Column step G_k = log b - LSE_i(F_{k-1} + K); dG is nonzero only for k = N.
     for (int64_t j = 0; j < m; ++j) {
       const T dg = dG[j] - v[j] * w[j];
@@ -786,7 +800,9 @@ HF_INLINE bool ipot_forward_linear_tracked(const T* __restrict K, const T* __res
   const T c = shifted_kernel_rows(K, n, m, ld, Kx);
   IpotExactness<T> exact(b, m);
   for (int64_t j = 0; j < ld; ++j) sigma[j] = j < m ? T(1) / T(m) : T(0);
+  InterruptCountdown interrupt(n * m);
   for (int64_t k = 0; k < n_iters; ++k) {
+    interrupt.tick();
     const IpotIterationStats<T> it = ipot_iteration<kExactZeros>(Kx, k == 0 ? nullptr : Tm, k == 0 ? nullptr : delta,
                                                                  a, b, inv_a, inv_b, n, m, ld, Tm, delta, sigma, col);
     if (!exact.step(k == 0, it, n, m)) return false;
@@ -826,7 +842,9 @@ HF_INLINE bool ipot_forward_linear_iterates_tracked(const T* __restrict K, const
   IpotExactness<T> exact(b, m);
   for (int64_t j = 0; j < ld; ++j) sig[j] = j < m ? T(1) / T(m) : T(0);
   for (int64_t j = 0; j < m; ++j) sigma[j] = sig[j];
+  InterruptCountdown interrupt(n * m);
   for (int64_t k = 1; k <= n_iters; ++k) {
+    interrupt.tick();
     T* dk = delta + (k - 1) * n;
     T* sk = sigma + k * m;
     const bool first = k == 1;
@@ -881,7 +899,9 @@ HF_INLINE bool ipot_backward_linear(const T* __restrict K, const T* __restrict a
 #pragma omp simd
     for (int64_t j = 0; j < m; ++j) ds[j] += lam[i * m + j];
   }
+  InterruptCountdown interrupt(n * m);
   for (int64_t k = n_iters; k >= 1; --k) {
+    interrupt.tick();
     const T* __restrict qk = Qs + (k - 1) * nq;
     const T* __restrict dk = delta + (k - 1) * n;
     const T* __restrict sk = sigma + k * m;

@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../interrupt.h"
 #include "../ot_checks.h"
 #include "../ot_cpu_solvers.h"
 
@@ -194,6 +195,7 @@ HF_INLINE void gw_fwd_problems(const T* cs, const T* ct, const T* a, const T* b,
                                bool use_ipot, int64_t begin, int64_t end) {
   const int64_t n = kFixed != 0 ? kFixed : n_runtime, m = kFixed != 0 ? kFixed : m_runtime;
   GwScratch<T> s(n, m, 0, 0);
+  InterruptCountdown interrupt(n * m, inner);
   for (int64_t p = begin; p < end; ++p) {
     const T *pcs = cs + p * n * n, *pct = ct + p * m * m, *pa = a + p * n, *pb = b + p * m;
     T* gamma = plan + p * n * m;
@@ -201,6 +203,7 @@ HF_INLINE void gw_fwd_problems(const T* cs, const T* ct, const T* a, const T* b,
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < m; ++j) gamma[i * m + j] = pa[i] * pb[j];
     for (int64_t t = 0; t < outer; ++t) {
+      interrupt.tick();
       if (plans != nullptr)
         for (int64_t e = 0; e < n * m; ++e) plans[(p * outer + t) * n * m + e] = gamma[e];
       gw_log_kernel(pcs, gamma, s, n, m, eps);
@@ -236,6 +239,7 @@ HF_INLINE void gw_bwd_problems(const T* grad, const T* cs, const T* ct, const T*
                                int64_t end) {
   const int64_t n = kFixed != 0 ? kFixed : n_runtime, m = kFixed != 0 ? kFixed : m_runtime;
   GwScratch<T> s(n, m, inner, use_ipot ? inner : 0);
+  InterruptCountdown interrupt(n * m, inner);
   for (int64_t p = begin; p < end; ++p) {
     const T *pcs = cs + p * n * n, *pct = ct + p * m * m, *pa = a + p * n, *pb = b + p * m;
     T *dcs = g_cs + p * n * n, *dct = g_ct + p * m * m, *da = g_a + p * n, *db = g_b + p * m;
@@ -247,6 +251,7 @@ HF_INLINE void gw_bwd_problems(const T* grad, const T* cs, const T* ct, const T*
     for (int64_t j = 0; j < m; ++j) db[j] = 0, s.vm5[j] = 0;  // vm5 = dL/dv
     for (int64_t e = 0; e < n * m; ++e) s.dG[e] = grad[p * n * m + e];
     for (int64_t t = outer - 1; t >= 0; --t) {
+      interrupt.tick();
       const T* gprev = plans + (p * outer + t) * n * m;
       gw_log_kernel(pcs, gprev, s, n, m, eps);
       const T* hn = hist_n + (p * outer + t) * inner * n;
@@ -354,7 +359,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gw_fwd_cpu(const at::
     scalar_t* pl = save_history ? plans.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* hn = save_history ? hist_n.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* hm = save_history ? hist_m.mutable_data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    interruptible_parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
       gw_fwd_chunk_dispatch<scalar_t>(pcs, pct, pa, pb, out, pl, hn, hm, n, m, scalar_t(eps), outer, inner, use_ipot,
                                       begin, end);
     });
@@ -392,7 +397,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gw_bwd_cpu(
     const scalar_t *hn = hist_n.const_data_ptr<scalar_t>(), *hm = hist_m.const_data_ptr<scalar_t>();
     scalar_t *gcs = g_cs.mutable_data_ptr<scalar_t>(), *gct = g_ct.mutable_data_ptr<scalar_t>();
     scalar_t *ga = g_a.mutable_data_ptr<scalar_t>(), *gb = g_b.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    interruptible_parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
       gw_bwd_chunk_dispatch<scalar_t>(pg, pcs, pct, pa, pb, pl, hn, hm, gcs, gct, ga, gb, n, m, scalar_t(eps), outer,
                                       inner, use_ipot, begin, end);
     });

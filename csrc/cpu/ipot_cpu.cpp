@@ -7,6 +7,7 @@
 
 #include <vector>
 
+#include "../interrupt.h"
 #include "../ot_checks.h"
 #include "../ot_cpu_solvers.h"
 
@@ -24,7 +25,9 @@ HF_INLINE void ipot_fwd_chunk(const T* cost, const T* a, const T* b, T* plan, T*
   T *K = buf.data(), *Q = K + n * m, *Kx = Q + n * ld;
   T *loga = Kx + n * ld, *d = loga + n, *inv_a = d + n;
   T *logb = inv_a + n, *inv_b = logb + m, *s = inv_b + m, *colmax = s + ld;
+  InterruptCountdown interrupt(n * m, n_iters);
   for (int64_t p = begin; p < end; ++p) {
+    interrupt.tick();
     scaled_inputs(cost + p * n * m, a + p * n, b + p * m, n, m, beta, K, loga, logb);
     T* dh = d_hist ? d_hist + p * n_iters * n : nullptr;
     T* sh = s_hist ? s_hist + p * n_iters * m : nullptr;
@@ -50,7 +53,9 @@ HF_INLINE void ipot_bwd_chunk(const T* grad, const T* cost, const T* a, const T*
   T *loga = Scum + (n_iters + 1) * m, *dloga = loga + n, *rr = dloga + n;
   T *inv_a = rr + n, *logb = inv_a + n, *inv_b = logb + m, *dlogb = inv_b + m, *ds = dlogb + m, *dsprev = ds + m;
   T *c1 = dsprev + m, *c2 = c1 + ld;
+  InterruptCountdown interrupt(n * m, n_iters);
   for (int64_t p = begin; p < end; ++p) {
+    interrupt.tick();
     const T* pa = a + p * n;
     const T* pb = b + p * m;
     scaled_inputs(cost + p * n * m, pa, pb, n, m, beta, K, loga, logb);
@@ -89,7 +94,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ipot_fwd_cpu(const at::Tensor& co
     scalar_t* out = plan.mutable_data_ptr<scalar_t>();
     scalar_t* dh = save_history ? d_hist.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* sh = save_history ? s_hist.mutable_data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    interruptible_parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
       ipot_fwd_chunk_dispatch<scalar_t>(c, pa, pb, out, dh, sh, n, m, scalar_t(beta), n_iters, begin, end);
     });
   });
@@ -119,7 +124,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ipot_bwd_cpu(const at::Tensor& gr
     scalar_t* gc = g_cost.mutable_data_ptr<scalar_t>();
     scalar_t* ga = g_a.mutable_data_ptr<scalar_t>();
     scalar_t* gb = g_b.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    interruptible_parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
       ipot_bwd_chunk_dispatch<scalar_t>(gp, c, pa, pb, dh, sh, gc, ga, gb, n, m, scalar_t(beta), n_iters, begin, end);
     });
   });

@@ -8,6 +8,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../interrupt.h"
 #include "../ot_cpu_solvers.h"
 #include "../ot_checks.h"
 
@@ -35,7 +36,9 @@ HF_INLINE void sinkhorn_fwd_chunk(const In* cost, const In* a, const In* b, In* 
   T *K = buf.data(), *Kx = K + n * m, *P = Kx + n * m;
   T *loga = P + n * m, *F = loga + n, *at = F + n, *inv_a = at + n;
   T *logb = inv_a + n, *G = logb + m, *colmax = G + m, *bt = colmax + m, *inv_b = bt + m;
+  InterruptCountdown interrupt(n * m, n_iters);
   for (int64_t p = begin; p < end; ++p) {
+    interrupt.tick();
     scaled_inputs(cost + p * n * m, a + p * n, b + p * m, n, m, eps, K, loga, logb);
     const T* pa = in_compute_type(a + p * n, n, at);
     const T* pb = in_compute_type(b + p * m, m, bt);
@@ -69,7 +72,9 @@ HF_INLINE void sinkhorn_bwd_chunk(const In* grad, const In* cost, const In* a, c
   T *alpha = up + n, *upa = alpha + n, *at = upa + n, *inv_a = at + n;
   T *logb = inv_a + n, *dG = logb + m, *gb = dG + m, *dlogb = gb + m, *v = dlogb + m, *beta = v + m, *bt = beta + m;
   T* inv_b = bt + m;
+  InterruptCountdown interrupt(n * m, n_iters);
   for (int64_t p = begin; p < end; ++p) {
+    interrupt.tick();
     scaled_inputs(cost + p * n * m, a + p * n, b + p * m, n, m, eps, K, loga, logb);
     const T* pa = in_compute_type(a + p * n, n, at);
     const T* pb = in_compute_type(b + p * m, m, bt);
@@ -107,7 +112,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cpu(const at::Tensor
     const scalar_t* pa = a.const_data_ptr<scalar_t>();
     const scalar_t* pb = b.const_data_ptr<scalar_t>();
     scalar_t* out = plan.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    interruptible_parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
       if (save_history)
         sinkhorn_fwd_chunk_dispatch<hist_t>(c, pa, pb, out, f_hist.mutable_data_ptr<hist_t>(),
                                             g_hist.mutable_data_ptr<hist_t>(), n, m, hist_t(eps), n_iters, begin, end);
@@ -142,7 +147,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_bwd_cpu(const at::Tensor
     scalar_t* gc = g_cost.mutable_data_ptr<scalar_t>();
     scalar_t* ga = g_a.mutable_data_ptr<scalar_t>();
     scalar_t* gb = g_b.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    interruptible_parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
       sinkhorn_bwd_chunk_dispatch<hist_t>(gp, c, pa, pb, fh, gh, gc, ga, gb, n, m, hist_t(eps), n_iters, begin, end);
     });
   });
