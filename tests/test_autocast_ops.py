@@ -98,15 +98,42 @@ def test_cpp_attention_within_reference_error_under_autocast(name, dtype, masks,
 
 
 @pytest.mark.parametrize("device", cpp_devices())
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", LOW_DTYPES)
-def test_reference_attention_accumulates_in_float32(dtype, device):
-    """Half-precision inputs: the float32 computation on their values, rounded once at the end."""
+def test_half_attention_is_the_float32_computation_rounded_once(dtype, backend, device):
+    """Half-precision inputs (float32 LayerNorm parameters): the output is the float32 computation on the same values
+    rounded once to the half dtype, bit for bit (the kernels' own rounding of float32 to bfloat16 is torch's); the
+    gradients within one unit of the half dtype's last place of it (the two instantiations of the C++ backward sum
+    in float32 in different orders, which moves a few roundings)."""
     inputs = attention_inputs(ATTENTION_SHAPES["transformer"], dtype, device, seed=6)
-    low = [t.to(dtype) if t is not None else None for t in inputs]
-    out = reference.lcd_attention(*low[:4], residual=low[4], ln_weight=inputs[5], ln_bias=inputs[6])
-    in32 = [t.float() if t is not None else None for t in low]
-    out32 = reference.lcd_attention(*in32[:4], residual=in32[4], ln_weight=inputs[5], ln_bias=inputs[6])
+    low = [t.to(dtype) if t is not None and n not in ("ln_weight", "ln_bias") else t
+           for n, t in zip(ATTENTION_ARGS, inputs)]
+    as32 = [t.float() if t is not None else None for t in low]
+    masks = MASKS["seeded"]
+    weight = torch.ones(())
+    out, grads = value_and_grads(lambda *x: attention_call(backend, *x, **masks), low, weight)
+    out32, grads32 = value_and_grads(lambda *x: attention_call(backend, *x, **masks), as32, weight)
     assert out.dtype == dtype and torch.equal(out, out32.to(dtype))
+    for grad, grad32 in zip(grads, grads32):
+        # One unit in the last place, and near 0 the float32 summation noise itself (8 float32 eps of the largest
+        # gradient), which float16's subnormals resolve.
+        info, noise = torch.finfo(grad.dtype), 8 * torch.finfo(torch.float32).eps * float(grad32.abs().max())
+        torch.testing.assert_close(grad.float(), grad32.to(grad.dtype).float(), rtol=info.eps,
+                                   atol=info.tiny * info.eps + noise)
+
+
+@pytest.mark.skipif(not _ext.has_cpp(), reason="no C++ extension")
+@pytest.mark.parametrize("ln", [True, False])
+def test_cpp_bfloat16_output_keeps_nan(ln):
+    q, k, v, bias, residual, ln_weight, ln_bias = attention_inputs(ATTENTION_SHAPES["ca"], torch.bfloat16,
+                                                                   torch.device("cpu"), seed=2)
+    v = v.clone()
+    v[0, 0, 0, 0] = float("nan")
+    out = hf.lcd_attention(q, k, v, residual=residual.bfloat16(), ln_weight=ln_weight if ln else None,
+                           ln_bias=ln_bias if ln else None, check_finite=False, backend="cpp")
+    ref = hf.lcd_attention(q, k, v, residual=residual.bfloat16(), ln_weight=ln_weight if ln else None,
+                           ln_bias=ln_bias if ln else None, check_finite=False, backend="reference")
+    assert torch.isnan(out).any() and torch.equal(torch.isnan(out), torch.isnan(ref))
 
 
 # ----------------------------------------------------------------------------------------------- seeded_dropout
