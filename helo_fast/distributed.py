@@ -22,6 +22,7 @@ class DistContext:
 
     rank: int = 0
     world_size: int = 1
+    owns_group: bool = False  # this process created the process group (and destroys it in close_distributed)
 
     @property
     def enabled(self) -> bool:
@@ -37,9 +38,20 @@ def init_distributed(device: torch.device) -> DistContext:
     """Join the process group described by torchrun's environment (WORLD_SIZE > 1); else single process."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistContext()
-    if not dist.is_initialized():
+    owns_group = not dist.is_initialized()
+    if owns_group:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistContext(dist.get_rank(), dist.get_world_size())
+    return DistContext(dist.get_rank(), dist.get_world_size(), owns_group)
+
+
+def close_distributed(ctx: DistContext) -> None:
+    """Destroy the process group ``init_distributed`` created (a group the caller made is left alone).
+
+    A process that exits with the group alive can abort at exit ("terminate called without an active
+    exception": gloo's worker threads outlive the interpreter), failing a run that had finished.
+    """
+    if ctx.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def local_device(device: torch.device) -> torch.device:

@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 
 from ._backend import choose_backend
 from .checkpoint import atomic_save, load_checked, load_latest_good, previous_path
-from .distributed import (DistContext, all_gather_tensor, all_reduce_sum, init_distributed, local_device, shard,
-                          wrap_model)
+from .distributed import (DistContext, all_gather_tensor, all_reduce_sum, close_distributed, init_distributed,
+                          local_device, shard, wrap_model)
 from .data import EmotionDataset, Split, make_splits, standardize
 from .metrics import LOWER_IS_BETTER, METRIC_NAMES, edl_metrics
 from .models import HeLo, HeLoConfig, helo_loss
@@ -424,7 +424,11 @@ class Experiment:
 
 def run_experiment(dataset: EmotionDataset, model_config: HeLoConfig, cfg: TrainConfig, **kwargs) -> dict:
     """Train and evaluate HeLo (and the baselines) on ``dataset`` under ``cfg.protocol``; see Experiment."""
-    return Experiment(dataset, model_config, cfg, **kwargs).run()
+    experiment = Experiment(dataset, model_config, cfg, **kwargs)
+    try:
+        return experiment.run()
+    finally:
+        close_distributed(experiment.dist)
 
 
 # ----------------------------------------------------------------------------- reporting
