@@ -1,6 +1,6 @@
-"""Turn pytest-benchmark JSON into benchmarks/results/<machine>/REPORT.md and PNG plots.
+"""Turn pytest-benchmark JSON into benchmarks/results/<machine>/REPORT.md, PNG plots and the docs' tables.
 
-    python -m benchmarks.report benchmarks/results/latest.json [--out-root benchmarks/results] [--update-readme]
+    python -m benchmarks.report benchmarks/results/latest.json [--out-root benchmarks/results] [--update-readme README.md]
     python -m benchmarks.report benchmarks/results/<machine>/results.json new.json --replace-groups ...
 
 Tables: median time per provider for each benchmark group, and the speed-up of each provider over
@@ -10,6 +10,10 @@ A provider measured in a mixed precision (extra_info "precision", e.g. "bf16-mix
 Every number comes from the JSON; nothing is typed in. The machine's ``results.json`` keeps the
 summary statistics of each benchmark (not pytest-benchmark's per-round timings), so a later run of
 some suites can be merged into it with ``--replace-groups``.
+
+``--update-readme README.md`` writes the full table and every plot into ``docs/performance.md`` (next to the
+README; ``--performance-doc`` picks another file), in its CPU or GPU block, and for a CPU run a summary of at
+most ``SUMMARY_ROWS`` rows into the README's summary block.
 """
 from __future__ import annotations
 
@@ -18,15 +22,23 @@ import json
 import os
 import re
 from collections import defaultdict
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 PROVIDER_ORDER = ["reference", "compile", "pot", "pot_batch", "sdpa", "torch_dropout", "io_floor", "cpp", "triton"]
 # Independent implementations (and the memory-traffic floor) each row is also compared with, beside
 # reference and compile.
 PEERS = ["pot", "pot_batch", "sdpa", "torch_dropout", "io_floor"]
-README_BEGIN, README_END = "<!-- performance:begin -->", "<!-- performance:end -->"
-# GPU runs fill a block of their own, so a CPU run and a GPU run both stay in the README.
-README_GPU_BEGIN, README_GPU_END = "<!-- performance-gpu:begin -->", "<!-- performance-gpu:end -->"
+# Blocks the report fills. docs/performance.md: the full table and plots of a CPU run and of a GPU run (so both
+# stay). README: the summary of a CPU run.
+DOC_BEGIN, DOC_END = "<!-- performance:begin -->", "<!-- performance:end -->"
+DOC_GPU_BEGIN, DOC_GPU_END = "<!-- performance-gpu:begin -->", "<!-- performance-gpu:end -->"
+SUMMARY_BEGIN, SUMMARY_END = "<!-- performance-summary:begin -->", "<!-- performance-summary:end -->"
+# The README summary: one row per benchmark series (op, shape, pass) at HeLo's training batch when measured,
+# at most this many rows.
+SUMMARY_ROWS = 15
+SUMMARY_BATCH = 128
+# The fused implementations a summary row reports (the fastest of them, in full precision).
+FAST_PROVIDERS = ["cpp", "triton"]
 
 
 def provider_label(info: dict) -> str:
@@ -238,23 +250,79 @@ def render_report(data: dict, rows: List[dict], plots: List[str], out_dir: str) 
     return "\n".join(header) + "\n"
 
 
-def update_readme(readme: str, report_path: str, table: str, plot: Optional[str], gpu: bool = False) -> None:
-    """Replace the README block between the performance markers (the GPU block for a GPU run) with the
-    generated table and plot."""
-    begin, end_marker = (README_GPU_BEGIN, README_GPU_END) if gpu else (README_BEGIN, README_END)
-    with open(readme) as fh:
+def summary_table(groups: Dict[str, Dict[str, dict]], limit: int = SUMMARY_ROWS) -> Tuple[str, int]:
+    """Markdown: one row per series (a group without its batch size) at ``SUMMARY_BATCH`` (else the smallest batch
+    measured): the reference's median, the fastest of ``FAST_PROVIDERS`` in full precision and its speed-ups.
+    At most ``limit`` rows, in group order; returns the table and the number of series left out."""
+    chosen: Dict[str, Tuple[Tuple[int, int], str]] = {}
+    for group, by_provider in groups.items():
+        if not any(p in by_provider for p in FAST_PROVIDERS):
+            continue
+        row = next(iter(by_provider.values()))
+        batch = row["batch"] if row["batch"] is not None else 0
+        rank = (0 if batch == SUMMARY_BATCH else 1, batch)
+        key = _series_key(row)
+        if key not in chosen or rank < chosen[key][0]:
+            chosen[key] = (rank, group)
+    picked = sorted(group for _, group in chosen.values())
+    lines = ["| benchmark | reference | fastest | vs reference | vs compile | vs peer |", "|---|---|---|---|---|---|"]
+    for group in picked[:limit]:
+        by_provider = groups[group]
+        fast = min((p for p in FAST_PROVIDERS if p in by_provider), key=lambda p: by_provider[p]["median"])
+        median = by_provider[fast]["median"]
+
+        def ratio(base):
+            return f"{by_provider[base]['median'] / median:.2f}x" if base in by_provider else "–"
+
+        peers = [p for p in PEERS if p in by_provider]
+        best_peer = min(peers, key=lambda p: by_provider[p]["median"]) if peers else None
+        reference = format_time(by_provider["reference"]["median"]) if "reference" in by_provider else "–"
+        lines.append(f"| {group} | {reference} | {fast} {format_time(median)} | {ratio('reference')} | "
+                     f"{ratio('compile')} | {f'{ratio(best_peer)} ({best_peer})' if best_peer else '–'} |")
+    return "\n".join(lines), max(0, len(picked) - limit)
+
+
+def replace_block(path: str, begin: str, end_marker: str, body: List[str]) -> None:
+    """Replace the text between the markers ``begin`` ... ``end_marker`` of ``path`` (both kept) with ``body``."""
+    with open(path) as fh:
         text = fh.read()
     if begin not in text or end_marker not in text:
-        raise ValueError(f"{readme} has no {begin} ... {end_marker} block to update")
-    root = os.path.dirname(os.path.abspath(readme))
-    body = [begin, f"Generated from `{os.path.relpath(report_path, root)}` by `python -m benchmarks.report`.", "",
-            table, ""]
-    if plot:
-        body.append(f"![time vs batch]({os.path.relpath(plot, root)})")
-    body.append(end_marker)
+        raise ValueError(f"{path} has no {begin} ... {end_marker} block to update")
     start, end = text.index(begin), text.index(end_marker) + len(end_marker)
-    with open(readme, "w") as fh:
-        fh.write(text[:start] + "\n".join(body) + text[end:])
+    with open(path, "w") as fh:
+        fh.write(text[:start] + "\n".join([begin, *body, end_marker]) + text[end:])
+
+
+def _new_performance_doc(path: str) -> None:
+    """A docs/performance.md with empty CPU and GPU blocks, for a tree that has none yet."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(f"# Performance\n\n## On a CPU\n\n{DOC_BEGIN}\n{DOC_END}\n\n## On a GPU\n\n{DOC_GPU_BEGIN}\n{DOC_GPU_END}\n")
+
+
+def update_docs(readme: str, doc: str, report_path: str, groups: Dict[str, Dict[str, dict]], plots: List[str],
+                gpu: bool = False) -> None:
+    """Write the full table and every plot into ``doc``'s CPU block (its GPU block for a GPU run), and for a CPU
+    run the summary into ``readme``'s summary block. Links are relative to the file they are written in."""
+    if not os.path.exists(doc):
+        _new_performance_doc(doc)
+    doc_dir = os.path.dirname(os.path.abspath(doc))
+    source = f"Generated from `{os.path.relpath(report_path, doc_dir)}` by `python -m benchmarks.report`."
+    body = [source, "", speedup_table(groups), ""]
+    body += [f"![{os.path.basename(p)}]({os.path.relpath(p, doc_dir)})" for p in plots]
+    replace_block(doc, *((DOC_GPU_BEGIN, DOC_GPU_END) if gpu else (DOC_BEGIN, DOC_END)), body)
+    if gpu:
+        return
+    root = os.path.dirname(os.path.abspath(readme))
+    table, left_out = summary_table(groups)
+    doc_link = os.path.relpath(doc, root)
+    body = [f"Generated from `{os.path.relpath(report_path, root)}` by `python -m benchmarks.report`:",
+            f"one row per benchmark at B={SUMMARY_BATCH} (else its smallest B), the fastest of "
+            f"{'/'.join(FAST_PROVIDERS)} in float32;",
+            f"every provider, batch size and precision in [{doc_link}]({doc_link}).", "", table]
+    if left_out:
+        body += ["", f"{left_out} more benchmarks in [{doc_link}]({doc_link})."]
+    replace_block(readme, SUMMARY_BEGIN, SUMMARY_END, body)
 
 
 def write_results(data: dict, path: str) -> None:
@@ -293,7 +361,10 @@ def main(argv=None) -> str:
     parser.add_argument("json_paths", nargs="+", metavar="json_path",
                         help="pytest-benchmark JSON files of one machine (several runs are merged)")
     parser.add_argument("--out-root", default=os.path.join(os.path.dirname(__file__), "results"))
-    parser.add_argument("--update-readme", metavar="README", default=None)
+    parser.add_argument("--update-readme", metavar="README", default=None,
+                        help="write the tables into docs/performance.md and the summary into this README")
+    parser.add_argument("--performance-doc", metavar="PATH", default=None,
+                        help="the file for the full tables (default: docs/performance.md next to the README)")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--replace-groups", action="store_true",
                         help="a group in a later file replaces that group of the earlier ones (else: an error)")
@@ -310,8 +381,9 @@ def main(argv=None) -> str:
     with open(report_path, "w") as fh:
         fh.write(render_report(data, rows, plots, out_dir))
     if args.update_readme:
-        update_readme(args.update_readme, report_path, speedup_table(group_rows(rows)), plots[0] if plots else None,
-                      gpu=ran_on_cuda(rows))
+        doc = args.performance_doc or os.path.join(os.path.dirname(os.path.abspath(args.update_readme)), "docs",
+                                                   "performance.md")
+        update_docs(args.update_readme, doc, report_path, group_rows(rows), plots, gpu=ran_on_cuda(rows))
     print(f"wrote {report_path} ({len(rows)} benchmarks, {len(plots)} plots)")
     return report_path
 

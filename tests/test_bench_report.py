@@ -1,6 +1,7 @@
 """benchmarks/report.py computes its tables from the JSON (fed a small hand-made file here)."""
 import json
 import os
+import re
 
 import pytest
 
@@ -46,7 +47,7 @@ def test_table_ratios_come_from_the_json(results, tmp_path):
 
 def test_main_writes_report_plots_and_readme_block(results, tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{report.README_BEGIN}\nold\n{report.README_END}\ntail\n")
+    readme.write_text(f"intro\n{report.SUMMARY_BEGIN}\nold\n{report.SUMMARY_END}\ntail\n")
     path = report.main([str(results), "--out-root", str(tmp_path / "out"), "--update-readme", str(readme)])
     assert os.path.dirname(path).endswith("cpu-test-cpu-9000-2t")
     text = open(path).read()
@@ -54,7 +55,15 @@ def test_main_writes_report_plots_and_readme_block(results, tmp_path):
     pngs = [f for f in os.listdir(os.path.dirname(path)) if f.endswith(".png")]
     assert "memory.png" in pngs and len(pngs) == 2
     new_readme = readme.read_text()
-    assert "old" not in new_readme and "40.00x" in new_readme and new_readme.endswith("tail\n")
+    # The README gets the summary (the B=128 row of the series), docs/performance.md every row and plot.
+    assert "old" not in new_readme and "| gw B=128 fwd | 20 ms | cpp 1 ms | 20.00x | 10.00x | – |" in new_readme
+    assert "40.00x" not in new_readme and new_readme.endswith("tail\n")
+    assert "(docs/performance.md)" in new_readme
+    doc = (tmp_path / "docs" / "performance.md").read_text()
+    assert "| gw B=1024 fwd | cpp | 4 ms | 40.00x | – | – | – |" in doc and "20.00x" in doc
+    for link in re.findall(r"\]\(([^)]+)\)", doc) + re.findall(r"`([^`]+REPORT.md)`", doc):
+        assert (tmp_path / "docs" / link).resolve().exists(), link   # relative to the doc, every plot
+    assert doc.count("![") == 2
 
 
 def test_json_without_our_benchmarks_is_an_error(tmp_path):
@@ -70,13 +79,63 @@ def test_runs_merge_and_a_gpu_run_fills_the_gpu_block(tmp_path):
     second = write_run(tmp_path / "b.json", [bench("gw B=4096 fwd", "reference", 0.5, 4096, device="cuda"),
                                              bench("gw B=4096 fwd", "cpp", 0.01, 4096, device="cuda")], gpu="Test GPU")
     readme = tmp_path / "README.md"
-    readme.write_text(f"{report.README_BEGIN}\ncpu\n{report.README_END}\n{report.README_GPU_BEGIN}\nold\n"
-                      f"{report.README_GPU_END}\n")
+    readme_text = f"{report.SUMMARY_BEGIN}\ncpu summary\n{report.SUMMARY_END}\n"
+    readme.write_text(readme_text)
+    doc = tmp_path / "perf.md"
+    doc.write_text(f"{report.DOC_BEGIN}\ncpu\n{report.DOC_END}\n{report.DOC_GPU_BEGIN}\nold\n{report.DOC_GPU_END}\n")
     path = report.main([first, second, "--out-root", str(tmp_path / "out"), "--update-readme", str(readme),
-                        "--no-plots"])
+                        "--performance-doc", str(doc), "--no-plots"])
     assert os.path.dirname(path).endswith("test-gpu")
-    text = readme.read_text()
+    text = doc.read_text()
     assert "cpu" in text and "old" not in text and "20.00x" in text and "50.00x" in text
+    assert readme.read_text() == readme_text   # the README summarises the CPU run only
+
+
+def test_a_file_without_its_block_is_an_error(results, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="performance-summary:begin"):
+        report.main([str(results), "--out-root", str(tmp_path / "out"), "--update-readme", str(readme), "--no-plots"])
+    doc = tmp_path / "docs" / "performance.md"
+    doc.write_text("no markers\n")
+    with pytest.raises(ValueError, match="performance:begin"):
+        report.main([str(results), "--out-root", str(tmp_path / "out"), "--update-readme", str(readme), "--no-plots"])
+
+
+def test_summary_has_one_row_per_series_at_most_summary_rows(tmp_path):
+    benchmarks = []
+    for i in range(report.SUMMARY_ROWS + 3):
+        for batch in (128, 1024):
+            group = f"op{i:02d} B={batch} fwd"
+            benchmarks += [dict(bench(group, "reference", 0.010, batch), extra_info={
+                               **bench(group, "reference", 0.010, batch)["extra_info"], "op": f"op{i:02d}"}),
+                           dict(bench(group, "cpp", 0.002, batch), extra_info={
+                               **bench(group, "cpp", 0.002, batch)["extra_info"], "op": f"op{i:02d}"})]
+    path = write_run(tmp_path / "a.json", benchmarks)
+    table, left_out = report.summary_table(report.group_rows(report.load_rows(json.loads(open(path).read()))))
+    rows = table.splitlines()[2:]
+    assert len(rows) == report.SUMMARY_ROWS and left_out == 3
+    assert all("B=128" in row and "5.00x" in row for row in rows)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{report.SUMMARY_BEGIN}\n{report.SUMMARY_END}\n")
+    report.main([path, "--out-root", str(tmp_path / "out"), "--update-readme", str(readme), "--no-plots"])
+    text = readme.read_text()
+    assert text.count("| op") == report.SUMMARY_ROWS and "3 more benchmarks in" in text
+
+
+def test_summary_row_is_the_fastest_fused_provider_in_float32_against_the_best_peer(tmp_path):
+    def row(provider, median, precision="32", batch=128):
+        entry = bench(f"attn B={batch} fwd", provider, median, batch)
+        entry["extra_info"]["precision"] = precision
+        return entry
+
+    path = write_run(tmp_path / "a.json", [row("reference", 0.040), row("compile", 0.020), row("sdpa", 0.030),
+                                           row("torch_dropout", 0.025), row("cpp", 0.010), row("triton", 0.008),
+                                           row("cpp", 0.001, "bf16-mixed"), row("reference", 0.040, batch=64),
+                                           row("cpp", 0.001, batch=64)])
+    table, left_out = report.summary_table(report.group_rows(report.load_rows(json.loads(open(path).read()))))
+    assert left_out == 0
+    assert table.splitlines()[2:] == ["| attn B=128 fwd | 40 ms | triton 8 ms | 5.00x | 2.50x | 3.12x (torch_dropout) |"]
 
 
 def test_a_group_split_across_runs_is_an_error(tmp_path):
