@@ -16,7 +16,18 @@ def _version(module_name: str) -> str:
 def env_report() -> Dict[str, object]:
     """Versions (python, torch, triton, numpy, POT), devices, and each backend's availability.
 
-    Returns a dict; ``backends`` maps e.g. "cpp[cpu]" to "available" or the reason it is not.
+    Takes no arguments and raises nothing: a backend that cannot be used here is reported, not raised.
+
+    Returns:
+        A dict: "helo_fast", "python", "platform", "torch", "torch_cuda", "cuda_available", "cuda_device",
+        "cpu_threads", "triton", "numpy", "POT" (versions; "not installed" where absent), and "backends", which maps each
+        backend and device (e.g. "cpp[cpu]") to "available" or the reason it is not.
+
+    Example:
+        >>> import helo_fast
+        >>> report = helo_fast.env_report()
+        >>> sorted(report["backends"])[:1]
+        ['cpp[cpu]']
     """
     import torch
 

@@ -13,9 +13,41 @@ from ._validation import device_of, validate_attention, validate_dropout, valida
 
 @autocast_policy(OT_ARGS)
 def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", backend="auto", check_finite=True):
-    """Batched log-domain entropic OT; see ``helo_fast.reference.sinkhorn`` for the semantics.
+    """Batched entropic optimal transport by log-domain Sinkhorn iterations (POT's ``sinkhorn_log`` order).
 
-    cost: [B, n, m]; a: [B, n], b: [B, m] (None = uniform). Returns the plan [B, n, m].
+    Exactly ``n_iters`` iterations, column potential first: g_j = eps (log b_j - LSE_i((f_i - C_ij) / eps)), then
+    f_i = eps (log a_i - LSE_j((g_j - C_ij) / eps)); the plan is exp((f_i + g_j - C_ij) / eps).
+
+    Args:
+        cost: [B, n, m] cost matrices, B >= 0, n, m >= 1; float64, float32, float16 or bfloat16 (the last two are
+            computed in float32); finite.
+        a: [B, n] source marginals, or None for uniform 1/n. Finite, >= 0, positive total mass; zeros are allowed
+            (that row of the plan is 0 and its entry gets no gradient). Dtype and device of ``cost``.
+        b: [B, m] target marginals, or None for uniform 1/m; as ``a``, with the same total mass as ``a``.
+        eps: float > 0, the entropic regularisation: at least the smallest normal number of the compute dtype,
+            and max|cost| / eps at most 1 / (its machine epsilon) (float32: 8.4e6, float64: 4.5e15).
+        n_iters: int in [1, 2**31 - 1], the number of iterations (no convergence test).
+        grad: "unrolled" (default: the exact gradient of the unrolled iterations with respect to cost, a, b) or
+            "none" (nothing is saved; the result does not require grad).
+        backend: "auto" (cpp on CPU tensors, the faster of cpp/triton on CUDA tensors, reference when nothing is
+            built), "reference", "cpp" or "triton".
+        check_finite: False skips the NaN/inf scan of ``cost`` (one reduction); the marginals are always checked.
+
+    Returns:
+        The plan [B, n, m] in the dtype of ``cost`` (float32 under torch.autocast, float64 staying float64).
+
+    Raises:
+        TypeError: an argument of the wrong type or dtype, or tensors of different dtypes.
+        ValueError: a wrong shape or device, a meta tensor, eps / n_iters / grad out of range, NaN or inf,
+            marginals that are negative or of unequal mass. Each message names the argument.
+        RuntimeError: ``backend`` names a backend that is not available here (the message says what is missing).
+
+    Example:
+        >>> import torch, helo_fast
+        >>> cost = torch.rand(2, 3, 4, dtype=torch.float64)
+        >>> plan = helo_fast.sinkhorn(cost, eps=0.1, n_iters=50)
+        >>> plan.shape, round(float(plan[0].sum()), 6)
+        (torch.Size([2, 3, 4]), 1.0)
     """
     backend = _backend.choose_backend(backend, device_of("cost", cost), "sinkhorn")
     if backend == "reference":
@@ -27,9 +59,40 @@ def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", backend="au
 
 @autocast_policy(OT_ARGS)
 def ipot(cost, a=None, b=None, *, beta, n_iters, grad="none", backend="auto", check_finite=True):
-    """Batched log-domain IPOT (HELO_SPEC §4.5); see ``helo_fast.reference.ipot``.
+    """Batched inexact proximal-point OT (IPOT, HeLo's solver, HELO_SPEC §4.5), computed in the log domain.
 
-    cost: [B, n, m]; a: [B, n], b: [B, m] (None = uniform). Returns the plan [B, n, m].
+    T = 1, sigma = 1/m; each of the ``n_iters`` iterations: Q = exp(-cost / beta) * T, delta = a / (Q sigma),
+    sigma = b / (Qᵀ delta), T = diag(delta) Q diag(sigma). In the log domain it does not underflow for small beta.
+
+    Args:
+        cost: [B, n, m] cost matrices, B >= 0, n, m >= 1; float64, float32, float16 or bfloat16 (the last two are
+            computed in float32); finite.
+        a: [B, n] source marginals, or None for uniform 1/n. Finite, >= 0, positive total mass; zeros are allowed
+            (that row of the plan is 0 and its entry gets no gradient). Dtype and device of ``cost``.
+        b: [B, m] target marginals, or None for uniform 1/m; as ``a``, with the same total mass as ``a``.
+        beta: float > 0, the proximal step: at least the smallest normal number of the compute dtype, and
+            max|cost| / beta at most 1 / (its machine epsilon) (float32: 8.4e6, float64: 4.5e15).
+        n_iters: int in [1, 2**31 - 1], the number of iterations (no convergence test).
+        grad: "none" (default, as in HeLo: nothing is saved; the result does not require grad) or "unrolled"
+            (the exact gradient of the unrolled iterations with respect to cost, a, b).
+        backend: "auto", "reference", "cpp" or "triton" (as for ``sinkhorn``).
+        check_finite: False skips the NaN/inf scan of ``cost`` (one reduction); the marginals are always checked.
+
+    Returns:
+        The plan T [B, n, m] in the dtype of ``cost`` (float32 under torch.autocast, float64 staying float64).
+
+    Raises:
+        TypeError: an argument of the wrong type or dtype, or tensors of different dtypes.
+        ValueError: a wrong shape or device, a meta tensor, beta / n_iters / grad out of range, NaN or inf,
+            marginals that are negative or of unequal mass. Each message names the argument.
+        RuntimeError: ``backend`` names a backend that is not available here.
+
+    Example:
+        >>> import torch, helo_fast
+        >>> cost = torch.rand(2, 3, 4, dtype=torch.float64)
+        >>> plan = helo_fast.ipot(cost, beta=0.1, n_iters=20)
+        >>> plan.shape, plan.requires_grad
+        (torch.Size([2, 3, 4]), False)
     """
     backend = _backend.choose_backend(backend, device_of("cost", cost), "ipot")
     if backend == "reference":
@@ -42,9 +105,43 @@ def ipot(cost, a=None, b=None, *, beta, n_iters, grad="none", backend="auto", ch
 @autocast_policy(OT_ARGS)
 def gromov_wasserstein(cs, ct, a=None, b=None, *, eps=0.1, outer_iters=5, inner_iters=20, solver="ipot", grad="none",
                        backend="auto", check_finite=True):
-    """HeLo's whole GW step fused; see ``helo_fast.reference.gromov_wasserstein``.
+    """HeLo's whole Gromov-Wasserstein step (HELO_SPEC §4.4) as one op: linearise the cost, solve, repeat.
 
-    cs: [B, n, n], ct: [B, m, m]; a: [B, n], b: [B, m] (None = uniform). Returns the plan [B, n, m].
+    Gamma = a bᵀ; ``outer_iters`` times: L = (cs∘cs) a 1ᵀ + 1 ((ct∘ct) b)ᵀ - 2 cs Gamma ctᵀ, then
+    Gamma = ipot(L, beta=eps, n_iters=inner_iters) (or ``sinkhorn`` with ``solver="sinkhorn"``), each inner solve
+    started afresh.
+
+    Args:
+        cs: [B, n, n] source structure matrices (HeLo: sparsified cosine distances), B >= 0, n >= 1; float64,
+            float32, float16 or bfloat16 (the last two are computed in float32); finite.
+        ct: [B, m, m] target structure matrices, m >= 1; dtype and device of ``cs``; finite.
+        a: [B, n] source marginals, or None for uniform 1/n. Finite, >= 0, positive total mass; zeros allowed.
+        b: [B, m] target marginals, or None for uniform 1/m; as ``a``, with the same total mass as ``a``.
+        eps: float > 0 (default 0.1), the inner solver's beta (IPOT) or eps (Sinkhorn): at least the compute
+            dtype's smallest normal number, and max|L| / eps at most 1 / (its machine epsilon), where |L| is
+            bounded by (max|cs| + max|ct|)**2 times the mass.
+        outer_iters: int in [1, 2**31 - 1] (default 5), the number of linearisations.
+        inner_iters: int in [1, 2**31 - 1] (default 20), the iterations of each inner solve.
+        solver: "ipot" (default, HeLo) or "sinkhorn".
+        grad: "none" (default, as in HeLo: the plan is detached) or "unrolled" (the exact gradient of all the
+            unrolled iterations with respect to cs, ct, a, b).
+        backend: "auto", "reference", "cpp" or "triton" (as for ``sinkhorn``).
+        check_finite: False skips the NaN/inf scan of ``cs`` and ``ct``; the marginals are always checked.
+
+    Returns:
+        The plan Gamma [B, n, m] in the dtype of ``cs`` (float32 under torch.autocast, float64 staying float64).
+
+    Raises:
+        TypeError: an argument of the wrong type or dtype, or tensors of different dtypes.
+        ValueError: a wrong shape or device, a meta tensor, eps / iteration counts / solver / grad out of range,
+            NaN or inf, marginals that are negative or of unequal mass. Each message names the argument.
+        RuntimeError: ``backend`` names a backend that is not available here.
+
+    Example:
+        >>> import torch, helo_fast
+        >>> cs, ct = torch.rand(2, 5, 5), torch.rand(2, 6, 6)
+        >>> helo_fast.gromov_wasserstein(cs, ct, eps=0.1, outer_iters=5, inner_iters=20).shape
+        torch.Size([2, 5, 6])
     """
     backend = _backend.choose_backend(backend, device_of("cs", cs), "gromov_wasserstein")
     if backend == "reference":
@@ -60,10 +157,53 @@ def gromov_wasserstein(cs, ct, a=None, b=None, *, eps=0.1, outer_iters=5, inner_
 def lcd_attention(q, k, v, bias=None, *, scale=None, dropkey_p=0.0, dropout_p=0.0, residual=None, ln_weight=None,
                   ln_bias=None, ln_eps=1e-5, bias_before_scale=True, generator=None, dropkey_mask=None,
                   dropout_mask=None, backend="auto", check_finite=True):
-    """Fused small-sequence attention; see ``helo_fast.reference.lcd_attention`` for the semantics.
+    """HeLo's small-sequence attention fused end to end (HELO_SPEC §3, §4.8, §6): one op, forward and backward.
 
-    q: [B, H, Lq, D]; k, v: [B, H, Lk, D]; bias broadcastable to [B, H, Lq, Lk]; residual [B, Lq, H*D];
-    ln_weight, ln_bias [H*D]. Returns [B, Lq, H*D].
+    logits = (q kᵀ + bias) * scale (or q kᵀ * scale + bias); DropKey sets a dropped logit to -1e12 (so a row whose
+    keys are all dropped gets uniform weights, never NaN); softmax; dropout of the weights, kept ones * 1/(1 - p);
+    A v with the heads concatenated; + residual; LayerNorm over the H*D features when ``ln_weight`` is given.
+
+    Args:
+        q: [B, H, Lq, D] queries, B >= 0, H, Lq, D >= 1; float64, float32, float16 or bfloat16 (the last two
+            accumulate in float32); finite.
+        k: [B, H, Lk, D] keys, Lk >= 1; dtype and device of ``q``.
+        v: [B, H, Lk, D] values; dtype and device of ``q``.
+        bias: None or an additive logit bias broadcastable to [B, H, Lq, Lk] (HeLo's LCD-CA: the label correlation
+            [C, C]); dtype of ``q``; read through broadcast strides, its gradient has its own shape.
+        scale: float > 0, or None for D**-0.5.
+        dropkey_p: float in [0, 1), the DropKey probability (0: off).
+        dropout_p: float in [0, 1), the attention-weight dropout probability (0: off).
+        residual: None or [B, Lq, H*D], added to the attention output; dtype of ``q``.
+        ln_weight: None (no LayerNorm) or [H*D]; dtype of ``q``, or float32 for float16/bfloat16 inputs.
+        ln_bias: None or [H*D], as ``ln_weight`` (needs ``ln_weight``).
+        ln_eps: float > 0, LayerNorm's epsilon (default 1e-5).
+        bias_before_scale: True (default, HeLo's LCD-CA) adds the bias before the scaling, False after it.
+        generator: the torch.Generator one seed is drawn from when a mask is drawn (None: torch's default CPU
+            generator). The masks are a counter hash of that seed, the same on every backend, and the backward
+            regenerates them.
+        dropkey_mask: None or bool [B, H, Lq, Lk] (True = dropped), used instead of drawing one.
+        dropout_mask: None or bool [B, H, Lq, Lk] (True = dropped), used instead of drawing one.
+        backend: "auto", "reference", "cpp" or "triton" (as for ``sinkhorn``).
+        check_finite: False skips the NaN/inf scan of the tensor inputs.
+
+    Returns:
+        [B, Lq, H*D] in the dtype of ``q`` (under torch.autocast: the autocast dtype).
+
+    Raises:
+        TypeError: an argument of the wrong type or dtype, or tensors of different dtypes.
+        ValueError: a wrong shape or device, a meta tensor, p / scale / ln_eps out of range, ``ln_bias`` without
+            ``ln_weight``, NaN or inf. Each message names the argument.
+        RuntimeError: ``backend`` names a backend that is not available here.
+
+    Example:
+        >>> import torch, helo_fast
+        >>> q, k, v = torch.randn(8, 4, 10, 32), torch.randn(8, 4, 36, 32), torch.randn(8, 4, 36, 32)
+        >>> x, w, b = torch.randn(8, 10, 128), torch.ones(128), torch.zeros(128)
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> out = helo_fast.lcd_attention(q, k, v, dropkey_p=0.5, dropout_p=0.5, residual=x, ln_weight=w,
+        ...                               ln_bias=b, generator=gen)
+        >>> out.shape
+        torch.Size([8, 10, 128])
     """
     kwargs = dict(dropkey_p=dropkey_p, dropout_p=dropout_p, residual=residual, ln_weight=ln_weight, ln_bias=ln_bias,
                   ln_eps=ln_eps, bias_before_scale=bias_before_scale, generator=generator,
@@ -78,11 +218,34 @@ def lcd_attention(q, k, v, bias=None, *, scale=None, dropkey_p=0.0, dropout_p=0.
 
 
 def seeded_dropout(x, p, *, generator=None, training=True, backend="auto"):
-    """Dropout whose mask is a function of (seed, element index); see ``helo_fast.reference.seeded_dropout``.
+    """Dropout whose mask is a pure function of (seed, element index): HeLo's FFN dropout, one fused pass.
 
-    x: any shape (at most 2**32 elements); p in [0, 1). Returns x * 1/(1-p) where kept and 0 where dropped, same
-    shape and dtype; x itself when ``training`` is False or p = 0. One seed is drawn from ``generator`` per call
-    (the default CPU generator when None), so every backend gives the same mask for the same generator state.
+    Element i (row-major) is dropped when a counter hash of (seed, i) falls below p; one seed is drawn from
+    ``generator`` per call. So every backend gives the same mask, bit for bit, for the same generator state, and
+    the backward is the same op on the gradient (only the seed is kept). The masks are not ``nn.Dropout``'s:
+    same distribution, different draws.
+
+    Args:
+        x: a float tensor (float64, float32, float16 or bfloat16) of any shape with at most 2**32 elements.
+        p: float in [0, 1), the probability of dropping an element.
+        generator: the torch.Generator the seed is drawn from (None: torch's default CPU generator).
+        training: False returns ``x`` itself and draws nothing (as p = 0 does).
+        backend: "auto", "reference", "cpp" or "triton" (as for ``sinkhorn``).
+
+    Returns:
+        x * 1/(1 - p) where kept and 0 where dropped: the shape and dtype of ``x``.
+
+    Raises:
+        TypeError: ``x`` is not a float tensor or ``p`` not a float.
+        ValueError: p outside [0, 1), ``x`` a meta tensor or of more than 2**32 elements.
+        RuntimeError: ``backend`` names a backend that is not available here.
+
+    Example:
+        >>> import torch, helo_fast
+        >>> x = torch.ones(4, 64)
+        >>> y = helo_fast.seeded_dropout(x, 0.5, generator=torch.Generator().manual_seed(0))
+        >>> sorted(set(y.flatten().tolist()))
+        [0.0, 2.0]
     """
     backend = _backend.choose_backend(backend, device_of("x", x), "seeded_dropout")
     if backend == "reference" and training:

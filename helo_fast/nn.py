@@ -22,10 +22,33 @@ from .reference import modules as reference_modules
 
 
 class LCDAttention(reference_modules.LCDAttention):
-    """Multi-head attention + residual + LayerNorm as ONE fused op (``functional.lcd_attention``).
+    """Multi-head (cross-)attention + residual + LayerNorm as ONE fused op (``helo_fast.lcd_attention``).
 
-    Same arguments and state_dict keys as ``helo_fast.reference.modules.LCDAttention``;
-    forward(query [B, Lq, d], key_value [B, Lk, d] = None, bias = None, ...) -> [B, Lq, d].
+    out = LayerNorm(query + concat_h softmax(DropKey(logits_h)) V_h), no projection biases, no output projection;
+    HeLo's three attentions. Same arguments, parameters (``q_proj``, ``k_proj``, ``v_proj``: Linear d -> d without
+    bias; ``norm``: LayerNorm(d)) and state_dict keys as ``helo_fast.reference.modules.LCDAttention``.
+
+    Args:
+        d_model: int, the feature width d, divisible by ``n_heads``.
+        n_heads: int >= 1, the number of heads (head size d / n_heads; the scale is its -1/2 power).
+        ln_eps: float > 0, LayerNorm's epsilon.
+        bias_before_scale: True adds the bias to q kᵀ before the scaling (HeLo's LCD-CA), False after it.
+        backend: "auto", "reference", "cpp" or "triton" (see ``helo_fast.lcd_attention``).
+
+    forward(query, key_value=None, bias=None, *, dropkey_p=0.0, dropout_p=0.0, generator=None):
+        query [B, Lq, d]; key_value [B, Lk, d] (None: self-attention); bias broadcastable to [B, H, Lq, Lk];
+        dropkey_p, dropout_p in [0, 1) (the caller passes 0 where masks are off, e.g. in eval mode); generator:
+        the torch.Generator the mask seed is drawn from. Returns [B, Lq, d] in the dtype of ``query``.
+
+    Raises:
+        ValueError: ``d_model`` not divisible by ``n_heads``, an unknown ``backend``; in forward, what
+            ``helo_fast.lcd_attention`` raises.
+
+    Example:
+        >>> import torch, helo_fast.nn
+        >>> attention = helo_fast.nn.LCDAttention(128, 4)
+        >>> attention(torch.randn(8, 18, 128), torch.randn(8, 18, 128)).shape
+        torch.Size([8, 18, 128])
     """
 
     def __init__(self, d_model: int, n_heads: int, *, ln_eps: float = 1e-5, bias_before_scale: bool = True,
@@ -55,7 +78,25 @@ class LCDAttention(reference_modules.LCDAttention):
 
 
 class FusedGromovWasserstein(reference_modules.GromovWasserstein):
-    """HeLo's GW step fused into one op per call; forward(cs [B, n, n], ct [B, m, m]) -> plan [B, n, m]."""
+    """HeLo's Gromov-Wasserstein step (``helo_fast.gromov_wasserstein``) as a module; no parameters.
+
+    Args:
+        eps: float > 0, the inner solver's beta (IPOT) or eps (Sinkhorn).
+        outer_iters: int >= 1, the number of cost linearisations.
+        inner_iters: int >= 1, the iterations of each inner solve.
+        solver: "ipot" (HeLo) or "sinkhorn".
+        grad: "none" (the plan is detached, as in HeLo) or "unrolled".
+        backend: "auto", "reference", "cpp" or "triton".
+
+    forward(cs, ct): cs [B, n, n], ct [B, m, m] structure matrices -> plan [B, n, m] with uniform marginals, in
+    the dtype of ``cs``. The arguments are checked on each call (ValueError / TypeError naming the argument).
+
+    Example:
+        >>> import torch, helo_fast.nn
+        >>> step = helo_fast.nn.FusedGromovWasserstein(eps=0.1, outer_iters=5, inner_iters=20)
+        >>> step(torch.rand(4, 36, 36), torch.rand(4, 36, 36)).shape
+        torch.Size([4, 36, 36])
+    """
 
     def __init__(self, *, eps: float = 0.1, outer_iters: int = 5, inner_iters: int = 20, solver: str = "ipot",
                  grad: str = "none", backend: str = "auto"):
@@ -67,7 +108,22 @@ class FusedGromovWasserstein(reference_modules.GromovWasserstein):
 
 
 class FusedSinkhorn(reference_modules.Sinkhorn):
-    """Fused log-domain Sinkhorn; forward(cost [B, n, m], a [B, n] = None, b [B, m] = None) -> plan."""
+    """Batched log-domain Sinkhorn (``helo_fast.sinkhorn``) as a module; no parameters.
+
+    Args:
+        eps: float > 0, the entropic regularisation.
+        n_iters: int >= 1, the number of iterations.
+        grad: "unrolled" (the exact gradient of the iterations) or "none" (detached).
+        backend: "auto", "reference", "cpp" or "triton".
+
+    forward(cost, a=None, b=None): cost [B, n, m]; a [B, n], b [B, m] marginals (None: uniform) -> plan [B, n, m]
+    in the dtype of ``cost``. The arguments are checked on each call (ValueError / TypeError naming the argument).
+
+    Example:
+        >>> import torch, helo_fast.nn
+        >>> helo_fast.nn.FusedSinkhorn(eps=0.05, n_iters=50)(torch.rand(2, 3, 4)).shape
+        torch.Size([2, 3, 4])
+    """
 
     def __init__(self, *, eps: float, n_iters: int, grad: str = "unrolled", backend: str = "auto"):
         super().__init__(eps=eps, n_iters=n_iters, grad=grad)
@@ -78,9 +134,21 @@ class FusedSinkhorn(reference_modules.Sinkhorn):
 
 
 class FusedDropout(reference_modules.SeededDropout):
-    """Seeded dropout as one fused pass (``functional.seeded_dropout``); same masks as the reference module.
+    """Seeded dropout (``helo_fast.seeded_dropout``) as an ``nn.Dropout``; the reference module's masks; no parameters.
 
-    forward(x [any shape], generator=None) -> same shape. No parameters.
+    Args:
+        p: float in [0, 1), the probability of dropping an element (ValueError / TypeError otherwise).
+        backend: "auto", "reference", "cpp" or "triton".
+
+    forward(x, generator=None): x of any shape (at most 2**32 elements) -> the same shape and dtype: x * 1/(1 - p)
+    where kept and 0 where dropped in training mode, x itself in eval mode. One seed is drawn from ``generator``
+    (None: torch's default CPU generator) per call.
+
+    Example:
+        >>> import torch, helo_fast.nn
+        >>> dropout = helo_fast.nn.FusedDropout(0.5)
+        >>> dropout(torch.ones(4, 64), generator=torch.Generator().manual_seed(0)).unique().tolist()
+        [0.0, 2.0]
     """
 
     def __init__(self, p: float = 0.5, *, backend: str = "auto"):
@@ -105,7 +173,25 @@ def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
 
     Parameters, buffers and state_dict keys are unchanged (the module objects stay the same; only
     their class changes); fused modules already present get ``backend``. Works on a
-    ``torch.compile``-d model too (it recompiles on the next call). Returns ``model``.
+    ``torch.compile``-d model too (it recompiles on the next call). Other modules (a plain ``nn.Dropout``
+    among them) are left alone.
+
+    Args:
+        model: any nn.Module.
+        backend: "auto", "reference", "cpp" or "triton", the backend of the fused modules.
+
+    Returns:
+        ``model`` itself.
+
+    Raises:
+        ValueError: an unknown ``backend``.
+
+    Example:
+        >>> import helo_fast
+        >>> from helo_fast.models import HeLo, HeLoConfig
+        >>> model = helo_fast.convert(HeLo(HeLoConfig(), backend="reference"))
+        >>> any(isinstance(m, helo_fast.nn.LCDAttention) for m in model.modules())
+        True
     """
     check_choice("backend", backend, BACKENDS)
     for module in model.modules():
@@ -118,7 +204,21 @@ def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
 
 
 def revert(model: nn.Module) -> nn.Module:
-    """Undo ``convert``: every fused module inside ``model`` becomes its reference module again."""
+    """Undo ``convert``: every fused module inside ``model`` becomes its reference module again, in place.
+
+    Args:
+        model: any nn.Module.
+
+    Returns:
+        ``model`` itself, with the same parameters, buffers and state_dict keys.
+
+    Example:
+        >>> import helo_fast
+        >>> from helo_fast.models import HeLo
+        >>> model = helo_fast.revert(HeLo(backend="cpp"))
+        >>> any(isinstance(m, helo_fast.nn.FusedGromovWasserstein) for m in model.modules())
+        False
+    """
     for module in model.modules():
         reference_cls = REFERENCE_MODULES.get(type(module))
         if reference_cls is not None:

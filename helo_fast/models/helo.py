@@ -99,6 +99,30 @@ class HeLo(nn.Module):
     torch.Generator seeded from ``mask_seed``, or from the global RNG when None).
     ``backend`` (default ``config.backend``, "auto"): "reference" keeps the plain-PyTorch modules;
     "cpp" / "triton" / "auto" run the fused modules of ``helo_fast.nn`` with the same weights.
+
+    Args:
+        config: a ``HeLoConfig`` (None: the defaults, HELO_SPEC's DMER model of about 4.05 M parameters).
+        backend: None (``config.backend``), "auto", "reference", "cpp" or "triton".
+        modules: None, or a namespace with ``LCDAttention`` and ``GromovWasserstein`` classes taking the reference
+            modules' constructor arguments and state_dict keys, used instead of them (see ``module_classes``).
+        mask_seed: int seed of ``mask_generator`` (None: drawn from torch's global RNG). The same seed gives the
+            reference and the fast model the same DropKey and dropout masks.
+
+    forward(x): x [B, F] float features (the dtype of the parameters, or any float dtype under
+    torch.autocast). In training mode DropKey and dropout are on; in eval mode they are off (paper mode), so
+    predictions are deterministic.
+
+    Raises:
+        ValueError: a config or backend that is not valid; in forward, an input not of shape [B,
+            config.n_features], or what the ops raise.
+
+    Example:
+        >>> import torch
+        >>> from helo_fast.models import HeLo, HeLoConfig
+        >>> model = HeLo(HeLoConfig(), mask_seed=0).eval()
+        >>> out = model(torch.randn(4, 913))
+        >>> out.probs.shape, out.label_correlation.shape
+        (torch.Size([4, 10]), torch.Size([10, 10]))
     """
 
     def __init__(self, config: Optional[HeLoConfig] = None, backend: Optional[str] = None, *, modules=None,
