@@ -24,12 +24,14 @@ venv: $(STAMP)
 build: $(STAMP)
 	flock /tmp/helo_fast_build.lock $(PY) setup.py -q build_ext --inplace
 
+# In parallel on the machine's cores (pytest-xdist); tests that must not overlap share an xdist_group (loadgroup).
+PYTEST_WORKERS ?= auto
 test: build
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) tests
 
 # Skips the slow and torch.compile tests (for a quick local loop; CI runs `make test`).
 test-fast: build
-	$(PY) -m pytest -q -m "not slow and not compile" $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow and not compile" $(PYTEST_ARGS) tests
 
 demo: build
 	$(PY) -m helo_fast demo

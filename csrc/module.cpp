@@ -1,5 +1,5 @@
-// Python module entry point of helo_fast._C. The ops themselves register through
-// TORCH_LIBRARY_FRAGMENT / TORCH_LIBRARY_IMPL in their own files; importing the module loads them.
+// Python module entry point of helo_fast._C. The ops register through TORCH_LIBRARY (csrc/schema.cpp) and
+// TORCH_LIBRARY_IMPL (csrc/cpu/<op>.cpp, csrc/cuda/<op>.cu); importing the module loads them.
 #include <torch/extension.h>
 
 bool helo_fast_cuda_built();

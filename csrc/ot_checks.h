@@ -14,7 +14,7 @@ inline at::ScalarType history_dtype(at::ScalarType t) { return t == at::kFloat ?
 
 // a [B, n], b [B, m] marginals of a problem whose plan is [B, n, m] with `like`'s dtype and device.
 inline void check_marginals(const char* op, const at::Tensor& like, int64_t batch, int64_t n, int64_t m,
-                            const at::Tensor& a, const at::Tensor& b, double reg, int64_t n_iters) {
+                            const at::Tensor& a, const at::Tensor& b, double eps_or_beta, int64_t n_iters) {
   TORCH_CHECK(a.dim() == 2 && a.size(0) == batch && a.size(1) == n, op, ": a must be [B, n] = [", batch, ", ", n,
               "], got ", a.sizes());
   TORCH_CHECK(b.dim() == 2 && b.size(0) == batch && b.size(1) == m, op, ": b must be [B, m] = [", batch, ", ", m,
@@ -22,17 +22,17 @@ inline void check_marginals(const char* op, const at::Tensor& like, int64_t batc
   TORCH_CHECK(a.scalar_type() == like.scalar_type() && b.scalar_type() == like.scalar_type(), op,
               ": a and b must have the dtype of the cost");
   TORCH_CHECK(a.device() == like.device() && b.device() == like.device(), op, ": a and b must be on the cost's device");
-  TORCH_CHECK(reg > 0, op, ": the regularisation (eps / beta) must be > 0, got ", reg);
+  TORCH_CHECK(eps_or_beta > 0, op, ": the regularisation (eps / beta) must be > 0, got ", eps_or_beta);
   TORCH_CHECK(n_iters >= 1, op, ": the number of iterations must be >= 1, got ", n_iters);
 }
 
 inline void check_ot_problem(const char* op, const at::Tensor& cost, const at::Tensor& a, const at::Tensor& b,
-                             double reg, int64_t n_iters) {
+                             double eps_or_beta, int64_t n_iters) {
   TORCH_CHECK(cost.dim() == 3, op, ": cost must be [B, n, m], got ", cost.sizes());
-  check_marginals(op, cost, cost.size(0), cost.size(1), cost.size(2), a, b, reg, n_iters);
+  check_marginals(op, cost, cost.size(0), cost.size(1), cost.size(2), a, b, eps_or_beta, n_iters);
 }
 
-inline void check_gw_problem(const char* op, const at::Tensor& cs, const at::Tensor& ct, const at::Tensor& a,
+inline void check_gromov_wasserstein_problem(const char* op, const at::Tensor& cs, const at::Tensor& ct, const at::Tensor& a,
                              const at::Tensor& b, double eps, int64_t outer, int64_t inner) {
   TORCH_CHECK(cs.dim() == 3 && cs.size(1) == cs.size(2), op, ": cs must be [B, n, n], got ", cs.sizes());
   TORCH_CHECK(ct.dim() == 3 && ct.size(1) == ct.size(2) && ct.size(0) == cs.size(0), op,

@@ -7,9 +7,10 @@
 #include <cstdint>
 #include <cstring>
 
-#include "ot_cpu_math.h"
+#include "cpu_math.h"
 
 namespace helo_fast::ot_cpu {
+using namespace cpu_math;  // the shared math (csrc/cpu_math.h)
 
 // (Specialised per type: GCC drops vector_size on a dependent alias template.) index: the integer vector of the
 // same lane count, for __builtin_shuffle.

@@ -8,7 +8,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "attention_params.h"
+#include "mask_hash.h"
 
 namespace helo_fast::dropout {
 
@@ -18,8 +18,8 @@ inline uint32_t drop_threshold(double p) {
   return static_cast<uint32_t>(std::ceil(static_cast<double>(static_cast<float>(p)) * 16777216.0));
 }
 
-HELO_ATTN_HD bool dropped(uint32_t seed, uint32_t index, uint32_t threshold) {
-  return (attention::mask_hash(seed, index, attention::kStreamDropout) >> 8) < threshold;
+HELO_HD bool dropped(uint32_t seed, uint32_t index, uint32_t threshold) {
+  return (mask_hash(seed, index, kStreamDropout) >> 8) < threshold;
 }
 
 // The op's argument checks (messages name the argument), shared by the CPU and CUDA launchers.

@@ -58,8 +58,3 @@ def needs_seed(dropkey_p: float, dropout_p: float, dropkey_mask=None, dropout_ma
 def draw_seed_tensor(generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """The seed draw as an int64 tensor [1] (no .item(), so torch.compile graphs do not break)."""
     return torch.randint(0, 2**31 - 1, (1,), generator=generator)
-
-
-def draw_seed(generator: Optional[torch.Generator] = None) -> int:
-    """Draw a 31-bit seed from ``generator`` (the default CPU generator when None)."""
-    return int(draw_seed_tensor(generator).item())

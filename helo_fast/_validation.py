@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from ._numerics import LOW_PRECISION_DTYPES, compute_dtype
+
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 GRAD_MODES = ("none", "unrolled")
 OT_SOLVERS = ("ipot", "sinkhorn")
@@ -113,11 +115,6 @@ def check_finite(name: str, t: torch.Tensor, *, skippable: bool = True) -> float
     return largest
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the OT ops compute in for inputs of ``dtype``: float64 stays, everything else runs in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def check_regularisation(name: str, value, dtype: torch.dtype, cost_bound: float) -> float:
     """The OT regularisation (eps / beta): a finite float of at least the compute dtype's smallest normal, small
     enough that no scaled cost exceeds 1 / the dtype's epsilon. ``cost_bound`` bounds max |cost| (0: unknown).
@@ -163,7 +160,7 @@ def validate_marginals(a, b, cost: torch.Tensor, *, cost_name: str = "cost"):
         mass_a, mass_b = a.sum(-1), b.sum(-1)
         if bool((mass_a <= 0).any()):
             raise ValueError("a must have positive total mass in every batch entry")
-        tol = 1e-4 if a.dtype in (torch.float16, torch.bfloat16) else (1e-5 if a.dtype == torch.float32 else 1e-10)
+        tol = 1e-4 if a.dtype in LOW_PRECISION_DTYPES else (1e-5 if a.dtype == torch.float32 else 1e-10)
         if bool(((mass_a - mass_b).abs() > tol * mass_a.abs().clamp_min(1)).any()):
             raise ValueError(
                 f"a and b must have equal total mass per batch entry (within {tol:g}); "
@@ -172,22 +169,27 @@ def validate_marginals(a, b, cost: torch.Tensor, *, cost_name: str = "cost"):
     return a, b
 
 
-def validate_ot(cost, a, b, *, reg_name: str, reg, n_iters_name: str, n_iters, grad: str, check_finite_values: bool = True):
+def validate_ot(cost, a, b, *, n_iters, grad: str, check_finite_values: bool = True, eps=None, beta=None):
     """Validate a batched OT problem; return (a, b) with ``None`` replaced by uniform marginals.
 
-    cost: [B, n, m] float tensor (B may be 0); a: [B, n] or None; b: [B, m] or None.
+    cost: [B, n, m] float tensor (B may be 0); a: [B, n] or None; b: [B, m] or None; exactly one of ``eps``
+    (Sinkhorn) and ``beta`` (IPOT), named as such in the errors.
     """
+    if (eps is None) == (beta is None):
+        raise TypeError("validate_ot takes exactly one of eps (sinkhorn) and beta (ipot)")
+    name, value = ("eps", eps) if beta is None else ("beta", beta)
     check_tensor("cost", cost, ndim=3)
     if cost.shape[1] < 1 or cost.shape[2] < 1:
         raise ValueError(f"cost must have shape [B, n, m] with n, m >= 1, got {tuple(cost.shape)}")
-    check_int_at_least(n_iters_name, n_iters, 1, MAX_ITERATIONS)
+    check_int_at_least("n_iters", n_iters, 1, MAX_ITERATIONS)
     check_choice("grad", grad, GRAD_MODES)
     cost_bound = check_finite("cost", cost) if check_finite_values else 0.0
-    check_regularisation(reg_name, reg, cost.dtype, cost_bound)
+    check_regularisation(name, value, cost.dtype, cost_bound)
     return validate_marginals(a, b, cost)
 
 
-def validate_gromov(cs, ct, a, b, *, eps, outer_iters, inner_iters, solver: str, grad: str, check_finite_values: bool = True):
+def validate_gromov_wasserstein(cs, ct, a, b, *, eps, outer_iters, inner_iters, solver: str, grad: str,
+                                check_finite_values: bool = True):
     """Validate a batched Gromov-Wasserstein problem; return (a, b) with uniform defaults.
 
     cs: [B, n, n] source structure matrix; ct: [B, m, m] target structure matrix.
@@ -227,8 +229,8 @@ class _SizeOnly:
 def check_layer_norm_parameter(name: str, t: torch.Tensor, q: torch.Tensor) -> None:
     """A LayerNorm parameter of lcd_attention has q's dtype, or float32 when q is float16/bfloat16 (torch.autocast
     keeps LayerNorm parameters in float32), and q's device."""
-    if t.dtype != q.dtype and not (q.dtype in (torch.float16, torch.bfloat16) and t.dtype == torch.float32):
-        also = " or float32" if q.dtype in (torch.float16, torch.bfloat16) else ""
+    if t.dtype != q.dtype and not (q.dtype in LOW_PRECISION_DTYPES and t.dtype == torch.float32):
+        also = " or float32" if q.dtype in LOW_PRECISION_DTYPES else ""
         raise TypeError(f"{name} must have the dtype of q ({q.dtype}){also}, got {t.dtype}")
     if t.device != q.device:
         raise ValueError(f"{name} must be on the device of q ({q.device}), got {t.device}")

@@ -15,11 +15,12 @@ import os
 import sys
 from typing import List, Optional
 
+from ._backend import BACKENDS
 from .cli_checks import (check_backend, check_data_options, check_subjects, check_writable_dir, check_writable_file,
                          option_name)
 from .data import DATASETS, PROTOCOLS, load_dataset
 from .models import HeLoConfig
-from .models.config import FAITHFUL_TO, MODEL_BACKENDS
+from .models.config import FAITHFUL_TO, RENAMED_KEYS
 from .precision import PRECISIONS, check_precision
 from .train_config import BASELINE_MODALITIES, check_train_values, resolve_device
 
@@ -66,6 +67,8 @@ def parse_config_overrides(items: List[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--config expects KEY=VALUE, got {item!r}")
+        if key in RENAMED_KEYS:
+            raise ValueError(f"--config: HeLoConfig key {key!r} was renamed to {RENAMED_KEYS[key]!r}")
         if key not in fields:
             raise ValueError(f"--config: unknown HeLoConfig field {key!r}; known: {', '.join(fields)}")
         try:
@@ -122,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="32; bf16-mixed: forward and loss under bfloat16 autocast (parameters, gradients and Adam "
                    "in float32); 16-mixed: float16 autocast with a gradient scaler, CUDA only")
     g = train.add_argument_group("model")
-    g.add_argument("--backend", choices=MODEL_BACKENDS, default="auto",
+    g.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="reference: plain-PyTorch modules; cpp/triton: the fused ops; auto: the fastest built here")
     g.add_argument("--faithful-to", choices=FAITHFUL_TO, default="paper")
     g.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",

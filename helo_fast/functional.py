@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from . import _backend, _ops, reference
 from ._autocast import ATTENTION_ARGS, OT_ARGS, autocast_policy
-from ._validation import device_of, validate_attention, validate_dropout, validate_gromov, validate_ot
+from ._validation import device_of, validate_attention, validate_dropout, validate_gromov_wasserstein, validate_ot
 
 
 @autocast_policy(OT_ARGS)
@@ -52,8 +52,7 @@ def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", backend="au
     backend = _backend.choose_backend(backend, device_of("cost", cost), "sinkhorn")
     if backend == "reference":
         return reference.sinkhorn(cost, a, b, eps=eps, n_iters=n_iters, grad=grad, check_finite=check_finite)
-    a, b = validate_ot(cost, a, b, reg_name="eps", reg=eps, n_iters_name="n_iters", n_iters=n_iters, grad=grad,
-                       check_finite_values=check_finite)
+    a, b = validate_ot(cost, a, b, eps=eps, n_iters=n_iters, grad=grad, check_finite_values=check_finite)
     return _ops.get("sinkhorn", backend)(cost, a, b, eps=eps, n_iters=n_iters, grad=grad)
 
 
@@ -97,8 +96,7 @@ def ipot(cost, a=None, b=None, *, beta, n_iters, grad="none", backend="auto", ch
     backend = _backend.choose_backend(backend, device_of("cost", cost), "ipot")
     if backend == "reference":
         return reference.ipot(cost, a, b, beta=beta, n_iters=n_iters, grad=grad, check_finite=check_finite)
-    a, b = validate_ot(cost, a, b, reg_name="beta", reg=beta, n_iters_name="n_iters", n_iters=n_iters, grad=grad,
-                       check_finite_values=check_finite)
+    a, b = validate_ot(cost, a, b, beta=beta, n_iters=n_iters, grad=grad, check_finite_values=check_finite)
     return _ops.get("ipot", backend)(cost, a, b, beta=beta, n_iters=n_iters, grad=grad)
 
 
@@ -147,8 +145,8 @@ def gromov_wasserstein(cs, ct, a=None, b=None, *, eps=0.1, outer_iters=5, inner_
     if backend == "reference":
         return reference.gromov_wasserstein(cs, ct, a, b, eps=eps, outer_iters=outer_iters, inner_iters=inner_iters,
                                             solver=solver, grad=grad, check_finite=check_finite)
-    a, b = validate_gromov(cs, ct, a, b, eps=eps, outer_iters=outer_iters, inner_iters=inner_iters, solver=solver,
-                           grad=grad, check_finite_values=check_finite)
+    a, b = validate_gromov_wasserstein(cs, ct, a, b, eps=eps, outer_iters=outer_iters, inner_iters=inner_iters,
+                                       solver=solver, grad=grad, check_finite_values=check_finite)
     return _ops.get("gromov_wasserstein", backend)(cs, ct, a, b, eps=eps, outer_iters=outer_iters,
                                                    inner_iters=inner_iters, solver=solver, grad=grad)
 

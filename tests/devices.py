@@ -1,7 +1,10 @@
-"""The devices a test runs on: the CPU always, CUDA where a GPU is present (those cases are marked `cuda`).
+"""The backends and devices a test runs on: the CPU always, CUDA where a GPU is present (those cases are marked
+`cuda`), Triton on the CPU under TRITON_INTERPRET=1 or on CUDA (marked `triton`).
 
-Use ``@pytest.mark.parametrize("device", cpp_devices())`` for the C++ ops and ``triton_devices()`` for the
-Triton kernels (the CPU only under TRITON_INTERPRET=1; CUDA only with a GPU and the interpreter off).
+The one backends fixture is ``fast_backend`` (tests/conftest.py): a (backend, device) pair per fast backend, cpp on
+the CPU and CUDA and triton on its one device, skipped where the module's ``OP`` cannot run. Lower-level helpers:
+``cpp_devices()`` / ``triton_devices()`` for a device parameter, ``cpu_backends(op)`` for the backends that run
+``op`` on CPU tensors here.
 """
 import pytest
 import torch
@@ -52,3 +55,20 @@ def skip_unless_backend(backend: str, op: str, device=CPU):
     reason = _backend.unavailable_reason(backend, device, op)
     if reason is not None:
         pytest.skip(f"{backend} backend unavailable for {op} on {device}: {reason}")
+
+
+def cpu_backends(op: str, include_triton: bool = True):
+    """Backends that can run ``op`` on CPU tensors here: reference, then cpp and triton where built."""
+    names = ["reference", "cpp"] + (["triton"] if include_triton else [])
+    return [b for b in names if _backend.unavailable_reason(b, CPU, op) is None]
+
+
+def fast_backend_params():
+    """The parameters of the ``fast_backend`` fixture: (backend, device) for cpp on cpu and cuda, and triton on the
+    device of ``triton_devices()``, with their marks (cuda / triton)."""
+    cuda = _cuda_param()
+    (triton,) = triton_devices()
+    return [pytest.param(("cpp", CPU), id="cpp-cpu"),
+            pytest.param(("cpp", CUDA), id="cpp-cuda", marks=cuda.marks),
+            pytest.param(("triton", triton.values[0]), id=f"triton-{triton.values[0].type}",
+                         marks=[pytest.mark.triton, *triton.marks])]

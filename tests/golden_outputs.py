@@ -121,10 +121,12 @@ def dropout_op(backend, dtype):
 
 def model_steps(backend):
     fields = {f.name for f in dataclasses.fields(HeLoConfig)}
-    probs = {"dropkey_p": 0.3, "dropout_p": 0.2} if "dropkey_p" in fields else {"p_dropkey": 0.3, "dropout": 0.2}
+    # Config keys under their names after issue 20, or before it (the same numbers either way).
+    keys = dict(dropkey_p=0.3, dropout_p=0.2, outer_iters=2, inner_iters=3)
+    old_names = dict(dropkey_p="p_dropkey", dropout_p="dropout", outer_iters="gw_outer", inner_iters="ot_iters")
+    keys = {(k if k in fields else old_names[k]): v for k, v in keys.items()}
     config = HeLoConfig(n_channels=3, band_features=2, gsr_features=4, ppg_features=3, video_features=6,
-                        n_classes=4, d_model=8, n_heads=2, ffn_dim=6, head_hidden=8, gw_outer=2, ot_iters=3,
-                        backend=backend, **probs)
+                        n_classes=4, d_model=8, n_heads=2, ffn_dim=6, head_hidden=8, backend=backend, **keys)
     torch.manual_seed(0)
     model = HeLo(config, mask_seed=123)
     optimizer = make_optimizer(model)

@@ -23,7 +23,7 @@ GRAD_REL = 0.35         # |g_autocast - g_fp32| / |g_fp32|, all parameter gradie
 GRAD_COSINE = 0.95      # cosine similarity of the two gradient vectors
 
 BACKENDS = ["reference", pytest.param("cpp", marks=pytest.mark.skipif(not _ext.has_cpp(), reason="no C++ extension"))]
-CONFIG = HeLoConfig(p_dropkey=0.0, dropout=0.0)   # masks off: the two runs see the same function
+CONFIG = HeLoConfig(dropkey_p=0.0, dropout_p=0.0)   # masks off: the two runs see the same function
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,5 @@
 """Every public op under torch.autocast (bfloat16 and float16; CPU, and CUDA where a GPU is present), on the
-reference and cpp backends (Triton: test_triton_autocast.py), against the policy of helo_fast._autocast:
+reference and cpp backends and (last section) the Triton backend, against the policy of helo_fast._autocast:
 
 - OT ops compute in float32 and return float32 whatever the input dtype;
 - lcd_attention casts q, k, v, bias, residual to the autocast dtype and the LayerNorm parameters to float32,
@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import helo_fast as hf
-from helo_fast import _ext, reference
+from helo_fast import _backend, _ext, reference
 from autocast_cases import (ATTENTION_ARGS, LOW_DTYPES, MASKS, assert_backend_within_reference_error, attention_call,
                             attention_inputs, low_precision_costs, ot_call, ot_inputs, value_and_grads)
-from devices import cpp_devices, seeded_weights
+from devices import cpp_devices, seeded_weights, triton_devices
 from ot_cases import ot_problem
 
 BACKENDS = ["reference", pytest.param("cpp", marks=pytest.mark.skipif(not _ext.has_cpp(), reason="no C++ extension"))]
@@ -212,3 +212,99 @@ def test_torch_compile_fullgraph_under_autocast_matches_eager():
     (out, plan), (expected_out, expected_plan) = compiled(q), fn(q)
     assert out.dtype == torch.bfloat16 and plan.dtype == torch.float32
     assert torch.equal(out, expected_out) and torch.equal(plan, expected_plan)
+
+
+# ----------------------------------------------------------------------------------------------- Triton
+# On the one device of triton_devices(): the CPU under the Triton interpreter (slow, so the shapes are small) or CUDA
+# with a GPU.
+(_TRITON,) = triton_devices()
+TRITON_DEVICE = _TRITON.values[0]
+_TRITON_UNAVAILABLE = _backend.unavailable_reason("triton", TRITON_DEVICE, "lcd_attention")
+TRITON_SHAPE = (2, 2, 5, 7, 8, (5, 7))  # (batch, heads, lq, lk, dim, bias shape)
+
+
+def triton_case(test):
+    """Marks a Triton test (triton, and cuda where it runs on CUDA); skipped where the Triton backend cannot run."""
+    for mark in (pytest.mark.triton, *_TRITON.marks,
+                 pytest.mark.skipif(_TRITON_UNAVAILABLE is not None,
+                                    reason=f"triton backend unavailable on {TRITON_DEVICE}: {_TRITON_UNAVAILABLE}")):
+        test = mark(test)
+    return test
+
+
+@triton_case
+@pytest.mark.parametrize("dtype", LOW_DTYPES)
+@pytest.mark.parametrize("op", ["sinkhorn", "ipot", "gromov_wasserstein"])
+def test_triton_ot_ops_in_float32_and_within_reference_error(op, dtype):
+    inputs = low_precision_costs(ot_inputs(op, TRITON_DEVICE, seed=2, gw_size=6), dtype)
+    call = ot_call(op)
+    with torch.autocast(TRITON_DEVICE.type, dtype=dtype):
+        plan = call("triton", *inputs)
+    assert plan.dtype == torch.float32
+    assert torch.equal(plan, call("triton", *[t.float() if t is not None else None for t in inputs]))
+    weight = seeded_weights(3, *plan.shape, device=TRITON_DEVICE)
+    assert_backend_within_reference_error(call, inputs, weight, TRITON_DEVICE, dtype, "triton", torch.float32)
+
+
+@triton_case
+@pytest.mark.parametrize("masks", list(MASKS))
+@pytest.mark.parametrize("dtype", LOW_DTYPES)
+def test_triton_attention_policy_and_within_reference_error(dtype, masks):
+    inputs = attention_inputs(TRITON_SHAPE, torch.float32, TRITON_DEVICE, seed=4)
+    call = lambda backend, *x: attention_call(backend, *x, **MASKS[masks])  # noqa: E731
+    out, grads = value_and_grads(lambda *x: call("triton", *x), inputs, torch.ones(()),
+                                 (TRITON_DEVICE.type, dtype))
+    cast = [t.to(dtype) if n not in ("ln_weight", "ln_bias") and t is not None else t
+            for n, t in zip(ATTENTION_ARGS, inputs)]
+    assert out.dtype == dtype and torch.equal(out, call("triton", *cast))
+    assert [g.dtype for g in grads] == [t.dtype for t in inputs]
+    batch, heads, lq, _, dim, _ = TRITON_SHAPE
+    weight = seeded_weights(5, batch, lq, heads * dim, device=TRITON_DEVICE)
+    assert_backend_within_reference_error(call, cast[:5] + inputs[5:], weight, TRITON_DEVICE, dtype, "triton", dtype)
+
+
+@triton_case
+@pytest.mark.parametrize("low_input", [False, True], ids=["f32_input", "low_input"])
+@pytest.mark.parametrize("dtype", LOW_DTYPES)
+def test_triton_seeded_dropout_keeps_dtype_and_result(dtype, low_input):
+    x = seeded_weights(0, 4, 9, 16, device=TRITON_DEVICE).to(dtype if low_input else torch.float32)
+    with torch.autocast(TRITON_DEVICE.type, dtype=dtype):
+        out = hf.seeded_dropout(x, 0.5, generator=torch.Generator().manual_seed(3), backend="triton")
+    assert out.dtype == x.dtype
+    assert torch.equal(out, hf.seeded_dropout(x, 0.5, generator=torch.Generator().manual_seed(3), backend="triton"))
+
+
+@triton_case
+@pytest.mark.parametrize("dtype", LOW_DTYPES)
+def test_triton_custom_op_autocast_kernels_cast_by_argument(dtype):
+    """helo_fast::triton_* called directly under autocast: the OT op in float32, the attention's q, k, v in the
+    autocast dtype and its LayerNorm parameters in float32."""
+    (cost, _, _) = ot_inputs("sinkhorn", TRITON_DEVICE)[:3]
+    marginals = [torch.full((3, s), 1.0 / s, device=TRITON_DEVICE) for s in (7, 5)]
+    with torch.autocast(TRITON_DEVICE.type, dtype=dtype):
+        plan = torch.ops.helo_fast.triton_sinkhorn_fwd(cost.to(dtype), *marginals, 0.1, 5, False)[0]
+    assert plan.dtype == torch.float32
+    q, k, v, bias, residual, ln_weight, ln_bias = attention_inputs(TRITON_SHAPE, torch.float32, TRITON_DEVICE)
+    args = (None, None, None, 0.3, 0.0, 0.0, 1e-5, True)
+    with torch.autocast(TRITON_DEVICE.type, dtype=dtype):
+        out = torch.ops.helo_fast.triton_lcd_attention_fwd(q, k, v, bias, residual, ln_weight, ln_bias, *args)
+    low = [t.to(dtype) for t in (q, k, v, bias, residual)]
+    assert out.dtype == dtype
+    assert torch.equal(out, torch.ops.helo_fast.triton_lcd_attention_fwd(*low, ln_weight, ln_bias, *args))
+
+
+@triton_case
+@pytest.mark.slow
+def test_triton_opcheck_attention_ops_with_float32_layer_norm_parameters():
+    """The mix autocast passes (bfloat16 activations, float32 LayerNorm parameters; their gradients in float32)."""
+    q, k, v, bias, residual, ln_weight, ln_bias = attention_inputs(TRITON_SHAPE, torch.float32, TRITON_DEVICE, seed=8)
+    low = [t.to(torch.bfloat16).requires_grad_() for t in (q, k, v, bias, residual)]
+    args = (*low, ln_weight.requires_grad_(), ln_bias.requires_grad_(), None, None, torch.tensor([7]), 0.3, 0.0,
+            0.2, 1e-5, True)
+    ops = torch.ops.helo_fast
+    torch.library.opcheck(ops.triton_lcd_attention_fwd, args)
+    out = ops.triton_lcd_attention_fwd(*args)
+    bwd_args = (torch.ones_like(out), *[x.detach() for x in args[:6]], None, None, *args[9:])
+    grads = ops.triton_lcd_attention_bwd(*bwd_args)
+    assert [g.dtype for g in grads[5:]] == [torch.float32] * 2
+    torch.library.opcheck(ops.triton_lcd_attention_bwd, bwd_args)

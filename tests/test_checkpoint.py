@@ -198,8 +198,8 @@ def test_resume_with_another_thread_count_is_refused(tmp_path):
         run_experiment(data, small_config(), config(1), on_epoch_end=_interrupt_at(0, 1))
     with pytest.raises(ValueError, match=r"different run \(environment.threads: checkpoint 1, this run 2\)"):
         run_experiment(data, small_config(), config(2, resume=True))
-    with pytest.raises(ValueError, match=r"model.dropout: checkpoint 0.5, this run 0.25"):
-        run_experiment(data, small_config(dropout=0.25), config(1, resume=True))
+    with pytest.raises(ValueError, match=r"model.dropout_p: checkpoint 0.5, this run 0.25"):
+        run_experiment(data, small_config(dropout_p=0.25), config(1, resume=True))
     other_data = make_synthetic_dataset(n_subjects=1, trials_per_subject=6, rows_per_trial=4, layout=LAYOUT, seed=4)
     with pytest.raises(ValueError, match=r"dataset.sha256: checkpoint '[0-9a-f]+', this run '[0-9a-f]+'"):
         run_experiment(other_data, small_config(), config(1, resume=True))

@@ -65,6 +65,8 @@ CASES = {
     "config-nan": (TRAIN + ["--config", "lambda_corr=nan"], {}, "--config lambda_corr: needs a finite number"),
     "config-not-int": (TRAIN + ["--config", "d_model=1.5"], {}, "--config d_model: needs an integer"),
     "config-out-of-range": (TRAIN + ["--config", "beta=0"], {}, "--config: beta must be a finite float > 0"),
+    "config-renamed-key": (TRAIN + ["--config", "p_dropkey=0.3"], {},
+                           "--config: HeLoConfig key 'p_dropkey' was renamed to 'dropkey_p'"),
     "resume-without-dir": (TRAIN + ["--resume"], {}, "--resume needs a --checkpoint-dir"),
     "resume-nothing-there": (TRAIN + ["--resume", "--checkpoint-dir", "{tmp}/empty"], {}, "--resume: no checkpoint at"),
     "resume-old-format": (TRAIN + ["--resume", "--checkpoint-dir", "{tmp}/legacy"], {},

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import helo_fast as hf
-from backends import cpu_backends
+from devices import cpu_backends
 
 
 def run_twice(fn):

@@ -9,15 +9,14 @@ from helo_fast import _backend
 from helo_fast import nn as fast_nn
 from helo_fast.models import HeLo, HeLoConfig, helo_loss
 from helo_fast.reference import modules as reference_modules
-from backends import cpu_backends
-from devices import CPU, CUDA, cpp_devices
+from devices import CPU, CUDA, cpp_devices, cpu_backends
 from tolerance import assert_float64_close, assert_within_reference_error
 
 # Model-size tests run the backends that serve both fused ops on CPU (Triton's interpreter is too
 # slow for a whole model; its ops are covered op by op).
 BACKENDS = [b for b in cpu_backends("lcd_attention", include_triton=False) if b != "reference"
             and b in cpu_backends("gromov_wasserstein", include_triton=False)] + ["auto"]
-NO_MASKS = dict(p_dropkey=0.0, dropout=0.0)
+NO_MASKS = dict(dropkey_p=0.0, dropout_p=0.0)
 CUDA_MARKS = cpp_devices(include_cpu=False)[0].marks
 # (backend, device) of the model parity tests: BACKENDS on cpu, then cpp, triton and auto on cuda.
 BACKEND_DEVICES = ([pytest.param(b, CPU, id=b) for b in BACKENDS]
@@ -72,7 +71,7 @@ def test_fast_model_matches_reference_in_training_mode_with_every_mask_on(backen
     """DropKey, attention dropout and the FFN dropout all draw from the model's mask generator (one counter-hash
     seed per call), so with the same mask_seed the fast and reference models drop the same entries; in release
     mode they also draw the same per-sample label embeddings [B, C, d] (a per-sample LCD-CA bias [B, 1, C, C])."""
-    config = HeLoConfig(**{**SMALL, "p_dropkey": 0.3, "dropout": 0.4, "faithful_to": faithful_to})
+    config = HeLoConfig(**{**SMALL, "dropkey_p": 0.3, "dropout_p": 0.4, "faithful_to": faithful_to})
     ref, fast = pair(config, backend, torch.float64)
     assert type(fast.encoder.dropout) is fast_nn.FusedDropout
     x, y = batch(config, dtype=torch.float64)

@@ -15,7 +15,9 @@ import helo_fast as hf
 from helo_fast import _ext, reference
 from test_train import CLI_DATA, CLI_MODEL
 
-pytestmark = pytest.mark.skipif(not _ext.has_cpp(), reason=_ext.EXTENSION_ERROR or "")
+# One xdist worker runs them one after another: they time how fast a signal stops a call.
+pytestmark = [pytest.mark.skipif(not _ext.has_cpp(), reason=_ext.EXTENSION_ERROR or ""),
+              pytest.mark.xdist_group("timing")]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WITHIN_S = 1.0   # the issue's "within about a second"
@@ -134,10 +136,10 @@ def test_the_process_works_as_before_after_an_interrupted_call(threads):
 CLI_WATCHING_OT = """
 import sys
 from helo_fast import cli
-from helo_fast._ops import cpp_ot
+from helo_fast._ops import gromov_wasserstein as gromov_wasserstein_ops
 
 def watch(frame, event, arg):
-    if event == "call" and frame.f_code is cpp_ot.gromov_wasserstein_cpp.__code__:
+    if event == "call" and frame.f_code is gromov_wasserstein_ops.gromov_wasserstein_cpp.__code__:
         sys.setprofile(None)
         print("ot call", flush=True)
 
@@ -148,7 +150,7 @@ sys.exit(cli.main(sys.argv[1:]))
 
 @pytest.mark.slow
 def test_ctrl_c_during_an_ot_call_of_the_cli_exits_130(tmp_path):
-    argv = [sys.executable, "-c", CLI_WATCHING_OT, "train", *CLI_DATA, *CLI_MODEL, "--config", f"ot_iters={10**9}",
+    argv = [sys.executable, "-c", CLI_WATCHING_OT, "train", *CLI_DATA, *CLI_MODEL, "--config", f"inner_iters={10**9}",
             "--epochs", "1", "--quiet", "--no-baselines", "--threads", "1"]
     env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path))

@@ -7,7 +7,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import helo_fast as hf
 from helo_fast import _ext
-from helo_fast.reference.attention import attention_masks
+from helo_fast.reference.lcd_attention import attention_masks
 from attention_cases import attention_case
 from cpu_isa import run_under_isa
 from devices import skip_unless_backend

@@ -10,7 +10,7 @@ from helo_fast.models import RELEASE_DEFECTS, HeLo, HeLoConfig, helo_loss
 from helo_fast.models.helo import label_correlation, sparsify
 from helo_fast.reference import modules as reference_modules
 from helo_fast.train import evaluate
-from backends import cpu_backends
+from devices import cpu_backends
 
 SMALL = dict(n_channels=4, band_features=5, gsr_features=6, ppg_features=7, video_features=12, n_classes=6,
              d_model=16, n_heads=2, ffn_dim=8, head_hidden=16)
@@ -59,8 +59,15 @@ def test_config_validation_and_release_defaults():
         HeLoConfig(faithful_to="paper2")
     with pytest.raises(ValueError, match="d_model"):
         HeLoConfig(d_model=30, n_heads=4)
-    with pytest.raises(ValueError, match="p_dropkey"):
-        HeLoConfig(p_dropkey=1.0)
+    with pytest.raises(ValueError, match="dropkey_p"):
+        HeLoConfig(dropkey_p=1.0)
+
+
+@pytest.mark.parametrize("old, new", [("p_dropkey", "dropkey_p"), ("dropout", "dropout_p"), ("gw_outer", "outer_iters"),
+                                      ("ot_iters", "inner_iters")])
+def test_config_refuses_a_renamed_key_naming_the_new_one(old, new):
+    with pytest.raises(ValueError, match=f"HeLoConfig key '{old}' was renamed to '{new}'"):
+        HeLoConfig(**{old: 1})
 
 
 def test_eval_is_deterministic_in_paper_mode_and_training_is_not():
@@ -260,7 +267,7 @@ def count_dropout_sites(model, x, monkeypatch):
 def test_dropout_sites_match_the_spec(backend, faithful_to, monkeypatch):
     """Counted in one forward of the reference and the fast model: the spec's sites, each called once, each
     drawing one mask seed; the FFN's only dropout sits on the second linear layer's output."""
-    model = HeLo(HeLoConfig(**SMALL, p_dropkey=0.3, dropout=0.4, faithful_to=faithful_to), backend=backend,
+    model = HeLo(HeLoConfig(**SMALL, dropkey_p=0.3, dropout_p=0.4, faithful_to=faithful_to), backend=backend,
                  mask_seed=0)
     x, _ = inputs()
     sites, seeds, ffn_dropout_after_linear2 = count_dropout_sites(model.train(), x, monkeypatch)

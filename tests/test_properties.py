@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 
 import helo_fast as hf
 from helo_fast import reference
-from backends import cpu_backends
+from devices import cpu_backends
 from tolerance import assert_float64_close, assert_no_nan
 
 sizes = st.integers(min_value=1, max_value=9)

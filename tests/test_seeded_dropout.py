@@ -1,23 +1,27 @@
-"""seeded_dropout (HeLo's FFN dropout, masks from the counter hash of helo_fast._rng): the C++ op against the
-reference, the mask statistics, gradients, validation and the modules. The Triton kernel: test_triton_dropout.py."""
+"""seeded_dropout (HeLo's FFN dropout, masks from the counter hash of helo_fast._rng): the fast backends (cpp on the
+CPU and CUDA, triton; the ``fast_backend`` fixture) against the reference bit for bit, the mask statistics, gradients,
+validation and the modules."""
 import math
 
 import pytest
 import torch
 
 import helo_fast as hf
-from helo_fast import _ext, _rng
+from helo_fast import _ext
 from helo_fast import nn as fast_nn
 from helo_fast.reference import modules as reference_modules
-from helo_fast.reference.dropout import seeded_dropout as reference_dropout
+from helo_fast.reference.seeded_dropout import seeded_dropout as reference_dropout
 from cpu_isa import run_under_isa
 from devices import CPU, cpp_devices, seeded_weights
 
+OP = "seeded_dropout"
+
 needs_cpp = pytest.mark.skipif(not _ext.has_cpp(), reason=f"C++ extension unavailable: {_ext.EXTENSION_ERROR}")
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
-# HeLo's FFN dropout (B = 128: [2B, 2N, d]), the FFN's hidden width [2B, 2N, ffn_dim], odd sizes, one element,
-# nothing.
-SHAPES = [(256, 36, 64), (256, 36, 128), (3, 37, 129), (1,), (0, 5)]
+# HeLo's FFN dropout (B = 128: [2B, 2N, d]), the FFN's hidden width [2B, 2N, ffn_dim] (not under the Triton
+# interpreter: too slow), odd sizes, one element, nothing.
+HELO_SHAPES = [(256, 36, 64), (256, 36, 128)]
+SHAPES = HELO_SHAPES + [(3, 37, 129), (2, 1025), (1,), (0, 5), (0, 4)]
 
 
 def seed_tensor(value):
@@ -37,15 +41,20 @@ def dropout_pair(x, p, backend, seed=7):
     return out, ref
 
 
-@needs_cpp
-@pytest.mark.parametrize("device", cpp_devices())
+def skip_if_interpreted(backend, device, shape):
+    if backend == "triton" and device.type == "cpu" and shape in HELO_SHAPES:
+        pytest.skip("HeLo-sized inputs are not run under the Triton interpreter (too slow)")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
-def test_cpp_matches_reference_bit_for_bit(device, dtype, shape, p):
+def test_matches_reference_bit_for_bit(fast_backend, dtype, shape, p):
     """Same generator state -> the same mask, and kept values x * 1/(1-p) rounded as PyTorch rounds them."""
+    backend, device = fast_backend
+    skip_if_interpreted(backend, device, shape)
     x = draw(shape, dtype, device=device)
-    out, ref = dropout_pair(x, p, "cpp")
+    out, ref = dropout_pair(x, p, backend)
     assert out.dtype == x.dtype and out.shape == x.shape
     assert torch.equal(out, ref)
 
@@ -57,7 +66,7 @@ def test_cpp_narrower_instruction_sets_match_reference(isa):
     """The kernel is compiled for the baseline x86-64 and for AVX2 and picked at run time: each variant here."""
     run_under_isa(isa, (
         "import torch, helo_fast as hf\n"
-        "from helo_fast.reference.dropout import seeded_dropout\n"
+        "from helo_fast.reference.seeded_dropout import seeded_dropout\n"
         "for dtype in (torch.float32, torch.float64, torch.bfloat16):\n"
         "    x = torch.randn(3, 37, 129, generator=torch.Generator().manual_seed(0)).to(dtype)\n"
         "    out = hf.seeded_dropout(x, 0.3, generator=torch.Generator().manual_seed(2), backend='cpp')\n"
@@ -108,14 +117,19 @@ def test_identity_at_p0_and_in_eval(backend):
     assert torch.equal(gen.get_state(), state), "no seed is drawn when nothing is dropped"
 
 
-@needs_cpp
-@pytest.mark.parametrize("device", cpp_devices())
-def test_gradient_is_the_same_mask_times_the_scale(device):
-    x = draw((7, 9), torch.float64, device=device).requires_grad_(True)
-    weight = draw((7, 9), torch.float64, seed=1, device=device)
-    out = hf.seeded_dropout(x, 0.4, generator=torch.Generator().manual_seed(5), backend="cpp")
+@pytest.mark.parametrize("layout, p, seed", [("contiguous", 0.4, 5), ("transposed", 0.3, 8)])
+def test_gradient_is_the_same_mask_times_the_scale(fast_backend, layout, p, seed):
+    backend, device = fast_backend
+    if layout == "contiguous":
+        x = draw((7, 9), torch.float64, device=device).requires_grad_(True)
+    else:
+        x = draw((6, 70), torch.float64, device=device).t().requires_grad_(True)  # non-contiguous
+    weight = draw(tuple(x.shape), torch.float64, seed=1, device=device)
+    out = hf.seeded_dropout(x, p, generator=torch.Generator().manual_seed(seed), backend=backend)
     (out * weight).sum().backward()
-    assert torch.equal(x.grad, torch.where(out != 0, weight * (1.0 / 0.6), 0.0))
+    ref = reference_dropout(x.detach(), p, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(out.detach(), ref)
+    assert torch.equal(x.grad, torch.where(ref != 0, weight * (1.0 / (1.0 - p)), 0.0))
 
 
 @needs_cpp
@@ -129,12 +143,13 @@ def test_gradcheck_and_double_backward_float64():
     assert torch.autograd.gradgradcheck(fn, (x,))
 
 
-@needs_cpp
-@pytest.mark.parametrize("device", cpp_devices())
-def test_opcheck(device):
-    x = draw((6, 11), torch.float32, device=device)
-    torch.library.opcheck(torch.ops.helo_fast.seeded_dropout_fwd, (x, seed_tensor(9), 0.25))
-    torch.library.opcheck(torch.ops.helo_fast.seeded_dropout_fwd, (x.clone().requires_grad_(), seed_tensor(9), 0.25))
+@pytest.mark.parametrize("shape, p, seed", [((6, 11), 0.25, 9), ((5, 7), 0.4, 12)], ids=["6x11", "5x7"])
+def test_opcheck(fast_backend, shape, p, seed):
+    backend, device = fast_backend
+    op = torch.ops.helo_fast.seeded_dropout_fwd if backend == "cpp" else torch.ops.helo_fast.triton_seeded_dropout_fwd
+    x = draw(shape, torch.float32, device=device)
+    torch.library.opcheck(op, (x, seed_tensor(seed), p))
+    torch.library.opcheck(op, (x.clone().requires_grad_(), seed_tensor(seed), p))
 
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp)])

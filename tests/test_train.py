@@ -19,7 +19,7 @@ LAYOUT = FeatureLayout(n_channels=4, band_features=5, gsr_features=8, ppg_featur
 SMALL_MODEL = dict(d_model=16, n_heads=2, ffn_dim=16, head_hidden=32)
 # A tiny DMER-shaped model for CLI runs (the data there is the default 913-column layout).
 CLI_MODEL = ["--config", "d_model=16", "--config", "n_heads=2", "--config", "ffn_dim=8", "--config", "head_hidden=16",
-             "--config", "gw_outer=1", "--config", "ot_iters=2"]
+             "--config", "outer_iters=1", "--config", "inner_iters=2"]
 CLI_DATA = ["--synthetic-subjects", "2", "--synthetic-trials", "3", "--synthetic-rows", "4"]
 
 
@@ -132,7 +132,7 @@ def test_fused_adam_is_the_default_adam_up_to_rounding():
     params = []
     for fused in (True, False):
         torch.manual_seed(0)
-        model = HeLo(small_config(p_dropkey=0.0, dropout=0.0), mask_seed=0)
+        model = HeLo(small_config(dropkey_p=0.0, dropout_p=0.0), mask_seed=0)
         optimizer = (train.make_optimizer(model) if fused else
                      torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5, foreach=False))
         assert optimizer.defaults["fused"] is (True if fused else None)

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-if not torch.cuda.is_available() and "helo_fast.kernels.sinkhorn" not in sys.modules:
+if not torch.cuda.is_available() and "helo_fast.kernels.triton_utils" not in sys.modules:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import helo_fast as hf  # noqa: E402
@@ -25,7 +25,7 @@ from tolerance import assert_float64_close, assert_no_nan, assert_within_referen
 # cpu under the interpreter, else cuda (marked `cuda`, skipped without a GPU)
 DEVICE, _MARKS = triton_module_device("lcd_attention")
 
-from helo_fast.kernels import attention as triton_attention  # noqa: E402
+from helo_fast.kernels import mask_hash as triton_mask_hash  # noqa: E402
 
 pytestmark = _MARKS
 
@@ -97,7 +97,7 @@ def test_float64_output_gradients_and_generator_equal_reference(name):
 @pytest.mark.parametrize("stream", [_rng.STREAM_DROPKEY, _rng.STREAM_DROPOUT])
 def test_in_kernel_hash_is_bit_identical_to_rng(seed, stream):
     shape = (3, 4, 37, 41)
-    assert torch.equal(triton_attention.hash_uniform(seed, shape, stream, device=DEVICE),
+    assert torch.equal(triton_mask_hash.hash_uniform(seed, shape, stream, device=DEVICE),
                        _rng.hash_uniform(seed, shape, stream, device=DEVICE))
 
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-if not torch.cuda.is_available() and "helo_fast.kernels.sinkhorn" not in sys.modules:
+if not torch.cuda.is_available() and "helo_fast.kernels.triton_utils" not in sys.modules:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import helo_fast as hf  # noqa: E402

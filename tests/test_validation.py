@@ -181,12 +181,12 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
 
 def test_triton_warp_counts_follow_helo_triton_num_warps(monkeypatch):
     pytest.importorskip("triton")
-    from helo_fast.kernels import sinkhorn as triton_sinkhorn
+    from helo_fast.kernels import triton_utils
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert [c.num_warps for c in triton_sinkhorn.num_warps_configs()] == [1, 2, 4, 8]
+    assert [c.num_warps for c in triton_utils.num_warps_configs()] == [1, 2, 4, 8]
     monkeypatch.setenv("HELO_TRITON_NUM_WARPS", "2,4")
-    assert [c.num_warps for c in triton_sinkhorn.num_warps_configs()] == [2, 4]
+    assert [c.num_warps for c in triton_utils.num_warps_configs()] == [2, 4]
     monkeypatch.setenv("HELO_TRITON_NUM_WARPS", "four")
     with pytest.raises(ValueError, match="HELO_TRITON_NUM_WARPS must be"):
-        triton_sinkhorn.num_warps_configs()
+        triton_utils.num_warps_configs()

@@ -1,13 +1,17 @@
-"""torch.library custom ops (schemas, fake kernels, autograd) and the registry of implementations.
+"""The Python op index and the registry of implementations.
 
-Each backend module registers its entry points with ``register(op, backend, fn)``; ``functional``
-looks them up with ``get``. ``fn`` takes already-validated inputs (marginals filled in).
+``OPS`` lists the public ops; ``helo_fast/_ops/<op>.py`` registers each op's C++ op (schema in csrc/schema.cpp) and
+Triton op (``torch.library.custom_op``): fake kernels, autograd, autocast rules, and the entry point of each backend
+with ``register(op, backend, fn)``; ``functional`` looks them up with ``get``. ``fn`` takes already-validated
+inputs (marginals filled in).
 """
 from __future__ import annotations
 
 from typing import Callable, Dict, Tuple
 
 import torch
+
+OPS = ("sinkhorn", "ipot", "gromov_wasserstein", "lcd_attention", "seeded_dropout")
 
 _IMPLS: Dict[Tuple[str, str], Callable] = {}
 
@@ -18,19 +22,9 @@ def register(op: str, backend: str, fn: Callable) -> Callable:
     return fn
 
 
-def register_seeded_dropout_autograd(qualname: str, op: Callable) -> None:
-    """Autograd of a seeded dropout op ``op(x, seed, p)`` (registered as ``qualname``): linear in x with a mask
-    fixed by the seed, so its backward is ``op(grad, seed, p)`` and the seed is all it saves."""
-
-    def setup_context(ctx, inputs, output):
-        _, seed, ctx.p = inputs
-        ctx.save_for_backward(seed)
-
-    def backward(ctx, grad_out):
-        (seed,) = ctx.saved_tensors
-        return op(grad_out, seed, ctx.p), None, None
-
-    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+def wants_grad(*tensors) -> bool:
+    """Whether a call must keep what its backward needs: grad mode is on and some input (None allowed) requires grad."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def has_impl(op: str, backend: str) -> bool:
@@ -41,7 +35,5 @@ def get(op: str, backend: str) -> Callable:
     return _IMPLS[(op, backend)]
 
 
-from . import cpp_ot  # noqa: E402,F401  (registers the C++ OT ops)
-from . import cpp_attention  # noqa: E402,F401  (registers the C++ fused attention)
-from . import cpp_dropout  # noqa: E402,F401  (registers the C++ seeded dropout)
-from . import triton_ops  # noqa: E402,F401  (registers the Triton ops)
+# Each module registers its op's C++ and Triton implementations (where available).
+from . import sinkhorn, ipot, gromov_wasserstein, lcd_attention, seeded_dropout  # noqa: E402,F401

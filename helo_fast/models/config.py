@@ -7,6 +7,7 @@ defect of the authors' release (HELO_SPEC §8). Each defect also has its own fla
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -16,7 +17,19 @@ from .._validation import check_choice, check_int_at_least, check_positive, chec
 
 FAITHFUL_TO = ("paper", "release")
 KL_REDUCTIONS = ("batchmean", "sum")
-MODEL_BACKENDS = BACKENDS
+
+# Keys renamed by issue 20 (one name per concept, the op arguments' names): old -> new. An old key is refused with
+# a ValueError naming the new one (HeLoConfig(...), --config, a saved config), never silently ignored.
+RENAMED_KEYS: Dict[str, str] = {"p_dropkey": "dropkey_p", "dropout": "dropout_p", "gw_outer": "outer_iters",
+                                "ot_iters": "inner_iters"}
+
+
+def check_renamed_keys(keys) -> None:
+    """Raise ValueError for the first old HeLoConfig key among ``keys`` (see ``RENAMED_KEYS``)."""
+    for key in keys:
+        if key in RENAMED_KEYS:
+            raise ValueError(f"HeLoConfig key {key!r} was renamed to {RENAMED_KEYS[key]!r}")
+
 
 # The defects of the release (HELO_SPEC §8): flag name -> what it does when True.
 RELEASE_DEFECTS: Dict[str, str] = {
@@ -52,15 +65,15 @@ class HeLoConfig:
     head_hidden: int = 128
     ln_eps: float = 1e-5
     # OT (HELO_SPEC §4)
-    gw_outer: int = 5
-    ot_iters: int = 20
+    outer_iters: int = 5          # GW rounds of cost linearisation
+    inner_iters: int = 20         # IPOT / Sinkhorn iterations per round
     beta: float = 0.1
     sparsify_ratio: float = 0.1   # tau = min + ratio * (max - min)
     ot_solver: str = "ipot"
     ot_grad: bool = False         # False: detached plan (as the release); True: unrolled gradient
     # regularisation
-    p_dropkey: float = 0.5
-    dropout: float = 0.5
+    dropkey_p: float = 0.5
+    dropout_p: float = 0.5
     # loss (HELO_SPEC §7)
     lambda_corr: float = 1.0
     kl_reduction: Optional[str] = None   # None -> "batchmean" (paper) / "sum" (release)
@@ -85,14 +98,14 @@ class HeLoConfig:
         if self.kl_reduction is None:
             self.kl_reduction = "sum" if release else "batchmean"
         check_choice("kl_reduction", self.kl_reduction, KL_REDUCTIONS)
-        check_choice("backend", self.backend, MODEL_BACKENDS)
+        check_choice("backend", self.backend, BACKENDS)
         check_choice("ot_solver", self.ot_solver, ("ipot", "sinkhorn"))
         for name in ("n_channels", "band_features", "gsr_features", "ppg_features", "video_features", "n_classes",
-                     "d_model", "n_heads", "lcd_heads", "ffn_dim", "head_hidden", "gw_outer", "ot_iters"):
+                     "d_model", "n_heads", "lcd_heads", "ffn_dim", "head_hidden", "outer_iters", "inner_iters"):
             check_int_at_least(name, getattr(self, name), 1)
         for name in ("beta", "ln_eps"):
             check_positive(name, getattr(self, name))
-        for name in ("p_dropkey", "dropout"):
+        for name in ("dropkey_p", "dropout_p"):
             check_probability(name, getattr(self, name))
         if not 0.0 <= self.sparsify_ratio < 1.0:
             raise ValueError(f"sparsify_ratio must be in [0, 1), got {self.sparsify_ratio}")
@@ -129,3 +142,15 @@ class HeLoConfig:
     def replace(self, **changes) -> "HeLoConfig":
         """A copy with ``changes`` applied (release flags keep their resolved values unless changed)."""
         return dataclasses.replace(self, **changes)
+
+
+_dataclass_init = HeLoConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init_refusing_renamed_keys(self, *args, **kwargs):
+    check_renamed_keys(kwargs)
+    _dataclass_init(self, *args, **kwargs)
+
+
+HeLoConfig.__init__ = _init_refusing_renamed_keys

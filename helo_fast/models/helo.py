@@ -80,7 +80,7 @@ class TransformerEncoderLayer(nn.Module):
         self.self_attn = attention_cls(config.d_model, config.n_heads, ln_eps=config.ln_eps, bias_before_scale=True)
         self.linear1 = nn.Linear(config.d_model, config.ffn_dim)
         self.linear2 = nn.Linear(config.ffn_dim, config.d_model)
-        self.dropout = reference_modules.SeededDropout(config.dropout)
+        self.dropout = reference_modules.SeededDropout(config.dropout_p)
         self.norm = nn.LayerNorm(config.d_model, eps=config.ln_eps)
 
     def forward(self, x: torch.Tensor, *, dropkey_p: float, dropout_p: float, generator=None) -> torch.Tensor:
@@ -143,7 +143,7 @@ class HeLo(nn.Module):
         self.physio_attention = attention_cls(d, config.n_heads, ln_eps=config.ln_eps, bias_before_scale=True)
         self.physio_proj = nn.Linear(d, d)
         # §4 OT and the shared transformer layer
-        self.ot = ot_cls(eps=config.beta, outer_iters=config.gw_outer, inner_iters=config.ot_iters,
+        self.ot = ot_cls(eps=config.beta, outer_iters=config.outer_iters, inner_iters=config.inner_iters,
                          solver=config.ot_solver, grad="unrolled" if config.ot_grad else "none")
         self.encoder = TransformerEncoderLayer(config, attention_cls)
         # §5-§6 labels
@@ -163,8 +163,8 @@ class HeLo(nn.Module):
         """(dropkey_p, dropout_p) for the attentions now: zero in eval mode, except DropKey under
         ``dropkey_in_eval`` (release defect)."""
         cfg = self.config
-        dropkey_p = cfg.p_dropkey if (self.training or cfg.dropkey_in_eval) else 0.0
-        dropout_p = cfg.dropout if self.training else 0.0
+        dropkey_p = cfg.dropkey_p if (self.training or cfg.dropkey_in_eval) else 0.0
+        dropout_p = cfg.dropout_p if self.training else 0.0
         return dropkey_p, dropout_p
 
     def current_label_embedding(self, batch: int) -> torch.Tensor:

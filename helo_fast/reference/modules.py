@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from .._validation import check_probability
-from .attention import lcd_attention
-from .dropout import seeded_dropout
+from .lcd_attention import lcd_attention
+from .seeded_dropout import seeded_dropout
 from . import gromov_wasserstein, sinkhorn  # with the autocast rule of helo_fast._autocast
 
 

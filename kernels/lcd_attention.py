@@ -14,46 +14,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .._rng import STREAM_DROPKEY, STREAM_DROPOUT
-from ..reference.attention import dropkey_value
-from .sinkhorn import block_size, compute_dtype, num_warps_configs, scalar_tensor
+from helo_fast._numerics import compute_dtype, dropkey_value
+from helo_fast._rng import STREAM_DROPKEY, STREAM_DROPOUT
+from helo_fast.kernels.mask_hash import _hash_uniform
+from helo_fast.kernels.triton_utils import block_size, num_warps_configs, scalar_tensor
 
 MASK_NONE = 0
 MASK_HASH = 1
 MASK_TENSOR = 2
 _STREAM_DROPKEY = tl.constexpr(STREAM_DROPKEY)
 _STREAM_DROPOUT = tl.constexpr(STREAM_DROPOUT)
-
-
-@triton.jit
-def _hash_uniform(index, seed, STREAM: tl.constexpr):
-    """float32 uniforms in [0, 1) from (seed, linear index, stream), as helo_fast._rng.hash_uniform."""
-    mix = ((seed & 0xFFFFFFFF) * 0x85EBCA77 + STREAM * 0xC2B2AE3D) & 0xFFFFFFFF
-    x = index.to(tl.uint32) * 0x9E3779B1 + mix.to(tl.uint32)
-    x = x ^ (x >> 16)
-    x = x * 0x85EBCA6B
-    x = x ^ (x >> 13)
-    x = x * 0xC2B2AE35
-    x = x ^ (x >> 16)
-    return (x >> 8).to(tl.float32) * 5.9604644775390625e-08  # 2**-24
-
-
-@triton.jit
-def _hash_uniform_kernel(out_ptr, seed_ptr, numel, STREAM: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    tl.store(out_ptr + offs, _hash_uniform(offs, tl.load(seed_ptr), STREAM), mask=offs < numel)
-
-
-def hash_uniform(seed: int, shape, stream: int, device=None) -> torch.Tensor:
-    """The in-kernel mask hash as a tensor (float32, ``shape``): must equal helo_fast._rng.hash_uniform."""
-    numel = 1
-    for size in shape:
-        numel *= int(size)
-    out = torch.empty(numel, dtype=torch.float32, device=device)
-    seed_t = torch.tensor([seed], dtype=torch.int64, device=device)
-    block = 1024
-    _hash_uniform_kernel[(triton.cdiv(numel, block),)](out, seed_t, numel, STREAM=stream, BLOCK=block)
-    return out.reshape(tuple(shape))
 
 
 @triton.jit
@@ -66,10 +36,10 @@ def _dropped(mode: tl.constexpr, mask_ptr, index, valid, seed, p, STREAM: tl.con
 
 
 @triton.jit
-def _head_weights(q_h, k, bias_ptr, dk_mask_ptr, do_mask_ptr, seed, dk_p, do_p, scale, keep_scale, dk_value,
-                  pid, h, H, Lq, Lk, rq, rk, valid, stride_bb, stride_bh, stride_bq, stride_bk,
-                  HAS_BIAS: tl.constexpr, BIAS_BEFORE_SCALE: tl.constexpr, DK_MODE: tl.constexpr,
-                  DO_MODE: tl.constexpr):
+def _head_weights(q_h, k, bias_ptr, dropkey_mask_ptr, dropout_mask_ptr, seed, dropkey_p, dropout_p, scale, keep_scale,
+                  dropkey_value, pid, h, H, Lq, Lk, rq, rk, valid, stride_bb, stride_bh, stride_bq, stride_bk,
+                  HAS_BIAS: tl.constexpr, BIAS_BEFORE_SCALE: tl.constexpr, DROPKEY_MODE: tl.constexpr,
+                  DROPOUT_MODE: tl.constexpr):
     """Attention weights of head h: returns (softmax probs, dropout keep 0/1) tiles [BQ, BK]."""
     logits = tl.dot(q_h, tl.trans(k), input_precision="ieee")
     if HAS_BIAS:
@@ -82,16 +52,17 @@ def _head_weights(q_h, k, bias_ptr, dk_mask_ptr, do_mask_ptr, seed, dk_p, do_p, 
     else:
         logits = logits * scale
     index = ((pid * H + h) * Lq + rq[:, None]) * Lk + rk[None, :]
-    if DK_MODE != 0:
-        dropped_key = _dropped(DK_MODE, dk_mask_ptr, index, valid, seed, dk_p, _STREAM_DROPKEY)
+    if DROPKEY_MODE != 0:
+        dropped_key = _dropped(DROPKEY_MODE, dropkey_mask_ptr, index, valid, seed, dropkey_p, _STREAM_DROPKEY)
         # Replaced, not added: a fully dropped row gets uniform weights in every dtype (helo_fast.reference).
-        logits = tl.where(dropped_key, dk_value, logits)
+        logits = tl.where(dropped_key, dropkey_value, logits)
     logits = tl.where(rk[None, :] < Lk, logits, float("-inf"))
     row_max = tl.max(logits, axis=1)
     e = tl.exp(logits - row_max[:, None])
     probs = e / tl.sum(e, axis=1)[:, None]
-    if DO_MODE != 0:
-        keep = tl.where(_dropped(DO_MODE, do_mask_ptr, index, valid, seed, do_p, _STREAM_DROPOUT), 0.0, 1.0)
+    if DROPOUT_MODE != 0:
+        keep = tl.where(_dropped(DROPOUT_MODE, dropout_mask_ptr, index, valid, seed, dropout_p, _STREAM_DROPOUT), 0.0,
+                        1.0)
     else:
         keep = tl.zeros_like(probs) + 1.0
     return probs, keep
@@ -114,19 +85,21 @@ def _load_rows(ptr, pid, rows, cols, n_rows, H, D, stride_b, stride_h, stride_l)
 
 
 @triton.jit
-def _attention_rows(q, k, v, res_ptr, bias_ptr, dk_mask_ptr, do_mask_ptr, seed, dk_p, do_p, scale, keep_scale,
-                    dk_value, pid, H, D, Lq, Lk, rq, rk, cols, stride_bb, stride_bh, stride_bq, stride_bk,
-                    HAS_BIAS: tl.constexpr, BIAS_BEFORE_SCALE: tl.constexpr, DK_MODE: tl.constexpr,
-                    DO_MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+def _attention_rows(q, k, v, res_ptr, bias_ptr, dropkey_mask_ptr, dropout_mask_ptr, seed, dropkey_p, dropout_p, scale,
+                    keep_scale,
+                    dropkey_value, pid, H, D, Lq, Lk, rq, rk, cols, stride_bb, stride_bh, stride_bq, stride_bk,
+                    HAS_BIAS: tl.constexpr, BIAS_BEFORE_SCALE: tl.constexpr, DROPKEY_MODE: tl.constexpr,
+                    DROPOUT_MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
     """Heads concatenated plus residual, before LayerNorm: [BQ, BC]."""
     valid = (rq[:, None] < Lq) & (rk[None, :] < Lk)
     out = tl.zeros_like(q)
     for h in range(H):
         in_head = (cols // D) == h
         q_h = tl.where(in_head[None, :], q, 0.0)
-        probs, keep = _head_weights(q_h, k, bias_ptr, dk_mask_ptr, do_mask_ptr, seed, dk_p, do_p, scale, keep_scale,
-                                    dk_value, pid, h, H, Lq, Lk, rq, rk, valid, stride_bb, stride_bh, stride_bq,
-                                    stride_bk, HAS_BIAS, BIAS_BEFORE_SCALE, DK_MODE, DO_MODE)
+        probs, keep = _head_weights(q_h, k, bias_ptr, dropkey_mask_ptr, dropout_mask_ptr, seed, dropkey_p, dropout_p,
+                                    scale, keep_scale,
+                                    dropkey_value, pid, h, H, Lq, Lk, rq, rk, valid, stride_bb, stride_bh, stride_bq,
+                                    stride_bk, HAS_BIAS, BIAS_BEFORE_SCALE, DROPKEY_MODE, DROPOUT_MODE)
         weights = probs * keep / keep_scale
         out += tl.where(in_head[None, :], tl.dot(weights.to(v.dtype), v, input_precision="ieee"), 0.0)
     if HAS_RESIDUAL:
@@ -148,25 +121,27 @@ def _layer_norm_stats(x, cols, HD, ln_eps):
 
 @triton.autotune(configs=num_warps_configs(), key=["Lq", "Lk", "H", "D"])
 @triton.jit
-def _lcd_attention_fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, lnw_ptr, lnb_ptr, dk_mask_ptr, do_mask_ptr,
-                              seed_ptr, fparams_ptr, prob_ptr, out_ptr, H, D, Lq, Lk,
+def _lcd_attention_fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, lnw_ptr, lnb_ptr, dropkey_mask_ptr,
+                              dropout_mask_ptr, seed_ptr, fparams_ptr, prob_ptr, out_ptr, H, D, Lq, Lk,
                               stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
                               stride_vb, stride_vh, stride_vl, stride_bb, stride_bh, stride_bq, stride_bk,
-                              HAS_BIAS: tl.constexpr, BIAS_BEFORE_SCALE: tl.constexpr, DK_MODE: tl.constexpr,
-                              DO_MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_LN: tl.constexpr,
+                              HAS_BIAS: tl.constexpr, BIAS_BEFORE_SCALE: tl.constexpr, DROPKEY_MODE: tl.constexpr,
+                              DROPOUT_MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_LN: tl.constexpr,
                               HAS_LN_BIAS: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
                               BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
     rq = tl.arange(0, BLOCK_Q)
     rk = tl.arange(0, BLOCK_K)
     cols = tl.arange(0, BLOCK_C)
-    scale, keep_scale, ln_eps, dk_value, seed, dk_p, do_p = _load_call_scalars(fparams_ptr, seed_ptr, prob_ptr)
+    scale, keep_scale, ln_eps, dropkey_value, seed, dropkey_p, dropout_p = _load_call_scalars(fparams_ptr, seed_ptr,
+                                                                                             prob_ptr)
     q, _, _ = _load_rows(q_ptr, pid, rq, cols, Lq, H, D, stride_qb, stride_qh, stride_ql)
     k, _, _ = _load_rows(k_ptr, pid, rk, cols, Lk, H, D, stride_kb, stride_kh, stride_kl)
     v, _, _ = _load_rows(v_ptr, pid, rk, cols, Lk, H, D, stride_vb, stride_vh, stride_vl)
-    out = _attention_rows(q, k, v, res_ptr, bias_ptr, dk_mask_ptr, do_mask_ptr, seed, dk_p, do_p, scale, keep_scale,
-                          dk_value, pid, H, D, Lq, Lk, rq, rk, cols, stride_bb, stride_bh, stride_bq, stride_bk,
-                          HAS_BIAS, BIAS_BEFORE_SCALE, DK_MODE, DO_MODE, HAS_RESIDUAL)
+    out = _attention_rows(q, k, v, res_ptr, bias_ptr, dropkey_mask_ptr, dropout_mask_ptr, seed, dropkey_p, dropout_p,
+                          scale, keep_scale,
+                          dropkey_value, pid, H, D, Lq, Lk, rq, rk, cols, stride_bb, stride_bh, stride_bq, stride_bk,
+                          HAS_BIAS, BIAS_BEFORE_SCALE, DROPKEY_MODE, DROPOUT_MODE, HAS_RESIDUAL)
     col_ok = cols < H * D
     if HAS_LN:
         centered, rstd = _layer_norm_stats(out, cols, H * D, ln_eps)
@@ -179,20 +154,22 @@ def _lcd_attention_fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, lnw_ptr, l
 
 @triton.autotune(configs=num_warps_configs(), key=["Lq", "Lk", "H", "D"])
 @triton.jit
-def _lcd_attention_bwd_kernel(grad_ptr, q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, lnw_ptr, dk_mask_ptr, do_mask_ptr,
+def _lcd_attention_bwd_kernel(grad_ptr, q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, lnw_ptr, dropkey_mask_ptr,
+                              dropout_mask_ptr,
                               seed_ptr, fparams_ptr, prob_ptr, dq_ptr, dk_ptr, dv_ptr, dbias_ptr, dres_ptr,
                               dlnw_ptr, dlnb_ptr, H, D, Lq, Lk,
                               stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
                               stride_vb, stride_vh, stride_vl, stride_bb, stride_bh, stride_bq, stride_bk,
-                              HAS_BIAS: tl.constexpr, BIAS_BEFORE_SCALE: tl.constexpr, DK_MODE: tl.constexpr,
-                              DO_MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_LN: tl.constexpr,
+                              HAS_BIAS: tl.constexpr, BIAS_BEFORE_SCALE: tl.constexpr, DROPKEY_MODE: tl.constexpr,
+                              DROPOUT_MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_LN: tl.constexpr,
                               BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
     rq = tl.arange(0, BLOCK_Q)
     rk = tl.arange(0, BLOCK_K)
     cols = tl.arange(0, BLOCK_C)
     HD = H * D
-    scale, keep_scale, ln_eps, dk_value, seed, dk_p, do_p = _load_call_scalars(fparams_ptr, seed_ptr, prob_ptr)
+    scale, keep_scale, ln_eps, dropkey_value, seed, dropkey_p, dropout_p = _load_call_scalars(fparams_ptr, seed_ptr,
+                                                                                             prob_ptr)
     q, q_offs, q_valid = _load_rows(q_ptr, pid, rq, cols, Lq, H, D, stride_qb, stride_qh, stride_ql)
     k, k_offs, k_valid = _load_rows(k_ptr, pid, rk, cols, Lk, H, D, stride_kb, stride_kh, stride_kl)
     v, v_offs, v_valid = _load_rows(v_ptr, pid, rk, cols, Lk, H, D, stride_vb, stride_vh, stride_vl)
@@ -201,9 +178,10 @@ def _lcd_attention_bwd_kernel(grad_ptr, q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, 
     row_offs = pid * Lq * HD + rq[:, None] * HD + cols[None, :]
     grad = tl.load(grad_ptr + row_offs, mask=out_valid, other=0.0)
     if HAS_LN:
-        x = _attention_rows(q, k, v, res_ptr, bias_ptr, dk_mask_ptr, do_mask_ptr, seed, dk_p, do_p, scale,
-                            keep_scale, dk_value, pid, H, D, Lq, Lk, rq, rk, cols, stride_bb, stride_bh, stride_bq,
-                            stride_bk, HAS_BIAS, BIAS_BEFORE_SCALE, DK_MODE, DO_MODE, HAS_RESIDUAL)
+        x = _attention_rows(q, k, v, res_ptr, bias_ptr, dropkey_mask_ptr, dropout_mask_ptr, seed, dropkey_p,
+                            dropout_p, scale,
+                            keep_scale, dropkey_value, pid, H, D, Lq, Lk, rq, rk, cols, stride_bb, stride_bh, stride_bq,
+                            stride_bk, HAS_BIAS, BIAS_BEFORE_SCALE, DROPKEY_MODE, DROPOUT_MODE, HAS_RESIDUAL)
         centered, rstd = _layer_norm_stats(x, cols, HD, ln_eps)
         x_hat = centered * rstd[:, None]
         tl.store(dlnw_ptr + pid * HD + cols, tl.sum(tl.where(out_valid, grad * x_hat, 0.0), axis=0), mask=col_ok)
@@ -223,9 +201,10 @@ def _lcd_attention_bwd_kernel(grad_ptr, q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, 
     for h in range(H):
         in_head = (cols // D) == h
         q_h = tl.where(in_head[None, :], q, 0.0)
-        probs, keep = _head_weights(q_h, k, bias_ptr, dk_mask_ptr, do_mask_ptr, seed, dk_p, do_p, scale, keep_scale,
-                                    dk_value, pid, h, H, Lq, Lk, rq, rk, valid, stride_bb, stride_bh, stride_bq,
-                                    stride_bk, HAS_BIAS, BIAS_BEFORE_SCALE, DK_MODE, DO_MODE)
+        probs, keep = _head_weights(q_h, k, bias_ptr, dropkey_mask_ptr, dropout_mask_ptr, seed, dropkey_p, dropout_p,
+                                    scale, keep_scale,
+                                    dropkey_value, pid, h, H, Lq, Lk, rq, rk, valid, stride_bb, stride_bh, stride_bq,
+                                    stride_bk, HAS_BIAS, BIAS_BEFORE_SCALE, DROPKEY_MODE, DROPOUT_MODE)
         weights = probs * keep / keep_scale
         d_x_h = tl.where(in_head[None, :], d_x, 0.0)
         d_v += tl.dot(tl.trans(weights), d_x_h, input_precision="ieee")
@@ -257,9 +236,9 @@ def _launch_args(q, k, v, bias, residual, scale, dropkey_p, dropout_p, ln_eps, s
     q, k, v = (t.to(dtype).contiguous() for t in (q, k, v))
     bias_e = None if bias is None else bias.to(dtype).expand(batch, heads, lq, lk)
     residual = None if residual is None else residual.to(dtype).contiguous()
-    dk_mode, dk_mask = _mask_mode(dropkey_p, dropkey_mask)
-    do_mode, do_mask = _mask_mode(dropout_p, dropout_mask)
-    keep_scale = 1.0 - dropout_p if do_mode != MASK_NONE else 1.0
+    dropkey_mode, dropkey_mask = _mask_mode(dropkey_p, dropkey_mask)
+    dropout_mode, dropout_mask = _mask_mode(dropout_p, dropout_mask)
+    keep_scale = 1.0 - dropout_p if dropout_mode != MASK_NONE else 1.0
     fparams = scalar_tensor((scale, keep_scale, ln_eps, dropkey_value(dtype)), dtype, q.device)
     probs = scalar_tensor((dropkey_p, dropout_p), torch.float32, q.device)  # compared as float32, like _rng
     if seed is None:
@@ -269,10 +248,12 @@ def _launch_args(q, k, v, bias, residual, scale, dropkey_p, dropout_p, ln_eps, s
     bias_strides = bias_e.stride() if bias_e is not None else (0, 0, 0, 0)
     tensors = dict(q=q, k=k, v=v, bias=bias_e if bias_e is not None else dummy,
                    res=residual if residual is not None else dummy,
-                   dk_mask=dk_mask if dk_mask is not None else dummy, do_mask=do_mask if do_mask is not None else dummy,
+                   dropkey_mask=dropkey_mask if dropkey_mask is not None else dummy,
+                   dropout_mask=dropout_mask if dropout_mask is not None else dummy,
                    seed=seed, fparams=fparams, probs=probs)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *bias_strides)
-    flags = dict(HAS_BIAS=bias is not None, DK_MODE=dk_mode, DO_MODE=do_mode, HAS_RESIDUAL=residual is not None,
+    flags = dict(HAS_BIAS=bias is not None, DROPKEY_MODE=dropkey_mode, DROPOUT_MODE=dropout_mode,
+                 HAS_RESIDUAL=residual is not None,
                  BLOCK_Q=block_size(lq), BLOCK_K=block_size(lk), BLOCK_C=block_size(heads * dim))
     return dtype, tensors, strides, flags
 
@@ -292,8 +273,8 @@ def lcd_attention_fwd(q, k, v, bias, residual, ln_weight, ln_bias, scale: float,
     lnw = ln_weight.to(dtype).contiguous() if ln_weight is not None else t["q"]
     lnb = ln_bias.to(dtype).contiguous() if ln_bias is not None else t["q"]
     _lcd_attention_fwd_kernel[(batch,)](
-        t["q"], t["k"], t["v"], t["bias"], t["res"], lnw, lnb, t["dk_mask"], t["do_mask"], t["seed"], t["fparams"],
-        t["probs"], out, heads, dim, lq, k.shape[2], *strides, BIAS_BEFORE_SCALE=bias_before_scale,
+        t["q"], t["k"], t["v"], t["bias"], t["res"], lnw, lnb, t["dropkey_mask"], t["dropout_mask"], t["seed"],
+        t["fparams"], t["probs"], out, heads, dim, lq, k.shape[2], *strides, BIAS_BEFORE_SCALE=bias_before_scale,
         HAS_LN=ln_weight is not None, HAS_LN_BIAS=ln_bias is not None, **flags)
     return out.to(q.dtype)
 
@@ -317,7 +298,7 @@ def lcd_attention_bwd(grad_out, q, k, v, bias, residual, ln_weight, scale: float
     dlnb = torch.empty((batch, heads * dim), dtype=dtype, device=q.device) if has_ln else dq
     lnw = ln_weight.to(dtype).contiguous() if has_ln else t["q"]
     _lcd_attention_bwd_kernel[(batch,)](
-        grad_out, t["q"], t["k"], t["v"], t["bias"], t["res"], lnw, t["dk_mask"], t["do_mask"], t["seed"],
+        grad_out, t["q"], t["k"], t["v"], t["bias"], t["res"], lnw, t["dropkey_mask"], t["dropout_mask"], t["seed"],
         t["fparams"], t["probs"], dq, dk, dv, dbias, dres, dlnw, dlnb, heads, dim, lq, lk, *strides,
         BIAS_BEFORE_SCALE=bias_before_scale, HAS_LN=has_ln, **flags)
     out_dtype = q.dtype

@@ -1,5 +1,5 @@
 // Host-side argument handling of lcd_attention shared by the CPU and CUDA launchers: checks, contiguous
-// copies where needed, and the Params struct (attention_common.h).
+// copies where needed, the mask modes and the Params struct.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -7,9 +7,30 @@
 
 #include <optional>
 
-#include "attention_common.h"
+#include "mask_hash.h"
 
 namespace helo_fast::attention {
+
+// Mask modes: no mask, the seeded hash mask, or an explicit bool tensor [B, H, Lq, Lk].
+enum MaskMode : int { kNoMask = 0, kSeededMask = 1, kExplicitMask = 2 };
+
+// Everything a kernel needs besides the tensors. Strides are in elements; bias strides are those of
+// bias expanded to [B, H, Lq, Lk] (0 along broadcast dimensions).
+struct Params {
+  int64_t batch, heads, lq, lk, dim;
+  double scale;
+  double dropkey_value;  // helo_fast._numerics.dropkey_value(dtype)
+  double dropout_scale;  // 1 / (1 - dropout_p)
+  double ln_eps;
+  float dropkey_p, dropout_p;
+  uint32_t seed;
+  int dropkey_mode, dropout_mode;
+  bool bias_before_scale, has_bias, has_residual, has_ln, has_ln_bias;
+  int64_t bias_stride[4];
+  // q, k, v [B, H, L, D] strides of the batch, head and row dimensions (unit column stride). The CPU kernels read
+  // strided views (a [B, L, H, D] layout seen as [B, H, L, D]); the CUDA kernels get contiguous copies.
+  int64_t q_stride[3], k_stride[3], v_stride[3];
+};
 
 // The tensors a kernel reads, in the layout it expects: residual/masks contiguous; q/k/v contiguous, or (CPU) any
 // layout with unit column stride, read through Params::q_stride etc.; bias as given (read through
@@ -104,13 +125,6 @@ inline Inputs make_inputs(const at::Tensor& q, const at::Tensor& k, const at::Te
   return in;
 }
 
-// A mask seed, passed as an int64 CPU tensor of one element (a tensor, so that torch.compile does not specialise,
-// and recompile, on its value); `op` names the op in the error. Its low 32 bits, as the mask hash takes them.
-inline uint32_t seed_of(const at::Tensor& seed, const char* op) {
-  TORCH_CHECK(seed.numel() == 1 && seed.scalar_type() == at::kLong && seed.device().is_cpu(), op,
-              ": seed must be an int64 CPU tensor of one element");
-  return static_cast<uint32_t>(seed.item<int64_t>() & 0xFFFFFFFF);
-}
 
 inline Params make_params(const Inputs& in, double scale, double dropkey_p, double dropout_p, double dropkey_value,
                           double ln_eps, bool bias_before_scale, int64_t seed) {
@@ -158,7 +172,7 @@ inline at::ScalarType acc_type_of(const at::Tensor& t) { return at::toOpMathType
 
 // The layout of the gradient of q, k or v: at::empty_like's (the input's own strides where it is dense, so the
 // gradient of a transposed view of [B, L, H, D] flows back through the view without a copy), or contiguous where
-// that has no unit column stride. The fake kernel (helo_fast/_ops/cpp_attention.py) follows the same rule.
+// that has no unit column stride. The fake kernel (helo_fast/_ops/lcd_attention.py) follows the same rule.
 inline at::Tensor gradient_like(const at::Tensor& input) {
   at::Tensor grad = at::empty_like(input);
   return grad.dim() > 0 && grad.stride(-1) != 1 ? at::empty(input.sizes(), input.options()) : grad;

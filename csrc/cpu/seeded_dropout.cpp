@@ -1,6 +1,6 @@
 // seeded_dropout on CPU: out = x * 1/(1-p) where the counter hash keeps element i, else 0 (csrc/seeded_dropout.h).
-// The mask is a pure function of (seed, i), so the backward is the same op applied to the gradient. Schema of
-// helo_fast::seeded_dropout_fwd lives here; the CUDA kernel is csrc/cuda/dropout.cu.
+// The mask is a pure function of (seed, i), so the backward is the same op applied to the gradient. Schema in
+// csrc/schema.cpp; the CUDA kernel is csrc/cuda/seeded_dropout.cu.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -10,14 +10,14 @@
 #include <bit>
 #include <cstdint>
 
-#include "../ot_cpu_math.h"
+#include "../cpu_math.h"
 #include "../seeded_dropout.h"
 
 namespace helo_fast::dropout {
 namespace {
 
-using ot_cpu::best_simd_isa;
-using ot_cpu::SimdIsa;
+using cpu_math::best_simd_isa;
+using cpu_math::SimdIsa;
 
 // Unsigned integer of sizeof(T) bytes: the select below is a bitwise AND, which the vectoriser takes (a ?: on
 // floating-point values stays a branch: "control flow in loop").
@@ -47,7 +47,7 @@ at::Tensor seeded_dropout_fwd_cpu(const at::Tensor& x_in, const at::Tensor& seed
   check_arguments(x_in, p);
   const at::Tensor x = x_in.contiguous();
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
-  const uint32_t threshold = drop_threshold(p), seed32 = attention::seed_of(seed, "seeded_dropout");
+  const uint32_t threshold = drop_threshold(p), seed32 = seed_of(seed, "seeded_dropout");
   const bool wide = best_simd_isa() != SimdIsa::kBase;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "seeded_dropout_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -65,10 +65,6 @@ at::Tensor seeded_dropout_fwd_cpu(const at::Tensor& x_in, const at::Tensor& seed
 }
 
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(helo_fast, m) {
-  m.def("seeded_dropout_fwd(Tensor x, Tensor seed, float p) -> Tensor");
-}
 
 TORCH_LIBRARY_IMPL(helo_fast, CPU, m) { m.impl("seeded_dropout_fwd", &seeded_dropout_fwd_cpu); }
 

@@ -1,4 +1,4 @@
-// Branch-free scalar math for the CPU OT kernels, written so that GCC vectorises the loops that call it
+// Branch-free scalar math for the CPU kernels (OT, lcd_attention, seeded_dropout), written so that GCC vectorises the loops that call it
 // (`#pragma omp simd`): std::exp is a library call the compiler cannot vectorise without -ffast-math.
 #pragma once
 
@@ -24,7 +24,7 @@
 #pragma GCC optimize("no-tree-pre", "no-thread-jumps")
 #endif
 
-namespace helo_fast::ot_cpu {
+namespace helo_fast::cpu_math {
 
 // exp(x) with range reduction x = k ln2 + r, |r| <= ln2/2, and a polynomial for exp(r); the integer k
 // is read from the bits of a round-to-nearest "magic number" sum, so no float->int conversion is
@@ -160,13 +160,13 @@ HF_INLINE void column_lse_add(const T* __restrict mat, const T* __restrict v, in
   for (int64_t j = 0; j < cols; ++j) out[j] = colmax[j] + std::log(out[j]);
 }
 
-}  // namespace helo_fast::ot_cpu
+}  // namespace helo_fast::cpu_math
 
 // Runtime SIMD dispatch without -march flags: the kernels are compiled per instruction set (baseline
 // x86-64, AVX2+FMA, and AVX-512 for HF_DEFINE_SIMD_DISPATCH_AVX512); the always-inline solver bodies take
 // the target of the wrapper they are inlined into. HELO_FAST_CPU_ISA=default|avx2 caps the choice, as for
 // the attention kernels, so the tests can run every variant on one machine.
-namespace helo_fast::ot_cpu {
+namespace helo_fast::cpu_math {
 enum class SimdIsa { kBase, kAvx2, kAvx512 };
 #if defined(__x86_64__) && defined(__GNUC__)
 inline SimdIsa best_simd_isa() {
@@ -190,12 +190,12 @@ inline SimdIsa best_simd_isa() { return SimdIsa::kBase; }
 #define HF_TARGET_AVX2
 #define HF_TARGET_AVX512
 #endif
-}  // namespace helo_fast::ot_cpu
+}  // namespace helo_fast::cpu_math
 
 // Flush-to-zero / denormals-are-zero for the lifetime of the guard (restored afterwards). The scaling-form
 // solvers produce entries like exp(-k C / beta) that drift through the subnormal range, where every
 // multiply costs ~100x; flushing them to 0 changes results by less than the smallest normal number.
-namespace helo_fast::ot_cpu {
+namespace helo_fast::cpu_math {
 #if defined(__SSE__)
 struct FlushDenormals {
   unsigned int saved;
@@ -205,7 +205,7 @@ struct FlushDenormals {
 #else
 struct FlushDenormals {};
 #endif
-}  // namespace helo_fast::ot_cpu
+}  // namespace helo_fast::cpu_math
 
 // NAME##SUFFIX<T>(args...): the always-inline template NAME<T> compiled for TARGET.
 #define HF_DEFINE_SIMD_VARIANT(NAME, SUFFIX, TARGET) \
@@ -221,8 +221,8 @@ struct FlushDenormals {};
   HF_DEFINE_SIMD_VARIANT(NAME, _base, )                                                      \
   template <typename T, typename... Args>                                                    \
   void NAME##_dispatch(Args... args) {                                                       \
-    ::helo_fast::ot_cpu::FlushDenormals flush_guard;                                         \
-    if (::helo_fast::ot_cpu::best_simd_isa() != ::helo_fast::ot_cpu::SimdIsa::kBase)         \
+    ::helo_fast::cpu_math::FlushDenormals flush_guard;                                         \
+    if (::helo_fast::cpu_math::best_simd_isa() != ::helo_fast::cpu_math::SimdIsa::kBase)         \
       NAME##_avx2<T>(args...);                                                               \
     else                                                                                     \
       NAME##_base<T>(args...);                                                               \
@@ -237,12 +237,12 @@ struct FlushDenormals {};
   HF_DEFINE_SIMD_VARIANT(NAME, _base, )                                                      \
   template <typename T, typename... Args>                                                    \
   void NAME##_dispatch(Args... args) {                                                       \
-    ::helo_fast::ot_cpu::FlushDenormals flush_guard;                                         \
-    const auto isa = ::helo_fast::ot_cpu::best_simd_isa();                                   \
+    ::helo_fast::cpu_math::FlushDenormals flush_guard;                                         \
+    const auto isa = ::helo_fast::cpu_math::best_simd_isa();                                   \
     if constexpr (std::is_same_v<T, double>) {                                               \
-      if (isa == ::helo_fast::ot_cpu::SimdIsa::kAvx512) return NAME##_avx512<T>(args...);    \
+      if (isa == ::helo_fast::cpu_math::SimdIsa::kAvx512) return NAME##_avx512<T>(args...);    \
     }                                                                                        \
-    if (isa != ::helo_fast::ot_cpu::SimdIsa::kBase)                                          \
+    if (isa != ::helo_fast::cpu_math::SimdIsa::kBase)                                          \
       NAME##_avx2<T>(args...);                                                               \
     else                                                                                     \
       NAME##_base<T>(args...);                                                               \

@@ -1,33 +1,32 @@
-"""The C++ fused attention (torch.ops.helo_fast.lcd_attention_fwd/_bwd): fake kernels, autograd, registration.
+"""lcd_attention: the C++ op (torch.ops.helo_fast.lcd_attention_fwd/_bwd, schema in csrc/schema.cpp) and the Triton op
+(helo_fast::triton_lcd_attention_fwd/_bwd, kernels/lcd_attention.py): fake kernels, autograd, autocast rules, and the
+entry points registered for ``functional.lcd_attention``.
 
-When gradients are needed the forward also returns what the backward reads: the LayerNorm statistics
+C++: when gradients are needed the forward also returns what the backward reads: the LayerNorm statistics
 (mean, rstd [B, Lq]), the softmax weights [B, H, Lq, Lk] and the LayerNorm input [B, Lq, H*D] (in the
 accumulation type); DropKey/dropout masks are never stored, the backward regenerates them from the seed.
+Triton: the backward kernel recomputes the forward for its rows from the saved inputs and the seed.
 """
 from __future__ import annotations
 
+from typing import List, Optional
+
 import torch
+from torch import Tensor
 
-from .. import _ext, _rng
+from .. import _ext, _rng, kernels
 from .._autocast import FLOAT32, LOW, register_autocast_rule
-from ..reference.attention import dropkey_value
-from . import register
-
-_HALF_DTYPES = (torch.float16, torch.bfloat16)
-
-
-def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    """LayerNorm statistics are kept in the accumulation type (float32 for half inputs)."""
-    return torch.float32 if dtype in _HALF_DTYPES else dtype
-
+from .._numerics import compute_dtype, dropkey_value
+from . import register, wants_grad
 
 if _ext.has_cpp():
 
     @torch.library.register_fake("helo_fast::lcd_attention_fwd")
     def _lcd_attention_fwd_fake(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, scale,
-                                dropkey_p, dropout_p, dropkey_value, ln_eps, bias_before_scale, seed, save_for_backward):
+                                dropkey_p, dropout_p, dropkey_value, ln_eps, bias_before_scale, seed,
+                                save_for_backward):
         batch, heads, lq, dim = q.shape
-        stat_dtype = _stat_dtype(q.dtype)
+        stat_dtype = compute_dtype(q.dtype)
         saved = save_for_backward
         return (q.new_empty((batch, lq, heads * dim)), q.new_empty((batch, lq), dtype=stat_dtype),
                 q.new_empty((batch, lq), dtype=stat_dtype),
@@ -43,7 +42,7 @@ if _ext.has_cpp():
         def like(t, shape):
             return q.new_empty(shape if t is not None else (0,))
 
-        def gradient_like(t):  # the layout rule of gradient_like in csrc/attention_params.h
+        def gradient_like(t):  # the layout rule of gradient_like in csrc/lcd_attention_params.h
             grad = torch.empty_like(t)
             return grad if grad.dim() == 0 or grad.stride(-1) == 1 else t.new_empty(t.shape)
 
@@ -62,14 +61,14 @@ if _ext.has_cpp():
     def _save_context(ctx, inputs, output):
         """Keep what lcd_attention_bwd reads (shared by the registered autograd and the eager Function)."""
         (q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, scale, dropkey_p, dropout_p,
-         dk_value, ln_eps, bias_before_scale, seed, saved) = inputs
+         dropkey_value, ln_eps, bias_before_scale, seed, saved) = inputs
         _, mean, rstd, prob, ln_input = output
         # The CPU backward reads the saved LayerNorm input, so it needs no residual; CUDA recomputes it.
         ctx.has_residual, ctx.saved = residual is not None, saved
         keep_residual = residual if q.is_cuda or not saved else None
         ctx.save_for_backward(q, k, v, bias, keep_residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, mean,
                               rstd, prob, ln_input, seed)
-        ctx.scalars = (scale, dropkey_p, dropout_p, dk_value, bias_before_scale)
+        ctx.scalars = (scale, dropkey_p, dropout_p, dropkey_value, bias_before_scale)
         ctx.ln_eps = ln_eps
 
     def _input_grads(ctx, grad_out):
@@ -77,10 +76,10 @@ if _ext.has_cpp():
         (q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, mean, rstd, prob, ln_input,
          seed) = ctx.saved_tensors
         if not ctx.saved:  # the forward ran with save_for_backward=False: recompute what it would have saved
-            scale, dropkey_p, dropout_p, dk_value, bias_before_scale = ctx.scalars
+            scale, dropkey_p, dropout_p, dropkey_value, bias_before_scale = ctx.scalars
             _, mean, rstd, prob, ln_input = torch.ops.helo_fast.lcd_attention_fwd(
                 q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, scale, dropkey_p, dropout_p,
-                dk_value, ctx.ln_eps, bias_before_scale, seed, True)
+                dropkey_value, ctx.ln_eps, bias_before_scale, seed, True)
         dq, dk, dv, dbias, dy, dln_weight, dln_bias = torch.ops.helo_fast.lcd_attention_bwd(
             grad_out, q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, mean, rstd, prob,
             ln_input, *ctx.scalars, seed)
@@ -133,8 +132,7 @@ if _ext.has_cpp():
         seed = _rng.draw_seed_tensor(generator) if needed else _NO_SEED
         if q.is_cuda:  # the CUDA kernels read contiguous [B, H, L, D]: copied once here, the backward reuses them
             q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        save = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (q, k, v, bias, residual, ln_weight, ln_bias))
+        save = wants_grad(q, k, v, bias, residual, ln_weight, ln_bias)
         args = (q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, float(scale),
                 float(dropkey_p), float(dropout_p), dropkey_value(q.dtype), float(ln_eps), bool(bias_before_scale),
                 seed, save)
@@ -145,3 +143,71 @@ if _ext.has_cpp():
         return _fwd_below_autograd(args)[0]  # no input needs a gradient
 
     register("lcd_attention", "cpp", lcd_attention_cpp)
+
+if kernels.TRITON_ERROR is None:
+    from ..kernels import lcd_attention as triton_lcd_attention
+
+    @torch.library.custom_op("helo_fast::triton_lcd_attention_fwd", mutates_args=())
+    def triton_lcd_attention_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], residual: Optional[Tensor],
+                                 ln_weight: Optional[Tensor], ln_bias: Optional[Tensor],
+                                 dropkey_mask: Optional[Tensor], dropout_mask: Optional[Tensor],
+                                 seed: Optional[Tensor], scale: float, dropkey_p: float, dropout_p: float,
+                                 ln_eps: float, bias_before_scale: bool) -> Tensor:
+        """-> out [B, Lq, H*D]; seed: int64 [1] for the hash masks (None when no mask is drawn)."""
+        return triton_lcd_attention.lcd_attention_fwd(q, k, v, bias, residual, ln_weight, ln_bias, scale, dropkey_p,
+                                                      dropout_p,
+                                            ln_eps, bias_before_scale, seed, dropkey_mask, dropout_mask)
+
+    @triton_lcd_attention_fwd.register_fake
+    def _(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, seed, scale, dropkey_p, dropout_p,
+          ln_eps, bias_before_scale):
+        batch, heads, lq, dim = q.shape
+        return q.new_empty((batch, lq, heads * dim))
+
+    @torch.library.custom_op("helo_fast::triton_lcd_attention_bwd", mutates_args=())
+    def triton_lcd_attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
+                                 residual: Optional[Tensor], ln_weight: Optional[Tensor],
+                                 dropkey_mask: Optional[Tensor], dropout_mask: Optional[Tensor],
+                                 seed: Optional[Tensor], scale: float, dropkey_p: float, dropout_p: float,
+                                 ln_eps: float, bias_before_scale: bool) -> List[Tensor]:
+        """-> [dq, dk, dv, dbias, dresidual, dln_weight, dln_bias]; empty tensors for absent inputs."""
+        grads = triton_lcd_attention.lcd_attention_bwd(grad_out, q, k, v, bias, residual, ln_weight, scale, dropkey_p,
+                                             dropout_p, ln_eps, bias_before_scale, seed, dropkey_mask, dropout_mask)
+        return [g if g is not None else q.new_empty(0) for g in grads]
+
+    @triton_lcd_attention_bwd.register_fake
+    def _(grad_out, q, k, v, bias, residual, ln_weight, dropkey_mask, dropout_mask, seed, scale, dropkey_p,
+          dropout_p, ln_eps, bias_before_scale):
+        def like(t):
+            return torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else q.new_empty(0)
+        return [like(q), like(k), like(v), like(bias), like(residual), like(ln_weight), like(ln_weight)]
+
+    def _attention_setup(ctx, inputs, output):
+        (q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, seed, scale, dropkey_p, dropout_p,
+         ln_eps, bias_before_scale) = inputs
+        ctx.save_for_backward(q, k, v, bias, residual, ln_weight, dropkey_mask, dropout_mask, seed)
+        ctx.scalars = (scale, dropkey_p, dropout_p, ln_eps, bias_before_scale)
+        ctx.present = (bias is not None, residual is not None, ln_weight is not None, ln_bias is not None)
+
+    def _attention_backward(ctx, grad_out):
+        q, k, v, bias, residual, ln_weight, dropkey_mask, dropout_mask, seed = ctx.saved_tensors
+        dq, dk, dv, dbias, dres, dlnw, dlnb = triton_lcd_attention_bwd(
+            grad_out, q, k, v, bias, residual, ln_weight, dropkey_mask, dropout_mask, seed, *ctx.scalars)
+        has_bias, has_res, has_ln, has_ln_bias = ctx.present
+        return (dq, dk, dv, dbias if has_bias else None, dres if has_res else None, dlnw if has_ln else None,
+                dlnb if has_ln_bias else None, None, None, None, None, None, None, None, None)
+
+    triton_lcd_attention_fwd.register_autograd(_attention_backward, setup_context=_attention_setup)
+
+    def lcd_attention_triton(q, k, v, bias, *, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias, ln_eps,
+                             bias_before_scale, generator, dropkey_mask, dropout_mask):
+        """Validated inputs (see helo_fast.functional.lcd_attention) -> out [B, Lq, H*D]."""
+        needed = _rng.needs_seed(dropkey_p, dropout_p, dropkey_mask, dropout_mask)
+        seed = _rng.draw_seed_tensor(generator) if needed else None
+        return triton_lcd_attention_fwd(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, seed,
+                                        float(scale), float(dropkey_p), float(dropout_p), float(ln_eps),
+                                        bool(bias_before_scale))
+
+    register_autocast_rule("helo_fast::triton_lcd_attention_fwd", [LOW] * 5 + [FLOAT32] * 2)
+    register_autocast_rule("helo_fast::triton_lcd_attention_bwd", [LOW] * 6 + [FLOAT32])
+    register("lcd_attention", "triton", lcd_attention_triton)

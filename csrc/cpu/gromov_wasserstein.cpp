@@ -1,6 +1,6 @@
 // HeLo's whole Gromov-Wasserstein step (HELO_SPEC §4.4) on CPU: cost linearisation and the inner
 // IPOT / Sinkhorn solves fused per problem, forward and unrolled backward.
-// Schemas of helo_fast::gromov_wasserstein_fwd / _bwd live here; CUDA kernels in csrc/cuda/ot_cuda.cu.
+// Schemas in csrc/schema.cpp; the CUDA kernel is csrc/cuda/gromov_wasserstein.cu.
 //   u = (cs∘cs) a, v = (ct∘ct) b, Gamma_0 = a bᵀ;  for t = 1..outer: L_t = u 1ᵀ + 1 vᵀ - 2 cs Gamma_{t-1} ctᵀ,
 //   Gamma_t = solver(L_t).   The backward keeps the outer plans Gamma_{t-1} and the inner potentials.
 #include <ATen/ATen.h>
@@ -113,12 +113,12 @@ HF_INLINE void transpose(const T* __restrict A, int64_t r, int64_t c, T* __restr
 // unused). The [n, m] matrices and the [m] vectors have room for rows of
 // padded_row_stride<T>(m), the layout of the scaling-form IPOT (ot_cpu_solvers.h).
 template <typename T>
-struct GwScratch {
+struct GromovWassersteinScratch {
   std::vector<T> buf;
   T *pack, *ctT, *csT, *X, *M, *K, *Q, *G0, *dG, *dK, *lam, *Z, *Qs, *Dcum, *Scum;
   T *u, *loga, *inv_a, *F, *vn1, *vn2, *vn3, *vn4, *vn5;
   T *v, *logb, *inv_b, *Gv, *colmax, *vm1, *vm2, *vm3, *vm4, *vm5, *vm6;
-  GwScratch(int64_t n, int64_t m, int64_t history_iterates, int64_t kept_iterates) {
+  GromovWassersteinScratch(int64_t n, int64_t m, int64_t history_iterates, int64_t kept_iterates) {
     const int64_t big = n > m ? n : m;
     const int64_t pack_size = big * padded_cols<T>(big);
     const int64_t ld = padded_row_stride<T>(m), nq = n * ld;
@@ -144,7 +144,7 @@ struct GwScratch {
 
 // K = -(u_i + v_j - 2 (cs Gamma ctᵀ)_ij) / eps; X = cs Gamma is left in s.X.
 template <typename T>
-HF_INLINE void gw_log_kernel(const T* cs, const T* Gamma, GwScratch<T>& s, int64_t n, int64_t m, T eps) {
+HF_INLINE void gromov_wasserstein_log_kernel(const T* cs, const T* Gamma, GromovWassersteinScratch<T>& s, int64_t n, int64_t m, T eps) {
   matmul(cs, Gamma, n, n, m, s.X, s.pack);
   matmul(s.X, s.ctT, n, m, m, s.M, s.pack);
   for (int64_t i = 0; i < n; ++i) {
@@ -157,7 +157,7 @@ HF_INLINE void gw_log_kernel(const T* cs, const T* Gamma, GwScratch<T>& s, int64
 }
 
 template <typename T>
-HF_INLINE void gw_setup(const T* cs, const T* ct, const T* a, const T* b, GwScratch<T>& s, int64_t n, int64_t m) {
+HF_INLINE void gromov_wasserstein_setup(const T* cs, const T* ct, const T* a, const T* b, GromovWassersteinScratch<T>& s, int64_t n, int64_t m) {
   transpose(ct, m, m, s.ctT);
   for (int64_t i = 0; i < n; ++i) {
     T acc = 0;
@@ -190,23 +190,23 @@ HF_INLINE void with_fixed_size(int64_t n, int64_t m, Body&& body) {
 }
 
 template <int64_t kFixed, typename T>
-HF_INLINE void gw_fwd_problems(const T* cs, const T* ct, const T* a, const T* b, T* plan, T* plans, T* hist_n,
+HF_INLINE void gromov_wasserstein_fwd_problems(const T* cs, const T* ct, const T* a, const T* b, T* plan, T* plans, T* hist_n,
                                T* hist_m, int64_t n_runtime, int64_t m_runtime, T eps, int64_t outer, int64_t inner,
                                bool use_ipot, int64_t begin, int64_t end) {
   const int64_t n = kFixed != 0 ? kFixed : n_runtime, m = kFixed != 0 ? kFixed : m_runtime;
-  GwScratch<T> s(n, m, 0, 0);
+  GromovWassersteinScratch<T> s(n, m, 0, 0);
   InterruptCountdown interrupt(n * m, inner);
   for (int64_t p = begin; p < end; ++p) {
     const T *pcs = cs + p * n * n, *pct = ct + p * m * m, *pa = a + p * n, *pb = b + p * m;
     T* gamma = plan + p * n * m;
-    gw_setup(pcs, pct, pa, pb, s, n, m);
+    gromov_wasserstein_setup(pcs, pct, pa, pb, s, n, m);
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < m; ++j) gamma[i * m + j] = pa[i] * pb[j];
     for (int64_t t = 0; t < outer; ++t) {
       interrupt.tick();
       if (plans != nullptr)
         for (int64_t e = 0; e < n * m; ++e) plans[(p * outer + t) * n * m + e] = gamma[e];
-      gw_log_kernel(pcs, gamma, s, n, m, eps);
+      gromov_wasserstein_log_kernel(pcs, gamma, s, n, m, eps);
       T* hn = hist_n ? hist_n + (p * outer + t) * inner * n : nullptr;
       T* hm = hist_m ? hist_m + (p * outer + t) * inner * m : nullptr;
       if (use_ipot) {
@@ -222,28 +222,28 @@ HF_INLINE void gw_fwd_problems(const T* cs, const T* ct, const T* a, const T* b,
 }
 
 template <typename T>
-HF_INLINE void gw_fwd_chunk(const T* cs, const T* ct, const T* a, const T* b, T* plan, T* plans, T* hist_n, T* hist_m,
+HF_INLINE void gromov_wasserstein_fwd_chunk(const T* cs, const T* ct, const T* a, const T* b, T* plan, T* plans, T* hist_n, T* hist_m,
                             int64_t n, int64_t m, T eps, int64_t outer, int64_t inner, bool use_ipot, int64_t begin,
                             int64_t end) {
   with_fixed_size(n, m, [&](auto fixed) HF_INLINE_LAMBDA {
-    gw_fwd_problems<decltype(fixed)::value>(cs, ct, a, b, plan, plans, hist_n, hist_m, n, m, eps, outer, inner,
+    gromov_wasserstein_fwd_problems<decltype(fixed)::value>(cs, ct, a, b, plan, plans, hist_n, hist_m, n, m, eps, outer, inner,
                                             use_ipot, begin, end);
   });
 }
-HF_DEFINE_SIMD_DISPATCH(gw_fwd_chunk)
+HF_DEFINE_SIMD_DISPATCH(gromov_wasserstein_fwd_chunk)
 
 template <int64_t kFixed, typename T>
-HF_INLINE void gw_bwd_problems(const T* grad, const T* cs, const T* ct, const T* a, const T* b, const T* plans,
+HF_INLINE void gromov_wasserstein_bwd_problems(const T* grad, const T* cs, const T* ct, const T* a, const T* b, const T* plans,
                                const T* hist_n, const T* hist_m, T* g_cs, T* g_ct, T* g_a, T* g_b, int64_t n_runtime,
                                int64_t m_runtime, T eps, int64_t outer, int64_t inner, bool use_ipot, int64_t begin,
                                int64_t end) {
   const int64_t n = kFixed != 0 ? kFixed : n_runtime, m = kFixed != 0 ? kFixed : m_runtime;
-  GwScratch<T> s(n, m, inner, use_ipot ? inner : 0);
+  GromovWassersteinScratch<T> s(n, m, inner, use_ipot ? inner : 0);
   InterruptCountdown interrupt(n * m, inner);
   for (int64_t p = begin; p < end; ++p) {
     const T *pcs = cs + p * n * n, *pct = ct + p * m * m, *pa = a + p * n, *pb = b + p * m;
     T *dcs = g_cs + p * n * n, *dct = g_ct + p * m * m, *da = g_a + p * n, *db = g_b + p * m;
-    gw_setup(pcs, pct, pa, pb, s, n, m);
+    gromov_wasserstein_setup(pcs, pct, pa, pb, s, n, m);
     transpose(pcs, n, n, s.csT);
     for (int64_t e = 0; e < n * n; ++e) dcs[e] = 0;
     for (int64_t e = 0; e < m * m; ++e) dct[e] = 0;
@@ -253,7 +253,7 @@ HF_INLINE void gw_bwd_problems(const T* grad, const T* cs, const T* ct, const T*
     for (int64_t t = outer - 1; t >= 0; --t) {
       interrupt.tick();
       const T* gprev = plans + (p * outer + t) * n * m;
-      gw_log_kernel(pcs, gprev, s, n, m, eps);
+      gromov_wasserstein_log_kernel(pcs, gprev, s, n, m, eps);
       const T* hn = hist_n + (p * outer + t) * inner * n;
       const T* hm = hist_m + (p * outer + t) * inner * m;
       T *dloga = s.vn1, *dlogb = s.vm1;
@@ -282,7 +282,7 @@ HF_INLINE void gw_bwd_problems(const T* grad, const T* cs, const T* ct, const T*
         }
         s.vn4[i] += acc;
       }
-      // M = cs Gamma_{t-1} ctᵀ with X = cs Gamma_{t-1} (left in s.X by gw_log_kernel) and W = dM ct:
+      // M = cs Gamma_{t-1} ctᵀ with X = cs Gamma_{t-1} (left in s.X by gromov_wasserstein_log_kernel) and W = dM ct:
       // dcs += W Gamma_{t-1}ᵀ, dct += dMᵀ X, dGamma_{t-1} = csᵀ W.
       const T* dM = s.dK;
       T *W = s.Z, *gprevT = s.M, *dMT = s.Q;
@@ -320,15 +320,15 @@ HF_INLINE void gw_bwd_problems(const T* grad, const T* cs, const T* ct, const T*
 }
 
 template <typename T>
-HF_INLINE void gw_bwd_chunk(const T* grad, const T* cs, const T* ct, const T* a, const T* b, const T* plans,
+HF_INLINE void gromov_wasserstein_bwd_chunk(const T* grad, const T* cs, const T* ct, const T* a, const T* b, const T* plans,
                             const T* hist_n, const T* hist_m, T* g_cs, T* g_ct, T* g_a, T* g_b, int64_t n, int64_t m,
                             T eps, int64_t outer, int64_t inner, bool use_ipot, int64_t begin, int64_t end) {
   with_fixed_size(n, m, [&](auto fixed) HF_INLINE_LAMBDA {
-    gw_bwd_problems<decltype(fixed)::value>(grad, cs, ct, a, b, plans, hist_n, hist_m, g_cs, g_ct, g_a, g_b, n, m,
+    gromov_wasserstein_bwd_problems<decltype(fixed)::value>(grad, cs, ct, a, b, plans, hist_n, hist_m, g_cs, g_ct, g_a, g_b, n, m,
                                             eps, outer, inner, use_ipot, begin, end);
   });
 }
-HF_DEFINE_SIMD_DISPATCH(gw_bwd_chunk)
+HF_DEFINE_SIMD_DISPATCH(gromov_wasserstein_bwd_chunk)
 
 bool uses_ipot(const std::string& solver) {
   TORCH_CHECK(solver == "ipot" || solver == "sinkhorn", "gromov_wasserstein: solver must be 'ipot' or 'sinkhorn', got '",
@@ -336,11 +336,11 @@ bool uses_ipot(const std::string& solver) {
   return solver == "ipot";
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gw_fwd_cpu(const at::Tensor& cs_in, const at::Tensor& ct_in,
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gromov_wasserstein_fwd_cpu(const at::Tensor& cs_in, const at::Tensor& ct_in,
                                                                       const at::Tensor& a_in, const at::Tensor& b_in,
                                                                       double eps, int64_t outer, int64_t inner,
                                                                       c10::string_view solver, bool save_history) {
-  check_gw_problem("gromov_wasserstein_fwd", cs_in, ct_in, a_in, b_in, eps, outer, inner);
+  check_gromov_wasserstein_problem("gromov_wasserstein_fwd", cs_in, ct_in, a_in, b_in, eps, outer, inner);
   const bool use_ipot = uses_ipot(std::string(solver));
   const auto hist_type = history_dtype(cs_in.scalar_type());
   const auto work = save_history ? hist_type : cs_in.scalar_type();
@@ -360,14 +360,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gw_fwd_cpu(const at::
     scalar_t* hn = save_history ? hist_n.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* hm = save_history ? hist_m.mutable_data_ptr<scalar_t>() : nullptr;
     interruptible_parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      gw_fwd_chunk_dispatch<scalar_t>(pcs, pct, pa, pb, out, pl, hn, hm, n, m, scalar_t(eps), outer, inner, use_ipot,
+      gromov_wasserstein_fwd_chunk_dispatch<scalar_t>(pcs, pct, pa, pb, out, pl, hn, hm, n, m, scalar_t(eps), outer, inner, use_ipot,
                                       begin, end);
     });
   });
   return {plan.to(cs_in.scalar_type()), plans, hist_n, hist_m};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gw_bwd_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gromov_wasserstein_bwd_cpu(
     const at::Tensor& grad_in, const at::Tensor& cs_in, const at::Tensor& ct_in, const at::Tensor& a_in,
     const at::Tensor& b_in, const at::Tensor& plans_in, const at::Tensor& hist_n_in, const at::Tensor& hist_m_in,
     double eps, c10::string_view solver) {
@@ -375,7 +375,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gw_bwd_cpu(
   const int64_t inner = hist_n_in.dim() == 4 ? hist_n_in.size(2) : 0;
   TORCH_CHECK(outer >= 1 && inner >= 1,
               "gromov_wasserstein_bwd: the saved plans/histories are empty (run the forward with save_history=True)");
-  check_gw_problem("gromov_wasserstein_bwd", cs_in, ct_in, a_in, b_in, eps, outer, inner);
+  check_gromov_wasserstein_problem("gromov_wasserstein_bwd", cs_in, ct_in, a_in, b_in, eps, outer, inner);
   const bool use_ipot = uses_ipot(std::string(solver));
   const int64_t batch = cs_in.size(0), n = cs_in.size(1), m = ct_in.size(1);
   TORCH_CHECK(grad_in.sizes() == at::IntArrayRef({batch, n, m}), "gromov_wasserstein_bwd: grad must be [B, n, m]");
@@ -398,7 +398,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gw_bwd_cpu(
     scalar_t *gcs = g_cs.mutable_data_ptr<scalar_t>(), *gct = g_ct.mutable_data_ptr<scalar_t>();
     scalar_t *ga = g_a.mutable_data_ptr<scalar_t>(), *gb = g_b.mutable_data_ptr<scalar_t>();
     interruptible_parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      gw_bwd_chunk_dispatch<scalar_t>(pg, pcs, pct, pa, pb, pl, hn, hm, gcs, gct, ga, gb, n, m, scalar_t(eps), outer,
+      gromov_wasserstein_bwd_chunk_dispatch<scalar_t>(pg, pcs, pct, pa, pb, pl, hn, hm, gcs, gct, ga, gb, n, m, scalar_t(eps), outer,
                                       inner, use_ipot, begin, end);
     });
   });
@@ -408,17 +408,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gw_bwd_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(helo_fast, m) {
-  m.def("gromov_wasserstein_fwd(Tensor cs, Tensor ct, Tensor a, Tensor b, float eps, int outer_iters, "
-        "int inner_iters, str solver, bool save_history) -> (Tensor plan, Tensor plans, Tensor hist_n, Tensor hist_m)");
-  m.def("gromov_wasserstein_bwd(Tensor grad_plan, Tensor cs, Tensor ct, Tensor a, Tensor b, Tensor plans, "
-        "Tensor hist_n, Tensor hist_m, float eps, str solver) -> "
-        "(Tensor grad_cs, Tensor grad_ct, Tensor grad_a, Tensor grad_b)");
-}
-
 TORCH_LIBRARY_IMPL(helo_fast, CPU, m) {
-  m.impl("gromov_wasserstein_fwd", &gw_fwd_cpu);
-  m.impl("gromov_wasserstein_bwd", &gw_bwd_cpu);
+  m.impl("gromov_wasserstein_fwd", &gromov_wasserstein_fwd_cpu);
+  m.impl("gromov_wasserstein_bwd", &gromov_wasserstein_bwd_cpu);
 }
 
 }  // namespace helo_fast

@@ -1,5 +1,5 @@
 // The arithmetic of the CPU lcd_attention kernels: per (batch, head) tile GEMMs, softmax, LayerNorm. No include
-// guard on purpose: attention_cpu.cpp includes this file once per instruction set (default, AVX2+FMA, AVX-512)
+// guard on purpose: lcd_attention.cpp includes this file once per instruction set (default, AVX2+FMA, AVX-512)
 // inside its own namespace and `#pragma GCC target` region, and picks one at run time; the types it uses (Params,
 // Views, ChunkScratch, Grads) are defined there before the inclusion.
 
@@ -151,11 +151,11 @@ inline auto reduce_lanes(V v, Op op) {
   return v[0];
 }
 
-// exp with the vectorisable polynomial of ot_cpu_math.h for float/double; std::exp otherwise.
+// exp with the vectorisable polynomial of cpu_math.h for float/double; std::exp otherwise.
 template <typename acc_t>
 inline acc_t exp_of(acc_t x) {
   if constexpr (std::is_same_v<acc_t, float> || std::is_same_v<acc_t, double>) {
-    return ot_cpu::fast_exp(x);
+    return cpu_math::fast_exp(x);
   } else {
     return std::exp(x);
   }

@@ -2,7 +2,7 @@
 // LayerNorm, fused per query row. With save_for_backward the forward also returns the softmax weights
 // [B, H, Lq, Lk] and the LayerNorm input [B, Lq, H*D] (accumulation type); the backward reads them and
 // regenerates the dropout mask from the seed. Both passes run at::parallel_for over the batch and work on one
-// (b, h) tile at a time with small register-blocked GEMMs (attention_cpu_kernels.h); the backward gives each
+// (b, h) tile at a time with small register-blocked GEMMs (lcd_attention_cpu_kernels.h); the backward gives each
 // chunk of batch entries its own slice of the bias / LayerNorm-parameter gradients, summed at the end.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -18,8 +18,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "../attention_params.h"
-#include "../ot_cpu_math.h"
+#include "../lcd_attention_params.h"
+#include "../cpu_math.h"
 
 namespace helo_fast::attention {
 namespace {
@@ -56,18 +56,18 @@ struct Grads {
 
 // The kernels, compiled three times; best_isa() picks the widest this CPU runs.
 namespace isa_default {
-#include "../attention_cpu_kernels.h"
+#include "../lcd_attention_cpu_kernels.h"
 }  // namespace isa_default
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace isa_avx2 {
-#include "../attention_cpu_kernels.h"
+#include "../lcd_attention_cpu_kernels.h"
 }  // namespace isa_avx2
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")
 namespace isa_avx512 {
-#include "../attention_cpu_kernels.h"
+#include "../lcd_attention_cpu_kernels.h"
 }  // namespace isa_avx512
 #pragma GCC pop_options
 
@@ -213,19 +213,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 }
 
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(helo_fast, m) {
-  m.def(
-      "lcd_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? bias, Tensor? residual, Tensor? ln_weight, "
-      "Tensor? ln_bias, Tensor? dropkey_mask, Tensor? dropout_mask, float scale, float dropkey_p, float dropout_p, "
-      "float dropkey_value, float ln_eps, bool bias_before_scale, Tensor seed, bool save_for_backward) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "lcd_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? bias, Tensor? residual, "
-      "Tensor? ln_weight, Tensor? ln_bias, Tensor? dropkey_mask, Tensor? dropout_mask, Tensor mean, Tensor rstd, "
-      "Tensor prob, Tensor ln_input, float scale, float dropkey_p, float dropout_p, float dropkey_value, bool bias_before_scale, Tensor seed) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-}
 
 TORCH_LIBRARY_IMPL(helo_fast, CPU, m) {
   m.impl("lcd_attention_fwd", &lcd_attention_fwd_cpu);

@@ -18,8 +18,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .sinkhorn import (_ipot_tile, _ipot_tile_bwd, _over_marginal, _sinkhorn_tile, _sinkhorn_tile_bwd, block_size,
-                       compute_dtype, num_warps_configs, scalar_tensor)
+from helo_fast._numerics import compute_dtype
+from helo_fast.kernels.ipot import _ipot_tile, _ipot_tile_bwd
+from helo_fast.kernels.ot_tiles import _over_marginal
+from helo_fast.kernels.sinkhorn import _sinkhorn_tile, _sinkhorn_tile_bwd
+from helo_fast.kernels.triton_utils import block_size, num_warps_configs, scalar_tensor
 
 SOLVER_IPOT = 0
 SOLVER_SINKHORN = 1
@@ -49,7 +52,7 @@ def _linearised_cost(const, cs, plan, ct):
 
 @triton.autotune(configs=num_warps_configs(), key=["n", "m"])
 @triton.jit
-def _gromov_wasserstein_fwd_kernel(cs_ptr, ct_ptr, a_ptr, b_ptr, reg_ptr, plan_ptr, h0_ptr, h1_ptr, h2_ptr, h3_ptr,
+def _gromov_wasserstein_fwd_kernel(cs_ptr, ct_ptr, a_ptr, b_ptr, scalars_ptr, plan_ptr, h0_ptr, h1_ptr, h2_ptr, h3_ptr,
                                    plans_ptr, n, m, outer_iters, inner_iters,
                                    stride_sb, stride_sr, stride_sc, stride_tb, stride_tr, stride_tc,
                                    stride_ab, stride_bb, SOLVER: tl.constexpr, SAVE: tl.constexpr,
@@ -59,8 +62,8 @@ def _gromov_wasserstein_fwd_kernel(cs_ptr, ct_ptr, a_ptr, b_ptr, reg_ptr, plan_p
                                                     stride_sc, stride_tb, stride_tr, stride_tc, stride_ab, stride_bb,
                                                     BLOCK_N, BLOCK_M)
     mask = mn[:, None] & mm[None, :]
-    eps = tl.load(reg_ptr)
-    neg_log_m = tl.load(reg_ptr + 1)
+    eps = tl.load(scalars_ptr)
+    neg_log_m = tl.load(scalars_ptr + 1)
     log_a = tl.log(tl.where(mn, a, 1.0))  # -inf for a zero-mass entry
     log_b = tl.log(tl.where(mm, b, 1.0))
     # const = (cs∘cs) a 1^T + 1 ((ct∘ct) b)^T
@@ -91,7 +94,7 @@ def _gromov_wasserstein_fwd_kernel(cs_ptr, ct_ptr, a_ptr, b_ptr, reg_ptr, plan_p
 
 @triton.autotune(configs=num_warps_configs(), key=["n", "m"])
 @triton.jit
-def _gromov_wasserstein_bwd_kernel(grad_ptr, cs_ptr, ct_ptr, a_ptr, b_ptr, reg_ptr, h0_ptr, h1_ptr, h2_ptr, h3_ptr,
+def _gromov_wasserstein_bwd_kernel(grad_ptr, cs_ptr, ct_ptr, a_ptr, b_ptr, scalars_ptr, h0_ptr, h1_ptr, h2_ptr, h3_ptr,
                                    plans_ptr, dcs_ptr, dct_ptr, da_ptr, db_ptr, n, m, outer_iters, inner_iters,
                                    stride_sb, stride_sr, stride_sc, stride_tb, stride_tr, stride_tc,
                                    stride_ab, stride_bb, stride_gb, stride_gn, stride_gm, SOLVER: tl.constexpr,
@@ -101,8 +104,8 @@ def _gromov_wasserstein_bwd_kernel(grad_ptr, cs_ptr, ct_ptr, a_ptr, b_ptr, reg_p
                                                     stride_sc, stride_tb, stride_tr, stride_tc, stride_ab, stride_bb,
                                                     BLOCK_N, BLOCK_M)
     mask = mn[:, None] & mm[None, :]
-    eps = tl.load(reg_ptr)
-    neg_log_m = tl.load(reg_ptr + 1)
+    eps = tl.load(scalars_ptr)
+    neg_log_m = tl.load(scalars_ptr + 1)
     const = tl.sum(cs * cs * a[None, :], axis=1)[:, None] + tl.sum(ct * ct * b[None, :], axis=1)[None, :]
     plans_ptr += pid * outer_iters * n * m
     per_n = inner_iters * n
@@ -156,10 +159,10 @@ def _launch_common(cs, ct, a, b, eps):
     dtype = compute_dtype(cs.dtype)
     cs, ct, a, b = (t.to(dtype) for t in (cs, ct, a, b))
     m = ct.shape[1]
-    reg = scalar_tensor((eps, -math.log(m)), dtype, cs.device)
+    scalars = scalar_tensor((eps, -math.log(m)), dtype, cs.device)
     strides = (cs.stride(0), cs.stride(1), cs.stride(2), ct.stride(0), ct.stride(1), ct.stride(2), a.stride(0),
                b.stride(0))
-    return dtype, cs, ct, a, b, reg, strides
+    return dtype, cs, ct, a, b, scalars, strides
 
 
 def gromov_wasserstein_fwd(cs, ct, a, b, eps: float, outer_iters: int, inner_iters: int, solver: str, save: bool):
@@ -170,18 +173,18 @@ def gromov_wasserstein_fwd(cs, ct, a, b, eps: float, outer_iters: int, inner_ite
     plans [B, outer_iters, n, m]: the plan entering each outer iteration.
     """
     out_dtype = cs.dtype
-    dtype, cs, ct, a, b, reg, strides = _launch_common(cs, ct, a, b, eps)
+    dtype, cs, ct, a, b, scalars, strides = _launch_common(cs, ct, a, b, eps)
     batch, n, m = cs.shape[0], cs.shape[1], ct.shape[1]
     plan = torch.empty((batch, n, m), dtype=dtype, device=cs.device)
-    hists = gromov_history_buffers(batch, n, m, outer_iters, inner_iters, solver, save, dtype, cs.device)
+    hists = history_buffers(batch, n, m, outer_iters, inner_iters, solver, save, dtype, cs.device)
     _gromov_wasserstein_fwd_kernel[(batch,)](
-        cs, ct, a, b, reg, plan, *hists, n, m, outer_iters, inner_iters, *strides,
+        cs, ct, a, b, scalars, plan, *hists, n, m, outer_iters, inner_iters, *strides,
         SOLVER=SOLVER_IPOT if solver == "ipot" else SOLVER_SINKHORN, SAVE=save,
         BLOCK_N=block_size(n), BLOCK_M=block_size(m))
     return (plan.to(out_dtype), *hists)
 
 
-def gromov_history_buffers(batch, n, m, outer_iters, inner_iters, solver, save, dtype, device):
+def history_buffers(batch, n, m, outer_iters, inner_iters, solver, save, dtype, device):
     """The five (possibly empty) history buffers of ``gromov_wasserstein_fwd``."""
     def buf(size, dt, used):
         k = (outer_iters, inner_iters) if (save and used) else (0, 0)
@@ -196,7 +199,7 @@ def gromov_wasserstein_bwd(grad_plan, cs, ct, a, b, h0, h1, h2, h3, plans, eps: 
                            solver: str):
     """Gradient of the unrolled GW plan -> (d_cs [B, n, n], d_ct [B, m, m], d_a [B, n], d_b [B, m])."""
     out_dtype = cs.dtype
-    dtype, cs, ct, a, b, reg, strides = _launch_common(cs, ct, a, b, eps)
+    dtype, cs, ct, a, b, scalars, strides = _launch_common(cs, ct, a, b, eps)
     grad_plan = grad_plan.to(dtype)
     batch, n, m = cs.shape[0], cs.shape[1], ct.shape[1]
     d_cs = torch.empty((batch, n, n), dtype=dtype, device=cs.device)
@@ -204,7 +207,7 @@ def gromov_wasserstein_bwd(grad_plan, cs, ct, a, b, h0, h1, h2, h3, plans, eps: 
     d_a = torch.empty((batch, n), dtype=dtype, device=cs.device)
     d_b = torch.empty((batch, m), dtype=dtype, device=cs.device)
     _gromov_wasserstein_bwd_kernel[(batch,)](
-        grad_plan, cs, ct, a, b, reg, *(h.contiguous() for h in (h0, h1, h2, h3, plans)), d_cs, d_ct, d_a, d_b, n, m,
+        grad_plan, cs, ct, a, b, scalars, *(h.contiguous() for h in (h0, h1, h2, h3, plans)), d_cs, d_ct, d_a, d_b, n, m,
         outer_iters, inner_iters, *strides, grad_plan.stride(0), grad_plan.stride(1), grad_plan.stride(2),
         SOLVER=SOLVER_IPOT if solver == "ipot" else SOLVER_SINKHORN, BLOCK_N=block_size(n), BLOCK_M=block_size(m))
     return tuple(t.to(out_dtype) for t in (d_cs, d_ct, d_a, d_b))

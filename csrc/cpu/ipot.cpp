@@ -1,5 +1,5 @@
 // Batched log-domain IPOT (HELO_SPEC §4.5) on CPU, forward and unrolled backward.
-// Schemas of helo_fast::ipot_fwd / ipot_bwd live here; CUDA kernels in csrc/cuda/ot_cuda.cu.
+// Schemas in csrc/schema.cpp; the CUDA kernel is csrc/cuda/ipot.cu.
 // The backward rebuilds every log-plan from the saved vectors d_k, s_k (see ot_cpu_solvers.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -133,13 +133,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ipot_bwd_cpu(const at::Tensor& gr
 }
 
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(helo_fast, m) {
-  m.def("ipot_fwd(Tensor cost, Tensor a, Tensor b, float beta, int n_iters, bool save_history) -> "
-        "(Tensor plan, Tensor d_hist, Tensor s_hist)");
-  m.def("ipot_bwd(Tensor grad_plan, Tensor cost, Tensor a, Tensor b, Tensor d_hist, Tensor s_hist, float beta) -> "
-        "(Tensor grad_cost, Tensor grad_a, Tensor grad_b)");
-}
 
 TORCH_LIBRARY_IMPL(helo_fast, CPU, m) {
   m.impl("ipot_fwd", &ipot_fwd_cpu);

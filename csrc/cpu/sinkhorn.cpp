@@ -1,5 +1,5 @@
 // Batched log-domain Sinkhorn on CPU (POT sinkhorn_log order), forward and unrolled backward.
-// Schemas of helo_fast::sinkhorn_fwd / sinkhorn_bwd live here; CUDA kernels in csrc/cuda/ot_cuda.cu.
+// Schemas in csrc/schema.cpp; the CUDA kernel is csrc/cuda/sinkhorn.cu.
 // One problem at a time per at::parallel_for task; scratch is allocated once per task.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -155,13 +155,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_bwd_cpu(const at::Tensor
 }
 
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(helo_fast, m) {
-  m.def("sinkhorn_fwd(Tensor cost, Tensor a, Tensor b, float eps, int n_iters, bool save_history) -> "
-        "(Tensor plan, Tensor f_hist, Tensor g_hist)");
-  m.def("sinkhorn_bwd(Tensor grad_plan, Tensor cost, Tensor a, Tensor b, Tensor f_hist, Tensor g_hist, float eps) -> "
-        "(Tensor grad_cost, Tensor grad_a, Tensor grad_b)");
-}
 
 TORCH_LIBRARY_IMPL(helo_fast, CPU, m) {
   m.impl("sinkhorn_fwd", &sinkhorn_fwd_cpu);

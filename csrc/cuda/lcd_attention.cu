@@ -1,5 +1,5 @@
-// lcd_attention on CUDA, mirroring csrc/cpu/attention_cpu.cpp: one launch per call, float32/float64 and
-// bf16/fp16 inputs with float32 accumulation. Masks are regenerated from the seed (attention_common.h).
+// lcd_attention on CUDA, mirroring csrc/cpu/lcd_attention.cpp: one launch per call, float32/float64 and
+// bf16/fp16 inputs with float32 accumulation. Masks are regenerated from the seed (csrc/mask_hash.h).
 //
 // Forward: one block per query row (b, i); the row's logits/weights (all heads) and its LayerNorm input
 // live in shared memory. Backward: one block per batch entry, since all its query rows accumulate into
@@ -13,7 +13,7 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
-#include "../attention_params.h"
+#include "../lcd_attention_params.h"
 #include "cuda_launch.cuh"
 
 namespace helo_fast::attention {

@@ -1,4 +1,4 @@
-// seeded_dropout on CUDA, mirroring csrc/cpu/dropout_cpu.cpp: one elementwise launch, the mask from the counter
+// seeded_dropout on CUDA, mirroring csrc/cpu/seeded_dropout.cpp: one elementwise launch, the mask from the counter
 // hash of csrc/seeded_dropout.h (bit-identical to the CPU kernel and the reference), bf16/fp16 scaled in float32.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -33,7 +33,7 @@ at::Tensor seeded_dropout_fwd_cuda(const at::Tensor& x_in, const at::Tensor& see
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
   const int64_t numel = x.numel();
   if (numel == 0) return out;
-  const uint32_t threshold = drop_threshold(p), seed32 = attention::seed_of(seed, "seeded_dropout");
+  const uint32_t threshold = drop_threshold(p), seed32 = seed_of(seed, "seeded_dropout");
   const int blocks = static_cast<int>(std::min<int64_t>((numel + kThreads - 1) / kThreads, kMaxBlocks));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "seeded_dropout_fwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;

@@ -8,9 +8,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .._rng import STREAM_DROPOUT
-from .attention import _hash_uniform
-from .sinkhorn import compute_dtype, scalar_tensor
+from helo_fast._numerics import compute_dtype
+from helo_fast._rng import STREAM_DROPOUT
+from helo_fast.kernels.mask_hash import _hash_uniform
+from helo_fast.kernels.triton_utils import scalar_tensor
 
 _STREAM_DROPOUT = tl.constexpr(STREAM_DROPOUT)
 _BLOCK = 1024

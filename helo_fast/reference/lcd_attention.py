@@ -5,16 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import _rng
+from .._numerics import compute_dtype, dropkey_value
 from .._autocast import ATTENTION_ARGS, autocast_policy
 from .._validation import validate_attention
-
-DROPKEY_VALUE = -1e12  # finite on purpose: a fully masked row gets uniform weights, never NaN
-
-
-def dropkey_value(dtype: torch.dtype) -> float:
-    """-1e12, or half the most negative finite value where -1e12 would overflow (float16)."""
-    return max(DROPKEY_VALUE, torch.finfo(dtype).min / 2)
-
 
 def attention_masks(shape, dropkey_p, dropout_p, generator=None, dropkey_mask=None, dropout_mask=None, device=None):
     """Return (dropkey_mask, dropout_mask), bool [B, H, Lq, Lk] or None (True = dropped).
@@ -29,11 +22,6 @@ def attention_masks(shape, dropkey_p, dropout_p, generator=None, dropkey_mask=No
         if dropout_p > 0 and dropout_mask is None:
             dropout_mask = _rng.bernoulli_mask(seed, shape, dropout_p, _rng.STREAM_DROPOUT, device)
     return dropkey_mask, dropout_mask
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype lcd_attention computes in for inputs of ``dtype``: float32 for float16/bfloat16, else ``dtype``."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 @autocast_policy(ATTENTION_ARGS)
