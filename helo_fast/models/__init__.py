@@ -1,4 +1,4 @@
-"""The HeLo model (``HeLo``, ``HeLoConfig``) and its loss; see HELO_SPEC.md."""
+"""The HeLo model (``HeLo``, ``HeLoConfig``) and its loss, as HELO_SPEC specifies it (summary: docs/spec.md)."""
 from .config import RELEASE_DEFECTS, HeLoConfig
 from .helo import HeLo, HeLoOutput, module_classes
 from .loss import HeLoLoss, helo_loss

@@ -1,0 +1,124 @@
+"""The documentation stays true to the tree: every path it names exists, nothing points outside the
+repository, the README stays short, and every public op documents each of its arguments with a runnable example."""
+import doctest
+import inspect
+import os
+import re
+import subprocess
+
+import pytest
+
+import helo_fast
+import helo_fast._ops
+import helo_fast.env
+import helo_fast.functional
+import helo_fast.metrics
+import helo_fast.models.helo
+import helo_fast.nn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = os.path.join(ROOT, "docs")
+TOP_LEVEL = ("helo_fast/", "csrc/", "kernels/", "benchmarks/", "tests/", "docs/")
+ROOT_FILES = ("Makefile", "setup.py", "CMakeLists.txt", "pyproject.toml", "requirements.txt", "README.md")
+# References to files a user of the repository does not have (the team's design folder, scratch space).
+OUTSIDE = re.compile(r"\.\./shared|shared/design|HELO_SPEC\.md|METHOD\.md|/work/|/tmp/|/home/")
+
+
+def doc_files():
+    """README.md and every Markdown file under docs/."""
+    files = [os.path.join(ROOT, "README.md")]
+    files += sorted(os.path.join(DOCS, name) for name in os.listdir(DOCS) if name.endswith(".md"))
+    return files
+
+
+def named_paths(text):
+    """The repository paths a Markdown text names: `code` spans that start with a top-level folder or are a
+    root file (placeholders such as <machine> or {a,b} skipped)."""
+    paths = []
+    for span in re.findall(r"`([^`\n]+)`", text):
+        span = span.strip().rstrip(".,;:")
+        if any(c in span for c in "<>{}* ()=") or "://" in span:
+            continue
+        if span.startswith(TOP_LEVEL) or span in ROOT_FILES:
+            paths.append(span)
+    return paths
+
+
+def links(text):
+    """The relative link targets of a Markdown text (images included), without their #anchors."""
+    return [target.split("#")[0] for target in re.findall(r"\]\(([^)\s]+)\)", text)
+            if "://" not in target and not target.startswith("#")]
+
+
+@pytest.mark.parametrize("path", doc_files(), ids=lambda p: os.path.relpath(p, ROOT))
+def test_every_path_and_link_in_the_docs_exists(path):
+    text = open(path, encoding="utf-8").read()
+    missing = [p for p in named_paths(text) if not os.path.exists(os.path.join(ROOT, p))]
+    here = os.path.dirname(path)
+    for target in links(text):
+        resolved = os.path.normpath(os.path.join(here, target))
+        assert resolved.startswith(ROOT + os.sep), f"{target} points outside the repository"
+        if not os.path.exists(resolved):
+            missing.append(target)
+    assert not missing, f"{os.path.relpath(path, ROOT)} names paths that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("path", doc_files(), ids=lambda p: os.path.relpath(p, ROOT))
+def test_the_docs_name_no_path_outside_the_repository(path):
+    text = open(path, encoding="utf-8").read()
+    assert not OUTSIDE.findall(text)
+
+
+def test_no_tracked_source_or_doc_points_at_the_design_folder():
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout")
+    offenders = []
+    for name in tracked.stdout.split():
+        if name.endswith((".py", ".md", ".h", ".cpp", ".cu", ".cuh", ".txt", ".toml", ".sh")) and os.path.exists(
+                os.path.join(ROOT, name)):
+            text = open(os.path.join(ROOT, name), encoding="utf-8", errors="replace").read()
+            if re.search(r"\.\./shared|shared/design|HELO_SPEC\.md|METHOD\.md", text):
+                offenders.append(name)
+    assert offenders == []
+
+
+def test_readme_is_under_300_lines_and_links_the_docs():
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert len(text.splitlines()) < 300
+    for name in ("architecture.md", "ops.md", "performance.md", "gpu.md"):
+        assert f"(docs/{name})" in text
+    summary = text.split("<!-- performance-summary:begin -->")[1].split("<!-- performance-summary:end -->")[0]
+    rows = [line for line in summary.splitlines() if line.startswith("| ") and not line.startswith("| benchmark")]
+    assert 0 < len(rows) <= 15
+
+
+def test_the_op_index_has_a_row_for_every_public_op():
+    text = open(os.path.join(DOCS, "architecture.md"), encoding="utf-8").read()
+    index = text.split("## Op index")[1].split("\n## ")[0].split("\n\n")[1]   # the first table of the section
+    rows = [line.split("|")[1].strip().strip("`") for line in index.splitlines() if line.startswith("| `")]
+    assert sorted(rows) == sorted(helo_fast._ops.OPS)
+
+
+PUBLIC_OPS = [getattr(helo_fast, name) for name in helo_fast.__all__ if callable(getattr(helo_fast, name))]
+MODULES = [helo_fast.nn.LCDAttention, helo_fast.nn.FusedGromovWasserstein, helo_fast.nn.FusedSinkhorn,
+           helo_fast.nn.FusedDropout, helo_fast.models.helo.HeLo]
+
+
+@pytest.mark.parametrize("obj", PUBLIC_OPS + MODULES, ids=lambda o: o.__name__)
+def test_public_api_documents_every_argument_and_gives_an_example(obj):
+    doc = inspect.getdoc(obj) or ""
+    assert ">>> " in doc, "no example"
+    signature = inspect.signature(obj.__init__ if inspect.isclass(obj) else obj)
+    for name in signature.parameters:
+        if name != "self":
+            assert re.search(rf"^\s+{name}:", doc, re.M), f"argument {name} is not documented"
+    if not inspect.isclass(obj):
+        assert "Returns:" in doc
+
+
+@pytest.mark.parametrize("module", [helo_fast.functional, helo_fast.metrics, helo_fast.env, helo_fast.nn,
+                                    helo_fast.models.helo], ids=lambda m: m.__name__)
+def test_docstring_examples_run(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
