@@ -6,7 +6,8 @@
 #                  per kernel, HELO_TRITON_NUM_WARPS=4, since autotuning every test shape costs minutes)
 #   test-rest      the rest of the test suite (not cuda, not triton, not slow)
 #   bench          the benchmark suites on CUDA, one JSON each for benchmarks/report.py (BENCH_SUITES picks
-#                  among ot, model, attention; BENCH_K, or BENCH_K_<suite>, selects cases with -k;
+#                  among sinkhorn, gromov_wasserstein, model, lcd_attention, seeded_dropout; BENCH_K, or
+#                  BENCH_K_<suite>, selects cases with -k;
 #                  BENCH_LIMIT_<suite> sets a suite's time limit)
 #   bench-compile  the same with the torch.compile providers (HELO_BENCH_COMPILE=1)
 # Logs and benchmark JSON go to $OUT (default build/gpu-session). Each phase has a time limit (seconds, e.g.
@@ -55,7 +56,7 @@ for step in "$@"; do
              -m "not cuda and not triton and not slow" tests ;;
     bench|bench-compile)  # one pytest run (and JSON) per suite, so a time-out loses one suite, not all
       compile=$([ "$step" = bench-compile ] && echo 1 || echo 0)
-      for suite in ${BENCH_SUITES:-ot model attention}; do
+      for suite in ${BENCH_SUITES:-sinkhorn gromov_wasserstein model lcd_attention}; do
         k_var=BENCH_K_$suite limit_var=BENCH_LIMIT_$suite
         HELO_BENCH_COMPILE=$compile phase "$step-$suite" "${!limit_var:-${BENCH_LIMIT:-300}}" $PY -m pytest -v \
           -p no:cacheprovider "benchmarks/test_bench_$suite.py" -k "${!k_var:-${BENCH_K:-}}" --durations=8 \
