@@ -1,9 +1,9 @@
-"""Inputs, calls and the 2x-reference-error check of the autocast tests (test_autocast_ops, test_triton_autocast)."""
+"""Inputs, calls and the 2x-reference-error check of the autocast tests (test_autocast_ops)."""
 import pytest
 import torch
 
 import helo_fast as hf
-from attention_cases import attention_case
+from lcd_attention_cases import attention_case
 from ot_cases import ot_problem
 from tolerance import assert_within_reference_error
 

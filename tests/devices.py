@@ -9,7 +9,7 @@ the CPU and CUDA and triton on its one device, skipped where the module's ``OP``
 import pytest
 import torch
 
-from helo_fast import _backend, kernels
+from helo_fast import _backend, _ext, kernels
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
@@ -21,9 +21,15 @@ def _cuda_param():
                                                 pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")])
 
 
+requires_cpp = pytest.mark.skipif(not _ext.has_cpp(), reason=f"C++ extension unavailable: {_ext.EXTENSION_ERROR}")
+
+
 def cpp_devices(include_cpu: bool = True):
-    """Parameters for the C++ (cpp) backend: cpu, then cuda (skipped without a GPU)."""
-    return ([pytest.param(CPU, id="cpu")] if include_cpu else []) + [_cuda_param()]
+    """Parameters for the C++ (cpp) backend: cpu, then cuda (skipped without a GPU); both skipped without the
+    extension."""
+    cuda = _cuda_param()
+    return ([pytest.param(CPU, id="cpu", marks=requires_cpp)] if include_cpu else []) + [
+        pytest.param(CUDA, id="cuda", marks=[requires_cpp, *cuda.marks])]
 
 
 def triton_devices():
@@ -55,6 +61,12 @@ def skip_unless_backend(backend: str, op: str, device=CPU):
     reason = _backend.unavailable_reason(backend, device, op)
     if reason is not None:
         pytest.skip(f"{backend} backend unavailable for {op} on {device}: {reason}")
+
+
+def skip_on_the_triton_interpreter(backend: str, device: torch.device, big: bool = True):
+    """Skip a ``big`` case of the Triton backend under the CPU interpreter (seconds per launch; on CUDA it runs)."""
+    if big and backend == "triton" and device.type == "cpu":
+        pytest.skip("too slow for the Triton CPU interpreter; runs on CUDA")
 
 
 def cpu_backends(op: str, include_triton: bool = True):

@@ -1,12 +1,9 @@
-"""Shared inputs and checks of the C++ OT op tests (test_sinkhorn, test_ipot, test_gromov_wasserstein)."""
+"""Shared inputs and checks of the OT op tests (test_sinkhorn, test_ipot via ot_solver_suite, test_gromov_wasserstein)."""
 import pytest
 import torch
 
-from helo_fast import _ext
 from devices import CPU
 from tolerance import assert_float64_close, assert_within_reference_error
-
-requires_cpp = pytest.mark.skipif(not _ext.has_cpp(), reason=f"C++ extension unavailable: {_ext.EXTENSION_ERROR}")
 
 # (B, n, m): n != m both ways, n = 1, m = 1, odd sizes, batch 1, the HeLo size.
 SHAPES = [(3, 5, 7), (2, 8, 3), (2, 1, 4), (1, 6, 1), (1, 9, 9), (2, 36, 36)]

@@ -1,4 +1,10 @@
-"""The C++ fused attention (lcd_attention, backend="cpp") against the reference: outputs, gradients, masks."""
+"""The fused attention (lcd_attention) on every backend against the reference: outputs, gradients, masks.
+
+Tests that take the ``fast_backend`` fixture run cpp on the CPU and CUDA and Triton on its device (the CPU under the
+Triton interpreter, or CUDA); inputs and masks are drawn on the CPU from seeded generators (the same numbers on every
+device) and moved, and the reference runs on the same device. Then what only one backend has: the C++ op's layouts,
+statistics of many draws, instruction-set variants, inductor; the Triton op's in-kernel hash and its custom ops.
+"""
 import math
 
 import pytest
@@ -6,14 +12,14 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import helo_fast as hf
-from helo_fast import _ext
+from helo_fast import _rng
 from helo_fast.reference.lcd_attention import attention_masks
-from attention_cases import attention_case
+from lcd_attention_cases import attention_case
 from cpu_isa import run_under_isa
-from devices import skip_unless_backend
+from devices import CPU, CUDA, requires_cpp, skip_unless_backend, triton_devices
 from tolerance import assert_float64_close, assert_no_nan, assert_within_reference_error
 
-pytestmark = pytest.mark.skipif(not _ext.has_cpp(), reason=f"C++ extension unavailable: {_ext.EXTENSION_ERROR}")
+OP = "lcd_attention"
 
 TENSOR_ARGS = ("q", "k", "v", "bias", "residual", "ln_weight", "ln_bias")
 # HeLo's call sites (HELO_SPEC §3, §4.8, §6) and odd shapes: (batch, heads, lq, lk, dim, bias shape).
@@ -26,6 +32,9 @@ ODD_SHAPES = {
     "lq_ne_lk_d6": (2, 3, 5, 7, 6, (1, 3, 5, 7)),
     "batch1_d5": (1, 2, 4, 3, 5, (4, 3)),
     "full_bias_d33": (2, 2, 3, 9, 33, (2, 2, 3, 9)),
+    "tiny_lk2_d3": (1, 1, 1, 2, 3, None),
+    "lq1_d5": (3, 2, 1, 4, 5, (1, 2, 1, 4)),
+    "lq9_lk3_d2": (2, 1, 9, 3, 2, (9, 3)),
 }
 
 
@@ -33,7 +42,8 @@ case = attention_case
 
 
 def run(backend, tensors, *, seed=0, grad_weight=None, **kwargs):
-    """Output, gradients of (out * grad_weight).sum() w.r.t. every tensor given, next draw of the generator."""
+    """Output, gradients of (out * grad_weight).sum() w.r.t. every tensor given, next draw of the generator (a CPU
+    generator, as a training loop passes one on any device)."""
     inputs = {name: (t.clone().requires_grad_(True) if t is not None else None) for name, t in tensors.items()}
     gen = torch.Generator().manual_seed(seed)
     out = hf.lcd_attention(inputs["q"], inputs["k"], inputs["v"], inputs["bias"], residual=inputs["residual"],
@@ -41,70 +51,105 @@ def run(backend, tensors, *, seed=0, grad_weight=None, **kwargs):
                            **kwargs)
     if grad_weight is None:
         grad_weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(99), dtype=torch.float64)
-    (out * grad_weight.to(out.dtype)).sum().backward()
+    (out * grad_weight.to(device=out.device, dtype=out.dtype)).sum().backward()
     grads = {name: t.grad for name, t in inputs.items() if t is not None}
     return out.detach(), grads, int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
 
 
-def explicit_masks(shape, seed, p=0.4):
+def explicit_masks(shape, seed, p=0.4, device=CPU):
     """Bool DropKey/dropout masks [B, H, Lq, Lk] with key 0 never DropKey-masked (no fully masked row)."""
     gen = torch.Generator().manual_seed(seed)
     dropkey = torch.rand(shape, generator=gen) < p
     dropkey[..., 0] = False
-    return dropkey, torch.rand(shape, generator=gen) < p
+    return dropkey.to(device), (torch.rand(shape, generator=gen) < p).to(device)
 
 
 MASK_MODES = ("p0", "explicit", "seeded")
 
 
-def mask_kwargs(mode, shape, seed=5):
+def mask_kwargs(mode, shape, seed=5, device=CPU):
     if mode == "p0":
         return {}
     if mode == "explicit":
-        dropkey, dropout = explicit_masks(shape, seed)
+        dropkey, dropout = explicit_masks(shape, seed, device=device)
         return dict(dropkey_mask=dropkey, dropout_mask=dropout, dropout_p=0.4)
     return dict(dropkey_p=0.5, dropout_p=0.3)
 
 
+# ----------------------------------------------------------------------------------------------- every fast backend
+
 @pytest.mark.parametrize("mode", MASK_MODES)
 @pytest.mark.parametrize("name", list(HELO_SHAPES) + list(ODD_SHAPES))
-def test_float64_output_and_gradients_match_reference(name, mode):
+def test_float64_output_and_gradients_match_reference(fast_backend, name, mode):
+    backend, device = fast_backend
     batch, heads, lq, lk, dim, bias_shape = {**HELO_SHAPES, **ODD_SHAPES}[name]
-    tensors = case(1, batch, heads, lq, lk, dim, bias_shape)
-    kwargs = mask_kwargs(mode, (batch, heads, lq, lk))
-    out, grads, next_draw = run("cpp", tensors, seed=7, **kwargs)
+    tensors = case(1, batch, heads, lq, lk, dim, bias_shape, device=device)
+    kwargs = mask_kwargs(mode, (batch, heads, lq, lk), device=device)
+    out, grads, next_draw = run(backend, tensors, seed=7, **kwargs)
     ref_out, ref_grads, ref_next_draw = run("reference", tensors, seed=7, **kwargs)
+    # Masks drawn from a different seed or hash would move the output by O(1), far beyond 1e-10.
     assert_float64_close(out, ref_out)
     assert grads.keys() == ref_grads.keys()
     for arg in grads:
         assert grads[arg].shape == tensors[arg].shape, arg
         assert_float64_close(grads[arg], ref_grads[arg])
-    assert next_draw == ref_next_draw, "cpp must draw from the generator exactly like the reference"
+    assert next_draw == ref_next_draw, f"{backend} must draw from the generator exactly like the reference"
 
 
 @pytest.mark.parametrize("bias_before_scale", [True, False])
 @pytest.mark.parametrize("parts", ["bare", "bias", "residual_ln", "all_no_ln_bias"])
-def test_float64_optional_parts_and_bias_order_match_reference(parts, bias_before_scale):
+def test_float64_optional_parts_and_bias_order_match_reference(fast_backend, parts, bias_before_scale):
+    backend, device = fast_backend
     bias_shape = (1, 2, 1, 6) if parts in ("bias", "all_no_ln_bias") else None
     residual = parts in ("residual_ln", "all_no_ln_bias")
     tensors = case(2, 2, 2, 4, 6, 8, bias_shape, residual=residual, ln=parts != "bare" and parts != "bias",
-                   ln_bias=parts != "all_no_ln_bias")
+                   ln_bias=parts != "all_no_ln_bias", device=device)
     kwargs = dict(dropkey_p=0.3, dropout_p=0.2, bias_before_scale=bias_before_scale, scale=0.7)
-    out, grads, _ = run("cpp", tensors, seed=3, **kwargs)
+    out, grads, _ = run(backend, tensors, seed=3, **kwargs)
     ref_out, ref_grads, _ = run("reference", tensors, seed=3, **kwargs)
     assert_float64_close(out, ref_out)
     for arg in grads:
         assert_float64_close(grads[arg], ref_grads[arg])
 
 
+def test_one_query_key_and_channel_matches_reference(fast_backend):
+    # B = H = Lq = Lk = D = 1 without residual and LayerNorm: the output is v, whatever q and k.
+    backend, device = fast_backend
+    tensors = case(6, 1, 1, 1, 1, 1, residual=False, ln=False, device=device)
+    out, grads, _ = run(backend, tensors, seed=1, dropout_p=0.5)
+    ref_out, ref_grads, _ = run("reference", tensors, seed=1, dropout_p=0.5)
+    assert_float64_close(out, ref_out)
+    assert_float64_close(grads["v"], ref_grads["v"])
+    assert float(grads["q"].abs().max()) == 0 and float(grads["k"].abs().max()) == 0
+
+
+def test_explicit_masks_override_probabilities(fast_backend):
+    backend, device = fast_backend
+    tensors = case(3, 2, 2, 4, 5, 3, (2, 2, 4, 5), device=device)
+    gen = torch.Generator().manual_seed(8)
+    dropkey_mask = (torch.rand(2, 2, 4, 5, generator=gen) < 0.5).to(device)
+    dropout_mask = (torch.rand(2, 2, 4, 5, generator=gen) < 0.3).to(device)
+    both = dict(dropkey_mask=dropkey_mask, dropout_mask=dropout_mask)
+    # Both masks given (no seed drawn), or one given and the other drawn from the generator.
+    for kwargs in (dict(dropkey_p=0.0, dropout_p=0.3, **both), dict(dropkey_p=0.5, dropout_p=0.3, **both),
+                   dict(dropkey_p=0.5, dropout_p=0.3, dropkey_mask=dropkey_mask)):
+        out, grads, next_draw = run(backend, tensors, seed=2, **kwargs)
+        ref_out, ref_grads, ref_next_draw = run("reference", tensors, seed=2, **kwargs)
+        assert_float64_close(out, ref_out)
+        for key in grads:
+            assert_float64_close(grads[key], ref_grads[key])
+        assert next_draw == ref_next_draw
+
+
 @pytest.mark.parametrize("mode", MASK_MODES)
 @pytest.mark.parametrize("name", ["ca", "lcd_ca", "lq_ne_lk_d6", "full_bias_d33", "transformer"])
-def test_float32_within_reference_error(name, mode):
+def test_float32_within_reference_error(fast_backend, name, mode):
+    backend, device = fast_backend
     batch, heads, lq, lk, dim, bias_shape = {**HELO_SHAPES, **ODD_SHAPES}[name]
-    tensors64 = case(4, batch, heads, lq, lk, dim, bias_shape)
+    tensors64 = case(4, batch, heads, lq, lk, dim, bias_shape, device=device)
     tensors32 = {n: (t.float() if t is not None else None) for n, t in tensors64.items()}
-    kwargs = mask_kwargs(mode, (batch, heads, lq, lk))
-    out, grads, _ = run("cpp", tensors32, seed=11, **kwargs)
+    kwargs = mask_kwargs(mode, (batch, heads, lq, lk), device=device)
+    out, grads, _ = run(backend, tensors32, seed=11, **kwargs)
     ref32, ref_grads32, _ = run("reference", tensors32, seed=11, **kwargs)
     ref64, ref_grads64, _ = run("reference", tensors64, seed=11, **kwargs)
     assert out.dtype == torch.float32
@@ -115,17 +160,36 @@ def test_float32_within_reference_error(name, mode):
 
 # The second shape takes the kernels' row-dot path for Q Kᵀ (D large against Lk) with packed bfloat16 tiles.
 @pytest.mark.parametrize("shape", [(2, 4, 18, 18, 32), (3, 1, 10, 10, 128)])
-def test_bfloat16_forward_within_reference_error(shape):
-    tensors64 = case(6, *shape)
+def test_bfloat16_forward_within_reference_error(fast_backend, shape):
+    backend, device = fast_backend
+    tensors64 = case(6, *shape, device=device)
     tensors16 = {n: (t.bfloat16() if t is not None else None) for n, t in tensors64.items()}
 
-    def forward(backend, t):
+    def forward(backend_, t):
         return hf.lcd_attention(t["q"], t["k"], t["v"], t["bias"], residual=t["residual"], ln_weight=t["ln_weight"],
-                                ln_bias=t["ln_bias"], backend=backend)
+                                ln_bias=t["ln_bias"], backend=backend_)
 
-    out = forward("cpp", tensors16)
+    out = forward(backend, tensors16)
     assert out.dtype == torch.bfloat16
     assert_within_reference_error(out, forward("reference", tensors64), forward("reference", tensors16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_and_gradients_within_reference_error(fast_backend, dtype):
+    # Computed in float32 inside the kernel; output and gradients returned in the input dtype. HeLo's LCD-CA (one
+    # head, correlation bias before scaling) at a small D.
+    backend, device = fast_backend
+    tensors64 = case(22, 2, 1, 5, 5, 16, (2, 1, 5, 5), device=device)
+    tensors_half = {key: (t.to(dtype) if t is not None else None) for key, t in tensors64.items()}
+    kwargs = dict(dropkey_p=0.5, dropout_p=0.5)
+    got = run(backend, tensors_half, seed=3, **kwargs)
+    ref64 = run("reference", tensors64, seed=3, **kwargs)
+    ref_half = run("reference", tensors_half, seed=3, **kwargs)
+    assert got[0].dtype == dtype
+    assert_within_reference_error(got[0], ref64[0], ref_half[0])
+    for key in got[1]:
+        assert got[1][key].dtype == dtype
+        assert_within_reference_error(got[1][key], ref64[1][key], ref_half[1][key])
 
 
 def gradcheck_inputs(bias_shape, residual, ln, ln_bias=True):
@@ -133,6 +197,7 @@ def gradcheck_inputs(bias_shape, residual, ln, ln_bias=True):
     return {n: (t.requires_grad_(True) if t is not None else None) for n, t in tensors.items()}
 
 
+@requires_cpp
 @pytest.mark.parametrize("bias_before_scale", [True, False])
 @pytest.mark.parametrize("bias_shape,residual,ln", [(None, False, False), ((3, 4), True, True),
                                                     ((2, 1, 3, 4), False, True), ((2, 2, 3, 4), True, False)])
@@ -151,6 +216,7 @@ def test_gradcheck_float64(bias_shape, residual, ln, bias_before_scale):
     assert torch.autograd.gradcheck(fn, tuple(t[n] for n in names))
 
 
+@requires_cpp
 def test_gradcheck_float64_seeded_masks():
     t = gradcheck_inputs((3, 4), True, True, ln_bias=False)
     names = [n for n in TENSOR_ARGS if t[n] is not None]
@@ -167,20 +233,39 @@ def test_gradcheck_float64_seeded_masks():
     assert torch.autograd.gradcheck(fn, tuple(t[n] for n in names))
 
 
-def test_seeded_masks_are_bit_identical_to_the_reference_hash():
+def test_gradcheck_float64_seeded_masks_small(fast_backend):
+    # Every backend (the Triton interpreter takes ~0.1 s a call, so a small problem); a fresh generator with the
+    # same seed per evaluation, so every gradcheck evaluation draws the same masks.
+    backend, device = fast_backend
+    tensors = case(9, 1, 2, 2, 3, 1, (3,), device=device)
+    names = [n for n in TENSOR_ARGS if tensors[n] is not None]
+
+    def fn(*args):
+        t = dict(zip(names, args))
+        return hf.lcd_attention(t["q"], t["k"], t["v"], t["bias"], residual=t["residual"], ln_weight=t["ln_weight"],
+                                ln_bias=t["ln_bias"], scale=0.6, dropkey_p=0.3, dropout_p=0.3,
+                                generator=torch.Generator().manual_seed(12345), backend=backend)
+
+    assert torch.autograd.gradcheck(fn, [tensors[n].clone().requires_grad_(True) for n in names])
+
+
+def test_seeded_masks_are_bit_identical_to_the_reference_hash(fast_backend):
     # With v = identity rows and no LayerNorm, the output exposes the dropout-scaled weights exactly.
+    backend, device = fast_backend
     batch, heads, lq, lk = 3, 2, 5, 7
     gen = torch.Generator().manual_seed(0)
     q, k = torch.randn(batch, heads, lq, 4, generator=gen), torch.randn(batch, heads, lk, 4, generator=gen)
     q, k = q.repeat(1, 1, 1, 2), k.repeat(1, 1, 1, 2)  # D = 8 >= Lk
     v = torch.zeros(batch, heads, lk, 8)
     v[..., :lk] = torch.eye(lk)
-    out = hf.lcd_attention(q, k, v, dropkey_p=0.5, dropout_p=0.5, generator=torch.Generator().manual_seed(31),
-                           backend="cpp").view(batch, lq, heads, 8).transpose(1, 2)[..., :lk]
+    out = hf.lcd_attention(q.to(device), k.to(device), v.to(device), dropkey_p=0.5, dropout_p=0.5,
+                           generator=torch.Generator().manual_seed(31),
+                           backend=backend).view(batch, lq, heads, 8).transpose(1, 2)[..., :lk].cpu()
     dropkey, dropout = attention_masks((batch, heads, lq, lk), 0.5, 0.5, torch.Generator().manual_seed(31))
     assert torch.equal(out == 0, dropout | (dropkey & ~dropkey.all(-1, keepdim=True)))
 
 
+@requires_cpp
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_dropout_rate_is_p(p):
     # Lk = 1: the single weight is 1, so an output is 0 exactly where dropout dropped it, else 1/(1-p).
@@ -194,6 +279,7 @@ def test_dropout_rate_is_p(p):
     assert abs(float(dropped.double().mean()) - p) < 5 * math.sqrt(p * (1 - p) / n)
 
 
+@requires_cpp
 @pytest.mark.parametrize("p", [0.2, 0.5])
 def test_dropkey_rate_is_p(p):
     # Lk = 2 with equal logits (q = 0) and v = (0, 1): out = 1 iff only key 0 is masked (probability p(1-p)).
@@ -205,6 +291,7 @@ def test_dropkey_rate_is_p(p):
     assert abs(rate - expected) < 5 * math.sqrt(expected * (1 - expected) / n)
 
 
+@requires_cpp
 def test_dropout_is_unbiased():
     # The same problem repeated over the batch gets independent masks; their mean output is the p = 0 output.
     reps, heads, lq, lk, dim = 4000, 2, 3, 5, 4
@@ -252,25 +339,31 @@ def test_empty_batch_gives_an_empty_output(backend):
 
 
 @pytest.mark.parametrize("dim", [5, 32])  # 32: whole vectors, where a contiguous head is read in place
-def test_non_contiguous_inputs_match_reference(dim):
+def test_non_contiguous_inputs_match_reference(fast_backend, dim):
     """q, k as HeLo passes them (heads of [B, L, H*D], read in place by the CPU kernels); v and the rest with a
     non-unit column stride (copied first)."""
+    backend, device = fast_backend
     gen = torch.Generator().manual_seed(5)
     batch, heads, lq, lk = 2, 3, 4, 6
-    q = torch.randn(batch, lq, heads, dim, generator=gen, dtype=torch.float64).transpose(1, 2)
-    k = torch.randn(batch, lk, heads, dim, generator=gen, dtype=torch.float64).transpose(1, 2)
-    v = torch.randn(batch, heads, dim, lk, generator=gen, dtype=torch.float64).transpose(2, 3)
-    bias = torch.randn(lk, lq, generator=gen, dtype=torch.float64).t()
-    residual = torch.randn(batch, heads * dim, lq, generator=gen, dtype=torch.float64).transpose(1, 2)
+
+    def draw(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device)
+
+    q = draw(batch, lq, heads, dim).transpose(1, 2)
+    k = draw(batch, lk, heads, dim).transpose(1, 2)
+    v = draw(batch, heads, dim, lk).transpose(2, 3)
+    bias = draw(lk, lq).t()
+    residual = draw(batch, heads * dim, lq).transpose(1, 2)
     tensors = dict(q=q, k=k, v=v, bias=bias, residual=residual, ln_weight=None, ln_bias=None)
     assert not any(t.is_contiguous() for t in (q, k, v, bias, residual))
-    out, grads, _ = run("cpp", tensors, dropkey_p=0.3, dropout_p=0.3)
+    out, grads, _ = run(backend, tensors, dropkey_p=0.3, dropout_p=0.3)
     ref_out, ref_grads, _ = run("reference", tensors, dropkey_p=0.3, dropout_p=0.3)
     assert_float64_close(out, ref_out)
     for arg in grads:
         assert_float64_close(grads[arg], ref_grads[arg])
 
 
+@requires_cpp
 def test_gradients_of_head_views_come_back_in_the_inputs_layout():
     """The CPU backward writes dq, dk, dv with the strides of q, k, v (heads of [B, L, H*D]), so autograd's
     transpose/view backward needs no copy; the fake kernel reports the same strides (what torch.compile plans)."""
@@ -308,6 +401,7 @@ def op_samples():
     return [full, bare, mixed]
 
 
+@requires_cpp
 @pytest.mark.parametrize("sample", [0, 1, 2])
 def test_opcheck_forward_and_backward_ops(sample):
     args = op_samples()[sample]
@@ -320,27 +414,48 @@ def test_opcheck_forward_and_backward_ops(sample):
     torch.library.opcheck(torch.ops.helo_fast.lcd_attention_bwd, bwd_args)
 
 
+@requires_cpp
 def test_no_grad_forward_saves_nothing():
     args = op_samples()[0]
     _, _, _, prob, ln_input = torch.ops.helo_fast.lcd_attention_fwd(*args, False)
     assert prob.numel() == 0 and ln_input.numel() == 0
 
 
-def test_forward_without_gradients_matches_reference_and_tracks_nothing():
+def test_forward_without_gradients_matches_reference_and_tracks_nothing(fast_backend):
     # Without any input needing a gradient the wrapper calls the kernel below autograd.
-    tensors = case(12, 2, 4, 18, 18, 32, (18, 18))
+    backend, device = fast_backend
+    tensors = case(12, 2, 4, 18, 18, 32, (18, 18), device=device)
     kwargs = dict(residual=tensors["residual"], ln_weight=tensors["ln_weight"], ln_bias=tensors["ln_bias"])
     ref = hf.lcd_attention(tensors["q"], tensors["k"], tensors["v"], tensors["bias"], backend="reference", **kwargs)
-    out = hf.lcd_attention(tensors["q"], tensors["k"], tensors["v"], tensors["bias"], backend="cpp", **kwargs)
+    out = hf.lcd_attention(tensors["q"], tensors["k"], tensors["v"], tensors["bias"], backend=backend, **kwargs)
     assert not out.requires_grad and out.grad_fn is None
     assert_float64_close(out, ref)
     q = tensors["q"].clone().requires_grad_(True)
     with torch.no_grad():
-        out_no_grad = hf.lcd_attention(q, tensors["k"], tensors["v"], tensors["bias"], backend="cpp", **kwargs)
+        out_no_grad = hf.lcd_attention(q, tensors["k"], tensors["v"], tensors["bias"], backend=backend, **kwargs)
     assert not out_no_grad.requires_grad
     assert_float64_close(out_no_grad, ref)
 
 
+@pytest.mark.compile
+@pytest.mark.slow
+def test_torch_compile_aot_eager_fullgraph_traces_the_op(fast_backend):
+    backend, device = fast_backend
+    tensors = case(12, 2, 2, 3, 4, 2, (2, 1, 3, 4), device=device)
+    q = tensors["q"].clone().requires_grad_(True)
+
+    def fn(q):
+        return hf.lcd_attention(q, tensors["k"], tensors["v"], tensors["bias"], residual=tensors["residual"],
+                                ln_weight=tensors["ln_weight"], ln_bias=tensors["ln_bias"], backend=backend,
+                                check_finite=False).pow(2).sum()
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    expected, got = fn(q), compiled(q)
+    assert_float64_close(got, expected)
+    assert_float64_close(torch.autograd.grad(got, q)[0], torch.autograd.grad(expected, q)[0])
+
+
+@requires_cpp
 @pytest.mark.compile
 @pytest.mark.slow
 def test_torch_compile_fullgraph_matches_eager():
@@ -363,6 +478,7 @@ def test_torch_compile_fullgraph_matches_eager():
         torch.testing.assert_close(a.grad, b.grad)
 
 
+@requires_cpp
 @pytest.mark.compile
 @pytest.mark.slow
 def test_torch_compile_seeded_masks_do_not_recompile_per_seed():
@@ -384,6 +500,7 @@ def test_torch_compile_seeded_masks_do_not_recompile_per_seed():
     assert not torch.equal(first, second)
 
 
+@requires_cpp
 @pytest.mark.parametrize("change,error,match", [
     (dict(k=torch.randn(2, 2, 4, 6)), ValueError, "k must have shape"),
     (dict(bias=torch.randn(5, 4)), ValueError, "bias must be broadcastable"),
@@ -409,6 +526,7 @@ def test_bad_inputs_raise_before_the_kernel(change, error, match):
                          **kwargs)
 
 
+@requires_cpp
 def test_op_rejects_inconsistent_shapes():
     q, k = torch.randn(2, 2, 3, 5), torch.randn(2, 2, 4, 5)
     with pytest.raises(RuntimeError, match="k and v must be"):
@@ -416,30 +534,32 @@ def test_op_rejects_inconsistent_shapes():
                                               0.5, 0.0, 0.0, -1e12, 1e-5, True, torch.tensor([0]), False)
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available() or not _ext.has_cuda_kernels(), reason="needs CUDA and the CUDA kernels")
+# HeLo's batch on CUDA (the CPU runs the same shapes at a small batch above).
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", list(HELO_SHAPES) + ["lq_ne_lk_d6"])
-def test_cuda_matches_reference(name, dtype):
-    batch, heads, lq, lk, dim, bias_shape = {**HELO_SHAPES, **ODD_SHAPES}[name]
-    tensors64 = case(12, batch, heads, lq, lk, dim, bias_shape)
-    on_cuda = {n: (t.to("cuda", dtype) if t is not None else None) for n, t in tensors64.items()}
+def test_helo_batch_on_cuda_matches_reference(fast_backend, name, dtype):
+    backend, device = fast_backend
+    if device != CUDA:
+        pytest.skip("runs on CUDA only")
+    _, heads, lq, lk, dim, bias_shape = {**HELO_SHAPES, **ODD_SHAPES}[name]
+    tensors64 = case(12, 128, heads, lq, lk, dim, bias_shape, device=device)
     same_precision = {n: (t.to(dtype) if t is not None else None) for n, t in tensors64.items()}
     kwargs = dict(dropkey_p=0.5, dropout_p=0.3)
-    out, grads, next_draw = run("cpp", on_cuda, seed=13, **kwargs)
+    out, grads, next_draw = run(backend, same_precision, seed=13, **kwargs)
     ref64, ref_grads64, ref_next_draw = run("reference", tensors64, seed=13, **kwargs)
     assert next_draw == ref_next_draw
     if dtype == torch.float64:
-        assert_float64_close(out.cpu(), ref64)
+        assert_float64_close(out, ref64)
         for arg in grads:
-            assert_float64_close(grads[arg].cpu(), ref_grads64[arg])
+            assert_float64_close(grads[arg], ref_grads64[arg])
         return
     ref_low, ref_grads_low, _ = run("reference", same_precision, seed=13, **kwargs)
-    assert_within_reference_error(out.cpu(), ref64, ref_low)
+    assert_within_reference_error(out, ref64, ref_low)
     for arg in grads:
-        assert_within_reference_error(grads[arg].cpu(), ref_grads64[arg], ref_grads_low[arg])
+        assert_within_reference_error(grads[arg], ref_grads64[arg], ref_grads_low[arg])
 
 
+@requires_cpp
 @pytest.mark.slow
 @pytest.mark.parametrize("isa", ["default", "avx2"])
 def test_every_cpu_instruction_set_variant_matches_reference(isa):
@@ -463,3 +583,42 @@ def test_every_cpu_instruction_set_variant_matches_reference(isa):
         "    torch.testing.assert_close(out32, ref32, rtol=1e-4, atol=1e-4)\n"
     )
     run_under_isa(isa, script)
+
+
+# ------------------------------------------------------------------------------------------------ the Triton op only
+
+def triton_params():
+    """The Triton device (cpu under the interpreter, else cuda), marked `triton`; each test skips, saying why, where
+    the Triton backend cannot run."""
+    (param,) = triton_devices()
+    return [pytest.param(param.values[0], id=f"triton-{param.values[0].type}", marks=[pytest.mark.triton, *param.marks])]
+
+
+@pytest.mark.parametrize("device", triton_params())
+@pytest.mark.parametrize("seed", [0, 1, 977, 2**31 - 2])
+@pytest.mark.parametrize("stream", [_rng.STREAM_DROPKEY, _rng.STREAM_DROPOUT])
+def test_triton_in_kernel_hash_is_bit_identical_to_rng(seed, stream, device):
+    skip_unless_backend("triton", OP, device)
+    from helo_fast.kernels import mask_hash as triton_mask_hash
+
+    shape = (3, 4, 37, 41)
+    assert torch.equal(triton_mask_hash.hash_uniform(seed, shape, stream, device=device),
+                       _rng.hash_uniform(seed, shape, stream, device=device))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", triton_params())
+def test_triton_opcheck_custom_ops(device):
+    skip_unless_backend("triton", OP, device)
+    tensors = case(10, 2, 2, 3, 4, 2, (4,), device=device)
+    t = {key: (x.clone().requires_grad_(True) if x is not None else None) for key, x in tensors.items()}
+    seed = torch.tensor([7])  # on the CPU, as lcd_attention passes it
+    mask = (torch.rand(2, 2, 3, 4, generator=torch.Generator().manual_seed(1)) < 0.5).to(device)
+    ops = torch.ops.helo_fast
+    args = (t["q"], t["k"], t["v"], t["bias"], t["residual"], t["ln_weight"], t["ln_bias"], mask, None, seed, 0.5,
+            0.0, 0.3, 1e-5, False)
+    torch.library.opcheck(ops.triton_lcd_attention_fwd, args)
+    out = ops.triton_lcd_attention_fwd(*args)
+    bwd_args = (torch.randn_like(out), *[x.detach() if x is not None else None for x in args[:6]], mask, None, seed,
+                0.5, 0.0, 0.3, 1e-5, False)
+    torch.library.opcheck(ops.triton_lcd_attention_bwd, bwd_args)

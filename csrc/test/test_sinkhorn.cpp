@@ -25,10 +25,11 @@ int main() {
                                         const at::Tensor&, const at::Tensor&, double)>();
   auto ipot = dispatcher.findSchemaOrThrow("helo_fast::ipot_fwd", "")
                   .typed<Triple(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, int64_t, bool)>();
-  auto gw = dispatcher.findSchemaOrThrow("helo_fast::gromov_wasserstein_fwd", "")
-                .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-                    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, int64_t,
-                    int64_t, c10::string_view, bool)>();
+  auto gromov_wasserstein =
+      dispatcher.findSchemaOrThrow("helo_fast::gromov_wasserstein_fwd", "")
+          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, int64_t, int64_t,
+              c10::string_view, bool)>();
   at::manual_seed(0);
   const int64_t batch = 3, n = 5, m = 7;
   at::Tensor cost = at::rand({batch, n, m}, at::kDouble);
@@ -57,7 +58,7 @@ int main() {
   check((iplan.sum(1) - b).abs().max().item<double>() < 1e-12, "ipot_fwd column marginals");
 
   at::Tensor cs = at::rand({batch, n, n}, at::kDouble), ct = at::rand({batch, m, m}, at::kDouble);
-  at::Tensor gplan = std::get<0>(gw.call(cs, ct, a, b, 0.1, 5, 20, "ipot", false));
+  at::Tensor gplan = std::get<0>(gromov_wasserstein.call(cs, ct, a, b, 0.1, 5, 20, "ipot", false));
   check((gplan.sum(1) - b).abs().max().item<double>() < 1e-12 && gplan.isfinite().all().item<bool>(),
         "gromov_wasserstein_fwd plan");
 
