@@ -4,7 +4,7 @@ hypothesis draws the problem: B, n, m from 1 to 70; eps / beta from 1e-4 to 10; 
 shifted anywhere in [-range, range]; marginals uniform, random, with exact zeros or with entries down to 1e-30 of
 the others; n_iters 1 to 300 (GW: outer 1-6, inner 1-60); float32 and float64; grad "none" and "unrolled". The
 oracle (tests/ot_oracle.py) is a plain float64 log-domain loop written for these tests. Plans must be finite and
-within tests/tolerance.py's rule (assert_ot_close); gradients finite wherever the oracle's are, and within that
+within tests/tolerance.py's rule (assert_close_to_oracle); gradients finite wherever the oracle's are, and within that
 rule where the problem is well conditioned (ot_condition <= WELL_CONDITIONED).
 
 Size: HELO_SWEEP=ci (default, derandomized: the same examples every run, within CI's budget) or HELO_SWEEP=nightly
@@ -18,28 +18,19 @@ import os
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import helo_fast as hf
 from helo_fast import _backend, reference
 from devices import CPU
+from domain_sweep import sweep_settings
 from ot_oracle import batched
 import ot_oracle
-from tolerance import WELL_CONDITIONED, assert_ot_close, ot_condition
+from tolerance import WELL_CONDITIONED, assert_close_to_oracle, ot_condition
 
-SWEEP = os.environ.get("HELO_SWEEP", "ci")
-if SWEEP not in ("ci", "nightly"):
-    raise ValueError(f"HELO_SWEEP must be 'ci' or 'nightly', got {SWEEP!r}")
-SCALE = 1 if SWEEP == "ci" else 20
 # The oracle solves one problem at a time in Python: B x iterations is kept below this per example.
 ORACLE_WORK = 2400
-
-
-def sweep_settings(examples: int):
-    return settings(max_examples=examples * SCALE, deadline=None, derandomize=SWEEP == "ci",
-                    database=None if SWEEP == "ci" else settings.default.database,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 MARGINALS = ("uniform", "random", "zeros", "near_zeros")
@@ -132,7 +123,7 @@ def check(fn, ref_fn, oracle_fn, inputs, weight, dtype, grad, condition, reg, **
     out, grads = value_and_grads(lambda *x: fn(*x, grad=grad), low, weight, with_grad)
     assert out.dtype == dtype
     ref, ref_grads = (None, None) if dtype == torch.float64 else value_and_grads(ref_fn, low, weight, with_grad)
-    record("plan", condition, dtype, assert_ot_close(out, oracle, ref, condition), **labels)
+    record("plan", condition, dtype, assert_close_to_oracle(out, oracle, ref, condition), **labels)
     if not with_grad:
         return
     well = condition <= WELL_CONDITIONED
@@ -140,7 +131,7 @@ def check(fn, ref_fn, oracle_fn, inputs, weight, dtype, grad, condition, reg, **
                                                  natural_scales(oracle, weight, reg, inputs))):
         finite = torch.isfinite(o)
         assert bool(torch.isfinite(g)[finite].all()), f"gradient w.r.t. input {index} not finite where the oracle's is"
-        record(f"grad{index}", condition, dtype, assert_ot_close(g, o, r, condition, scale=scale, well_conditioned=well),
+        record(f"grad{index}", condition, dtype, assert_close_to_oracle(g, o, r, condition, scale=scale, well_conditioned=well),
                **labels)
 
 

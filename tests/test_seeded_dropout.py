@@ -1,22 +1,25 @@
 """seeded_dropout (HeLo's FFN dropout, masks from the counter hash of helo_fast._rng): the fast backends (cpp on the
 CPU and CUDA, triton; the ``fast_backend`` fixture) against the reference bit for bit, the mask statistics, gradients,
-validation and the modules."""
+validation and the modules, and a hypothesis sweep of the documented domain against a plain oracle."""
 import math
 
 import pytest
 import torch
 
 import helo_fast as hf
-from helo_fast import _ext
+from hypothesis import given
+from hypothesis import strategies as st
+
+from helo_fast import _rng
 from helo_fast import nn as fast_nn
 from helo_fast.reference import modules as reference_modules
 from helo_fast.reference.seeded_dropout import seeded_dropout as reference_dropout
 from cpu_isa import run_under_isa
-from devices import CPU, cpp_devices, seeded_weights
+from devices import CPU, cpp_devices, requires_cpp, seeded_weights, skip_unless_backend
+from domain_sweep import sweep_settings
 
 OP = "seeded_dropout"
 
-needs_cpp = pytest.mark.skipif(not _ext.has_cpp(), reason=f"C++ extension unavailable: {_ext.EXTENSION_ERROR}")
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 # HeLo's FFN dropout (B = 128: [2B, 2N, d]), the FFN's hidden width [2B, 2N, ffn_dim] (not under the Triton
 # interpreter: too slow), odd sizes, one element, nothing.
@@ -59,7 +62,7 @@ def test_matches_reference_bit_for_bit(fast_backend, dtype, shape, p):
     assert torch.equal(out, ref)
 
 
-@needs_cpp
+@requires_cpp
 @pytest.mark.slow
 @pytest.mark.parametrize("isa", ["default", "avx2"])
 def test_cpp_narrower_instruction_sets_match_reference(isa):
@@ -73,7 +76,7 @@ def test_cpp_narrower_instruction_sets_match_reference(isa):
         "    assert torch.equal(out, seeded_dropout(x, 0.3, generator=torch.Generator().manual_seed(2))), dtype\n"))
 
 
-@needs_cpp
+@requires_cpp
 @pytest.mark.parametrize("device", cpp_devices())
 def test_cpp_non_contiguous_input_and_non_finite_values(device):
     """A transposed view is dropped in its logical (row-major) order; dropped inf/NaN become 0 as in the reference."""
@@ -84,7 +87,7 @@ def test_cpp_non_contiguous_input_and_non_finite_values(device):
     assert torch.equal(out.nan_to_num(), ref.nan_to_num())
 
 
-@needs_cpp
+@requires_cpp
 @pytest.mark.parametrize("device", cpp_devices())
 @pytest.mark.parametrize("p", [0.2, 0.5])
 def test_mask_rate_and_unbiasedness(device, p):
@@ -99,7 +102,7 @@ def test_mask_rate_and_unbiasedness(device, p):
     assert abs(float(out.double().mean()) / 3.0 - 1.0) <= 5 * math.sqrt(p / (1 - p) / n)
 
 
-@needs_cpp
+@requires_cpp
 def test_masks_differ_between_seeds_and_repeat_for_the_same_seed():
     x = torch.ones(4096)
     first = torch.ops.helo_fast.seeded_dropout_fwd(x, seed_tensor(1), 0.5)
@@ -107,7 +110,7 @@ def test_masks_differ_between_seeds_and_repeat_for_the_same_seed():
     assert not torch.equal(first, torch.ops.helo_fast.seeded_dropout_fwd(x, seed_tensor(2), 0.5))
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=requires_cpp)])
 def test_identity_at_p0_and_in_eval(backend):
     x = draw((5, 6), torch.float32)
     gen = torch.Generator().manual_seed(3)
@@ -132,7 +135,7 @@ def test_gradient_is_the_same_mask_times_the_scale(fast_backend, layout, p, seed
     assert torch.equal(x.grad, torch.where(ref != 0, weight * (1.0 / (1.0 - p)), 0.0))
 
 
-@needs_cpp
+@requires_cpp
 def test_gradcheck_and_double_backward_float64():
     x = draw((4, 5), torch.float64).requires_grad_(True)
 
@@ -152,7 +155,7 @@ def test_opcheck(fast_backend, shape, p, seed):
     torch.library.opcheck(op, (x.clone().requires_grad_(), seed_tensor(seed), p))
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=requires_cpp)])
 def test_bad_inputs_raise_before_any_kernel(backend):
     x = torch.randn(3, 4)
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
@@ -177,7 +180,7 @@ def test_reference_module_is_an_nn_dropout_with_no_state():
         reference_modules.SeededDropout(1.0)
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp), "auto"])
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=requires_cpp), "auto"])
 def test_fused_module_matches_reference_module_and_converts_back(backend):
     x = draw((8, 16), torch.float32)
     fast = fast_nn.FusedDropout(0.5, backend=backend)
@@ -191,7 +194,7 @@ def test_fused_module_matches_reference_module_and_converts_back(backend):
     assert type(holder[0]) is reference_modules.SeededDropout
 
 
-@needs_cpp
+@requires_cpp
 @pytest.mark.slow
 @pytest.mark.compile
 def test_compile_fullgraph_forward_and_backward_without_recompiling_per_seed():
@@ -213,3 +216,70 @@ def test_compile_fullgraph_forward_and_backward_without_recompiling_per_seed():
     with torch._dynamo.config.patch(error_on_recompile=True):
         again = compiled(x)
     assert torch.equal(again, fn(x)) and not torch.equal(again, out)
+
+
+# ---- the documented domain (README "Valid domain"): any float tensor, p in [0, 1), any generator state -------------
+@st.composite
+def dropout_problems(draw, max_numel):
+    """Shape (0 to 4 dims, empty included), a layout (contiguous, transposed or strided view), p, dtype, seed."""
+    shape = draw(st.lists(st.integers(0, 40), min_size=0, max_size=4).filter(lambda s: math.prod(s) <= max_numel))
+    return dict(shape=tuple(shape), layout=draw(st.sampled_from(["contiguous", "transposed", "strided"])),
+                p=draw(st.one_of(st.just(0.0), st.floats(0.0, 0.999), st.sampled_from([0.1, 0.5, 0.9]))),
+                dtype=draw(st.sampled_from(DTYPES)), seed=draw(st.integers(0, 2**63 - 1)),
+                grad=draw(st.booleans()))
+
+
+def view_of(base, layout):
+    """``base`` itself, its transpose (of the last two dims), or every other element of its last dim."""
+    if layout == "transposed" and base.dim() >= 2:
+        return base.transpose(-1, -2)
+    if layout == "strided" and base.dim() >= 1:
+        return base[..., ::2]
+    return base
+
+
+def normal(shape, dtype, seed):
+    """Standard-normal values of any shape (0-dim included) in ``dtype``, drawn in float64 from ``seed``."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+
+
+def check_against_oracle(backend, problem):
+    base = normal(problem["shape"], problem["dtype"], seed=problem["seed"] % 1000)
+    x = view_of(base, problem["layout"]).detach().requires_grad_(problem["grad"])
+    p = problem["p"]
+    out = hf.seeded_dropout(x, p, generator=torch.Generator().manual_seed(problem["seed"]), backend=backend)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    # The oracle: the documented mask (the counter hash of the seed the generator gives first, row-major over x's
+    # shape) and x * 1/(1 - p) where kept, in x's dtype; the backends must match it bit for bit.
+    if p == 0.0:
+        expected = x.detach()
+    else:
+        seed = torch.randint(0, 2**31 - 1, (1,), generator=torch.Generator().manual_seed(problem["seed"]))
+        dropped = _rng.hash_uniform(int(seed), x.shape, _rng.STREAM_DROPOUT) < torch.tensor(p, dtype=torch.float32)
+        expected = torch.where(dropped, torch.zeros((), dtype=x.dtype), x.detach() * (1.0 / (1.0 - p)))
+    assert torch.equal(out.detach(), expected)
+    if problem["grad"] and x.numel():
+        upstream = normal(x.shape, x.dtype, seed=3)
+        (grad,) = torch.autograd.grad(out, x, upstream)
+        if p == 0.0:
+            assert torch.equal(grad, upstream)
+        else:
+            assert torch.equal(grad, torch.where(dropped, torch.zeros((), dtype=x.dtype), upstream * (1.0 / (1.0 - p))))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@sweep_settings(60)
+@given(problem=dropout_problems(max_numel=200_000))
+def test_matches_oracle_over_the_domain(backend, problem):
+    skip_unless_backend(backend, OP)
+    check_against_oracle(backend, problem)
+
+
+@pytest.mark.slow
+@pytest.mark.triton
+@sweep_settings(20)
+@given(problem=dropout_problems(max_numel=5_000))  # the Triton CPU interpreter: small tensors
+def test_triton_matches_oracle_over_the_domain(problem):
+    skip_unless_backend("triton", OP)
+    check_against_oracle("triton", problem)

@@ -60,7 +60,7 @@ def ot_condition(op: str, max_scaled_cost: float, n_iters: int, outer_iters: int
     return (base if op == "sinkhorn" else n_iters * base) * outer_iters
 
 
-def assert_ot_close(x: torch.Tensor, oracle: torch.Tensor, ref_same_precision, condition: float,
+def assert_close_to_oracle(x: torch.Tensor, oracle: torch.Tensor, ref_same_precision, condition: float,
                     scale: float = 0.0, well_conditioned: bool = True):
     """``x`` against the float64 ``oracle``, errors measured against max(max|oracle|, scale) (scale: the natural
     size of a gradient that vanishes in exact arithmetic). float64: FLOAT64_RTOL where well_conditioned, else
