@@ -12,8 +12,9 @@ import torch
 
 import helo_fast as hf
 from helo_fast import _ops, reference
-from devices import CUDA, cpp_devices, skip_on_the_triton_interpreter, skip_unless_backend
-from ot_cases import PARITY_DTYPES, SHAPES, assert_both_backward_paths, assert_parity, ot_problem
+from devices import CUDA, cpp_devices, seeded_weights, skip_on_the_triton_interpreter, skip_unless_backend
+from ot_cases import (PARITY_DTYPES, SHAPES, assert_both_backward_paths, assert_parity, ot_problem,
+                      skip_triton_low_precision_parity)
 from tolerance import assert_float64_close, assert_no_nan, assert_within_reference_error
 
 
@@ -36,6 +37,21 @@ class Solver:
         if backend == "reference":
             return self.reference(cost, a, b, **kwargs)
         return self.public(cost, a, b, backend=backend, **kwargs)
+
+    def plan_and_grads(self, backend, inputs64, dtype, weight, reg, n_iters):
+        """(plan, d cost, d a, d b) of sum(plan * weight) with the float64 ``inputs64`` cast to ``dtype``."""
+        inputs = [t.to(dtype).requires_grad_(True) for t in inputs64]
+        plan = self.run(backend, *inputs, reg=reg, n_iters=n_iters)
+        return (plan, *torch.autograd.grad((plan * weight.to(dtype)).sum(), inputs))
+
+    def assert_within_reference_error(self, backend, inputs64, dtype, weight, reg, n_iters):
+        """Plan and gradients of ``backend`` in ``dtype`` within 2x the reference's own error in ``dtype``."""
+        results = self.plan_and_grads(backend, inputs64, dtype, weight, reg, n_iters)
+        assert all(t.dtype == dtype for t in results)
+        for got, ref64, ref_same in zip(results, self.plan_and_grads("reference", inputs64, torch.float64, weight,
+                                                                     reg, n_iters),
+                                        self.plan_and_grads("reference", inputs64, dtype, weight, reg, n_iters)):
+            assert_within_reference_error(got, ref64, ref_same)
 
     def registered(self, backend):
         """(fwd, bwd) custom ops of ``backend``; the Triton bwd also takes the iteration count."""
@@ -67,9 +83,7 @@ def random_problem(seed, batch, n, m, uniform=False, device=torch.device("cpu"))
 def test_forward_and_gradients_match_reference(solver, fast_backend, shape, dtype, with_grad):
     backend, device = fast_backend
     skip_on_the_triton_interpreter(backend, device, big=max(shape) > 9)
-    if backend == "triton" and dtype != torch.float64:
-        pytest.skip("Triton solves float32 problems in float32 (the C++ op in float64 when it keeps a history): "
-                    "at this regularisation the 2x rule is chance; test_float32_within_reference_error checks it")
+    skip_triton_low_precision_parity(backend, dtype, instead="test_float32_within_reference_error")
     assert_parity(lambda *x: solver.run(backend, *x), lambda *x: solver.run("reference", *x),
                   ot_problem(sum(shape) + solver.seed_offset, *shape, device=device), dtype, with_grad=with_grad)
 
@@ -88,35 +102,18 @@ def test_float32_within_reference_error(solver, fast_backend):
     # reg=0.5: at 0.1, 20 iterations amplify each ulp of exp/log ~400x, and which of two equally
     # accurate float32 runs is ahead then varies with the seed (measured: ratios 0.5-2.7 either way).
     backend, device = fast_backend
-    cost64, a64, b64 = ot_problem(3, 16, 7, 5, device=device)
-    weight = torch.randn(16, 7, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(device)
-
-    def run(backend_, dtype):
-        inputs = [t.to(dtype).requires_grad_(True) for t in (cost64, a64, b64)]
-        plan = solver.run(backend_, *inputs, reg=0.5, n_iters=20)
-        return (plan, *torch.autograd.grad((plan * weight.to(dtype)).sum(), inputs))
-
-    for got, ref64, ref32 in zip(run(backend, torch.float32), run("reference", torch.float64),
-                                 run("reference", torch.float32)):
-        assert_within_reference_error(got, ref64, ref32)
+    weight = seeded_weights(2, 16, 7, 5, device=device)
+    solver.assert_within_reference_error(backend, ot_problem(3, 16, 7, 5, device=device), torch.float32, weight,
+                                         reg=0.5, n_iters=20)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_inputs_within_reference_error(solver, fast_backend, dtype):
     # Computed in float32 inside the kernel; plan and gradients returned in the input dtype.
     backend, device = fast_backend
-    cost64, a64, b64 = ot_problem(12, 4, 5, 6, device=device)
-    weight = torch.randn(4, 5, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64).to(device)
-
-    def run(backend_, dt):
-        inputs = [t.to(dt).requires_grad_(True) for t in (cost64, a64, b64)]
-        plan = solver.run(backend_, *inputs, reg=0.5, n_iters=5)
-        return (plan, *torch.autograd.grad((plan * weight.to(dt)).sum(), inputs))
-
-    results = run(backend, dtype)
-    assert all(t.dtype == dtype for t in results)
-    for got, ref64, ref_same in zip(results, run("reference", torch.float64), run("reference", dtype)):
-        assert_within_reference_error(got, ref64, ref_same)
+    weight = seeded_weights(4, 4, 5, 6, device=device)
+    solver.assert_within_reference_error(backend, ot_problem(12, 4, 5, 6, device=device), dtype, weight, reg=0.5,
+                                         n_iters=5)
 
 
 def test_extreme_regularisation_stays_finite(solver, fast_backend):
@@ -202,16 +199,10 @@ def test_helo_size_forward_and_backward_on_cuda(solver, fast_backend, dtype):
     backend, device = fast_backend
     if device != CUDA:
         pytest.skip("the HeLo size (B=128, 36x36) runs on CUDA only (the CPU runs it in the parity tests)")
-    cost64, a64, b64 = ot_problem(10, 128, 36, 36, device=device)
-    weight = torch.randn(128, 36, 36, generator=torch.Generator().manual_seed(20), dtype=torch.float64).to(device)
-
-    def run(backend_, dt):
-        inputs = [t.to(dt).requires_grad_(True) for t in (cost64, a64, b64)]
-        plan = solver.run(backend_, *inputs, reg=0.5, n_iters=20)  # reg: see test_float32_within_reference_error
-        return (plan, *torch.autograd.grad((plan * weight.to(dt)).sum(), inputs))
-
-    for got, ref64, ref_same in zip(run(backend, dtype), run("reference", torch.float64), run("reference", dtype)):
-        assert_within_reference_error(got, ref64, ref_same)
+    weight = seeded_weights(20, 128, 36, 36, device=device)
+    # reg 0.5: see test_float32_within_reference_error
+    solver.assert_within_reference_error(backend, ot_problem(10, 128, 36, 36, device=device), dtype, weight, reg=0.5,
+                                         n_iters=20)
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])

@@ -591,7 +591,8 @@ def triton_params():
     """The Triton device (cpu under the interpreter, else cuda), marked `triton`; each test skips, saying why, where
     the Triton backend cannot run."""
     (param,) = triton_devices()
-    return [pytest.param(param.values[0], id=f"triton-{param.values[0].type}", marks=[pytest.mark.triton, *param.marks])]
+    device = param.values[0]
+    return [pytest.param(device, id=f"triton-{device.type}", marks=[pytest.mark.triton, *param.marks])]
 
 
 @pytest.mark.parametrize("device", triton_params())

@@ -131,8 +131,8 @@ def check(fn, ref_fn, oracle_fn, inputs, weight, dtype, grad, condition, reg, **
                                                  natural_scales(oracle, weight, reg, inputs))):
         finite = torch.isfinite(o)
         assert bool(torch.isfinite(g)[finite].all()), f"gradient w.r.t. input {index} not finite where the oracle's is"
-        record(f"grad{index}", condition, dtype, assert_close_to_oracle(g, o, r, condition, scale=scale, well_conditioned=well),
-               **labels)
+        record(f"grad{index}", condition, dtype,
+               assert_close_to_oracle(g, o, r, condition, scale=scale, well_conditioned=well), **labels)
 
 
 SOLVERS = {"sinkhorn": (hf.sinkhorn, reference.sinkhorn, ot_oracle.sinkhorn, "eps"),

@@ -16,9 +16,9 @@ from ot_solver_suite import (  # noqa: F401
     test_extreme_regularisation_stays_finite, test_float32_within_reference_error,
     test_forward_and_gradients_match_reference, test_forward_float64_with_uniform_and_given_marginals_equals_reference,
     test_grad_none_saves_nothing_and_detaches, test_gradcheck, test_half_precision_inputs_within_reference_error,
-    test_helo_size_forward_and_backward_on_cuda, test_opcheck, test_problem_too_large_for_shared_memory_matches_reference,
-    test_small_regularisation_matches_reference, test_torch_compile_fullgraph_matches_eager,
-    test_uniform_marginals_and_non_contiguous_inputs)
+    test_helo_size_forward_and_backward_on_cuda, test_opcheck,
+    test_problem_too_large_for_shared_memory_matches_reference, test_small_regularisation_matches_reference,
+    test_torch_compile_fullgraph_matches_eager, test_uniform_marginals_and_non_contiguous_inputs)
 
 OP = "sinkhorn"
 
