@@ -2,7 +2,7 @@
 
 hypothesis draws the problem: B 1-6, H 1-8, Lq and Lk 1-40, D 1-140 (HeLo's D = 32 and 128 inside); bias absent or
 of every broadcastable shape, before or after the scale; residual and LayerNorm (with or without its bias) on or off;
-scale default or 0.01-10; input magnitudes 0.1-3; DropKey and dropout p in [0, 0.99) with masks drawn from the
+scale default or 0.01-10; input magnitudes 0.1-3; q, k, v contiguous or heads of [B, L, H*D]; DropKey and dropout p in [0, 0.99) with masks drawn from the
 generator or given; float64, float32 and bfloat16; with and without gradients. The oracle
 (tests/lcd_attention_oracle.py) is a plain float64 transcription of the documented definition. Outputs and
 gradients must be finite; float64 within 1e-10 of the oracle (relative to the largest oracle entry or the gradient's
@@ -44,7 +44,7 @@ def attention_problems(draw, max_len, max_dim):
                 scale=draw(st.one_of(st.none(), st.floats(-2, 1).map(lambda e: 10.0 ** e))),
                 magnitude=10.0 ** draw(st.floats(-1, 0.5)),
                 dropkey_p=draw(probability()), dropout_p=draw(probability()),
-                explicit_masks=draw(st.booleans()),
+                explicit_masks=draw(st.booleans()), head_views=draw(st.booleans()),
                 dtype=draw(st.sampled_from([torch.float64, torch.float32, torch.bfloat16])),
                 grad=draw(st.booleans()), seed=draw(st.integers(0, 2**31 - 1)))
 
@@ -62,9 +62,14 @@ def make_inputs(p):
     def draw(*shape, magnitude=1.0):
         return magnitude * torch.randn(*shape, generator=gen, dtype=torch.float64)
 
+    def heads_of(length, magnitude=1.0):
+        """[B, H, L, D]: contiguous, or the heads of a [B, L, H*D] tensor (HeLo's layout, read in place on CPU)."""
+        if p["head_views"]:
+            return draw(batch, length, heads, dim, magnitude=magnitude).transpose(1, 2)
+        return draw(batch, heads, length, dim, magnitude=magnitude)
+
     shape = bias_shape(p["bias"], batch, heads, lq, lk)
-    tensors = dict(q=draw(batch, heads, lq, dim, magnitude=p["magnitude"]),
-                   k=draw(batch, heads, lk, dim, magnitude=p["magnitude"]), v=draw(batch, heads, lk, dim),
+    tensors = dict(q=heads_of(lq, p["magnitude"]), k=heads_of(lk, p["magnitude"]), v=heads_of(lk),
                    bias=draw(*shape) if shape is not None else None,
                    residual=draw(batch, lq, heads * dim) if p["residual"] else None,
                    ln_weight=1 + 0.3 * draw(heads * dim) if p["ln"] != "none" else None,
@@ -89,7 +94,8 @@ UPSTREAM_SIZE = 1.0  # the scale of upstream_weight's entries
 
 def run(backend, p, tensors, dropkey, dropout, dtype):
     """Output and gradients (of sum(out * w), w fixed) of ``backend`` on ``tensors`` cast to ``dtype``."""
-    leaves = {n: (t.to(dtype).requires_grad_(p["grad"]) if t is not None else None) for n, t in tensors.items()}
+    leaves = {n: (t.detach().to(dtype).requires_grad_(p["grad"]) if t is not None else None)
+              for n, t in tensors.items()}
     masks = dict(dropkey_mask=dropkey, dropout_mask=dropout) if p["explicit_masks"] else \
         dict(generator=torch.Generator().manual_seed(p["seed"]))
     out = hf.lcd_attention(leaves["q"], leaves["k"], leaves["v"], leaves["bias"], residual=leaves["residual"],

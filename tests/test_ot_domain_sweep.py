@@ -206,6 +206,21 @@ def structure(gen, batch, n, scale):
 @sweep_settings(50)
 @given(p=gw_problems())
 def test_gromov_wasserstein_matches_oracle_over_the_domain(backend, p):
+    run_gromov_wasserstein(backend, p)
+
+
+@pytest.mark.slow
+@pytest.mark.triton
+@sweep_settings(10)
+@given(p=gw_problems(max_size=6, max_batch=2))
+def test_triton_gromov_wasserstein_matches_oracle_over_the_domain(p):
+    reason = _backend.unavailable_reason("triton", CPU, "gromov_wasserstein")
+    if reason is not None:
+        pytest.skip(reason)
+    run_gromov_wasserstein("triton", p)
+
+
+def run_gromov_wasserstein(backend, p):
     gen = torch.Generator().manual_seed(p["seed"])
     # (max cs + max ct)^2 bounds the linearised cost (HELO_SPEC §4.4); cosine distances are at most 2.
     scale = math.sqrt(p["scaled_range"] * p["reg"]) / 4
