@@ -15,6 +15,7 @@ import torch
 from crafted import WritesMarker, with_header
 from helo_fast.checkpoint import LEGACY_MAGIC, load_checked, previous_path
 from helo_fast.cli import main
+from sigint import default_sigint_in_child
 from test_train import CLI_DATA, CLI_MODEL
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,7 +158,8 @@ def test_ctrl_c_exits_130_with_one_line_and_the_checkpoint_intact(tmp_path):
             "--checkpoint-dir", str(run)]
     # Warnings the training may print are not this test's subject: the interrupt's own output is.
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path),
+                            preexec_fn=default_sigint_in_child)
     try:
         deadline = time.monotonic() + 120
         while not os.path.exists(previous_path(str(run / "checkpoint.pt"))):  # two checkpoints written

@@ -13,11 +13,12 @@ import torch
 
 import helo_fast as hf
 from helo_fast import _ext, reference
+from sigint import default_sigint_in_child, sigint_raises_keyboard_interrupt  # noqa: F401  (a fixture)
 from test_train import CLI_DATA, CLI_MODEL
 
 # One xdist worker runs them one after another: they time how fast a signal stops a call.
 pytestmark = [pytest.mark.skipif(not _ext.has_cpp(), reason=_ext.EXTENSION_ERROR or ""),
-              pytest.mark.xdist_group("timing")]
+              pytest.mark.xdist_group("timing"), pytest.mark.usefixtures("sigint_raises_keyboard_interrupt")]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WITHIN_S = 1.0   # the "within about a second"
@@ -153,7 +154,8 @@ def test_ctrl_c_during_an_ot_call_of_the_cli_exits_130(tmp_path):
     argv = [sys.executable, "-c", CLI_WATCHING_OT, "train", *CLI_DATA, *CLI_MODEL, "--config", f"inner_iters={10**9}",
             "--epochs", "1", "--quiet", "--no-baselines", "--threads", "1"]
     env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path),
+                            preexec_fn=default_sigint_in_child)
     try:
         assert proc.stdout.readline() == "ot call\n", proc.stderr.read() if proc.poll() is not None else ""
         time.sleep(DELAY_S)
