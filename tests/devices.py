@@ -79,8 +79,15 @@ def fast_backend_params():
     """The parameters of the ``fast_backend`` fixture: (backend, device) for cpp on cpu and cuda, and triton on the
     device of ``triton_devices()``, with their marks (cuda / triton)."""
     cuda = _cuda_param()
-    (triton,) = triton_devices()
+    (triton,) = triton_backend_devices()
     return [pytest.param(("cpp", CPU), id="cpp-cpu"),
             pytest.param(("cpp", CUDA), id="cpp-cuda", marks=cuda.marks),
-            pytest.param(("triton", triton.values[0]), id=f"triton-{triton.values[0].type}",
-                         marks=[pytest.mark.triton, *triton.marks])]
+            pytest.param(("triton", triton.values[0]), id=triton.id, marks=triton.marks)]
+
+
+def triton_backend_devices():
+    """The Triton device as a test parameter (cpu under the interpreter, else cuda), marked `triton`, with the id
+    ``fast_backend`` gives it; a test skips, saying why, where the Triton backend cannot run."""
+    (param,) = triton_devices()
+    device = param.values[0]
+    return [pytest.param(device, id=f"triton-{device.type}", marks=[pytest.mark.triton, *param.marks])]

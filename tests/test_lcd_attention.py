@@ -16,7 +16,7 @@ from helo_fast import _rng
 from helo_fast.reference.lcd_attention import attention_masks
 from lcd_attention_cases import attention_case
 from cpu_isa import run_under_isa
-from devices import CPU, CUDA, requires_cpp, skip_unless_backend, triton_devices
+from devices import CPU, CUDA, requires_cpp, skip_unless_backend, triton_backend_devices
 from tolerance import assert_float64_close, assert_no_nan, assert_within_reference_error
 
 OP = "lcd_attention"
@@ -587,15 +587,7 @@ def test_every_cpu_instruction_set_variant_matches_reference(isa):
 
 # ------------------------------------------------------------------------------------------------ the Triton op only
 
-def triton_params():
-    """The Triton device (cpu under the interpreter, else cuda), marked `triton`; each test skips, saying why, where
-    the Triton backend cannot run."""
-    (param,) = triton_devices()
-    device = param.values[0]
-    return [pytest.param(device, id=f"triton-{device.type}", marks=[pytest.mark.triton, *param.marks])]
-
-
-@pytest.mark.parametrize("device", triton_params())
+@pytest.mark.parametrize("device", triton_backend_devices())
 @pytest.mark.parametrize("seed", [0, 1, 977, 2**31 - 2])
 @pytest.mark.parametrize("stream", [_rng.STREAM_DROPKEY, _rng.STREAM_DROPOUT])
 def test_triton_in_kernel_hash_is_bit_identical_to_rng(seed, stream, device):
@@ -608,7 +600,7 @@ def test_triton_in_kernel_hash_is_bit_identical_to_rng(seed, stream, device):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("device", triton_params())
+@pytest.mark.parametrize("device", triton_backend_devices())
 def test_triton_opcheck_custom_ops(device):
     skip_unless_backend("triton", OP, device)
     tensors = case(10, 2, 2, 3, 4, 2, (4,), device=device)

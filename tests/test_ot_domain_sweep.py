@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import helo_fast as hf
 from helo_fast import _backend, reference
-from devices import CPU
+from devices import CPU, skip_unless_backend
 from domain_sweep import sweep_settings
 from ot_oracle import batched
 import ot_oracle
@@ -214,9 +214,7 @@ def test_gromov_wasserstein_matches_oracle_over_the_domain(backend, p):
 @sweep_settings(10)
 @given(p=gw_problems(max_size=6, max_batch=2))
 def test_triton_gromov_wasserstein_matches_oracle_over_the_domain(p):
-    reason = _backend.unavailable_reason("triton", CPU, "gromov_wasserstein")
-    if reason is not None:
-        pytest.skip(reason)
+    skip_unless_backend("triton", "gromov_wasserstein")
     run_gromov_wasserstein("triton", p)
 
 
