@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = ["train", *CLI_DATA, *CLI_MODEL, "--epochs", "1", "--quiet", "--no-baselines", "--threads", "1"]
 
 
-def run_cli(args, cwd, env=None, timeout=120):
+def run_cli(args, cwd, env=None, timeout=900):
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "helo_fast", *args], capture_output=True, text=True, env=env,
                           cwd=str(cwd), timeout=timeout)
@@ -161,12 +161,12 @@ def test_ctrl_c_exits_130_with_one_line_and_the_checkpoint_intact(tmp_path):
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path),
                             preexec_fn=default_sigint_in_child)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 900
         while not os.path.exists(previous_path(str(run / "checkpoint.pt"))):  # two checkpoints written
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
+        stdout, stderr = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()

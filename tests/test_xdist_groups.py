@@ -25,7 +25,7 @@ def test_xdist_group_keeps_a_group_on_one_worker(tmp_path):
     env = {**os.environ, "WORKER_LOG": str(tmp_path / "workers")}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadgroup", "-p",
                            "no:cacheprovider", "test_grouped.py"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=1800)
     assert done.returncode == 0, done.stdout + done.stderr
     workers = (tmp_path / "workers").read_text().split()
     assert len(workers) == 8 and len(set(workers)) == 1, f"one group ran on workers {sorted(set(workers))}"
