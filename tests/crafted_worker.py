@@ -52,8 +52,23 @@ def _loaders():
         from helo_fast.data.wesad import read_quest_csv
         read_quest_csv(file)
 
+    def run_cli(file):
+        """``file`` holds a JSON argv of ``helo-fast``: returns its exit status and what it wrote to stderr."""
+        import contextlib
+        import io
+        from helo_fast.cli import main
+        with open(file) as fh:
+            argv = json.load(fh)
+        err, out = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            try:
+                rc = main(argv)
+            except SystemExit as exc:
+                rc = exc.code
+        return {"rc": rc, "stderr": err.getvalue()[-3000:]}
+
     return {"pickle": (load_pickle, pickle.UnpicklingError), "checkpoint": (load_checkpoint, None),
-            "model": (load_model, None), "mat": (load_mat, ValueError), "csv": (load_csv, ValueError)}
+            "model": (load_model, None), "mat": (load_mat, ValueError), "csv": (load_csv, ValueError), "cli": (run_cli, None)}
 
 
 def _cap_address_space(headroom: int) -> None:
@@ -74,8 +89,7 @@ def main(family, files):
     for file in files:
         print(json.dumps({"start": file}), flush=True)
         try:
-            loader(file)
-            record = {"file": file, "outcome": "ok"}
+            record = {"file": file, "outcome": "ok", "detail": loader(file)}
         except BaseException as exc:  # noqa: B902  (the caller judges the class)
             record = {"file": file, "outcome": "error", "type": type(exc).__name__,
                       "classes": [c.__name__ for c in type(exc).__mro__], "message": str(exc)[:2000]}
