@@ -41,6 +41,7 @@ from .metrics import LOWER_IS_BETTER, METRIC_NAMES, edl_metrics
 from .models import HeLo, HeLoConfig, helo_loss
 from .precision import autocast, check_precision, grad_scaler
 from .resume_state import check_run_state, check_split_state
+from .run_dir import claim_run_dir
 from .train_config import TRAIN_DTYPES, TrainConfig, resolve_device
 
 CHECKPOINT_FORMAT = "helo_fast-train-v2"
@@ -417,7 +418,18 @@ class Experiment:
 
     def run(self) -> dict:
         """Train/evaluate every split (resuming when asked); return the summary dict (also written
-        to ``output_json`` when set)."""
+        to ``output_json`` when set). The checkpoint directory is locked for the whole run, and one that holds
+        another run is refused unless ``resume`` or ``overwrite`` (see ``run_dir``)."""
+        lock = None
+        if self._writes_checkpoints():
+            lock = claim_run_dir(self.cfg.checkpoint_dir, resume=self.cfg.resume, overwrite=self.cfg.overwrite)
+        try:
+            return self._run()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self) -> dict:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         if self._writes_checkpoints():   # temp files of killed saves (checkpoints are ~3x the model each)

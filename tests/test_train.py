@@ -190,7 +190,8 @@ def test_train_and_eval_command_line(tmp_path, capsys):
     assert "HeLo" in printed and "train mean" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"] == "kfold" and results["n_splits"] == 2
-    assert sorted(os.listdir(out)) == ["checkpoint.pt", "checkpoint.pt.prev", "model_0.pt", "model_1.pt", "results.json"]
+    assert sorted(os.listdir(out)) == [".helo-fast.lock", "checkpoint.pt", "checkpoint.pt.prev", "model_0.pt",
+                                       "model_1.pt", "results.json"]
     assert main(["eval", *CLI_DATA, "--checkpoint-dir", str(out), "--output-json", str(tmp_path / "e.json"),
                  "--quiet"]) == 0
     assert main(["eval", "--synthetic-subjects", "3", "--checkpoint-dir", str(out), "--quiet"]) == 2
