@@ -42,6 +42,7 @@ from .models import HeLo, HeLoConfig, helo_loss
 from .precision import autocast, check_precision, grad_scaler
 from .resume_state import check_run_state, check_split_state
 from .run_dir import claim_run_dir
+from .saved_model import build_saved_model, check_saved_model
 from .train_config import TRAIN_DTYPES, TrainConfig, resolve_device
 
 CHECKPOINT_FORMAT = "helo_fast-train-v2"
@@ -410,7 +411,7 @@ class Experiment:
         if self._writes_checkpoints() and cfg.save_models:
             atomic_save({"format": MODEL_FORMAT, "model_config": self.model_config.to_dict(),
                          "state_dict": model.state_dict(), "split": split.name, "dataset": self.dataset.name,
-                         "dataset_rows": len(self.dataset),
+                         "dataset_rows": len(self.dataset), "dataset_sha256": dataset_digest(self.dataset),
                          "train_rows": split.train, "test_rows": split.test, "batch_size": cfg.batch_size, "dtype": cfg.dtype,
                          "precision": cfg.precision},
                         os.path.join(self.cfg.checkpoint_dir, f"model_{index}.pt"), keep_previous=False)
@@ -520,22 +521,16 @@ def evaluate_saved_models(dataset: EmotionDataset, files: List[str], device: str
     """
     dev = resolve_device(device)
     results = []
+    sha = dataset_digest(dataset)
     for file in files:
         saved = load_checked(file)
-        if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
-            raise ValueError(f"{file!r} is not a model file written by `helo-fast train` (model_<i>.pt)")
-        if saved["dataset"] != dataset.name or saved["dataset_rows"] != len(dataset):
-            raise ValueError(f"{file!r} was trained on {saved['dataset']} ({saved['dataset_rows']} rows), not on "
-                             f"{dataset.name} ({len(dataset)} rows): pass the dataset options used for training")
-        config = HeLoConfig(**saved["model_config"])
-        dtype = TRAIN_DTYPES[saved.get("dtype", "float32")]
+        config, dtype = check_saved_model(saved, file, sha, len(dataset), MODEL_FORMAT)
         file_precision = precision or saved.get("precision", "32")
         try:
             check_precision("precision", file_precision, dev, saved.get("dtype", "float32"))
         except ValueError as exc:
             raise ValueError(f"{file!r}: {exc}") from None
-        model = HeLo(config).to(dev, dtype)
-        model.load_state_dict(saved["state_dict"])
+        model = build_saved_model(saved, config, file, dev, dtype)
         x_train, x_test = standardize(dataset.features[saved["train_rows"]], dataset.features[saved["test_rows"]])
         y_test = torch.from_numpy(dataset.labels[saved["test_rows"]]).to(dev, dtype)
         metrics = evaluate(model, torch.from_numpy(x_test).to(dev, dtype), y_test, saved["batch_size"],

@@ -40,10 +40,6 @@ def _loaders():
         from helo_fast.checkpoint import load_checked
         load_checked(file)
 
-    def load_model(file):
-        from helo_fast.train import load_saved_model
-        load_saved_model(file)
-
     def load_mat(file):
         from helo_fast.data.dmer import load_dmer_subject
         load_dmer_subject(file)
@@ -68,7 +64,7 @@ def _loaders():
         return {"rc": rc, "stderr": err.getvalue()[-3000:]}
 
     return {"pickle": (load_pickle, pickle.UnpicklingError), "checkpoint": (load_checkpoint, None),
-            "model": (load_model, None), "mat": (load_mat, ValueError), "csv": (load_csv, ValueError), "cli": (run_cli, None)}
+            "mat": (load_mat, ValueError), "csv": (load_csv, ValueError), "cli": (run_cli, None)}
 
 
 def _cap_address_space(headroom: int) -> None:

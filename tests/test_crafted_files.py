@@ -237,3 +237,46 @@ def test_temp_files_are_exclusive_cleaned_and_named(tmp_path, monkeypatch):
         stale.write_bytes(b"x" * 10)
     removed = atomic_files.remove_stale_temps(str(tmp_path))
     assert sorted(removed) == sorted([str(dead), str(legacy)]) and mine.exists()
+
+
+MODEL_CASES = {
+    "d-model-65536": (("model_config", "d_model"), 65536, "model_config.d_model"),
+    "outer-iters-2-to-31": (("model_config", "outer_iters"), 2**31 - 1, "model_config.outer_iters"),
+    "inner-iters-a-float": (("model_config", "inner_iters"), 2.5, "model_config.inner_iters"),
+    "config-unknown-key": (("model_config", "bogus"), 1, "field model_config"),
+    "config-a-list": (("model_config",), [], "field model_config"),
+    "weight-of-wrong-shape": (("state_dict",), "shrink-first", "field state_dict."),
+    "weights-a-list": (("state_dict",), [], "field state_dict"),
+    "test-rows-past-the-data": (("test_rows",), np.array([10**6]), "field test_rows"),
+    "test-rows-floats": (("test_rows",), np.array([0.5]), "field test_rows"),
+    "train-rows-missing": (("train_rows",), DELETE, "field train_rows"),
+    "batch-size-zero": (("batch_size",), 0, "field batch_size"),
+    "dtype-unknown": (("dtype",), "float16x", "field dtype"),
+    "precision-unknown": (("precision",), "fp8", "field precision"),
+    "split-an-int": (("split",), 3, "field split"),
+    "other-data": (("dataset_sha256",), "0" * 64, "trained on other data"),
+}
+
+
+def test_model_file_mutations_exit_2_naming_the_file(trained, tmp_path):
+    """Issue 25 item 3: a model file may not ask for more than FILE_CONFIG_CAPS (before: d_model=65536 made
+    eval allocate 7 GB, outer_iters=2**31-1 ran forever), and every field is checked (type, range, shape)."""
+    run, _ = trained
+    saved = load_checked(str(run / "base" / "model_0.pt"))
+    argv_files = {}
+    for name, (path, value, _) in MODEL_CASES.items():
+        if isinstance(value, str) and value == "shrink-first":
+            first = next(iter(saved["state_dict"]))
+            path, value = ("state_dict", first), torch.zeros(1)
+        model_file = tmp_path / f"{name}.pt"
+        atomic_save(_set(saved, path, value), str(model_file), keep_previous=False)
+        argv = tmp_path / f"{name}.json"
+        argv.write_text(json.dumps(["eval", *CLI_DATA, "--model", str(model_file), "--quiet", "--threads", "1"]))
+        argv_files[name] = (argv, str(model_file))
+    outcomes = load_in_child("cli", [a for a, _ in argv_files.values()], timeout=300)
+    for name, (argv, model_file) in argv_files.items():
+        outcome = outcomes[str(argv)]
+        assert outcome["outcome"] == "ok", (name, outcome)
+        rc, lines = outcome["detail"]["rc"], outcome["detail"]["stderr"].strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith("helo-fast: error: "), (name, outcome)
+        assert model_file in lines[0] and MODEL_CASES[name][2] in lines[0], (name, lines[0])
