@@ -280,3 +280,50 @@ def test_model_file_mutations_exit_2_naming_the_file(trained, tmp_path):
         rc, lines = outcome["detail"]["rc"], outcome["detail"]["stderr"].strip().splitlines()
         assert rc == 2 and len(lines) == 1 and lines[0].startswith("helo-fast: error: "), (name, outcome)
         assert model_file in lines[0] and MODEL_CASES[name][2] in lines[0], (name, lines[0])
+
+
+def _data_files(tmp_path):
+    """Mutations of a valid DMER .mat and WESAD questionnaire CSV: name -> (family, path)."""
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(0)
+    good = tmp_path / "good.mat"
+    savemat(str(good), {"feas": rng.normal(size=(6, 913)), "vids": np.arange(6) % 2 + 1,
+                        "dis_label": rng.random((2, 10)) + 0.1}, do_compression=True)
+    files = {}
+    for name, data in _byte_mutations(good.read_bytes(), seed=1).items():
+        files[f"mat-{name}"] = ("mat", tmp_path / f"{name}.mat", data)
+    bomb = tmp_path / "bomb.mat"   # ~150 KB declaring 1.1 GB of float64 features (issue: 1 MB -> 1.9 GiB)
+    savemat(str(bomb), {"feas": np.zeros((150_000, 913), dtype=np.uint8), "vids": np.ones(150_000),
+                        "dis_label": np.ones((1, 10))}, do_compression=True)
+    files["mat-zlib-bomb"] = ("mat", bomb, None)
+    cell = tmp_path / "cell.mat"
+    savemat(str(cell), {"feas": np.array([["a"], ["b"]], dtype=object), "vids": [1], "dis_label": np.ones((1, 10))})
+    files["mat-feas-a-cell"] = ("mat", cell, None)
+    quest = ("# Subj;S2\n# ORDER;Base;TSST;Medi 1;Fun;Medi 2\n"
+             + "".join("# PANAS;" + ";".join(["3"] * 24) + "\n" for _ in range(5))).encode()
+    for name, data in _byte_mutations(quest, seed=2).items():
+        files[f"csv-{name}"] = ("csv", tmp_path / f"{name}.csv", data)
+    files["csv-not-numbers"] = ("csv", tmp_path / "nan.csv", quest.replace(b";3", b";x", 1))
+    files["csv-long-line"] = ("csv", tmp_path / "long.csv", b"# PANAS;" + b"3;" * 200_000 + b"\n")
+    for family, path, data in files.values():
+        if data is not None:
+            path.write_bytes(data)
+    return files
+
+
+def test_data_file_mutations_give_value_errors(tmp_path):
+    """DMER .mat and questionnaire CSV mutations: a ValueError naming the file, or a load of checked data; never
+    a crash or an allocation past the child's +1 GiB cap (before issue 25 the .mat bomb unpacked whole)."""
+    files = _data_files(tmp_path)
+    for family in ("mat", "csv"):
+        paths = [path for f, path, _ in files.values() if f == family]
+        outcomes = load_in_child(family, paths)
+        for name, (f, path, _) in files.items():
+            if f != family:
+                continue
+            outcome = outcomes[str(path)]
+            assert outcome["outcome"] == "ok" or "ValueError" in outcome["classes"], (name, outcome)
+            if outcome["outcome"] == "error":
+                assert str(path) in outcome["message"], (name, outcome)
+    assert load_in_child("mat", [files["mat-zlib-bomb"][1]])[str(files["mat-zlib-bomb"][1])]["outcome"] == "error"
