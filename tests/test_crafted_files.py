@@ -10,7 +10,6 @@ timeout (tests/crafted_worker.py), so a segfault, hang or huge allocation fails 
 import hashlib
 import json
 import os
-import random
 import shutil
 import struct
 
@@ -19,6 +18,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from crafted import byte_mutations
 from crafted_run import load_in_child
 from helo_fast._plain_state import split_state
 from helo_fast.checkpoint import MAGIC, CheckpointError, atomic_save, load_checked, previous_path
@@ -165,20 +165,6 @@ def test_malformed_but_checksummed_checkpoint_exits_2_naming_file_and_field(resu
     assert target in lines[0] and STATE_CASES[name][2] in lines[0], lines[0]
 
 
-def _byte_mutations(data: bytes, seed: int = 0):
-    """name -> bytes: truncations, byte flips, a grown header length, a grown tensor shape, a grown file."""
-    rng = random.Random(seed)
-    out = {f"truncated-at-{n}": data[:n] for n in (0, 7, 72, 80, 81 + 10, len(data) // 2, len(data) - 1)}
-    for i in range(8):
-        at = rng.randrange(len(data))
-        out[f"byte-{at}-flipped"] = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
-    header = len(MAGIC) + 65
-    out["header-length-2-to-40"] = data[:header] + struct.pack("<Q", 1 << 40) + data[header + 8:]
-    out["tensor-shape-grown"] = data.replace(b'"shape":[', b'"shape":[99999,', 1)
-    out["trailing-garbage"] = data + b"\0" * 4096
-    return out
-
-
 def test_checkpoint_bytes_mutations_give_checkpoint_error(trained, tmp_path):
     """Truncated, flipped and size-grown files, and a sparse 2 GiB file (4 KiB on disk) whose header declares
     2 GiB with a valid checksum: each a CheckpointError naming the file, none read whole (child capped at
@@ -186,7 +172,7 @@ def test_checkpoint_bytes_mutations_give_checkpoint_error(trained, tmp_path):
     run, _ = trained
     data = (run / "base" / "checkpoint.pt.prev").read_bytes()   # the mid-split one: model, optimiser, RNG
     files = []
-    for name, mutated in _byte_mutations(data).items():
+    for name, mutated in byte_mutations(data).items():
         files.append(tmp_path / f"{name}.pt")
         files[-1].write_bytes(mutated)
     payload = safetensors.torch.save({"t": torch.zeros(1)}, metadata={"helo_fast_state": "{}"})
@@ -291,7 +277,7 @@ def _data_files(tmp_path):
     savemat(str(good), {"feas": rng.normal(size=(6, 913)), "vids": np.arange(6) % 2 + 1,
                         "dis_label": rng.random((2, 10)) + 0.1}, do_compression=True)
     files = {}
-    for name, data in _byte_mutations(good.read_bytes(), seed=1).items():
+    for name, data in byte_mutations(good.read_bytes(), seed=1).items():
         files[f"mat-{name}"] = ("mat", tmp_path / f"{name}.mat", data)
     bomb = tmp_path / "bomb.mat"   # ~150 KB declaring 1.1 GB of float64 features (issue: 1 MB -> 1.9 GiB)
     savemat(str(bomb), {"feas": np.zeros((150_000, 913), dtype=np.uint8), "vids": np.ones(150_000),
@@ -302,7 +288,7 @@ def _data_files(tmp_path):
     files["mat-feas-a-cell"] = ("mat", cell, None)
     quest = ("# Subj;S2\n# ORDER;Base;TSST;Medi 1;Fun;Medi 2\n"
              + "".join("# PANAS;" + ";".join(["3"] * 24) + "\n" for _ in range(5))).encode()
-    for name, data in _byte_mutations(quest, seed=2).items():
+    for name, data in byte_mutations(quest, seed=2).items():
         files[f"csv-{name}"] = ("csv", tmp_path / f"{name}.csv", data)
     files["csv-not-numbers"] = ("csv", tmp_path / "nan.csv", quest.replace(b";3", b";x", 1))
     files["csv-long-line"] = ("csv", tmp_path / "long.csv", b"# PANAS;" + b"3;" * 200_000 + b"\n")

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import pytest
 
-from crafted import Reduces, legacy_pickle
+from crafted import Reduces, byte_mutations, legacy_pickle
 from crafted_run import load_in_child
 from helo_fast.data.safe_pickle import UnsafePickleError, load_plain_pickle
 
@@ -170,3 +170,22 @@ def test_shared_and_cyclic_containers_survive(tmp_path):
     loaded = load_plain_pickle(str(tmp_path / "c.pkl"))
     assert loaded["a"] is loaded["b"] is loaded["t"][0] and type(loaded["a"][0]) is np.ndarray
     assert loaded["c"][1] is loaded["c"]
+
+
+def test_mutated_pickles_give_unpickling_errors_or_plain_data(tmp_path):
+    """The generator's sweep of the pickle family: truncations, byte flips, grown sizes and garbage after valid
+    pickles of every writer; each loads plain numeric data or raises UnpicklingError naming the file, in a child
+    capped at +1 GiB (no crash, hang or huge allocation)."""
+    sources = {"p2": pickle.dumps(RECORD, protocol=2), "p5": pickle.dumps(RECORD, protocol=5),
+               "py2": legacy_pickle({**RECORD, "bytearray": b"ab"}, 2, python2=True)}
+    files = []
+    for source, data in sources.items():
+        for seed in range(3):
+            for name, mutated in byte_mutations(data, seed=seed).items():
+                files.append(tmp_path / f"{source}-{seed}-{name}.pkl")
+                files[-1].write_bytes(mutated)
+    outcomes = load_in_child("pickle", files)
+    for file in files:
+        outcome = outcomes[str(file)]
+        assert outcome["outcome"] == "ok" or "UnpicklingError" in outcome["classes"], outcome
+        assert outcome["outcome"] == "ok" or str(file) in outcome["message"], outcome
