@@ -20,6 +20,9 @@ import torch
 
 _TENSOR, _NDARRAY, _TUPLE, _DICT, _FLOAT = "__tensor__", "__ndarray__", "__tuple__", "__dict__", "__float__"
 _TAGS = (_TENSOR, _NDARRAY, _TUPLE, _DICT, _FLOAT)
+# Tensor dtypes a numpy array can have (what split_state writes for one): not bfloat16 or the float8s.
+_NUMPY_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16,
+                 torch.uint32, torch.uint64, torch.float16, torch.float32, torch.float64)
 
 
 class StateFormatError(ValueError):
@@ -81,7 +84,11 @@ def _from_plain(obj: Any, tensors: Dict[str, torch.Tensor]) -> Any:
     if tag == _TENSOR:
         return _tensor(value, tensors)
     if tag == _NDARRAY:
-        return _tensor(value, tensors).numpy()
+        tensor = _tensor(value, tensors)
+        if tensor.dtype not in _NUMPY_DTYPES:
+            raise StateFormatError(f"numpy array {value!r} has dtype {tensor.dtype}, which numpy has not (numbers "
+                                   "and bools only)")
+        return tensor.numpy()
     if tag == _FLOAT:
         if value not in ("nan", "inf", "-inf"):
             raise StateFormatError(f"bad non-finite float {value!r}")

@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-dir", help="write checkpoint.pt, model_<i>.pt and results.json here")
     g.add_argument("--checkpoint-every", type=int, default=10, help="epochs between checkpoints (>= 1)")
     g.add_argument("--resume", action="store_true", help="continue from <checkpoint-dir>/checkpoint.pt")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --checkpoint-dir (without it, or --resume, a used directory is "
+                   "refused; a directory is locked while a run uses it)")
     g.add_argument("--no-save-models", action="store_true", help="do not write model_<i>.pt")
     g.add_argument("--no-baselines", action="store_true")
     g.add_argument("--baseline-modality", choices=BASELINE_MODALITIES, default="video")
@@ -209,6 +212,7 @@ def cmd_train(args) -> int:
                       test_fraction=args.test_fraction, max_splits=args.max_splits, device=args.device,
                       dtype=args.dtype, precision=args.precision, threads=args.threads,
                       checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
+                      overwrite=args.overwrite,
                       save_models=not args.no_save_models, baselines=not args.no_baselines,
                       baseline_modality=args.baseline_modality, quiet=args.quiet, output_json=output_json)
     summary = run_experiment(dataset, model_config, cfg)

@@ -32,13 +32,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._backend import choose_backend
-from .checkpoint import atomic_save, load_checked, load_latest_good, previous_path
+from .atomic_files import remove_stale_temps, write_atomic
+from .checkpoint import CheckpointError, atomic_save, load_checked, load_latest_good, previous_path
 from .distributed import (DistContext, all_gather_tensor, all_reduce_sum, close_distributed, init_distributed,
                           local_device, shard, wrap_model)
 from .data import EmotionDataset, Split, make_splits, standardize
 from .metrics import LOWER_IS_BETTER, METRIC_NAMES, edl_metrics
 from .models import HeLo, HeLoConfig, helo_loss
 from .precision import autocast, check_precision, grad_scaler
+from .resume_state import check_run_state, check_split_state
+from .run_dir import claim_run_dir
+from .saved_model import build_saved_model, check_saved_model
 from .train_config import TRAIN_DTYPES, TrainConfig, resolve_device
 
 CHECKPOINT_FORMAT = "helo_fast-train-v2"
@@ -76,6 +80,13 @@ def set_rng_state(state: dict, mask_generator: Optional[torch.Generator], shuffl
         shuffle.set_state(state["shuffle"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+
+
+def checkpoint_size_cap(model_config: HeLoConfig, dtype: torch.dtype) -> int:
+    """The most bytes a training checkpoint of ``model_config`` may have: the parameters and Adam's two moments,
+    plus 64 MiB for the RNG states, history and JSON."""
+    params = sum(p.numel() for p in HeLo(model_config).parameters())
+    return 3 * params * torch.empty((), dtype=dtype).element_size() + (64 << 20)
 
 
 def model_backends(backend: str, device: torch.device) -> Dict[str, str]:
@@ -282,10 +293,13 @@ class Experiment:
             return None
         if not os.path.isfile(path) and not os.path.isfile(previous_path(path)):
             raise FileNotFoundError(f"--resume: no checkpoint at {path!r}")
-        state = load_latest_good(path)  # a kill between atomic_save's renames leaves only <path>.prev
+        # A kill between atomic_save's renames leaves only <path>.prev. The file may hold no more than this run's
+        # model, Adam's two moments and the small state beside them: a larger one is refused before it is read.
+        state = load_latest_good(path, max_bytes=checkpoint_size_cap(self.model_config, self.dtype))
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             found = state.get("format") if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"{path!r} is not a helo_fast training checkpoint (format {found!r})")
+            raise CheckpointError(f"{path!r} is not a helo_fast training checkpoint (format {found!r})")
+        check_run_state(state, path, n_splits=len(self.splits), epochs=self.cfg.epochs)
         differences = fingerprint_differences(state["fingerprint"], self.fingerprint)
         if differences:
             raise ValueError(f"checkpoint {path!r} was written by a different run ({'; '.join(differences)}): "
@@ -293,6 +307,23 @@ class Experiment:
                              "model and training options, --threads, device, number of processes and backends); "
                              "or start a fresh --checkpoint-dir")
         return state
+
+    def _restore(self, state: dict, model: nn.Module, optimizer, scheduler, scaler, shuffle) -> None:
+        """Load a mid-split checkpoint's state, each field checked against this split's fresh objects first."""
+        path = self._checkpoint_path()
+        masks = [model.mask_generator.get_state()] * self.dist.world_size
+        check_split_state(state, path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                          rng_template=rng_state(masks, shuffle))
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if scaler is not None:
+                scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"], model.mask_generator, shuffle, rank=self.dist.rank)
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+            raise CheckpointError(f"checkpoint {path!r}: its state cannot be restored ({type(exc).__name__}: "
+                                  f"{exc})") from None
 
     def _check_finite(self, model: nn.Module, split: Split, epoch: int, cause: Optional[Exception],
                       force: bool = False) -> None:
@@ -318,12 +349,7 @@ class Experiment:
         shuffle = torch.Generator().manual_seed(split_seed + 2)
         start_epoch, history, seconds = 0, [], 0.0
         if resume_state is not None:
-            model.load_state_dict(resume_state["model"])
-            optimizer.load_state_dict(resume_state["optimizer"])
-            scheduler.load_state_dict(resume_state["scheduler"])
-            if scaler is not None:
-                scaler.load_state_dict(resume_state["scaler"])
-            set_rng_state(resume_state["rng"], model.mask_generator, shuffle, rank=self.dist.rank)
+            self._restore(resume_state, model, optimizer, scheduler, scaler, shuffle)
             start_epoch, history, seconds = resume_state["epoch"], resume_state["history"], resume_state["seconds"]
         trained = wrap_model(model, self.dist, self.device)  # DistributedDataParallel under torchrun
         bar = tqdm(range(start_epoch, cfg.epochs), desc=f"{split.name} ({index + 1}/{len(self.splits)})",
@@ -385,7 +411,7 @@ class Experiment:
         if self._writes_checkpoints() and cfg.save_models:
             atomic_save({"format": MODEL_FORMAT, "model_config": self.model_config.to_dict(),
                          "state_dict": model.state_dict(), "split": split.name, "dataset": self.dataset.name,
-                         "dataset_rows": len(self.dataset),
+                         "dataset_rows": len(self.dataset), "dataset_sha256": dataset_digest(self.dataset),
                          "train_rows": split.train, "test_rows": split.test, "batch_size": cfg.batch_size, "dtype": cfg.dtype,
                          "precision": cfg.precision},
                         os.path.join(self.cfg.checkpoint_dir, f"model_{index}.pt"), keep_previous=False)
@@ -393,9 +419,22 @@ class Experiment:
 
     def run(self) -> dict:
         """Train/evaluate every split (resuming when asked); return the summary dict (also written
-        to ``output_json`` when set)."""
+        to ``output_json`` when set). The checkpoint directory is locked for the whole run, and one that holds
+        another run is refused unless ``resume`` or ``overwrite`` (see ``run_dir``)."""
+        lock = None
+        if self._writes_checkpoints():
+            lock = claim_run_dir(self.cfg.checkpoint_dir, resume=self.cfg.resume, overwrite=self.cfg.overwrite)
+        try:
+            return self._run()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self) -> dict:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
+        if self._writes_checkpoints():   # temp files of killed saves (checkpoints are ~3x the model each)
+            remove_stale_temps(self.cfg.checkpoint_dir)
         if self.cfg.checkpoint_dir:  # only checkpoints carry it (hashing a large dataset takes a moment)
             self.fingerprint = run_fingerprint(self.dataset, self.model_config, self.cfg, device=self.device,
                                                world_size=self.dist.world_size)
@@ -468,12 +507,8 @@ def _json_default(obj):
 
 
 def write_json(obj: dict, path: str) -> None:
-    """Write ``obj`` as JSON atomically (temp file, then os.replace)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, default=_json_default)
-    os.replace(tmp, path)
+    """Write ``obj`` as JSON atomically (exclusive temp file, then os.replace; see ``atomic_files``)."""
+    write_atomic(path, json.dumps(obj, indent=2, default=_json_default).encode())
 
 
 # ----------------------------------------------------------------------------- eval of saved models
@@ -486,22 +521,16 @@ def evaluate_saved_models(dataset: EmotionDataset, files: List[str], device: str
     """
     dev = resolve_device(device)
     results = []
+    sha = dataset_digest(dataset)
     for file in files:
         saved = load_checked(file)
-        if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
-            raise ValueError(f"{file!r} is not a model file written by `helo-fast train` (model_<i>.pt)")
-        if saved["dataset"] != dataset.name or saved["dataset_rows"] != len(dataset):
-            raise ValueError(f"{file!r} was trained on {saved['dataset']} ({saved['dataset_rows']} rows), not on "
-                             f"{dataset.name} ({len(dataset)} rows): pass the dataset options used for training")
-        config = HeLoConfig(**saved["model_config"])
-        dtype = TRAIN_DTYPES[saved.get("dtype", "float32")]
+        config, dtype = check_saved_model(saved, file, sha, len(dataset), MODEL_FORMAT)
         file_precision = precision or saved.get("precision", "32")
         try:
             check_precision("precision", file_precision, dev, saved.get("dtype", "float32"))
         except ValueError as exc:
             raise ValueError(f"{file!r}: {exc}") from None
-        model = HeLo(config).to(dev, dtype)
-        model.load_state_dict(saved["state_dict"])
+        model = build_saved_model(saved, config, file, dev, dtype)
         x_train, x_test = standardize(dataset.features[saved["train_rows"]], dataset.features[saved["test_rows"]])
         y_test = torch.from_numpy(dataset.labels[saved["test_rows"]]).to(dev, dtype)
         metrics = evaluate(model, torch.from_numpy(x_test).to(dev, dtype), y_test, saved["batch_size"],

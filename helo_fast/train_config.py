@@ -87,6 +87,7 @@ class TrainConfig:
     checkpoint_dir: Optional[str] = None
     checkpoint_every: int = 10
     resume: bool = False
+    overwrite: bool = False                # replace the run already in checkpoint_dir (else refused)
     save_models: bool = True               # final model of each split -> checkpoint_dir/model_<i>.pt
     baselines: bool = True
     baseline_modality: str = "video"

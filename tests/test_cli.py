@@ -175,3 +175,34 @@ def test_ctrl_c_exits_130_with_one_line_and_the_checkpoint_intact(tmp_path):
                                            "is intact: continue with the same options and --resume"]
     state = load_checked(str(run / "checkpoint.pt"))
     assert state["format"] == "helo_fast-train-v2" and state["epoch"] >= 1
+
+
+def test_a_used_checkpoint_dir_is_refused_unless_resume_or_overwrite(tmp_path, capsys):
+    """Issue 25 item 7: a run into a directory holding another run's files exits 2 with one line (before, a
+    1-epoch run replaced a finished run's five files without a word); --overwrite replaces it."""
+    run = ["train", *CLI_DATA, *CLI_MODEL, "--epochs", "1", "--quiet", "--no-baselines", "--max-splits", "1",
+           "--checkpoint-dir", str(tmp_path / "run")]
+    assert main(run) == 0
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert main(run) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds a run" in err[0] and "--overwrite" in err[0], err
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+    assert main([*run, "--overwrite"]) == 0
+
+
+def test_a_locked_checkpoint_dir_is_refused_naming_the_holder(tmp_path, capsys):
+    """Issue 25 item 7: two runs on one directory (before: both wrote, leaving a mix): the second one exits 2
+    naming the pid that holds the directory's lock."""
+    from helo_fast.run_dir import claim_run_dir
+
+    lock = claim_run_dir(str(tmp_path / "run"), resume=False, overwrite=False)
+    try:
+        assert main(["train", *CLI_DATA, *CLI_MODEL, "--epochs", "1", "--quiet", "--checkpoint-dir",
+                     str(tmp_path / "run")]) == 2
+    finally:
+        lock.release()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"in use by another helo-fast run (pid {os.getpid()})" in err[0], err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

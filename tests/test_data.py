@@ -242,10 +242,12 @@ def test_crafted_wesad_pickle_never_runs_code(tmp_path, kind, protocol):
     marker = tmp_path / "marker"
     _write_wesad(tmp_path, "S2", _crafted_records(marker)[kind], protocol=protocol)
     file = os.path.join(str(tmp_path), "S2", "S2.pkl")
+    # The object array is refused at its dtype, before the callable inside it is named.
+    reason = "'O8' is not a plain numeric dtype" if kind == "object-array" else "not a numpy array, dtype or builtin"
     with pytest.raises(ValueError, match="refused") as error:
         load_wesad(str(tmp_path), window_s=5.0)
-    assert file in str(error.value) and (".exec," in str(error.value) or ".system," in str(error.value))
-    with pytest.raises(UnsafePickleError, match="not a numpy array, dtype or builtin") as error:
+    assert file in str(error.value) and reason in str(error.value)
+    with pytest.raises(UnsafePickleError, match=reason) as error:
         load_plain_pickle(file)
     assert file in str(error.value)
     assert not marker.exists()
@@ -257,7 +259,7 @@ def test_crafted_codec_call_is_refused(tmp_path):
             return codecs.encode, ("text", "rot13")
 
     _write_wesad(tmp_path, "S2", {"signal": Rot13()}, protocol=2)
-    with pytest.raises(ValueError, match="S2.pkl.*admitted only for latin-1"):
+    with pytest.raises(ValueError, match="S2.pkl.*encoded as latin-1.*'rot13'"):
         load_wesad(str(tmp_path), window_s=5.0)
 
 

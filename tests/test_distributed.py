@@ -35,7 +35,8 @@ def test_two_process_ddp_equals_single_process(tmp_path):
                        "-m", "helo_fast"], tmp_path, "ddp")
     assert ddp["world_size"] == 2 and single["world_size"] == 1
     assert stdout.count("HeLo ") == 1  # rank 0 alone prints the table
-    assert sorted(os.listdir(tmp_path / "ddp")) == ["checkpoint.pt", "checkpoint.pt.prev", "model_0.pt"]
+    assert sorted(os.listdir(tmp_path / "ddp")) == [".helo-fast.lock", "checkpoint.pt", "checkpoint.pt.prev",
+                                                    "model_0.pt"]
     for metric, value in single["summary"]["helo"].items():
         assert ddp["summary"]["helo"][metric]["mean"] == pytest.approx(value["mean"], rel=1e-9), metric
     losses = [[h["train_loss"] for h in run_["splits"][0]["history"]] for run_ in (single, ddp)]

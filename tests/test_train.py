@@ -190,7 +190,8 @@ def test_train_and_eval_command_line(tmp_path, capsys):
     assert "HeLo" in printed and "train mean" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"] == "kfold" and results["n_splits"] == 2
-    assert sorted(os.listdir(out)) == ["checkpoint.pt", "checkpoint.pt.prev", "model_0.pt", "model_1.pt", "results.json"]
+    assert sorted(os.listdir(out)) == [".helo-fast.lock", "checkpoint.pt", "checkpoint.pt.prev", "model_0.pt",
+                                       "model_1.pt", "results.json"]
     assert main(["eval", *CLI_DATA, "--checkpoint-dir", str(out), "--output-json", str(tmp_path / "e.json"),
                  "--quiet"]) == 0
     assert main(["eval", "--synthetic-subjects", "3", "--checkpoint-dir", str(out), "--quiet"]) == 2
@@ -283,3 +284,24 @@ def test_bad_device_is_refused_before_training(device, message):
     data = make_synthetic_dataset(n_subjects=1, trials_per_subject=4, rows_per_trial=4, layout=LAYOUT, seed=0)
     with pytest.raises(ValueError, match=message):
         run_experiment(data, small_config(), TrainConfig(epochs=1, quiet=True, device=device))
+
+
+def test_eval_matches_data_by_content_not_by_path(tmp_path, capsys):
+    """Issue 25 item 9: eval refuses edited data with the same rows (before: re-scored silently) and accepts the
+    same data under another path spelling (before: refused, the path was part of the name it compared)."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "dmer"
+    data.mkdir()
+    for subject in (1, 2):
+        savemat(str(data / f"{subject}.mat"), {"feas": rng.normal(size=(12, 913)), "vids": np.arange(12) % 3 + 1,
+                                               "dis_label": rng.random((3, 10)) + 0.1})
+    out = tmp_path / "run"
+    dmer = ["--dataset", "dmer", "--data-path"]
+    assert main(["train", *dmer, str(data), *CLI_MODEL, "--epochs", "1", "--batch-size", "8", "--quiet",
+                 "--no-baselines", "--max-splits", "1", "--checkpoint-dir", str(out)]) == 0
+    assert main(["eval", *dmer, str(data) + "/./", "--checkpoint-dir", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    savemat(str(data / "2.mat"), {"feas": rng.normal(size=(12, 913)), "vids": np.arange(12) % 3 + 1,
+                                  "dis_label": rng.random((3, 10)) + 0.1})
+    assert main(["eval", *dmer, str(data), "--checkpoint-dir", str(out), "--quiet"]) == 2
+    assert "trained on other data" in capsys.readouterr().err

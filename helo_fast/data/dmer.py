@@ -18,6 +18,33 @@ from .dataset import DMER_LAYOUT, EmotionDataset, FeatureLayout, normalize_distr
 DMER_MISSING_IDS = (3, 4, 13, 16, 17, 27, 31)
 DMER_SUBJECT_IDS = tuple(i for i in range(1, 81) if i not in DMER_MISSING_IDS)
 FIELDS = ("feas", "vids", "dis_label")
+# What the three fields may declare in all, before they are decompressed: 100 x the file's size or 256 MiB,
+# whichever is more (a real subject's file is tens of MB and compresses less than 10x).
+DECLARED_BYTES_PER_FILE_BYTE, MIN_DECLARED_CAP = 100, 256 << 20
+_NUMERIC_CLASSES = ("double", "single", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+                    "logical")
+
+
+def _check_declared_sizes(file: str, where: str) -> None:
+    """The fields' classes and declared sizes (``whosmat`` reads headers only) against the file's size."""
+    from scipy.io import whosmat
+
+    try:
+        declared = {name: (shape, kind) for name, shape, kind in whosmat(file) if name in FIELDS}
+    except Exception as exc:  # scipy raises several types for a corrupt or non-MAT file
+        raise ValueError(f"{where}: cannot be read as a MATLAB .mat file ({type(exc).__name__}: {exc})") from None
+    cap = max(MIN_DECLARED_CAP, DECLARED_BYTES_PER_FILE_BYTE * os.path.getsize(file))
+    total = 0
+    for name, (shape, kind) in declared.items():
+        if kind not in _NUMERIC_CLASSES:
+            raise ValueError(f"{where}: field {name!r} must be a numeric array, the file declares a {kind}")
+        elements = 1
+        for d in shape:
+            elements *= int(d)
+        total += 8 * elements
+    if total > cap:
+        raise ValueError(f"{where}: its fields declare {total} bytes, more than the {cap} a .mat file of "
+                         f"{os.path.getsize(file)} bytes may unpack to")
 
 
 def _subject_files(path: str):
@@ -38,13 +65,15 @@ def _subject_files(path: str):
 def load_dmer_subject(file: str, *, layout: FeatureLayout = DMER_LAYOUT, trial_index_base: Optional[int] = None):
     """Read one subject's file -> (features float32 [rows, F], labels float32 [rows, C], trials int64 [rows]).
 
-    Raises ValueError naming the file and field when a field is missing or has the wrong shape.
+    Raises ValueError naming the file and field when a field is missing, has the wrong shape, or declares more
+    than the file's size allows (checked before anything is decompressed).
     """
     from scipy.io import loadmat
 
     where = f"DMER subject {os.path.splitext(os.path.basename(file))[0]} ({file})"
+    _check_declared_sizes(file, where)
     try:
-        mat = loadmat(file)
+        mat = loadmat(file, variable_names=FIELDS)
     except Exception as exc:  # scipy raises several types for a corrupt or non-MAT file
         raise ValueError(f"{where}: cannot be read as a MATLAB .mat file ({exc})") from exc
     missing = [f for f in FIELDS if f not in mat]

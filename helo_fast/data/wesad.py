@@ -97,17 +97,22 @@ def _panas_from_pickle(questionnaire, where: str) -> Dict[int, np.ndarray]:
 
 
 def read_quest_csv(file: str) -> Dict[int, np.ndarray]:
-    """PANAS answers per condition from a WESAD ``SX_quest.csv`` (meditation: mean of its questionnaires)."""
+    """PANAS answers per condition from a WESAD ``SX_quest.csv`` (meditation: mean of its questionnaires).
+
+    ValueError naming ``file`` for text that is not UTF-8, a PANAS entry that is not a number, or missing rows."""
     order, panas = None, []
-    with open(file, newline="") as fh:
-        for row in csv.reader(fh, delimiter=";"):
-            if not row:
-                continue
-            head = row[0].strip().lower()
-            if head == "# order":
-                order = [c.strip().lower() for c in row[1:] if c.strip()]
-            elif head == "# panas":
-                panas.append(np.array([float(c) for c in row[1:] if c.strip()]))
+    try:
+        with open(file, newline="", encoding="utf-8") as fh:
+            for row in csv.reader(fh, delimiter=";"):
+                if not row:
+                    continue
+                head = row[0].strip().lower()
+                if head == "# order":
+                    order = [c.strip().lower() for c in row[1:] if c.strip()]
+                elif head == "# panas":
+                    panas.append(np.array([float(c) for c in row[1:] if c.strip()]))
+    except (ValueError, csv.Error) as exc:   # UnicodeDecodeError is a ValueError
+        raise ValueError(f"WESAD questionnaire {file!r}: cannot be read ({type(exc).__name__}: {exc})") from None
     if order is None or not panas:
         raise ValueError(f"WESAD questionnaire {file!r}: needs a '# ORDER' row and '# PANAS' rows")
     conditions = [QUEST_ORDER_NAMES[name] for name in order if name in QUEST_ORDER_NAMES]

@@ -1,0 +1,84 @@
+"""Checking a model file (``model_<i>.pt`` written by ``helo-fast train``) before ``eval`` builds anything from it.
+
+A file may not ask for more than ``FILE_CONFIG_CAPS`` (a ``d_model`` of 65536 made ``eval`` allocate 7 GB, an
+``outer_iters`` of 2**31-1 ran forever); library callers of ``HeLoConfig`` are not capped. The data is matched
+by content (SHA-256 of features, labels and subjects), not by path or row count. Every field is checked for type,
+range and (tensors) shape: a bad file is a ``CheckpointError`` naming the file and the field.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointError
+from .models import HeLo, HeLoConfig
+from .precision import PRECISIONS
+from .resume_state import StateChecker
+from .train_config import TRAIN_DTYPES
+
+# The most a model FILE may ask for (HELO_SPEC's model: d_model 128, 5 x 20 OT iterations, 913 features).
+FILE_CONFIG_CAPS = {"d_model": 4096, "n_heads": 64, "lcd_heads": 64, "ffn_dim": 16384, "head_hidden": 16384,
+                    "outer_iters": 1000, "inner_iters": 10000, "n_channels": 1024, "band_features": 1024,
+                    "gsr_features": 4096, "ppg_features": 4096, "video_features": 16384, "n_classes": 1024}
+MAX_BATCH_SIZE = 1 << 20
+
+
+def _config(check: StateChecker, fields: Any, file: str) -> HeLoConfig:
+    if not isinstance(fields, dict) or not all(isinstance(k, str) for k in fields):
+        check.fail("model_config", "a dict of HeLoConfig fields", fields)
+    for name, cap in FILE_CONFIG_CAPS.items():
+        if name in fields and (type(fields[name]) is not int or not 1 <= fields[name] <= cap):
+            check.fail(f"model_config.{name}", f"an int in [1, {cap}] (the most a model file may ask for)",
+                       fields[name])
+    try:
+        return HeLoConfig(**fields)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"model file {file!r}: field model_config: {exc}") from None
+
+
+def _rows(check: StateChecker, rows: Any, field: str, n_rows: int) -> np.ndarray:
+    if (not isinstance(rows, np.ndarray) or rows.ndim != 1 or rows.dtype.kind not in "iu"
+            or (len(rows) and (rows.min() < 0 or rows.max() >= n_rows))):
+        check.fail(field, f"a 1-D integer array of row indices in [0, {n_rows})", rows)
+    return rows
+
+
+def check_saved_model(saved: Any, file: str, dataset_sha256: str, n_rows: int, format_name: str):
+    """(HeLoConfig, model dtype) of a loaded model file whose every field is checked; the model is built, and its
+    ``state_dict`` checked against it, by ``build_saved_model``."""
+    check = StateChecker(file)
+    if not isinstance(saved, dict) or saved.get("format") != format_name:
+        raise CheckpointError(f"{file!r} is not a model file written by `helo-fast train` (model_<i>.pt)")
+    sha = saved.get("dataset_sha256")
+    if sha is not None and sha != dataset_sha256:
+        raise CheckpointError(f"{file!r} was trained on other data (SHA-256 {str(sha)[:12]}..., this dataset "
+                              f"{dataset_sha256[:12]}...): pass the dataset options used for training")
+    if sha is None and saved.get("dataset_rows") != n_rows:   # files written before the hash was stored
+        raise CheckpointError(f"{file!r} was trained on {saved.get('dataset_rows')!r} rows, not on this dataset's "
+                              f"{n_rows}: pass the dataset options used for training")
+    for key, kind in (("split", str), ("batch_size", int), ("state_dict", dict)):
+        if type(saved.get(key)) is not kind:
+            check.fail(key, f"a {kind.__name__}", saved.get(key))
+    check.integer(saved["batch_size"], "batch_size", 1, MAX_BATCH_SIZE)
+    if saved.get("dtype", "float32") not in TRAIN_DTYPES:
+        check.fail("dtype", f"one of {sorted(TRAIN_DTYPES)}", saved.get("dtype"))
+    if saved.get("precision", "32") not in PRECISIONS:
+        check.fail("precision", f"one of {list(PRECISIONS)}", saved.get("precision"))
+    _rows(check, saved.get("train_rows"), "train_rows", n_rows)
+    _rows(check, saved.get("test_rows"), "test_rows", n_rows)
+    return _config(check, saved.get("model_config"), file), TRAIN_DTYPES[saved.get("dtype", "float32")]
+
+
+def build_saved_model(saved: dict, config: HeLoConfig, file: str, device, dtype: torch.dtype) -> HeLo:
+    """The model of a checked model file, its weights loaded after their names, shapes and dtypes are checked."""
+    model = HeLo(config)
+    StateChecker(file).like(saved["state_dict"], _cpu_state(model, dtype), "state_dict")
+    model = model.to(device, dtype)
+    model.load_state_dict(saved["state_dict"])
+    return model
+
+
+def _cpu_state(model: torch.nn.Module, dtype: torch.dtype) -> dict:
+    return {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype) for k, v in model.state_dict().items()}
