@@ -3,7 +3,8 @@
 Every public op calls one ``validate_*`` function here before any kernel runs, so a bad input
 raises the same ``TypeError``/``ValueError`` (naming the argument and what was expected) whatever
 the backend. Checks that need the tensor *values* (finiteness, marginal mass) are skipped while
-``torch.compile`` traces, because they would force a graph break; they run in eager mode.
+``torch.compile`` traces, because they would force a graph break; they run in eager mode. Under torch.func.vmap they
+read the plain tensor underneath (``_transforms.plain``): they hold for every vmapped sample.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Optional, Sequence
 import torch
 
 from ._numerics import LOW_PRECISION_DTYPES, compute_dtype
+from ._transforms import plain
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 GRAD_MODES = ("none", "unrolled")
@@ -107,7 +109,7 @@ def check_finite(name: str, t: torch.Tensor, *, skippable: bool = True) -> float
         return 0.0
     # One pass: max |t| = max(-min, max) is NaN or inf exactly when an element is (aminmax and maximum propagate
     # NaN). On CPU aminmax is ~18x faster than linalg.vector_norm(ord=inf) (~0.13 vs 2.3 ms for a HeLo activation).
-    low, high = torch.aminmax(t.detach())
+    low, high = torch.aminmax(plain(t).detach())
     largest = float(torch.maximum(-low, high))
     if not math.isfinite(largest):
         hint = " (or check_finite=False to skip this check)" if skippable else ""
@@ -142,7 +144,7 @@ def _marginal(name: str, t: Optional[torch.Tensor], batch: int, size: int, sym: 
     check_shape(name, t, (batch, size), f"[B, {sym}]")
     check_same(name, t, "cost", cost)
     check_finite(name, t, skippable=False)
-    if not _tracing() and bool((t < 0).any()):
+    if not _tracing() and bool((plain(t) < 0).any()):
         raise ValueError(f"{name} must be non-negative (a marginal distribution), got a negative entry")
     return t
 
@@ -158,13 +160,13 @@ def validate_marginals(a, b, cost: torch.Tensor, *, cost_name: str = "cost"):
     b = _marginal("b", b, batch, m, "m", cost)
     if not _tracing():
         mass_a, mass_b = a.sum(-1), b.sum(-1)
-        if bool((mass_a <= 0).any()):
+        if bool(plain(mass_a <= 0).any()):
             raise ValueError("a must have positive total mass in every batch entry")
         tol = 1e-4 if a.dtype in LOW_PRECISION_DTYPES else (1e-5 if a.dtype == torch.float32 else 1e-10)
-        if bool(((mass_a - mass_b).abs() > tol * mass_a.abs().clamp_min(1)).any()):
+        if bool(plain((mass_a - mass_b).abs() > tol * mass_a.abs().clamp_min(1)).any()):
             raise ValueError(
                 f"a and b must have equal total mass per batch entry (within {tol:g}); "
-                f"got max |sum(a) - sum(b)| = {float((mass_a - mass_b).abs().max()):.3g}"
+                f"got max |sum(a) - sum(b)| = {float(plain((mass_a - mass_b).abs()).max()):.3g}"
             )
     return a, b
 
@@ -212,7 +214,7 @@ def validate_gromov_wasserstein(cs, ct, a, b, *, eps, outer_iters, inner_iters, 
     # Marginals are checked against a virtual [B, n, m] cost.
     a, b = validate_marginals(a, b, _SizeOnly(cs, ct.shape[1]))
     # Every linearised cost is at most (max|cs| + max|ct|)^2 times the total mass (HELO_SPEC §4.4).
-    mass = float(a.detach().sum(-1).max()) if check_finite_values and a.numel() and not _tracing() else 0.0
+    mass = float(plain(a.detach().sum(-1)).max()) if check_finite_values and a.numel() and not _tracing() else 0.0
     check_regularisation("eps", eps, cs.dtype, structure_bound**2 * mass)
     return a, b
 
