@@ -259,3 +259,8 @@ def seeded_dropout(x, p, *, generator=None, training=True, backend="auto"):
     return _ops.get("seeded_dropout", backend)(x, p, generator=generator)
 
 
+
+# Each op's reference, for the fast ops' backward under create_graph=True (``_ops.reference_vjp``): registered here,
+# the layer that knows both, so that the fast path (``_ops``) never imports ``reference``.
+for _op in _ops.OPS:
+    _ops.register(_op, "reference", getattr(reference, _op))

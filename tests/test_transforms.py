@@ -10,7 +10,8 @@ import torch
 from torch.autograd import forward_ad
 
 import helo_fast as hf
-from devices import fast_backend_params, seeded_weights, skip_unless_backend
+from helo_fast import _ops
+from devices import fast_backend_params, seeded_weights, skip_on_the_triton_interpreter, skip_unless_backend
 
 DT = torch.float64
 
@@ -156,7 +157,8 @@ def jacfwd_same(f, inputs):
     return torch.func.jacfwd(f, argnums=tuple(range(len(inputs))), randomness="same")(*inputs)
 
 
-TRANSFORMS = {"jvp": jvp, "jacfwd": jacfwd, "forward_ad": forward_mode, "func_grad": func_grad, "jacrev": jacrev, "vmap": vmap,
+TRANSFORMS = {"jvp": jvp, "jacfwd": jacfwd, "forward_ad": forward_mode, "hvp": hessian_vector_product,
+              "gradient_penalty": gradient_penalty, "func_grad": func_grad, "jacrev": jacrev, "vmap": vmap,
               "vmap_same": vmap_same, "jacfwd_same": jacfwd_same}
 # vmap's default randomness="error" refuses the dropout ops' seed draw: a clear error naming the op.
 REFUSED = {("random", "vmap"), ("random", "jacfwd")}
@@ -190,6 +192,40 @@ def test_transform_matches_the_reference_or_says_what_is_unsupported(fast, case_
             continue
         assert g is not None, f"{backend} gave None where the reference gives a value"
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("case_name", ["sinkhorn", "lcd_attention-dropout"])
+@pytest.mark.parametrize("fast", fast_backend_params())
+def test_first_order_backward_never_runs_the_reference(fast, case_name, monkeypatch):
+    """Only create_graph=True takes the reference's derivative; an ordinary backward stays on the fast kernels."""
+    backend, device = fast
+    case = CASES[case_name]
+    skip_unless_backend(backend, case.op, device)
+    leaves = [t.detach().clone().requires_grad_() for t in case.inputs(device)]
+    out = case.call(backend, *leaves)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the reference ran in a first-order backward")
+
+    monkeypatch.setitem(_ops._IMPLS, (case.op, "reference"), refuse)
+    grads = torch.autograd.grad((_loss_weight(out) * out).sum(), leaves)
+    assert all(g is not None for g in grads)
+
+
+@pytest.mark.parametrize("case_name, varied", [("sinkhorn", 1), ("ipot", 1), ("gromov_wasserstein-ipot", 2),
+                                               ("lcd_attention-dropout", 3)])
+@pytest.mark.parametrize("fast", fast_backend_params())
+def test_gradgradcheck(fast, case_name, varied):
+    """The second derivatives of the fast ops against finite differences of their own first derivatives, with
+    respect to the first ``varied`` inputs (not the marginals: a perturbed one breaks the equal masses)."""
+    backend, device = fast
+    case = CASES[case_name]
+    skip_unless_backend(backend, case.op, device)
+    # ~20 s each under the Triton interpreter; their Triton second derivatives are swept above (hvp, penalty).
+    skip_on_the_triton_interpreter(backend, device, big=varied > 1)
+    inputs = case.inputs(device)
+    varying = [t.detach().clone().requires_grad_() for t in inputs[:varied]]
+    assert torch.autograd.gradgradcheck(lambda *xs: case.call(backend, *xs, *inputs[varied:]), varying)
 
 
 def test_vmap_of_a_dropout_op_is_refused_by_name_with_randomness_different():
