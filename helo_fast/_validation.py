@@ -2,17 +2,22 @@
 
 Every public op calls one ``validate_*`` function here before any kernel runs, so a bad input
 raises the same ``TypeError``/``ValueError`` (naming the argument and what was expected) whatever
-the backend. Checks that need the tensor *values* (finiteness, marginal mass) are skipped while
-``torch.compile`` traces, because they would force a graph break; they run in eager mode.
+the backend. Checks of the tensor *values* (finiteness, signs, masses, the ranges that eps and the attention inputs
+must keep) read them on the host in eager mode. While ``torch.compile`` traces, where a host read would break the
+graph, the same checks are compiled into the graph instead (``_require``: torch._assert_async, no host sync): a
+RuntimeError with the same message, without the offending values, on CPU tensors; a device-side assert on CUDA
+tensors. Under torch.func.vmap they read the plain tensor underneath (``_transforms.plain``): they hold for every
+vmapped sample.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 
 from ._numerics import LOW_PRECISION_DTYPES, compute_dtype
+from ._transforms import plain
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 GRAD_MODES = ("none", "unrolled")
@@ -21,8 +26,22 @@ OT_SOLVERS = ("ipot", "sinkhorn")
 MAX_ITERATIONS = 2**31 - 1
 
 
+# A bound read from tensor values: a host float in eager mode, a 0-d tensor while torch.compile traces.
+Bound = Union[float, torch.Tensor]
+
+
 def _tracing() -> bool:
     return torch.compiler.is_compiling()
+
+
+def _require(ok: Union[bool, torch.Tensor], message: str) -> None:
+    """Raise ValueError(message) unless ``ok``. A 0-d bool tensor ``ok`` (while torch.compile traces) becomes a check
+    compiled into the graph: torch._assert_async raises RuntimeError(message) on CPU tensors and is a device-side
+    assert on CUDA ones, without a host sync."""
+    if isinstance(ok, torch.Tensor):
+        torch._assert_async(ok, message)
+    elif not ok:
+        raise ValueError(message)
 
 
 def check_tensor(name: str, t, *, ndim: Optional[int] = None, dtypes: Sequence[torch.dtype] = FLOAT_DTYPES) -> None:
@@ -100,24 +119,34 @@ def check_choice(name: str, value, choices: Sequence[str]) -> str:
     return value
 
 
-def check_finite(name: str, t: torch.Tensor, *, skippable: bool = True) -> float:
-    """Raise ValueError if ``t`` holds NaN or inf; return max |t| (0 for an empty t, and while torch.compile
-    traces, when the check is skipped). ``skippable``: whether the message may point at check_finite=False."""
-    if _tracing() or t.numel() == 0:
+def check_finite(name: str, t: torch.Tensor, *, skippable: bool = True) -> Bound:
+    """Raise ValueError if ``t`` holds NaN or inf; return max |t| (0 for an empty t; a 0-d tensor, checked in the
+    graph, while torch.compile traces). ``skippable``: whether the message may point at check_finite=False."""
+    if t.numel() == 0:
         return 0.0
     # One pass: max |t| = max(-min, max) is NaN or inf exactly when an element is (aminmax and maximum propagate
     # NaN). On CPU aminmax is ~18x faster than linalg.vector_norm(ord=inf) (~0.13 vs 2.3 ms for a HeLo activation).
-    low, high = torch.aminmax(t.detach())
+    if _tracing():
+        low, high = torch.aminmax(t.detach())
+        largest = torch.maximum(-low, high).double()  # bounds built from it must not overflow a half dtype
+        _require(torch.isfinite(largest), _non_finite_message(name, skippable))
+        return largest
+    low, high = torch.aminmax(plain(t).detach())
     largest = float(torch.maximum(-low, high))
     if not math.isfinite(largest):
-        hint = " (or check_finite=False to skip this check)" if skippable else ""
-        raise ValueError(f"{name} contains NaN or inf; pass finite values{hint}")
+        raise ValueError(_non_finite_message(name, skippable))
     return largest
 
 
-def check_regularisation(name: str, value, dtype: torch.dtype, cost_bound: float) -> float:
+def _non_finite_message(name: str, skippable: bool) -> str:
+    hint = " (or check_finite=False to skip this check)" if skippable else ""
+    return f"{name} contains NaN or inf; pass finite values{hint}"
+
+
+def check_regularisation(name: str, value, dtype: torch.dtype, cost_bound: Bound) -> float:
     """The OT regularisation (eps / beta): a finite float of at least the compute dtype's smallest normal, small
-    enough that no scaled cost exceeds 1 / the dtype's epsilon. ``cost_bound`` bounds max |cost| (0: unknown).
+    enough that no scaled cost exceeds 1 / the dtype's epsilon. ``cost_bound`` bounds max |cost| (0: unknown; a 0-d
+    tensor while torch.compile traces: checked in the graph).
 
     Beyond that bound the plan's exponents (f + g - cost) / eps carry no correct digit in any implementation: the
     rounding of f, g and cost alone is larger than 1 in the exponent.
@@ -127,7 +156,10 @@ def check_regularisation(name: str, value, dtype: torch.dtype, cost_bound: float
     if value < info.tiny:
         raise ValueError(f"{name} must be >= {info.tiny:.4g} (the smallest normal {info.dtype} number), got {value:g}")
     limit = 1.0 / info.eps
-    if cost_bound / value > limit:
+    if isinstance(cost_bound, torch.Tensor):
+        _require(cost_bound <= limit * value, f"{name} is too small for the costs: max|cost| / {name} must be <= "
+                 f"{limit:.3g} in {info.dtype} (1 / its epsilon); rescale the costs or raise {name}")
+    elif cost_bound / value > limit:
         raise ValueError(
             f"{name} = {value:g} is too small for costs of magnitude {cost_bound:.4g}: max|cost| / {name} must be "
             f"<= {limit:.3g} in {info.dtype} (1 / its epsilon), got {cost_bound / value:.3g}; rescale the costs or "
@@ -135,20 +167,22 @@ def check_regularisation(name: str, value, dtype: torch.dtype, cost_bound: float
     return value
 
 
-def _marginal(name: str, t: Optional[torch.Tensor], batch: int, size: int, sym: str, cost: torch.Tensor) -> torch.Tensor:
+def _marginal(name: str, t: Optional[torch.Tensor], batch: int, size: int, sym: str,
+              cost: torch.Tensor) -> torch.Tensor:
     if t is None:
         return torch.full((batch, size), 1.0 / size, dtype=cost.dtype, device=cost.device)
     check_tensor(name, t, ndim=2)
     check_shape(name, t, (batch, size), f"[B, {sym}]")
     check_same(name, t, "cost", cost)
     check_finite(name, t, skippable=False)
-    if not _tracing() and bool((t < 0).any()):
-        raise ValueError(f"{name} must be non-negative (a marginal distribution), got a negative entry")
+    message = f"{name} must be non-negative (a marginal distribution), got a negative entry"
+    _require(~(t < 0).any() if _tracing() else not bool((plain(t) < 0).any()), message)
     return t
 
 
 def validate_marginals(a, b, cost: torch.Tensor, *, cost_name: str = "cost"):
-    """Fill ``None`` marginals with uniform ones and check a [B,n], b [B,m] have equal positive mass.
+    """Fill ``None`` marginals with uniform ones and check a [B,n], b [B,m] have equal positive mass: equal within
+    a relative ``tol`` (1e-10 in float64, 1e-5 in float32, 1e-4 in half) of the larger mass, whatever its scale.
 
     cost: [B, n, m] (only its sizes, dtype and device are used).
     Returns (a, b).
@@ -156,16 +190,20 @@ def validate_marginals(a, b, cost: torch.Tensor, *, cost_name: str = "cost"):
     batch, n, m = cost.shape
     a = _marginal("a", a, batch, n, "n", cost)
     b = _marginal("b", b, batch, m, "m", cost)
-    if not _tracing():
-        mass_a, mass_b = a.sum(-1), b.sum(-1)
-        if bool((mass_a <= 0).any()):
-            raise ValueError("a must have positive total mass in every batch entry")
-        tol = 1e-4 if a.dtype in LOW_PRECISION_DTYPES else (1e-5 if a.dtype == torch.float32 else 1e-10)
-        if bool(((mass_a - mass_b).abs() > tol * mass_a.abs().clamp_min(1)).any()):
-            raise ValueError(
-                f"a and b must have equal total mass per batch entry (within {tol:g}); "
-                f"got max |sum(a) - sum(b)| = {float((mass_a - mass_b).abs().max()):.3g}"
-            )
+    mass_a, mass_b = a.sum(-1), b.sum(-1)
+    tol = 1e-4 if a.dtype in LOW_PRECISION_DTYPES else (1e-5 if a.dtype == torch.float32 else 1e-10)
+    gap = (mass_a - mass_b).abs()
+    unequal = gap > tol * torch.maximum(mass_a, mass_b)
+    positive_message = "a must have positive total mass in every batch entry"
+    equal_message = f"a and b must have equal total mass per batch entry (within {tol:g}, relative)"
+    if _tracing():
+        _require((mass_a > 0).all(), positive_message)
+        _require(~unequal.any(), equal_message)
+        return a, b
+    _require(not bool(plain(mass_a <= 0).any()), positive_message)
+    if bool(plain(unequal).any()):
+        relative = float(plain(gap / torch.maximum(mass_a, mass_b)).max())
+        raise ValueError(f"{equal_message}; got |sum(a) - sum(b)| / max(sum(a), sum(b)) = {relative:.3g}")
     return a, b
 
 
@@ -212,7 +250,9 @@ def validate_gromov_wasserstein(cs, ct, a, b, *, eps, outer_iters, inner_iters, 
     # Marginals are checked against a virtual [B, n, m] cost.
     a, b = validate_marginals(a, b, _SizeOnly(cs, ct.shape[1]))
     # Every linearised cost is at most (max|cs| + max|ct|)^2 times the total mass (HELO_SPEC §4.4).
-    mass = float(a.detach().sum(-1).max()) if check_finite_values and a.numel() and not _tracing() else 0.0
+    mass: Bound = 0.0
+    if check_finite_values and a.numel():
+        mass = a.detach().sum(-1).max() if _tracing() else float(plain(a.detach().sum(-1)).max())
     check_regularisation("eps", eps, cs.dtype, structure_bound**2 * mass)
     return a, b
 
@@ -258,7 +298,8 @@ def validate_attention(q, k, v, bias, residual, ln_weight, ln_bias, *, scale, dr
         check_tensor("bias", bias)
         check_same("bias", bias, "q", q)
         if not broadcastable_to(bias.shape, (batch, heads, lq, lk)):
-            raise ValueError(f"bias must be broadcastable to [B, H, Lq, Lk] = {(batch, heads, lq, lk)}, got {tuple(bias.shape)}")
+            raise ValueError(f"bias must be broadcastable to [B, H, Lq, Lk] = {(batch, heads, lq, lk)}, "
+                             f"got {tuple(bias.shape)}")
     if residual is not None:
         check_tensor("residual", residual, ndim=3)
         check_shape("residual", residual, (batch, lq, heads * dim), "[B, Lq, H*D]")
@@ -284,11 +325,40 @@ def validate_attention(q, k, v, bias, residual, ln_weight, ln_bias, *, scale, dr
     else:
         scale = check_positive("scale", scale)
     if check_finite_values:
-        for name, t in (("q", q), ("k", k), ("v", v), ("bias", bias), ("residual", residual), ("ln_weight", ln_weight),
-                        ("ln_bias", ln_bias)):
-            if t is not None:
-                check_finite(name, t)
+        largest = {name: check_finite(name, t) for name, t in (
+            ("q", q), ("k", k), ("v", v), ("bias", bias), ("residual", residual), ("ln_weight", ln_weight),
+            ("ln_bias", ln_bias)) if t is not None}
+        check_attention_range(largest, compute_dtype(q.dtype), dim=dim, features=heads * dim, scale=scale,
+                              dropout_p=dropout_p, layer_norm=ln_weight is not None)
     return scale
+
+
+def check_attention_range(largest: Dict[str, Bound], dtype: torch.dtype, *, dim: int, features: int, scale: float,
+                          dropout_p: float, layer_norm: bool) -> None:
+    """Refuse finite attention inputs whose intermediates can overflow the compute dtype (q = k = 1e20 in float32:
+    the logits are inf, the softmax NaN). From the inputs' largest magnitudes ``largest`` (by argument name):
+    - the logits: (D max|q| max|k| + max|bias|) max(scale, 1) must be at most the dtype's largest finite value;
+    - y = attention output + residual, |y| <= max|v| / (1 - dropout_p) + max|residual|: with LayerNorm its squared
+      deviations summed over the H*D features, (2 |y|)^2 H D, must be at most that value, without it |y| itself.
+    Sufficient bounds (a input may be refused whose actual logits would not overflow: its sizes are ~1e18 in
+    float32, ~1e153 in float64)."""
+    finite_max = _FINITE_MAX[dtype]
+    logits = (dim * largest["q"] * largest["k"] + largest.get("bias", 0.0)) * max(scale, 1.0)
+    output = largest["v"] / (1.0 - dropout_p) + largest.get("residual", 0.0)
+    spread = (2.0 * output) * (2.0 * output) * features if layer_norm else output
+    for bound, what, inputs in ((logits, "(D max|q| max|k| + max|bias|) * max(scale, 1), bounding the logits",
+                                 "q, k or bias"),
+                                (spread, "(2 (max|v| / (1 - dropout_p) + max|residual|))^2 * H*D, bounding the "
+                                 "LayerNorm variance's sum" if layer_norm else
+                                 "max|v| / (1 - dropout_p) + max|residual|, bounding the output", "v or residual")):
+        if isinstance(bound, torch.Tensor) or not bound <= finite_max:  # the message is built only when needed
+            message = (f"the inputs of lcd_attention are too large for {dtype}: {what}, must be <= {finite_max:.3g} "
+                       f"(its largest finite value; beyond it the result can overflow to inf or NaN); rescale "
+                       f"{inputs}")
+            _require(bound <= finite_max, message if isinstance(bound, torch.Tensor) else f"{message}; got {bound:.3g}")
+
+
+_FINITE_MAX = {dtype: torch.finfo(dtype).max for dtype in (torch.float32, torch.float64)}  # the compute dtypes
 
 
 MAX_DROPOUT_NUMEL = 2**32  # the mask hash indexes elements modulo 2**32

@@ -3,11 +3,16 @@
 Each op takes ``backend="auto" | "reference" | "cpp" | "triton"`` (see ``_backend.choose_backend``)
 and ``check_finite=True`` (NaN/inf inputs raise ValueError; False skips that check for speed).
 Under torch.autocast the OT ops and lcd_attention follow the policy of ``_autocast`` (applied before validation).
+Inside a torch.func transform (vmap, grad, jvp, jacrev, jacfwd, ...) or with a forward-mode tangent on an input
+(torch.autograd.forward_ad) every backend runs the reference, which those transforms differentiate exactly
+(``_transforms.needs_reference``); a second derivative of a fast backend's result (``create_graph=True``) is
+taken through the reference too (``_ops.reference_vjp``).
 """
 from __future__ import annotations
 
 from . import _backend, _ops, reference
 from ._autocast import ATTENTION_ARGS, OT_ARGS, autocast_policy
+from ._transforms import needs_reference
 from ._validation import device_of, validate_attention, validate_dropout, validate_gromov_wasserstein, validate_ot
 
 
@@ -50,7 +55,7 @@ def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", backend="au
         (torch.Size([2, 3, 4]), 1.0)
     """
     backend = _backend.choose_backend(backend, device_of("cost", cost), "sinkhorn")
-    if backend == "reference":
+    if backend == "reference" or needs_reference(cost, a, b):
         return reference.sinkhorn(cost, a, b, eps=eps, n_iters=n_iters, grad=grad, check_finite=check_finite)
     a, b = validate_ot(cost, a, b, eps=eps, n_iters=n_iters, grad=grad, check_finite_values=check_finite)
     return _ops.get("sinkhorn", backend)(cost, a, b, eps=eps, n_iters=n_iters, grad=grad)
@@ -94,7 +99,7 @@ def ipot(cost, a=None, b=None, *, beta, n_iters, grad="none", backend="auto", ch
         (torch.Size([2, 3, 4]), False)
     """
     backend = _backend.choose_backend(backend, device_of("cost", cost), "ipot")
-    if backend == "reference":
+    if backend == "reference" or needs_reference(cost, a, b):
         return reference.ipot(cost, a, b, beta=beta, n_iters=n_iters, grad=grad, check_finite=check_finite)
     a, b = validate_ot(cost, a, b, beta=beta, n_iters=n_iters, grad=grad, check_finite_values=check_finite)
     return _ops.get("ipot", backend)(cost, a, b, beta=beta, n_iters=n_iters, grad=grad)
@@ -142,7 +147,7 @@ def gromov_wasserstein(cs, ct, a=None, b=None, *, eps=0.1, outer_iters=5, inner_
         torch.Size([2, 5, 6])
     """
     backend = _backend.choose_backend(backend, device_of("cs", cs), "gromov_wasserstein")
-    if backend == "reference":
+    if backend == "reference" or needs_reference(cs, ct, a, b):
         return reference.gromov_wasserstein(cs, ct, a, b, eps=eps, outer_iters=outer_iters, inner_iters=inner_iters,
                                             solver=solver, grad=grad, check_finite=check_finite)
     a, b = validate_gromov_wasserstein(cs, ct, a, b, eps=eps, outer_iters=outer_iters, inner_iters=inner_iters,
@@ -207,7 +212,7 @@ def lcd_attention(q, k, v, bias=None, *, scale=None, dropkey_p=0.0, dropout_p=0.
                   ln_eps=ln_eps, bias_before_scale=bias_before_scale, generator=generator,
                   dropkey_mask=dropkey_mask, dropout_mask=dropout_mask)
     backend = _backend.choose_backend(backend, device_of("q", q), "lcd_attention")
-    if backend == "reference":
+    if backend == "reference" or needs_reference(q, k, v, bias, residual, ln_weight, ln_bias):
         return reference.lcd_attention(q, k, v, bias, scale=scale, check_finite=check_finite, **kwargs)
     scale = validate_attention(q, k, v, bias, residual, ln_weight, ln_bias, scale=scale, dropkey_p=dropkey_p,
                                dropout_p=dropout_p, ln_eps=ln_eps, dropkey_mask=dropkey_mask,
@@ -246,10 +251,16 @@ def seeded_dropout(x, p, *, generator=None, training=True, backend="auto"):
         [0.0, 2.0]
     """
     backend = _backend.choose_backend(backend, device_of("x", x), "seeded_dropout")
-    if backend == "reference" and training:
+    if training and (backend == "reference" or needs_reference(x)):
         return reference.seeded_dropout(x, p, generator=generator)  # validates its inputs itself
     p = validate_dropout(x, p)
     if not training or p == 0.0:
         return x
     return _ops.get("seeded_dropout", backend)(x, p, generator=generator)
 
+
+
+# Each op's reference, for the fast ops' backward under create_graph=True (``_ops.reference_vjp``): registered here,
+# the layer that knows both, so that the fast path (``_ops``) never imports ``reference``.
+for _op in _ops.OPS:
+    _ops.register(_op, "reference", getattr(reference, _op))

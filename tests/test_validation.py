@@ -42,6 +42,11 @@ OT_CASES = [
     (dict(eps=1e-40, cost=ot_inputs(dtype=torch.float32)), ValueError, "eps must be >= 1.175e-38"),
     (dict(n_iters=2**63), ValueError, "n_iters must be an int <= 2147483647"),
     (dict(cost=torch.empty(2, 3, 4, device="meta")), ValueError, "cost is a meta tensor"),
+    # issue 25: the mass check is relative, so unequal masses far below 1 are refused too
+    (dict(a=torch.full((2, 3), 1e-6 / 3, dtype=torch.float64), b=torch.full((2, 4), 5e-6 / 4, dtype=torch.float64)),
+     ValueError, r"equal total mass per batch entry \(within 1e-10, relative\); got .* = 0\.8"),
+    (dict(a=torch.full((2, 3), 1e-9 / 3, dtype=torch.float64), b=torch.full((2, 4), 1.001e-9 / 4, dtype=torch.float64)),
+     ValueError, "equal total mass"),
 ]
 
 
@@ -67,7 +72,8 @@ def test_check_finite_false_skips_the_scan():
 
 def gw_inputs():
     gen = torch.Generator().manual_seed(0)
-    return torch.rand(2, 3, 3, generator=gen, dtype=torch.float64), torch.rand(2, 4, 4, generator=gen, dtype=torch.float64)
+    return (torch.rand(2, 3, 3, generator=gen, dtype=torch.float64),
+            torch.rand(2, 4, 4, generator=gen, dtype=torch.float64))
 
 
 GW_CASES = [
@@ -132,6 +138,18 @@ ATTENTION_CASES = [
     (dict(ln_weight=torch.ones(10, dtype=torch.float64), ln_bias=torch.full((10,), -math.inf, dtype=torch.float64)),
      ValueError, "ln_bias contains NaN or inf"),
     (dict(q=torch.empty(2, 2, 3, 5, dtype=torch.float64, device="meta")), ValueError, "q is a meta tensor"),
+    # issue 25: finite inputs whose logits or LayerNorm variance would overflow the compute dtype (NaN out)
+    (dict(q=torch.full((2, 2, 3, 5), 1e20), k=torch.full((2, 2, 4, 5), 1e20), v=torch.ones(2, 2, 4, 5)), ValueError,
+     r"inputs of lcd_attention are too large for torch\.float32: \(D max\|q\| max\|k\| \+ max\|bias\|\)"),
+    (dict(q=torch.ones(2, 2, 3, 5), k=torch.ones(2, 2, 4, 5), v=torch.ones(2, 2, 4, 5),
+          bias=torch.full((3, 4), 3e38), scale=2.0), ValueError, "too large for torch.float32"),
+    (dict(q=torch.ones(2, 2, 3, 5), k=torch.ones(2, 2, 4, 5), v=torch.ones(2, 2, 4, 5),
+          residual=torch.full((2, 3, 10), 1e20), ln_weight=torch.ones(10)), ValueError,
+     r"too large for torch\.float32: .*bounding the LayerNorm variance's sum"),
+    (dict(q=torch.ones(2, 2, 3, 5, dtype=torch.float64), k=torch.ones(2, 2, 4, 5, dtype=torch.float64),
+          v=torch.full((2, 2, 4, 5), 1e308, dtype=torch.float64),
+          residual=torch.full((2, 3, 10), 1.7e308, dtype=torch.float64)),
+     ValueError, r"too large for torch\.float64: .*bounding the output"),
 ]
 
 

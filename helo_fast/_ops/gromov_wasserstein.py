@@ -1,7 +1,8 @@
 """gromov_wasserstein: the C++ op (torch.ops.helo_fast.gromov_wasserstein_fwd/_bwd, schema in csrc/schema.cpp) and the
 Triton op (helo_fast::triton_gromov_wasserstein_fwd/_bwd, kernels/gromov_wasserstein.py, which also saves each outer
 iteration's input plan): fake kernels, autograd, autocast rules, and the entry points registered for
-``functional.gromov_wasserstein`` (inputs already validated, marginals filled in).
+``functional.gromov_wasserstein`` (inputs already validated, marginals filled in). A backward under
+create_graph=True (second derivatives) differentiates the reference instead (``_reference_vjp``).
 """
 from __future__ import annotations
 
@@ -13,8 +14,15 @@ from torch import Tensor
 from .. import _ext, kernels
 from .._autocast import register_autocast_rule
 from .._numerics import compute_dtype
-from . import register, wants_grad
+from . import differentiable_backward_wanted, reference_vjp, register, wants_grad
 from .ot_common import history_dtype, prepare_ot_inputs
+
+
+def _reference_vjp(grad_plan, cs, ct, a, b, eps, outer_iters, inner_iters, solver):
+    """(d_cs, d_ct, d_a, d_b) of the reference as a differentiable graph (the backward under create_graph=True)."""
+    return reference_vjp("gromov_wasserstein", grad_plan, (cs, ct, a, b),
+                         lambda ref: ref(cs, ct, a, b, eps=eps, outer_iters=outer_iters, inner_iters=inner_iters,
+                                         solver=solver, grad="unrolled"))
 
 if _ext.has_cpp():
     @torch.library.register_fake("helo_fast::gromov_wasserstein_fwd")
@@ -30,14 +38,17 @@ if _ext.has_cpp():
         return torch.empty_like(cs), torch.empty_like(ct), torch.empty_like(a), torch.empty_like(b)
 
     def _gromov_wasserstein_setup_context(ctx, inputs, output):
-        cs, ct, a, b, eps, _outer, _inner, solver, _save = inputs
+        cs, ct, a, b, eps, outer, inner, solver, _save = inputs
         _plan, plans, hist_n, hist_m = output
         ctx.save_for_backward(cs, ct, a, b, plans, hist_n, hist_m)
-        ctx.eps, ctx.solver = eps, solver
+        ctx.eps, ctx.solver, ctx.iters = eps, solver, (outer, inner)
         ctx.mark_non_differentiable(plans, hist_n, hist_m)
 
     def _gromov_wasserstein_backward(ctx, grad_plan, _g_plans, _g_hist_n, _g_hist_m):
         cs, ct, a, b, plans, hist_n, hist_m = ctx.saved_tensors
+        if differentiable_backward_wanted(grad_plan, cs, ct, a, b):
+            grads = _reference_vjp(grad_plan, cs, ct, a, b, ctx.eps, *ctx.iters, ctx.solver)
+            return (*grads, None, None, None, None, None)
         grads = torch.ops.helo_fast.gromov_wasserstein_bwd(grad_plan.contiguous(), cs, ct, a, b, plans, hist_n,
                                                            hist_m, ctx.eps, ctx.solver)
         return (*grads, None, None, None, None, None)
@@ -102,6 +113,8 @@ if kernels.TRITON_ERROR is None:
         if not ctx.save:
             raise RuntimeError("triton gromov_wasserstein was run with save=False; it has no backward")
         cs, ct, a, b, *hists = ctx.saved_tensors
+        if differentiable_backward_wanted(grad_plan, cs, ct, a, b):
+            return (*_reference_vjp(grad_plan, cs, ct, a, b, *ctx.args), None, None, None, None, None)
         return (*triton_gromov_wasserstein_bwd(grad_plan, cs, ct, a, b, *hists, *ctx.args), None, None, None, None,
                 None)
 

@@ -6,6 +6,8 @@ C++: when gradients are needed the forward also returns what the backward reads:
 (mean, rstd [B, Lq]), the softmax weights [B, H, Lq, Lk] and the LayerNorm input [B, Lq, H*D] (in the
 accumulation type); DropKey/dropout masks are never stored, the backward regenerates them from the seed.
 Triton: the backward kernel recomputes the forward for its rows from the saved inputs and the seed.
+A backward under create_graph=True (second derivatives) differentiates the reference instead (``_reference_vjp``,
+with the masks regenerated from the seed).
 """
 from __future__ import annotations
 
@@ -17,7 +19,25 @@ from torch import Tensor
 from .. import _ext, _rng, kernels
 from .._autocast import FLOAT32, LOW, register_autocast_rule
 from .._numerics import compute_dtype, dropkey_value
-from . import register, wants_grad
+from . import differentiable_backward_wanted, reference_vjp, register, wants_grad
+
+
+def _reference_vjp(grad_out, q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, seed, scale,
+                   dropkey_p, dropout_p, ln_eps, bias_before_scale):
+    """[dq, dk, dv, dbias, dresidual, dln_weight, dln_bias] (None where absent) of the reference, with the masks the
+    fast op used (given, or regenerated from ``seed``), as a differentiable graph: the backward under
+    create_graph=True."""
+    shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    if dropkey_mask is None and dropkey_p > 0:
+        dropkey_mask = _rng.bernoulli_mask(seed, shape, dropkey_p, _rng.STREAM_DROPKEY, q.device)
+    if dropout_mask is None and dropout_p > 0:
+        dropout_mask = _rng.bernoulli_mask(seed, shape, dropout_p, _rng.STREAM_DROPOUT, q.device)
+    return reference_vjp("lcd_attention", grad_out, (q, k, v, bias, residual, ln_weight, ln_bias),
+                         lambda ref: ref(q, k, v, bias, scale=scale, dropkey_p=dropkey_p, dropout_p=dropout_p,
+                                         residual=residual, ln_weight=ln_weight, ln_bias=ln_bias, ln_eps=ln_eps,
+                                         bias_before_scale=bias_before_scale, dropkey_mask=dropkey_mask,
+                                         dropout_mask=dropout_mask))
+
 
 if _ext.has_cpp():
 
@@ -63,10 +83,11 @@ if _ext.has_cpp():
         (q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, scale, dropkey_p, dropout_p,
          dropkey_value, ln_eps, bias_before_scale, seed, saved) = inputs
         _, mean, rstd, prob, ln_input = output
-        # The CPU backward reads the saved LayerNorm input, so it needs no residual; CUDA recomputes it.
+        # The CPU backward reads the saved LayerNorm input, so its kernel needs no residual; CUDA recomputes it.
+        # (Kept anyway, an input costs no memory: a second derivative differentiates the reference, which reads it.)
         ctx.has_residual, ctx.saved = residual is not None, saved
-        keep_residual = residual if q.is_cuda or not saved else None
-        ctx.save_for_backward(q, k, v, bias, keep_residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, mean,
+        ctx.kernel_reads_residual = q.is_cuda or not saved
+        ctx.save_for_backward(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, mean,
                               rstd, prob, ln_input, seed)
         ctx.scalars = (scale, dropkey_p, dropout_p, dropkey_value, bias_before_scale)
         ctx.ln_eps = ln_eps
@@ -76,6 +97,12 @@ if _ext.has_cpp():
         """Gradients for (q, k, v, bias, residual, ln_weight, ln_bias); None where an input is absent."""
         (q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, mean, rstd, prob, ln_input,
          seed) = ctx.saved_tensors
+        if differentiable_backward_wanted(grad_out, q, k, v, bias, residual, ln_weight, ln_bias):
+            scale, dropkey_p, dropout_p, _, bias_before_scale = ctx.scalars
+            return tuple(_reference_vjp(grad_out, q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask,
+                                        dropout_mask, seed, scale, dropkey_p, dropout_p, ctx.ln_eps, bias_before_scale))
+        if not ctx.kernel_reads_residual:
+            residual = None
         if not ctx.saved:  # the forward ran with save_for_backward=False: recompute what it would have saved
             scale, dropkey_p, dropout_p, dropkey_value, bias_before_scale = ctx.scalars
             _, mean, rstd, prob, ln_input = torch.ops.helo_fast.lcd_attention_fwd(
@@ -161,12 +188,15 @@ if kernels.TRITON_ERROR is None:
     def _attention_setup(ctx, inputs, output):
         (q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, seed, scale, dropkey_p, dropout_p,
          ln_eps, bias_before_scale) = inputs
-        ctx.save_for_backward(q, k, v, bias, residual, ln_weight, dropkey_mask, dropout_mask, seed)
+        ctx.save_for_backward(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, seed)
         ctx.scalars = (scale, dropkey_p, dropout_p, ln_eps, bias_before_scale)
         ctx.present = (bias is not None, residual is not None, ln_weight is not None, ln_bias is not None)
 
     def _attention_backward(ctx, grad_out):
-        q, k, v, bias, residual, ln_weight, dropkey_mask, dropout_mask, seed = ctx.saved_tensors
+        q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, seed = ctx.saved_tensors
+        if differentiable_backward_wanted(grad_out, q, k, v, bias, residual, ln_weight, ln_bias):
+            return (*_reference_vjp(grad_out, q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask,
+                                    seed, *ctx.scalars), None, None, None, None, None, None, None, None)
         dq, dk, dv, dbias, dres, dlnw, dlnb = triton_lcd_attention_bwd(
             grad_out, q, k, v, bias, residual, ln_weight, dropkey_mask, dropout_mask, seed, *ctx.scalars)
         has_bias, has_res, has_ln, has_ln_bias = ctx.present

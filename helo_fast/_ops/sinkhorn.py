@@ -12,13 +12,15 @@ from torch import Tensor
 from .. import _ext, kernels
 from .._autocast import register_autocast_rule
 from .._numerics import compute_dtype
-from . import register, wants_grad
-from .ot_common import make_ot_backward, ot_bwd_fake, ot_fwd_fake, ot_setup_context, prepare_ot_inputs
+from . import differentiable_backward_wanted, register, wants_grad
+from .ot_common import (make_ot_backward, ot_bwd_fake, ot_fwd_fake, ot_reference_vjp, ot_setup_context,
+                        prepare_ot_inputs)
 
 if _ext.has_cpp():
     torch.library.register_fake("helo_fast::sinkhorn_fwd")(ot_fwd_fake)
     torch.library.register_fake("helo_fast::sinkhorn_bwd")(ot_bwd_fake)
-    torch.library.register_autograd("helo_fast::sinkhorn_fwd", make_ot_backward(torch.ops.helo_fast.sinkhorn_bwd),
+    torch.library.register_autograd("helo_fast::sinkhorn_fwd",
+                                    make_ot_backward(torch.ops.helo_fast.sinkhorn_bwd, "sinkhorn", "eps"),
                                     setup_context=ot_setup_context)
 
     def sinkhorn_cpp(cost, a, b, *, eps, n_iters, grad):
@@ -70,6 +72,8 @@ if kernels.TRITON_ERROR is None:
         if not ctx.save:
             raise RuntimeError("triton sinkhorn was run with save=False; it has no backward (use grad='unrolled')")
         cost, a, b, f_hist, g_hist = ctx.saved_tensors
+        if differentiable_backward_wanted(grad_plan, cost, a, b):
+            return (*ot_reference_vjp("sinkhorn", grad_plan, cost, a, b, ctx.n_iters, eps=ctx.eps), None, None, None)
         d_cost, d_a, d_b = triton_sinkhorn_bwd(grad_plan, cost, a, b, f_hist, g_hist, ctx.eps, ctx.n_iters)
         return d_cost, d_a, d_b, None, None, None
 

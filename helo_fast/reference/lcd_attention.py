@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from .. import _rng
 from .._numerics import compute_dtype, dropkey_value
 from .._autocast import ATTENTION_ARGS, autocast_policy
+from .._transforms import check_random_draw_allowed
 from .._validation import validate_attention
 
 def attention_masks(shape, dropkey_p, dropout_p, generator=None, dropkey_mask=None, dropout_mask=None, device=None):
@@ -16,6 +17,7 @@ def attention_masks(shape, dropkey_p, dropout_p, generator=None, dropkey_mask=No
     taken from ``generator`` with the counter-based hash of ``helo_fast._rng`` (same on all backends).
     """
     if _rng.needs_seed(dropkey_p, dropout_p, dropkey_mask, dropout_mask):
+        check_random_draw_allowed("lcd_attention")  # a clear error inside a vmap that refuses random draws
         seed = _rng.draw_seed_tensor(generator)  # a tensor: no recompiling on its value under torch.compile
         if dropkey_p > 0 and dropkey_mask is None:
             dropkey_mask = _rng.bernoulli_mask(seed, shape, dropkey_p, _rng.STREAM_DROPKEY, device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from .. import _rng
+from .._transforms import check_random_draw_allowed
 from .._validation import validate_dropout
 
 
@@ -17,6 +18,7 @@ def seeded_dropout(x: torch.Tensor, p: float, *, generator=None) -> torch.Tensor
     p = validate_dropout(x, p)
     if p == 0.0:
         return x
+    check_random_draw_allowed("seeded_dropout")  # a clear error inside a vmap that refuses random draws
     seed = _rng.draw_seed_tensor(generator)  # a tensor: no recompiling on its value under torch.compile
     dropped = _rng.bernoulli_mask(seed, x.shape, p, _rng.STREAM_DROPOUT, x.device)
     return torch.where(dropped, torch.zeros((), dtype=x.dtype, device=x.device), x * (1.0 / (1.0 - p)))
