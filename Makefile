@@ -8,7 +8,7 @@ export TRITON_INTERPRET ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 0 || ec
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv build test test-fast demo bench ctest clean
+.PHONY: venv build gpu-check test test-fast demo bench ctest clean
 
 $(STAMP): requirements.txt pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,13 @@ build: $(STAMP)
 # xdist_group). Measured on 2 cores, quiet, the whole suite: serial 1000 s, 2 workers 1086 s (many tests already use
 # both cores: CMake/nvcc builds, subprocesses, 2-thread kernels).
 PYTEST_WORKERS ?= $(shell [ $$(nproc) -ge 4 ] && echo auto || echo 0)
-test: build
+# Compiles every Triton kernel configuration and CUDA kernel for Hopper (no GPU needed) and fails on compile errors,
+# spills, shared memory over the limit and TF32 dots (docs/gpu.md). Cached under build/gpu-audit: a cold run takes
+# about 5-9 minutes on 2 cores, a run with unchanged kernels seconds.
+gpu-check: $(STAMP)
+	$(PY) -m benchmarks.gpu_audit $(GPU_CHECK_ARGS)
+
+test: build gpu-check
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) tests
 
 # Skips the slow and torch.compile tests (for a quick local loop; CI runs `make test`).

@@ -22,7 +22,7 @@ from helo_fast._numerics import compute_dtype
 from helo_fast.kernels.ipot import _ipot_tile, _ipot_tile_bwd
 from helo_fast.kernels.ot_tiles import _over_marginal
 from helo_fast.kernels.sinkhorn import _sinkhorn_tile, _sinkhorn_tile_bwd
-from helo_fast.kernels.triton_utils import block_size, num_warps_configs, scalar_tensor
+from helo_fast.kernels.triton_utils import autotune_num_warps, block_size, scalar_tensor
 
 SOLVER_IPOT = 0
 SOLVER_SINKHORN = 1
@@ -50,7 +50,7 @@ def _linearised_cost(const, cs, plan, ct):
     return const - tl.dot(tl.dot(2.0 * cs, plan, input_precision="ieee"), tl.trans(ct), input_precision="ieee")
 
 
-@triton.autotune(configs=num_warps_configs(), key=["n", "m"])
+@autotune_num_warps(["n", "m"])
 @triton.jit
 def _gromov_wasserstein_fwd_kernel(cs_ptr, ct_ptr, a_ptr, b_ptr, scalars_ptr, plan_ptr, h0_ptr, h1_ptr, h2_ptr, h3_ptr,
                                    plans_ptr, n, m, outer_iters, inner_iters,
@@ -92,7 +92,7 @@ def _gromov_wasserstein_fwd_kernel(cs_ptr, ct_ptr, a_ptr, b_ptr, scalars_ptr, pl
     tl.store(plan_ptr + pid * n * m + rn[:, None] * m + rm[None, :], plan, mask=mask)
 
 
-@triton.autotune(configs=num_warps_configs(), key=["n", "m"])
+@autotune_num_warps(["n", "m"])
 @triton.jit
 def _gromov_wasserstein_bwd_kernel(grad_ptr, cs_ptr, ct_ptr, a_ptr, b_ptr, scalars_ptr, h0_ptr, h1_ptr, h2_ptr, h3_ptr,
                                    plans_ptr, dcs_ptr, dct_ptr, da_ptr, db_ptr, n, m, outer_iters, inner_iters,

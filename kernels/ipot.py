@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from helo_fast.kernels.ot_tiles import _load_problem, _log_ratio, _lse, _over_marginal, _prepare, _softmax_masked
-from helo_fast.kernels.triton_utils import block_size, num_warps_configs, scalar_tensor
+from helo_fast.kernels.triton_utils import autotune_num_warps, block_size, scalar_tensor
 
 
 @triton.jit
@@ -51,7 +51,7 @@ def _ipot_tile(cost, log_a, log_b, mask, mn, mm, beta, neg_log_m, n_iters, d_his
             tl.store(cs_hist_ptr + it * m + rm, cum_s, mask=mm)
     return tl.where(mask, log_plan, float("-inf"))
 
-@triton.autotune(configs=num_warps_configs(), key=["n", "m"])
+@autotune_num_warps(["n", "m"])
 @triton.jit
 def _ipot_fwd_kernel(cost_ptr, a_ptr, b_ptr, scalars_ptr, plan_ptr, d_hist_ptr, s_hist_ptr, cd_hist_ptr, cs_hist_ptr,
                      n, m, n_iters, stride_cb, stride_cn, stride_cm, stride_ab, stride_bb,
@@ -114,7 +114,7 @@ def _ipot_tile_bwd(grad, cost, mask, mn, mm, beta, neg_log_m, n_iters, d_hist_pt
         d_plan = d_q
     return -d_kernel / beta, d_log_a, d_log_b
 
-@triton.autotune(configs=num_warps_configs(), key=["n", "m"])
+@autotune_num_warps(["n", "m"])
 @triton.jit
 def _ipot_bwd_kernel(grad_ptr, cost_ptr, a_ptr, b_ptr, scalars_ptr, d_hist_ptr, s_hist_ptr, cd_hist_ptr, cs_hist_ptr,
                      dcost_ptr, da_ptr, db_ptr, n, m, n_iters,

@@ -17,7 +17,7 @@ import triton.language as tl
 from helo_fast._numerics import compute_dtype, dropkey_value
 from helo_fast._rng import STREAM_DROPKEY, STREAM_DROPOUT
 from helo_fast.kernels.mask_hash import _hash_uniform
-from helo_fast.kernels.triton_utils import block_size, num_warps_configs, scalar_tensor
+from helo_fast.kernels.triton_utils import autotune_num_warps, block_size, scalar_tensor
 
 MASK_NONE = 0
 MASK_HASH = 1
@@ -119,7 +119,7 @@ def _layer_norm_stats(x, cols, HD, ln_eps):
     return centered, 1.0 / tl.sqrt(var + ln_eps)
 
 
-@triton.autotune(configs=num_warps_configs(), key=["Lq", "Lk", "H", "D"])
+@autotune_num_warps(["Lq", "Lk", "H", "D"])
 @triton.jit
 def _lcd_attention_fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, lnw_ptr, lnb_ptr, dropkey_mask_ptr,
                               dropout_mask_ptr, seed_ptr, fparams_ptr, prob_ptr, out_ptr, H, D, Lq, Lk,
@@ -152,7 +152,7 @@ def _lcd_attention_fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, lnw_ptr, l
     tl.store(out_ptr + pid * Lq * H * D + rq[:, None] * H * D + cols[None, :], out, mask=out_valid)
 
 
-@triton.autotune(configs=num_warps_configs(), key=["Lq", "Lk", "H", "D"])
+@autotune_num_warps(["Lq", "Lk", "H", "D"])
 @triton.jit
 def _lcd_attention_bwd_kernel(grad_ptr, q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, lnw_ptr, dropkey_mask_ptr,
                               dropout_mask_ptr,

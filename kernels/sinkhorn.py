@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from helo_fast.kernels.ot_tiles import _load_problem, _log_ratio, _lse, _over_marginal, _prepare, _softmax_masked
-from helo_fast.kernels.triton_utils import block_size, num_warps_configs, scalar_tensor
+from helo_fast.kernels.triton_utils import autotune_num_warps, block_size, scalar_tensor
 
 
 @triton.jit
@@ -35,7 +35,7 @@ def _sinkhorn_tile(cost, log_a, log_b, mask, mn, mm, eps, n_iters, f_hist_ptr, g
             tl.store(g_hist_ptr + it * m + rm, g, mask=mm)
     return f, g
 
-@triton.autotune(configs=num_warps_configs(), key=["n", "m"])
+@autotune_num_warps(["n", "m"])
 @triton.jit
 def _sinkhorn_fwd_kernel(cost_ptr, a_ptr, b_ptr, scalars_ptr, plan_ptr, f_hist_ptr, g_hist_ptr, n, m, n_iters,
                          stride_cb, stride_cn, stride_cm, stride_ab, stride_bb,
@@ -83,7 +83,7 @@ def _sinkhorn_tile_bwd(grad, cost, mask, mn, mm, eps, n_iters, f_hist_ptr, g_his
         d_g = tl.zeros_like(d_g)
     return d_cost, d_log_a, d_log_b
 
-@triton.autotune(configs=num_warps_configs(), key=["n", "m"])
+@autotune_num_warps(["n", "m"])
 @triton.jit
 def _sinkhorn_bwd_kernel(grad_ptr, cost_ptr, a_ptr, b_ptr, scalars_ptr, f_hist_ptr, g_hist_ptr,
                          dcost_ptr, da_ptr, db_ptr, n, m, n_iters,

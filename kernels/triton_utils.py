@@ -30,6 +30,36 @@ def num_warps_configs():
                              f"got {setting!r}") from None
     return [triton.Config({}, num_warps=w) for w in warps]
 
+# A program's largest tile may take at most this many bytes per thread (32 float32 registers): more, and ptxas spills
+# to local memory or, at 64 x 128 float32 tiles on one warp, runs for minutes in over 13 GiB (gpu-check).
+TILE_BYTES_PER_THREAD = 128
+
+
+def min_num_warps(block_sizes, itemsize: int) -> int:
+    """The fewest warps for a program whose largest tile is the product of the two largest ``block_sizes``."""
+    largest = sorted(block_sizes, reverse=True)[:2]
+    tile = largest[0] * (largest[1] if len(largest) > 1 else 1)
+    return max(1, -(-tile * itemsize // (32 * TILE_BYTES_PER_THREAD)))
+
+
+def prune_num_warps(configs, named_args, **kwargs):
+    """``early_config_prune`` of the autotuned kernels: drop warp counts below ``min_num_warps`` for this launch's
+    BLOCK_* constexprs and compute dtype (that of the first float tensor argument; keep the largest config if none
+    is left). The GPU audit (benchmarks/gpu_audit) calls the same function, so it compiles exactly the configs a
+    launch can pick."""
+    blocks = [v for k, v in kwargs.items() if k.startswith("BLOCK")]
+    itemsize = next((t.element_size() for t in named_args.values()
+                     if isinstance(t, torch.Tensor) and t.is_floating_point()), 4)
+    need = min_num_warps(blocks, itemsize) if blocks else 1
+    return [c for c in configs if c.num_warps >= need] or [max(configs, key=lambda c: c.num_warps)]
+
+
+def autotune_num_warps(key):
+    """``triton.autotune`` over ``num_warps_configs()`` keyed by ``key``, pruned by ``prune_num_warps``."""
+    return triton.autotune(configs=num_warps_configs(), key=key,
+                           prune_configs_by={"early_config_prune": prune_num_warps})
+
+
 @functools.lru_cache(maxsize=64)
 def _cached_scalars(values, dtype, device):
     return torch.tensor(values, dtype=dtype, device=device)
