@@ -1,6 +1,6 @@
 """helo_fast: the HeLo emotion-distribution-learning model with fused OT and attention kernels.
 
-Public ops (``helo_fast.functional``): sinkhorn, ipot, gromov_wasserstein, lcd_attention.
+Public ops (``helo_fast.functional``): sinkhorn, ipot, gromov_wasserstein, lcd_attention, seeded_dropout.
 Reference (plain PyTorch) versions: ``helo_fast.reference``. Metrics: ``helo_fast.metrics``.
 Drop-in modules: ``helo_fast.nn``; ``convert(model)`` / ``revert(model)`` swap them in and out.
 The model: ``helo_fast.models.HeLo``. ``env_report()`` says which backends are available here and why not.

@@ -1,4 +1,5 @@
-"""Launch utilities shared by every Triton kernel: tile sizes, compute dtype, autotune configs, scalar tensors."""
+"""Launch utilities shared by every Triton kernel: tile sizes, autotune configs (num_warps, pruned per tile), cached
+scalar tensors. (Each kernel picks its own compute dtype: helo_fast._numerics.compute_dtype.)"""
 from __future__ import annotations
 
 import functools
