@@ -222,9 +222,12 @@ def _lcd_attention_bwd_kernel(grad_ptr, q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, 
     tl.store(dv_ptr + v_offs, d_v, mask=v_valid)
 
 
-def _mask_mode(p: float, mask):
+def _mask_mode(p: float, mask, dtype: torch.dtype):
+    """(mask mode, the explicit mask as the kernel reads it, or None)."""
     if mask is not None:
-        return MASK_TENSOR, mask.to(torch.uint8).contiguous()
+        # Triton 3.8 sizes the MMA operands of a tl.dot from the narrowest load feeding them: a uint8 mask makes
+        # them 4-wide in k, which its float64 MMA cannot lower (it asserts in MMAv2.cpp). float64 reads int32.
+        return MASK_TENSOR, mask.to(torch.int32 if dtype == torch.float64 else torch.uint8).contiguous()
     return (MASK_HASH if p > 0 else MASK_NONE), None
 
 
@@ -236,8 +239,8 @@ def _launch_args(q, k, v, bias, residual, scale, dropkey_p, dropout_p, ln_eps, s
     q, k, v = (t.to(dtype).contiguous() for t in (q, k, v))
     bias_e = None if bias is None else bias.to(dtype).expand(batch, heads, lq, lk)
     residual = None if residual is None else residual.to(dtype).contiguous()
-    dropkey_mode, dropkey_mask = _mask_mode(dropkey_p, dropkey_mask)
-    dropout_mode, dropout_mask = _mask_mode(dropout_p, dropout_mask)
+    dropkey_mode, dropkey_mask = _mask_mode(dropkey_p, dropkey_mask, dtype)
+    dropout_mode, dropout_mask = _mask_mode(dropout_p, dropout_mask, dtype)
     keep_scale = 1.0 - dropout_p if dropout_mode != MASK_NONE else 1.0
     fparams = scalar_tensor((scale, keep_scale, ln_eps, dropkey_value(dtype)), dtype, q.device)
     probs = scalar_tensor((dropkey_p, dropout_p), torch.float32, q.device)  # compared as float32, like _rng

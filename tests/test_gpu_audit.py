@@ -104,3 +104,52 @@ def test_autotuned_kernels_prune_with_the_shared_rule():
     assert tuned
     for name, kernel in tuned.items():
         assert kernel.early_config_prune is triton_utils.prune_num_warps, name
+
+
+def _record_attention_launches(dtype):
+    """The Triton launches (forward and backward) of the audit's small attention case with explicit masks."""
+    from benchmarks.gpu_audit import cases as case_list
+    from benchmarks.gpu_audit.launches import recording
+    (case,) = [c for c in case_list.cases() if c.id == f"lcd_attention-bias-after-scale-tensor-masks-{dtype}"]
+    sink: list = []
+    with recording(sink, execute=False):
+        case_list.run(case, torch.device("cpu"), "triton")
+    assert sorted(launch["kernel"] for launch in sink) == ["lcd_attention._lcd_attention_bwd_kernel",
+                                                            "lcd_attention._lcd_attention_fwd_kernel"]
+    return sink
+
+
+@pytest.mark.parametrize("dtype, mask_dtype", [("float64", "int32"), ("float32", "uint8"), ("bfloat16", "uint8")])
+def test_attention_masks_reach_the_kernel_wide_enough(dtype, mask_dtype):
+    """Triton 3.8 sizes a tl.dot's MMA operands from the narrowest load feeding them and cannot lower float64 ones
+    fed by a uint8 load (MMAv2.cpp asserts): float64 attention reads its explicit masks as int32, others as uint8."""
+    for launch in _record_attention_launches(dtype):
+        names = list(_kernel_arg_names(launch["kernel"]))
+        args = dict(zip(names, launch["args"]))
+        assert args["dropkey_mask_ptr"]["tensor"] == mask_dtype
+        assert args["dropout_mask_ptr"]["tensor"] == mask_dtype
+
+
+def _kernel_arg_names(name):
+    from benchmarks.gpu_audit.launches import launchable_kernels
+    kernel = launchable_kernels()[name]
+    while not hasattr(kernel, "arg_names"):
+        kernel = kernel.fn
+    return kernel.arg_names
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_ptxas(), reason="Triton's NVIDIA backend (ptxas) is not installed")
+def test_float64_attention_with_explicit_masks_compiles(tmp_path):
+    """Regression: the float64 attention kernels with explicit masks aborted Triton's sm_90 / sm_100 lowering."""
+    path = tmp_path / "launches.json"
+    path.write_text(json.dumps(_record_attention_launches("float64")))
+    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-m", "tests.gpu_audit_compile", str(path)], capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = list(map(json.loads, out.stdout.splitlines()))
+    assert len(rows) == 4  # forward and backward, sm_90 and sm_100
+    for row in rows:
+        assert "error" not in row, (row["config"], row["error"][-500:])
+        assert "fp64" in row["config"] and "DROPKEY_MODE=2 DROPOUT_MODE=2" in row["config"]

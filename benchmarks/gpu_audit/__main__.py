@@ -49,13 +49,7 @@ ALLOWANCES = {
     "gromov_wasserstein.cu:ot_solve_kernel": (8, "as sinkhorn.cu"),
 }
 # kernel -> (predicate on the config text, why) for compile errors that are known and not yet fixed.
-KNOWN_COMPILE_FAILURES = {
-    "lcd_attention._lcd_attention_fwd_kernel": (
-        lambda config: "fp64" in config and "u8" in config,
-        "float64 with explicit bool masks: Triton 3.8 asserts in its MMAv2 fp64 dot lowering (MMAv2.cpp:117)"),
-    "lcd_attention._lcd_attention_bwd_kernel": (
-        lambda config: "fp64" in config and "u8" in config, "as the forward"),
-}
+KNOWN_COMPILE_FAILURES: dict = {}
 
 
 def _digest(paths, extra: str = "") -> str:
