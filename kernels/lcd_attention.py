@@ -24,6 +24,12 @@ MASK_HASH = 1
 MASK_TENSOR = 2
 _STREAM_DROPKEY = tl.constexpr(STREAM_DROPKEY)
 _STREAM_DROPOUT = tl.constexpr(STREAM_DROPOUT)
+# Warps: a program keeps about eight tiles as large as its largest (q, k, v, the output, the gradients) and its
+# float32 tl.dot (IEEE: FMA, no tensor cores) holds whole K rows of its operands per thread. At the shared rule
+# (128 B of the largest tile per thread) HeLo's 64 x 128 tiles got 8 warps and spilled 14 KiB per thread in the
+# backward, 8 KiB in the forward; at 32 B they get 16 warps (16 x 128: 8) and spill at most 2.2 KiB in the backward,
+# none in the forward (gpu-check, sm_90 and sm_100).
+_AUTOTUNE = dict(warps="1,2,4,8,16", tile_bytes_per_thread=32)
 
 
 @triton.jit
@@ -119,7 +125,7 @@ def _layer_norm_stats(x, cols, HD, ln_eps):
     return centered, 1.0 / tl.sqrt(var + ln_eps)
 
 
-@autotune_num_warps(["Lq", "Lk", "H", "D"])
+@autotune_num_warps(["Lq", "Lk", "H", "D"], **_AUTOTUNE)
 @triton.jit
 def _lcd_attention_fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, lnw_ptr, lnb_ptr, dropkey_mask_ptr,
                               dropout_mask_ptr, seed_ptr, fparams_ptr, prob_ptr, out_ptr, H, D, Lq, Lk,
@@ -152,7 +158,7 @@ def _lcd_attention_fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, lnw_ptr, l
     tl.store(out_ptr + pid * Lq * H * D + rq[:, None] * H * D + cols[None, :], out, mask=out_valid)
 
 
-@autotune_num_warps(["Lq", "Lk", "H", "D"])
+@autotune_num_warps(["Lq", "Lk", "H", "D"], **_AUTOTUNE)
 @triton.jit
 def _lcd_attention_bwd_kernel(grad_ptr, q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, lnw_ptr, dropkey_mask_ptr,
                               dropout_mask_ptr,

@@ -96,15 +96,41 @@ def test_prune_num_warps(blocks, dtype, need):
 
 
 def test_autotuned_kernels_prune_with_the_shared_rule():
-    """Every autotuned kernel prunes with triton_utils.prune_num_warps, the function the audit also calls."""
+    """Every autotuned kernel prunes with triton_utils.prune_num_warps (the attention kernels with a smaller tile
+    budget per thread), the function the audit also calls."""
+    import functools
+
     from triton.runtime.autotuner import Autotuner
 
     from benchmarks.gpu_audit.launches import launchable_kernels
     tuned = {name: k for name, k in launchable_kernels().items() if isinstance(k, Autotuner)}
     assert tuned
     for name, kernel in tuned.items():
-        assert kernel.early_config_prune is triton_utils.prune_num_warps, name
+        prune = kernel.early_config_prune
+        if isinstance(prune, functools.partial):
+            assert prune.func is triton_utils.prune_num_warps and set(prune.keywords) == {"tile_bytes_per_thread"}
+            assert name.startswith("lcd_attention."), name
+        else:
+            assert prune is triton_utils.prune_num_warps, name
 
+
+def test_attention_gets_16_warps_for_helo_tiles():
+    """HeLo's 64 x 128 float32 attention tiles spilled 8-14 KiB per thread on 8 warps (gpu-check): 16 at least,
+    and 16 only where needed; the OT kernels keep the shared rule."""
+    import triton
+
+    from benchmarks.gpu_audit.launches import launchable_kernels
+    kernels = launchable_kernels()
+    configs = [triton.Config({}, num_warps=w) for w in (1, 2, 4, 8, 16)]
+    args = {"q": torch.empty(1)}
+    for name in ("lcd_attention._lcd_attention_fwd_kernel", "lcd_attention._lcd_attention_bwd_kernel"):
+        kept = kernels[name].early_config_prune(configs, args, BLOCK_Q=64, BLOCK_K=64, BLOCK_C=128)
+        assert [c.num_warps for c in kept] == [16], name
+    kept = kernels["sinkhorn._sinkhorn_fwd_kernel"].early_config_prune(configs, args, BLOCK_N=64, BLOCK_M=128)
+    assert [c.num_warps for c in kept] == [8]  # 128 B of the largest tile per thread; never more warps than needed
+    small = kernels["lcd_attention._lcd_attention_fwd_kernel"].early_config_prune(configs, args, BLOCK_Q=16,
+                                                                                    BLOCK_K=16, BLOCK_C=16)
+    assert [c.num_warps for c in small] == [1, 2, 4, 8]
 
 def _record_attention_launches(dtype):
     """The Triton launches (forward and backward) of the audit's small attention case with explicit masks."""
