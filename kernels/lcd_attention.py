@@ -24,6 +24,12 @@ MASK_HASH = 1
 MASK_TENSOR = 2
 _STREAM_DROPKEY = tl.constexpr(STREAM_DROPKEY)
 _STREAM_DROPOUT = tl.constexpr(STREAM_DROPOUT)
+# Warps: a program keeps about eight tiles as large as its largest (q, k, v, the output, the gradients) and its
+# float32 tl.dot (IEEE: FMA, no tensor cores) holds whole K rows of its operands per thread. At the shared rule
+# (128 B of the largest tile per thread) HeLo's 64 x 128 tiles got 8 warps and spilled 14 KiB per thread in the
+# backward, 8 KiB in the forward; at 32 B they get 16 warps (16 x 128: 8) and spill at most 2.2 KiB in the backward,
+# none in the forward (gpu-check, sm_90 and sm_100).
+_AUTOTUNE = dict(warps="1,2,4,8,16", tile_bytes_per_thread=32)
 
 
 @triton.jit
@@ -119,7 +125,7 @@ def _layer_norm_stats(x, cols, HD, ln_eps):
     return centered, 1.0 / tl.sqrt(var + ln_eps)
 
 
-@autotune_num_warps(["Lq", "Lk", "H", "D"])
+@autotune_num_warps(["Lq", "Lk", "H", "D"], **_AUTOTUNE)
 @triton.jit
 def _lcd_attention_fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, lnw_ptr, lnb_ptr, dropkey_mask_ptr,
                               dropout_mask_ptr, seed_ptr, fparams_ptr, prob_ptr, out_ptr, H, D, Lq, Lk,
@@ -152,7 +158,7 @@ def _lcd_attention_fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, lnw_ptr, l
     tl.store(out_ptr + pid * Lq * H * D + rq[:, None] * H * D + cols[None, :], out, mask=out_valid)
 
 
-@autotune_num_warps(["Lq", "Lk", "H", "D"])
+@autotune_num_warps(["Lq", "Lk", "H", "D"], **_AUTOTUNE)
 @triton.jit
 def _lcd_attention_bwd_kernel(grad_ptr, q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, lnw_ptr, dropkey_mask_ptr,
                               dropout_mask_ptr,
@@ -222,9 +228,12 @@ def _lcd_attention_bwd_kernel(grad_ptr, q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, 
     tl.store(dv_ptr + v_offs, d_v, mask=v_valid)
 
 
-def _mask_mode(p: float, mask):
+def _mask_mode(p: float, mask, dtype: torch.dtype):
+    """(mask mode, the explicit mask as the kernel reads it, or None)."""
     if mask is not None:
-        return MASK_TENSOR, mask.to(torch.uint8).contiguous()
+        # Triton 3.8 sizes the MMA operands of a tl.dot from the narrowest load feeding them: a uint8 mask makes
+        # them 4-wide in k, which its float64 MMA cannot lower (it asserts in MMAv2.cpp). float64 reads int32.
+        return MASK_TENSOR, mask.to(torch.int32 if dtype == torch.float64 else torch.uint8).contiguous()
     return (MASK_HASH if p > 0 else MASK_NONE), None
 
 
@@ -236,8 +245,8 @@ def _launch_args(q, k, v, bias, residual, scale, dropkey_p, dropout_p, ln_eps, s
     q, k, v = (t.to(dtype).contiguous() for t in (q, k, v))
     bias_e = None if bias is None else bias.to(dtype).expand(batch, heads, lq, lk)
     residual = None if residual is None else residual.to(dtype).contiguous()
-    dropkey_mode, dropkey_mask = _mask_mode(dropkey_p, dropkey_mask)
-    dropout_mode, dropout_mask = _mask_mode(dropout_p, dropout_mask)
+    dropkey_mode, dropkey_mask = _mask_mode(dropkey_p, dropkey_mask, dtype)
+    dropout_mode, dropout_mask = _mask_mode(dropout_p, dropout_mask, dtype)
     keep_scale = 1.0 - dropout_p if dropout_mode != MASK_NONE else 1.0
     fparams = scalar_tensor((scale, keep_scale, ln_eps, dropkey_value(dtype)), dtype, q.device)
     probs = scalar_tensor((dropkey_p, dropout_p), torch.float32, q.device)  # compared as float32, like _rng

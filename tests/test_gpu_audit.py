@@ -96,11 +96,86 @@ def test_prune_num_warps(blocks, dtype, need):
 
 
 def test_autotuned_kernels_prune_with_the_shared_rule():
-    """Every autotuned kernel prunes with triton_utils.prune_num_warps, the function the audit also calls."""
+    """Every autotuned kernel prunes with triton_utils.prune_num_warps (the attention kernels with a smaller tile
+    budget per thread), the function the audit also calls."""
+    import functools
+
     from triton.runtime.autotuner import Autotuner
 
     from benchmarks.gpu_audit.launches import launchable_kernels
     tuned = {name: k for name, k in launchable_kernels().items() if isinstance(k, Autotuner)}
     assert tuned
     for name, kernel in tuned.items():
-        assert kernel.early_config_prune is triton_utils.prune_num_warps, name
+        prune = kernel.early_config_prune
+        if isinstance(prune, functools.partial):
+            assert prune.func is triton_utils.prune_num_warps and set(prune.keywords) == {"tile_bytes_per_thread"}
+            assert name.startswith("lcd_attention."), name
+        else:
+            assert prune is triton_utils.prune_num_warps, name
+
+
+def test_attention_gets_16_warps_for_helo_tiles():
+    """HeLo's 64 x 128 float32 attention tiles spilled 8-14 KiB per thread on 8 warps (gpu-check): 16 at least,
+    and 16 only where needed; the OT kernels keep the shared rule."""
+    import triton
+
+    from benchmarks.gpu_audit.launches import launchable_kernels
+    kernels = launchable_kernels()
+    configs = [triton.Config({}, num_warps=w) for w in (1, 2, 4, 8, 16)]
+    args = {"q": torch.empty(1)}
+    for name in ("lcd_attention._lcd_attention_fwd_kernel", "lcd_attention._lcd_attention_bwd_kernel"):
+        kept = kernels[name].early_config_prune(configs, args, BLOCK_Q=64, BLOCK_K=64, BLOCK_C=128)
+        assert [c.num_warps for c in kept] == [16], name
+    kept = kernels["sinkhorn._sinkhorn_fwd_kernel"].early_config_prune(configs, args, BLOCK_N=64, BLOCK_M=128)
+    assert [c.num_warps for c in kept] == [8]  # 128 B of the largest tile per thread; never more warps than needed
+    small = kernels["lcd_attention._lcd_attention_fwd_kernel"].early_config_prune(configs, args, BLOCK_Q=16,
+                                                                                    BLOCK_K=16, BLOCK_C=16)
+    assert [c.num_warps for c in small] == [1, 2, 4, 8]
+
+def _record_attention_launches(dtype):
+    """The Triton launches (forward and backward) of the audit's small attention case with explicit masks."""
+    from benchmarks.gpu_audit import cases as case_list
+    from benchmarks.gpu_audit.launches import recording
+    (case,) = [c for c in case_list.cases() if c.id == f"lcd_attention-bias-after-scale-tensor-masks-{dtype}"]
+    sink: list = []
+    with recording(sink, execute=False):
+        case_list.run(case, torch.device("cpu"), "triton")
+    assert sorted(launch["kernel"] for launch in sink) == ["lcd_attention._lcd_attention_bwd_kernel",
+                                                            "lcd_attention._lcd_attention_fwd_kernel"]
+    return sink
+
+
+@pytest.mark.parametrize("dtype, mask_dtype", [("float64", "int32"), ("float32", "uint8"), ("bfloat16", "uint8")])
+def test_attention_masks_reach_the_kernel_wide_enough(dtype, mask_dtype):
+    """Triton 3.8 sizes a tl.dot's MMA operands from the narrowest load feeding them and cannot lower float64 ones
+    fed by a uint8 load (MMAv2.cpp asserts): float64 attention reads its explicit masks as int32, others as uint8."""
+    for launch in _record_attention_launches(dtype):
+        names = list(_kernel_arg_names(launch["kernel"]))
+        args = dict(zip(names, launch["args"]))
+        assert args["dropkey_mask_ptr"]["tensor"] == mask_dtype
+        assert args["dropout_mask_ptr"]["tensor"] == mask_dtype
+
+
+def _kernel_arg_names(name):
+    from benchmarks.gpu_audit.launches import launchable_kernels
+    kernel = launchable_kernels()[name]
+    while not hasattr(kernel, "arg_names"):
+        kernel = kernel.fn
+    return kernel.arg_names
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_ptxas(), reason="Triton's NVIDIA backend (ptxas) is not installed")
+def test_float64_attention_with_explicit_masks_compiles(tmp_path):
+    """Regression: the float64 attention kernels with explicit masks aborted Triton's sm_90 / sm_100 lowering."""
+    path = tmp_path / "launches.json"
+    path.write_text(json.dumps(_record_attention_launches("float64")))
+    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-m", "tests.gpu_audit_compile", str(path)], capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = list(map(json.loads, out.stdout.splitlines()))
+    assert len(rows) == 4  # forward and backward, sm_90 and sm_100
+    for row in rows:
+        assert "error" not in row, (row["config"], row["error"][-500:])
+        assert "fp64" in row["config"] and "DROPKEY_MODE=2 DROPOUT_MODE=2" in row["config"]
