@@ -6,7 +6,8 @@
 #   build          compile helo_fast._C for this GPU (TORCH_CUDA_ARCH_LIST defaults to 9.0, Hopper); skipped when
 #                  the extension is newer than every C++/CUDA source (a cached build carried along)
 #   test           the CUDA- and Triton-marked tests (real Triton kernels, TRITON_INTERPRET=0; one warp count
-#                  per kernel, HELO_TRITON_NUM_WARPS=4, since autotuning every test shape costs minutes)
+#                  per launch, HELO_TRITON_NUM_WARPS=4,16: the pruning keeps 4 where a tile fits and 16 where it
+#                  needs more (kernels/triton_utils.prune_num_warps), since autotuning every test shape costs minutes)
 #   test-rest      the rest of the test suite (not cuda, not triton, not slow)
 #   bench          the benchmark suites on CUDA, one JSON each (BENCH_SUITES picks among sinkhorn,
 #                  gromov_wasserstein, model, lcd_attention, seeded_dropout; BENCH_K or BENCH_K_<suite> selects
@@ -95,7 +96,7 @@ for step in "$@"; do
         phase build "${BUILD_LIMIT:-420}" $PY setup.py build_ext --inplace \
           && $PY -c "from helo_fast import _ext; print('cpp', _ext.has_cpp(), 'cuda kernels', _ext.has_cuda_kernels())"
       fi ;;
-    test) HELO_TRITON_NUM_WARPS=${HELO_TRITON_NUM_WARPS:-4} phase test "${TEST_LIMIT:-240}" $PY -m pytest \
+    test) HELO_TRITON_NUM_WARPS=${HELO_TRITON_NUM_WARPS:-4,16} phase test "${TEST_LIMIT:-240}" $PY -m pytest \
              -p no:cacheprovider -n "${TEST_WORKERS:-12}" -q -rfE --durations=10 "${T_TEST[@]}" \
              --junitxml="$OUT/test.xml" -m "$TEST_MARK" "${K_EXTRA[@]}" tests ;;
     test-rest) phase test-rest "${TEST_LIMIT:-240}" $PY -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-8}" \
