@@ -7,7 +7,8 @@ H = G ∘ P, the adjoint (u, v) solves the dual system
 and then dL/dC = P ∘ (u_i + v_j - G_ij) / eps, dL/da = u, dL/db = v. The system is singular along the gauge
 (u + t, v - t): its right-hand side is orthogonal to it, so a solution exists; v is eliminated (Schur complement
 S = diag(P 1) - P diag(1 / Pᵀ 1) Pᵀ on the smaller side, min(n, m)² per problem, O(n m) memory), the gauge is
-removed by the rank-one term w wᵀ (w: the support of the rows, S w = 0), and the returned gauge is the one with
+removed by the rank-one term w wᵀ (w: the support of the rows, S w = 0; where P's support falls apart into blocks,
+each with its own gauge, a pseudo-inverse takes over), and the returned gauge is the one with
 sum_j b_j dL/db_j = 0: the limit of the unrolled iterations' gradient (their last row update makes the rows exact,
 so perturbing a moves the columns by b sum(da) / sum(b)). Zero-mass entries (a zero row or column of P) are taken
 out of the system (an identity row): their gradients are 0, never NaN. Computed in float64.
@@ -28,7 +29,11 @@ def _solve_eliminating_columns(P, row, col, rhs_row, rhs_col):
     schur = torch.diag_embed(row + (~support).to(P.dtype)) - (P * inv_col[:, None, :]) @ P.transpose(1, 2)
     schur = schur + scale[:, :, None] * weight[:, :, None] * weight[:, None, :]
     rhs = rhs_row - (P @ (rhs_col * inv_col)[:, :, None]).squeeze(2)
-    u = torch.linalg.solve(schur, rhs.masked_fill(~support, 0.0))
+    rhs = rhs.masked_fill(~support, 0.0)
+    u, info = torch.linalg.solve_ex(schur, rhs)
+    bad = (info != 0) | ~torch.isfinite(u).all(-1)
+    if bool(bad.any()):  # a support that falls apart into blocks (entries of P that underflowed): one gauge per block
+        u = torch.where(bad[:, None], (torch.linalg.pinv(schur, hermitian=True) @ rhs[:, :, None]).squeeze(2), u)
     v = (rhs_col - (P.transpose(1, 2) @ u[:, :, None]).squeeze(2)) * inv_col
     return u, v
 
