@@ -230,3 +230,16 @@ def test_empty_batch():
     for backend in BACKENDS:
         plan, info = hf.sinkhorn(cost, None, None, eps=0.1, n_iters=10, tol=1e-6, return_info=True, backend=backend)
         assert plan.shape == (0, 3, 4) and info.iterations.shape == (0,)
+
+
+@pytest.mark.parametrize("op", ["sinkhorn_fwd_tol", "ipot_fwd_tol"])
+@pytest.mark.parametrize("save", [False, True])
+def test_opcheck_of_the_tolerance_ops(op, save):
+    if "cpp" not in BACKENDS:
+        pytest.skip("the cpp extension is not built")
+    cost, a, b = problem(zero=True)
+    torch.library.opcheck(getattr(torch.ops.helo_fast, op), (cost, a, b, 0.2, 50, 1e-6, save),
+                          test_utils=("test_schema", "test_faketensor"))
+    cost32, a32, b32 = (t.float() for t in (cost, a, b))
+    torch.library.opcheck(getattr(torch.ops.helo_fast, op), (cost32, a32, b32, 0.2, 50, 1e-5, save),
+                          test_utils=("test_schema", "test_faketensor"))
