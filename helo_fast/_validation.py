@@ -21,6 +21,7 @@ from ._transforms import plain
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 GRAD_MODES = ("none", "unrolled")
+SINKHORN_GRAD_MODES = ("none", "unrolled", "implicit")  # implicit: the converged plan's gradient (needs tol)
 OT_SOLVERS = ("ipot", "sinkhorn")
 # Iteration counts are C++ int64 loop bounds and size the saved histories; beyond this they are a mistake.
 MAX_ITERATIONS = 2**31 - 1
@@ -207,11 +208,28 @@ def validate_marginals(a, b, cost: torch.Tensor, *, cost_name: str = "cost"):
     return a, b
 
 
-def validate_ot(cost, a, b, *, n_iters, grad: str, check_finite_values: bool = True, eps=None, beta=None):
+def check_convergence_options(tol, return_info, strict, grad: str) -> None:
+    """The stopping options of the OT ops: ``tol`` None or a finite float > 0; ``return_info`` and ``strict`` bools
+    that need ``tol`` (without it there is no test to report on); grad="implicit" needs ``tol`` too."""
+    if tol is not None:
+        check_positive("tol", tol)
+    for name, value in (("return_info", return_info), ("strict", strict)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+        if value and tol is None:
+            raise ValueError(f"{name}=True needs tol (a float > 0): without tol the op runs exactly its iteration "
+                             "count and has no convergence test")
+    if grad == "implicit" and tol is None:
+        raise ValueError("grad='implicit' needs tol (a float > 0): it is the gradient of the converged plan")
+
+
+def validate_ot(cost, a, b, *, n_iters, grad: str, check_finite_values: bool = True, eps=None, beta=None, tol=None,
+                return_info: bool = False, strict: bool = False):
     """Validate a batched OT problem; return (a, b) with ``None`` replaced by uniform marginals.
 
     cost: [B, n, m] float tensor (B may be 0); a: [B, n] or None; b: [B, m] or None; exactly one of ``eps``
-    (Sinkhorn) and ``beta`` (IPOT), named as such in the errors.
+    (Sinkhorn) and ``beta`` (IPOT), named as such in the errors; the stopping options as
+    ``check_convergence_options`` (grad="implicit" for Sinkhorn only).
     """
     if (eps is None) == (beta is None):
         raise TypeError("validate_ot takes exactly one of eps (sinkhorn) and beta (ipot)")
@@ -220,17 +238,22 @@ def validate_ot(cost, a, b, *, n_iters, grad: str, check_finite_values: bool = T
     if cost.shape[1] < 1 or cost.shape[2] < 1:
         raise ValueError(f"cost must have shape [B, n, m] with n, m >= 1, got {tuple(cost.shape)}")
     check_int_at_least("n_iters", n_iters, 1, MAX_ITERATIONS)
-    check_choice("grad", grad, GRAD_MODES)
+    if grad == "implicit" and beta is not None:
+        raise ValueError("grad='implicit' is implemented for sinkhorn only; ipot takes grad 'none' or 'unrolled'")
+    check_choice("grad", grad, SINKHORN_GRAD_MODES if beta is None else GRAD_MODES)
+    check_convergence_options(tol, return_info, strict, grad)
     cost_bound = check_finite("cost", cost) if check_finite_values else 0.0
     check_regularisation(name, value, cost.dtype, cost_bound)
     return validate_marginals(a, b, cost)
 
 
 def validate_gromov_wasserstein(cs, ct, a, b, *, eps, outer_iters, inner_iters, solver: str, grad: str,
-                                check_finite_values: bool = True):
+                                check_finite_values: bool = True, tol=None, return_info: bool = False,
+                                strict: bool = False):
     """Validate a batched Gromov-Wasserstein problem; return (a, b) with uniform defaults.
 
-    cs: [B, n, n] source structure matrix; ct: [B, m, m] target structure matrix.
+    cs: [B, n, n] source structure matrix; ct: [B, m, m] target structure matrix; the stopping options as
+    ``check_convergence_options``.
     """
     check_tensor("cs", cs, ndim=3)
     check_tensor("ct", ct, ndim=3)
@@ -244,7 +267,11 @@ def validate_gromov_wasserstein(cs, ct, a, b, *, eps, outer_iters, inner_iters, 
     check_int_at_least("outer_iters", outer_iters, 1, MAX_ITERATIONS)
     check_int_at_least("inner_iters", inner_iters, 1, MAX_ITERATIONS)
     check_choice("solver", solver, OT_SOLVERS)
+    if grad == "implicit":
+        raise ValueError("grad='implicit' is not implemented for gromov_wasserstein: its outer loop is a fixed point "
+                         "of a non-convex problem that need not be locally unique; use grad='unrolled'")
     check_choice("grad", grad, GRAD_MODES)
+    check_convergence_options(tol, return_info, strict, grad)
     structure_bound = check_finite("cs", cs) + check_finite("ct", ct) if check_finite_values else 0.0
     check_positive("eps", eps)
     # Marginals are checked against a virtual [B, n, m] cost.

@@ -10,14 +10,20 @@ taken through the reference too (``_ops.reference_vjp``).
 """
 from __future__ import annotations
 
+import torch
+
 from . import _backend, _ops, reference
 from ._autocast import ATTENTION_ARGS, OT_ARGS, autocast_policy
+from ._convergence import OTInfo, report
+from ._ot_finish import finish_gromov_wasserstein, finish_ipot, finish_sinkhorn
+from ._ot_value import sinkhorn_value
 from ._transforms import needs_reference
 from ._validation import device_of, validate_attention, validate_dropout, validate_gromov_wasserstein, validate_ot
 
 
 @autocast_policy(OT_ARGS)
-def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", backend="auto", check_finite=True):
+def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", tol=None, return_info=False, strict=False,
+             backend="auto", check_finite=True):
     """Batched entropic optimal transport by log-domain Sinkhorn iterations (POT's ``sinkhorn_log`` order).
 
     Exactly ``n_iters`` iterations, column potential first: g_j = eps (log b_j - LSE_i((f_i - C_ij) / eps)), then
@@ -31,15 +37,25 @@ def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", backend="au
         b: [B, m] target marginals, or None for uniform 1/m; as ``a``, with the same total mass as ``a``.
         eps: float > 0, the entropic regularisation: at least the smallest normal number of the compute dtype,
             and max|cost| / eps at most 1 / (its machine epsilon) (float32: 8.4e6, float64: 4.5e15).
-        n_iters: int in [1, 2**31 - 1], the number of iterations (no convergence test).
-        grad: "unrolled" (default: the exact gradient of the unrolled iterations with respect to cost, a, b) or
-            "none" (nothing is saved; the result does not require grad).
+        n_iters: int in [1, 2**31 - 1], the number of iterations (with ``tol``: the cap).
+        grad: "unrolled" (default: the exact gradient of the unrolled iterations with respect to cost, a, b),
+            "none" (nothing is saved; the result does not require grad) or "implicit" (needs ``tol``: the gradient
+            of the converged plan by the implicit function theorem, one linear solve per problem in the backward,
+            O(n m) memory whatever the iteration count; see ``helo_fast._ot_implicit``).
+        tol: None (default: exactly ``n_iters`` iterations) or a float > 0: each problem stops at the first check
+            (after every 10th iteration and the last) where sum_j |sum_i P_ij - b_j| <= tol (``_convergence``).
+        return_info: True (needs ``tol``) also returns an ``OTInfo`` of [B] tensors: iterations, violation,
+            converged.
+        strict: with ``tol``, a problem that reaches ``n_iters`` unconverged raises ``OTConvergenceError`` instead
+            of the one ``OTConvergenceWarning`` per call.
         backend: "auto" (cpp on CPU tensors, the faster of cpp/triton on CUDA tensors, reference when nothing is
-            built), "reference", "cpp" or "triton".
+            built), "reference", "cpp" or "triton" (``tol`` runs on reference and cpp on CPU tensors; elsewhere it
+            raises ValueError).
         check_finite: False skips the NaN/inf scan of ``cost`` (one reduction); the marginals are always checked.
 
     Returns:
-        The plan [B, n, m] in the dtype of ``cost`` (float32 under torch.autocast, float64 staying float64).
+        The plan [B, n, m] in the dtype of ``cost`` (float32 under torch.autocast, float64 staying float64);
+        ``(plan, info)`` with ``return_info``.
 
     Raises:
         TypeError: an argument of the wrong type or dtype, or tensors of different dtypes.
@@ -56,13 +72,87 @@ def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", backend="au
     """
     backend = _backend.choose_backend(backend, device_of("cost", cost), "sinkhorn")
     if backend == "reference" or needs_reference(cost, a, b):
-        return reference.sinkhorn(cost, a, b, eps=eps, n_iters=n_iters, grad=grad, check_finite=check_finite)
-    a, b = validate_ot(cost, a, b, eps=eps, n_iters=n_iters, grad=grad, check_finite_values=check_finite)
-    return _ops.get("sinkhorn", backend)(cost, a, b, eps=eps, n_iters=n_iters, grad=grad)
+        return reference.sinkhorn(cost, a, b, eps=eps, n_iters=n_iters, grad=grad, tol=tol, return_info=return_info,
+                                  strict=strict, check_finite=check_finite)
+    a, b = validate_ot(cost, a, b, eps=eps, n_iters=n_iters, grad=grad, tol=tol, return_info=return_info,
+                       strict=strict, check_finite_values=check_finite)
+    if tol is None:
+        return _ops.get("sinkhorn", backend)(cost, a, b, eps=eps, n_iters=n_iters, grad=grad)
+    solve = _converged_solver("sinkhorn", backend, cost)
+    plan, _f, _g, iterations, violation = solve(cost, a, b, eps=eps, n_iters=n_iters, tol=tol,
+                                                grad="none" if grad == "implicit" else grad)
+    return finish_sinkhorn(plan, cost, a, b, eps=eps, iterations=iterations, violation=violation, tol=tol,
+                           n_iters=n_iters, grad=grad, return_info=return_info, strict=strict)
+
+
+def _converged_solver(op: str, backend: str, tensor):
+    """The ``tol`` solver of ``op`` on ``backend`` (registered as "<op>_converged"), or ValueError naming what is
+    missing."""
+    key = f"{op}_converged"
+    if not _ops.has_impl(key, backend) or tensor.device.type != "cpu":
+        raise ValueError(f"tol is not implemented for helo_fast.{op} on backend={backend!r} with {tensor.device.type} "
+                         f"tensors yet (it runs on backend='cpp' with CPU tensors and on backend='reference'); pass "
+                         f"tol=None for exactly n_iters iterations, or another backend")
+    return _ops.get(key, backend)
 
 
 @autocast_policy(OT_ARGS)
-def ipot(cost, a=None, b=None, *, beta, n_iters, grad="none", backend="auto", check_finite=True):
+def sinkhorn_cost(cost, a=None, b=None, *, eps, n_iters, tol, strict=False, return_info=False, backend="auto",
+                  check_finite=True):
+    """The regularised OT value of each problem at convergence, with its envelope gradient: a loss.
+
+    V = <P, C> + eps KL(P | a bᵀ) with KL(P | Q) = sum P log(P / Q) - sum P + sum Q and P the converged plan of
+    ``sinkhorn(cost, a, b, eps=eps, n_iters=n_iters, tol=tol)`` (OTT's ``reg_ot_cost`` convention; POT's
+    ``sinkhorn2`` reports <P, C> only). The gradient is the envelope theorem's, no backward pass through the
+    iterations: dV/dcost = P, dV/da and dV/db from the dual potentials (defined up to a shift (+t, -t), since only
+    equal-mass changes of a, b are feasible; the one returned has sum a dV/da = sum b dV/db; ``_ot_value``).
+
+    Args:
+        cost: [B, n, m] cost matrices (as for ``sinkhorn``).
+        a: [B, n] source marginals or None (uniform); zeros allowed (their gradient is still finite).
+        b: [B, m] target marginals or None (uniform), of the mass of ``a``.
+        eps: float > 0, the entropic regularisation (as for ``sinkhorn``).
+        n_iters: int in [1, 2**31 - 1], the iteration cap.
+        tol: float > 0, the convergence tolerance of ``sinkhorn`` (the envelope gradient is exact at convergence).
+        strict: raise ``OTConvergenceError`` instead of warning when a problem reaches ``n_iters`` unconverged.
+        return_info: True also returns the solve's ``OTInfo``.
+        backend: as for ``sinkhorn`` (reference, or cpp on CPU tensors).
+        check_finite: False skips the NaN/inf scan of ``cost``.
+
+    Returns:
+        V [B] in the dtype of ``cost``; ``(V, info)`` with ``return_info``.
+
+    Raises:
+        What ``sinkhorn`` raises; ValueError for tol None or not > 0.
+
+    Example:
+        >>> import torch, helo_fast
+        >>> cost = torch.rand(2, 3, 4, dtype=torch.float64, requires_grad=True)
+        >>> value = helo_fast.sinkhorn_cost(cost, eps=0.1, n_iters=1000, tol=1e-9)
+        >>> value.sum().backward()
+        >>> value.shape, round(float(cost.grad[0].sum()), 6)
+        (torch.Size([2]), 1.0)
+    """
+    if tol is None:
+        raise ValueError("sinkhorn_cost needs tol (a float > 0): its envelope gradient is that of the converged value")
+    backend = _backend.choose_backend(backend, device_of("cost", cost), "sinkhorn")
+    a, b = validate_ot(cost, a, b, eps=eps, n_iters=n_iters, grad="none", tol=tol, return_info=return_info,
+                       strict=strict, check_finite_values=check_finite)
+    if backend == "reference" or needs_reference(cost, a, b):
+        solve = reference.sinkhorn_solve
+    else:
+        solve = _converged_solver("sinkhorn", backend, cost)
+    with torch.no_grad():
+        plan, _f, g, iterations, violation = solve(cost, a, b, eps=eps, n_iters=n_iters, tol=tol, grad="none")
+    info = OTInfo(iterations, violation, violation <= tol)
+    report("sinkhorn_cost", info, tol=tol, cap=f"n_iters={n_iters}", strict=strict)
+    value = sinkhorn_value(cost, a, b, plan, g, eps)
+    return (value, info) if return_info else value
+
+
+@autocast_policy(OT_ARGS)
+def ipot(cost, a=None, b=None, *, beta, n_iters, grad="none", tol=None, return_info=False, strict=False,
+         backend="auto", check_finite=True):
     """Batched inexact proximal-point OT (IPOT, HeLo's solver, HELO_SPEC §4.5), computed in the log domain.
 
     T = 1, sigma = 1/m; each of the ``n_iters`` iterations: Q = exp(-cost / beta) * T, delta = a / (Q sigma),
@@ -76,14 +166,19 @@ def ipot(cost, a=None, b=None, *, beta, n_iters, grad="none", backend="auto", ch
         b: [B, m] target marginals, or None for uniform 1/m; as ``a``, with the same total mass as ``a``.
         beta: float > 0, the proximal step: at least the smallest normal number of the compute dtype, and
             max|cost| / beta at most 1 / (its machine epsilon) (float32: 8.4e6, float64: 4.5e15).
-        n_iters: int in [1, 2**31 - 1], the number of iterations (no convergence test).
+        n_iters: int in [1, 2**31 - 1], the number of iterations (with ``tol``: the cap).
         grad: "none" (default, as in HeLo: nothing is saved; the result does not require grad) or "unrolled"
             (the exact gradient of the unrolled iterations with respect to cost, a, b).
+        tol: None (default: exactly ``n_iters`` iterations) or a float > 0: each problem stops at the first check
+            (after every 10th iteration and the last) where sum_i |sum_j T_ij - a_i| <= tol (the columns are exact).
+        return_info: True (needs ``tol``) also returns an ``OTInfo`` (as for ``sinkhorn``).
+        strict: with ``tol``, raise ``OTConvergenceError`` for a problem that reaches ``n_iters`` unconverged.
         backend: "auto", "reference", "cpp" or "triton" (as for ``sinkhorn``).
         check_finite: False skips the NaN/inf scan of ``cost`` (one reduction); the marginals are always checked.
 
     Returns:
-        The plan T [B, n, m] in the dtype of ``cost`` (float32 under torch.autocast, float64 staying float64).
+        The plan T [B, n, m] in the dtype of ``cost`` (float32 under torch.autocast, float64 staying float64);
+        ``(plan, info)`` with ``return_info``.
 
     Raises:
         TypeError: an argument of the wrong type or dtype, or tensors of different dtypes.
@@ -100,14 +195,21 @@ def ipot(cost, a=None, b=None, *, beta, n_iters, grad="none", backend="auto", ch
     """
     backend = _backend.choose_backend(backend, device_of("cost", cost), "ipot")
     if backend == "reference" or needs_reference(cost, a, b):
-        return reference.ipot(cost, a, b, beta=beta, n_iters=n_iters, grad=grad, check_finite=check_finite)
-    a, b = validate_ot(cost, a, b, beta=beta, n_iters=n_iters, grad=grad, check_finite_values=check_finite)
-    return _ops.get("ipot", backend)(cost, a, b, beta=beta, n_iters=n_iters, grad=grad)
+        return reference.ipot(cost, a, b, beta=beta, n_iters=n_iters, grad=grad, tol=tol, return_info=return_info,
+                              strict=strict, check_finite=check_finite)
+    a, b = validate_ot(cost, a, b, beta=beta, n_iters=n_iters, grad=grad, tol=tol, return_info=return_info,
+                       strict=strict, check_finite_values=check_finite)
+    if tol is None:
+        return _ops.get("ipot", backend)(cost, a, b, beta=beta, n_iters=n_iters, grad=grad)
+    plan, iterations, violation = _converged_solver("ipot", backend, cost)(cost, a, b, beta=beta, n_iters=n_iters,
+                                                                            tol=tol, grad=grad)
+    return finish_ipot(plan, iterations=iterations, violation=violation, tol=tol, n_iters=n_iters,
+                       return_info=return_info, strict=strict)
 
 
 @autocast_policy(OT_ARGS)
 def gromov_wasserstein(cs, ct, a=None, b=None, *, eps=0.1, outer_iters=5, inner_iters=20, solver="ipot", grad="none",
-                       backend="auto", check_finite=True):
+                       tol=None, return_info=False, strict=False, backend="auto", check_finite=True):
     """HeLo's whole Gromov-Wasserstein step (HELO_SPEC §4.4) as one op: linearise the cost, solve, repeat.
 
     Gamma = a bᵀ; ``outer_iters`` times: L = (cs∘cs) a 1ᵀ + 1 ((ct∘ct) b)ᵀ - 2 cs Gamma ctᵀ, then
@@ -127,12 +229,20 @@ def gromov_wasserstein(cs, ct, a=None, b=None, *, eps=0.1, outer_iters=5, inner_
         inner_iters: int in [1, 2**31 - 1] (default 20), the iterations of each inner solve.
         solver: "ipot" (default, HeLo) or "sinkhorn".
         grad: "none" (default, as in HeLo: the plan is detached) or "unrolled" (the exact gradient of all the
-            unrolled iterations with respect to cs, ct, a, b).
+            unrolled iterations with respect to cs, ct, a, b). "implicit" is refused (ValueError): the outer loop
+            is a fixed point of a non-convex problem, not always locally unique.
+        tol: None (default: exactly outer_iters x inner_iters) or a float > 0: each problem's outer loop stops
+            when sum |Gamma_k - Gamma_k-1| <= tol, and each inner solve stops on its solver's test (as ``sinkhorn``
+            / ``ipot`` with ``tol``); ``outer_iters`` and ``inner_iters`` are the caps.
+        return_info: True (needs ``tol``) also returns a ``GWInfo`` of [B] tensors (outer and total inner
+            iterations, the last plan change and inner violation, converged).
+        strict: as for ``sinkhorn``.
         backend: "auto", "reference", "cpp" or "triton" (as for ``sinkhorn``).
         check_finite: False skips the NaN/inf scan of ``cs`` and ``ct``; the marginals are always checked.
 
     Returns:
-        The plan Gamma [B, n, m] in the dtype of ``cs`` (float32 under torch.autocast, float64 staying float64).
+        The plan Gamma [B, n, m] in the dtype of ``cs`` (float32 under torch.autocast, float64 staying float64);
+        ``(plan, info)`` with ``return_info``.
 
     Raises:
         TypeError: an argument of the wrong type or dtype, or tensors of different dtypes.
@@ -149,11 +259,22 @@ def gromov_wasserstein(cs, ct, a=None, b=None, *, eps=0.1, outer_iters=5, inner_
     backend = _backend.choose_backend(backend, device_of("cs", cs), "gromov_wasserstein")
     if backend == "reference" or needs_reference(cs, ct, a, b):
         return reference.gromov_wasserstein(cs, ct, a, b, eps=eps, outer_iters=outer_iters, inner_iters=inner_iters,
-                                            solver=solver, grad=grad, check_finite=check_finite)
+                                            solver=solver, grad=grad, tol=tol, return_info=return_info,
+                                            strict=strict, check_finite=check_finite)
     a, b = validate_gromov_wasserstein(cs, ct, a, b, eps=eps, outer_iters=outer_iters, inner_iters=inner_iters,
-                                       solver=solver, grad=grad, check_finite_values=check_finite)
-    return _ops.get("gromov_wasserstein", backend)(cs, ct, a, b, eps=eps, outer_iters=outer_iters,
-                                                   inner_iters=inner_iters, solver=solver, grad=grad)
+                                       solver=solver, grad=grad, tol=tol, return_info=return_info, strict=strict,
+                                       check_finite_values=check_finite)
+    if tol is None:
+        return _ops.get("gromov_wasserstein", backend)(cs, ct, a, b, eps=eps, outer_iters=outer_iters,
+                                                       inner_iters=inner_iters, solver=solver, grad=grad)
+    solve = _converged_solver("gromov_wasserstein", backend, cs)
+    plan, *counts = solve(cs, ct, a, b, eps=eps, outer_iters=outer_iters, inner_iters=inner_iters, solver=solver,
+                          tol=tol, grad=grad)
+    iterations, inner_iterations, violation, inner_violation = counts
+    return finish_gromov_wasserstein(plan, iterations=iterations, inner_iterations=inner_iterations,
+                                     violation=violation, inner_violation=inner_violation, tol=tol,
+                                     outer_iters=outer_iters, inner_iters=inner_iters, return_info=return_info,
+                                     strict=strict)
 
 
 @autocast_policy(ATTENTION_ARGS)

@@ -159,6 +159,45 @@ class FusedDropout(reference_modules.SeededDropout):
         return functional.seeded_dropout(*args, backend=self.backend, **kwargs)
 
 
+class SinkhornLoss(nn.Module):
+    """The converged regularised OT value (``helo_fast.sinkhorn_cost``) as a loss, with its envelope gradient (no
+    backward pass through the iterations); no parameters, no reference counterpart (``convert`` leaves it alone).
+
+    Args:
+        eps: float > 0, the entropic regularisation.
+        n_iters: int >= 1, the iteration cap.
+        tol: float > 0, the convergence tolerance (sum_j |sum_i P_ij - b_j|).
+        reduction: "mean" (default), "sum" or "none" over the batch.
+        strict: True raises ``OTConvergenceError`` instead of warning when a problem reaches ``n_iters``.
+        backend: "auto", "reference" or "cpp" (tol runs there).
+
+    forward(cost, a=None, b=None): cost [B, n, m]; a [B, n], b [B, m] marginals (None: uniform) -> the values [B]
+    reduced as ``reduction`` says, in the dtype of ``cost``.
+
+    Example:
+        >>> import torch, helo_fast.nn
+        >>> loss = helo_fast.nn.SinkhornLoss(eps=0.1, n_iters=1000, tol=1e-6)
+        >>> loss(torch.rand(4, 3, 5)).shape
+        torch.Size([])
+    """
+
+    def __init__(self, *, eps: float, n_iters: int, tol: float, reduction: str = "mean", strict: bool = False,
+                 backend: str = "auto"):
+        super().__init__()
+        self.eps, self.n_iters, self.tol, self.strict = eps, n_iters, tol, strict
+        self.reduction = check_choice("reduction", reduction, ("mean", "sum", "none"))
+        self.backend = check_choice("backend", backend, BACKENDS)
+
+    def forward(self, cost: torch.Tensor, a: Optional[torch.Tensor] = None,
+                b: Optional[torch.Tensor] = None) -> torch.Tensor:
+        value = functional.sinkhorn_cost(cost, a, b, eps=self.eps, n_iters=self.n_iters, tol=self.tol,
+                                         strict=self.strict, backend=self.backend)
+        return value if self.reduction == "none" else getattr(value, self.reduction)()
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}, n_iters={self.n_iters}, tol={self.tol}, reduction={self.reduction!r}"
+
+
 FAST_MODULES: Dict[Type[nn.Module], Type[nn.Module]] = {
     reference_modules.LCDAttention: LCDAttention,
     reference_modules.GromovWasserstein: FusedGromovWasserstein,

@@ -232,3 +232,41 @@ def run_gromov_wasserstein(backend, p):
           lambda *x: reference.gromov_wasserstein(*x, grad="unrolled", **kw),
           lambda *x: batched(ot_oracle.gromov_wasserstein, *x, **kw),
           (cs, ct, a, b), weight, p["dtype"], p["grad"], condition, p["reg"], op=f"gw-{p['solver']}", backend=backend)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@sweep_settings(30)
+@given(p=ot_problems(max_size=20, max_batch=8), tol_exponent=st.floats(-10, -2))
+def test_sinkhorn_with_tol_and_implicit_gradient_over_the_domain(backend, p, tol_exponent):
+    """tol and grad="implicit" over the domain (issue 30): each problem's plan is the oracle's at the count it
+    reports (a multiple of 10, or the cap), converged says whether that plan is within tol, and the implicit
+    gradient is finite everywhere and 0 at zero-mass entries. (Its value is checked in tests/test_sinkhorn_implicit.)"""
+    import warnings
+    if backend == "cpp":
+        skip_unless_backend("cpp", "sinkhorn")
+    cost, a, b, weight = build(p)
+    tol = 10.0 ** tol_exponent * p["mass"]
+    leaves = [t.to(p["dtype"]).clone().requires_grad_(p["grad"] == "unrolled") for t in (cost, a, b)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hf.OTConvergenceWarning)
+        plan, info = hf.sinkhorn(*leaves, eps=p["reg"], n_iters=p["n_iters"], tol=tol, return_info=True,
+                                 grad="implicit" if p["grad"] == "unrolled" else "none", backend=backend)
+    counts = info.iterations.tolist()
+    assert all(1 <= k <= p["n_iters"] and (k % 10 == 0 or k == p["n_iters"]) for k in counts)
+    for k, count in enumerate(counts):
+        one = [t[k:k + 1] for t in (cost, a, b)]
+        condition = ot_condition("sinkhorn", float(one[0].abs().max()) / p["reg"], count)
+        oracle = batched(ot_oracle.sinkhorn, *one, eps=p["reg"], n_iters=count)
+        ref = None if p["dtype"] == torch.float64 else reference.sinkhorn(
+            *(t.to(p["dtype"]) for t in one), eps=p["reg"], n_iters=count, grad="none")
+        assert_close_to_oracle(plan[k:k + 1].detach(), oracle, ref, condition)
+        if p["dtype"] == torch.float64 and condition <= WELL_CONDITIONED:
+            violation = float((oracle.sum(1) - one[2]).abs().sum())
+            if abs(violation - tol) > 1e-3 * tol:  # away from the boundary, the decision is the oracle's
+                assert bool(info.converged[k]) == (violation <= tol)
+    if p["grad"] == "unrolled":
+        grads = torch.autograd.grad((plan * weight.to(plan.dtype)).sum(), leaves)
+        for g in grads:
+            assert torch.isfinite(g).all(), "implicit gradient not finite"
+        assert (grads[1][a == 0] == 0).all() and (grads[2][b == 0] == 0).all()

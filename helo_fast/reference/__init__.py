@@ -14,5 +14,7 @@ from .seeded_dropout import seeded_dropout
 sinkhorn = autocast_policy(OT_ARGS)(_sinkhorn.sinkhorn)
 ipot = autocast_policy(OT_ARGS)(_ipot.ipot)
 gromov_wasserstein = autocast_policy(OT_ARGS)(_gromov_wasserstein.gromov_wasserstein)
+# The iterations on validated inputs with tol (plan, potentials, per-problem counts): sinkhorn_cost's reference solver.
+sinkhorn_solve = _sinkhorn.solve
 
 __all__ = ["sinkhorn", "ipot", "gromov_wasserstein", "lcd_attention", "seeded_dropout"]

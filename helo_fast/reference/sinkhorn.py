@@ -3,24 +3,67 @@ from __future__ import annotations
 
 import torch
 
+from .._convergence import OTInfo, is_check_point
+from .._ot_finish import finish_sinkhorn
 from .._validation import validate_ot
 from .log_domain import detach_if, log_marginal, log_ratio, logsumexp
 
 
-def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", check_finite=True):
+def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", tol=None, return_info=False, strict=False,
+             check_finite=True):
     """Batched log-domain entropic OT (POT's ``sinkhorn_log`` iteration order).
 
     cost: [B, n, m]; a: [B, n], b: [B, m] marginals (None = uniform); eps > 0; exactly
-    ``n_iters`` iterations, column potential first. Returns the plan [B, n, m] =
-    exp((f_i + g_j - cost_ij) / eps). Zero entries of a (b) give zero rows (columns) of the plan and a zero
-    gradient with respect to those entries.
+    ``n_iters`` iterations, column potential first (with ``tol``: each problem stops at the first check, every
+    ``_convergence.CHECK_EVERY`` iterations, where its column-marginal L1 error is <= tol; ``n_iters`` is the cap).
+    Returns the plan [B, n, m] = exp((f_i + g_j - cost_ij) / eps) (and an ``OTInfo`` with ``return_info``). Zero
+    entries of a (b) give zero rows (columns) of the plan and a zero gradient with respect to those entries.
+    grad="implicit": the gradient of the converged plan (``helo_fast._ot_implicit``).
     """
-    a, b = validate_ot(cost, a, b, eps=eps, n_iters=n_iters, grad=grad, check_finite_values=check_finite)
+    a, b = validate_ot(cost, a, b, eps=eps, n_iters=n_iters, grad=grad, tol=tol, return_info=return_info,
+                       strict=strict, check_finite_values=check_finite)
+    if tol is None:
+        return solve(cost, a, b, eps=eps, n_iters=n_iters, tol=None, grad=grad)[0]
+    plan, _f, _g, iterations, violation = solve(cost, a, b, eps=eps, n_iters=n_iters, tol=tol,
+                                                grad="none" if grad == "implicit" else grad)
+    return finish_sinkhorn(plan, cost, a, b, eps=eps, iterations=iterations, violation=violation, tol=tol,
+                           n_iters=n_iters, grad=grad, return_info=return_info, strict=strict)
+
+
+def column_violation(cost, f, g, eps, b):
+    """sum_j |sum_i P_ij - b_j| [B] for the plan P = exp((f_i + g_j - cost_ij) / eps) (no gradient)."""
+    with torch.no_grad():
+        column_mass = torch.exp(g / eps + logsumexp((f[:, :, None] - cost) / eps, dim=1))
+        return (column_mass - b).abs().sum(-1)
+
+
+def solve(cost, a, b, *, eps, n_iters, tol, grad):
+    """The iterations on validated inputs: -> (plan [B, n, m], f [B, n], g [B, m], iterations [B] int64 or None,
+    violation [B] or None). With ``tol`` a problem that has stopped keeps its potentials (``torch.where``), so its
+    unrolled gradient is that of its own iteration count."""
     cost, a, b = detach_if(grad, cost, a, b)
     log_a, log_b = log_marginal(a), log_marginal(b)
     f = torch.zeros_like(log_a)
     g = torch.zeros_like(log_b)
-    for _ in range(n_iters):
-        g = eps * log_ratio(log_b, logsumexp((f[:, :, None] - cost) / eps, dim=1))
-        f = eps * log_ratio(log_a, logsumexp((g[:, None, :] - cost) / eps, dim=2))
-    return torch.exp((f[:, :, None] + g[:, None, :] - cost) / eps)
+    batch = cost.shape[0]
+    active = torch.ones(batch, dtype=torch.bool, device=cost.device)
+    iterations = torch.full((batch,), n_iters, dtype=torch.int64, device=cost.device)
+    violation = torch.zeros(batch, dtype=cost.dtype, device=cost.device)
+    for k in range(1, n_iters + 1):
+        g_next = eps * log_ratio(log_b, logsumexp((f[:, :, None] - cost) / eps, dim=1))
+        f_next = eps * log_ratio(log_a, logsumexp((g_next[:, None, :] - cost) / eps, dim=2))
+        if tol is None:
+            f, g = f_next, g_next
+            continue
+        f = torch.where(active[:, None], f_next, f)
+        g = torch.where(active[:, None], g_next, g)
+        if is_check_point(k, n_iters):
+            current = column_violation(cost.detach(), f.detach(), g.detach(), eps, b.detach())
+            violation = torch.where(active, current, violation)
+            done = active & (current <= tol)
+            iterations = torch.where(done, k, iterations)
+            active = active & ~done
+            if not bool(active.any()):
+                break
+    plan = torch.exp((f[:, :, None] + g[:, None, :] - cost) / eps)
+    return (plan, f, g, None, None) if tol is None else (plan, f, g, iterations, violation)
