@@ -7,7 +7,7 @@ import torch
 from benchmarks.conftest import COMPILE, DEVICE, compiled, record, synchronized
 from helo_fast._backend import choose_backend
 from helo_fast.models import HeLo, HeLoConfig
-from helo_fast.precision import grad_scaler
+from helo_fast.precision import grad_scaler, slow_bf16_reason
 from helo_fast.step_timing import synthetic_batch
 from helo_fast.train import make_optimizer, train_step
 
@@ -21,6 +21,8 @@ PRECISIONS = ["32", "bf16-mixed"] + (["16-mixed"] if DEVICE.type == "cuda" else 
 def test_bench_training_step(benchmark, device, provider, precision, batch):
     if provider == "compile" and not COMPILE:
         pytest.skip("set HELO_BENCH_COMPILE=1 for the torch.compile provider")
+    if precision == "bf16-mixed" and slow_bf16_reason(device) is not None:
+        pytest.skip(f"bf16-mixed not timed: {slow_bf16_reason(device)}")
     config = HeLoConfig()
     torch.manual_seed(0)
     model = HeLo(config, backend="reference" if provider != "fast" else "auto", mask_seed=0).to(device).train()
