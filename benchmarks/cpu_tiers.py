@@ -113,14 +113,15 @@ def time_worker(args) -> dict:
             fns[provider] = fn
         reps = 1 if shape == STEP_SHAPE else args.reps
         times = {provider: [] for provider in providers}
-        for _ in range(args.rounds):
-            for provider in providers:
+        for round_ in range(args.rounds):
+            for provider in providers[round_ % len(providers):] + providers[:round_ % len(providers)]:
                 tic = time.perf_counter()
                 for _ in range(reps):
                     fns[provider]()
                 times[provider].append((time.perf_counter() - tic) / reps)
-        results[STEP_SHAPE if shape == STEP_SHAPE else f"{shape} p={p}"] = {provider: {"median_s": statistics.median(t), "first_call_s": first_call[provider]}
-                                     for provider, t in times.items()}
+        results[STEP_SHAPE if shape == STEP_SHAPE else f"{shape} p={p}"] = {
+            provider: {"median_s": statistics.median(t), "first_call_s": first_call[provider], "samples_s": t}
+            for provider, t in times.items()}
     return results
 
 
@@ -135,16 +136,23 @@ def run_tier(tier: str, argv: list) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def ratio(by_provider: dict, numerator: str) -> float:
+    """Median over rounds of numerator's time / cpp's time in the same round (a load change on a shared machine
+    shifts both)."""
+    return statistics.median(a / b for a, b in zip(by_provider[numerator]["samples_s"], by_provider["cpp"]["samples_s"]))
+
+
 def table(results: dict) -> str:
-    """Markdown table: one row per tier and case, cpp's median and its ratios to eager and compiled."""
+    """Markdown table: one row per tier and case, the medians and cpp's per-round ratios to eager and compiled."""
     lines = ["| tier | case | eager ms | compile ms | cpp ms | cpp vs eager | cpp vs compile |",
              "|---|---|---|---|---|---|---|"]
     for tier, cases in results.items():
         for case, by_provider in cases.items():
             ms = {k: v["median_s"] * 1e3 for k, v in by_provider.items()}
             ref, cpp, comp = ms["reference"], ms["cpp"], ms.get("compile")
-            comp_ms, vs_comp = ("-", "-") if comp is None else (f"{comp:.2f}", f"{comp / cpp:.2f}x")
-            lines.append(f"| {tier} | {case} | {ref:.2f} | {comp_ms} | {cpp:.2f} | {ref / cpp:.2f}x | {vs_comp} |")
+            comp_ms, vs_comp = ("-", "-") if comp is None else (f"{comp:.2f}", f"{ratio(by_provider, 'compile'):.2f}x")
+            lines.append(f"| {tier} | {case} | {ref:.2f} | {comp_ms} | {cpp:.2f} | "
+                         f"{ratio(by_provider, 'reference'):.2f}x | {vs_comp} |")
     return "\n".join(lines)
 
 

@@ -20,8 +20,11 @@
 // (they pre-compute exp of the clamp bounds), which stops the vectoriser ("control flow in loop").
 // Disabled for the rest of every translation unit that includes this header: include it after the
 // ATen/torch headers.
+// Also for the rest of the unit: a GCC vector wider than the registers of the code it is compiled for (split into
+// pieces, often kept on the stack) is an error, so the vector width chosen per instruction set cannot drift.
 #if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
 #pragma GCC optimize("no-tree-pre", "no-thread-jumps")
+#pragma GCC diagnostic error "-Wvector-operation-performance"
 #endif
 
 namespace helo_fast::cpu_math {
@@ -240,11 +243,18 @@ struct FlushDenormals {};
     NAME<T>(args...);                                \
   }
 
-// Defines NAME_avx2 / NAME_base (same arguments as the always-inline template NAME<T>) and
-// NAME_dispatch<T>(args...) choosing between them once per call.
+// NAME##SUFFIX<T>(args...): the always-inline template NAME<T, BYTES> compiled for TARGET, with vectors of BYTES.
+#define HF_DEFINE_SIMD_VARIANT_WIDTH(NAME, SUFFIX, TARGET, BYTES) \
+  template <typename T, typename... Args>                         \
+  TARGET void NAME##SUFFIX(Args... args) {                        \
+    NAME<T, BYTES>(args...);                                      \
+  }
+
+// Defines NAME_avx2 / NAME_base from the always-inline template NAME<T, kVecBytes> (its vectors one register of the
+// variant: 32 bytes for AVX2, 16 for the baseline) and NAME_dispatch<T>(args...) choosing between them once per call.
 #define HF_DEFINE_SIMD_DISPATCH(NAME)                                                        \
-  HF_DEFINE_SIMD_VARIANT(NAME, _avx2, HF_TARGET_AVX2)                                        \
-  HF_DEFINE_SIMD_VARIANT(NAME, _base, )                                                      \
+  HF_DEFINE_SIMD_VARIANT_WIDTH(NAME, _avx2, HF_TARGET_AVX2, 32)                              \
+  HF_DEFINE_SIMD_VARIANT_WIDTH(NAME, _base, , 16)                                            \
   template <typename T, typename... Args>                                                    \
   void NAME##_dispatch(Args... args) {                                                       \
     ::helo_fast::cpu_math::FlushDenormals flush_guard;                                         \

@@ -57,12 +57,8 @@ struct Grads {
 };
 
 // The kernels, compiled once per instruction set with vectors of its register width (HF_VEC_BYTES); the widest this
-// CPU runs is picked at run time (cpu_math::best_simd_isa). -Wvector-operation-performance is an error here: a vector
-// wider than the region's registers (split into pieces on the stack) must not compile.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic error "-Wvector-operation-performance"
-#endif
+// CPU runs is picked at run time (cpu_math::best_simd_isa). (cpu_math.h makes a vector wider than the registers
+// a compile error.)
 #define HF_VEC_BYTES 16
 namespace isa_default {
 #include "../lcd_attention_cpu_kernels.h"
@@ -83,9 +79,6 @@ namespace isa_avx512 {
 }  // namespace isa_avx512
 #undef HF_VEC_BYTES
 HF_TARGET_REGION_END
-#endif
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
 #endif
 
 using cpu_math::SimdIsa;
