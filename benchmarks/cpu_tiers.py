@@ -2,7 +2,8 @@
 
     .venv/bin/python -m benchmarks.cpu_tiers [--tiers avx512,avx2,default] [--compile] [--rounds N]
 
-Each tier runs in its own interpreter (``HELO_FAST_CPU_ISA`` is read once per process), which times the eager
+Each tier runs in its own interpreter (``HELO_FAST_CPU_ISA`` is read once per process; PyTorch's own kernels and MKL
+are capped at the same tier, see TORCH_CAPS), which times the eager
 reference, torch.compile(reference) (with ``--compile``; its first call, compile included, is reported apart) and
 the C++ kernels, interleaved round by round so that a load change on a shared machine hits every provider alike;
 the table gives medians and the ratios to eager and compiled within each tier. float32, 2 threads
@@ -101,6 +102,7 @@ def time_worker(args) -> dict:
     cases = [(shape, p) for shape in args.shapes for p in args.p] + ([(STEP_SHAPE, 0.5)] if args.step else [])
     results = {}
     for shape, p in cases:
+        print(f"{shape} p={p}", file=sys.stderr, flush=True)
         fns, first_call = {}, {}
         for provider in providers:
             fn = step_case(args.batch, provider) if shape == STEP_SHAPE else attention_case(shape, p, args.batch,
@@ -125,14 +127,28 @@ def time_worker(args) -> dict:
     return results
 
 
-def run_tier(tier: str, argv: list) -> dict:
-    """time_worker's results in a fresh interpreter capped at ``tier``."""
+# What a CPU of each tier runs in PyTorch itself (ATen's kernels and inductor's generated code, MKL's BLAS), so that a
+# narrower tier is compared with the eager and compiled models as that CPU would run them, not with AVX-512 BLAS
+# (--uncapped-torch: left alone). (ONEDNN_MAX_CPU_ISA is left alone: together with the other two and torch.compile
+# it crashed the worker, torch 2.13.)
+TORCH_CAPS = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "default": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
+}
+
+
+def run_tier(tier: str, argv: list, cap_torch: bool) -> dict:
+    """time_worker's results in a fresh interpreter capped at ``tier`` (PyTorch too with ``cap_torch``)."""
     env = dict(os.environ)
     env.pop("HELO_FAST_CPU_ISA", None)
     if tier != "avx512":
         env["HELO_FAST_CPU_ISA"] = tier
+        if cap_torch:
+            env.update(TORCH_CAPS[tier])
     out = subprocess.run([sys.executable, "-m", "benchmarks.cpu_tiers", "--worker", *argv], env=env,
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"tier {tier} failed (exit {out.returncode}): {out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -167,6 +183,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--reps", type=int, default=5, help="attention calls per timed sample")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--uncapped-torch", dest="cap_torch", action="store_false",
+                        help="run PyTorch at this CPU's widest ISA on every tier (only helo_fast's kernels capped)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     raw = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(raw)
@@ -175,13 +193,14 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(time_worker(args)))
         return
-    forwarded = [a for a in raw if not a.startswith("--json")]
+    forwarded = [a for a in raw if not a.startswith("--json") and a != "--uncapped-torch"]
     if args.json in forwarded:
         forwarded.remove(args.json)
     load = os.getloadavg()
-    results = {tier: run_tier(tier, forwarded) for tier in args.tiers.split(",")}
-    print(f"CPU: {cpu_name()}; threads {os.environ.get('HELO_BENCH_THREADS', '2')}; B={args.batch}; "
-          f"load average before/after: {load[0]:.2f} / {os.getloadavg()[0]:.2f}")
+    results = {tier: run_tier(tier, forwarded, args.cap_torch) for tier in args.tiers.split(",")}
+    print(f"CPU: {cpu_name()}; threads {os.environ.get('HELO_BENCH_THREADS', '2')}; B={args.batch}; PyTorch "
+          f"{'capped at each tier' if args.cap_torch else 'uncapped'}; load average before/after: "
+          f"{load[0]:.2f} / {os.getloadavg()[0]:.2f}")
     print(table(results))
     for tier, cases in results.items():
         for case, by_provider in cases.items():

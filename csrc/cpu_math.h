@@ -232,7 +232,9 @@ struct FlushDenormals {
   ~FlushDenormals() { _mm_setcsr(saved); }
 };
 #else
-struct FlushDenormals {};
+struct FlushDenormals {
+  FlushDenormals() {}  // nothing to set here (user-provided, so a guard variable is not an unused one)
+};
 #endif
 }  // namespace helo_fast::cpu_math
 

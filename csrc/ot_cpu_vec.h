@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include "cpu_math.h"
@@ -16,25 +17,29 @@ using namespace cpu_math;  // the shared math (csrc/cpu_math.h)
 
 // Vectors of kBytes = 16 or 32 bytes: one register of the variant's instruction set (SSE2 or NEON for the baseline
 // variant, AVX2), as chosen by HF_DEFINE_SIMD_DISPATCH; a wider vector than the registers would be split into pieces.
-// Aligned as T and may_alias, so that vec_at can view any T* as a vector. (Specialised per type and width: GCC drops
-// vector_size on a dependent alias template.)
+// unaligned: the same vector aligned as T and may_alias, the type vec_at views memory through. (Specialised per type
+// and width: GCC drops vector_size on a dependent alias template.)
 template <typename T, int kBytes>
 struct VecOf;
 template <>
 struct VecOf<float, 16> {
-  typedef float type __attribute__((vector_size(16), aligned(4), may_alias));
+  typedef float type __attribute__((vector_size(16)));
+  typedef float unaligned __attribute__((vector_size(16), aligned(4), may_alias));
 };
 template <>
 struct VecOf<float, 32> {
-  typedef float type __attribute__((vector_size(32), aligned(4), may_alias));
+  typedef float type __attribute__((vector_size(32)));
+  typedef float unaligned __attribute__((vector_size(32), aligned(4), may_alias));
 };
 template <>
 struct VecOf<double, 16> {
-  typedef double type __attribute__((vector_size(16), aligned(8), may_alias));
+  typedef double type __attribute__((vector_size(16)));
+  typedef double unaligned __attribute__((vector_size(16), aligned(8), may_alias));
 };
 template <>
 struct VecOf<double, 32> {
-  typedef double type __attribute__((vector_size(32), aligned(8), may_alias));
+  typedef double type __attribute__((vector_size(32)));
+  typedef double unaligned __attribute__((vector_size(32), aligned(8), may_alias));
 };
 template <typename T, int kBytes>
 using Vec = typename VecOf<T, kBytes>::type;
@@ -49,17 +54,17 @@ constexpr int64_t vec_lanes() {
 // targets apply only where they are inlined), where a 32-byte vector argument or result has another ABI (-Wpsabi).
 // The vector of kBytes at p (any alignment of T): loads and stores are plain reads and writes of it.
 template <int kBytes, typename T>
-HF_INLINE const Vec<T, kBytes>& vec_at(const T* p) {
-  return *reinterpret_cast<const Vec<T, kBytes>*>(p);
+HF_INLINE const typename VecOf<T, kBytes>::unaligned& vec_at(const T* p) {
+  return *reinterpret_cast<const typename VecOf<T, kBytes>::unaligned*>(p);
 }
 template <int kBytes, typename T>
-HF_INLINE Vec<T, kBytes>& vec_at(T* p) {
-  return *reinterpret_cast<Vec<T, kBytes>*>(p);
+HF_INLINE typename VecOf<T, kBytes>::unaligned& vec_at(T* p) {
+  return *reinterpret_cast<typename VecOf<T, kBytes>::unaligned*>(p);
 }
 
 // x = lane-wise max(x, y).
 template <typename V>
-HF_INLINE void max_into(V& x, const V& y) {
+HF_INLINE void max_into(V& x, const std::type_identity_t<V>& y) {
   x = x > y ? x : y;
 }
 

@@ -27,7 +27,7 @@ struct MatmulTile {
   static constexpr int64_t kLanes = kVecBytes / sizeof(T);
   static constexpr int64_t kTileCols = 2 * kLanes;
   static constexpr int64_t kRows = 6;
-  using Vec = ot_cpu::Vec<T, kVecBytes>;
+  using Vec = typename ot_cpu::VecOf<T, kVecBytes>::unaligned;  // read and written in place, at any T alignment
 };
 
 // Columns of the packed right factor: whole tiles of every variant (those of the widest).

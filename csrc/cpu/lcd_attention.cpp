@@ -120,7 +120,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lcd_atten
                                 /*keep_row_strides=*/true);
   const Params p = make_params(in, scale, dropkey_p, dropout_p, dropkey_value, ln_eps, bias_before_scale,
                                seed_of(seed, "lcd_attention"));
-  auto [out, mean, rstd, prob, ln_input] = allocate_forward_outputs(p, q, save_for_backward);
+  // (Named members, not a structured binding: the dispatch lambda captures them, which clang < 16 refuses for
+  // bindings.)
+  const ForwardOutputs outputs = allocate_forward_outputs(p, q, save_for_backward);
+  const at::Tensor &out = outputs.out, &mean = outputs.mean, &rstd = outputs.rstd, &prob = outputs.prob,
+                   &ln_input = outputs.ln_input;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "lcd_attention_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     forward_cpu<scalar_t, acc_t>(p, input_views<scalar_t>(in), out.mutable_data_ptr<scalar_t>(),
