@@ -152,7 +152,8 @@ def run_tier(tier: str, argv: list, cap_torch: bool) -> dict:
 def ratio(by_provider: dict, numerator: str) -> float:
     """Median over rounds of numerator's time / cpp's time in the same round (a load change on a shared machine
     shifts both)."""
-    return statistics.median(a / b for a, b in zip(by_provider[numerator]["samples_s"], by_provider["cpp"]["samples_s"]))
+    pairs = zip(by_provider[numerator]["samples_s"], by_provider["cpp"]["samples_s"])
+    return statistics.median(a / b for a, b in pairs)
 
 
 def table(results: dict) -> str:
