@@ -20,8 +20,11 @@
 // (they pre-compute exp of the clamp bounds), which stops the vectoriser ("control flow in loop").
 // Disabled for the rest of every translation unit that includes this header: include it after the
 // ATen/torch headers.
+// Also for the rest of the unit: a GCC vector wider than the registers of the code it is compiled for (split into
+// pieces, often kept on the stack) is an error, so the vector width chosen per instruction set cannot drift.
 #if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
 #pragma GCC optimize("no-tree-pre", "no-thread-jumps")
+#pragma GCC diagnostic error "-Wvector-operation-performance"
 #endif
 
 namespace helo_fast::cpu_math {
@@ -165,10 +168,16 @@ HF_INLINE void column_lse_add(const T* __restrict mat, const T* __restrict v, in
 // Runtime SIMD dispatch without -march flags: the kernels are compiled per instruction set (baseline
 // x86-64, AVX2+FMA, and AVX-512 for HF_DEFINE_SIMD_DISPATCH_AVX512); the always-inline solver bodies take
 // the target of the wrapper they are inlined into. HELO_FAST_CPU_ISA=default|avx2 caps the choice, as for
-// the attention kernels, so the tests can run every variant on one machine.
+// the attention kernels, so the tests can run every variant on one machine. On other architectures only the
+// baseline variant is compiled (HF_X86_DISPATCH is 0).
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HF_X86_DISPATCH 1
+#else
+#define HF_X86_DISPATCH 0
+#endif
 namespace helo_fast::cpu_math {
 enum class SimdIsa { kBase, kAvx2, kAvx512 };
-#if defined(__x86_64__) && defined(__GNUC__)
+#if HF_X86_DISPATCH
 inline SimdIsa best_simd_isa() {
   static const SimdIsa isa = [] {
     const char* env = std::getenv("HELO_FAST_CPU_ISA");
@@ -183,8 +192,28 @@ inline SimdIsa best_simd_isa() {
   }();
   return isa;
 }
-#define HF_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#define HF_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")))
+// The instruction sets of the variants, in the target syntax both GCC and clang honour (clang ignores GCC's
+// prefer-vector-width, and would drop the whole attribute for it).
+#define HF_AVX2_FEATURES "avx2,fma"
+#if defined(__clang__)
+#define HF_AVX512_FEATURES "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"
+#else
+#define HF_AVX512_FEATURES "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512"
+#endif
+#define HF_TARGET_AVX2 __attribute__((target(HF_AVX2_FEATURES)))
+#define HF_TARGET_AVX512 __attribute__((target(HF_AVX512_FEATURES)))
+// HF_TARGET_REGION_BEGIN(FEATURES) ... HF_TARGET_REGION_END: every function defined in between (templates and
+// lambdas included) is compiled for FEATURES. GCC: a target pragma; clang (which ignores GCC's): an attribute pragma.
+#define HF_PRAGMA(text) _Pragma(#text)
+#define HF_PRAGMA_EXPANDED(text) HF_PRAGMA(text)
+#if defined(__clang__)
+#define HF_TARGET_REGION_BEGIN(FEATURES) \
+  HF_PRAGMA_EXPANDED(clang attribute push(__attribute__((target(FEATURES))), apply_to = function))
+#define HF_TARGET_REGION_END HF_PRAGMA(clang attribute pop)
+#else
+#define HF_TARGET_REGION_BEGIN(FEATURES) HF_PRAGMA(GCC push_options) HF_PRAGMA_EXPANDED(GCC target(FEATURES))
+#define HF_TARGET_REGION_END HF_PRAGMA(GCC pop_options)
+#endif
 #else
 inline SimdIsa best_simd_isa() { return SimdIsa::kBase; }
 #define HF_TARGET_AVX2
@@ -203,7 +232,9 @@ struct FlushDenormals {
   ~FlushDenormals() { _mm_setcsr(saved); }
 };
 #else
-struct FlushDenormals {};
+struct FlushDenormals {
+  FlushDenormals() {}  // nothing to set here (user-provided, so a guard variable is not an unused one)
+};
 #endif
 }  // namespace helo_fast::cpu_math
 
@@ -214,11 +245,18 @@ struct FlushDenormals {};
     NAME<T>(args...);                                \
   }
 
-// Defines NAME_avx2 / NAME_base (same arguments as the always-inline template NAME<T>) and
-// NAME_dispatch<T>(args...) choosing between them once per call.
+// NAME##SUFFIX<T>(args...): the always-inline template NAME<T, BYTES> compiled for TARGET, with vectors of BYTES.
+#define HF_DEFINE_SIMD_VARIANT_WIDTH(NAME, SUFFIX, TARGET, BYTES) \
+  template <typename T, typename... Args>                         \
+  TARGET void NAME##SUFFIX(Args... args) {                        \
+    NAME<T, BYTES>(args...);                                      \
+  }
+
+// Defines NAME_avx2 / NAME_base from the always-inline template NAME<T, kVecBytes> (its vectors one register of the
+// variant: 32 bytes for AVX2, 16 for the baseline) and NAME_dispatch<T>(args...) choosing between them once per call.
 #define HF_DEFINE_SIMD_DISPATCH(NAME)                                                        \
-  HF_DEFINE_SIMD_VARIANT(NAME, _avx2, HF_TARGET_AVX2)                                        \
-  HF_DEFINE_SIMD_VARIANT(NAME, _base, )                                                      \
+  HF_DEFINE_SIMD_VARIANT_WIDTH(NAME, _avx2, HF_TARGET_AVX2, 32)                              \
+  HF_DEFINE_SIMD_VARIANT_WIDTH(NAME, _base, , 16)                                            \
   template <typename T, typename... Args>                                                    \
   void NAME##_dispatch(Args... args) {                                                       \
     ::helo_fast::cpu_math::FlushDenormals flush_guard;                                         \

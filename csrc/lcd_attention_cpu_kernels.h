@@ -1,40 +1,43 @@
 // The arithmetic of the CPU lcd_attention kernels: per (batch, head) tile GEMMs, softmax, LayerNorm. No include
 // guard on purpose: lcd_attention.cpp includes this file once per instruction set (default, AVX2+FMA, AVX-512)
-// inside its own namespace and `#pragma GCC target` region, and picks one at run time; the types it uses (Params,
-// Views, ChunkScratch, Grads) are defined there before the inclusion.
+// inside its own namespace and target region, with HF_VEC_BYTES set to that instruction set's register width, and
+// picks one at run time; the types it uses (Params, Views, ChunkScratch, Grads) are defined there before.
 
-// 64-byte GCC vectors (one AVX-512 register; two or four narrower ones under the other ISA variants).
+// GCC vectors of HF_VEC_BYTES bytes: one register of the region's instruction set (16: SSE2 / NEON, 32: AVX2, 64:
+// AVX-512). A wider vector than the registers is split into pieces kept on the stack (measured: the AVX2 copy of
+// the tile GEMM's inner loop was 285 instructions, 240 of them stack operands, with 64-byte vectors); the includer
+// turns -Wvector-operation-performance into an error so that such a mismatch cannot come back.
 // (Specialised per type: GCC drops vector_size on a dependent alias template.)
+static_assert(HF_VEC_BYTES == 16 || HF_VEC_BYTES == 32 || HF_VEC_BYTES == 64);
 template <typename T>
-struct Vec64Of;
+struct VecOf;
 template <>
-struct Vec64Of<float> {
-  typedef float type __attribute__((vector_size(64)));
+struct VecOf<float> {
+  typedef float type __attribute__((vector_size(HF_VEC_BYTES)));
 };
 template <>
-struct Vec64Of<double> {
-  typedef double type __attribute__((vector_size(64)));
+struct VecOf<double> {
+  typedef double type __attribute__((vector_size(HF_VEC_BYTES)));
 };
 template <typename T>
-using Vec64 = typename Vec64Of<T>::type;
+using Vec = typename VecOf<T>::type;
 
 template <typename T>
-inline Vec64<T> load64(const T* p) {
-  static_assert(sizeof(Vec64<T>) == 64);
-  Vec64<T> v;
-  std::memcpy(&v, p, 64);
+HF_INLINE Vec<T> load_vec(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
   return v;
 }
 
 template <typename T>
-inline void store64(T* p, const Vec64<T>& v) {
-  std::memcpy(p, &v, 64);
+HF_INLINE void store_vec(T* p, const Vec<T>& v) {
+  std::memcpy(p, &v, sizeof(v));
 }
 
-// Lanes of a 64-byte vector of T; the padded sizes of the scratch tiles are multiples of it.
+// Lanes of a vector of T; the padded sizes of the scratch tiles are multiples of it.
 template <typename T>
 constexpr int64_t lanes() {
-  return 64 / sizeof(T);
+  return HF_VEC_BYTES / sizeof(T);
 }
 
 // C[m, n] = sum_k A(m, k) * B[k * ldb + n] for m < M, n < N, where A(m, k) = A[m * a_rs + k * a_cs] (so A or its
@@ -43,7 +46,7 @@ constexpr int64_t lanes() {
 template <typename T>
 inline void gemm(int64_t M, int64_t N, int64_t K, const T* __restrict A, int64_t a_rs, int64_t a_cs,
                  const T* __restrict B, int64_t ldb, T* __restrict C, int64_t ldc) {
-  using V = Vec64<T>;
+  using V = Vec<T>;
   constexpr int64_t L = lanes<T>();
   int64_t n = 0;
   for (; n + 2 * L <= N; n += 2 * L) {
@@ -52,7 +55,7 @@ inline void gemm(int64_t M, int64_t N, int64_t K, const T* __restrict A, int64_t
       const T *a0 = A + m * a_rs, *a1 = a0 + a_rs, *a2 = a1 + a_rs, *a3 = a2 + a_rs;
       V c00{}, c01{}, c10{}, c11{}, c20{}, c21{}, c30{}, c31{};
       for (int64_t k = 0; k < K; ++k) {
-        const V b0 = load64(B + k * ldb + n), b1 = load64(B + k * ldb + n + L);
+        const V b0 = load_vec(B + k * ldb + n), b1 = load_vec(B + k * ldb + n + L);
         const T x0 = a0[k * a_cs], x1 = a1[k * a_cs], x2 = a2[k * a_cs], x3 = a3[k * a_cs];
         c00 += x0 * b0;
         c01 += x0 * b1;
@@ -64,25 +67,25 @@ inline void gemm(int64_t M, int64_t N, int64_t K, const T* __restrict A, int64_t
         c31 += x3 * b1;
       }
       T* c = C + m * ldc + n;
-      store64(c, c00);
-      store64(c + L, c01);
-      store64(c + ldc, c10);
-      store64(c + ldc + L, c11);
-      store64(c + 2 * ldc, c20);
-      store64(c + 2 * ldc + L, c21);
-      store64(c + 3 * ldc, c30);
-      store64(c + 3 * ldc + L, c31);
+      store_vec(c, c00);
+      store_vec(c + L, c01);
+      store_vec(c + ldc, c10);
+      store_vec(c + ldc + L, c11);
+      store_vec(c + 2 * ldc, c20);
+      store_vec(c + 2 * ldc + L, c21);
+      store_vec(c + 3 * ldc, c30);
+      store_vec(c + 3 * ldc + L, c31);
     }
     for (; m < M; ++m) {
       const T* a0 = A + m * a_rs;
       V c00{}, c01{};
       for (int64_t k = 0; k < K; ++k) {
         const T x0 = a0[k * a_cs];
-        c00 += x0 * load64(B + k * ldb + n);
-        c01 += x0 * load64(B + k * ldb + n + L);
+        c00 += x0 * load_vec(B + k * ldb + n);
+        c01 += x0 * load_vec(B + k * ldb + n + L);
       }
-      store64(C + m * ldc + n, c00);
-      store64(C + m * ldc + n + L, c01);
+      store_vec(C + m * ldc + n, c00);
+      store_vec(C + m * ldc + n + L, c01);
     }
   }
   for (; n < N; n += L) {
@@ -91,22 +94,22 @@ inline void gemm(int64_t M, int64_t N, int64_t K, const T* __restrict A, int64_t
       const T *a0 = A + m * a_rs, *a1 = a0 + a_rs, *a2 = a1 + a_rs, *a3 = a2 + a_rs;
       V c0{}, c1{}, c2{}, c3{};
       for (int64_t k = 0; k < K; ++k) {
-        const V b0 = load64(B + k * ldb + n);
+        const V b0 = load_vec(B + k * ldb + n);
         c0 += a0[k * a_cs] * b0;
         c1 += a1[k * a_cs] * b0;
         c2 += a2[k * a_cs] * b0;
         c3 += a3[k * a_cs] * b0;
       }
-      store64(C + m * ldc + n, c0);
-      store64(C + (m + 1) * ldc + n, c1);
-      store64(C + (m + 2) * ldc + n, c2);
-      store64(C + (m + 3) * ldc + n, c3);
+      store_vec(C + m * ldc + n, c0);
+      store_vec(C + (m + 1) * ldc + n, c1);
+      store_vec(C + (m + 2) * ldc + n, c2);
+      store_vec(C + (m + 3) * ldc + n, c3);
     }
     for (; m < M; ++m) {
       const T* a0 = A + m * a_rs;
       V c0{};
-      for (int64_t k = 0; k < K; ++k) c0 += a0[k * a_cs] * load64(B + k * ldb + n);
-      store64(C + m * ldc + n, c0);
+      for (int64_t k = 0; k < K; ++k) c0 += a0[k * a_cs] * load_vec(B + k * ldb + n);
+      store_vec(C + m * ldc + n, c0);
     }
   }
 }
@@ -131,24 +134,50 @@ inline void pack_transposed(acc_t* __restrict dst, int64_t ld, const scalar_t* _
   }
 }
 
-// Sum and maximum of the lanes of a 64-byte vector by a shuffle tree (an omp simd reduction's epilogue goes
-// through the stack lane by lane, which dominates for rows of a few dozen entries).
-typedef int32_t Mask32 __attribute__((vector_size(64)));
-typedef int64_t Mask64 __attribute__((vector_size(64)));
+// Shuffle trees over the lanes of a vector (an omp simd reduction's epilogue goes through the stack lane by lane,
+// which dominates for rows of a few dozen entries). Each shuffle has constant indices: one instruction.
+template <typename V>
+constexpr std::size_t lane_count() {
+  return sizeof(V) / sizeof(std::remove_cvref_t<decltype(std::declval<V>()[0])>);
+}
 
-template <typename V, typename Op>
-inline auto reduce_lanes(V v, Op op) {
-  if constexpr (sizeof(v[0]) == 4) {
-    v = op(v, __builtin_shuffle(v, Mask32{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
-    v = op(v, __builtin_shuffle(v, Mask32{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}));
-    v = op(v, __builtin_shuffle(v, Mask32{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}));
-    v = op(v, __builtin_shuffle(v, Mask32{1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}));
-  } else {
-    v = op(v, __builtin_shuffle(v, Mask64{4, 5, 6, 7, 0, 1, 2, 3}));
-    v = op(v, __builtin_shuffle(v, Mask64{2, 3, 0, 1, 6, 7, 4, 5}));
-    v = op(v, __builtin_shuffle(v, Mask64{1, 0, 3, 2, 5, 4, 7, 6}));
+// v with lane i replaced by lane i ^ Dist (Dist a power of two): adjacent blocks of Dist lanes swapped.
+template <std::size_t Dist, typename V, std::size_t... I>
+HF_INLINE V swap_lane_blocks(V v, std::index_sequence<I...>) {
+  return __builtin_shufflevector(v, v, static_cast<int>(I ^ Dist)...);
+}
+
+// Lane i of the result is lane lane_of(i) of the concatenation of a and b (lanes [0, N) of a, [N, 2N) of b).
+template <typename V, typename LaneOf, std::size_t... I>
+HF_INLINE V shuffle_pair(V a, V b, std::index_sequence<I...>) {
+  return __builtin_shufflevector(a, b, static_cast<int>(LaneOf::of(I))...);
+}
+
+// The two reductions, as named function objects rather than lambdas: a lambda in a function template gets its
+// closure type when the template is instantiated, after the target region has closed, so it would be compiled (and
+// return its vector) for the baseline ISA.
+struct VecSum {
+  template <typename V>
+  HF_INLINE V operator()(V a, V b) const {
+    return a + b;
   }
-  return v[0];
+};
+struct VecMax {
+  template <typename V>
+  HF_INLINE V operator()(V a, V b) const {
+    return a > b ? a : b;
+  }
+};
+
+// op over all lanes of v: halves, then quarters, ... (with 16 float lanes: lanes 8-15 onto 0-7, 4-7 onto 0-3, ...).
+template <typename V, typename Op, std::size_t Dist = lane_count<V>() / 2>
+HF_INLINE auto reduce_lanes(V v, Op op) {
+  if constexpr (Dist == 0) {
+    return v[0];
+  } else {
+    return reduce_lanes<V, Op, Dist / 2>(op(v, swap_lane_blocks<Dist>(v, std::make_index_sequence<lane_count<V>()>())),
+                                         op);
+  }
 }
 
 // exp with the vectorisable polynomial of cpu_math.h for float/double; std::exp otherwise.
@@ -235,52 +264,46 @@ inline void store_rows(scalar_t* __restrict out, int64_t out_ld, const acc_t* ti
   for (int64_t r = 0; r < rows; ++r) store_converted(out + r * out_ld, tile + r * ld, cols);
 }
 
-// [op-reduction of s0, ..., of s3] (op associative and commutative: + or max) of four 64-byte vectors by a tree
-// of lane shuffles; hsum4 for sums.
-typedef float VecF __attribute__((vector_size(64)));
-typedef double VecD __attribute__((vector_size(64)));
-typedef int32_t MaskF __attribute__((vector_size(64)));
-typedef int64_t MaskD __attribute__((vector_size(64)));
+// [op-reduction of s0, ..., of s3] (op associative and commutative: + or max) of four vectors of N lanes by a tree
+// of shuffles: fold each vector's halves while pairing s0 with s1 and s2 with s3 (u, w: N/2 lanes of each), then the
+// quarters of u and w into one vector (N/4 lanes of each of s0..s3), then within each quarter; hsum4 for sums.
+template <std::size_t N, bool High>
+struct HalvesOf {  // lanes [0, N/2) (High: [N/2, N)) of a, then the same of b
+  static constexpr std::size_t of(std::size_t i) { return (i < N / 2 ? i : N + i - N / 2) + (High ? N / 2 : 0); }
+};
+template <std::size_t N, bool High>
+struct QuartersOf {  // quarters 0 and 2 (High: 1 and 3) of a, then of b
+  static constexpr std::size_t of(std::size_t i) {
+    const std::size_t quarter = i / (N / 4), offset = i % (N / 4);
+    return (quarter / 2) * N + (quarter % 2) * (N / 2) + offset + (High ? N / 4 : 0);
+  }
+};
 
-template <typename Op>
-inline void reduce4(VecF s0, VecF s1, VecF s2, VecF s3, float* out, Op op) {
-  const MaskF lo = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
-  const MaskF hi = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
-  const VecF u = op(__builtin_shuffle(s0, s1, lo), __builtin_shuffle(s0, s1, hi));  // 8 lanes of s0, 8 of s1
-  const VecF w = op(__builtin_shuffle(s2, s3, lo), __builtin_shuffle(s2, s3, hi));
-  const MaskF q0 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
-  const MaskF q1 = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
-  const VecF x = op(__builtin_shuffle(u, w, q0), __builtin_shuffle(u, w, q1));  // 4 lanes each of s0..s3
-  const MaskF p2 = {2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13};
-  const VecF y = op(x, __builtin_shuffle(x, p2));
-  const MaskF p1 = {1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14};
-  const VecF z = op(y, __builtin_shuffle(y, p1));
-  out[0] = z[0];
-  out[1] = z[4];
-  out[2] = z[8];
-  out[3] = z[12];
-}
-
-template <typename Op>
-inline void reduce4(VecD s0, VecD s1, VecD s2, VecD s3, double* out, Op op) {
-  const MaskD lo = {0, 1, 2, 3, 8, 9, 10, 11};
-  const MaskD hi = {4, 5, 6, 7, 12, 13, 14, 15};
-  const VecD u = op(__builtin_shuffle(s0, s1, lo), __builtin_shuffle(s0, s1, hi));  // 4 lanes of s0, 4 of s1
-  const VecD w = op(__builtin_shuffle(s2, s3, lo), __builtin_shuffle(s2, s3, hi));
-  const MaskD q0 = {0, 1, 4, 5, 8, 9, 12, 13};
-  const MaskD q1 = {2, 3, 6, 7, 10, 11, 14, 15};
-  const VecD x = op(__builtin_shuffle(u, w, q0), __builtin_shuffle(u, w, q1));  // 2 lanes each of s0..s3
-  const MaskD p1 = {1, 0, 3, 2, 5, 4, 7, 6};
-  const VecD z = op(x, __builtin_shuffle(x, p1));
-  out[0] = z[0];
-  out[1] = z[2];
-  out[2] = z[4];
-  out[3] = z[6];
+template <typename V, typename T, typename Op>
+HF_INLINE void reduce4(V s0, V s1, V s2, V s3, T* out, Op op) {
+  constexpr std::size_t N = lane_count<V>();
+  const auto lanes_seq = std::make_index_sequence<N>();
+  const V u = op(shuffle_pair<V, HalvesOf<N, false>>(s0, s1, lanes_seq),
+                 shuffle_pair<V, HalvesOf<N, true>>(s0, s1, lanes_seq));
+  const V w = op(shuffle_pair<V, HalvesOf<N, false>>(s2, s3, lanes_seq),
+                 shuffle_pair<V, HalvesOf<N, true>>(s2, s3, lanes_seq));
+  if constexpr (N == 2) {
+    out[0] = u[0];
+    out[1] = u[1];
+    out[2] = w[0];
+    out[3] = w[1];
+  } else {
+    V x = op(shuffle_pair<V, QuartersOf<N, false>>(u, w, lanes_seq),
+             shuffle_pair<V, QuartersOf<N, true>>(u, w, lanes_seq));
+    if constexpr (N / 8 >= 1) x = op(x, swap_lane_blocks<N / 8>(x, lanes_seq));
+    if constexpr (N / 16 >= 1) x = op(x, swap_lane_blocks<N / 16>(x, lanes_seq));
+    for (int k = 0; k < 4; ++k) out[k] = x[k * (N / 4)];
+  }
 }
 
 template <typename V, typename T>
-inline void hsum4(V s0, V s1, V s2, V s3, T* out) {
-  reduce4(s0, s1, s2, s3, out, [](V a, V b) { return a + b; });
+HF_INLINE void hsum4(V s0, V s1, V s2, V s3, T* out) {
+  reduce4(s0, s1, s2, s3, out, VecSum());
 }
 
 // C[m, n] = A[m * lda, :K] · B[n * ldb, :K] for m < M, n < N, K a multiple of lanes<T>() (rows zero-padded): the
@@ -289,7 +312,7 @@ inline void hsum4(V s0, V s1, V s2, V s3, T* out) {
 template <typename T>
 inline void gemm_nt(int64_t M, int64_t N, int64_t K, const T* __restrict A, int64_t lda, const T* __restrict B,
                     int64_t ldb, T* __restrict C, int64_t ldc) {
-  using V = Vec64<T>;
+  using V = Vec<T>;
   constexpr int64_t L = lanes<T>();
   for (int64_t m = 0; m < M; m += 2) {
     const bool two = m + 1 < M;
@@ -300,8 +323,8 @@ inline void gemm_nt(int64_t M, int64_t N, int64_t K, const T* __restrict A, int6
       const T *b0 = B + n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
       V s00{}, s01{}, s02{}, s03{}, s10{}, s11{}, s12{}, s13{};
       for (int64_t k = 0; k < K; k += L) {
-        const V x0 = load64(a0 + k), x1 = load64(a1 + k);
-        const V y0 = load64(b0 + k), y1 = load64(b1 + k), y2 = load64(b2 + k), y3 = load64(b3 + k);
+        const V x0 = load_vec(a0 + k), x1 = load_vec(a1 + k);
+        const V y0 = load_vec(b0 + k), y1 = load_vec(b1 + k), y2 = load_vec(b2 + k), y3 = load_vec(b3 + k);
         s00 += x0 * y0;
         s01 += x0 * y1;
         s02 += x0 * y2;
@@ -318,12 +341,12 @@ inline void gemm_nt(int64_t M, int64_t N, int64_t K, const T* __restrict A, int6
       const T* b0 = B + n * ldb;
       V s0{}, s1{};
       for (int64_t k = 0; k < K; k += L) {
-        const V y0 = load64(b0 + k);
-        s0 += load64(a0 + k) * y0;
-        s1 += load64(a1 + k) * y0;
+        const V y0 = load_vec(b0 + k);
+        s0 += load_vec(a0 + k) * y0;
+        s1 += load_vec(a1 + k) * y0;
       }
-      C[m * ldc + n] = reduce_lanes(s0, [](V a, V b) { return a + b; });
-      if (two) C[(m + 1) * ldc + n] = reduce_lanes(s1, [](V a, V b) { return a + b; });
+      C[m * ldc + n] = reduce_lanes(s0, VecSum());
+      if (two) C[(m + 1) * ldc + n] = reduce_lanes(s1, VecSum());
     }
   }
 }
@@ -337,20 +360,20 @@ inline bool use_row_dots(int64_t D, int64_t Lk_padded) { return 2 * D >= Lk_padd
 // to -inf (so it becomes 0).
 template <typename acc_t>
 inline void softmax_row(acc_t* __restrict row, int64_t Lk, int64_t Lkp) {
-  using V = Vec64<acc_t>;
+  using V = Vec<acc_t>;
   constexpr int64_t L = lanes<acc_t>();
   for (int64_t j = Lk; j < Lkp; ++j) row[j] = -INFINITY;
-  V m = load64(row);
+  V m = load_vec(row);
   for (int64_t c = L; c < Lkp; c += L) {
-    const V x = load64(row + c);
+    const V x = load_vec(row + c);
     m = x > m ? x : m;
   }
-  const acc_t row_max = reduce_lanes(m, [](V a, V b) { return a > b ? a : b; });
+  const acc_t row_max = reduce_lanes(m, VecMax());
 #pragma omp simd
   for (int64_t j = 0; j < Lkp; ++j) row[j] = exp_of(row[j] - row_max);
-  V t = load64(row);
-  for (int64_t c = L; c < Lkp; c += L) t += load64(row + c);
-  const acc_t inv_total = acc_t(1) / reduce_lanes(t, [](V a, V b) { return a + b; });
+  V t = load_vec(row);
+  for (int64_t c = L; c < Lkp; c += L) t += load_vec(row + c);
+  const acc_t inv_total = acc_t(1) / reduce_lanes(t, VecSum());
 #pragma omp simd
   for (int64_t j = 0; j < Lkp; ++j) row[j] *= inv_total;
 }
@@ -359,19 +382,19 @@ inline void softmax_row(acc_t* __restrict row, int64_t Lk, int64_t Lkp) {
 // four row maxima and one the four row sums.
 template <typename acc_t>
 inline void softmax_rows(acc_t* __restrict S, int64_t rows, int64_t Lk, int64_t Lkp) {
-  using V = Vec64<acc_t>;
+  using V = Vec<acc_t>;
   constexpr int64_t L = lanes<acc_t>();
-  const auto vmax = [](V a, V b) { return a > b ? a : b; };
+  constexpr VecMax vmax{};
   int64_t i = 0;
   for (; i + 4 <= rows; i += 4) {
     acc_t *r0 = S + i * Lkp, *r1 = r0 + Lkp, *r2 = r1 + Lkp, *r3 = r2 + Lkp;
     for (int64_t j = Lk; j < Lkp; ++j) r0[j] = r1[j] = r2[j] = r3[j] = -INFINITY;
-    V m0 = load64(r0), m1 = load64(r1), m2 = load64(r2), m3 = load64(r3);
+    V m0 = load_vec(r0), m1 = load_vec(r1), m2 = load_vec(r2), m3 = load_vec(r3);
     for (int64_t c = L; c < Lkp; c += L) {
-      m0 = vmax(m0, load64(r0 + c));
-      m1 = vmax(m1, load64(r1 + c));
-      m2 = vmax(m2, load64(r2 + c));
-      m3 = vmax(m3, load64(r3 + c));
+      m0 = vmax(m0, load_vec(r0 + c));
+      m1 = vmax(m1, load_vec(r1 + c));
+      m2 = vmax(m2, load_vec(r2 + c));
+      m3 = vmax(m3, load_vec(r3 + c));
     }
     acc_t row_max[4], total[4];
     reduce4(m0, m1, m2, m3, row_max, vmax);
@@ -382,12 +405,12 @@ inline void softmax_rows(acc_t* __restrict S, int64_t rows, int64_t Lk, int64_t 
 #pragma omp simd
       for (int64_t j = 0; j < Lkp; ++j) row[j] = exp_of(row[j] - mk);
     }
-    V t0 = load64(r0), t1 = load64(r1), t2 = load64(r2), t3 = load64(r3);
+    V t0 = load_vec(r0), t1 = load_vec(r1), t2 = load_vec(r2), t3 = load_vec(r3);
     for (int64_t c = L; c < Lkp; c += L) {
-      t0 += load64(r0 + c);
-      t1 += load64(r1 + c);
-      t2 += load64(r2 + c);
-      t3 += load64(r3 + c);
+      t0 += load_vec(r0 + c);
+      t1 += load_vec(r1 + c);
+      t2 += load_vec(r2 + c);
+      t3 += load_vec(r3 + c);
     }
     hsum4(t0, t1, t2, t3, total);
     for (int k = 0; k < 4; ++k) {
@@ -590,9 +613,9 @@ void backward_one_batch(const Params& p, const InputViews<scalar_t>& x, const sc
       acc_t* dp = dP + i * Lkp;
       if (p.dropout_mode != kNoMask) apply_dropout(p, x.dropout_mask, mask_base, dp, dp, keep_scale, Lk);
       // sum_j p_j dp_j over whole vectors: the padding columns of P and dP are zero.
-      Vec64<acc_t> t = load64(prob) * load64(dp);
-      for (int64_t c = lanes<acc_t>(); c < Lkp; c += lanes<acc_t>()) t += load64(prob + c) * load64(dp + c);
-      const acc_t pdp = reduce_lanes(t, [](Vec64<acc_t> a, Vec64<acc_t> b) { return a + b; });
+      Vec<acc_t> t = load_vec(prob) * load_vec(dp);
+      for (int64_t c = lanes<acc_t>(); c < Lkp; c += lanes<acc_t>()) t += load_vec(prob + c) * load_vec(dp + c);
+      const acc_t pdp = reduce_lanes(t, VecSum());
       if (dbias != nullptr) {
         acc_t* db = dbias + b * g.dbias_stride[0] + h * g.dbias_stride[1] + i * g.dbias_stride[2];
         for (int64_t j = 0; j < Lk; ++j) {

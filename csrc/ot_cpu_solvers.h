@@ -630,13 +630,6 @@ HF_INLINE bool sinkhorn_backward_linear(const T* __restrict K, const T* __restri
   return all_finite(dK, n * m) && all_finite(dloga, n) && all_finite(dlogb, m);
 }
 
-// scaling_update on whole vectors.
-template <typename V>
-HF_INLINE V scaling_update_vec(V w, V dot) {
-  const V zero{};
-  return w / (dot + (w <= zero ? zero + 1 : zero));
-}
-
 // What one scaling-form IPOT iteration reports to IpotExactness: the largest growth factor of an entry of Q_prev that
 // was 0 (0 in the first iteration), and the statistics of its delta and sigma. Gathered inside the iteration's own
 // loops (separate passes over delta and sigma cost ~7% of HeLo's GW forward).
@@ -647,28 +640,23 @@ struct IpotIterationStats {
 };
 
 // The lane-wise running maxima and sums behind IpotIterationStats, while the row groups run.
-template <typename T>
+template <typename T, int kVecBytes>
 struct IpotAccumulators {
-  Vec32<T> zero_growth{}, delta_max{}, delta_ratio{}, delta_sum{};
+  Vec<T, kVecBytes> zero_growth{}, delta_max{}, delta_ratio{}, delta_sum{};
   T tail_max = 0, tail_ratio = 0, tail_sum = 0;  // rows of a last, partial group
 };
 
-template <typename V>
-HF_INLINE V vec_max(V x, V y) {
-  return x > y ? x : y;
-}
-
-// Rows [i0, i0 + rows) (rows <= L, the lanes of a 32-byte vector) of one ipot_iteration: their rows of Q, their
+// Rows [i0, i0 + rows) (rows <= L, the lanes of a vector of kVecBytes) of one ipot_iteration: their rows of Q, their
 // deltas, and their share of col += Qᵀ delta, added while the rows are in L1. The L rows' dot products are L
 // independent chains summed by one row_sums tree, and their deltas are one vector division. acc gets the deltas'
 // statistics and the largest growth factor g = (Kx sigma_prev) delta_prev: over the entries where Q_prev is 0 with
 // kExactZeros, else over all entries (a looser bound for them, one vector max instead of three operations).
-template <bool kFirst, bool kExactZeros, typename T, typename Rows>
+template <bool kFirst, bool kExactZeros, int kVecBytes, typename T, typename Rows>
 HF_INLINE void ipot_row_group(const T* __restrict Kx, const T* Q_prev, const T* delta_prev, const T* __restrict a,
                               const T* __restrict inv_a, int64_t i0, Rows rows, int64_t ld, const T* __restrict sig,
-                              T* Q, T* delta, T* __restrict col, IpotAccumulators<T>& stats) {
-  using V = Vec32<T>;
-  constexpr int64_t L = vec32_lanes<T>();
+                              T* Q, T* delta, T* __restrict col, IpotAccumulators<T, kVecBytes>& stats) {
+  using V = Vec<T, kVecBytes>;
+  constexpr int64_t L = vec_lanes<T, kVecBytes>();
   V acc[L];
   T d_prev[L] = {};
   V gz = stats.zero_growth;
@@ -676,31 +664,33 @@ HF_INLINE void ipot_row_group(const T* __restrict Kx, const T* Q_prev, const T* 
   if constexpr (!kFirst)
     for (int64_t r = 0; r < rows; ++r) d_prev[r] = delta_prev[i0 + r];
   for (int64_t c = 0; c < ld; c += L) {
-    const V s = load32(sig + c);
+    const V s = vec_at<kVecBytes>(sig + c);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t e = (i0 + r) * ld + c;
-      V q = load32(Kx + e);
+      V q = vec_at<kVecBytes>(Kx + e);
       if constexpr (!kFirst) {
         const V g = (q * s) * d_prev[r];
-        const V q_prev = load32(Q_prev + e);
+        const V q_prev = vec_at<kVecBytes>(Q_prev + e);
         q = g * q_prev;
         if constexpr (kExactZeros)
-          gz = vec_max(gz, q_prev == V{} ? g : V{});
+          max_into(gz, q_prev == V{} ? g : V{});
         else
-          gz = vec_max(gz, g);
+          max_into(gz, g);
       }
-      store32(Q + e, q);
+      vec_at<kVecBytes>(Q + e) = q;
       acc[r] += q * s;
     }
   }
   stats.zero_growth = gz;
-  const V dots = row_sums(acc);
+  V dots;
+  row_sums(acc, dots, std::make_index_sequence<L>());
   T d[L];
   if (rows == L) {
-    const V dv = scaling_update_vec(load32(a + i0), dots);
-    store32(d, dv);
-    stats.delta_max = vec_max(stats.delta_max, dv);
-    stats.delta_ratio = vec_max(stats.delta_ratio, dv * load32(inv_a + i0));
+    const V w = vec_at<kVecBytes>(a + i0), zero{};
+    const V dv = w / (dots + (w <= zero ? zero + 1 : zero));  // scaling_update on whole vectors
+    vec_at<kVecBytes>(d) = dv;
+    max_into(stats.delta_max, dv);
+    max_into(stats.delta_ratio, dv * vec_at<kVecBytes>(inv_a + i0));
     stats.delta_sum += dv;
   } else {
     for (int64_t r = 0; r < rows; ++r) {
@@ -712,9 +702,9 @@ HF_INLINE void ipot_row_group(const T* __restrict Kx, const T* Q_prev, const T* 
   }
   for (int64_t r = 0; r < rows; ++r) delta[i0 + r] = d[r];
   for (int64_t c = 0; c < ld; c += L) {
-    V sum = load32(col + c);
-    for (int64_t r = 0; r < rows; ++r) sum += load32(Q + (i0 + r) * ld + c) * d[r];
-    store32(col + c, sum);
+    V sum = vec_at<kVecBytes>(col + c);
+    for (int64_t r = 0; r < rows; ++r) sum += vec_at<kVecBytes>(Q + (i0 + r) * ld + c) * d[r];
+    vec_at<kVecBytes>(col + c) = sum;
   }
 }
 
@@ -724,21 +714,21 @@ HF_INLINE void ipot_row_group(const T* __restrict Kx, const T* Q_prev, const T* 
 // marginal is 0; inv_a, inv_b: inverse_or_zero of a, b). sig [ld] holds sigma_prev on entry (padding zero) and
 // sigma on return. Q may alias Q_prev and delta delta_prev (updates in place). col: scratch [ld]. kExactZeros: see
 // ipot_row_group.
-template <bool kExactZeros, typename T>
+template <bool kExactZeros, int kVecBytes, typename T>
 HF_INLINE IpotIterationStats<T> ipot_iteration(const T* __restrict Kx, const T* Q_prev, const T* delta_prev,
                                                const T* __restrict a, const T* __restrict b,
                                                const T* __restrict inv_a, const T* __restrict inv_b, int64_t n,
                                                int64_t m, int64_t ld, T* Q, T* delta, T* __restrict sig,
                                                T* __restrict col) {
-  constexpr int64_t L = vec32_lanes<T>();
-  IpotAccumulators<T> acc;
+  constexpr int64_t L = vec_lanes<T, kVecBytes>();
+  IpotAccumulators<T, kVecBytes> acc;
   for (int64_t c = 0; c < ld; ++c) col[c] = 0;
   for (int64_t i0 = 0; i0 < n; i0 += L) {
     auto group = [&](auto rows) HF_INLINE_LAMBDA {
       if (Q_prev == nullptr)
-        ipot_row_group<true, kExactZeros>(Kx, Q_prev, delta_prev, a, inv_a, i0, rows, ld, sig, Q, delta, col, acc);
+        ipot_row_group<true, kExactZeros, kVecBytes>(Kx, Q_prev, delta_prev, a, inv_a, i0, rows, ld, sig, Q, delta, col, acc);
       else
-        ipot_row_group<false, kExactZeros>(Kx, Q_prev, delta_prev, a, inv_a, i0, rows, ld, sig, Q, delta, col, acc);
+        ipot_row_group<false, kExactZeros, kVecBytes>(Kx, Q_prev, delta_prev, a, inv_a, i0, rows, ld, sig, Q, delta, col, acc);
     };
     if (n - i0 >= L)
       group(std::integral_constant<int64_t, L>{});
@@ -791,7 +781,7 @@ struct IpotExactness {
 // (outputs undefined) where IpotExactness fails. inv_a, inv_b: inverse_or_zero of a, b. Scratch (ld =
 // padded_row_stride<T>(m)): Kx, Tm [n, ld]; delta [n]; sigma, col [ld]. kExactZeros: see ipot_row_group; callers
 // use ipot_forward_linear below.
-template <bool kExactZeros, typename T>
+template <bool kExactZeros, int kVecBytes, typename T>
 HF_INLINE bool ipot_forward_linear_tracked(const T* __restrict K, const T* __restrict a, const T* __restrict b,
                                    const T* __restrict inv_a, const T* __restrict inv_b, int64_t n, int64_t m,
                                    int64_t n_iters, T* __restrict plan, T* d_hist, T* s_hist,
@@ -804,7 +794,7 @@ HF_INLINE bool ipot_forward_linear_tracked(const T* __restrict K, const T* __res
   InterruptCountdown interrupt(n * m);
   for (int64_t k = 0; k < n_iters; ++k) {
     interrupt.tick();
-    const IpotIterationStats<T> it = ipot_iteration<kExactZeros>(Kx, k == 0 ? nullptr : Tm, k == 0 ? nullptr : delta,
+    const IpotIterationStats<T> it = ipot_iteration<kExactZeros, kVecBytes>(Kx, k == 0 ? nullptr : Tm, k == 0 ? nullptr : delta,
                                                                  a, b, inv_a, inv_b, n, m, ld, Tm, delta, sigma, col);
     if (!exact.step(k == 0, it, n, m)) return false;
     if (d_hist != nullptr) {
@@ -823,16 +813,17 @@ HF_INLINE bool ipot_forward_linear_tracked(const T* __restrict K, const T* __res
 // ipot_forward_linear_tracked with the cheap growth bound first (HeLo's problems pass it; it costs ~5% of the GW
 // forward, the exact one ~15%), then, where that bound fails, with the exact one, which keeps more problems
 // outside HeLo's regime in the scaling form. False where both fail.
-template <typename T, typename... Args>
+template <typename T, int kVecBytes, typename... Args>
 HF_INLINE bool ipot_forward_linear(const Args&... args) {
-  return ipot_forward_linear_tracked<false, T>(args...) || ipot_forward_linear_tracked<true, T>(args...);
+  return ipot_forward_linear_tracked<false, kVecBytes, T>(args...) ||
+         ipot_forward_linear_tracked<true, kVecBytes, T>(args...);
 }
 
 // The iterates of ipot_forward_linear, all kept: Qs [n_iters, n, ld] (Q_k, ld = padded_row_stride<T>(m)),
 // delta [n_iters, n] (delta_k), sigma [n_iters + 1, m] (sigma_0 = 1/m, then sigma_k). The same operations and
 // checks as the forward, so this fails exactly where the forward fell back to the log domain. Scratch: Kx [n, ld];
 // sig, col [ld].
-template <bool kExactZeros, typename T>
+template <bool kExactZeros, int kVecBytes, typename T>
 HF_INLINE bool ipot_forward_linear_iterates_tracked(const T* __restrict K, const T* __restrict a, const T* __restrict b,
                                             const T* __restrict inv_a, const T* __restrict inv_b, int64_t n, int64_t m,
                                             int64_t n_iters, T* __restrict Kx, T* __restrict Qs,
@@ -850,7 +841,7 @@ HF_INLINE bool ipot_forward_linear_iterates_tracked(const T* __restrict K, const
     T* sk = sigma + k * m;
     const bool first = k == 1;
     const IpotIterationStats<T> it =
-        ipot_iteration<kExactZeros>(Kx, first ? nullptr : Qs + (k - 2) * nq, first ? nullptr : dk - n, a, b, inv_a,
+        ipot_iteration<kExactZeros, kVecBytes>(Kx, first ? nullptr : Qs + (k - 2) * nq, first ? nullptr : dk - n, a, b, inv_a,
                                     inv_b, n, m, ld, Qs + (k - 1) * nq, dk, sig, col);
     for (int64_t j = 0; j < m; ++j) sk[j] = sig[j];
     if (!exact.step(first, it, n, m)) return false;
@@ -858,10 +849,10 @@ HF_INLINE bool ipot_forward_linear_iterates_tracked(const T* __restrict K, const
   return true;
 }
 
-template <typename T, typename... Args>
+template <typename T, int kVecBytes, typename... Args>
 HF_INLINE bool ipot_forward_linear_iterates(const Args&... args) {
-  return ipot_forward_linear_iterates_tracked<false, T>(args...) ||
-         ipot_forward_linear_iterates_tracked<true, T>(args...);
+  return ipot_forward_linear_iterates_tracked<false, kVecBytes, T>(args...) ||
+         ipot_forward_linear_iterates_tracked<true, kVecBytes, T>(args...);
 }
 
 // ipot_backward in scaling form, on the iterates of ipot_forward_linear_iterates (c = max K, so d_k = log delta_k
@@ -872,7 +863,7 @@ HF_INLINE bool ipot_forward_linear_iterates(const Args&... args) {
 // gradients. Scratch (ld = padded_row_stride<T>(m)):
 // Qs [n_iters, n, ld]; lam [n, ld]; delta [n_iters, n]; sigma [n_iters + 1, m]; rho [n]; ds, dsnext [m]; cw, sig
 // [ld].
-template <typename T>
+template <int kVecBytes, typename T>
 HF_INLINE bool ipot_backward_linear(const T* __restrict K, const T* __restrict a, const T* __restrict b,
                                     const T* __restrict inv_a, const T* __restrict inv_b, int64_t n, int64_t m,
                                     int64_t n_iters, const T* __restrict gT, T* __restrict dK,
@@ -880,7 +871,7 @@ HF_INLINE bool ipot_backward_linear(const T* __restrict K, const T* __restrict a
                                     T* __restrict delta, T* __restrict sigma, T* __restrict rho, T* __restrict ds,
                                     T* __restrict dsnext, T* __restrict cw, T* __restrict sig) {
   const int64_t nm = n * m, ld = padded_row_stride<T>(m), nq = n * ld;
-  if (!ipot_forward_linear_iterates<T>(K, a, b, inv_a, inv_b, n, m, n_iters, lam, Qs, delta, sigma, sig, cw))
+  if (!ipot_forward_linear_iterates<T, kVecBytes>(K, a, b, inv_a, inv_b, n, m, n_iters, lam, Qs, delta, sigma, sig, cw))
     return false;
   // lam = dL_N = gT ∘ T_N.
   {

@@ -1,82 +1,112 @@
-// 32-byte GCC vectors for the scaling-form IPOT loops of the CPU kernels (one AVX2 register; GCC splits them in
-// two for the baseline SSE2 variant): loads, stores, the padded row stride of their matrices, and the sums of as
-// many accumulators as a vector has lanes at once. (64-byte vectors in an AVX-512 variant measured slower here:
+// GCC vectors for the scaling-form IPOT loops of the CPU kernels (32 bytes in the AVX2 variant, 16 in the baseline
+// one): loads, stores, the padded row stride of their matrices, and the sums of as many accumulators as a vector
+// has lanes at once. (64-byte vectors in an AVX-512 variant measured slower here:
 // 3.1-3.5 vs 2.8 ms for HeLo's GW forward at B=128 on 2 threads.)
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 
 #include "cpu_math.h"
 
 namespace helo_fast::ot_cpu {
 using namespace cpu_math;  // the shared math (csrc/cpu_math.h)
 
-// (Specialised per type: GCC drops vector_size on a dependent alias template.) index: the integer vector of the
-// same lane count, for __builtin_shuffle.
-template <typename T>
-struct Vec32Of;
+// Vectors of kBytes = 16 or 32 bytes: one register of the variant's instruction set (SSE2 or NEON for the baseline
+// variant, AVX2), as chosen by HF_DEFINE_SIMD_DISPATCH; a wider vector than the registers would be split into pieces.
+// unaligned: the same vector aligned as T and may_alias, the type vec_at views memory through. (Specialised per type
+// and width: GCC drops vector_size on a dependent alias template.)
+template <typename T, int kBytes>
+struct VecOf;
 template <>
-struct Vec32Of<float> {
+struct VecOf<float, 16> {
+  typedef float type __attribute__((vector_size(16)));
+  typedef float unaligned __attribute__((vector_size(16), aligned(4), may_alias));
+};
+template <>
+struct VecOf<float, 32> {
   typedef float type __attribute__((vector_size(32)));
-  typedef int32_t index __attribute__((vector_size(32)));
+  typedef float unaligned __attribute__((vector_size(32), aligned(4), may_alias));
 };
 template <>
-struct Vec32Of<double> {
-  typedef double type __attribute__((vector_size(32)));
-  typedef int64_t index __attribute__((vector_size(32)));
+struct VecOf<double, 16> {
+  typedef double type __attribute__((vector_size(16)));
+  typedef double unaligned __attribute__((vector_size(16), aligned(8), may_alias));
 };
-template <typename T>
-using Vec32 = typename Vec32Of<T>::type;
+template <>
+struct VecOf<double, 32> {
+  typedef double type __attribute__((vector_size(32)));
+  typedef double unaligned __attribute__((vector_size(32), aligned(8), may_alias));
+};
+template <typename T, int kBytes>
+using Vec = typename VecOf<T, kBytes>::type;
 
-// Lanes of a 32-byte vector of T.
-template <typename T>
-constexpr int64_t vec32_lanes() {
-  return 32 / sizeof(T);
+// Lanes of a vector of kBytes of T.
+template <typename T, int kBytes>
+constexpr int64_t vec_lanes() {
+  return kBytes / sizeof(T);
 }
 
-template <typename T>
-HF_INLINE Vec32<T> load32(const T* p) {
-  Vec32<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
+// The helpers below never take or return a vector by value: they are compiled for the baseline ISA (the variants'
+// targets apply only where they are inlined), where a 32-byte vector argument or result has another ABI (-Wpsabi).
+// The vector of kBytes at p (any alignment of T): loads and stores are plain reads and writes of it.
+template <int kBytes, typename T>
+HF_INLINE const typename VecOf<T, kBytes>::unaligned& vec_at(const T* p) {
+  return *reinterpret_cast<const typename VecOf<T, kBytes>::unaligned*>(p);
+}
+template <int kBytes, typename T>
+HF_INLINE typename VecOf<T, kBytes>::unaligned& vec_at(T* p) {
+  return *reinterpret_cast<typename VecOf<T, kBytes>::unaligned*>(p);
 }
 
-template <typename T>
-HF_INLINE void store32(T* p, Vec32<T> v) {
-  std::memcpy(p, &v, sizeof(v));
+// x = lane-wise max(x, y).
+template <typename V>
+HF_INLINE void max_into(V& x, const std::type_identity_t<V>& y) {
+  x = x > y ? x : y;
 }
 
-// Row stride of a [rows, cols] matrix of T whose rows are whole 32-byte vectors (cols rounded up).
+// Row stride of a [rows, cols] matrix of T whose rows are whole 32-byte vectors (cols rounded up; so also whole
+// 16-byte ones): the layout of every variant.
 template <typename T>
 HF_INLINE int64_t padded_row_stride(int64_t cols) {
-  constexpr int64_t lanes = vec32_lanes<T>();
+  constexpr int64_t lanes = vec_lanes<T, 32>();
   return (cols + lanes - 1) / lanes * lanes;
 }
 
-// Lane r of row_sums(acc) = the sum of the lanes of acc[r], for all r < lanes at once: a tree of pair sums within
-// 16-byte blocks (the pattern of x86 hadd) and one exchange of the blocks. One tree costs about as much as a
-// single row's scalar reduction, which `omp simd reduction` lowers to a store and a chain of scalar adds.
-HF_INLINE Vec32<float> row_sums(const Vec32<float> (&acc)[8]) {
-  using V = Vec32<float>;
-  using I = Vec32Of<float>::index;
-  const auto pair_sums = [](V x, V y) HF_INLINE_LAMBDA {
-    return __builtin_shuffle(x, y, I{0, 2, 8, 10, 4, 6, 12, 14}) + __builtin_shuffle(x, y, I{1, 3, 9, 11, 5, 7, 13, 15});
-  };
-  const V t0 = pair_sums(acc[0], acc[1]), t1 = pair_sums(acc[2], acc[3]);
-  const V t2 = pair_sums(acc[4], acc[5]), t3 = pair_sums(acc[6], acc[7]);
-  const V u0 = pair_sums(t0, t1), u1 = pair_sums(t2, t3);  // block b of u0 (u1): rows 0-3 (4-7), their block b's sums
-  return __builtin_shuffle(u0, u1, I{0, 1, 2, 3, 8, 9, 10, 11}) + __builtin_shuffle(u0, u1, I{4, 5, 6, 7, 12, 13, 14, 15});
+// Lane i of a pair sum of x and y within each 16-byte block of kBlock lanes: x's adjacent pairs of the block summed
+// in the first half of the block, y's in the second (the pattern of x86 hadd); kSecond: the pairs' second lanes.
+template <std::size_t kBlock, bool kSecond>
+constexpr int pair_lane(std::size_t i, std::size_t lanes) {
+  const std::size_t block = i / kBlock, r = i % kBlock, half = kBlock / 2;
+  const std::size_t from_y = r < half ? 0 : lanes;
+  return static_cast<int>(from_y + block * kBlock + 2 * (r % half) + (kSecond ? 1 : 0));
 }
 
-HF_INLINE Vec32<double> row_sums(const Vec32<double> (&acc)[4]) {
-  using V = Vec32<double>;
-  using I = Vec32Of<double>::index;
-  const auto pair_sums = [](V x, V y) HF_INLINE_LAMBDA {
-    return __builtin_shuffle(x, y, I{0, 4, 2, 6}) + __builtin_shuffle(x, y, I{1, 5, 3, 7});
-  };
-  const V t0 = pair_sums(acc[0], acc[1]), t1 = pair_sums(acc[2], acc[3]);  // block b: rows 0, 1 (2, 3), their block b's sums
-  return __builtin_shuffle(t0, t1, I{0, 1, 4, 5}) + __builtin_shuffle(t0, t1, I{2, 3, 6, 7});
+// Lane r of out = the sum of the lanes of acc[r], for all r < lanes at once: rounds of pair sums within 16-byte
+// blocks and, for 32-byte vectors, one exchange of the blocks. One tree costs about as much as a single row's scalar
+// reduction, which `omp simd reduction` lowers to a store and a chain of scalar adds.
+template <typename V, std::size_t Rows, std::size_t... I>
+HF_INLINE void row_sums(const V (&acc)[Rows], V& out, std::index_sequence<I...>) {
+  static_assert(Rows == sizeof(V) / sizeof(acc[0][0]) && Rows == sizeof...(I), "one accumulator per lane");
+  constexpr std::size_t block = 16 / sizeof(acc[0][0]);
+  V t[Rows];
+  for (std::size_t r = 0; r < Rows; ++r) t[r] = acc[r];
+  std::size_t count = Rows;  // t[0, count): summed pairwise within blocks until one vector holds all rows' sums
+  for (std::size_t width = 1; width < block; width *= 2, count /= 2)
+    for (std::size_t r = 0; r < count / 2; ++r)
+      t[r] = __builtin_shufflevector(t[2 * r], t[2 * r + 1], pair_lane<block, false>(I, Rows)...) +
+             __builtin_shufflevector(t[2 * r], t[2 * r + 1], pair_lane<block, true>(I, Rows)...);
+  if constexpr (sizeof(V) == 32 && Rows == 8) {  // block b of t[0] (t[1]): rows 0-3 (4-7), their block b's sums
+    out = __builtin_shufflevector(t[0], t[1], 0, 1, 2, 3, 8, 9, 10, 11) +
+          __builtin_shufflevector(t[0], t[1], 4, 5, 6, 7, 12, 13, 14, 15);
+  } else if constexpr (sizeof(V) == 32) {  // 4 rows of double: block b of t[0] (t[1]): rows 0, 1 (2, 3)
+    out = __builtin_shufflevector(t[0], t[1], 0, 1, 4, 5) + __builtin_shufflevector(t[0], t[1], 2, 3, 6, 7);
+  } else {
+    out = t[0];
+  }
 }
 
 }  // namespace helo_fast::ot_cpu

@@ -21,28 +21,29 @@ namespace {
 using namespace ot_cpu;
 
 // Register tile of the 36x36 products: kRows output rows x kTileCols columns, the accumulators held in
-// two 32-byte vectors per row (GCC vector extensions, lowered to the target's registers).
-template <typename T>
+// two vectors of kVecBytes per row (one register each: 32 bytes for AVX2, 16 for the baseline variant).
+template <typename T, int kVecBytes>
 struct MatmulTile {
-  static constexpr int64_t kLanes = 32 / sizeof(T);
+  static constexpr int64_t kLanes = kVecBytes / sizeof(T);
   static constexpr int64_t kTileCols = 2 * kLanes;
   static constexpr int64_t kRows = 6;
-  typedef T Vec __attribute__((vector_size(32), aligned(sizeof(T))));
+  using Vec = typename ot_cpu::VecOf<T, kVecBytes>::unaligned;  // read and written in place, at any T alignment
 };
 
+// Columns of the packed right factor: whole tiles of every variant (those of the widest).
 template <typename T>
 HF_INLINE int64_t padded_cols(int64_t c) {
-  constexpr int64_t w = MatmulTile<T>::kTileCols;
+  constexpr int64_t w = MatmulTile<T, 32>::kTileCols;
   return (c + w - 1) / w * w;
 }
 
 // One tile: out rows [i, i+R) x columns [j, j + min(cols, V L)) of A @ Bp (added to out if kAdd), Bp row-major
 // with stride cp; V = 2 vectors per row, or 1 for a last tile of at most L columns (n = 36 in float32: tiles of
 // 16, 16 and 8 columns rather than 16, 16, 16).
-template <bool kAdd, typename T, int R, int V = 2>
+template <bool kAdd, int kVecBytes, typename T, int R, int V = 2>
 HF_INLINE void matmul_tile(const T* __restrict A, const T* __restrict Bp, int64_t k, int64_t cp, int64_t c, int64_t i,
                            int64_t j, T* __restrict out) {
-  using Tile = MatmulTile<T>;
+  using Tile = MatmulTile<T, kVecBytes>;
   using Vec = typename Tile::Vec;
   constexpr int64_t L = Tile::kLanes;
   Vec acc[R][V];
@@ -77,7 +78,7 @@ HF_INLINE void matmul_tile(const T* __restrict A, const T* __restrict Bp, int64_
 // out [r, c] = A [r, k] @ B [k, c] (all row-major; out += A @ B if kAdd). B is first copied into `pack`
 // (k x padded_cols(c), zero-padded) so that every column tile is full; each output element is one sequential
 // sum over k.
-template <bool kAdd = false, typename T>
+template <int kVecBytes, bool kAdd = false, typename T>
 HF_INLINE void matmul(const T* __restrict A, const T* __restrict B, int64_t r, int64_t k, int64_t c, T* __restrict out,
                       T* __restrict pack) {
   const int64_t cp = padded_cols<T>(c);
@@ -86,13 +87,14 @@ HF_INLINE void matmul(const T* __restrict A, const T* __restrict B, int64_t r, i
     for (int64_t j = 0; j < c; ++j) prow[j] = B[l * c + j];
     for (int64_t j = c; j < cp; ++j) prow[j] = 0;
   }
-  constexpr int64_t R = MatmulTile<T>::kRows, L = MatmulTile<T>::kLanes;
-  for (int64_t j = 0; j < c; j += MatmulTile<T>::kTileCols) {
+  using Tile = MatmulTile<T, kVecBytes>;
+  constexpr int64_t R = Tile::kRows, L = Tile::kLanes;
+  for (int64_t j = 0; j < c; j += Tile::kTileCols) {
     auto rows_of_tiles = [&](auto vectors) HF_INLINE_LAMBDA {
       constexpr int V = decltype(vectors)::value;
       int64_t i = 0;
-      for (; i + R <= r; i += R) matmul_tile<kAdd, T, R, V>(A, pack, k, cp, c, i, j, out);
-      for (; i < r; ++i) matmul_tile<kAdd, T, 1, V>(A, pack, k, cp, c, i, j, out);
+      for (; i + R <= r; i += R) matmul_tile<kAdd, kVecBytes, T, R, V>(A, pack, k, cp, c, i, j, out);
+      for (; i < r; ++i) matmul_tile<kAdd, kVecBytes, T, 1, V>(A, pack, k, cp, c, i, j, out);
     };
     if (c - j <= L)
       rows_of_tiles(std::integral_constant<int, 1>{});
@@ -143,10 +145,10 @@ struct GromovWassersteinScratch {
 };
 
 // K = -(u_i + v_j - 2 (cs Gamma ctᵀ)_ij) / eps; X = cs Gamma is left in s.X.
-template <typename T>
+template <int kVecBytes, typename T>
 HF_INLINE void gromov_wasserstein_log_kernel(const T* cs, const T* Gamma, GromovWassersteinScratch<T>& s, int64_t n, int64_t m, T eps) {
-  matmul(cs, Gamma, n, n, m, s.X, s.pack);
-  matmul(s.X, s.ctT, n, m, m, s.M, s.pack);
+  matmul<kVecBytes>(cs, Gamma, n, n, m, s.X, s.pack);
+  matmul<kVecBytes>(s.X, s.ctT, n, m, m, s.M, s.pack);
   for (int64_t i = 0; i < n; ++i) {
     const T ui = s.u[i];
     const T* __restrict mrow = s.M + i * m;
@@ -189,7 +191,7 @@ HF_INLINE void with_fixed_size(int64_t n, int64_t m, Body&& body) {
     body(std::integral_constant<int64_t, 0>{});
 }
 
-template <int64_t kFixed, typename T>
+template <int64_t kFixed, int kVecBytes, typename T>
 HF_INLINE void gromov_wasserstein_fwd_problems(const T* cs, const T* ct, const T* a, const T* b, T* plan, T* plans, T* hist_n,
                                T* hist_m, int64_t n_runtime, int64_t m_runtime, T eps, int64_t outer, int64_t inner,
                                bool use_ipot, int64_t begin, int64_t end) {
@@ -206,11 +208,11 @@ HF_INLINE void gromov_wasserstein_fwd_problems(const T* cs, const T* ct, const T
       interrupt.tick();
       if (plans != nullptr)
         for (int64_t e = 0; e < n * m; ++e) plans[(p * outer + t) * n * m + e] = gamma[e];
-      gromov_wasserstein_log_kernel(pcs, gamma, s, n, m, eps);
+      gromov_wasserstein_log_kernel<kVecBytes>(pcs, gamma, s, n, m, eps);
       T* hn = hist_n ? hist_n + (p * outer + t) * inner * n : nullptr;
       T* hm = hist_m ? hist_m + (p * outer + t) * inner * m : nullptr;
       if (use_ipot) {
-        if (!ipot_forward_linear<T>(s.K, pa, pb, s.inv_a, s.inv_b, n, m, inner, gamma, hn, hm, s.G0, s.Q, s.F, s.Gv,
+        if (!ipot_forward_linear<T, kVecBytes>(s.K, pa, pb, s.inv_a, s.inv_b, n, m, inner, gamma, hn, hm, s.G0, s.Q, s.F, s.Gv,
                                     s.colmax))
           ipot_forward(s.K, s.loga, s.logb, n, m, inner, gamma, hn, hm, s.Q, s.F, s.Gv, s.colmax);
       } else if (!sinkhorn_forward_linear(s.K, pa, pb, s.inv_a, s.inv_b, n, m, inner, gamma, hn, hm, s.G0, s.F, s.Gv)) {
@@ -221,18 +223,18 @@ HF_INLINE void gromov_wasserstein_fwd_problems(const T* cs, const T* ct, const T
   }
 }
 
-template <typename T>
+template <typename T, int kVecBytes>
 HF_INLINE void gromov_wasserstein_fwd_chunk(const T* cs, const T* ct, const T* a, const T* b, T* plan, T* plans, T* hist_n, T* hist_m,
                             int64_t n, int64_t m, T eps, int64_t outer, int64_t inner, bool use_ipot, int64_t begin,
                             int64_t end) {
   with_fixed_size(n, m, [&](auto fixed) HF_INLINE_LAMBDA {
-    gromov_wasserstein_fwd_problems<decltype(fixed)::value>(cs, ct, a, b, plan, plans, hist_n, hist_m, n, m, eps, outer, inner,
+    gromov_wasserstein_fwd_problems<decltype(fixed)::value, kVecBytes>(cs, ct, a, b, plan, plans, hist_n, hist_m, n, m, eps, outer, inner,
                                             use_ipot, begin, end);
   });
 }
 HF_DEFINE_SIMD_DISPATCH(gromov_wasserstein_fwd_chunk)
 
-template <int64_t kFixed, typename T>
+template <int64_t kFixed, int kVecBytes, typename T>
 HF_INLINE void gromov_wasserstein_bwd_problems(const T* grad, const T* cs, const T* ct, const T* a, const T* b, const T* plans,
                                const T* hist_n, const T* hist_m, T* g_cs, T* g_ct, T* g_a, T* g_b, int64_t n_runtime,
                                int64_t m_runtime, T eps, int64_t outer, int64_t inner, bool use_ipot, int64_t begin,
@@ -253,12 +255,12 @@ HF_INLINE void gromov_wasserstein_bwd_problems(const T* grad, const T* cs, const
     for (int64_t t = outer - 1; t >= 0; --t) {
       interrupt.tick();
       const T* gprev = plans + (p * outer + t) * n * m;
-      gromov_wasserstein_log_kernel(pcs, gprev, s, n, m, eps);
+      gromov_wasserstein_log_kernel<kVecBytes>(pcs, gprev, s, n, m, eps);
       const T* hn = hist_n + (p * outer + t) * inner * n;
       const T* hm = hist_m + (p * outer + t) * inner * m;
       T *dloga = s.vn1, *dlogb = s.vm1;
       if (use_ipot) {
-        if (!ipot_backward_linear(s.K, pa, pb, s.inv_a, s.inv_b, n, m, inner, s.dG, s.dK, dloga, dlogb, s.Qs, s.lam, s.Dcum, s.Scum,
+        if (!ipot_backward_linear<kVecBytes>(s.K, pa, pb, s.inv_a, s.inv_b, n, m, inner, s.dG, s.dK, dloga, dlogb, s.Qs, s.lam, s.Dcum, s.Scum,
                                   s.vn2, s.vm2, s.vm3, s.vm4, s.vm6))
           ipot_backward(s.K, s.loga, s.logb, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.lam, s.Dcum, s.Scum,
                         s.vn2, s.vm2, s.vm3, s.vm4, s.Gv);
@@ -286,12 +288,12 @@ HF_INLINE void gromov_wasserstein_bwd_problems(const T* grad, const T* cs, const
       // dcs += W Gamma_{t-1}ᵀ, dct += dMᵀ X, dGamma_{t-1} = csᵀ W.
       const T* dM = s.dK;
       T *W = s.Z, *gprevT = s.M, *dMT = s.Q;
-      matmul(dM, pct, n, m, m, W, s.pack);
+      matmul<kVecBytes>(dM, pct, n, m, m, W, s.pack);
       transpose(gprev, n, m, gprevT);
-      matmul<true>(W, gprevT, n, m, n, dcs, s.pack);
+      matmul<kVecBytes, true>(W, gprevT, n, m, n, dcs, s.pack);
       transpose(dM, n, m, dMT);
-      matmul<true>(dMT, s.X, m, n, m, dct, s.pack);
-      matmul(s.csT, W, n, n, m, s.dG, s.pack);
+      matmul<kVecBytes, true>(dMT, s.X, m, n, m, dct, s.pack);
+      matmul<kVecBytes>(s.csT, W, n, n, m, s.dG, s.pack);
     }
     // Gamma_0 = a bᵀ.
     for (int64_t i = 0; i < n; ++i) {
@@ -319,12 +321,12 @@ HF_INLINE void gromov_wasserstein_bwd_problems(const T* grad, const T* cs, const
   }
 }
 
-template <typename T>
+template <typename T, int kVecBytes>
 HF_INLINE void gromov_wasserstein_bwd_chunk(const T* grad, const T* cs, const T* ct, const T* a, const T* b, const T* plans,
                             const T* hist_n, const T* hist_m, T* g_cs, T* g_ct, T* g_a, T* g_b, int64_t n, int64_t m,
                             T eps, int64_t outer, int64_t inner, bool use_ipot, int64_t begin, int64_t end) {
   with_fixed_size(n, m, [&](auto fixed) HF_INLINE_LAMBDA {
-    gromov_wasserstein_bwd_problems<decltype(fixed)::value>(grad, cs, ct, a, b, plans, hist_n, hist_m, g_cs, g_ct, g_a, g_b, n, m,
+    gromov_wasserstein_bwd_problems<decltype(fixed)::value, kVecBytes>(grad, cs, ct, a, b, plans, hist_n, hist_m, g_cs, g_ct, g_a, g_b, n, m,
                                             eps, outer, inner, use_ipot, begin, end);
   });
 }

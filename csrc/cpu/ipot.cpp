@@ -16,7 +16,7 @@ namespace {
 
 using namespace ot_cpu;
 
-template <typename T>
+template <typename T, int kVecBytes>
 HF_INLINE void ipot_fwd_chunk(const T* cost, const T* a, const T* b, T* plan, T* d_hist, T* s_hist, int64_t n,
                               int64_t m, T beta, int64_t n_iters, int64_t begin, int64_t end) {
   // Q and Kx have rows of padded_row_stride<T>(m) for the scaling-form solver, s and colmax that many entries.
@@ -34,14 +34,14 @@ HF_INLINE void ipot_fwd_chunk(const T* cost, const T* a, const T* b, T* plan, T*
     T* out = plan + p * n * m;
     inverse_or_zero(a + p * n, n, inv_a);
     inverse_or_zero(b + p * m, m, inv_b);
-    if (ipot_forward_linear<T>(K, a + p * n, b + p * m, inv_a, inv_b, n, m, n_iters, out, dh, sh, Kx, Q, d, s, colmax))
+    if (ipot_forward_linear<T, kVecBytes>(K, a + p * n, b + p * m, inv_a, inv_b, n, m, n_iters, out, dh, sh, Kx, Q, d, s, colmax))
       continue;
     ipot_forward(K, loga, logb, n, m, n_iters, out, dh, sh, Q, d, s, colmax);
   }
 }
 HF_DEFINE_SIMD_DISPATCH(ipot_fwd_chunk)
 
-template <typename T>
+template <typename T, int kVecBytes>
 HF_INLINE void ipot_bwd_chunk(const T* grad, const T* cost, const T* a, const T* b, const T* d_hist, const T* s_hist,
                               T* g_cost, T* g_a, T* g_b, int64_t n, int64_t m, T beta, int64_t n_iters, int64_t begin,
                               int64_t end) {
@@ -63,7 +63,7 @@ HF_INLINE void ipot_bwd_chunk(const T* grad, const T* cost, const T* a, const T*
     inverse_or_zero(pb, m, inv_b);
     T* dK = g_cost + p * n * m;
     const T *dh = d_hist + p * n_iters * n, *sh = s_hist + p * n_iters * m, *gT = grad + p * n * m;
-    if (!ipot_backward_linear(K, pa, pb, inv_a, inv_b, n, m, n_iters, gT, dK, dloga, dlogb, Qs, lam, Dcum, Scum, rr, ds, dsprev,
+    if (!ipot_backward_linear<kVecBytes>(K, pa, pb, inv_a, inv_b, n, m, n_iters, gT, dK, dloga, dlogb, Qs, lam, Dcum, Scum, rr, ds, dsprev,
                               c1, c2))
       ipot_backward(K, loga, logb, n, m, n_iters, dh, sh, gT, dK, dloga, dlogb, lam, Dcum, Scum, rr, ds, dsprev, c1,
                     c2);

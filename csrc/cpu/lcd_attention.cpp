@@ -16,6 +16,7 @@
 #include <cstring>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../lcd_attention_params.h"
@@ -25,19 +26,20 @@ namespace helo_fast::attention {
 namespace {
 
 // Scratch of one parallel task (a range of batch entries), in the accumulation type: the (b, h) tiles of the
-// GEMMs with rows padded to whole 64-byte vectors (dim_padded columns of D, lk_padded of Lk); padding stays zero.
+// GEMMs with rows padded to whole vectors of vector_bytes (the kernels' width: dim_padded columns of D, lk_padded
+// of Lk); padding stays zero.
 template <typename acc_t>
 struct ChunkScratch {
   int64_t dim_padded, lk_padded;
   std::vector<acc_t> q, k, kt, v, s, w, dp, dout, dq, dk, dv, y, dy;
-  static int64_t padded(int64_t n) {
-    constexpr int64_t kLanes = 64 / sizeof(acc_t);
-    return (n + kLanes - 1) / kLanes * kLanes;
+  static int64_t padded(int64_t n, int64_t vector_bytes) {
+    const int64_t lanes = vector_bytes / static_cast<int64_t>(sizeof(acc_t));
+    return (n + lanes - 1) / lanes * lanes;
   }
-  explicit ChunkScratch(const Params& p)
-      : dim_padded(padded(p.dim)), lk_padded(padded(p.lk)), q(p.lq * dim_padded), k(p.lk * dim_padded), kt(p.dim * lk_padded),
-        v(p.lk * dim_padded), s(p.lq * lk_padded), w(p.lq * lk_padded), dp(p.lq * lk_padded),
-        dout(p.lq * dim_padded), dq(std::max(p.lq, p.lk) * dim_padded), dk(p.lk * dim_padded),
+  ChunkScratch(const Params& p, int64_t vector_bytes)
+      : dim_padded(padded(p.dim, vector_bytes)), lk_padded(padded(p.lk, vector_bytes)), q(p.lq * dim_padded),
+        k(p.lk * dim_padded), kt(p.dim * lk_padded), v(p.lk * dim_padded), s(p.lq * lk_padded), w(p.lq * lk_padded),
+        dp(p.lq * lk_padded), dout(p.lq * dim_padded), dq(std::max(p.lq, p.lk) * dim_padded), dk(p.lk * dim_padded),
         dv(p.lk * dim_padded), y(p.lq * p.heads * p.dim), dy(p.lq * p.heads * p.dim) {}
 };
 
@@ -54,39 +56,36 @@ struct Grads {
   bool bias_shared_over_batch;
 };
 
-// The kernels, compiled three times; best_isa() picks the widest this CPU runs.
+// The kernels, compiled once per instruction set with vectors of its register width (HF_VEC_BYTES); the widest this
+// CPU runs is picked at run time (cpu_math::best_simd_isa). (cpu_math.h makes a vector wider than the registers
+// a compile error.)
+#define HF_VEC_BYTES 16
 namespace isa_default {
 #include "../lcd_attention_cpu_kernels.h"
 }  // namespace isa_default
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#undef HF_VEC_BYTES
+#if HF_X86_DISPATCH
+HF_TARGET_REGION_BEGIN(HF_AVX2_FEATURES)
+#define HF_VEC_BYTES 32
 namespace isa_avx2 {
 #include "../lcd_attention_cpu_kernels.h"
 }  // namespace isa_avx2
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")
+#undef HF_VEC_BYTES
+HF_TARGET_REGION_END
+HF_TARGET_REGION_BEGIN(HF_AVX512_FEATURES)
+#define HF_VEC_BYTES 64
 namespace isa_avx512 {
 #include "../lcd_attention_cpu_kernels.h"
 }  // namespace isa_avx512
-#pragma GCC pop_options
+#undef HF_VEC_BYTES
+HF_TARGET_REGION_END
+#endif
 
-enum class Isa { kDefault, kAvx2, kAvx512 };
+using cpu_math::SimdIsa;
 
-// HELO_FAST_CPU_ISA=default|avx2 caps the choice (tests run every variant on one machine).
-Isa best_isa() {
-  static const Isa isa = [] {
-    const char* cap = std::getenv("HELO_FAST_CPU_ISA");
-    if (cap != nullptr && std::string(cap) == "default") return Isa::kDefault;
-    const bool avx2_only = cap != nullptr && std::string(cap) == "avx2";
-    __builtin_cpu_init();
-    if (!avx2_only && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
-      return Isa::kAvx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
-    return Isa::kDefault;
-  }();
-  return isa;
+// The vector width of the kernels of isa (their scratch tiles are padded to it).
+int64_t vector_bytes(SimdIsa isa) {
+  return isa == SimdIsa::kAvx512 ? 64 : isa == SimdIsa::kAvx2 ? 32 : 16;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -94,12 +93,18 @@ void forward_cpu(const Params& p, const InputViews<scalar_t>& x, scalar_t* out, 
                  acc_t* prob_out, acc_t* y_out) {
   const int64_t work_per_batch = std::max<int64_t>(1, 4 * p.heads * p.lq * p.lk * p.dim);
   const int64_t grain = std::max<int64_t>(1, 65536 / work_per_batch);
-  const Isa isa = best_isa();
+  const SimdIsa isa = cpu_math::best_simd_isa();
   at::parallel_for(0, p.batch, grain, [&](int64_t begin, int64_t end) {
-    ChunkScratch<acc_t> scratch(p);
+    ChunkScratch<acc_t> scratch(p, vector_bytes(isa));
     switch (isa) {
-      case Isa::kAvx512: isa_avx512::forward_batches(p, x, out, mean_out, rstd_out, prob_out, y_out, begin, end, scratch); break;
-      case Isa::kAvx2: isa_avx2::forward_batches(p, x, out, mean_out, rstd_out, prob_out, y_out, begin, end, scratch); break;
+#if HF_X86_DISPATCH
+      case SimdIsa::kAvx512:
+        isa_avx512::forward_batches(p, x, out, mean_out, rstd_out, prob_out, y_out, begin, end, scratch);
+        break;
+      case SimdIsa::kAvx2:
+        isa_avx2::forward_batches(p, x, out, mean_out, rstd_out, prob_out, y_out, begin, end, scratch);
+        break;
+#endif
       default: isa_default::forward_batches(p, x, out, mean_out, rstd_out, prob_out, y_out, begin, end, scratch);
     }
   });
@@ -115,7 +120,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lcd_atten
                                 /*keep_row_strides=*/true);
   const Params p = make_params(in, scale, dropkey_p, dropout_p, dropkey_value, ln_eps, bias_before_scale,
                                seed_of(seed, "lcd_attention"));
-  auto [out, mean, rstd, prob, ln_input] = allocate_forward_outputs(p, q, save_for_backward);
+  // (Named members, not a structured binding: the dispatch lambda captures them, which clang < 16 refuses for
+  // bindings.)
+  const ForwardOutputs outputs = allocate_forward_outputs(p, q, save_for_backward);
+  const at::Tensor &out = outputs.out, &mean = outputs.mean, &rstd = outputs.rstd, &prob = outputs.prob,
+                   &ln_input = outputs.ln_input;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "lcd_attention_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     forward_cpu<scalar_t, acc_t>(p, input_views<scalar_t>(in), out.mutable_data_ptr<scalar_t>(),
@@ -190,14 +199,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const acc_t* pp = prob.const_data_ptr<acc_t>();
     const acc_t* yp = ln_input.const_data_ptr<acc_t>();
     // One task per chunk of batch entries, so each chunk owns its slice of the shared reductions.
-    const Isa isa = best_isa();
+    const SimdIsa isa = cpu_math::best_simd_isa();
     at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-      ChunkScratch<acc_t> scratch(p);
+      ChunkScratch<acc_t> scratch(p, vector_bytes(isa));
       for (int64_t c = begin; c < end; ++c) {
         const int64_t first = c * p.batch / chunks, last = (c + 1) * p.batch / chunks;
         switch (isa) {
-          case Isa::kAvx512: isa_avx512::backward_batches(p, x, go, mp, rp, pp, yp, first, last, c, g, scratch); break;
-          case Isa::kAvx2: isa_avx2::backward_batches(p, x, go, mp, rp, pp, yp, first, last, c, g, scratch); break;
+#if HF_X86_DISPATCH
+          case SimdIsa::kAvx512:
+            isa_avx512::backward_batches(p, x, go, mp, rp, pp, yp, first, last, c, g, scratch);
+            break;
+          case SimdIsa::kAvx2: isa_avx2::backward_batches(p, x, go, mp, rp, pp, yp, first, last, c, g, scratch); break;
+#endif
           default: isa_default::backward_batches(p, x, go, mp, rp, pp, yp, first, last, c, g, scratch);
         }
       }
