@@ -126,7 +126,7 @@ HF_INLINE T ipot_row_violation_linear(const T* __restrict Q, const T* __restrict
 }
 
 // ipot_forward_linear_tracked with the test (an extra pass over Q at each check). Arguments as there, plus tol.
-template <bool kExactZeros, typename T>
+template <bool kExactZeros, int kVecBytes, typename T>
 HF_INLINE bool ipot_forward_linear_tol_tracked(const T* __restrict K, const T* __restrict a, const T* __restrict b,
                                                const T* __restrict inv_a, const T* __restrict inv_b, int64_t n,
                                                int64_t m, int64_t n_iters, T tol, T* __restrict plan, T* d_hist,
@@ -139,8 +139,8 @@ HF_INLINE bool ipot_forward_linear_tol_tracked(const T* __restrict K, const T* _
   InterruptCountdown interrupt(n * m);
   for (int64_t k = 0; k < n_iters; ++k) {
     interrupt.tick();
-    const IpotIterationStats<T> it = ipot_iteration<kExactZeros>(Kx, k == 0 ? nullptr : Tm, k == 0 ? nullptr : delta,
-                                                                 a, b, inv_a, inv_b, n, m, ld, Tm, delta, sigma, col);
+    const IpotIterationStats<T> it = ipot_iteration<kExactZeros, kVecBytes>(
+        Kx, k == 0 ? nullptr : Tm, k == 0 ? nullptr : delta, a, b, inv_a, inv_b, n, m, ld, Tm, delta, sigma, col);
     if (!exact.step(k == 0, it, n, m)) return false;
     if (d_hist != nullptr) {
       T* __restrict dh = d_hist + k * n;
@@ -160,9 +160,10 @@ HF_INLINE bool ipot_forward_linear_tol_tracked(const T* __restrict K, const T* _
   return true;
 }
 
-template <typename T, typename... Args>
+template <typename T, int kVecBytes, typename... Args>
 HF_INLINE bool ipot_forward_linear_tol(Args&&... args) {
-  return ipot_forward_linear_tol_tracked<false, T>(args...) || ipot_forward_linear_tol_tracked<true, T>(args...);
+  return ipot_forward_linear_tol_tracked<false, kVecBytes, T>(args...) ||
+         ipot_forward_linear_tol_tracked<true, kVecBytes, T>(args...);
 }
 
 // ipot_forward (log domain) with the test: row sums exp(d_i + LSE_j(Q_ij + s_j)).

@@ -50,7 +50,7 @@ HF_INLINE void sinkhorn_tol_chunk(const T* cost, const T* a, const T* b, T* plan
 }
 HF_DEFINE_SIMD_DISPATCH_AVX512(sinkhorn_tol_chunk)
 
-template <typename T>
+template <typename T, int kVecBytes>
 HF_INLINE void ipot_tol_chunk(const T* cost, const T* a, const T* b, T* plan, T* d_hist, T* s_hist,
                               int64_t* iterations, T* violation, int64_t n, int64_t m, T beta, int64_t n_iters, T tol,
                               int64_t begin, int64_t end) {
@@ -70,7 +70,7 @@ HF_INLINE void ipot_tol_chunk(const T* cost, const T* a, const T* b, T* plan, T*
     inverse_or_zero(pa, n, inv_a);
     inverse_or_zero(pb, m, inv_b);
     ConvergenceReport<T> report;
-    if (!ipot_forward_linear_tol<T>(K, pa, pb, inv_a, inv_b, n, m, n_iters, tol, out, dh, sh, Kx, Q, d, s, colmax,
+    if (!ipot_forward_linear_tol<T, kVecBytes>(K, pa, pb, inv_a, inv_b, n, m, n_iters, tol, out, dh, sh, Kx, Q, d, s, colmax,
                                     report)) {
       report = ConvergenceReport<T>();
       ipot_forward_tol(K, loga, logb, pa, n, m, n_iters, tol, out, dh, sh, Q, d, s, colmax, report);
