@@ -9,11 +9,11 @@ import pytest
 import torch
 from scipy.io import savemat
 
-from helo_fast import train
+from helo_fast.training import experiment as train
 from helo_fast.cli import main
 from helo_fast.data import FeatureLayout, make_synthetic_dataset
 from helo_fast.models import HeLoConfig
-from helo_fast.train import TrainConfig, format_table, run_experiment
+from helo_fast.training.experiment import TrainConfig, format_table, run_experiment
 
 LAYOUT = FeatureLayout(n_channels=4, band_features=5, gsr_features=8, ppg_features=8, video_features=32, n_classes=10)
 SMALL_MODEL = dict(d_model=16, n_heads=2, ffn_dim=16, head_hidden=32)

@@ -15,14 +15,14 @@ import os
 import sys
 from typing import List, Optional
 
-from ._backend import BACKENDS
-from .cli_checks import (check_backend, check_data_options, check_subjects, check_writable_dir, check_writable_file,
+from .._backend import BACKENDS
+from .checks import (check_backend, check_data_options, check_subjects, check_writable_dir, check_writable_file,
                          option_name)
-from .data import DATASETS, PROTOCOLS, load_dataset
-from .models import HeLoConfig
-from .models.config import FAITHFUL_TO, RENAMED_KEYS
-from .precision import PRECISIONS, check_precision
-from .train_config import BASELINE_MODALITIES, check_train_values, resolve_device
+from ..data import DATASETS, PROTOCOLS, load_dataset
+from ..models import HeLoConfig
+from ..models.config import FAITHFUL_TO, RENAMED_KEYS
+from ..training.precision import PRECISIONS, check_precision
+from ..training.config import BASELINE_MODALITIES, check_train_values, resolve_device
 
 PROG = "helo-fast"
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130   # 130 = 128 + SIGINT, the shell's status for Ctrl-C
@@ -191,8 +191,8 @@ def _check_common_options(args):
 
 def cmd_train(args) -> int:
     """``helo-fast train``: run the protocol, print the table, write the JSON summary."""
-    from .distributed import local_device
-    from .train import TrainConfig, format_table, run_experiment
+    from ..training.distributed import local_device
+    from ..training.experiment import TrainConfig, format_table, run_experiment
 
     # Every option is checked before the data is read and before any training.
     check_train_values(vars(args), option_name)
@@ -227,7 +227,7 @@ def cmd_eval(args) -> int:
     """``helo-fast eval``: re-score saved model_<i>.pt files on their test rows."""
     import torch
 
-    from .train import evaluate_saved_models, format_table, write_json
+    from ..training.experiment import evaluate_saved_models, format_table, write_json
 
     device = _check_common_options(args)
     if args.precision is not None:
@@ -253,7 +253,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """``helo-fast demo``: see ``helo_fast.demo.run_demo``."""
+    """``helo-fast demo``: see ``demo.run_demo``."""
     from .demo import run_demo
 
     run_demo(quiet=args.quiet)
@@ -277,8 +277,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _checkpoint_note(args) -> str:
     """Where an interrupted train run can continue from (checkpoints are replaced atomically, so intact)."""
-    from .checkpoint import previous_path
-    from .train import CHECKPOINT_NAME
+    from ..training.checkpoint import previous_path
+    from ..training.experiment import CHECKPOINT_NAME
 
     if args.command != "train" or not args.checkpoint_dir:
         return ""

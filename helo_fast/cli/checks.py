@@ -13,8 +13,8 @@ from typing import List, Optional
 
 import torch
 
-from ._validation import check_int_at_least
-from .data.wesad import check_window
+from .._validation import check_int_at_least
+from ..data.wesad import check_window
 
 WESAD_SUBJECT = re.compile(r"S\d+")
 
@@ -98,7 +98,7 @@ def check_writable_file(path: Optional[str], option: str) -> None:
 
 def check_backend(backend: str, device: torch.device) -> None:
     """Every op of HeLo can run with ``--backend`` on ``device`` (``auto`` always can)."""
-    from .train import model_backends
+    from ..training.experiment import model_backends
 
     try:
         model_backends(backend, device)

@@ -11,8 +11,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from ._validation import check_choice, check_int_at_least, check_positive, check_probability
-from .data import PROTOCOLS
+from .._validation import check_choice, check_int_at_least, check_positive, check_probability
+from ..data import PROTOCOLS
 from .precision import PRECISIONS
 
 BASELINE_MODALITIES = ("eeg", "gsr", "ppg", "video")
@@ -82,7 +82,7 @@ class TrainConfig:
     max_splits: Optional[int] = None       # only the first N splits (None: all)
     device: str = "auto"
     dtype: str = "float32"                 # of the model and data: "float32" or "float64"
-    precision: str = "32"                  # "32", "bf16-mixed" or "16-mixed" (CUDA): see helo_fast.precision
+    precision: str = "32"                  # "32", "bf16-mixed" or "16-mixed" (CUDA): see training.precision
     threads: Optional[int] = None          # torch.set_num_threads for the run (None: leave as is)
     checkpoint_dir: Optional[str] = None
     checkpoint_every: int = 10

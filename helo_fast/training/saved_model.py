@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError
-from .models import HeLo, HeLoConfig
+from ..models import HeLo, HeLoConfig
 from .precision import PRECISIONS
 from .resume_state import StateChecker
-from .train_config import TRAIN_DTYPES
+from .config import TRAIN_DTYPES
 
 # The most a model FILE may ask for (HELO_SPEC's model: d_model 128, 5 x 20 OT iterations, 913 features).
 FILE_CONFIG_CAPS = {"d_model": 4096, "n_heads": 64, "lcd_heads": 64, "ffn_dim": 16384, "head_hidden": 16384,

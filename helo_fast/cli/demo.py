@@ -11,11 +11,11 @@ import time
 
 import torch
 
-from ._backend import choose_backend
-from .data import make_synthetic_dataset
+from .._backend import choose_backend
+from ..data import make_synthetic_dataset
 from .step_timing import median_step_seconds
-from .models import HeLoConfig
-from .train import TrainConfig, format_table, run_experiment
+from ..models import HeLoConfig
+from ..training.experiment import TrainConfig, format_table, run_experiment
 
 DEMO = {
     "data": dict(n_subjects=3, trials_per_subject=40, rows_per_trial=5, seed=0),
@@ -26,7 +26,7 @@ DEMO = {
 
 
 def run_demo(quiet: bool = False) -> dict:
-    """Run the demo and print the table; returns the run's summary (see ``train.run_experiment``)."""
+    """Run the demo and print the table; returns the run's summary (see ``training.run_experiment``)."""
     tic = time.perf_counter()
     dataset = make_synthetic_dataset(**DEMO["data"])
     model_config = HeLoConfig(**dataset.layout.as_config())

@@ -31,19 +31,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._backend import choose_backend
+from .._backend import choose_backend
 from .atomic_files import remove_stale_temps, write_atomic
 from .checkpoint import CheckpointError, atomic_save, load_checked, load_latest_good, previous_path
 from .distributed import (DistContext, all_gather_tensor, all_reduce_sum, close_distributed, init_distributed,
                           local_device, shard, wrap_model)
-from .data import EmotionDataset, Split, make_splits, standardize
-from .metrics import LOWER_IS_BETTER, METRIC_NAMES, edl_metrics
-from .models import HeLo, HeLoConfig, helo_loss
+from ..data import EmotionDataset, Split, make_splits, standardize
+from ..metrics import LOWER_IS_BETTER, METRIC_NAMES, edl_metrics
+from ..models import HeLo, HeLoConfig, helo_loss
 from .precision import autocast, check_precision, grad_scaler
 from .resume_state import check_run_state, check_split_state
 from .run_dir import claim_run_dir
 from .saved_model import build_saved_model, check_saved_model
-from .train_config import TRAIN_DTYPES, TrainConfig, resolve_device
+from .config import TRAIN_DTYPES, TrainConfig, resolve_device
 
 CHECKPOINT_FORMAT = "helo_fast-train-v2"
 MODEL_FORMAT = "helo_fast-model-v2"
@@ -151,7 +151,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
                config: Optional[HeLoConfig] = None, batch_total: Optional[int] = None, loss_scale: float = 1.0,
                precision: str = "32", scaler: Optional[torch.amp.GradScaler] = None):
     """One optimisation step: forward and HeLo loss (``config``'s terms, default ``model.config``) under the
-    autocast of ``precision`` (helo_fast.precision), backward of ``loss * loss_scale`` (scaled by ``scaler`` when
+    autocast of ``precision`` (``precision.py``), backward of ``loss * loss_scale`` (scaled by ``scaler`` when
     given, for 16-mixed), optimiser step.
 
     x: [B, F] features; y: [B, C] target distributions; ``batch_total``: see ``helo_loss`` (the
