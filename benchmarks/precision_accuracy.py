@@ -22,7 +22,7 @@ from helo_fast.data import make_synthetic_dataset
 from helo_fast.cli.demo import DEMO
 from helo_fast.metrics import METRIC_NAMES
 from helo_fast.models import HeLoConfig
-from helo_fast.training.experiment import TrainConfig, format_table, run_experiment
+from helo_fast.training import TrainConfig, format_table, run_experiment
 
 PRECISIONS = ("32", "bf16-mixed")
 CHEBYSHEV_BAR = 0.02  # relative

@@ -9,7 +9,7 @@ from helo_fast._backend import choose_backend
 from helo_fast.models import HeLo, HeLoConfig
 from helo_fast.training.precision import grad_scaler
 from helo_fast.cli.step_timing import synthetic_batch
-from helo_fast.training.experiment import make_optimizer, train_step
+from helo_fast.training.step import make_optimizer, train_step
 
 BATCHES = [128, 1024]
 PRECISIONS = ["32", "bf16-mixed"] + (["16-mixed"] if DEVICE.type == "cuda" else [])

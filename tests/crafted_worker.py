@@ -76,7 +76,7 @@ def _cap_address_space(headroom: int) -> None:
 def main(family, files):
     import torch  # noqa: F401  (mapped before the cap: every family's loader module imports it)
     import helo_fast.training.checkpoint  # noqa: F401
-    import helo_fast.training.experiment  # noqa: F401
+    import helo_fast.training  # noqa: F401
     import scipy.io  # noqa: F401
     import scipy.io.matlab  # noqa: F401
     loader, _ = _loaders()[family]

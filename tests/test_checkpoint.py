@@ -13,7 +13,8 @@ import torch
 from helo_fast.training.checkpoint import (LEGACY_MAGIC, MAGIC, CheckpointError, atomic_save, load_checked, load_latest_good,
                                   previous_path)
 from helo_fast.data import make_synthetic_dataset
-from helo_fast.training.experiment import TrainConfig, fingerprint_differences, run_experiment, run_fingerprint
+from helo_fast.training import TrainConfig, run_experiment
+from helo_fast.training.fingerprint import fingerprint_differences, run_fingerprint
 from crafted import WritesMarker, with_header
 from test_train import LAYOUT, Interrupt, _interrupt_at, small_config
 

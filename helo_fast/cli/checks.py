@@ -98,7 +98,7 @@ def check_writable_file(path: Optional[str], option: str) -> None:
 
 def check_backend(backend: str, device: torch.device) -> None:
     """Every op of HeLo can run with ``--backend`` on ``device`` (``auto`` always can)."""
-    from ..training.experiment import model_backends
+    from ..training.fingerprint import model_backends
 
     try:
         model_backends(backend, device)

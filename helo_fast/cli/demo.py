@@ -15,7 +15,7 @@ from .._backend import choose_backend
 from ..data import make_synthetic_dataset
 from .step_timing import median_step_seconds
 from ..models import HeLoConfig
-from ..training.experiment import TrainConfig, format_table, run_experiment
+from ..training import TrainConfig, format_table, run_experiment
 
 DEMO = {
     "data": dict(n_subjects=3, trials_per_subject=40, rows_per_trial=5, seed=0),

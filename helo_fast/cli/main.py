@@ -192,7 +192,7 @@ def _check_common_options(args):
 def cmd_train(args) -> int:
     """``helo-fast train``: run the protocol, print the table, write the JSON summary."""
     from ..training.distributed import local_device
-    from ..training.experiment import TrainConfig, format_table, run_experiment
+    from ..training import TrainConfig, format_table, run_experiment
 
     # Every option is checked before the data is read and before any training.
     check_train_values(vars(args), option_name)
@@ -227,7 +227,7 @@ def cmd_eval(args) -> int:
     """``helo-fast eval``: re-score saved model_<i>.pt files on their test rows."""
     import torch
 
-    from ..training.experiment import evaluate_saved_models, format_table, write_json
+    from ..training import evaluate_saved_models, format_table, write_json
 
     device = _check_common_options(args)
     if args.precision is not None:
