@@ -306,3 +306,39 @@ def test_eval_matches_data_by_content_not_by_path(tmp_path, capsys):
                                   "dis_label": rng.random((3, 10)) + 0.1})
     assert main(["eval", *dmer, str(data), "--checkpoint-dir", str(out), "--quiet"]) == 2
     assert "trained on other data" in capsys.readouterr().err
+
+
+def test_train_decides_each_option_once(tmp_path, capsys):
+    """Issue 29 item 2: `helo-fast train` checks each option once, at the edge, and the library objects it builds
+    do not check again (before: check_train_values ran 3 times, resolve_device, check_precision, check_subjects
+    and HeLoConfig twice, and the backend of each of HeLo's ops was resolved twice)."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "dmer"
+    data.mkdir()
+    for subject in (1, 2):
+        savemat(str(data / f"{subject}.mat"), {"feas": rng.normal(size=(12, 913)), "vids": np.arange(12) % 3 + 1,
+                                               "dis_label": rng.random((3, 10)) + 0.1})
+    watched = {"check_train_values", "resolve_device", "check_precision", "check_subjects", "choose_backend",
+               "__post_init__"}
+    calls = {}
+
+    def count(frame, event, arg):
+        code = frame.f_code
+        if event == "call" and code.co_name in watched and "helo_fast" in code.co_filename:
+            where = "HeLoConfig" if code.co_filename.endswith(os.path.join("models", "config.py")) else code.co_name
+            calls[where] = calls.get(where, 0) + 1
+
+    argv = ["train", "--dataset", "dmer", "--data-path", str(data), "--subjects", "1", "2", *CLI_MODEL, "--epochs",
+            "1", "--batch-size", "8", "--quiet", "--no-baselines", "--max-splits", "1", "--backend", "reference",
+            "--checkpoint-dir", str(tmp_path / "run")]
+    sys.setprofile(count)
+    try:
+        status = main(argv)
+    finally:
+        sys.setprofile(None)
+    assert status == 0, capsys.readouterr().err
+    for name in ("check_train_values", "resolve_device", "check_precision", "check_subjects", "HeLoConfig"):
+        assert calls.get(name) == 1, (name, calls)
+    # One resolution per op of HeLo (the reference backend runs no op that resolves its own), for the checks,
+    # the fingerprint and the training alike.
+    assert calls.get("choose_backend") == 3, calls

@@ -1,20 +1,29 @@
-"""Checks of ``helo-fast`` options that run before any training: each raises ValueError naming the option.
+"""The checks of ``helo-fast``'s options, run once, before the data is read: each raises ValueError naming the option.
 
-The command line turns these errors into one ``helo-fast: error: ...`` line and exit status 2, so a
-bad data option, an unusable device or backend, or an output path that cannot be written is
-reported at once instead of after (or in the middle of) the training.
+``check_train_options`` and ``check_eval_options`` turn the parsed arguments into one checked whole (the run's
+plan, the subjects, the device): the library objects are built here, once, with the option names in their errors,
+and nothing below checks the options again. The command line turns these errors into one
+``helo-fast: error: ...`` line and exit status 2, so a bad data option, an unusable device or backend, or an
+output path that cannot be written is reported at once instead of after (or in the middle of) the training.
 """
 from __future__ import annotations
 
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
 
 from .._validation import check_int_at_least
+from ..data import dataset_layout
 from ..data.wesad import check_window
+from ..models import HeLoConfig
+from ..training.config import TrainConfig, check_train_values, resolve_device
+from ..training.plan import RunPlan, plan_run
+from ..training.precision import check_precision
+from .parser import parse_config_overrides
 
 WESAD_SUBJECT = re.compile(r"S\d+")
 
@@ -49,12 +58,15 @@ def check_subjects(dataset: str, subjects: Optional[List[str]]):
     return parsed
 
 
-def check_data_options(args) -> None:
-    """The data options' values: synthetic sizes, --data-seed, --window-s (the paths are checked by the loaders)."""
+def check_data_options(args) -> Optional[list]:
+    """The data options' values: synthetic sizes, --data-seed, --window-s (the paths are checked by the loaders).
+
+    Returns the ``--subjects`` of a DMER or WESAD dataset as its loader takes them (None: every subject)."""
     for field in ("synthetic_subjects", "synthetic_trials", "synthetic_rows"):
         check_int_at_least(option_name(field), getattr(args, field), 1)
     check_int_at_least("--data-seed", args.data_seed, 0)
     check_window(args.window_s, name="--window-s")
+    return None if args.dataset == "synthetic" else check_subjects(args.dataset, args.subjects)
 
 
 def _nearest_existing(path: str) -> str:
@@ -96,11 +108,64 @@ def check_writable_file(path: Optional[str], option: str) -> None:
     check_writable_dir(os.path.dirname(os.path.abspath(path)), option)
 
 
-def check_backend(backend: str, device: torch.device) -> None:
-    """Every op of HeLo can run with ``--backend`` on ``device`` (``auto`` always can)."""
-    from ..training.fingerprint import model_backends
-
+def _model_config(fields: dict) -> HeLoConfig:
+    """HeLoConfig(**fields); its errors can only come from --config (the other fields are choices or the data's)."""
     try:
-        model_backends(backend, device)
-    except RuntimeError as exc:
-        raise ValueError(f"--backend {backend}: {exc}") from None
+        return HeLoConfig(**fields)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--config: {exc}") from None
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """``helo-fast train``'s options, checked: the run's plan (configs, device, backends) and the --subjects."""
+
+    plan: RunPlan
+    subjects: Optional[list]
+
+
+def check_train_options(args) -> TrainOptions:
+    """Every option of ``helo-fast train``, checked once, in the order: the training values (``TrainConfig``), the
+    data options, --config (``HeLoConfig``, for the dataset's layout), --device, --precision, --backend (every op
+    of HeLo can run with it here; ``auto`` always can), then the output paths."""
+    output_json = args.output_json
+    if output_json is None and args.checkpoint_dir:
+        output_json = os.path.join(args.checkpoint_dir, "results.json")
+    cfg = TrainConfig(protocol=args.protocol, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      weight_decay=args.weight_decay, lr_gamma=args.lr_gamma, seed=args.seed, folds=args.folds,
+                      test_fraction=args.test_fraction, max_splits=args.max_splits, device=args.device,
+                      dtype=args.dtype, precision=args.precision, threads=args.threads,
+                      checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
+                      overwrite=args.overwrite, save_models=not args.no_save_models, baselines=not args.no_baselines,
+                      baseline_modality=args.baseline_modality, quiet=args.quiet, output_json=output_json,
+                      error_names=option_name)
+    subjects = check_data_options(args)
+    model_config = _model_config({**dataset_layout(args.dataset).as_config(), "backend": args.backend,
+                                  "faithful_to": args.faithful_to, **parse_config_overrides(args.config)})
+    try:
+        plan = plan_run(model_config, cfg, option_name)
+    except RuntimeError as exc:   # only the backends raise it: a named backend that cannot run here
+        raise ValueError(f"--backend {args.backend}: {exc}") from None
+    check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
+    check_writable_file(output_json, "--output-json" if args.output_json else "--checkpoint-dir")
+    return TrainOptions(plan, subjects)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """``helo-fast eval``'s options, checked: the device and the --subjects."""
+
+    device: torch.device
+    subjects: Optional[list]
+
+
+def check_eval_options(args) -> EvalOptions:
+    """Every option of ``helo-fast eval`` but the model files: --threads, the data options, --device, --precision
+    (when given), --output-json."""
+    check_train_values({"threads": args.threads}, option_name)
+    subjects = check_data_options(args)
+    device = resolve_device(args.device, "--device")
+    if args.precision is not None:
+        check_precision("--precision", args.precision, device)
+    check_writable_file(args.output_json, "--output-json")
+    return EvalOptions(device, subjects)

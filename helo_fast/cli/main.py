@@ -12,19 +12,21 @@ import os
 import sys
 from typing import List, Optional
 
+import torch
+
 from ..data import load_dataset
-from ..models import HeLoConfig
-from ..training.config import check_train_values, resolve_device
-from ..training.precision import check_precision
-from .checks import (check_backend, check_data_options, check_subjects, check_writable_dir, check_writable_file,
-                     option_name)
-from .parser import EXIT_USAGE, PROG, build_parser, parse_config_overrides
+from ..training import evaluate_saved_models, format_table, run_plan, write_json
+from ..training.checkpoint import previous_path
+from ..training.experiment import CHECKPOINT_NAME
+from .checks import check_eval_options, check_train_options
+from .parser import EXIT_USAGE, PROG, build_parser
 
 EXIT_INTERRUPTED = 130   # 128 + SIGINT, the shell's status for Ctrl-C
 
 
-def dataset_from_args(args):
-    """The EmotionDataset named by the data options; ValueError/FileNotFoundError for bad ones."""
+def dataset_from_args(args, subjects: Optional[list]):
+    """The EmotionDataset named by the data options (``subjects``: the checked --subjects); ValueError /
+    FileNotFoundError for bad ones."""
     if args.dataset == "synthetic":
         if args.data_path or args.subjects:
             raise ValueError("--data-path and --subjects are for --dataset dmer or wesad; the synthetic dataset is "
@@ -35,56 +37,16 @@ def dataset_from_args(args):
         raise ValueError(f"--dataset {args.dataset} needs --data-path")
     if not os.path.exists(args.data_path):
         raise FileNotFoundError(f"--data-path {args.data_path!r} does not exist")
-    subjects = check_subjects(args.dataset, args.subjects)
     if args.dataset == "dmer":
         return load_dataset("dmer", args.data_path, subjects=subjects)
     return load_dataset("wesad", args.data_path, subjects=subjects, window_s=args.window_s)
 
 
-def _model_config(fields: dict) -> HeLoConfig:
-    """HeLoConfig(**fields); its errors can only come from --config (the other fields are choices or the data's)."""
-    try:
-        return HeLoConfig(**fields)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"--config: {exc}") from None
-
-
-def _check_common_options(args):
-    """--threads, --device and the data options of train and eval; returns the device."""
-    check_train_values({"threads": args.threads}, option_name)
-    check_data_options(args)
-    if args.dataset != "synthetic":
-        check_subjects(args.dataset, args.subjects)
-    return resolve_device(args.device, "--device")
-
-
 def cmd_train(args) -> int:
     """``helo-fast train``: run the protocol, print the table, write the JSON summary."""
-    from ..training.distributed import local_device
-    from ..training import TrainConfig, format_table, run_experiment
-
-    # Every option is checked before the data is read and before any training.
-    check_train_values(vars(args), option_name)
-    device = _check_common_options(args)
-    model_options = {"backend": args.backend, "faithful_to": args.faithful_to, **parse_config_overrides(args.config)}
-    _model_config(model_options)   # the --config values, checked before the dataset is loaded
-    check_backend(args.backend, local_device(device))
-    check_precision("--precision", args.precision, local_device(device), args.dtype)
-    check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
-    output_json = args.output_json or (os.path.join(args.checkpoint_dir, "results.json") if args.checkpoint_dir else None)
-    check_writable_file(output_json, "--output-json" if args.output_json else "--checkpoint-dir")
-
-    dataset = dataset_from_args(args)
-    model_config = _model_config({**dataset.layout.as_config(), **model_options})
-    cfg = TrainConfig(protocol=args.protocol, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      weight_decay=args.weight_decay, lr_gamma=args.lr_gamma, seed=args.seed, folds=args.folds,
-                      test_fraction=args.test_fraction, max_splits=args.max_splits, device=args.device,
-                      dtype=args.dtype, precision=args.precision, threads=args.threads,
-                      checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                      overwrite=args.overwrite,
-                      save_models=not args.no_save_models, baselines=not args.no_baselines,
-                      baseline_modality=args.baseline_modality, quiet=args.quiet, output_json=output_json)
-    summary = run_experiment(dataset, model_config, cfg)
+    options = check_train_options(args)   # every option, before the data is read and before any training
+    summary = run_plan(dataset_from_args(args, options.subjects), options.plan)
+    output_json = options.plan.train_config.output_json
     if summary["rank"] == 0:  # under torchrun, rank 0 alone prints and writes
         print(format_table(summary))
         if output_json:
@@ -94,14 +56,7 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     """``helo-fast eval``: re-score saved model_<i>.pt files on their test rows."""
-    import torch
-
-    from ..training import evaluate_saved_models, format_table, write_json
-
-    device = _check_common_options(args)
-    if args.precision is not None:
-        check_precision("--precision", args.precision, device)
-    check_writable_file(args.output_json, "--output-json")
+    options = check_eval_options(args)
     files = list(args.model)
     if args.checkpoint_dir:
         if not os.path.isdir(args.checkpoint_dir):
@@ -114,7 +69,7 @@ def cmd_eval(args) -> int:
             raise FileNotFoundError(f"model file {file!r} does not exist")
     if args.threads:
         torch.set_num_threads(args.threads)
-    summary = evaluate_saved_models(dataset_from_args(args), files, str(device), args.precision)
+    summary = evaluate_saved_models(dataset_from_args(args, options.subjects), files, options.device, args.precision)
     print(format_table(summary))
     if args.output_json:
         write_json(summary, args.output_json)
@@ -146,9 +101,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _checkpoint_note(args) -> str:
     """Where an interrupted train run can continue from (checkpoints are replaced atomically, so intact)."""
-    from ..training.checkpoint import previous_path
-    from ..training.experiment import CHECKPOINT_NAME
-
     if args.command != "train" or not args.checkpoint_dir:
         return ""
     path = os.path.join(args.checkpoint_dir, CHECKPOINT_NAME)

@@ -33,7 +33,8 @@ def mean_baseline(y_train: torch.Tensor, y_test: torch.Tensor) -> Dict[str, floa
     return edl_metrics(y_test.cpu(), mean.expand_as(y_test).cpu())
 
 
-def train_mlp_baseline(x_train, y_train, x_test, y_test, columns: slice, cfg: TrainConfig, seed: int) -> Dict[str, float]:
+def train_mlp_baseline(x_train, y_train, x_test, y_test, columns: slice, cfg: TrainConfig,
+                       seed: int) -> Dict[str, float]:
     """Train the single-modality MLP with the run's optimiser settings; return its test metrics."""
     torch.manual_seed(seed)
     model = SingleModalityMLP(columns, y_train.shape[1]).to(x_train.device, x_train.dtype)

@@ -1,4 +1,5 @@
-"""One run of a protocol: ``run_experiment(dataset, model_config, train_config)``.
+"""One run of a protocol: ``run_experiment(dataset, model_config, train_config)``, or ``run_plan(dataset, plan)`` for
+a plan already made (``plan.plan_run``: the device and the backends, resolved once).
 
 It trains one fresh model per split of the protocol (subject-dependent, leave-one-subject-out or subject-wise
 k-fold), scores it with the six metrics of HELO_SPEC §9, computes two baselines on the same splits (the
@@ -30,11 +31,11 @@ from ..models import HeLo, HeLoConfig
 from .atomic_files import remove_stale_temps
 from .baselines import mean_baseline, train_mlp_baseline
 from .checkpoint import CheckpointError, atomic_save, load_latest_good, previous_path
-from .config import TRAIN_DTYPES, TrainConfig, resolve_device
-from .distributed import (all_gather_tensor, all_reduce_sum, close_distributed, init_distributed, local_device, shard,
-                          wrap_model)
+from .config import TRAIN_DTYPES, TrainConfig
+from .distributed import all_gather_tensor, all_reduce_sum, close_distributed, init_distributed, shard, wrap_model
 from .fingerprint import fingerprint_differences, run_fingerprint
-from .precision import check_precision, grad_scaler
+from .plan import RunPlan, plan_run
+from .precision import grad_scaler
 from .report import summarize, write_json
 from .resume_state import check_run_state, check_split_state
 from .rng_state import rng_state, set_rng_state
@@ -75,16 +76,16 @@ class SplitState:
 class Experiment:
     """One run of a protocol: splits, per-split training, baselines, checkpoints, summary."""
 
-    def __init__(self, dataset: EmotionDataset, model_config: HeLoConfig, cfg: TrainConfig,
+    def __init__(self, dataset: EmotionDataset, plan: RunPlan,
                  on_epoch_end: Optional[Callable[[int, int, dict], None]] = None):
+        model_config, cfg = plan.model_config, plan.train_config
         if model_config.n_features != dataset.layout.n_features or model_config.n_classes != dataset.layout.n_classes:
             raise ValueError(f"model_config expects rows of {model_config.n_features} features and "
                              f"{model_config.n_classes} classes; dataset {dataset.name} has "
                              f"{dataset.layout.n_features} and {dataset.layout.n_classes}")
-        self.dataset, self.model_config, self.cfg = dataset, model_config, cfg
-        self.device = local_device(resolve_device(cfg.device))
+        self.dataset, self.plan, self.model_config, self.cfg = dataset, plan, model_config, cfg
+        self.device = plan.device
         self.dtype = TRAIN_DTYPES[cfg.dtype]
-        check_precision("precision", cfg.precision, self.device, cfg.dtype)
         self.dist = init_distributed(self.device)
         self.on_epoch_end = on_epoch_end
         splits = make_splits(dataset, cfg.protocol, folds=cfg.folds, test_fraction=cfg.test_fraction, seed=cfg.seed)
@@ -277,8 +278,7 @@ class Experiment:
         if self._writes_checkpoints():   # temp files of killed saves (checkpoints are ~3x the model each)
             remove_stale_temps(self.cfg.checkpoint_dir)
         if self.cfg.checkpoint_dir:  # only checkpoints carry it (hashing a large dataset takes a moment)
-            self.fingerprint = run_fingerprint(self.dataset, self.model_config, self.cfg, device=self.device,
-                                               world_size=self.dist.world_size)
+            self.fingerprint = run_fingerprint(self.dataset, self.plan, world_size=self.dist.world_size)
         state = self._load_checkpoint()
         results: List[dict] = [] if state is None else list(state["results"])
         split_bar = tqdm(total=len(self.splits), initial=len(results), desc="splits", disable=not self.bars)
@@ -303,8 +303,17 @@ class Experiment:
 
 
 def run_experiment(dataset: EmotionDataset, model_config: HeLoConfig, cfg: TrainConfig, **kwargs) -> dict:
-    """Train and evaluate HeLo (and the baselines) on ``dataset`` under ``cfg.protocol``; see Experiment."""
-    experiment = Experiment(dataset, model_config, cfg, **kwargs)
+    """Train and evaluate HeLo (and the baselines) on ``dataset`` under ``cfg.protocol``; see Experiment.
+
+    ValueError for a device or precision that cannot train here, RuntimeError for a backend that cannot run one of
+    HeLo's ops here (see ``plan.plan_run``); ``kwargs``: ``on_epoch_end``. Returns the summary dict.
+    """
+    return run_plan(dataset, plan_run(model_config, cfg), **kwargs)
+
+
+def run_plan(dataset: EmotionDataset, plan: RunPlan, **kwargs) -> dict:
+    """``run_experiment`` of a plan already made (``plan.plan_run``)."""
+    experiment = Experiment(dataset, plan, **kwargs)
     try:
         return experiment.run()
     finally:

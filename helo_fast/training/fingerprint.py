@@ -8,23 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Dict, List
+from typing import List
 
 import numpy as np
 import torch
 
-from .._backend import choose_backend
 from ..data import EmotionDataset
-from ..models import HeLoConfig
-from .config import TrainConfig
-
-# The custom ops a HeLo forward/backward runs (each resolved to a backend by choose_backend).
-MODEL_OPS = ("lcd_attention", "gromov_wasserstein", "seeded_dropout")
-
-
-def model_backends(backend: str, device: torch.device) -> Dict[str, str]:
-    """The backend each op of HeLo resolves to for ``backend`` on ``device`` (RuntimeError if one cannot run)."""
-    return {op: choose_backend(backend, device, op) for op in MODEL_OPS}
+from .plan import RunPlan
 
 
 def dataset_digest(dataset: EmotionDataset) -> str:
@@ -35,17 +25,18 @@ def dataset_digest(dataset: EmotionDataset) -> str:
     return digest.hexdigest()
 
 
-def run_fingerprint(dataset: EmotionDataset, model_config: HeLoConfig, cfg: TrainConfig, *, device: torch.device,
-                    world_size: int = 1) -> dict:
-    """What must match for a checkpoint to be resumed: the options that change the numbers, and the
-    environment that does (torch's thread count, device, number of processes, kernel choices)."""
+def run_fingerprint(dataset: EmotionDataset, plan: RunPlan, world_size: int = 1) -> dict:
+    """What must match for a checkpoint of ``plan``'s run on ``dataset`` to be resumed: the options that change the
+    numbers, and the environment that does (torch's thread count, device, number of processes, kernel choices:
+    ``plan.backends``)."""
+    model_config, cfg, device = plan.model_config, plan.train_config, plan.device
     keys = ("protocol", "epochs", "batch_size", "lr", "weight_decay", "lr_gamma", "seed", "folds", "test_fraction",
             "max_splits", "baselines", "baseline_modality", "dtype", "precision")
     environment = {"threads": torch.get_num_threads(), "world_size": world_size, "device": device.type,
                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                    "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                    "HELO_FAST_CPU_ISA": os.environ.get("HELO_FAST_CPU_ISA"),
-                   "backends": model_backends(model_config.backend, device)}
+                   "backends": dict(plan.backends)}
     return {"train": {k: getattr(cfg, k) for k in keys}, "model": model_config.to_dict(), "environment": environment,
             "dataset": {"name": dataset.name, "rows": len(dataset), "features": int(dataset.features.shape[1]),
                         "sha256": dataset_digest(dataset)}}

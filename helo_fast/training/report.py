@@ -22,7 +22,8 @@ def summarize(results: List[dict], cfg: TrainConfig) -> dict:
         summary[key] = {}
         for metric in METRIC_NAMES:
             values = np.array([r[key][metric] for r in results], dtype=np.float64)
-            summary[key][metric] = {"mean": float(values.mean()), "std": float(values.std()) if len(values) > 1 else 0.0}
+            std = float(values.std()) if len(values) > 1 else 0.0
+            summary[key][metric] = {"mean": float(values.mean()), "std": std}
     names = {k: MODEL_NAMES[k].format(cfg.baseline_modality) for k in keys}
     return {"summary": summary, "models": names, "n_splits": len(results)}
 

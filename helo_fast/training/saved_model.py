@@ -8,7 +8,7 @@ range and (tensors) shape: a bad file is a ``CheckpointError`` naming the file a
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Union
 
 import numpy as np
 import torch
@@ -101,14 +101,15 @@ def _cpu_state(model: torch.nn.Module, dtype: torch.dtype) -> dict:
     return {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype) for k, v in model.state_dict().items()}
 
 
-def evaluate_saved_models(dataset: EmotionDataset, files: List[str], device: str = "auto",
+def evaluate_saved_models(dataset: EmotionDataset, files: List[str], device: Union[str, torch.device] = "auto",
                           precision: Optional[str] = None) -> dict:
     """Re-score final models written by a run (``model_<i>.pt``) on their own test rows of ``dataset``, in
-    ``precision`` (None: the precision each model was trained in).
+    ``precision`` (None: the precision each model was trained in), on ``device`` (a name such as "auto", resolved
+    by ``config.resolve_device``, or a device already resolved).
 
     Returns a summary with the HeLo row only (see ``format_table``).
     """
-    dev = resolve_device(device)
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
     results = []
     sha = dataset_digest(dataset)
     for file in files:

@@ -71,8 +71,8 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int, precision: str =
     return torch.cat(outs)
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-             first_sample_only: bool = False, ctx: DistContext = DistContext(), precision: str = "32") -> Dict[str, float]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, first_sample_only: bool = False,
+             ctx: DistContext = DistContext(), precision: str = "32") -> Dict[str, float]:
     """The six metrics of ``model`` on (x [rows, F], y [rows, C]) (``first_sample_only``: release defect), its
     predictions made in ``precision``.
 
