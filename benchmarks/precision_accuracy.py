@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from helo_fast.data import make_synthetic_dataset
 from helo_fast.cli.demo import DEMO
+from helo_fast.data import make_synthetic_dataset
 from helo_fast.metrics import METRIC_NAMES
 from helo_fast.models import HeLoConfig
 from helo_fast.training import TrainConfig, format_table, run_experiment

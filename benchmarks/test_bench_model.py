@@ -6,9 +6,9 @@ import torch
 
 from benchmarks.conftest import COMPILE, DEVICE, compiled, record, synchronized
 from helo_fast._backend import choose_backend
+from helo_fast.cli.step_timing import synthetic_batch
 from helo_fast.models import HeLo, HeLoConfig
 from helo_fast.training.precision import grad_scaler
-from helo_fast.cli.step_timing import synthetic_batch
 from helo_fast.training.step import make_optimizer, train_step
 
 BATCHES = [128, 1024]

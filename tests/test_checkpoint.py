@@ -10,10 +10,10 @@ import pytest
 import safetensors.torch
 import torch
 
-from helo_fast.training.checkpoint import (LEGACY_MAGIC, MAGIC, CheckpointError, atomic_save, load_checked, load_latest_good,
-                                  previous_path)
 from helo_fast.data import make_synthetic_dataset
 from helo_fast.training import TrainConfig, plan_run, run_experiment
+from helo_fast.training.checkpoint import (LEGACY_MAGIC, MAGIC, CheckpointError, atomic_save, load_checked,
+                                           load_latest_good, previous_path)
 from helo_fast.training.fingerprint import fingerprint_differences, run_fingerprint
 from crafted import WritesMarker, with_header
 from test_train import LAYOUT, Interrupt, _interrupt_at, small_config

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from crafted import WritesMarker, with_header
-from helo_fast.training.checkpoint import LEGACY_MAGIC, load_checked, previous_path
 from helo_fast.cli import main
+from helo_fast.training.checkpoint import LEGACY_MAGIC, load_checked, previous_path
 from sigint import default_sigint_in_child
 from test_train import CLI_DATA, CLI_MODEL
 

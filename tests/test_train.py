@@ -9,11 +9,10 @@ import pytest
 import torch
 from scipy.io import savemat
 
-from helo_fast.training import experiment, step
 from helo_fast.cli import main
 from helo_fast.data import FeatureLayout, make_synthetic_dataset
 from helo_fast.models import HeLoConfig
-from helo_fast.training import TrainConfig, format_table, run_experiment
+from helo_fast.training import TrainConfig, experiment, format_table, run_experiment, step
 from helo_fast.training.checkpoint import load_checked
 
 LAYOUT = FeatureLayout(n_channels=4, band_features=5, gsr_features=8, ppg_features=8, video_features=32, n_classes=10)

@@ -16,4 +16,5 @@ from .saved_model import evaluate_saved_models
 from .step import evaluate, make_optimizer, predict, train_step
 
 __all__ = ["TrainConfig", "RunPlan", "plan_run", "Experiment", "run_experiment", "run_plan", "TrainingDiverged",
-           "CheckpointError", "format_table", "summarize", "write_json", "evaluate_saved_models", "evaluate", "make_optimizer", "predict", "train_step"]
+           "CheckpointError", "format_table", "summarize", "write_json", "evaluate_saved_models", "evaluate",
+           "make_optimizer", "predict", "train_step"]
