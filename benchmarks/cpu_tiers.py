@@ -76,8 +76,8 @@ def step_case(batch: int, provider: str):
     import torch
 
     from helo_fast.models import HeLo, HeLoConfig
-    from helo_fast.step_timing import synthetic_batch
-    from helo_fast.train import make_optimizer, train_step
+    from helo_fast.cli.step_timing import synthetic_batch
+    from helo_fast.training.step import make_optimizer, train_step
 
     config = HeLoConfig()
     torch.manual_seed(0)

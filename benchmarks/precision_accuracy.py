@@ -2,7 +2,7 @@
 
     python -m benchmarks.precision_accuracy [--out benchmarks/results/<machine>/PRECISION_ACCURACY.md]
 
-Trains the fast HeLo twice on the demo's synthetic dataset and protocol (``helo_fast.demo.DEMO``: same data,
+Trains the fast HeLo twice on the demo's synthetic dataset and protocol (``helo_fast.cli.demo.DEMO``: same data,
 splits, seed, epochs, batch size and thread count), once with ``precision="32"`` and once with
 ``"bf16-mixed"``, and writes both metric tables and, per metric, the relative difference
 |bf16 - fp32| / |fp32| of the means over the splits. The bar is 2% on Chebyshev. Every number in the
@@ -18,11 +18,11 @@ import time
 
 import torch
 
+from helo_fast.cli.demo import DEMO
 from helo_fast.data import make_synthetic_dataset
-from helo_fast.demo import DEMO
 from helo_fast.metrics import METRIC_NAMES
 from helo_fast.models import HeLoConfig
-from helo_fast.train import TrainConfig, format_table, run_experiment
+from helo_fast.training import TrainConfig, format_table, run_experiment
 
 PRECISIONS = ("32", "bf16-mixed")
 CHEBYSHEV_BAR = 0.02  # relative

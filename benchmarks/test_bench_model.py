@@ -9,10 +9,10 @@ import torch
 
 from benchmarks.conftest import COMPILE, DEVICE, compiled, record, synchronized
 from helo_fast._backend import choose_backend
+from helo_fast.cli.step_timing import synthetic_batch
 from helo_fast.models import HeLo, HeLoConfig
-from helo_fast.precision import grad_scaler, slow_bf16_reason
-from helo_fast.step_timing import synthetic_batch
-from helo_fast.train import make_optimizer, train_step
+from helo_fast.training.precision import grad_scaler, slow_bf16_reason
+from helo_fast.training.step import make_optimizer, train_step
 
 BATCHES = [128, 1024]
 PRECISIONS = ["32", "bf16-mixed"] + (["16-mixed"] if DEVICE.type == "cuda" else [])

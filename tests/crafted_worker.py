@@ -37,7 +37,7 @@ def _loaders():
         check_plain(load_plain_pickle(file))
 
     def load_checkpoint(file):
-        from helo_fast.checkpoint import load_checked
+        from helo_fast.training.checkpoint import load_checked
         load_checked(file)
 
     def load_mat(file):
@@ -75,8 +75,8 @@ def _cap_address_space(headroom: int) -> None:
 
 def main(family, files):
     import torch  # noqa: F401  (mapped before the cap: every family's loader module imports it)
-    import helo_fast.checkpoint  # noqa: F401
-    import helo_fast.train  # noqa: F401
+    import helo_fast.training.checkpoint  # noqa: F401
+    import helo_fast.training  # noqa: F401
     import scipy.io  # noqa: F401
     import scipy.io.matlab  # noqa: F401
     loader, _ = _loaders()[family]

@@ -7,7 +7,7 @@ import argparse
 
 from helo_fast.data import FeatureLayout, make_synthetic_dataset
 from helo_fast.models import HeLoConfig
-from helo_fast.train import TrainConfig, run_experiment
+from helo_fast.training import TrainConfig, run_experiment
 
 LAYOUT = FeatureLayout(n_channels=4, band_features=5, gsr_features=8, ppg_features=8, video_features=32, n_classes=10)
 

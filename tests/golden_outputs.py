@@ -18,7 +18,7 @@ import torch
 
 import helo_fast
 from helo_fast.models import HeLo, HeLoConfig
-from helo_fast.train import make_optimizer, train_step
+from helo_fast.training.step import make_optimizer, train_step
 
 VERBOSE = "--verbose" in sys.argv
 _digest = hashlib.sha256()

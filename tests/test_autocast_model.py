@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from helo_fast import _ext
+from helo_fast.cli.step_timing import synthetic_batch
 from helo_fast.models import HeLo, HeLoConfig, helo_loss
-from helo_fast.step_timing import synthetic_batch
-from helo_fast.train import make_optimizer, predict, train_step
+from helo_fast.training.step import make_optimizer, predict, train_step
 from devices import cpp_devices
 
 # The documented bounds (README, "Mixed precision"), against the float32 reference on the same batch; measured over

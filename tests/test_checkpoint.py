@@ -10,10 +10,11 @@ import pytest
 import safetensors.torch
 import torch
 
-from helo_fast.checkpoint import (LEGACY_MAGIC, MAGIC, CheckpointError, atomic_save, load_checked, load_latest_good,
-                                  previous_path)
 from helo_fast.data import make_synthetic_dataset
-from helo_fast.train import TrainConfig, fingerprint_differences, run_experiment, run_fingerprint
+from helo_fast.training import TrainConfig, plan_run, run_experiment
+from helo_fast.training.checkpoint import (LEGACY_MAGIC, MAGIC, CheckpointError, atomic_save, load_checked,
+                                           load_latest_good, previous_path)
+from helo_fast.training.fingerprint import fingerprint_differences, run_fingerprint
 from crafted import WritesMarker, with_header
 from test_train import LAYOUT, Interrupt, _interrupt_at, small_config
 
@@ -211,8 +212,8 @@ def test_resume_with_another_thread_count_is_refused(tmp_path):
 def test_fingerprint_names_each_difference_of_the_environment():
     data = make_synthetic_dataset(n_subjects=1, trials_per_subject=2, rows_per_trial=2, layout=LAYOUT, seed=0)
     cfg = TrainConfig(device="cpu")
-    one = run_fingerprint(data, small_config(), cfg, device=torch.device("cpu"), world_size=1)
-    two = run_fingerprint(data, small_config(backend="reference"), cfg, device=torch.device("cpu"), world_size=2)
+    one = run_fingerprint(data, plan_run(small_config(), cfg), world_size=1)
+    two = run_fingerprint(data, plan_run(small_config(backend="reference"), cfg), world_size=2)
     differences = fingerprint_differences(two, one)
     assert "environment.world_size: checkpoint 2, this run 1" in differences
     assert "model.backend: checkpoint 'reference', this run 'auto'" in differences

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from crafted import WritesMarker, with_header
-from helo_fast.checkpoint import LEGACY_MAGIC, load_checked, previous_path
 from helo_fast.cli import main
+from helo_fast.training.checkpoint import LEGACY_MAGIC, load_checked, previous_path
 from sigint import default_sigint_in_child
 from test_train import CLI_DATA, CLI_MODEL
 
@@ -195,7 +195,7 @@ def test_a_used_checkpoint_dir_is_refused_unless_resume_or_overwrite(tmp_path, c
 def test_a_locked_checkpoint_dir_is_refused_naming_the_holder(tmp_path, capsys):
     """Issue 25 item 7: two runs on one directory (before: both wrote, leaving a mix): the second one exits 2
     naming the pid that holds the directory's lock."""
-    from helo_fast.run_dir import claim_run_dir
+    from helo_fast.training.run_dir import claim_run_dir
 
     lock = claim_run_dir(str(tmp_path / "run"), resume=False, overwrite=False)
     try:

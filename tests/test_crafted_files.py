@@ -20,9 +20,9 @@ import torch
 
 from crafted import byte_mutations
 from crafted_run import load_in_child
-from helo_fast._plain_state import split_state
-from helo_fast.checkpoint import MAGIC, CheckpointError, atomic_save, load_checked, previous_path
 from helo_fast.cli import main
+from helo_fast.training.checkpoint import MAGIC, CheckpointError, atomic_save, load_checked, previous_path
+from helo_fast.training.plain_state import split_state
 from test_train import CLI_DATA, CLI_MODEL
 
 TRAIN = ["train", *CLI_DATA, *CLI_MODEL, "--epochs", "2", "--checkpoint-every", "1", "--batch-size", "8", "--quiet",
@@ -196,7 +196,7 @@ def test_checkpoint_bytes_mutations_give_checkpoint_error(trained, tmp_path):
 def test_temp_files_are_exclusive_cleaned_and_named(tmp_path, monkeypatch):
     """Issue 25 item 8: a planted symlink at the temp name is not followed (its target is untouched), a failed
     save leaves no temp file and names the file, and temp files of dead processes are removed at start."""
-    from helo_fast import atomic_files
+    from helo_fast.training import atomic_files
 
     target, path = tmp_path / "victim", str(tmp_path / "ck.pt")
     target.write_text("precious")

@@ -122,3 +122,89 @@ def test_public_api_documents_every_argument_and_gives_an_example(obj):
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
+
+
+def _table(section, index=0):
+    """The rows of the ``index``-th table of ``## section`` in docs/architecture.md, as lists of cell texts."""
+    text = open(os.path.join(DOCS, "architecture.md"), encoding="utf-8").read()
+    body = text.split(f"## {section}\n")[1].split("\n## ")[0]
+    tables = [block for block in body.split("\n\n") if block.startswith("|")]
+    rows = [line.split("|")[1:-1] for line in tables[index].splitlines()[2:]]
+    return [[cell.strip() for cell in row] for row in rows]
+
+
+def _layers():
+    """{path named in the layer table: its layer}; a path ending in / stands for every module under it."""
+    layers = {}
+    for layer, files, _ in _table("Layers"):
+        for span in re.findall(r"`([^`]+)`", files):
+            if span.startswith(("helo_fast/", "kernels/", "csrc/")):
+                layers[span] = int(layer)
+    return layers
+
+
+def _modules():
+    """Every Python module of the package: helo_fast/**.py and kernels/**.py (installed as helo_fast.kernels)."""
+    found = []
+    for top in ("helo_fast", "kernels"):
+        for folder, _, names in os.walk(os.path.join(ROOT, top)):
+            found += [os.path.relpath(os.path.join(folder, n), ROOT) for n in names if n.endswith(".py")]
+    return sorted(found)
+
+
+def _layer_of(path, layers):
+    owners = [p for p in layers if path == p or (p.endswith("/") and path.startswith(p))]
+    return layers[max(owners, key=len)] if owners else None
+
+
+def test_the_layer_table_names_every_module_and_only_modules_that_exist():
+    layers = _layers()
+    assert [p for p in layers if not os.path.exists(os.path.join(ROOT, p))] == []
+    assert [m for m in _modules() if _layer_of(m, layers) is None] == []
+    packages = {package.strip("`"): re.findall(r"`([^`/]+\.py)`", modules)
+                for package, modules in _table("Layers", 1)}
+    for package, names in packages.items():
+        on_disk = sorted(n for n in os.listdir(os.path.join(ROOT, package)) if n.endswith(".py") and n != "__init__.py")
+        assert sorted(names) == on_disk, package
+
+
+def _imported_paths(path):
+    """The package modules (repository paths) that module ``path`` imports, lazily imported ones included."""
+    import ast
+
+    parts = path[:-3].split("/")
+    package = (["helo_fast"] if parts[0] == "kernels" else []) + parts[:-1]   # the package a relative import starts at
+    names = []
+    for node in ast.walk(ast.parse(open(os.path.join(ROOT, path), encoding="utf-8").read())):
+        if isinstance(node, ast.Import):
+            names += [alias.name.split(".") for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = (package[:len(package) - node.level + 1] if node.level else []) + (node.module or "").split(".")
+            base = [b for b in base if b]
+            names += [base + [alias.name] for alias in node.names]   # a submodule, else a name of ``base``
+    paths = []
+    for name in names:
+        if not name or name[0] != "helo_fast":
+            continue
+        if name[:2] == ["helo_fast", "_C"]:   # the compiled extension, built from csrc/
+            paths.append("csrc/")
+            continue
+        relative = (["kernels"] + name[2:]) if name[1:2] == ["kernels"] else name
+        while relative:
+            for candidate in ("/".join(relative) + ".py", "/".join(relative) + "/__init__.py"):
+                if os.path.exists(os.path.join(ROOT, candidate)):
+                    paths.append(candidate)
+                    break
+            else:
+                relative = relative[:-1]
+                continue
+            break
+    return sorted(set(paths))
+
+
+@pytest.mark.parametrize("module", _modules())
+def test_no_module_imports_a_higher_layer(module):
+    layers = _layers()
+    mine = _layer_of(module, layers)
+    upward = [(p, _layer_of(p, layers)) for p in _imported_paths(module) if _layer_of(p, layers) > mine]
+    assert upward == [], f"{module} (layer {mine}) imports higher layers"

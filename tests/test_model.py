@@ -9,7 +9,7 @@ from helo_fast import _rng
 from helo_fast.models import RELEASE_DEFECTS, HeLo, HeLoConfig, helo_loss
 from helo_fast.models.helo import label_correlation, sparsify
 from helo_fast.reference import modules as reference_modules
-from helo_fast.train import evaluate
+from helo_fast.training.step import evaluate
 from devices import cpu_backends
 
 SMALL = dict(n_channels=4, band_features=5, gsr_features=6, ppg_features=7, video_features=12, n_classes=6,

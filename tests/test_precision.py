@@ -1,10 +1,10 @@
-"""helo_fast.precision: where bf16-mixed is slower than float32 (a CPU without native bfloat16) it warns once."""
+"""helo_fast.training.precision: where bf16-mixed is slower than float32 (a CPU without native bfloat16) it warns once."""
 import warnings
 
 import pytest
 import torch
 
-from helo_fast import precision
+from helo_fast.training import precision
 
 CPU = torch.device("cpu")
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from scipy.io import savemat
 
-from helo_fast import train
 from helo_fast.cli import main
 from helo_fast.data import FeatureLayout, make_synthetic_dataset
 from helo_fast.models import HeLoConfig
-from helo_fast.train import TrainConfig, format_table, run_experiment
+from helo_fast.training import TrainConfig, experiment, format_table, run_experiment, step
+from helo_fast.training.checkpoint import load_checked
 
 LAYOUT = FeatureLayout(n_channels=4, band_features=5, gsr_features=8, ppg_features=8, video_features=32, n_classes=10)
 SMALL_MODEL = dict(d_model=16, n_heads=2, ffn_dim=16, head_hidden=32)
@@ -114,9 +114,9 @@ def test_train_step_under_bf16_mixed_keeps_parameters_and_gradients_float32():
 
     torch.manual_seed(0)
     model = HeLo(small_config(), mask_seed=0)
-    optimizer = train.make_optimizer(model)
+    optimizer = step.make_optimizer(model)
     x, y = torch.randn(6, LAYOUT.n_features), torch.softmax(torch.randn(6, LAYOUT.n_classes), -1)
-    loss, parts = train.train_step(model, optimizer, x, y, precision="bf16-mixed")
+    loss, parts = step.train_step(model, optimizer, x, y, precision="bf16-mixed")
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters()
                if p.grad is not None)
@@ -133,10 +133,10 @@ def test_fused_adam_is_the_default_adam_up_to_rounding():
     for fused in (True, False):
         torch.manual_seed(0)
         model = HeLo(small_config(dropkey_p=0.0, dropout_p=0.0), mask_seed=0)
-        optimizer = (train.make_optimizer(model) if fused else
+        optimizer = (step.make_optimizer(model) if fused else
                      torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5, foreach=False))
         assert optimizer.defaults["fused"] is (True if fused else None)
-        train.train_step(model, optimizer, x, y)
+        step.train_step(model, optimizer, x, y)
         params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert float((params[0] - params[1]).abs().max()) <= 4 * torch.finfo(torch.float32).eps * float(params[1].abs().max())
 
@@ -159,7 +159,7 @@ def test_16_mixed_on_cuda_trains_with_a_grad_scaler_and_resumes_bit_for_bit(tmp_
     straight = run_experiment(data, small_config(), config(tmp_path / "a"))
     with pytest.raises(Interrupt):
         run_experiment(data, small_config(), config(tmp_path / "b"), on_epoch_end=_interrupt_at(0, 2))
-    state = train.load_checked(str(tmp_path / "b" / train.CHECKPOINT_NAME))
+    state = load_checked(str(tmp_path / "b" / experiment.CHECKPOINT_NAME))
     assert state["scaler"]["scale"] > 0
     resumed = run_experiment(data, small_config(), config(tmp_path / "b", resume=True))
     assert resumed["splits"][0]["history"] == straight["splits"][0]["history"]
@@ -247,7 +247,7 @@ def test_train_config_rejects_bad_values(field, value, message):
 
 
 def test_divergence_is_reported_naming_the_learning_rate(monkeypatch):
-    make_optimizer = train.make_optimizer
+    make_optimizer = step.make_optimizer
 
     def poisoned_after_first_step(model, lr, weight_decay):
         optimizer = make_optimizer(model, lr, weight_decay)
@@ -255,9 +255,9 @@ def test_divergence_is_reported_naming_the_learning_rate(monkeypatch):
         optimizer.register_step_post_hook(lambda *_: next(model.parameters()).data.fill_(float("nan")))
         return optimizer
 
-    monkeypatch.setattr(train, "make_optimizer", poisoned_after_first_step)
+    monkeypatch.setattr(experiment, "make_optimizer", poisoned_after_first_step)
     data = make_synthetic_dataset(n_subjects=1, trials_per_subject=4, rows_per_trial=4, layout=LAYOUT, seed=0)
-    with pytest.raises(train.TrainingDiverged, match=r"diverged in subject .*, epoch 1: .*lower the learning rate "
+    with pytest.raises(experiment.TrainingDiverged, match=r"diverged in subject .*, epoch 1: .*lower the learning rate "
                                                      r"\(lr = 0.001"):
         run_experiment(data, small_config(), TrainConfig(epochs=2, batch_size=4, quiet=True, device="cpu",
                                                          baselines=False))
@@ -305,3 +305,39 @@ def test_eval_matches_data_by_content_not_by_path(tmp_path, capsys):
                                   "dis_label": rng.random((3, 10)) + 0.1})
     assert main(["eval", *dmer, str(data), "--checkpoint-dir", str(out), "--quiet"]) == 2
     assert "trained on other data" in capsys.readouterr().err
+
+
+def test_train_decides_each_option_once(tmp_path, capsys):
+    """Issue 29 item 2: `helo-fast train` checks each option once, at the edge, and the library objects it builds
+    do not check again (before: check_train_values ran 3 times, resolve_device, check_precision, check_subjects
+    and HeLoConfig twice, and the backend of each of HeLo's ops was resolved twice)."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "dmer"
+    data.mkdir()
+    for subject in (1, 2):
+        savemat(str(data / f"{subject}.mat"), {"feas": rng.normal(size=(12, 913)), "vids": np.arange(12) % 3 + 1,
+                                               "dis_label": rng.random((3, 10)) + 0.1})
+    watched = {"check_train_values", "resolve_device", "check_precision", "check_subjects", "choose_backend",
+               "__post_init__"}
+    calls = {}
+
+    def count(frame, event, arg):
+        code = frame.f_code
+        if event == "call" and code.co_name in watched and "helo_fast" in code.co_filename:
+            where = "HeLoConfig" if code.co_filename.endswith(os.path.join("models", "config.py")) else code.co_name
+            calls[where] = calls.get(where, 0) + 1
+
+    argv = ["train", "--dataset", "dmer", "--data-path", str(data), "--subjects", "1", "2", *CLI_MODEL, "--epochs",
+            "1", "--batch-size", "8", "--quiet", "--no-baselines", "--max-splits", "1", "--backend", "reference",
+            "--checkpoint-dir", str(tmp_path / "run")]
+    sys.setprofile(count)
+    try:
+        status = main(argv)
+    finally:
+        sys.setprofile(None)
+    assert status == 0, capsys.readouterr().err
+    for name in ("check_train_values", "resolve_device", "check_precision", "check_subjects", "HeLoConfig"):
+        assert calls.get(name) == 1, (name, calls)
+    # One resolution per op of HeLo (the reference backend runs no op that resolves its own), for the checks,
+    # the fingerprint and the training alike.
+    assert calls.get("choose_backend") == 3, calls

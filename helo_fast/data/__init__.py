@@ -10,6 +10,14 @@ from .wesad import WESAD_SUBJECT_IDS, load_wesad, wesad_layout
 DATASETS = ("synthetic", "dmer", "wesad")
 
 
+def dataset_layout(name: str) -> FeatureLayout:
+    """The row layout ``load_dataset(name)`` gives with the loaders' default layouts (synthetic and DMER:
+    ``DMER_LAYOUT``; WESAD: ``wesad_layout()``), known before any file is read."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+    return wesad_layout() if name == "wesad" else DMER_LAYOUT
+
+
 def load_dataset(name: str, path: Optional[str] = None, **options) -> EmotionDataset:
     """``name`` "synthetic" (generated from ``options``; no path), "dmer" or "wesad" (read from ``path``)."""
     if name == "synthetic":
@@ -25,4 +33,5 @@ def load_dataset(name: str, path: Optional[str] = None, **options) -> EmotionDat
 
 __all__ = ["EmotionDataset", "FeatureLayout", "Split", "DMER_LAYOUT", "PROTOCOLS", "DATASETS", "make_splits",
            "subject_dependent_splits", "loso_splits", "kfold_splits", "standardize", "make_synthetic_dataset",
-           "load_dmer", "load_wesad", "wesad_layout", "load_dataset", "DMER_SUBJECT_IDS", "WESAD_SUBJECT_IDS"]
+           "load_dmer", "load_wesad", "wesad_layout", "load_dataset", "dataset_layout", "DMER_SUBJECT_IDS",
+           "WESAD_SUBJECT_IDS"]

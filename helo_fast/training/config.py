@@ -1,18 +1,19 @@
 """``TrainConfig`` (everything about a run except the model and the data) and the checks of its values.
 
-``check_train_values`` is shared by ``TrainConfig`` (errors name the field, e.g. ``lr_gamma``) and
-the command line (errors name the option, e.g. ``--lr-gamma``), so both refuse the same values.
+``TrainConfig`` checks its values once, when built (``check_train_values``); its errors name the field
+(``lr_gamma``), or what ``error_names`` makes of it: the command line builds its TrainConfig with the option
+names (``--lr-gamma``), so both refuse the same values with the same check.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from ._validation import check_choice, check_int_at_least, check_positive, check_probability
-from .data import PROTOCOLS
+from .._validation import check_choice, check_int_at_least, check_positive, check_probability
+from ..data import PROTOCOLS
 from .precision import PRECISIONS
 
 BASELINE_MODALITIES = ("eeg", "gsr", "ppg", "video")
@@ -68,7 +69,11 @@ def _check_learning_rate(name: str, value) -> None:
 
 @dataclass
 class TrainConfig:
-    """Everything about a run except the model and the data (HELO_SPEC §7 defaults)."""
+    """Everything about a run except the model and the data (HELO_SPEC §7 defaults), its values checked when built.
+
+    ``error_names`` (not a field): how an error names a field, ``str`` by default (``lr_gamma``); the command line
+    passes ``cli.checks.option_name`` (``--lr-gamma``).
+    """
 
     protocol: str = "subject-dependent"
     epochs: int = 300
@@ -82,7 +87,7 @@ class TrainConfig:
     max_splits: Optional[int] = None       # only the first N splits (None: all)
     device: str = "auto"
     dtype: str = "float32"                 # of the model and data: "float32" or "float64"
-    precision: str = "32"                  # "32", "bf16-mixed" or "16-mixed" (CUDA): see helo_fast.precision
+    precision: str = "32"                  # "32", "bf16-mixed" or "16-mixed" (CUDA): see training.precision
     threads: Optional[int] = None          # torch.set_num_threads for the run (None: leave as is)
     checkpoint_dir: Optional[str] = None
     checkpoint_every: int = 10
@@ -93,9 +98,10 @@ class TrainConfig:
     baseline_modality: str = "video"
     quiet: bool = False
     output_json: Optional[str] = None
+    error_names: InitVar[Callable[[str], str]] = str
 
-    def __post_init__(self):
-        check_train_values(vars(self))
+    def __post_init__(self, error_names: Callable[[str], str]):
+        check_train_values(vars(self), error_names)
         if not isinstance(self.device, str):
             raise TypeError(f"device must be a str (cpu, cuda, cuda:<index> or auto), got {type(self.device).__name__}")
 

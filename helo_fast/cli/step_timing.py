@@ -6,8 +6,8 @@ import time
 
 import torch
 
-from .models import HeLo, HeLoConfig
-from .train import make_optimizer, train_step
+from ..models import HeLo, HeLoConfig
+from ..training.step import make_optimizer, train_step
 
 
 def synthetic_batch(config: HeLoConfig, batch_size: int, seed: int = 0, device="cpu"):

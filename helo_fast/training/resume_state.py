@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError
-from .metrics import METRIC_NAMES
+from ..metrics import METRIC_NAMES
 
 _MT_WORDS = 624   # Mersenne Twister state words (numpy's and Python's generators)
 
@@ -160,7 +160,7 @@ def check_split_state(state: dict, path: str, *, model: torch.nn.Module, optimiz
                       scheduler: Any, scaler: Any, rng_template: dict) -> None:
     """The mid-split fields (model, optimizer, scheduler, scaler, rng) against the fresh objects of this split.
 
-    ``rng_template``: ``train.rng_state`` of this run's generators (its values are ignored, its types and sizes
+    ``rng_template``: ``rng_state`` of this run's generators (its values are ignored, its types and sizes
     are the expected ones)."""
     check = StateChecker(path)
     check.like(state.get("model"), _on_cpu(model.state_dict()), "model")

@@ -2,7 +2,7 @@
 
 Layout: the 8-byte magic ``HELOCKP2``, the SHA-256 of the payload as 64 hex digits, a newline,
 then the payload: a safetensors file holding every tensor of the state, with the rest of the state
-(numbers, strings, lists, dicts: see ``helo_fast._plain_state``) as JSON in its metadata. Loading
+(numbers, strings, lists, dicts: see ``plain_state``) as JSON in its metadata. Loading
 parses JSON and raw tensor bytes only: nothing in a file, crafted or not, is executed.
 
 A truncated or corrupted file fails the checksum and raises ``CheckpointError`` naming the file; so
@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Dict, Optional
 import safetensors
 import safetensors.torch
 
-from ._plain_state import StateFormatError, join_state, split_state
+from .plain_state import StateFormatError, join_state, split_state
 from .atomic_files import write_atomic
 
 MAGIC = b"HELOCKP2"

@@ -15,7 +15,7 @@ from typing import ContextManager, Optional
 
 import torch
 
-from ._validation import check_choice
+from .._validation import check_choice
 
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
