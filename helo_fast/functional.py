@@ -49,8 +49,8 @@ def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", tol=None, r
         strict: with ``tol``, a problem that reaches ``n_iters`` unconverged raises ``OTConvergenceError`` instead
             of the one ``OTConvergenceWarning`` per call.
         backend: "auto" (cpp on CPU tensors, the faster of cpp/triton on CUDA tensors, reference when nothing is
-            built), "reference", "cpp" or "triton" (``tol`` runs on reference and cpp on CPU tensors; elsewhere it
-            raises ValueError).
+            built), "reference", "cpp" or "triton" (``tol`` runs on every backend and device; a build without the
+            kernels it needs raises ValueError saying so).
         check_finite: False skips the NaN/inf scan of ``cost`` (one reduction); the marginals are always checked.
 
     Returns:
