@@ -49,8 +49,8 @@ def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", tol=None, r
         strict: with ``tol``, a problem that reaches ``n_iters`` unconverged raises ``OTConvergenceError`` instead
             of the one ``OTConvergenceWarning`` per call.
         backend: "auto" (cpp on CPU tensors, the faster of cpp/triton on CUDA tensors, reference when nothing is
-            built), "reference", "cpp" or "triton" (``tol`` runs on reference and cpp on CPU tensors; elsewhere it
-            raises ValueError).
+            built), "reference", "cpp" or "triton" (``tol`` runs on every backend and device; a build without the
+            kernels it needs raises ValueError saying so).
         check_finite: False skips the NaN/inf scan of ``cost`` (one reduction); the marginals are always checked.
 
     Returns:
@@ -88,12 +88,11 @@ def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", tol=None, r
 def _converged_solver(op: str, backend: str, tensor):
     """The ``tol`` solver of ``op`` on ``backend`` (registered as "<op>_converged"), or ValueError naming what is
     missing."""
-    key = f"{op}_converged"
-    if not _ops.has_impl(key, backend) or tensor.device.type != "cpu":
+    reason = _ops.ot_converged.tol_unavailable_reason(op, backend, tensor.device)
+    if reason is not None:
         raise ValueError(f"tol is not implemented for helo_fast.{op} on backend={backend!r} with {tensor.device.type} "
-                         f"tensors yet (it runs on backend='cpp' with CPU tensors and on backend='reference'); pass "
-                         f"tol=None for exactly n_iters iterations, or another backend")
-    return _ops.get(key, backend)
+                         f"tensors ({reason}); pass tol=None for exactly n_iters iterations, or another backend")
+    return _ops.get(f"{op}_converged", backend)
 
 
 @autocast_policy(OT_ARGS)

@@ -6,7 +6,10 @@ With ``SAVE`` the per-iteration log delta / log sigma and their running sums are
 buffers ([B, n_iters, n] / [B, n_iters, m]); the backward kernel rebuilds every iteration's tile from
 them and the cost, so an unrolled backward needs O(n_iters * (n + m)) memory per problem.
 
-Scalars that must keep float64 precision (beta, log m) travel in a small tensor of the compute dtype
+``_ipot_fwd_tol_kernel`` (``tol=``) runs the same iterations in a loop that each program leaves at its own count:
+the first check (every CHECK_EVERY-th iteration and the last) where its marginal violation is <= tol.
+
+Scalars that must keep float64 precision (beta, log m, tol) travel in a small tensor of the compute dtype
 (Triton passes Python floats as float32).
 """
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from helo_fast.kernels.ot_tiles import _load_problem, _log_ratio, _lse, _over_marginal, _prepare, _softmax_masked
+from helo_fast.kernels.ot_tiles import CHECK_EVERY, _load_problem, _log_ratio, _lse, _over_marginal, _prepare, _softmax_masked
 from helo_fast.kernels.triton_utils import autotune_num_warps, block_size, scalar_tensor
 
 
@@ -170,3 +173,83 @@ def ipot_bwd(grad_plan, cost, a, b, d_hist, s_hist, cd_hist, cs_hist, beta: floa
                                grad_plan.stride(0), grad_plan.stride(1), grad_plan.stride(2),
                                BLOCK_N=block_size(n), BLOCK_M=block_size(m))
     return d_cost.to(out_dtype), d_a.to(out_dtype), d_b.to(out_dtype)
+
+# ---- with a tolerance (helo_fast.ipot(..., tol=)): each program stops at its own count --------------------------
+@triton.jit
+def _ipot_tile_tol(cost, log_a, log_b, a, mask, mn, mm, beta, neg_log_m, tol, n_iters, d_hist_ptr, s_hist_ptr,
+                   cd_hist_ptr, cs_hist_ptr, rn, rm, n, m, SAVE: tl.constexpr):
+    """``_ipot_tile`` that stops after the first check (every CHECK_EVERY-th iteration and the last) where the
+    row-marginal violation sum_i |sum_j T_ij - a_i| is <= tol (helo_fast._convergence's test; the columns are
+    exact). Returns (log T (-inf outside the mask), iterations, violation)."""
+    log_kernel = -cost / beta
+    log_plan = tl.zeros_like(cost)
+    log_sigma = tl.zeros_like(log_b) + neg_log_m
+    cum_d = tl.zeros_like(log_a).to(tl.float64)
+    cum_s = tl.zeros_like(log_b).to(tl.float64)
+    k = tl.full((), 0, tl.int32)
+    violation = beta * 0.0
+    running = k < n_iters
+    while running:
+        log_q = log_kernel + log_plan
+        log_delta = _log_ratio(log_a, _lse(tl.where(mask, log_q + log_sigma[None, :], float("-inf")), 1))
+        log_delta = tl.where(mn, log_delta, 0.0)
+        log_sigma = _log_ratio(log_b, _lse(tl.where(mask, log_q + log_delta[:, None], float("-inf")), 0))
+        log_sigma = tl.where(mm, log_sigma, 0.0)
+        log_plan = log_delta[:, None] + log_q + log_sigma[None, :]
+        if SAVE:
+            cum_d += log_delta.to(tl.float64)
+            cum_s += log_sigma.to(tl.float64)
+            tl.store(d_hist_ptr + k * n + rn, log_delta, mask=mn)
+            tl.store(s_hist_ptr + k * m + rm, log_sigma, mask=mm)
+            tl.store(cd_hist_ptr + k * n + rn, cum_d, mask=mn)
+            tl.store(cs_hist_ptr + k * m + rm, cum_s, mask=mm)
+        k += 1
+        check = ((k % CHECK_EVERY) == 0) | (k == n_iters)
+        if check:  # a pass over the tile: only at check points
+            mass = tl.exp(_lse(tl.where(mask, log_plan, float("-inf")), 1))  # 0 where a_i = 0
+            violation = tl.sum(tl.where(mn, tl.abs(mass - a), 0.0), axis=0)
+        running = (k < n_iters) & ~(check & (violation <= tol))
+    return tl.where(mask, log_plan, float("-inf")), k, violation
+
+@autotune_num_warps(["n", "m"])
+@triton.jit
+def _ipot_fwd_tol_kernel(cost_ptr, a_ptr, b_ptr, scalars_ptr, plan_ptr, d_hist_ptr, s_hist_ptr, cd_hist_ptr,
+                         cs_hist_ptr, iterations_ptr, violation_ptr, n, m, n_iters,
+                         stride_cb, stride_cn, stride_cm, stride_ab, stride_bb,
+                         SAVE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+    pid = tl.program_id(0)
+    rn, rm, mn, mm, mask, cost, a, b = _load_problem(cost_ptr, a_ptr, b_ptr, pid, n, m, stride_cb, stride_cn,
+                                                     stride_cm, stride_ab, stride_bb, BLOCK_N, BLOCK_M)
+    beta = tl.load(scalars_ptr)
+    neg_log_m = tl.load(scalars_ptr + 1)
+    tol = tl.load(scalars_ptr + 2)
+    log_plan, k, violation = _ipot_tile_tol(cost, tl.log(a), tl.log(b), a, mask, mn, mm, beta, neg_log_m, tol,
+                                            n_iters, d_hist_ptr + pid * n_iters * n, s_hist_ptr + pid * n_iters * m,
+                                            cd_hist_ptr + pid * n_iters * n, cs_hist_ptr + pid * n_iters * m, rn, rm,
+                                            n, m, SAVE)
+    tl.store(plan_ptr + pid * n * m + rn[:, None] * m + rm[None, :], tl.exp(log_plan), mask=mask)
+    tl.store(iterations_ptr + pid, k.to(tl.int64))
+    tl.store(violation_ptr + pid, violation)
+
+def ipot_fwd_tol(cost, a, b, beta: float, n_iters: int, tol: float, save: bool):
+    """cost [B, n, m], a [B, n], b [B, m] -> (plan [B, n, m], d_hist, s_hist, cd_hist, cs_hist, iterations [B] int64,
+    violation [B]): each problem stops at its own count (<= n_iters). The histories are ``ipot_fwd``'s, each
+    problem's first ``iterations`` rows written; the violation is in the compute dtype."""
+    out_dtype = cost.dtype
+    cost, a, b, dtype = _prepare(cost, a, b)
+    batch, n, m = cost.shape
+    device = cost.device
+    plan = torch.empty((batch, n, m), dtype=dtype, device=device)
+    k = n_iters if save else 0
+    hists = [torch.empty((batch, k, size), dtype=dt, device=device)
+             for size, dt in ((n, dtype), (m, dtype), (n, torch.float64), (m, torch.float64))]
+    # The cap until the kernel writes the counts: a launch recorded without running (benchmarks/gpu_audit) leaves
+    # counts the backward can read.
+    iterations = torch.full((batch,), n_iters, dtype=torch.int64, device=device)
+    violation = torch.empty((batch,), dtype=dtype, device=device)
+    if batch > 0:
+        _ipot_fwd_tol_kernel[(batch,)](cost, a, b, scalar_tensor([beta, -math.log(m), tol], dtype, device), plan,
+                                       *hists, iterations, violation, n, m, n_iters, cost.stride(0), cost.stride(1),
+                                       cost.stride(2), a.stride(0), b.stride(0), SAVE=save, BLOCK_N=block_size(n),
+                                       BLOCK_M=block_size(m))
+    return (plan.to(out_dtype), *hists, iterations, violation)

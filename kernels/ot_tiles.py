@@ -5,7 +5,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from helo_fast._convergence import CHECK_EVERY as _CHECK_EVERY
 from helo_fast._numerics import compute_dtype
+
+# The kernels with a tolerance test convergence after every CHECK_EVERY-th iteration (helo_fast._convergence).
+CHECK_EVERY: tl.constexpr = tl.constexpr(_CHECK_EVERY)
 
 
 @triton.jit

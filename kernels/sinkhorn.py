@@ -6,7 +6,10 @@ With ``SAVE`` the per-iteration potentials are written to small history buffers
 ([B, n_iters, n] / [B, n_iters, m]); the backward kernels recompute every iteration's tile from
 them and the cost, so an unrolled backward needs O(n_iters * (n + m)) memory per problem.
 
-Scalars that must keep float64 precision (eps) travel in a small tensor of the
+``_sinkhorn_fwd_tol_kernel`` (``tol=``) runs the same iterations in a loop that each program leaves at its own
+count: the first check (every CHECK_EVERY-th iteration and the last) where its marginal violation is <= tol.
+
+Scalars that must keep float64 precision (eps, tol) travel in a small tensor of the
 compute dtype (Triton passes Python floats as float32).
 """
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from helo_fast.kernels.ot_tiles import _load_problem, _log_ratio, _lse, _over_marginal, _prepare, _softmax_masked
+from helo_fast.kernels.ot_tiles import CHECK_EVERY, _load_problem, _log_ratio, _lse, _over_marginal, _prepare, _softmax_masked
 from helo_fast.kernels.triton_utils import autotune_num_warps, block_size, scalar_tensor
 
 
@@ -134,3 +137,82 @@ def sinkhorn_bwd(grad_plan, cost, a, b, f_hist, g_hist, eps: float, n_iters: int
                                    grad_plan.stride(0), grad_plan.stride(1), grad_plan.stride(2),
                                    BLOCK_N=block_size(n), BLOCK_M=block_size(m))
     return d_cost.to(out_dtype), d_a.to(out_dtype), d_b.to(out_dtype)
+
+# ---- with a tolerance (helo_fast.sinkhorn(..., tol=)): each program stops at its own count ----------------------
+@triton.jit
+def _sinkhorn_tile_tol(cost, log_a, log_b, b, mask, mn, mm, eps, tol, n_iters, f_hist_ptr, g_hist_ptr, rn, rm, n, m,
+                       SAVE: tl.constexpr):
+    """``_sinkhorn_tile`` that stops after the first check (every CHECK_EVERY-th iteration and the last) where the
+    column-marginal violation sum_j |sum_i P_ij - b_j| is <= tol (helo_fast._convergence's test). The column LSE of
+    each iteration's f is computed once: the next iteration's g update and the check both use it.
+    Returns (f, g, iterations, violation)."""
+    f = tl.zeros_like(log_a)
+    g = tl.zeros_like(log_b)
+    col = _lse(tl.where(mask, (f[:, None] - cost) / eps, float("-inf")), 0)
+    k = tl.full((), 0, tl.int32)
+    violation = eps * 0.0
+    running = k < n_iters
+    while running:
+        g = eps * _log_ratio(log_b, col)
+        g = tl.where(mm, g, 0.0)
+        f = eps * _log_ratio(log_a, _lse(tl.where(mask, (g[None, :] - cost) / eps, float("-inf")), 1))
+        f = tl.where(mn, f, 0.0)
+        col = _lse(tl.where(mask, (f[:, None] - cost) / eps, float("-inf")), 0)
+        if SAVE:
+            tl.store(f_hist_ptr + k * n + rn, f, mask=mn)
+            tl.store(g_hist_ptr + k * m + rm, g, mask=mm)
+        k += 1
+        check = ((k % CHECK_EVERY) == 0) | (k == n_iters)
+        # O(m) from the column LSE at hand: cheaper every iteration than a branch (which made ptxas spill)
+        mass = tl.exp(g / eps + col)  # 0 where b_j = 0 (g_j = -inf)
+        violation = tl.where(check, tl.sum(tl.where(mm, tl.abs(mass - b), 0.0), axis=0), violation)
+        running = (k < n_iters) & ~(check & (violation <= tol))
+    return f, g, k, violation
+
+@autotune_num_warps(["n", "m"])
+@triton.jit
+def _sinkhorn_fwd_tol_kernel(cost_ptr, a_ptr, b_ptr, scalars_ptr, plan_ptr, f_ptr, g_ptr, f_hist_ptr, g_hist_ptr,
+                             iterations_ptr, violation_ptr, n, m, n_iters,
+                             stride_cb, stride_cn, stride_cm, stride_ab, stride_bb,
+                             SAVE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+    pid = tl.program_id(0)
+    rn, rm, mn, mm, mask, cost, a, b = _load_problem(cost_ptr, a_ptr, b_ptr, pid, n, m, stride_cb, stride_cn,
+                                                     stride_cm, stride_ab, stride_bb, BLOCK_N, BLOCK_M)
+    eps = tl.load(scalars_ptr)
+    tol = tl.load(scalars_ptr + 1)
+    f, g, k, violation = _sinkhorn_tile_tol(cost, tl.log(a), tl.log(b), b, mask, mn, mm, eps, tol, n_iters,
+                                            f_hist_ptr + pid * n_iters * n, g_hist_ptr + pid * n_iters * m, rn, rm,
+                                            n, m, SAVE)
+    plan = tl.exp(tl.where(mask, (f[:, None] + g[None, :] - cost) / eps, float("-inf")))
+    tl.store(plan_ptr + pid * n * m + rn[:, None] * m + rm[None, :], plan, mask=mask)
+    tl.store(f_ptr + pid * n + rn, f, mask=mn)
+    tl.store(g_ptr + pid * m + rm, g, mask=mm)
+    tl.store(iterations_ptr + pid, k.to(tl.int64))
+    tl.store(violation_ptr + pid, violation)
+
+def sinkhorn_fwd_tol(cost, a, b, eps: float, n_iters: int, tol: float, save: bool):
+    """cost [B, n, m], a [B, n], b [B, m] -> (plan [B, n, m], f [B, n], g [B, m], f_hist [B, K, n],
+    g_hist [B, K, m], iterations [B] int64, violation [B]): each problem stops at its own count (<= n_iters).
+
+    f, g are the final potentials (plan = exp((f + g - cost) / eps)); the histories (K = n_iters, empty unless
+    ``save``) hold each problem's first ``iterations`` rows. Everything but the plan is in the compute dtype.
+    """
+    out_dtype = cost.dtype
+    cost, a, b, dtype = _prepare(cost, a, b)
+    batch, n, m = cost.shape
+    device = cost.device
+    plan = torch.empty((batch, n, m), dtype=dtype, device=device)
+    f, g = torch.empty((batch, n), dtype=dtype, device=device), torch.empty((batch, m), dtype=dtype, device=device)
+    k = n_iters if save else 0
+    f_hist = torch.empty((batch, k, n), dtype=dtype, device=device)
+    g_hist = torch.empty((batch, k, m), dtype=dtype, device=device)
+    # The cap until the kernel writes the counts: a launch recorded without running (benchmarks/gpu_audit) leaves
+    # counts the backward can read.
+    iterations = torch.full((batch,), n_iters, dtype=torch.int64, device=device)
+    violation = torch.empty((batch,), dtype=dtype, device=device)
+    if batch > 0:
+        _sinkhorn_fwd_tol_kernel[(batch,)](cost, a, b, scalar_tensor([eps, tol], dtype, device), plan, f, g, f_hist,
+                                           g_hist, iterations, violation, n, m, n_iters, cost.stride(0),
+                                           cost.stride(1), cost.stride(2), a.stride(0), b.stride(0), SAVE=save,
+                                           BLOCK_N=block_size(n), BLOCK_M=block_size(m))
+    return plan.to(out_dtype), f, g, f_hist, g_hist, iterations, violation

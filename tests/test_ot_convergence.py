@@ -1,7 +1,7 @@
 """tol= on sinkhorn, ipot and gromov_wasserstein (issue 30): converged plans against POT, per-problem stopping on
 mixed batches (each problem at its own count, the one the fixed-count iterations reach), the report (OTInfo /
 GWInfo), the one warning per call, strict=True, the unrolled gradient with tol, and the argument checks. Backends:
-reference and cpp (the ones with tol); triton must refuse tol with a ValueError."""
+reference and cpp on CPU; tests/test_ot_convergence_backends.py runs every fast backend and device at small sizes."""
 import warnings
 
 import ot
@@ -211,18 +211,6 @@ def test_bad_stopping_arguments_name_themselves(backend):
         hf.gromov_wasserstein(cs, ct, tol=1e-6, grad="implicit", backend=backend)
     with pytest.raises(ValueError, match="strict=True needs tol"):
         hf.gromov_wasserstein(cs, ct, strict=True, backend=backend)
-
-
-def test_backends_without_a_tolerance_kernel_refuse_tol():
-    if _backend.unavailable_reason("triton", torch.device("cpu"), "sinkhorn") is not None:
-        pytest.skip("triton is not available here")
-    cost, a, b = problem()
-    for call in (lambda: hf.sinkhorn(cost, a, b, eps=0.1, n_iters=10, tol=1e-6, backend="triton"),
-                 lambda: hf.ipot(cost, a, b, beta=0.1, n_iters=10, tol=1e-6, backend="triton"),
-                 lambda: hf.gromov_wasserstein(torch.rand(2, 3, 3), torch.rand(2, 4, 4), tol=1e-6,
-                                               backend="triton")):
-        with pytest.raises(ValueError, match="tol is not implemented for helo_fast.* on backend='triton'"):
-            call()
 
 
 def test_empty_batch():

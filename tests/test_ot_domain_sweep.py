@@ -242,9 +242,22 @@ def test_sinkhorn_with_tol_and_implicit_gradient_over_the_domain(backend, p, tol
     """tol and grad="implicit" over the domain (issue 30): each problem's plan is the oracle's at the count it
     reports (a multiple of 10, or the cap), converged says whether that plan is within tol, and the implicit
     gradient is finite everywhere and 0 at zero-mass entries. (Its value is checked in tests/test_sinkhorn_implicit.)"""
-    import warnings
     if backend == "cpp":
         skip_unless_backend("cpp", "sinkhorn")
+    run_sinkhorn_with_tol(backend, p, tol_exponent)
+
+
+@pytest.mark.slow
+@pytest.mark.triton
+@sweep_settings(12)
+@given(p=ot_problems(max_size=6, max_iters=25, max_batch=2), tol_exponent=st.floats(-10, -2))
+def test_triton_sinkhorn_with_tol_and_implicit_gradient_over_the_domain(p, tol_exponent):
+    skip_unless_backend("triton", "sinkhorn")
+    run_sinkhorn_with_tol("triton", p, tol_exponent)
+
+
+def run_sinkhorn_with_tol(backend, p, tol_exponent):
+    import warnings
     cost, a, b, weight = build(p)
     tol = 10.0 ** tol_exponent * p["mass"]
     leaves = [t.to(p["dtype"]).clone().requires_grad_(p["grad"] == "unrolled") for t in (cost, a, b)]

@@ -63,6 +63,25 @@ def _ot_case(op: str, n: int, m: int, grad: bool, n_iters: int):
     return make
 
 
+def _ot_tol_case(op: str, n: int, m: int, grad: bool):
+    """A call with ``tol`` (the kernels that stop each problem at its own count; a tol no problem reaches)."""
+    def make(device, dtype):
+        cost = _rand(BATCH, n, m, dtype=dtype, device=device, grad=grad)
+        mode = "unrolled" if grad else "none"
+        reg = {"eps": 0.5} if op == "sinkhorn" else {"beta": 0.5}
+        return (lambda c, backend: _quiet(getattr(hf, op), c, n_iters=12, tol=1e-300, grad=mode, backend=backend,
+                                             **reg), (cost,))
+    return make
+
+
+def _quiet(fn, *args, **kwargs):
+    """``fn`` without its OTConvergenceWarning (the audit's tol cases stop at the cap on purpose)."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hf.OTConvergenceWarning)
+        return fn(*args, **kwargs)
+
+
 def _gw_case(n: int, m: int, solver: str, grad: bool, outer: int, inner: int):
     def make(device, dtype):
         cs = _rand(BATCH, n, n, dtype=dtype, device=device, grad=grad, seed=2)
@@ -172,6 +191,9 @@ def cases() -> list[Case]:
         add(op, f"{gw_n}x{gw_n}-grad", _ot_case(op, gw_n, gw_n, True, cfg.inner_iters))
         add(op, f"{sink_n}x{sink_m}-grad", _ot_case(op, sink_n, sink_m, True, sink_iters))
         add(op, f"{sink_n}x{sink_m}-nograd", _ot_case(op, sink_n, sink_m, False, sink_iters))
+        add(op, "5x11-tol-grad", _ot_tol_case(op, 5, 11, True), high)       # tol=: per-problem stopping
+        add(op, "20x33-tol-nograd", _ot_tol_case(op, 20, 33, False), high)
+        add(op, f"{gw_n}x{gw_n}-tol-grad", _ot_tol_case(op, gw_n, gw_n, True))
     for solver in ("ipot", "sinkhorn"):
         add("gromov_wasserstein", f"{solver}-6x9-grad", _gw_case(6, 9, solver, True, 2, 3), high)
         add("gromov_wasserstein", f"{solver}-4x8-grad", _gw_case(4, 8, solver, True, 2, 3), LOW_PRECISION)

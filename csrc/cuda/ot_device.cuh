@@ -5,7 +5,8 @@
 // workspace (L2-resident at these sizes) and every log-sum-exp is an online (running max, running sum)
 // reduction, so no pass needs the maximum in advance. Storage dtypes float32/float64/float16/bfloat16,
 // arithmetic in float32 (float64 for float64). The *_bwd ops run the CPU kernels on a host copy of
-// their (small) inputs: a native backward kernel is future work.
+// their (small) inputs: a native backward kernel is future work. With a tolerance (sinkhorn_fwd_tol /
+// ipot_fwd_tol: ot_solve_tol_kernel) each block checks its problem every kCheckEvery iterations and stops on its own.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -107,13 +108,90 @@ __device__ void column_update(const T* M, const T* v, const T* lhs, T* out, int 
   }
 }
 
+// The convergence test of a solve with a tolerance (helo_fast.sinkhorn / ipot with tol=; csrc/ot_convergence.h and
+// helo_fast/_convergence.py define it): after every kCheckEvery-th iteration and the cap the block measures the
+// problem's marginal violation, the L1 error of its columns (Sinkhorn) or rows (IPOT), and stops once it is <= tol.
+constexpr int kCheckEvery = 10;  // helo_fast._convergence.CHECK_EVERY
+
+template <typename T, typename W>
+struct StopTest {
+  T tol;
+  const W* marginal;  // this problem's b (Sinkhorn) or a (IPOT), storage type
+  T* scratch;         // kWarps values of shared memory for the block sum
+};
+
+// What a solve reports: the iterations run and (with a tolerance) the last check's violation.
+template <typename T>
+struct SolveReport {
+  int iterations;
+  T violation;
+};
+
+// The sum over the block of each thread's v, returned to every thread (the same order everywhere: a uniform stop).
+template <typename T>
+__device__ __forceinline__ T block_sum(T v, T* scratch) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+  __syncthreads();
+  T total = T(0);
+  for (int w = 0; w < kWarps; ++w) total += scratch[w];
+  __syncthreads();  // every thread has read scratch before its next use
+  return total;
+}
+
+// sum_j |exp(G_j + LSE_i(M_ij + F_i)) - w_j|: the column-marginal violation of exp(F_i + M_ij + G_j).
+template <typename T, typename W>
+__device__ __forceinline__ T column_violation(const T* M, const T* F, const T* G, const W* w, int n, int m, T* scratch) {
+  T part = T(0);
+  for (int j = threadIdx.x; j < m; j += blockDim.x) {
+    Lse<T> s;
+    s.init();
+    for (int i = 0; i < n; ++i) s.add(M[i * m + j] + F[i]);
+    part += abs(exp(G[j] + s.value()) - static_cast<T>(w[j]));  // G_j = -inf (w_j = 0): 0
+  }
+  return block_sum(part, scratch);
+}
+
+// sum_i |exp(F_i + LSE_j(M_ij + G_j)) - w_i|: the row-marginal violation of exp(F_i + M_ij + G_j).
+template <typename T, typename W>
+__device__ __forceinline__ T row_violation(const T* M, const T* F, const T* G, const W* w, int n, int m, T* scratch) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  T part = T(0);
+  for (int i = warp; i < n; i += kWarps) {
+    Lse<T> s;
+    s.init();
+    for (int j = lane; j < m; j += 32) s.add(M[i * m + j] + G[j]);
+    s = warp_merge(s);
+    if (lane == 0) part += abs(exp(F[i] + s.value()) - static_cast<T>(w[i]));  // F_i = -inf (w_i = 0): 0
+  }
+  return block_sum(part, scratch);
+}
+
+// With kTol: whether the solve stops after iteration k (1-based), recorded in `report`.
+template <bool kTol, typename T, typename W>
+__device__ __forceinline__ bool stops_after(int k, int iters, bool ipot, const T* M, const T* F, const T* G, int n,
+                                            int m, const StopTest<T, W>& test, SolveReport<T>& report) {
+  if constexpr (!kTol) {
+    return false;
+  } else {
+    report.iterations = k;
+    if (k % kCheckEvery != 0 && k != iters) return false;
+    report.violation = ipot ? row_violation(M, F, G, test.marginal, n, m, test.scratch)
+                            : column_violation(M, F, G, test.marginal, n, m, test.scratch);
+    return report.violation <= test.tol;
+  }
+}
+
 // One Sinkhorn (POT sinkhorn_log order) or IPOT solve on the scaled log-kernel K [n, m], by the whole
 // block. Vectors F/d [n], G/s [m]; Q [n, m] (IPOT only). Histories (may be null) get F_k/G_k or d_k/s_k.
-// The plan goes to out (any storage type). Ends with __syncthreads().
-template <typename T, typename Out>
-__device__ void block_solve(const T* K, T* Q, const T* loga, const T* logb, T* F, T* G, int n, int m, int iters,
-                            bool ipot, T* hist_n, T* hist_m, Out* out) {
+// The plan goes to out (any storage type). Ends with __syncthreads(). With kTol the solve stops at the first check
+// within test.tol (stops_after).
+template <typename T, typename Out, bool kTol = false, typename W = Out>
+__device__ SolveReport<T> block_solve(const T* K, T* Q, const T* loga, const T* logb, T* F, T* G, int n, int m,
+                                      int iters, bool ipot, T* hist_n, T* hist_m, Out* out,
+                                      StopTest<T, W> test = {}) {
   const int tid = threadIdx.x, nm = n * m;
+  SolveReport<T> report{iters, T(0)};
   if (!ipot) {
     for (int i = tid; i < n; i += blockDim.x) F[i] = T(0);
     __syncthreads();
@@ -126,6 +204,7 @@ __device__ void block_solve(const T* K, T* Q, const T* loga, const T* logb, T* F
         for (int i = tid; i < n; i += blockDim.x) hist_n[k * n + i] = F[i];
         for (int j = tid; j < m; j += blockDim.x) hist_m[k * m + j] = G[j];
       }
+      if (stops_after<kTol>(k + 1, iters, false, K, F, G, n, m, test, report)) break;
     }
     for (int e = tid; e < nm; e += blockDim.x) out[e] = static_cast<Out>(exp(F[e / m] + G[e % m] + K[e]));
   } else {
@@ -146,10 +225,12 @@ __device__ void block_solve(const T* K, T* Q, const T* loga, const T* logb, T* F
         for (int i = tid; i < n; i += blockDim.x) hist_n[k * n + i] = F[i];
         for (int j = tid; j < m; j += blockDim.x) hist_m[k * m + j] = G[j];
       }
+      if (stops_after<kTol>(k + 1, iters, true, Q, F, G, n, m, test, report)) break;
     }
     for (int e = tid; e < nm; e += blockDim.x) out[e] = static_cast<Out>(exp((F[e / m] + Q[e]) + G[e % m]));
   }
   __syncthreads();
+  return report;
 }
 
 // Shared (or workspace) layout of one problem: matrices first, then vectors.
@@ -180,6 +261,40 @@ __global__ void __launch_bounds__(kThreads) ot_solve_kernel(const scalar_t* __re
   T* hm = hist_m ? hist_m + static_cast<int64_t>(p) * iters * m : nullptr;
   block_solve<T, scalar_t>(L.K, L.Q, L.loga, L.logb, L.F, L.G, n, m, iters, ipot, hn, hm,
                            plan + static_cast<int64_t>(p) * nm);
+}
+
+// ot_solve_kernel with a tolerance: each block stops at its own count and writes it, the last violation and (f_out
+// not null: Sinkhorn) the final potentials eps F, eps G. Shared layout: vectors, kWarps reduction scratch, matrices.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) ot_solve_tol_kernel(const T* __restrict__ cost, const T* __restrict__ a,
+                                                                const T* __restrict__ b, T* __restrict__ plan,
+                                                                T* f_out, T* g_out, T* hist_n, T* hist_m,
+                                                                int64_t* __restrict__ iterations,
+                                                                T* __restrict__ violation, T* workspace, int n, int m,
+                                                                T eps_or_beta, int iters, T tol, bool ipot,
+                                                                bool on_chip) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int p = blockIdx.x, tid = threadIdx.x, nm = n * m;
+  const int64_t pn = static_cast<int64_t>(p) * n, pm = static_cast<int64_t>(p) * m;
+  T* vec = reinterpret_cast<T*>(smem_raw);
+  T *loga = vec, *logb = vec + n, *F = vec + n + m, *G = vec + 2 * n + m, *scratch = vec + 2 * (n + m);
+  T* mats = on_chip ? scratch + kWarps : workspace + static_cast<int64_t>(p) * 2 * nm;
+  T *K = mats, *Q = mats + nm;
+  const T* c = cost + static_cast<int64_t>(p) * nm;
+  for (int e = tid; e < nm; e += blockDim.x) K[e] = -(c[e] / eps_or_beta);
+  for (int i = tid; i < n; i += blockDim.x) loga[i] = log(a[pn + i]);
+  for (int j = tid; j < m; j += blockDim.x) logb[j] = log(b[pm + j]);
+  __syncthreads();
+  T* hn = hist_n ? hist_n + static_cast<int64_t>(p) * iters * n : nullptr;
+  T* hm = hist_m ? hist_m + static_cast<int64_t>(p) * iters * m : nullptr;
+  const SolveReport<T> report = block_solve<T, T, true, T>(K, Q, loga, logb, F, G, n, m, iters, ipot, hn, hm,
+                                                            plan + static_cast<int64_t>(p) * nm,
+                                                            StopTest<T, T>{tol, ipot ? a + pn : b + pm, scratch});
+  if (tid == 0) iterations[p] = report.iterations, violation[p] = report.violation;
+  if (f_out != nullptr) {
+    for (int i = tid; i < n; i += blockDim.x) f_out[pn + i] = eps_or_beta * F[i];
+    for (int j = tid; j < m; j += blockDim.x) g_out[pm + j] = eps_or_beta * G[j];
+  }
 }
 
 // ---- host side ----------------------------------------------------------------------------------
@@ -220,6 +335,49 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> ot_fwd_cuda(const char* op
     check_launch(op);
   });
   return {plan.to(cost_in.scalar_type()), hist_n, hist_m};
+}
+
+// The forward of sinkhorn_fwd_tol / ipot_fwd_tol (schemas in csrc/schema.cpp; CPU: csrc/cpu/ot_converged.cpp):
+// plan, (Sinkhorn: the final potentials f, g,) histories, iterations [B] int64, violation [B]. Like on CPU the work
+// dtype is float64 for float32 problems that save histories; float32 and float64 only (autocast and the Python
+// entry points run lower precisions in float32).
+struct OtTolOutputs {
+  at::Tensor plan, f, g, hist_n, hist_m, iterations, violation;
+};
+
+inline OtTolOutputs ot_fwd_tol_cuda(const char* op, const at::Tensor& cost_in, const at::Tensor& a_in,
+                                    const at::Tensor& b_in, double eps_or_beta, int64_t iters, double tol,
+                                    bool save_history, bool ipot) {
+  check_ot_problem(op, cost_in, a_in, b_in, eps_or_beta, iters);
+  TORCH_CHECK(tol > 0, op, ": tol must be > 0, got ", tol);
+  const c10::DeviceGuard guard(cost_in.device());
+  const auto work = work_dtype(cost_in, save_history);
+  const at::Tensor cost = cost_in.to(work).contiguous(), a = a_in.to(work).contiguous(), b = b_in.to(work).contiguous();
+  const int64_t batch = cost.size(0), n = cost.size(1), m = cost.size(2), hist = save_history ? iters : 0;
+  OtTolOutputs out{at::empty_like(cost), at::empty({ipot ? 0 : batch, n}, cost.options()),
+                   at::empty({ipot ? 0 : batch, m}, cost.options()), at::empty({batch, hist, n}, cost.options()),
+                   at::empty({batch, hist, m}, cost.options()), at::empty({batch}, cost.options().dtype(at::kLong)),
+                   at::empty({batch}, cost.options())};
+  AT_DISPATCH_FLOATING_TYPES(cost.scalar_type(), "ot_fwd_tol_cuda", [&] {
+    using T = scalar_t;
+    const size_t vec_bytes = (2 * (n + m) + kWarps) * sizeof(T), mat_bytes = 2 * n * m * sizeof(T);
+    const bool on_chip = vec_bytes + mat_bytes <= kSharedBytes;
+    TORCH_CHECK(vec_bytes <= kSharedBytes, op, ": n + m too large for the CUDA kernel");
+    at::Tensor workspace = at::empty({on_chip ? 0 : batch, 2 * n * m}, cost.options());
+    const size_t shared = on_chip ? vec_bytes + mat_bytes : vec_bytes;
+    if (batch > 0)
+      ot_solve_tol_kernel<T><<<batch, kThreads, shared, current_stream(cost)>>>(
+          cost.const_data_ptr<T>(), a.const_data_ptr<T>(), b.const_data_ptr<T>(), out.plan.mutable_data_ptr<T>(),
+          ipot ? nullptr : out.f.mutable_data_ptr<T>(), ipot ? nullptr : out.g.mutable_data_ptr<T>(),
+          save_history ? out.hist_n.mutable_data_ptr<T>() : nullptr,
+          save_history ? out.hist_m.mutable_data_ptr<T>() : nullptr, out.iterations.mutable_data_ptr<int64_t>(),
+          out.violation.mutable_data_ptr<T>(), on_chip ? nullptr : workspace.mutable_data_ptr<T>(),
+          static_cast<int>(n), static_cast<int>(m), static_cast<T>(eps_or_beta), static_cast<int>(iters),
+          static_cast<T>(tol), ipot, on_chip);
+    check_launch(op);
+  });
+  out.plan = out.plan.to(cost_in.scalar_type());
+  return out;
 }
 
 // Backward: the CPU kernels on host copies (inputs are O(B n m); histories O(B iters (n + m))).

@@ -68,4 +68,4 @@ def get(op: str, backend: str) -> Callable:
 
 
 # Each module registers its op's C++ and Triton implementations (where available).
-from . import sinkhorn, ipot, gromov_wasserstein, lcd_attention, seeded_dropout, ot_converged  # noqa: E402,F401
+from . import sinkhorn, ipot, gromov_wasserstein, lcd_attention, seeded_dropout, ot_converged, ot_converged_triton  # noqa: E402,F401

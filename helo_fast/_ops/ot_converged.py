@@ -6,7 +6,9 @@ grad="unrolled": the forward saves the per-iteration potentials as the fixed-cou
 fixed-count ``*_bwd`` op once per distinct iteration count, on the problems that stopped there and their history
 prefix, so each problem gets the exact gradient of its own unrolled iterations. (A second derivative is refused:
 ``once_differentiable``.) gromov_wasserstein runs the shared outer loop (``_gw_converged``) on these inner solves.
-CPU tensors only (no CUDA kernel with a tolerance yet: ``functional`` raises a ValueError naming it).
+The ops run on CPU tensors (csrc/cpu/ot_converged.cpp) and CUDA tensors (csrc/cuda/sinkhorn.cu, ipot.cu, where the
+extension was built with CUDA). The Triton ops with a tolerance are ``ot_converged_triton``'s; both backends share
+``backward_by_count`` and ``make_gromov_wasserstein_converged``, and ``tol_unavailable_reason`` says where each runs.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import _ext
 from .._gw_converged import solve_gromov_wasserstein
-from . import register, wants_grad
+from . import has_impl, register, wants_grad
 from .ot_common import prepare_ot_inputs
 
 
@@ -32,6 +34,34 @@ def _tol_fwd_fake(cost, a, b, reg, n_iters, tol, save_history, *, potentials):
     return tuple(out)
 
 
+def tol_unavailable_reason(op: str, backend: str, device: torch.device):
+    """None when ``backend`` (already available for ``op`` on ``device``) runs ``op`` with ``tol``, else what is
+    missing."""
+    if not has_impl(f"{op}_converged", backend):
+        return f"the {backend} backend has no tol solver for {op}"
+    if backend == "cpp" and device.type != "cpu":
+        ops = ("sinkhorn_fwd_tol", "ipot_fwd_tol") if op == "gromov_wasserstein" else (f"{op}_fwd_tol",)
+        key = device.type.upper()
+        if not all(torch._C._dispatch_has_kernel_for_dispatch_key(f"helo_fast::{name}", key) for name in ops):
+            return f"helo_fast._C has no {key} kernel of {' / '.join(ops)} (rebuild the extension)"
+    return None
+
+
+def backward_by_count(grad_plan, cost, a, b, hists, iterations, bwd):
+    """(d_cost, d_a, d_b) of plans whose problems stopped at their own ``iterations`` [B]: ``bwd(grad_plan, cost, a,
+    b, hists, count)`` (a fixed-count backward, histories cut to their first ``count`` rows) once per distinct
+    count, on the problems that stopped there. Shared by the C++ and Triton ops with a tolerance."""
+    grads = [torch.zeros_like(cost), torch.zeros_like(a), torch.zeros_like(b)]
+    grad_plan = grad_plan.to(cost.dtype)
+    for count in torch.unique(iterations).tolist():
+        idx = (iterations == count).nonzero().squeeze(1)
+        parts = bwd(grad_plan.index_select(0, idx).contiguous(), cost.index_select(0, idx), a.index_select(0, idx),
+                    b.index_select(0, idx), [h.index_select(0, idx)[:, :count].contiguous() for h in hists], count)
+        grads = [g if part is None else g.index_copy(0, idx, part.to(g.dtype))  # None: no gradient wanted
+                 for g, part in zip(grads, parts)]
+    return tuple(grads)
+
+
 class _UnrolledByCount(torch.autograd.Function):
     """plan of a tol solve with save_history; backward: the fixed-count bwd op per distinct iteration count."""
 
@@ -45,17 +75,31 @@ class _UnrolledByCount(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_plan):
         cost, a, b, hist_n, hist_m, iterations = ctx.saved_tensors
-        grad_cost, grad_a, grad_b = torch.zeros_like(cost), torch.zeros_like(a), torch.zeros_like(b)
-        grad_plan = grad_plan.to(cost.dtype)
-        for count in torch.unique(iterations).tolist():
-            idx = (iterations == count).nonzero().squeeze(1)
-            parts = ctx.bwd_op(grad_plan.index_select(0, idx).contiguous(), cost.index_select(0, idx),
-                               a.index_select(0, idx), b.index_select(0, idx),
-                               hist_n.index_select(0, idx)[:, :count].contiguous(),
-                               hist_m.index_select(0, idx)[:, :count].contiguous(), ctx.reg)
-            for out, part in zip((grad_cost, grad_a, grad_b), parts):
-                out.index_copy_(0, idx, part.to(out.dtype))
-        return grad_cost, grad_a, grad_b, None, None, None, None, None, None
+        grads = backward_by_count(grad_plan, cost, a, b, (hist_n, hist_m), iterations,
+                                  lambda g, c, a_, b_, h, _count: ctx.bwd_op(g, c, a_, b_, *h, ctx.reg))
+        return (*grads, None, None, None, None, None, None)
+
+
+def make_gromov_wasserstein_converged(sinkhorn_converged, ipot_converged):
+    """The gromov_wasserstein entry point with a tolerance over a backend's two inner solvers (registered as
+    "sinkhorn_converged" / "ipot_converged"): the shared outer loop of ``_gw_converged``."""
+    def gromov_wasserstein_converged(cs, ct, a, b, *, eps, outer_iters, inner_iters, solver, tol, grad):
+        """cs [B, n, n], ct [B, m, m], a [B, n], b [B, m] -> (plan, outer iterations, inner iterations, plan
+        change, inner violation), each problem's outer and inner loops stopping on their own."""
+        (cs, ct, a, b), dtype = prepare_ot_inputs(grad, cs, ct, a, b)
+
+        def inner_solve(cost, a_, b_):
+            if solver == "ipot":
+                return ipot_converged(cost, a_, b_, beta=eps, n_iters=inner_iters, tol=tol, grad=grad)
+            plan, _f, _g, iterations, violation = sinkhorn_converged(cost, a_, b_, eps=eps, n_iters=inner_iters,
+                                                                     tol=tol, grad=grad)
+            return plan, iterations, violation
+
+        plan, *counts = solve_gromov_wasserstein(cs, ct, a, b, outer_iters=outer_iters, tol=tol,
+                                                 inner_solve=inner_solve)
+        return (plan.to(dtype), *counts)
+
+    return gromov_wasserstein_converged
 
 
 if _ext.has_cpp():
@@ -91,21 +135,7 @@ if _ext.has_cpp():
                                           torch.ops.helo_fast.ipot_bwd)
         return plan.to(dtype), iterations, violation
 
-    def gromov_wasserstein_converged_cpp(cs, ct, a, b, *, eps, outer_iters, inner_iters, solver, tol, grad):
-        """cs [B, n, n], ct [B, m, m], a [B, n], b [B, m] -> (plan, outer iterations, inner iterations, plan
-        change, inner violation), each problem's outer and inner loops stopping on their own."""
-        (cs, ct, a, b), dtype = prepare_ot_inputs(grad, cs, ct, a, b)
-
-        def inner_solve(cost, a_, b_):
-            if solver == "ipot":
-                return ipot_converged_cpp(cost, a_, b_, beta=eps, n_iters=inner_iters, tol=tol, grad=grad)
-            plan, _f, _g, iterations, violation = sinkhorn_converged_cpp(cost, a_, b_, eps=eps, n_iters=inner_iters,
-                                                                         tol=tol, grad=grad)
-            return plan, iterations, violation
-
-        plan, *counts = solve_gromov_wasserstein(cs, ct, a, b, outer_iters=outer_iters, tol=tol,
-                                                 inner_solve=inner_solve)
-        return (plan.to(dtype), *counts)
+    gromov_wasserstein_converged_cpp = make_gromov_wasserstein_converged(sinkhorn_converged_cpp, ipot_converged_cpp)
 
     register("sinkhorn_converged", "cpp", sinkhorn_converged_cpp)
     register("ipot_converged", "cpp", ipot_converged_cpp)
