@@ -14,15 +14,19 @@ import torch
 from torch.autograd.function import once_differentiable
 
 
+def kl_to_product(plan, a, b):
+    """KL(P | a bᵀ) = sum P log(P / (a bᵀ)) - sum P + sum a sum b [B] of plan [B, n, m], a [B, n], b [B, m] (0 log 0 =
+    0; computed in the inputs' dtype)."""
+    return (torch.xlogy(plan, plan).sum((1, 2)) - torch.xlogy(plan.sum(2), a).sum(-1)
+            - torch.xlogy(plan.sum(1), b).sum(-1) - plan.sum((1, 2)) + a.sum(-1) * b.sum(-1))
+
+
 def value_and_gradients(cost, a, b, plan, g, eps: float):
     """cost, plan [B, n, m]; a [B, n]; b [B, m]; g [B, m] the plan's column potential (P = exp((f + g - C) / eps))
     -> (V [B], dV/da [B, n], dV/db [B, m]) in float64 (dV/dC is the plan)."""
     C, P, a, b, g = (t.double() for t in (cost, plan, a, b, g))
-    row, col = P.sum(2), P.sum(1)
     mass_a, mass_b = a.sum(-1), b.sum(-1)
-    kl = (torch.xlogy(P, P).sum((1, 2)) - torch.xlogy(row, a).sum(-1) - torch.xlogy(col, b).sum(-1)
-          - P.sum((1, 2)) + mass_a * mass_b)
-    value = (P * C).sum((1, 2)) + eps * kl
+    value = (P * C).sum((1, 2)) + eps * kl_to_product(P, a, b)
     f_rel = -eps * torch.logsumexp((g[:, None, :] - C) / eps, dim=2)
     f = torch.where(a > 0, f_rel + eps * torch.log(torch.where(a > 0, a, torch.ones_like(a))), -torch.inf)
     g_rel = -eps * torch.logsumexp((f[:, :, None] - C) / eps, dim=1)

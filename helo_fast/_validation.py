@@ -139,6 +139,22 @@ def check_finite(name: str, t: torch.Tensor, *, skippable: bool = True) -> Bound
     return largest
 
 
+def check_symmetric(name: str, t: torch.Tensor) -> None:
+    """Raise ValueError unless each matrix of ``t`` [B, n, n] equals its transpose to sqrt(its dtype's eps) times its
+    largest entry (room for a distance matrix built by a matmul; the envelope gradient of a GW value assumes
+    symmetry, and its error is of the order of the asymmetry)."""
+    if t.numel() == 0:
+        return
+    x = plain(t).detach()
+    scale = x.abs().amax((1, 2)) * torch.finfo(x.dtype).eps ** 0.5
+    gap = (x - x.transpose(1, 2)).abs().amax((1, 2))
+    if bool((gap > scale).any()):
+        k = int((gap - scale).argmax())
+        raise ValueError(f"{name} must be symmetric (each [n, n] matrix equal to its transpose): problem {k} "
+                         f"differs from its transpose by {float(gap[k]):.3g}; symmetrise it, e.g. "
+                         f"({name} + {name}ᵀ) / 2")
+
+
 def _non_finite_message(name: str, skippable: bool) -> str:
     hint = " (or check_finite=False to skip this check)" if skippable else ""
     return f"{name} contains NaN or inf; pass finite values{hint}"

@@ -14,11 +14,13 @@ import torch
 
 from . import _backend, _ops, reference
 from ._autocast import ATTENTION_ARGS, OT_ARGS, autocast_policy
-from ._convergence import OTInfo, report
+from ._convergence import GWInfo, OTInfo, report
+from ._gw_value import gromov_wasserstein_value, marginal_potentials
 from ._ot_finish import finish_gromov_wasserstein, finish_ipot, finish_sinkhorn
 from ._ot_value import sinkhorn_value
 from ._transforms import needs_reference
-from ._validation import device_of, validate_attention, validate_dropout, validate_gromov_wasserstein, validate_ot
+from ._validation import (check_symmetric, device_of, validate_attention, validate_dropout,
+                          validate_gromov_wasserstein, validate_ot)
 
 
 @autocast_policy(OT_ARGS)
@@ -274,6 +276,94 @@ def gromov_wasserstein(cs, ct, a=None, b=None, *, eps=0.1, outer_iters=5, inner_
                                      violation=violation, inner_violation=inner_violation, tol=tol,
                                      outer_iters=outer_iters, inner_iters=inner_iters, return_info=return_info,
                                      strict=strict)
+
+
+@autocast_policy(OT_ARGS)
+def gromov_wasserstein_cost(cs, ct, a=None, b=None, *, eps, outer_iters, inner_iters, tol, solver="sinkhorn",
+                            strict=False, return_info=False, backend="auto", check_finite=True):
+    """The Gromov-Wasserstein value of each problem at convergence, with its envelope gradient: a loss.
+
+    Γ is the converged plan of ``gromov_wasserstein(cs, ct, a, b, eps=eps, outer_iters=outer_iters,
+    inner_iters=inner_iters, solver=solver, tol=tol)`` (HeLo's linearise-and-solve step run to its fixed point), and
+    V = sum_ijkl (cs_ik - ct_jl)² Γ_ij Γ_kl + 2 eps KL(Γ | a bᵀ) for solver="sinkhorn" (the objective whose stationary
+    points are the fixed points of the outer loop: 2 eps, since the linearised cost is half the discrepancy's
+    gradient; KL as in ``sinkhorn_cost``), or the discrepancy alone for solver="ipot" (IPOT converges to an
+    unregularised plan of each linearisation). The gradient is the envelope theorem's, no backward pass through the
+    iterations (``_gw_value``): dV/dcs = 2 (cs∘(r rᵀ) - Γ ct Γᵀ), dV/dct = 2 (ct∘(c cᵀ) - Γᵀ cs Γ) with r, c the
+    plan's marginals; dV/da, dV/db (solver="sinkhorn" only) are twice the dual potentials of one more Sinkhorn solve
+    on the final linearisation (run only when a or b requires grad; same gauge as ``sinkhorn_cost``). GW has local
+    minima: V and its gradient are those of the stationary point found.
+
+    Args:
+        cs: [B, n, n] symmetric source structure matrices (as for ``gromov_wasserstein``), equal to their transposes
+            to sqrt(machine eps) of their largest entry.
+        ct: [B, m, m] symmetric target structure matrices; dtype and device of ``cs``.
+        a: [B, n] source marginals or None (uniform); zeros allowed.
+        b: [B, m] target marginals or None (uniform), of the mass of ``a``.
+        eps: float > 0, the inner solver's eps (Sinkhorn) or beta (IPOT), as for ``gromov_wasserstein``.
+        outer_iters: int in [1, 2**31 - 1], the cap on the linearisations.
+        inner_iters: int in [1, 2**31 - 1], the cap on each inner solve's iterations.
+        tol: float > 0, the tolerance of the outer loop (plan change) and of each inner solve.
+        solver: "sinkhorn" (default: the entropic value, smooth in the inputs) or "ipot" (HeLo's solver; its outer
+            loop often cycles between vertices and warns, and it has no gradient with respect to a and b).
+        strict: raise ``OTConvergenceError`` instead of warning when a problem reaches a cap unconverged.
+        return_info: True also returns the solve's ``GWInfo`` (with a, b requiring grad, the potentials' solve
+            counts in its inner iterations and violation).
+        backend: "auto", "reference", "cpp" or "triton" (as for ``gromov_wasserstein`` with ``tol``).
+        check_finite: False skips the NaN/inf scan of ``cs`` and ``ct``.
+
+    Returns:
+        V [B] in the dtype of ``cs``; ``(V, info)`` with ``return_info``.
+
+    Raises:
+        What ``gromov_wasserstein`` raises; ValueError for tol None or not > 0, a non-symmetric ``cs`` or ``ct``, or
+        solver="ipot" with ``a`` or ``b`` requiring grad.
+
+    Example:
+        >>> import torch, helo_fast
+        >>> x = torch.rand(2, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        >>> cs = (x + x.transpose(1, 2)).requires_grad_()
+        >>> ct = torch.ones(2, 4, 4, dtype=torch.float64) - torch.eye(4, dtype=torch.float64)
+        >>> value = helo_fast.gromov_wasserstein_cost(cs, ct, eps=0.1, outer_iters=100, inner_iters=1000, tol=1e-9)
+        >>> value.sum().backward()
+        >>> value.shape, bool(torch.allclose(cs.grad, cs.grad.transpose(1, 2)))
+        (torch.Size([2]), True)
+    """
+    if tol is None:
+        raise ValueError("gromov_wasserstein_cost needs tol (a float > 0): its envelope gradient is that of the "
+                         "converged value")
+    backend = _backend.choose_backend(backend, device_of("cs", cs), "gromov_wasserstein")
+    a, b = validate_gromov_wasserstein(cs, ct, a, b, eps=eps, outer_iters=outer_iters, inner_iters=inner_iters,
+                                       solver=solver, grad="none", tol=tol, return_info=return_info, strict=strict,
+                                       check_finite_values=check_finite)
+    check_symmetric("cs", cs)
+    check_symmetric("ct", ct)
+    marginal_grad = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
+    if marginal_grad and solver == "ipot":
+        raise ValueError("gromov_wasserstein_cost with solver='ipot' has no gradient with respect to a or b (they "
+                         "would be the duals of an unregularised OT problem, which IPOT does not return exactly); "
+                         "detach a and b, or use solver='sinkhorn'")
+    if backend == "reference" or needs_reference(cs, ct, a, b):
+        solve, sinkhorn_solve = reference.gromov_wasserstein_solve, reference.sinkhorn_solve
+    else:
+        solve = _converged_solver("gromov_wasserstein", backend, cs)
+        sinkhorn_solve = _converged_solver("sinkhorn", backend, cs) if marginal_grad else None
+    potentials = None
+    with torch.no_grad():
+        plan, iterations, inner_iterations, change, inner_violation = solve(
+            cs, ct, a, b, eps=eps, outer_iters=outer_iters, inner_iters=inner_iters, solver=solver, tol=tol,
+            grad="none")
+        if marginal_grad:
+            cost, g, count, violation = marginal_potentials(cs, ct, a, b, plan, eps=eps, inner_iters=inner_iters,
+                                                            tol=tol, sinkhorn_solve=sinkhorn_solve)
+            potentials = (cost, g)
+            inner_iterations = inner_iterations + count.to(inner_iterations.dtype)
+            inner_violation = torch.maximum(inner_violation, violation.to(inner_violation.dtype))
+    info = GWInfo(iterations, inner_iterations, change, inner_violation, (change <= tol) & (inner_violation <= tol))
+    report("gromov_wasserstein_cost", info, tol=tol, cap=f"outer_iters={outer_iters} (inner_iters={inner_iters})",
+           strict=strict)
+    value = gromov_wasserstein_value(cs, ct, a, b, plan, eps=eps, solver=solver, potentials=potentials)
+    return (value, info) if return_info else value
 
 
 @autocast_policy(ATTENTION_ARGS)

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import functional
 from ._backend import BACKENDS
-from ._validation import check_choice
+from ._validation import OT_SOLVERS, check_choice
 from .reference import modules as reference_modules
 
 
@@ -196,6 +196,53 @@ class SinkhornLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, n_iters={self.n_iters}, tol={self.tol}, reduction={self.reduction!r}"
+
+
+class GromovWassersteinLoss(nn.Module):
+    """The converged Gromov-Wasserstein value (``helo_fast.gromov_wasserstein_cost``) as a loss, with its envelope
+    gradient (no backward pass through the iterations); no parameters, no reference counterpart (``convert`` leaves
+    it alone).
+
+    Args:
+        eps: float > 0, the inner solver's eps (Sinkhorn) or beta (IPOT).
+        outer_iters: int >= 1, the cap on the linearisations.
+        inner_iters: int >= 1, the cap on each inner solve's iterations.
+        tol: float > 0, the tolerance of the outer loop (plan change, L1) and of each inner solve.
+        solver: "sinkhorn" (default: V = GW discrepancy + 2 eps KL(Γ | a bᵀ)) or "ipot" (the discrepancy alone).
+        reduction: "mean" (default), "sum" or "none" over the batch.
+        strict: True raises ``OTConvergenceError`` instead of warning when a problem reaches a cap.
+        backend: "auto", "reference", "cpp" or "triton".
+
+    forward(cs, ct, a=None, b=None): cs [B, n, n], ct [B, m, m] symmetric structure matrices; a [B, n], b [B, m]
+    marginals (None: uniform) -> the values [B] reduced as ``reduction`` says, in the dtype of ``cs``.
+
+    Example:
+        >>> import torch, helo_fast.nn
+        >>> loss = helo_fast.nn.GromovWassersteinLoss(eps=0.5, outer_iters=100, inner_iters=1000, tol=1e-6)
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> x, y = torch.rand(4, 3, 3, generator=gen), torch.rand(4, 5, 5, generator=gen)
+        >>> loss(x + x.transpose(1, 2), y + y.transpose(1, 2)).shape
+        torch.Size([])
+    """
+
+    def __init__(self, *, eps: float, outer_iters: int, inner_iters: int, tol: float, solver: str = "sinkhorn",
+                 reduction: str = "mean", strict: bool = False, backend: str = "auto"):
+        super().__init__()
+        self.eps, self.outer_iters, self.inner_iters, self.tol, self.strict = eps, outer_iters, inner_iters, tol, strict
+        self.solver = check_choice("solver", solver, OT_SOLVERS)
+        self.reduction = check_choice("reduction", reduction, ("mean", "sum", "none"))
+        self.backend = check_choice("backend", backend, BACKENDS)
+
+    def forward(self, cs: torch.Tensor, ct: torch.Tensor, a: Optional[torch.Tensor] = None,
+                b: Optional[torch.Tensor] = None) -> torch.Tensor:
+        value = functional.gromov_wasserstein_cost(cs, ct, a, b, eps=self.eps, outer_iters=self.outer_iters,
+                                                   inner_iters=self.inner_iters, tol=self.tol, solver=self.solver,
+                                                   strict=self.strict, backend=self.backend)
+        return value if self.reduction == "none" else getattr(value, self.reduction)()
+
+    def extra_repr(self) -> str:
+        return (f"eps={self.eps}, outer_iters={self.outer_iters}, inner_iters={self.inner_iters}, tol={self.tol}, "
+                f"solver={self.solver!r}, reduction={self.reduction!r}")
 
 
 FAST_MODULES: Dict[Type[nn.Module], Type[nn.Module]] = {

@@ -16,5 +16,7 @@ ipot = autocast_policy(OT_ARGS)(_ipot.ipot)
 gromov_wasserstein = autocast_policy(OT_ARGS)(_gromov_wasserstein.gromov_wasserstein)
 # The iterations on validated inputs with tol (plan, potentials, per-problem counts): sinkhorn_cost's reference solver.
 sinkhorn_solve = _sinkhorn.solve
+# The outer loop on validated inputs with tol (plan, per-problem counts): gromov_wasserstein_cost's reference solver.
+gromov_wasserstein_solve = _gromov_wasserstein.solve
 
 __all__ = ["sinkhorn", "ipot", "gromov_wasserstein", "lcd_attention", "seeded_dropout"]

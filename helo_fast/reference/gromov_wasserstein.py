@@ -31,13 +31,21 @@ def gromov_wasserstein(cs, ct, a=None, b=None, *, eps=0.1, outer_iters=5, inner_
             plan = inner_solve(const - 2.0 * cs @ plan @ ct.transpose(1, 2), a, b, eps, inner_iters, None, solver,
                                grad)[0]
         return plan
-    plan, iterations, inner_iterations, change, inner_violation = solve_gromov_wasserstein(
-        cs, ct, a, b, outer_iters=outer_iters, tol=tol,
-        inner_solve=lambda cost, a_, b_: inner_solve(cost, a_, b_, eps, inner_iters, tol, solver, grad))
+    plan, iterations, inner_iterations, change, inner_violation = solve(
+        cs, ct, a, b, eps=eps, outer_iters=outer_iters, inner_iters=inner_iters, solver=solver, tol=tol, grad=grad)
     return finish_gromov_wasserstein(plan, iterations=iterations, inner_iterations=inner_iterations,
                                      violation=change, inner_violation=inner_violation, tol=tol,
                                      outer_iters=outer_iters, inner_iters=inner_iters, return_info=return_info,
                                      strict=strict)
+
+
+def solve(cs, ct, a, b, *, eps, outer_iters, inner_iters, solver, tol, grad):
+    """The outer loop with ``tol`` on validated inputs (the caller detaches them for grad="none") -> (plan [B, n, m],
+    outer iterations [B], inner iterations [B], last plan change [B], last inner violation [B]): the reference's
+    counterpart of the backends' "gromov_wasserstein_converged"."""
+    return solve_gromov_wasserstein(
+        cs, ct, a, b, outer_iters=outer_iters, tol=tol,
+        inner_solve=lambda cost, a_, b_: inner_solve(cost, a_, b_, eps, inner_iters, tol, solver, grad))
 
 
 def inner_solve(cost, a, b, eps, inner_iters, tol, solver, grad):
