@@ -354,7 +354,7 @@ inline void gemm_nt(int64_t M, int64_t N, int64_t K, const T* __restrict A, int6
 // Whether products A Bᵀ over D (Q Kᵀ, dO Vᵀ) go through row dot products (gemm_nt) rather than a transposed copy
 // of B and gemm: measured faster at HeLo's three shapes (D = 32 with Lk = 18, 36; D = 128 with Lk = 10); the
 // transposed path is kept for short rows against many keys.
-inline bool use_row_dots(int64_t D, int64_t Lk_padded) { return g_rowdots == 0 ? false : g_rowdots == 1 ? true : 2 * D >= Lk_padded; }
+inline bool use_row_dots(int64_t D, int64_t Lk_padded) { return 2 * D >= Lk_padded; }
 
 // Softmax of row[0, Lk) in place, computed over whole vectors of the padded row [0, Lkp) with the padding set
 // to -inf (so it becomes 0).
@@ -431,7 +431,6 @@ void forward_batches(const Params& p, const InputViews<scalar_t>& x, scalar_t* o
   const int64_t H = p.heads, Lq = p.lq, Lk = p.lk, D = p.dim, HD = H * D, Dp = s.dim_padded, Lkp = s.lk_padded;
   const acc_t scale = acc_t(p.scale), dropkey_value = acc_t(p.dropkey_value), keep_scale = acc_t(p.dropout_scale);
   const bool long_rows = use_row_dots(D, Lkp);
-  const bool blas_ok = std::is_same_v<acc_t, scalar_t> && cpu_blas::blas_available<acc_t>();
   for (int64_t b = begin; b < end; ++b) {
     acc_t* y = s.y.data();  // [Lq, H*D]
     for (int64_t h = 0; h < H; ++h) {
@@ -440,10 +439,7 @@ void forward_batches(const Params& p, const InputViews<scalar_t>& x, scalar_t* o
       const acc_t* q = tile_rows(s.q.data(), Dp, head_rows(x.q, p.q_stride, b, h), p.q_stride[2], Lq, D);
       const acc_t* v = tile_rows(s.v.data(), Dp, head_rows(x.v, p.v_stride, b, h), p.v_stride[2], Lk, D);
       acc_t* S = s.s.data();  // [Lq, Lkp]
-      if (blas_ok && (blas_mask() & 1)) {
-        cpu_blas::gemm(false, true, Lq, Lk, D, (const acc_t*)head_rows(x.q, p.q_stride, b, h), p.q_stride[2],
-                       (const acc_t*)k_rows, p.k_stride[2], S, Lkp);
-      } else if (long_rows) {
+      if (long_rows) {
         gemm_nt(Lq, Lk, Dp, q, Dp, tile_rows(s.k.data(), Dp, k_rows, p.k_stride[2], Lk, D), Dp, S, Lkp);
       } else {
         pack_transposed(s.kt.data(), Lkp, k_rows, p.k_stride[2], Lk, D);
@@ -482,10 +478,7 @@ void forward_batches(const Params& p, const InputViews<scalar_t>& x, scalar_t* o
           apply_dropout(p, x.dropout_mask, mask_base, s.w.data() + i * Lkp, S + i * Lkp, keep_scale, Lk);
       }
       const acc_t* W = p.dropout_mode == kNoMask ? S : s.w.data();  // the weights after dropout
-      if (blas_ok && (blas_mask() & 2)) {
-        cpu_blas::gemm(false, false, Lq, D, Lk, W, Lkp, (const acc_t*)head_rows(x.v, p.v_stride, b, h), p.v_stride[2],
-                       y + h * D, HD);
-      } else if (D == Dp) {  // O = W V straight into the head's columns of y
+      if (D == Dp) {  // O = W V straight into the head's columns of y
         gemm(Lq, Dp, Lk, W, Lkp, 1, v, Dp, y + h * D, HD);
       } else {
         acc_t* O = s.dq.data();  // [Lq, Dp]
@@ -544,7 +537,6 @@ void backward_one_batch(const Params& p, const InputViews<scalar_t>& x, const sc
   const int64_t H = p.heads, Lq = p.lq, Lk = p.lk, D = p.dim, HD = H * D, Dp = s.dim_padded, Lkp = s.lk_padded;
   const acc_t scale = acc_t(p.scale), keep_scale = acc_t(p.dropout_scale);
   const bool long_rows = use_row_dots(D, Lkp);
-  const bool blas_ok = std::is_same_v<acc_t, scalar_t> && cpu_blas::blas_available<acc_t>();
   acc_t* dbias = g.dbias == nullptr ? nullptr : g.dbias + (g.bias_shared_over_batch ? chunk * g.dbias_numel : 0);
   acc_t* dln_weight = g.dln_weight == nullptr ? nullptr : g.dln_weight + chunk * HD;
   acc_t* dln_bias = g.dln_bias == nullptr ? nullptr : g.dln_bias + chunk * HD;
@@ -605,9 +597,7 @@ void backward_one_batch(const Params& p, const InputViews<scalar_t>& x, const sc
         apply_dropout(p, x.dropout_mask, static_cast<uint64_t>(offset), s.w.data() + i * Lkp, P + i * Lkp,
                       keep_scale, Lk);
     }
-    if (blas_ok && (blas_mask() & 4)) {
-      cpu_blas::gemm(false, true, Lq, Lk, D, dO, ld_dO, (const acc_t*)v_rows, p.v_stride[2], dP, Lkp);
-    } else if (long_rows) {
+    if (long_rows) {
       gemm_nt(Lq, Lk, Dp, dO, ld_dO, tile_rows(s.k.data(), Dp, v_rows, p.v_stride[2], Lk, D), Dp, dP, Lkp);
     } else {
       pack_transposed(s.kt.data(), Lkp, v_rows, p.v_stride[2], Lk, D);  // Vᵀ
@@ -615,12 +605,8 @@ void backward_one_batch(const Params& p, const InputViews<scalar_t>& x, const sc
     }
     scalar_t* dv_out = g.dv + b * g.dv_stride[0] + h * g.dv_stride[1];
     acc_t* dV = result_tile(s.dv.data(), Dp, dv_out, g.dv_stride[2], D);  // [Lk, Dp]
-    if (blas_ok && (blas_mask() & 8)) {
-      cpu_blas::gemm(true, false, Lk, D, Lq, W, Lkp, dO, ld_dO, (acc_t*)dv_out, g.dv_stride[2]);
-    } else {
-      gemm(Lk, Dp, Lq, W, 1, Lkp, dO, ld_dO, dV, Dp);
-      store_rows(dv_out, g.dv_stride[2], dV, Dp, Lk, D);
-    }
+    gemm(Lk, Dp, Lq, W, 1, Lkp, dO, ld_dO, dV, Dp);
+    store_rows(dv_out, g.dv_stride[2], dV, Dp, Lk, D);
     for (int64_t i = 0; i < Lq; ++i) {
       const uint64_t mask_base = static_cast<uint64_t>((bh * Lq + i) * Lk);
       const acc_t* prob = P + i * Lkp;
@@ -644,20 +630,10 @@ void backward_one_batch(const Params& p, const InputViews<scalar_t>& x, const sc
     scalar_t* dk_out = g.dk + b * g.dk_stride[0] + h * g.dk_stride[1];
     acc_t* dQ = result_tile(s.dq.data(), Dp, dq_out, g.dq_stride[2], D);
     acc_t* dK = result_tile(s.dk.data(), Dp, dk_out, g.dk_stride[2], D);
-    if (blas_ok && (blas_mask() & 16)) {
-      cpu_blas::gemm(false, false, Lq, D, Lk, dP, Lkp, (const acc_t*)head_rows(x.k, p.k_stride, b, h), p.k_stride[2],
-                     (acc_t*)dq_out, g.dq_stride[2]);
-    } else {
-      gemm(Lq, Dp, Lk, dP, Lkp, 1, k, Dp, dQ, Dp);
-      store_rows(dq_out, g.dq_stride[2], dQ, Dp, Lq, D);
-    }
-    if (blas_ok && (blas_mask() & 32)) {
-      cpu_blas::gemm(true, false, Lk, D, Lq, dP, Lkp, (const acc_t*)head_rows(x.q, p.q_stride, b, h), p.q_stride[2],
-                     (acc_t*)dk_out, g.dk_stride[2]);
-    } else {
-      gemm(Lk, Dp, Lq, dP, 1, Lkp, q, Dp, dK, Dp);
-      store_rows(dk_out, g.dk_stride[2], dK, Dp, Lk, D);
-    }
+    gemm(Lq, Dp, Lk, dP, Lkp, 1, k, Dp, dQ, Dp);
+    gemm(Lk, Dp, Lq, dP, 1, Lkp, q, Dp, dK, Dp);
+    store_rows(dq_out, g.dq_stride[2], dQ, Dp, Lq, D);
+    store_rows(dk_out, g.dk_stride[2], dK, Dp, Lk, D);
   }
 }
 

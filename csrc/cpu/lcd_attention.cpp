@@ -21,7 +21,6 @@
 
 #include "../lcd_attention_params.h"
 #include "../cpu_math.h"
-#include "../cpu_blas.h"
 
 namespace helo_fast::attention {
 namespace {
@@ -56,11 +55,6 @@ struct Grads {
   int64_t dbias_numel;
   bool bias_shared_over_batch;
 };
-
-int g_blas_mask = 0;
-inline int blas_mask() { return g_blas_mask; }
-int g_rowdots = 2;
-void refresh_blas_mask() { g_rowdots = std::getenv("HF_ROWDOTS") ? std::atoi(std::getenv("HF_ROWDOTS")) : 2; g_blas_mask = std::getenv("HF_BLAS_MASK") ? std::atoi(std::getenv("HF_BLAS_MASK")) : 0; }
 
 // The kernels, compiled once per instruction set with vectors of its register width (HF_VEC_BYTES); the widest this
 // CPU runs is picked at run time (cpu_math::best_simd_isa). (cpu_math.h makes a vector wider than the registers
@@ -100,7 +94,6 @@ void forward_cpu(const Params& p, const InputViews<scalar_t>& x, scalar_t* out, 
   const int64_t work_per_batch = std::max<int64_t>(1, 4 * p.heads * p.lq * p.lk * p.dim);
   const int64_t grain = std::max<int64_t>(1, 65536 / work_per_batch);
   const SimdIsa isa = cpu_math::best_simd_isa();
-  refresh_blas_mask();
   at::parallel_for(0, p.batch, grain, [&](int64_t begin, int64_t end) {
     ChunkScratch<acc_t> scratch(p, vector_bytes(isa));
     switch (isa) {
