@@ -192,20 +192,18 @@ inline acc_t exp_of(acc_t x) {
 
 // out[j] = 0 where dropout drops logit (row, j), else in[j] * keep_scale (out may be in); a copy without dropout.
 template <typename acc_t>
-HF_INLINE void apply_dropout(const Params& p, const bool* explicit_mask, uint64_t mask_base, acc_t* out,
-                             const acc_t* in, acc_t keep_scale, int64_t Lk) {
+inline void apply_dropout(const Params& p, const bool* explicit_mask, uint64_t mask_base, acc_t* out,
+                          const acc_t* in, acc_t keep_scale, int64_t Lk) {
   if (p.dropout_mode == kSeededMask) {
-    // The integer form of the mask test (mask_threshold), the product computed for every element and then selected:
-    // as `hash_dropped(...) ? 0 : in[j] * keep_scale` the loop has a float compare and a conditional multiply, which
-    // GCC if-converts only with AVX-512's masks; the AVX2 and SSE2 copies ran scalar (~5 ns an element, 40% of a
-    // transformer-shape forward+backward at p = 0.5). The index is taken mod 2^32, as the hash does. (GCC 12 now
-    // vectorizes the forward's call on AVX2; the backward's two calls still compile scalar there and on SSE2.)
+    // The integer form of the mask test (mask_threshold) and the weight times 0 or keep_scale, as the reference
+    // multiplies by the mask: as `hash_dropped(...) ? 0 : in[j] * keep_scale` (a float compare, a select after a
+    // multiply) GCC 12 vectorized the loop only with AVX-512's masks; the AVX2 and SSE2 copies ran scalar (~5 ns an
+    // element, 40% of a transformer-shape forward+backward at p = 0.5). The index is taken mod 2^32, as the hash does.
     const uint32_t seed = p.seed, base = static_cast<uint32_t>(mask_base), threshold = mask_threshold(p.dropout_p);
 #pragma omp simd
-    for (int64_t j = 0; j < Lk; ++j) {
-      const acc_t kept = in[j] * keep_scale;
-      out[j] = hash_below(seed, base + static_cast<uint32_t>(j), kStreamDropout, threshold) ? acc_t(0) : kept;
-    }
+    for (int64_t j = 0; j < Lk; ++j)
+      out[j] = in[j] * (hash_below(seed, base + static_cast<uint32_t>(j), kStreamDropout, threshold) ? acc_t(0)
+                                                                                                    : keep_scale);
   } else if (p.dropout_mode == kExplicitMask) {
     for (int64_t j = 0; j < Lk; ++j) out[j] = explicit_mask[mask_base + j] ? acc_t(0) : in[j] * keep_scale;
   } else {
