@@ -130,7 +130,8 @@ def time_worker(args) -> dict:
 # What a CPU of each tier runs in PyTorch's BLAS (MKL), so that a narrower tier's kernels are compared with eager and
 # compiled matmuls as that CPU would run them, not with AVX-512 BLAS (--uncapped-torch: left alone). ATen's own
 # kernels and inductor's code are not capped: with ATEN_CPU_CAPABILITY (or ONEDNN_MAX_CPU_ISA) set, the compiled
-# training step crashed the worker (SIGSEGV, torch 2.13).
+# training step crashed the worker (SIGSEGV, torch 2.13). MKL ignored MKL_ENABLE_INSTRUCTIONS on an AMD EPYC (Zen 5):
+# its AVX2 kernels ran on every tier there (docs/performance.md, "Tiles or the vendor BLAS").
 TORCH_CAPS = {"avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}, "default": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}}
 
 

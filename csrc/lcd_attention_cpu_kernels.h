@@ -192,12 +192,18 @@ inline acc_t exp_of(acc_t x) {
 
 // out[j] = 0 where dropout drops logit (row, j), else in[j] * keep_scale (out may be in); a copy without dropout.
 template <typename acc_t>
-inline void apply_dropout(const Params& p, const bool* explicit_mask, uint64_t mask_base, acc_t* out, const acc_t* in,
-                          acc_t keep_scale, int64_t Lk) {
+inline void apply_dropout(const Params& p, const bool* explicit_mask, uint64_t mask_base, acc_t* out,
+                          const acc_t* in, acc_t keep_scale, int64_t Lk) {
   if (p.dropout_mode == kSeededMask) {
+    // The integer form of the mask test (mask_threshold) and the weight times 0 or keep_scale, as the reference
+    // multiplies by the mask: as `hash_dropped(...) ? 0 : in[j] * keep_scale` (a float compare, a select after a
+    // multiply) GCC 12 vectorized the loop only with AVX-512's masks; the AVX2 and SSE2 copies ran scalar (~5 ns an
+    // element, 40% of a transformer-shape forward+backward at p = 0.5). The index is taken mod 2^32, as the hash does.
+    const uint32_t seed = p.seed, base = static_cast<uint32_t>(mask_base), threshold = mask_threshold(p.dropout_p);
 #pragma omp simd
     for (int64_t j = 0; j < Lk; ++j)
-      out[j] = hash_dropped(p.seed, mask_base + j, kStreamDropout, p.dropout_p) ? acc_t(0) : in[j] * keep_scale;
+      out[j] = in[j] * (hash_below(seed, base + static_cast<uint32_t>(j), kStreamDropout, threshold) ? acc_t(0)
+                                                                                                    : keep_scale);
   } else if (p.dropout_mode == kExplicitMask) {
     for (int64_t j = 0; j < Lk; ++j) out[j] = explicit_mask[mask_base + j] ? acc_t(0) : in[j] * keep_scale;
   } else {
@@ -352,8 +358,10 @@ inline void gemm_nt(int64_t M, int64_t N, int64_t K, const T* __restrict A, int6
 }
 
 // Whether products A Bᵀ over D (Q Kᵀ, dO Vᵀ) go through row dot products (gemm_nt) rather than a transposed copy
-// of B and gemm: measured faster at HeLo's three shapes (D = 32 with Lk = 18, 36; D = 128 with Lk = 10); the
-// transposed path is kept for short rows against many keys.
+// of B and gemm: measured faster at HeLo's three shapes (D = 32 with Lk = 18, 36; D = 128 with Lk = 10) on each
+// tier (AVX-512, AVX2, SSE2; float32 fwd+bwd, B=128: 1.03-1.07x at ca / transformer, 1.21-1.23x at lcd_ca); the
+// transposed path is kept for short rows against many keys. (All products stay on these tiles: MKL per tile or as
+// whole-batch bmm was measured slower at equal vector width; docs/performance.md, "Tiles or the vendor BLAS".)
 inline bool use_row_dots(int64_t D, int64_t Lk_padded) { return 2 * D >= Lk_padded; }
 
 // Softmax of row[0, Lk) in place, computed over whole vectors of the padded row [0, Lkp) with the padding set
@@ -462,10 +470,14 @@ void forward_batches(const Params& p, const InputViews<scalar_t>& x, scalar_t* o
         }
         // DropKey replaces the logit (a fully dropped row: uniform weights in every dtype); the backward still routes
         // the logit's gradient to q, k and the bias, as the release's additive -1e12 does in float32.
-        if (p.dropkey_mode == kSeededMask) {
+        if (p.dropkey_mode == kSeededMask) {  // (the integer mask test, as in apply_dropout)
+          const uint32_t seed = p.seed, base = static_cast<uint32_t>(mask_base);
+          const uint32_t threshold = mask_threshold(p.dropkey_p);
 #pragma omp simd
-          for (int64_t j = 0; j < Lk; ++j)
-            sr[j] = hash_dropped(p.seed, mask_base + j, kStreamDropKey, p.dropkey_p) ? dropkey_value : sr[j];
+          for (int64_t j = 0; j < Lk; ++j) {
+            const bool drop = hash_below(seed, base + static_cast<uint32_t>(j), kStreamDropKey, threshold);
+            sr[j] = drop ? dropkey_value : sr[j];
+          }
         } else if (p.dropkey_mode == kExplicitMask) {
           for (int64_t j = 0; j < Lk; ++j) sr[j] = x.dropkey_mask[mask_base + j] ? dropkey_value : sr[j];
         }

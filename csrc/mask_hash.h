@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <cstdint>
 
 #if defined(__CUDACC__)
@@ -33,6 +34,18 @@ HELO_HD uint32_t mask_hash(uint32_t seed, uint64_t index, uint32_t stream) {
 HELO_HD bool hash_dropped(uint32_t seed, uint64_t index, uint32_t stream, float p) {
   const float u = static_cast<float>(mask_hash(seed, index, stream) >> 8) * 5.9604644775390625e-08f;
   return u < p;
+}
+
+// ceil(float(p) * 2^24): for the 24-bit h = hash >> 8, h * 2^-24 < float(p) exactly when h < this (the scaling by
+// 2^24 is exact in double), so hash_below(..., mask_threshold(p)) is hash_dropped(..., p) as an integer test. 0 for
+// p = 0 (nothing dropped); at most 2^24 for p < 1. (The integer test vectorizes on every x86 tier: GCC keeps the
+// float compare, which may trap, out of if-converted loops unless AVX-512's masks hide it.)
+inline uint32_t mask_threshold(double p) {
+  return static_cast<uint32_t>(std::ceil(static_cast<double>(static_cast<float>(p)) * 16777216.0));
+}
+
+HELO_HD bool hash_below(uint32_t seed, uint32_t index, uint32_t stream, uint32_t threshold) {
+  return (mask_hash(seed, index, stream) >> 8) < threshold;
 }
 
 // A mask seed, passed as an int64 CPU tensor of one element (a tensor, so that torch.compile does not specialise,

@@ -12,14 +12,11 @@
 
 namespace helo_fast::dropout {
 
-// ceil(float(p) * 2^24): for an integer h, h * 2^-24 < float(p) exactly when h < this (the scaling by 2^24 is
-// exact in double). 0 for p = 0 (nothing dropped); at most 2^24 for p < 1.
-inline uint32_t drop_threshold(double p) {
-  return static_cast<uint32_t>(std::ceil(static_cast<double>(static_cast<float>(p)) * 16777216.0));
-}
+// The integer mask threshold of float(p) (mask_hash.h's mask_threshold; this op's launchers call it by this name).
+inline uint32_t drop_threshold(double p) { return mask_threshold(p); }
 
 HELO_HD bool dropped(uint32_t seed, uint32_t index, uint32_t threshold) {
-  return (mask_hash(seed, index, kStreamDropout) >> 8) < threshold;
+  return hash_below(seed, index, kStreamDropout, threshold);
 }
 
 // The op's argument checks (messages name the argument), shared by the CPU and CUDA launchers.

@@ -415,6 +415,19 @@ def test_opcheck_forward_and_backward_ops(sample):
 
 
 @requires_cpp
+def test_backward_fills_no_zero_gradients_for_the_saved_outputs():
+    """The forward's saved outputs (mean, rstd, the [B, H, Lq, Lk] weights, the LayerNorm input) get no gradient:
+    autograd must not materialize zero tensors of their shapes for the backward (memsets of the weights' size)."""
+    t = case(5, 2, 3, 6, 7, 4, None)
+    leaves = [t[n].requires_grad_(True) for n in ("q", "k", "v", "residual")]
+    out = hf.lcd_attention(t["q"], t["k"], t["v"], None, residual=t["residual"], backend="cpp")
+    with torch.profiler.profile(record_shapes=True) as prof:
+        torch.autograd.grad(out.sum(), leaves)
+    filled = [e.input_shapes for e in prof.events() if e.name in ("aten::zeros", "aten::zero_", "aten::fill_")]
+    assert [2, 3, 6, 7] not in [shape for shapes in filled for shape in shapes], filled
+
+
+@requires_cpp
 def test_no_grad_forward_saves_nothing():
     args = op_samples()[0]
     _, _, _, prob, ln_input = torch.ops.helo_fast.lcd_attention_fwd(*args, False)
