@@ -1,8 +1,11 @@
 """Shared inputs and checks of the OT op tests (test_sinkhorn and test_ipot through ot_solver_suite,
-test_gromov_wasserstein)."""
+test_gromov_wasserstein, the convergence / implicit-gradient / OT-value tests)."""
+import warnings
+
 import pytest
 import torch
 
+import helo_fast as hf
 from devices import CPU
 from tolerance import assert_float64_close, assert_within_reference_error
 
@@ -26,17 +29,35 @@ def skip_triton_low_precision_parity(backend, dtype, instead):
                     f"this regularisation the 2x rule is chance; {instead} checks float32 where it is not")
 
 
-def marginal(gen, batch, size):
-    w = torch.rand(batch, size, generator=gen, dtype=torch.float64) + 0.1
-    return w / w.sum(-1, keepdim=True)
+def marginal(gen, batch, size, floor=0.1, zeros=(), mass=1.0):
+    """A float64 marginal [B, size]: U[floor, 1 + floor) entries, those at the ``zeros`` indices (b, i) set to 0,
+    normalised to total ``mass``."""
+    w = torch.rand(batch, size, generator=gen, dtype=torch.float64) + floor
+    for index in zeros:
+        w[index] = 0.0
+    return w / w.sum(-1, keepdim=True) * mass
 
 
-def ot_problem(seed, batch, n, m, dtype=torch.float64, cost_scale=1.0, device=CPU):
-    """Random cost [B, n, m] in [0, cost_scale) and non-uniform marginals a [B, n], b [B, m], on ``device``
-    (drawn on the CPU: the same numbers on every device)."""
-    gen = torch.Generator().manual_seed(seed)
+def draw_ot_problem(gen, batch, n, m, cost_scale=1.0, floor=0.1, a_zeros=(), b_zeros=(), mass=1.0):
+    """float64 cost [B, n, m] in [0, cost_scale) (a float or a [B, 1, 1] tensor: one scale per problem) and
+    marginals a [B, n], b [B, m] (see ``marginal``), drawn from ``gen`` in that order."""
     cost = torch.rand(batch, n, m, generator=gen, dtype=torch.float64) * cost_scale
-    return to_device((cost, marginal(gen, batch, n), marginal(gen, batch, m)), dtype, device)
+    return (cost, marginal(gen, batch, n, floor, a_zeros, mass), marginal(gen, batch, m, floor, b_zeros, mass))
+
+
+def ot_problem(seed, batch, n, m, dtype=torch.float64, cost_scale=1.0, device=CPU, **marginals):
+    """Random cost [B, n, m] in [0, cost_scale) and non-uniform marginals a [B, n], b [B, m] (``marginals``: floor,
+    a_zeros, b_zeros, mass of ``draw_ot_problem``), on ``device`` (drawn on the CPU: the same numbers on every
+    device)."""
+    gen = torch.Generator().manual_seed(seed)
+    return to_device(draw_ot_problem(gen, batch, n, m, cost_scale, **marginals), dtype, device)
+
+
+def quiet(fn, *args, **kwargs):
+    """fn(*args, **kwargs) with helo_fast's OTConvergenceWarning silenced (tests of what a capped solve returns)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hf.OTConvergenceWarning)
+        return fn(*args, **kwargs)
 
 
 def to_device(tensors, dtype, device):

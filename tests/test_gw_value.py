@@ -11,6 +11,7 @@ from devices import CPU, fast_backend_params, skip_on_the_triton_interpreter, sk
 
 import helo_fast as hf
 import helo_fast.nn
+from ot_cases import marginal
 
 F64 = torch.float64
 OP = "gromov_wasserstein"
@@ -32,12 +33,8 @@ def problem(batch=2, n=4, m=5, seed=0, zeros=False, mass=1.0, device=CPU):
     gen = torch.Generator().manual_seed(seed)
     cs = symmetric(torch.rand(batch, n, n, generator=gen, dtype=F64))
     ct = symmetric(torch.rand(batch, m, m, generator=gen, dtype=F64))
-    a = torch.rand(batch, n, generator=gen, dtype=F64) + 0.2
-    b = torch.rand(batch, m, generator=gen, dtype=F64) + 0.2
-    if zeros:
-        a[0, 1] = 0.0
-        b[1, 3] = 0.0
-    a, b = a / a.sum(-1, keepdim=True) * mass, b / b.sum(-1, keepdim=True) * mass
+    a = marginal(gen, batch, n, 0.2, [(0, 1)] if zeros else (), mass)
+    b = marginal(gen, batch, m, 0.2, [(1, 3)] if zeros else (), mass)
     return [t.to(device) for t in (cs, ct, a, b)]
 
 

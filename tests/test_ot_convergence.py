@@ -11,27 +11,15 @@ import torch
 import helo_fast as hf
 from helo_fast import _backend
 from helo_fast._convergence import CHECK_EVERY
+from ot_cases import ot_problem, quiet
 
 BACKENDS = ["reference"] + (["cpp"] if _backend.unavailable_reason("cpp", torch.device("cpu")) is None else [])
 F64 = torch.float64
 
 
 def problem(batch=4, n=5, m=7, seed=0, dtype=F64, zero=True):
-    gen = torch.Generator().manual_seed(seed)
-    cost = torch.rand(batch, n, m, generator=gen, dtype=F64)
-    a = torch.rand(batch, n, generator=gen, dtype=F64) + 0.1
-    b = torch.rand(batch, m, generator=gen, dtype=F64) + 0.1
-    if zero:
-        a[0, 1] = 0.0
-        b[-1, 2] = 0.0
-    a, b = a / a.sum(-1, keepdim=True), b / b.sum(-1, keepdim=True)
-    return cost.to(dtype), a.to(dtype), b.to(dtype)
-
-
-def quiet(fn, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", hf.OTConvergenceWarning)
-        return fn(*args, **kwargs)
+    zeros = {"a_zeros": [(0, 1)], "b_zeros": [(-1, 2)]} if zero else {}
+    return ot_problem(seed, batch, n, m, dtype, **zeros)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -4,13 +4,13 @@ per-problem iteration counts and converged flags, plans to 1e-10, the unrolled g
 grad="implicit", sinkhorn_cost, gromov_wasserstein's outer and inner tolerances, the warning / strict, and opcheck of
 the tolerance ops. (tests/test_ot_convergence.py checks the reference and cpp on CPU against POT and at larger
 sizes.)"""
-import warnings
 
 import pytest
 import torch
 
 import helo_fast as hf
 from helo_fast import _ops
+from ot_cases import ot_problem, quiet
 
 OP = "sinkhorn"  # the op the fast_backend fixture checks each backend for
 F64 = torch.float64
@@ -18,21 +18,8 @@ F64 = torch.float64
 
 def mixed_problem(batch=4, n=4, m=5, seed=3, dtype=F64):
     """A small batch whose problems need different counts (cost / reg over two decades), with zero-mass entries."""
-    gen = torch.Generator().manual_seed(seed)
     scale = torch.logspace(1, -1, batch, dtype=F64)[:, None, None]
-    cost = torch.rand(batch, n, m, generator=gen, dtype=F64) * scale
-    a = torch.rand(batch, n, generator=gen, dtype=F64) + 0.1
-    b = torch.rand(batch, m, generator=gen, dtype=F64) + 0.1
-    a[0, 1] = 0.0
-    b[-1, 2] = 0.0
-    a, b = a / a.sum(-1, keepdim=True), b / b.sum(-1, keepdim=True)
-    return cost.to(dtype), a.to(dtype), b.to(dtype)
-
-
-def quiet(fn, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", hf.OTConvergenceWarning)
-        return fn(*args, **kwargs)
+    return ot_problem(seed, batch, n, m, dtype, cost_scale=scale, a_zeros=[(0, 1)], b_zeros=[(-1, 2)])
 
 
 def on(device, *tensors):

@@ -1,7 +1,6 @@
 """hf.sinkhorn_cost and nn.SinkhornLoss (issue 30): the regularised OT value <P, C> + eps KL(P | a bᵀ) of the
 converged plan (against the formula applied to POT's plan) and its envelope gradient (dV/dC = P; dV/da, dV/db
 against float64 central differences in equal-mass directions, finite at zero-mass entries)."""
-import warnings
 
 import ot
 import pytest
@@ -10,20 +9,15 @@ import torch
 import helo_fast as hf
 import helo_fast.nn
 from helo_fast import _backend
+from ot_cases import ot_problem
 
 BACKENDS = ["reference"] + (["cpp"] if _backend.unavailable_reason("cpp", torch.device("cpu")) is None else [])
 F64 = torch.float64
 
 
 def problem(batch=2, n=4, m=5, seed=0, zeros=False, mass=1.0):
-    gen = torch.Generator().manual_seed(seed)
-    cost = torch.rand(batch, n, m, generator=gen, dtype=F64)
-    a = torch.rand(batch, n, generator=gen, dtype=F64) + 0.2
-    b = torch.rand(batch, m, generator=gen, dtype=F64) + 0.2
-    if zeros:
-        a[0, 1] = 0.0
-        b[1, 3] = 0.0
-    return cost, a / a.sum(-1, keepdim=True) * mass, b / b.sum(-1, keepdim=True) * mass
+    zero_entries = {"a_zeros": [(0, 1)], "b_zeros": [(1, 3)]} if zeros else {}
+    return ot_problem(seed, batch, n, m, floor=0.2, mass=mass, **zero_entries)
 
 
 def kl_value(plan, cost, a, b, eps):

@@ -9,6 +9,8 @@ import torch
 
 import helo_fast as hf
 from helo_fast import _backend
+from ot_cases import draw_ot_problem, to_device
+from devices import CPU
 
 BACKENDS = ["reference"] + (["cpp"] if _backend.unavailable_reason("cpp", torch.device("cpu")) is None else [])
 F64 = torch.float64
@@ -16,14 +18,10 @@ F64 = torch.float64
 
 def problem(n, m, batch=2, seed=0, zeros=False, dtype=F64):
     gen = torch.Generator().manual_seed(seed)
-    cost = torch.rand(batch, n, m, generator=gen, dtype=F64)
-    a = torch.rand(batch, n, generator=gen, dtype=F64) + 0.2
-    b = torch.rand(batch, m, generator=gen, dtype=F64) + 0.2
-    if zeros:
-        a[0, 1] = 0.0
-        b[1, 0] = 0.0
-    return (cost.to(dtype), (a / a.sum(-1, keepdim=True)).to(dtype), (b / b.sum(-1, keepdim=True)).to(dtype),
-            torch.randn(batch, n, m, generator=gen, dtype=F64).to(dtype))
+    zero_entries = {"a_zeros": [(0, 1)], "b_zeros": [(1, 0)]} if zeros else {}
+    cost, a, b = draw_ot_problem(gen, batch, n, m, floor=0.2, **zero_entries)
+    weight = torch.randn(batch, n, m, generator=gen, dtype=F64)
+    return to_device((cost, a, b, weight), dtype, CPU)
 
 
 def gradients(cost, a, b, weight, **kwargs):
