@@ -62,6 +62,26 @@ def is_check_point(k: int, n_iters: int) -> bool:
     return k % CHECK_EVERY == 0 or k == n_iters
 
 
+class StopState(NamedTuple):
+    """The reference solvers' per-problem stopping state: which problems still run [B] bool, the iteration each
+    stopped at [B] int64 (the cap until it stops), and its last measured violation [B]."""
+    active: torch.Tensor
+    iterations: torch.Tensor
+    violation: torch.Tensor
+
+    @classmethod
+    def start(cls, batch: int, n_iters: int, dtype: torch.dtype, device: torch.device) -> "StopState":
+        return cls(torch.ones(batch, dtype=torch.bool, device=device),
+                   torch.full((batch,), n_iters, dtype=torch.int64, device=device),
+                   torch.zeros(batch, dtype=dtype, device=device))
+
+    def checked(self, k: int, current: torch.Tensor, tol: float) -> "StopState":
+        """After the test at iteration ``k``: running problems record ``current`` [B]; those <= tol stop at k."""
+        done = self.active & (current <= tol)
+        return StopState(self.active & ~done, torch.where(done, k, self.iterations),
+                         torch.where(self.active, current, self.violation))
+
+
 def report(op: str, info, *, tol: float, cap: str, strict: bool, implicit: bool = False) -> None:
     """Warn once (OTConvergenceWarning), or raise OTConvergenceError with ``strict``, when some problem of ``info``
     did not converge. ``cap`` names the iteration cap in the message (e.g. "n_iters=100")."""

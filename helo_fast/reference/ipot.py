@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .._convergence import is_check_point
+from .._convergence import StopState, is_check_point
 from .._ot_finish import finish_ipot
 from .._validation import validate_ot
 from .log_domain import detach_if, log_marginal, log_ratio, logsumexp
@@ -45,10 +45,7 @@ def solve(cost, a, b, *, beta, n_iters, tol, grad):
     log_kernel = -cost / beta
     log_plan = torch.zeros_like(cost)
     log_sigma = torch.full_like(log_b, -math.log(cost.shape[2]))
-    batch = cost.shape[0]
-    active = torch.ones(batch, dtype=torch.bool, device=cost.device)
-    iterations = torch.full((batch,), n_iters, dtype=torch.int64, device=cost.device)
-    violation = torch.zeros(batch, dtype=cost.dtype, device=cost.device)
+    state = StopState.start(cost.shape[0], n_iters, cost.dtype, cost.device)
     for k in range(1, n_iters + 1):
         log_q = log_kernel + log_plan
         log_delta = log_ratio(log_a, logsumexp(log_q + log_sigma[:, None, :], dim=2))
@@ -57,15 +54,11 @@ def solve(cost, a, b, *, beta, n_iters, tol, grad):
         if tol is None:
             log_plan, log_sigma = log_plan_next, log_sigma_next
             continue
-        log_plan = torch.where(active[:, None, None], log_plan_next, log_plan)
-        log_sigma = torch.where(active[:, None], log_sigma_next, log_sigma)
+        log_plan = torch.where(state.active[:, None, None], log_plan_next, log_plan)
+        log_sigma = torch.where(state.active[:, None], log_sigma_next, log_sigma)
         if is_check_point(k, n_iters):
-            current = row_violation(log_plan.detach(), a.detach())
-            violation = torch.where(active, current, violation)
-            done = active & (current <= tol)
-            iterations = torch.where(done, k, iterations)
-            active = active & ~done
-            if not bool(active.any()):
+            state = state.checked(k, row_violation(log_plan.detach(), a.detach()), tol)
+            if not bool(state.active.any()):
                 break
     plan = torch.exp(log_plan)
-    return (plan, None, None) if tol is None else (plan, iterations, violation)
+    return (plan, None, None) if tol is None else (plan, state.iterations, state.violation)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._convergence import OTInfo, is_check_point
+from .._convergence import StopState, is_check_point
 from .._ot_finish import finish_sinkhorn
 from .._validation import validate_ot
 from .log_domain import detach_if, log_marginal, log_ratio, logsumexp
@@ -45,25 +45,18 @@ def solve(cost, a, b, *, eps, n_iters, tol, grad):
     log_a, log_b = log_marginal(a), log_marginal(b)
     f = torch.zeros_like(log_a)
     g = torch.zeros_like(log_b)
-    batch = cost.shape[0]
-    active = torch.ones(batch, dtype=torch.bool, device=cost.device)
-    iterations = torch.full((batch,), n_iters, dtype=torch.int64, device=cost.device)
-    violation = torch.zeros(batch, dtype=cost.dtype, device=cost.device)
+    state = StopState.start(cost.shape[0], n_iters, cost.dtype, cost.device)
     for k in range(1, n_iters + 1):
         g_next = eps * log_ratio(log_b, logsumexp((f[:, :, None] - cost) / eps, dim=1))
         f_next = eps * log_ratio(log_a, logsumexp((g_next[:, None, :] - cost) / eps, dim=2))
         if tol is None:
             f, g = f_next, g_next
             continue
-        f = torch.where(active[:, None], f_next, f)
-        g = torch.where(active[:, None], g_next, g)
+        f = torch.where(state.active[:, None], f_next, f)
+        g = torch.where(state.active[:, None], g_next, g)
         if is_check_point(k, n_iters):
-            current = column_violation(cost.detach(), f.detach(), g.detach(), eps, b.detach())
-            violation = torch.where(active, current, violation)
-            done = active & (current <= tol)
-            iterations = torch.where(done, k, iterations)
-            active = active & ~done
-            if not bool(active.any()):
+            state = state.checked(k, column_violation(cost.detach(), f.detach(), g.detach(), eps, b.detach()), tol)
+            if not bool(state.active.any()):
                 break
     plan = torch.exp((f[:, :, None] + g[:, None, :] - cost) / eps)
-    return (plan, f, g, None, None) if tol is None else (plan, f, g, iterations, violation)
+    return (plan, f, g, None, None) if tol is None else (plan, f, g, state.iterations, state.violation)
