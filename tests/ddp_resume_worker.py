@@ -4,6 +4,9 @@ stopped right after the checkpoint of an epoch (as a kill there would), or resum
 Usage: torchrun ... ddp_resume_worker.py CHECKPOINT_DIR OUTPUT_JSON [--stop-after EPOCH] [--resume]
 """
 import argparse
+import glob
+import os
+import sys
 
 from helo_fast.data import FeatureLayout, make_synthetic_dataset
 from helo_fast.models import HeLoConfig
@@ -37,6 +40,16 @@ def main():
         run_experiment(data, model, cfg, on_epoch_end=stop)
     except Stop:
         pass
+    # The run destroyed its process group, joining gloo's threads: one still alive could take the GIL while the
+    # interpreter finalizes, which aborts the process (it did, now and then, under DistributedDataParallel).
+    left = [name for name in thread_names() if "gloo" in name]
+    if left:
+        sys.exit(f"rank {os.environ.get('RANK')}: gloo threads outlived the run: {left}")
+
+
+def thread_names():
+    """This process's thread names (Linux); empty elsewhere."""
+    return [open(path).read().strip() for path in glob.glob("/proc/self/task/*/comm")]
 
 
 if __name__ == "__main__":

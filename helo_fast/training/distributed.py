@@ -40,15 +40,21 @@ def init_distributed(device: torch.device) -> DistContext:
         return DistContext()
     owns_group = not dist.is_initialized()
     if owns_group:
+        # Imported after the group exists, torch._dynamo (which the optimizers and DistributedDataParallel import
+        # on first use) keeps references to it (torch 2.13), so destroy_process_group would leave its threads alive.
+        import torch._dynamo  # noqa: F401
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistContext(dist.get_rank(), dist.get_world_size(), owns_group)
 
 
 def close_distributed(ctx: DistContext) -> None:
-    """Destroy the process group ``init_distributed`` created (a group the caller made is left alone).
+    """Destroy the process group ``init_distributed`` created (a group the caller made is left alone), joining its
+    worker threads.
 
-    A process that exits with the group alive can abort at exit ("terminate called without an active
-    exception": gloo's worker threads outlive the interpreter), failing a run that had finished.
+    A process that exits with the group alive can abort at exit ("terminate called without an active exception"):
+    a gloo worker thread that releases a finished collective's tensors takes the GIL, and a thread that asks for it
+    while the interpreter finalizes is ended in the middle of C++ code. tests/ddp_resume_worker.py checks that no
+    gloo thread outlives a run.
     """
     if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()
