@@ -17,4 +17,5 @@ from .metrics import edl_metrics
 from .nn import convert, revert
 
 __all__ = ["sinkhorn", "ipot", "gromov_wasserstein", "lcd_attention", "seeded_dropout", "sinkhorn_cost",
-           "gromov_wasserstein_cost", "edl_metrics", "env_report", "convert", "revert", "__version__"]
+           "gromov_wasserstein_cost", "OTInfo", "GWInfo", "OTConvergenceWarning", "OTConvergenceError", "edl_metrics",
+           "env_report", "convert", "revert", "__version__"]
