@@ -11,7 +11,6 @@ output comes from these two runs.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import platform
 import time

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import helo_fast as hf
-from helo_fast import _backend, _ext, reference
+from helo_fast import _backend, _ext
 from autocast_cases import (ATTENTION_ARGS, LOW_DTYPES, MASKS, assert_backend_within_reference_error, attention_call,
                             attention_inputs, low_precision_costs, ot_call, ot_inputs, value_and_grads)
 from devices import cpp_devices, seeded_weights, triton_devices

@@ -21,7 +21,7 @@ import torch
 from crafted import byte_mutations
 from crafted_run import load_in_child
 from helo_fast.cli import main
-from helo_fast.training.checkpoint import MAGIC, CheckpointError, atomic_save, load_checked, previous_path
+from helo_fast.training.checkpoint import MAGIC, atomic_save, load_checked, previous_path
 from helo_fast.training.plain_state import split_state
 from test_train import CLI_DATA, CLI_MODEL
 

@@ -88,7 +88,8 @@ def test_cpp_counts_and_plans_equal_the_reference(op):
                            **kwargs)
         assert info.iterations.tolist() == ref_info.iterations.tolist()
         assert info.converged.tolist() == ref_info.converged.tolist()
-        torch.testing.assert_close(fast, ref, rtol=1e-10 if dtype == F64 else 1e-4, atol=1e-13 if dtype == F64 else 1e-6)
+        torch.testing.assert_close(fast, ref, rtol=1e-10 if dtype == F64 else 1e-4,
+                                   atol=1e-13 if dtype == F64 else 1e-6)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -202,7 +203,7 @@ def test_bad_stopping_arguments_name_themselves(backend):
 
 
 def test_empty_batch():
-    cost, a, b = torch.zeros(0, 3, 4, dtype=F64), torch.zeros(0, 3, dtype=F64), torch.zeros(0, 4, dtype=F64)
+    cost = torch.zeros(0, 3, 4, dtype=F64)
     for backend in BACKENDS:
         plan, info = hf.sinkhorn(cost, None, None, eps=0.1, n_iters=10, tol=1e-6, return_info=True, backend=backend)
         assert plan.shape == (0, 3, 4) and info.iterations.shape == (0,)

@@ -96,7 +96,7 @@ def coverage_problems(records, kernels) -> list[str]:
             for key, value in launch["kwargs"].items():
                 seen[launch["kernel"]].setdefault(key, set()).add(value)
     for name, values in seen.items():
-        if not values and not any(l["kernel"] == name for r in records for l in r["launches"]):
+        if not values and not any(launch["kernel"] == name for r in records for launch in r["launches"]):
             problems.append(f"{name}: no case launches it (add one to benchmarks/gpu_audit/cases.py)")
         for key, got in values.items():
             if all(isinstance(v, bool) for v in got):
