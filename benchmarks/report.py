@@ -1,6 +1,7 @@
 """Turn pytest-benchmark JSON into benchmarks/results/<machine>/REPORT.md, PNG plots and the docs' tables.
 
-    python -m benchmarks.report benchmarks/results/latest.json [--out-root benchmarks/results] [--update-readme README.md]
+    python -m benchmarks.report benchmarks/results/latest.json [--out-root benchmarks/results]
+        [--update-readme README.md]
     python -m benchmarks.report benchmarks/results/<machine>/results.json new.json --replace-groups ...
 
 Tables: median time per provider for each benchmark group, and the speed-up of each provider over
@@ -302,7 +303,8 @@ def _new_performance_doc(path: str) -> None:
     """A docs/performance.md with empty CPU and GPU blocks, for a tree that has none yet."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as fh:
-        fh.write(f"# Performance\n\n## On a CPU\n\n{DOC_BEGIN}\n{DOC_END}\n\n## On a GPU\n\n{DOC_GPU_BEGIN}\n{DOC_GPU_END}\n")
+        fh.write(f"# Performance\n\n## On a CPU\n\n{DOC_BEGIN}\n{DOC_END}\n\n"
+                 f"## On a GPU\n\n{DOC_GPU_BEGIN}\n{DOC_GPU_END}\n")
 
 
 def update_docs(readme: str, doc: str, report_path: str, groups: Dict[str, Dict[str, dict]], plots: List[str],

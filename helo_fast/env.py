@@ -20,8 +20,8 @@ def env_report() -> Dict[str, object]:
 
     Returns:
         A dict: "helo_fast", "python", "platform", "torch", "torch_cuda", "cuda_available", "cuda_device",
-        "cpu_threads", "triton", "numpy", "POT" (versions; "not installed" where absent), and "backends", which maps each
-        backend and device (e.g. "cpp[cpu]") to "available" or the reason it is not.
+        "cpu_threads", "triton", "numpy", "POT" (versions; "not installed" where absent), and "backends", which maps
+        each backend and device (e.g. "cpp[cpu]") to "available" or the reason it is not.
 
     Example:
         >>> import helo_fast

@@ -56,8 +56,8 @@ class LCDAttention(reference_modules.LCDAttention):
         super().__init__(d_model, n_heads, ln_eps=ln_eps, bias_before_scale=bias_before_scale)
         self.backend = check_choice("backend", backend, BACKENDS)
 
-    def forward(self, query: torch.Tensor, key_value: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
-                *, dropkey_p: float = 0.0, dropout_p: float = 0.0,
+    def forward(self, query: torch.Tensor, key_value: Optional[torch.Tensor] = None,
+                bias: Optional[torch.Tensor] = None, *, dropkey_p: float = 0.0, dropout_p: float = 0.0,
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """The reference module's forward, with the projections of one input as one GEMM (Q, K, V of a
         self-attention; K, V of a cross-attention): one larger matmul and, in the backward, no sum of the input's

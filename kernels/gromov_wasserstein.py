@@ -195,8 +195,8 @@ def history_buffers(batch, n, m, outer_iters, inner_iters, solver, save, dtype, 
     return [buf(n, dtype, True), buf(m, dtype, True), buf(n, torch.float64, ipot), buf(m, torch.float64, ipot), plans]
 
 
-def gromov_wasserstein_bwd(grad_plan, cs, ct, a, b, h0, h1, h2, h3, plans, eps: float, outer_iters: int, inner_iters: int,
-                           solver: str):
+def gromov_wasserstein_bwd(grad_plan, cs, ct, a, b, h0, h1, h2, h3, plans, eps: float, outer_iters: int,
+                           inner_iters: int, solver: str):
     """Gradient of the unrolled GW plan -> (d_cs [B, n, n], d_ct [B, m, m], d_a [B, n], d_b [B, m])."""
     out_dtype = cs.dtype
     dtype, cs, ct, a, b, scalars, strides = _launch_common(cs, ct, a, b, eps)
@@ -207,7 +207,7 @@ def gromov_wasserstein_bwd(grad_plan, cs, ct, a, b, h0, h1, h2, h3, plans, eps: 
     d_a = torch.empty((batch, n), dtype=dtype, device=cs.device)
     d_b = torch.empty((batch, m), dtype=dtype, device=cs.device)
     _gromov_wasserstein_bwd_kernel[(batch,)](
-        grad_plan, cs, ct, a, b, scalars, *(h.contiguous() for h in (h0, h1, h2, h3, plans)), d_cs, d_ct, d_a, d_b, n, m,
-        outer_iters, inner_iters, *strides, grad_plan.stride(0), grad_plan.stride(1), grad_plan.stride(2),
+        grad_plan, cs, ct, a, b, scalars, *(h.contiguous() for h in (h0, h1, h2, h3, plans)), d_cs, d_ct, d_a, d_b,
+        n, m, outer_iters, inner_iters, *strides, grad_plan.stride(0), grad_plan.stride(1), grad_plan.stride(2),
         SOLVER=SOLVER_IPOT if solver == "ipot" else SOLVER_SINKHORN, BLOCK_N=block_size(n), BLOCK_M=block_size(m))
     return tuple(t.to(out_dtype) for t in (d_cs, d_ct, d_a, d_b))

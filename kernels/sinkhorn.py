@@ -18,7 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from helo_fast.kernels.ot_tiles import CHECK_EVERY, _load_problem, _log_ratio, _lse, _over_marginal, _prepare, _softmax_masked
+from helo_fast.kernels.ot_tiles import (CHECK_EVERY, _load_problem, _log_ratio, _lse, _over_marginal, _prepare,
+                                        _softmax_masked)
 from helo_fast.kernels.triton_utils import autotune_num_warps, block_size, scalar_tensor
 
 

@@ -120,7 +120,8 @@ def subject_dependent_splits(dataset: EmotionDataset, *, test_fraction: float = 
                              "the subject-dependent protocol needs at least 2")
         order = np.random.default_rng([seed, subject]).permutation(rows)
         n_test = min(max(1, int(round(test_fraction * len(rows)))), len(rows) - 1)
-        splits.append(Split(f"subject {dataset.subject_ids[subject]}", np.sort(order[n_test:]), np.sort(order[:n_test])))
+        splits.append(Split(f"subject {dataset.subject_ids[subject]}", np.sort(order[n_test:]),
+                            np.sort(order[:n_test])))
     return splits
 
 

@@ -51,7 +51,8 @@ def _subject_files(path: str):
     if not os.path.exists(path):
         raise FileNotFoundError(f"DMER path {path!r} does not exist (expected a directory of <subject_id>.mat files)")
     if not os.path.isdir(path):
-        raise NotADirectoryError(f"DMER path {path!r} is not a directory (expected a directory of <subject_id>.mat files)")
+        raise NotADirectoryError(f"DMER path {path!r} is not a directory "
+                                 "(expected a directory of <subject_id>.mat files)")
     found = {}
     for entry in os.listdir(path):
         stem, ext = os.path.splitext(entry)
@@ -94,7 +95,8 @@ def load_dmer_subject(file: str, *, layout: FeatureLayout = DMER_LAYOUT, trial_i
     vids = vids.astype(np.int64)
     dis_label = np.asarray(mat["dis_label"], dtype=np.float64)
     if dis_label.ndim != 2 or dis_label.shape[1] != layout.n_classes:
-        raise ValueError(f"{where}: field 'dis_label' must have shape [trials, {layout.n_classes}], got {dis_label.shape}")
+        raise ValueError(f"{where}: field 'dis_label' must have shape [trials, {layout.n_classes}], "
+                         f"got {dis_label.shape}")
     base = trial_index_base if trial_index_base is not None else (0 if (vids == 0).any() else 1)
     trials = vids - base
     if trials.min() < 0 or trials.max() >= dis_label.shape[0]:

@@ -64,7 +64,8 @@ def make_synthetic_dataset(n_subjects: int = 8, trials_per_subject: int = 20, ro
 
     blocks = layout.block_slices()
     block_visibility = {"eeg": visible_physio, "gsr": visible_physio, "ppg": visible_physio, "video": visible_video}
-    projections = {name: rng.standard_normal((n_classes, cols.stop - cols.start)) / np.sqrt(block_visibility[name].sum())
+    projections = {name: rng.standard_normal((n_classes, cols.stop - cols.start))
+                   / np.sqrt(block_visibility[name].sum())
                    for name, cols in blocks.items()}
 
     n_trials = n_subjects * trials_per_subject

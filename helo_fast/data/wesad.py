@@ -117,7 +117,8 @@ def read_quest_csv(file: str) -> Dict[int, np.ndarray]:
         raise ValueError(f"WESAD questionnaire {file!r}: needs a '# ORDER' row and '# PANAS' rows")
     conditions = [QUEST_ORDER_NAMES[name] for name in order if name in QUEST_ORDER_NAMES]
     if len(conditions) != len(panas):
-        raise ValueError(f"WESAD questionnaire {file!r}: {len(panas)} PANAS rows for {len(conditions)} conditions in '# ORDER'")
+        raise ValueError(f"WESAD questionnaire {file!r}: {len(panas)} PANAS rows for {len(conditions)} "
+                         "conditions in '# ORDER'")
     grouped: Dict[int, list] = {}
     for cond, items in zip(conditions, panas):
         grouped.setdefault(cond, []).append(items)
@@ -170,7 +171,8 @@ def load_wesad_subject(folder: str, subject: str, *, window_s: float = 10.0, ecg
         raise ValueError(f"{where}: no PANAS answers: neither a 'questionnaire' entry nor {quest_csv}")
     for cond, items in panas.items():
         if len(items) < n_items:
-            raise ValueError(f"{where}: PANAS vector of condition {cond} has {len(items)} items, need n_items={n_items}")
+            raise ValueError(f"{where}: PANAS vector of condition {cond} has {len(items)} items, "
+                             f"need n_items={n_items}")
 
     win = int(round(window_s * CHEST_HZ))
     rows, labels, conds = [], [], []

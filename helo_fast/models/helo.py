@@ -180,7 +180,8 @@ class HeLo(nn.Module):
         """x [B, F] -> (E, G, P [B, N, d], H_b [B, 2N, d]) (HELO_SPEC §2)."""
         cfg = self.config
         if x.dim() != 2 or x.shape[1] != cfg.n_features:
-            raise ValueError(f"x must have shape [B, {cfg.n_features}] (eeg|gsr|ppg|video features), got {tuple(x.shape)}")
+            raise ValueError(f"x must have shape [B, {cfg.n_features}] (eeg|gsr|ppg|video features), "
+                             f"got {tuple(x.shape)}")
         cols, batch, n, d = cfg.feature_slices(), x.shape[0], cfg.n_channels, cfg.d_model
         eeg = self.eeg_tokenizer(x[:, cols["eeg"]].reshape(batch, n, cfg.band_features))
         gsr = self.gsr_tokenizer(x[:, cols["gsr"]]).view(batch, n, d)

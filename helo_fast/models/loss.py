@@ -18,8 +18,8 @@ def target_correlation(target: torch.Tensor) -> torch.Tensor:
     return unit[:, :, None] * unit[:, None, :]
 
 
-def helo_loss(output: HeLoOutput, target: torch.Tensor, *, kl_reduction: str = "batchmean",
-              lambda_corr: float = 1.0, batch_total: Optional[int] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+def helo_loss(output: HeLoOutput, target: torch.Tensor, *, kl_reduction: str = "batchmean", lambda_corr: float = 1.0,
+              batch_total: Optional[int] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Total loss and its parts {"kl", "corr"}.
 
     output: HeLoOutput (log_probs [B, C], label_correlation R_hat [C, C], or [B, C, C] with one per sample);

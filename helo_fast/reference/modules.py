@@ -40,8 +40,8 @@ class LCDAttention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.n_heads, self.d_model // self.n_heads).transpose(1, 2)
 
-    def forward(self, query: torch.Tensor, key_value: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
-                *, dropkey_p: float = 0.0, dropout_p: float = 0.0,
+    def forward(self, query: torch.Tensor, key_value: Optional[torch.Tensor] = None,
+                bias: Optional[torch.Tensor] = None, *, dropkey_p: float = 0.0, dropout_p: float = 0.0,
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """query: [B, Lq, d]; key_value: [B, Lk, d] (None = self-attention); bias broadcastable to
         [B, H, Lq, Lk]. The caller passes dropkey_p/dropout_p = 0 when the mask should be off.
@@ -68,7 +68,8 @@ class GromovWasserstein(nn.Module):
     def __init__(self, *, eps: float = 0.1, outer_iters: int = 5, inner_iters: int = 20, solver: str = "ipot",
                  grad: str = "none"):
         super().__init__()
-        self.eps, self.outer_iters, self.inner_iters, self.solver, self.grad = eps, outer_iters, inner_iters, solver, grad
+        self.eps, self.outer_iters, self.inner_iters = eps, outer_iters, inner_iters
+        self.solver, self.grad = solver, grad
 
     def forward(self, cs: torch.Tensor, ct: torch.Tensor) -> torch.Tensor:
         """cs [B, n, n], ct [B, m, m] -> plan [B, n, m]."""
