@@ -49,7 +49,8 @@ def probs_and_gradient(backend, device, seed, autocast_dtype=None):
 def autocast_cases():
     cpu = [pytest.param(torch.device("cpu"), torch.bfloat16, id="cpu-bf16")]
     cuda = [pytest.param(*p.values[:1], dtype, id=f"cuda-{name}", marks=p.marks)
-            for p in cpp_devices(include_cpu=False) for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "f16"))]
+            for p in cpp_devices(include_cpu=False)
+            for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "f16"))]
     return cpu + cuda
 
 

@@ -135,7 +135,8 @@ def test_summary_row_is_the_fastest_fused_provider_in_float32_against_the_best_p
                                            row("cpp", 0.001, batch=64)])
     table, left_out = report.summary_table(report.group_rows(report.load_rows(json.loads(open(path).read()))))
     assert left_out == 0
-    assert table.splitlines()[2:] == ["| attn B=128 fwd | 40 ms | triton 8 ms | 5.00x | 2.50x | 3.12x (torch_dropout) |"]
+    assert table.splitlines()[2:] == [
+        "| attn B=128 fwd | 40 ms | triton 8 ms | 5.00x | 2.50x | 3.12x (torch_dropout) |"]
 
 
 def test_a_group_split_across_runs_is_an_error(tmp_path):

@@ -87,7 +87,8 @@ def test_splits_cover_rows_without_overlap():
 # --- DMER -----------------------------------------------------------------------------------------
 def _write_dmer(folder, subject, rows=6, trials=3, base=1, seed=0, **overrides):
     rng = np.random.default_rng(seed)
-    fields = {"feas": rng.standard_normal((rows, 913)), "vids": (np.arange(rows) % trials + base)[:, None].astype(float),
+    fields = {"feas": rng.standard_normal((rows, 913)),
+              "vids": (np.arange(rows) % trials + base)[:, None].astype(float),
               "dis_label": rng.uniform(0.1, 5.0, (trials, 10))}
     fields.update(overrides)
     fields = {k: v for k, v in fields.items() if v is not None}

@@ -13,10 +13,10 @@ pytestmark = pytest.mark.xdist_group("torchrun")
 # float64: HeLo's float32 gradient carries ~1e-4 relative rounding error (GW and the cosine graphs amplify it; the
 # reference and the fused model alike), so a float32 DDP run, whose sums are ordered differently, drifts from the
 # single-process run by about that much within a few Adam steps. In float64 the two agree to ~1e-12.
-ARGS = ["train", "--synthetic-subjects", "2", "--synthetic-trials", "6", "--synthetic-rows", "5", "--dtype", "float64", "--protocol", "kfold",
-        "--folds", "2", "--max-splits", "1", "--epochs", "2", "--batch-size", "7", "--config", "dropkey_p=0",
-        "--config", "dropout_p=0", "--config", "d_model=32", "--no-baselines", "--quiet", "--threads", "1",
-        "--device", "cpu"]
+ARGS = ["train", "--synthetic-subjects", "2", "--synthetic-trials", "6", "--synthetic-rows", "5", "--dtype", "float64",
+        "--protocol", "kfold", "--folds", "2", "--max-splits", "1", "--epochs", "2", "--batch-size", "7",
+        "--config", "dropkey_p=0", "--config", "dropout_p=0", "--config", "d_model=32", "--no-baselines", "--quiet",
+        "--threads", "1", "--device", "cpu"]
 
 
 def run(command, tmp_path, name):

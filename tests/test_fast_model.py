@@ -127,7 +127,8 @@ def test_convert_revert_round_trip_keeps_weights_and_outputs():
     x, _ = batch(config, dtype=torch.float64)
     keys, before = list(model.state_dict()), model(x).probs
     assert hf.convert(model) is model
-    assert isinstance(model.physio_attention, fast_nn.LCDAttention) and isinstance(model.ot, fast_nn.FusedGromovWasserstein)
+    assert isinstance(model.physio_attention, fast_nn.LCDAttention)
+    assert isinstance(model.ot, fast_nn.FusedGromovWasserstein)
     assert list(model.state_dict()) == keys
     assert_float64_close(model(x).probs, before)
     hf.revert(model)
@@ -184,7 +185,8 @@ def test_compiled_fast_model_forward_fullgraph():
 
 @pytest.mark.parametrize("make,args", [
     (lambda backend: fast_nn.LCDAttention(8, 2, backend=backend), lambda: (torch.randn(2, 3, 8),)),
-    (lambda backend: fast_nn.FusedGromovWasserstein(backend=backend), lambda: (torch.rand(2, 4, 4), torch.rand(2, 4, 4))),
+    (lambda backend: fast_nn.FusedGromovWasserstein(backend=backend),
+     lambda: (torch.rand(2, 4, 4), torch.rand(2, 4, 4))),
     (lambda backend: fast_nn.FusedSinkhorn(eps=0.1, n_iters=3, backend=backend), lambda: (torch.rand(2, 4, 5),)),
     (lambda backend: fast_nn.FusedDropout(0.5, backend=backend), lambda: (torch.rand(2, 4),)),
 ])

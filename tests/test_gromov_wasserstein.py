@@ -166,8 +166,9 @@ def test_every_cpu_instruction_set_variant_matches_reference(isa):
         "from test_gromov_wasserstein import gw_problem, run\n"
         "for shape in ((2, 8, 3), (2, 36, 36)):\n"
         "    for dtype, with_grad in ((torch.float64, True), (torch.float32, False)):\n"
-        "        assert_parity(run(hf.gromov_wasserstein, 'ipot', backend='cpp'), run(reference.gromov_wasserstein, 'ipot'),\n"
-        "                      gw_problem(4, *shape), dtype, with_grad=with_grad)\n"
+        "        assert_parity(run(hf.gromov_wasserstein, 'ipot', backend='cpp'),\n"
+        "                      run(reference.gromov_wasserstein, 'ipot'), gw_problem(4, *shape), dtype,\n"
+        "                      with_grad=with_grad)\n"
     )
     run_under_isa(isa, script)
 

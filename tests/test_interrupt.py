@@ -53,7 +53,8 @@ def assert_stops_early(call):
     """call() is stopped by SIGINT in a small fraction of its natural duration, measured on this machine now."""
     natural = natural_seconds(call)
     took = seconds_to_stop(call)
-    assert took < STOP_FRACTION * natural, f"stopped {took:.2f} s after the signal; the call alone takes ~{natural:.1f} s"
+    assert took < STOP_FRACTION * natural, (f"stopped {took:.2f} s after the signal; "
+                                            f"the call alone takes ~{natural:.1f} s")
 
 
 def seconds_to_stop(call):

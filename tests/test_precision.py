@@ -1,4 +1,5 @@
-"""helo_fast.training.precision: where bf16-mixed is slower than float32 (a CPU without native bfloat16) it warns once."""
+"""helo_fast.training.precision: where bf16-mixed is slower than float32 (a CPU without native bfloat16) it warns
+once."""
 import warnings
 
 import pytest

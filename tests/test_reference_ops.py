@@ -119,13 +119,15 @@ def test_lcd_attention_at_p0_equals_sdpa_residual_layernorm(bias_shape, bias_bef
     q, k, v = (torch.randn(batch, heads, length, dim, generator=gen, dtype=torch.float64) for length in (lq, lk, lk))
     bias = None if bias_shape is None else torch.randn(bias_shape, generator=gen, dtype=torch.float64)
     residual = torch.randn(batch, lq, heads * dim, generator=gen, dtype=torch.float64)
-    weight, shift = torch.randn(heads * dim, generator=gen, dtype=torch.float64), torch.randn(heads * dim, generator=gen, dtype=torch.float64)
+    weight = torch.randn(heads * dim, generator=gen, dtype=torch.float64)
+    shift = torch.randn(heads * dim, generator=gen, dtype=torch.float64)
     scale = dim ** -0.5
     out = reference.lcd_attention(q, k, v, bias, residual=residual, ln_weight=weight, ln_bias=shift,
                                   bias_before_scale=bias_before_scale)
     mask = None if bias is None else (bias * scale if bias_before_scale else bias)
     attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    expected = F.layer_norm(residual + attn.transpose(1, 2).reshape(batch, lq, heads * dim), (heads * dim,), weight, shift)
+    expected = F.layer_norm(residual + attn.transpose(1, 2).reshape(batch, lq, heads * dim), (heads * dim,), weight,
+                            shift)
     assert_float64_close(out, expected)
 
 

@@ -39,7 +39,8 @@ def small_config(**changes):
 @pytest.mark.slow
 def test_short_run_lowers_loss_and_beats_training_mean():
     data = make_synthetic_dataset(n_subjects=1, trials_per_subject=40, rows_per_trial=5, layout=LAYOUT, seed=0)
-    summary = run_experiment(data, small_config(), TrainConfig(epochs=20, batch_size=16, seed=0, quiet=True, device="cpu"))
+    summary = run_experiment(data, small_config(),
+                             TrainConfig(epochs=20, batch_size=16, seed=0, quiet=True, device="cpu"))
     history = summary["splits"][0]["history"]
     assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
     assert history[-1]["train_kl"] != history[-1]["kl"]   # training loss parts and test metrics are kept apart
@@ -138,7 +139,8 @@ def test_fused_adam_is_the_default_adam_up_to_rounding():
         assert optimizer.defaults["fused"] is (True if fused else None)
         step.train_step(model, optimizer, x, y)
         params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
-    assert float((params[0] - params[1]).abs().max()) <= 4 * torch.finfo(torch.float32).eps * float(params[1].abs().max())
+    tolerance = 4 * torch.finfo(torch.float32).eps * float(params[1].abs().max())
+    assert float((params[0] - params[1]).abs().max()) <= tolerance
 
 
 def test_16_mixed_is_refused_on_cpu():
@@ -206,7 +208,8 @@ def test_command_line_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["train", "--dataset", "wesad", "--quiet"]) == 2
     assert "needs --data-path" in capsys.readouterr().err
-    savemat(str(tmp_path / "4.mat"), {"feas": np.zeros((3, 10)), "vids": np.ones((3, 1)), "dis_label": np.ones((1, 10))})
+    savemat(str(tmp_path / "4.mat"),
+            {"feas": np.zeros((3, 10)), "vids": np.ones((3, 1)), "dis_label": np.ones((1, 10))})
     assert main(["train", "--dataset", "dmer", "--data-path", str(tmp_path), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "4.mat" in err and "'feas' must have shape" in err
