@@ -50,9 +50,10 @@ def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", tol=None, r
             converged.
         strict: with ``tol``, a problem that reaches ``n_iters`` unconverged raises ``OTConvergenceError`` instead
             of the one ``OTConvergenceWarning`` per call.
-        backend: "auto" (cpp on CPU tensors, the faster of cpp/triton on CUDA tensors, reference when nothing is
-            built), "reference", "cpp" or "triton" (``tol`` runs on every backend and device; a build without the
-            kernels it needs raises ValueError saying so).
+        backend: "auto" (cpp on CPU tensors; on CUDA tensors cpp, or triton where cpp has no CUDA kernels
+            (``_backend.AUTO_CUDA_PREFERENCE``); reference when nothing is built), "reference", "cpp" or "triton"
+            (``tol`` runs on every backend and device; a build without the kernels it needs raises ValueError saying
+            so).
         check_finite: False skips the NaN/inf scan of ``cost`` (one reduction); the marginals are always checked.
 
     Returns:

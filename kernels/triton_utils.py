@@ -45,9 +45,10 @@ def min_num_warps(block_sizes, itemsize: int, tile_bytes_per_thread: int = TILE_
 
 def prune_num_warps(configs, named_args, *, tile_bytes_per_thread: int = TILE_BYTES_PER_THREAD, **kwargs):
     """``early_config_prune`` of the autotuned kernels: drop warp counts below ``min_num_warps`` for this launch's
-    BLOCK_* constexprs and compute dtype (that of the first float tensor argument; keep the largest config if none
-    is left), and counts above 8 unless needed (each config is compiled and timed on a GPU). The GPU audit
-    (benchmarks/gpu_audit) calls the same function, so it compiles exactly the configs a launch can pick."""
+    BLOCK_* constexprs and the element size of the first floating-point tensor argument (its storage dtype, 4 bytes
+    if there is none; keep the largest config if none is left), and counts above 8 unless needed (each config is
+    compiled and timed on a GPU). The GPU audit (benchmarks/gpu_audit) calls the same function, so it compiles
+    exactly the configs a launch can pick."""
     blocks = [v for k, v in kwargs.items() if k.startswith("BLOCK")]
     itemsize = next((t.element_size() for t in named_args.values()
                      if isinstance(t, torch.Tensor) and t.is_floating_point()), 4)

@@ -100,6 +100,51 @@ def test_the_op_index_has_a_row_for_every_public_op():
     assert sorted(rows) == sorted(helo_fast._ops.OPS)
 
 
+
+KERNEL_BODY_BACKENDS = ["reference", "C++ CPU", "CUDA", "Triton"]
+
+
+def _defines(path, name):
+    """Whether the file ``path`` defines ``name``: a Python def or class; a C++/CUDA function (after its return
+    type: a name, its parameters, a body; a call in an ``if`` does not count), struct or class."""
+    text = open(os.path.join(ROOT, path), encoding="utf-8").read()
+    if path.endswith(".py"):
+        return re.search(rf"^\s*(def|class)\s+{name}\b", text, re.M) is not None
+    function = rf"[\w>*&)]\s+{name}\s*\((?:[^;{{}}]|\{{\}})*\)\s*(const\s*)?\{{"   # also with `= {}` defaults
+    return bool(re.search(function, text) or re.search(rf"\b(struct|class)\s+{name}\b", text))
+
+
+def _kernel_body_errors(cell):
+    """What is wrong with one cell of the kernel-body table: it names no file, a file that does not exist, a function
+    before any file, or a function its file does not define. Each `code` span is a path (a file all the names after
+    it belong to) or a function name."""
+    errors, current = [], None
+    for span in re.findall(r"`([^`]+)`", cell):
+        if span.startswith(TOP_LEVEL):
+            current = span
+            if not os.path.isfile(os.path.join(ROOT, span)):
+                errors.append(f"{span} does not exist")
+                current = None
+        elif current is None:
+            errors.append(f"{span} named before its file")
+        elif not _defines(current, span):
+            errors.append(f"{current} does not define {span}")
+    if not re.search(r"`(" + "|".join(re.escape(top) for top in TOP_LEVEL) + ")", cell):
+        errors.append("no file named")
+    return errors
+
+
+def test_the_kernel_body_table_names_existing_files_and_the_functions_they_define():
+    header = open(os.path.join(DOCS, "architecture.md"), encoding="utf-8").read().split("| op | kernel body: ")[1]
+    assert ["kernel body: " + b for b in KERNEL_BODY_BACKENDS] == \
+        ["kernel body: " + cell.strip() for cell in header.split("\n")[0].strip("| ").split("| kernel body: ")]
+    rows = _table("Op index", 1)
+    assert sorted(row[0].strip("`") for row in rows) == sorted(helo_fast._ops.OPS)
+    errors = {(row[0], backend): _kernel_body_errors(cell)
+              for row in rows for backend, cell in zip(KERNEL_BODY_BACKENDS, row[1:], strict=True)}
+    assert {where: e for where, e in errors.items() if e} == {}
+
+
 PUBLIC_OPS = [getattr(helo_fast, name) for name in helo_fast.__all__ if inspect.isfunction(getattr(helo_fast, name))]
 MODULES = [helo_fast.nn.LCDAttention, helo_fast.nn.FusedGromovWasserstein, helo_fast.nn.FusedSinkhorn,
            helo_fast.nn.FusedDropout, helo_fast.nn.SinkhornLoss, helo_fast.nn.GromovWassersteinLoss,
@@ -129,7 +174,7 @@ def _table(section, index=0):
     """The rows of the ``index``-th table of ``## section`` in docs/architecture.md, as lists of cell texts."""
     text = open(os.path.join(DOCS, "architecture.md"), encoding="utf-8").read()
     body = text.split(f"## {section}\n")[1].split("\n## ")[0]
-    tables = [block for block in body.split("\n\n") if block.startswith("|")]
+    tables = [block.strip() for block in body.split("\n\n") if block.strip().startswith("|")]
     rows = [line.split("|")[1:-1] for line in tables[index].splitlines()[2:]]
     return [[cell.strip() for cell in row] for row in rows]
 

@@ -13,7 +13,8 @@
 
 #include "../interrupt.h"
 #include "../ot_checks.h"
-#include "../ot_cpu_solvers.h"
+#include "ipot_solver.h"
+#include "sinkhorn_solver.h"
 
 namespace helo_fast {
 namespace {
@@ -113,7 +114,7 @@ HF_INLINE void transpose(const T* __restrict A, int64_t r, int64_t c, T* __restr
 // the log-domain IPOT backward (history_iterates + 1 of each; 0 for the forward, whose scratch does not grow with
 // the iteration count). Qs: the inner iterates of the scaling-form IPOT backward, kept_iterates of them (0 where
 // unused). The [n, m] matrices and the [m] vectors have room for rows of
-// padded_row_stride<T>(m), the layout of the scaling-form IPOT (ot_cpu_solvers.h).
+// padded_row_stride<T>(m), the layout of the scaling-form IPOT (ipot_solver.h).
 template <typename T>
 struct GromovWassersteinScratch {
   std::vector<T> buf;

@@ -1,6 +1,6 @@
 // Batched log-domain IPOT (HELO_SPEC §4.5) on CPU, forward and unrolled backward.
 // Schemas in csrc/schema.cpp; the CUDA kernel is csrc/cuda/ipot.cu.
-// The backward rebuilds every log-plan from the saved vectors d_k, s_k (see ot_cpu_solvers.h).
+// The backward rebuilds every log-plan from the saved vectors d_k, s_k (see ipot_solver.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -9,7 +9,7 @@
 
 #include "../interrupt.h"
 #include "../ot_checks.h"
-#include "../ot_cpu_solvers.h"
+#include "ipot_solver.h"
 
 namespace helo_fast {
 namespace {

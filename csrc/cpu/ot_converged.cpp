@@ -1,5 +1,5 @@
 // sinkhorn and ipot with a tolerance on CPU (helo_fast.sinkhorn / ipot with tol=): each problem of the batch stops
-// at its own iteration count (csrc/ot_convergence.h); the backward of grad="unrolled" is the fixed-count *_bwd op
+// at its own iteration count (csrc/cpu/ot_convergence.h); the backward of grad="unrolled" is the fixed-count *_bwd op
 // on each problem's own history prefix (helo_fast/_ops/ot_converged.py). Schemas in csrc/schema.cpp.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -9,8 +9,9 @@
 
 #include "../interrupt.h"
 #include "../ot_checks.h"
-#include "../ot_convergence.h"
-#include "../ot_cpu_solvers.h"
+#include "ipot_solver.h"
+#include "ot_convergence.h"
+#include "sinkhorn_solver.h"
 
 namespace helo_fast {
 namespace {

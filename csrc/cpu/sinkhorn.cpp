@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "../interrupt.h"
-#include "../ot_cpu_solvers.h"
 #include "../ot_checks.h"
+#include "sinkhorn_solver.h"
 
 namespace helo_fast {
 namespace {

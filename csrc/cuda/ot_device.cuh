@@ -1,8 +1,8 @@
 // What the CUDA kernels of the OT ops (sinkhorn.cu, ipot.cu, gromov_wasserstein.cu) share: one launch per
 // call, one thread block per problem, the same log-domain iterations as the CPU kernels
-// (csrc/ot_cpu_solvers.h). When the problem's matrices fit in shared memory the whole solve runs on
-// chip: the cost is read once and the plan written once. Larger problems keep the matrices in a global
-// workspace (L2-resident at these sizes) and every log-sum-exp is an online (running max, running sum)
+// (csrc/cpu/sinkhorn_solver.h, csrc/cpu/ipot_solver.h). When the problem's matrices fit in shared memory the
+// whole solve runs on chip: the cost is read once and the plan written once. Larger problems keep the matrices in a
+// global workspace (L2-resident at these sizes) and every log-sum-exp is an online (running max, running sum)
 // reduction, so no pass needs the maximum in advance. Storage dtypes float32/float64/float16/bfloat16,
 // arithmetic in float32 (float64 for float64). The *_bwd ops run the CPU kernels on a host copy of
 // their (small) inputs: a native backward kernel is future work. With a tolerance (sinkhorn_fwd_tol /
@@ -108,8 +108,8 @@ __device__ void column_update(const T* M, const T* v, const T* lhs, T* out, int 
   }
 }
 
-// The convergence test of a solve with a tolerance (helo_fast.sinkhorn / ipot with tol=; csrc/ot_convergence.h and
-// helo_fast/_convergence.py define it): after every kCheckEvery-th iteration and the cap the block measures the
+// The convergence test of a solve with a tolerance (helo_fast.sinkhorn / ipot with tol=; csrc/cpu/ot_convergence.h
+// and helo_fast/_convergence.py define it): after every kCheckEvery-th iteration and the cap the block measures the
 // problem's marginal violation, the L1 error of its columns (Sinkhorn) or rows (IPOT), and stops once it is <= tol.
 constexpr int kCheckEvery = 10;  // helo_fast._convergence.CHECK_EVERY
 

@@ -10,7 +10,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "cpu_math.h"
+#include "../cpu_math.h"
 
 namespace helo_fast::ot_cpu {
 using namespace cpu_math;  // the shared math (csrc/cpu_math.h)

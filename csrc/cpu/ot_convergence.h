@@ -1,6 +1,7 @@
-// The OT solvers of ot_cpu_solvers.h with a convergence test (the `tol` of helo_fast.sinkhorn / ipot): the same
-// iterations, and after every kCheckEvery-th iteration and the cap each problem measures its marginal violation and
-// stops once it is <= tol. The test is helo_fast/_convergence.py's (the reference computes the same numbers):
+// The OT solvers of sinkhorn_solver.h and ipot_solver.h with a convergence test (the `tol` of helo_fast.sinkhorn /
+// ipot): the same iterations, and after every kCheckEvery-th iteration and the cap each problem measures its
+// marginal violation and stops once it is <= tol. The test is helo_fast/_convergence.py's (the reference computes
+// the same numbers):
 //   Sinkhorn: sum_j |sum_i P_ij - b_j| (the rows are exact after each iteration's row update);
 //   IPOT:     sum_i |sum_j T_ij - a_i| (the columns are exact after each iteration's column update).
 // Like the fixed-count solvers, each runs in scaling form first and reports false where ExactnessGuard fails (the
@@ -11,7 +12,8 @@
 #include <cmath>
 #include <cstdint>
 
-#include "ot_cpu_solvers.h"
+#include "ipot_solver.h"
+#include "sinkhorn_solver.h"
 
 namespace helo_fast::ot_cpu {
 
