@@ -237,7 +237,7 @@ def _mask_mode(p: float, mask, dtype: torch.dtype):
     return (MASK_HASH if p > 0 else MASK_NONE), None
 
 
-def _launch_args(q, k, v, bias, residual, scale, dropkey_p, dropout_p, ln_eps, seed, dropkey_mask, dropout_mask):
+def _launch_args(q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_eps, seed, dropkey_mask, dropout_mask):
     """Common preparation of the forward and backward launches (compute dtype, layouts, scalars)."""
     dtype = compute_dtype(q.dtype)
     batch, heads, lq, dim = q.shape
@@ -267,16 +267,17 @@ def _launch_args(q, k, v, bias, residual, scale, dropkey_p, dropout_p, ln_eps, s
     return dtype, tensors, strides, flags
 
 
-def lcd_attention_fwd(q, k, v, bias, residual, ln_weight, ln_bias, scale: float, dropkey_p: float,
-                      dropout_p: float, ln_eps: float, bias_before_scale: bool, seed, dropkey_mask, dropout_mask):
-    """Fused attention forward -> out [B, Lq, H*D] (see helo_fast.reference.lcd_attention).
+def lcd_attention_fwd(q, k, v, bias, scale: float, dropkey_p: float, dropout_p: float, residual, ln_weight, ln_bias,
+                      ln_eps: float, bias_before_scale: bool, seed, dropkey_mask, dropout_mask):
+    """Fused attention forward -> out [B, Lq, H*D] (see helo_fast.reference.lcd_attention); the arguments in the
+    op's one order (helo_fast._ops.lcd_attention.OP_ARGS).
 
     q [B, H, Lq, D]; k, v [B, H, Lk, D]; bias broadcastable to [B, H, Lq, Lk] or None; residual
     [B, Lq, H*D] or None; ln_weight / ln_bias [H*D] or None; seed: int64 tensor [1] (used where a
     probability is > 0 and no explicit bool mask [B, H, Lq, Lk] is given).
     """
     batch, heads, lq, dim = q.shape
-    dtype, t, strides, flags = _launch_args(q, k, v, bias, residual, scale, dropkey_p, dropout_p, ln_eps, seed,
+    dtype, t, strides, flags = _launch_args(q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_eps, seed,
                                             dropkey_mask, dropout_mask)
     out = torch.empty((batch, lq, heads * dim), dtype=dtype, device=q.device)
     lnw = ln_weight.to(dtype).contiguous() if ln_weight is not None else t["q"]
@@ -288,15 +289,17 @@ def lcd_attention_fwd(q, k, v, bias, residual, ln_weight, ln_bias, scale: float,
     return out.to(q.dtype)
 
 
-def lcd_attention_bwd(grad_out, q, k, v, bias, residual, ln_weight, scale: float, dropkey_p: float, dropout_p: float,
-                      ln_eps: float, bias_before_scale: bool, seed, dropkey_mask, dropout_mask):
+def lcd_attention_bwd(grad_out, q, k, v, bias, scale: float, dropkey_p: float, dropout_p: float, residual, ln_weight,
+                      ln_bias, ln_eps: float, bias_before_scale: bool, seed, dropkey_mask, dropout_mask):
     """Fused attention backward (recomputes the forward) -> (dq, dk, dv, dbias, dresidual, dln_weight, dln_bias).
 
-    dbias is summed to ``bias.shape``; entries are None where the input was None.
+    The forward's arguments after grad_out. dbias is summed to ``bias.shape``; entries are None where the input was
+    None. The kernel never reads ln_bias (LayerNorm's input and weight gradients do not depend on it): only whether
+    it is given and its dtype, that of its gradient.
     """
     batch, heads, lq, dim = q.shape
     lk = k.shape[2]
-    dtype, t, strides, flags = _launch_args(q, k, v, bias, residual, scale, dropkey_p, dropout_p, ln_eps, seed,
+    dtype, t, strides, flags = _launch_args(q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_eps, seed,
                                             dropkey_mask, dropout_mask)
     grad_out = grad_out.to(dtype).contiguous()
     dq, dk, dv = (torch.empty_like(t[name]) for name in ("q", "k", "v"))
@@ -304,7 +307,7 @@ def lcd_attention_bwd(grad_out, q, k, v, bias, residual, ln_weight, scale: float
     dres = torch.empty_like(grad_out) if residual is not None else dq
     has_ln = ln_weight is not None
     dlnw = torch.empty((batch, heads * dim), dtype=dtype, device=q.device) if has_ln else dq
-    dlnb = torch.empty((batch, heads * dim), dtype=dtype, device=q.device) if has_ln else dq
+    dlnb = torch.empty((batch, heads * dim), dtype=dtype, device=q.device) if has_ln else dq  # the kernel writes it
     lnw = ln_weight.to(dtype).contiguous() if has_ln else t["q"]
     _lcd_attention_bwd_kernel[(batch,)](
         grad_out, t["q"], t["k"], t["v"], t["bias"], t["res"], lnw, t["dropkey_mask"], t["dropout_mask"], t["seed"],
@@ -315,4 +318,4 @@ def lcd_attention_bwd(grad_out, q, k, v, bias, residual, ln_weight, scale: float
             dbias.sum_to_size(bias.shape).to(out_dtype) if bias is not None else None,
             dres.to(out_dtype) if residual is not None else None,
             dlnw.sum(0).to(ln_weight.dtype) if has_ln else None,
-            dlnb.sum(0).to(ln_weight.dtype) if has_ln else None)
+            dlnb.sum(0).to(ln_bias.dtype) if ln_bias is not None else None)
