@@ -11,7 +11,8 @@
 
 namespace helo_fast::attention {
 
-// Mask modes: no mask, the seeded hash mask, or an explicit bool tensor [B, H, Lq, Lk].
+// Mask modes: no mask, the seeded hash mask, or an explicit bool tensor [B, H, Lq, Lk]; the values and the rule
+// (mask_mode below) of helo_fast/_rng.py MASK_* / mask_mode, which decides them for every backend.
 enum MaskMode : int { kNoMask = 0, kSeededMask = 1, kExplicitMask = 2 };
 
 // Everything a kernel needs besides the tensors. Strides are in elements; bias strides are those of

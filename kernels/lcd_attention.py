@@ -15,13 +15,10 @@ import triton
 import triton.language as tl
 
 from helo_fast._numerics import compute_dtype, dropkey_value
-from helo_fast._rng import STREAM_DROPKEY, STREAM_DROPOUT
+from helo_fast._rng import MASK_EXPLICIT, MASK_NONE, STREAM_DROPKEY, STREAM_DROPOUT, mask_mode
 from helo_fast.kernels.mask_hash import _hash_uniform
 from helo_fast.kernels.triton_utils import autotune_num_warps, block_size, scalar_tensor
 
-MASK_NONE = 0
-MASK_HASH = 1
-MASK_TENSOR = 2
 _STREAM_DROPKEY = tl.constexpr(STREAM_DROPKEY)
 _STREAM_DROPOUT = tl.constexpr(STREAM_DROPOUT)
 # Warps: a program keeps about eight tiles as large as its largest (q, k, v, the output, the gradients) and its
@@ -34,7 +31,7 @@ _AUTOTUNE = dict(warps="1,2,4,8,16", tile_bytes_per_thread=32)
 
 @triton.jit
 def _dropped(mode: tl.constexpr, mask_ptr, index, valid, seed, p, STREAM: tl.constexpr):
-    """Bool tile: True where the element is dropped (hash mode: u < p; tensor mode: the mask)."""
+    """Bool tile: True where the element is dropped (mode 1, MASK_SEEDED: u < p; 2, MASK_EXPLICIT: the mask)."""
     if mode == 1:
         return _hash_uniform(index, seed, STREAM) < p
     else:
@@ -229,12 +226,13 @@ def _lcd_attention_bwd_kernel(grad_ptr, q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, 
 
 
 def _mask_mode(p: float, mask, dtype: torch.dtype):
-    """(mask mode, the explicit mask as the kernel reads it, or None)."""
-    if mask is not None:
+    """(mask mode, helo_fast._rng.mask_mode's; the explicit mask as the kernel reads it, or None)."""
+    mode = mask_mode(p, mask)
+    if mode == MASK_EXPLICIT:
         # Triton 3.8 sizes the MMA operands of a tl.dot from the narrowest load feeding them: a uint8 mask makes
         # them 4-wide in k, which its float64 MMA cannot lower (it asserts in MMAv2.cpp). float64 reads int32.
-        return MASK_TENSOR, mask.to(torch.int32 if dtype == torch.float64 else torch.uint8).contiguous()
-    return (MASK_HASH if p > 0 else MASK_NONE), None
+        return mode, mask.to(torch.int32 if dtype == torch.float64 else torch.uint8).contiguous()
+    return mode, None
 
 
 def _launch_args(q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_eps, seed, dropkey_mask, dropout_mask):

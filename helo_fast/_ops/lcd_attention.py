@@ -48,10 +48,8 @@ def _reference_vjp(grad_out, q, k, v, bias, scale, dropkey_p, dropout_p, residua
     fast op used (given, or regenerated from ``seed``), as a differentiable graph: the backward under
     create_graph=True."""
     shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    if dropkey_mask is None and dropkey_p > 0:
-        dropkey_mask = _rng.bernoulli_mask(seed, shape, dropkey_p, _rng.STREAM_DROPKEY, q.device)
-    if dropout_mask is None and dropout_p > 0:
-        dropout_mask = _rng.bernoulli_mask(seed, shape, dropout_p, _rng.STREAM_DROPOUT, q.device)
+    dropkey_mask, dropout_mask = _rng.attention_masks_of_seed(seed, shape, dropkey_p, dropout_p, dropkey_mask,
+                                                              dropout_mask, q.device)
     return reference_vjp("lcd_attention", grad_out, (q, k, v, bias, residual, ln_weight, ln_bias),
                          lambda ref: ref(q, k, v, bias, scale=scale, dropkey_p=dropkey_p, dropout_p=dropout_p,
                                          residual=residual, ln_weight=ln_weight, ln_bias=ln_bias, ln_eps=ln_eps,
