@@ -15,12 +15,14 @@ import triton
 import triton.language as tl
 
 from helo_fast._numerics import compute_dtype, dropkey_value
-from helo_fast._rng import MASK_EXPLICIT, MASK_NONE, STREAM_DROPKEY, STREAM_DROPOUT, mask_mode
+from helo_fast._rng import MASK_EXPLICIT, MASK_NONE, MASK_SEEDED, STREAM_DROPKEY, STREAM_DROPOUT, mask_mode
 from helo_fast.kernels.mask_hash import _hash_uniform
 from helo_fast.kernels.triton_utils import autotune_num_warps, block_size, scalar_tensor
 
 _STREAM_DROPKEY = tl.constexpr(STREAM_DROPKEY)
 _STREAM_DROPOUT = tl.constexpr(STREAM_DROPOUT)
+_MASK_NONE = tl.constexpr(MASK_NONE)
+_MASK_SEEDED = tl.constexpr(MASK_SEEDED)
 # Warps: a program keeps about eight tiles as large as its largest (q, k, v, the output, the gradients) and its
 # float32 tl.dot (IEEE: FMA, no tensor cores) holds whole K rows of its operands per thread. At the shared rule
 # (128 B of the largest tile per thread) HeLo's 64 x 128 tiles got 8 warps and spilled 14 KiB per thread in the
@@ -31,8 +33,8 @@ _AUTOTUNE = dict(warps="1,2,4,8,16", tile_bytes_per_thread=32)
 
 @triton.jit
 def _dropped(mode: tl.constexpr, mask_ptr, index, valid, seed, p, STREAM: tl.constexpr):
-    """Bool tile: True where the element is dropped (mode 1, MASK_SEEDED: u < p; 2, MASK_EXPLICIT: the mask)."""
-    if mode == 1:
+    """Bool tile: True where the element is dropped (MASK_SEEDED: u < p; MASK_EXPLICIT: the mask)."""
+    if mode == _MASK_SEEDED:
         return _hash_uniform(index, seed, STREAM) < p
     else:
         return tl.load(mask_ptr + index, mask=valid, other=0) != 0
@@ -55,7 +57,7 @@ def _head_weights(q_h, k, bias_ptr, dropkey_mask_ptr, dropout_mask_ptr, seed, dr
     else:
         logits = logits * scale
     index = ((pid * H + h) * Lq + rq[:, None]) * Lk + rk[None, :]
-    if DROPKEY_MODE != 0:
+    if DROPKEY_MODE != _MASK_NONE:
         dropped_key = _dropped(DROPKEY_MODE, dropkey_mask_ptr, index, valid, seed, dropkey_p, _STREAM_DROPKEY)
         # Replaced, not added: a fully dropped row gets uniform weights in every dtype (helo_fast.reference).
         logits = tl.where(dropped_key, dropkey_value, logits)
@@ -63,7 +65,7 @@ def _head_weights(q_h, k, bias_ptr, dropkey_mask_ptr, dropout_mask_ptr, seed, dr
     row_max = tl.max(logits, axis=1)
     e = tl.exp(logits - row_max[:, None])
     probs = e / tl.sum(e, axis=1)[:, None]
-    if DROPOUT_MODE != 0:
+    if DROPOUT_MODE != _MASK_NONE:
         keep = tl.where(_dropped(DROPOUT_MODE, dropout_mask_ptr, index, valid, seed, dropout_p, _STREAM_DROPOUT), 0.0,
                         1.0)
     else:
