@@ -11,7 +11,8 @@
 
 namespace helo_fast::attention {
 
-// Mask modes: no mask, the seeded hash mask, or an explicit bool tensor [B, H, Lq, Lk].
+// Mask modes: no mask, the seeded hash mask, or an explicit bool tensor [B, H, Lq, Lk]; the values and the rule
+// (mask_mode below) of helo_fast/_rng.py MASK_* / mask_mode, which decides them for every backend.
 enum MaskMode : int { kNoMask = 0, kSeededMask = 1, kExplicitMask = 2 };
 
 // Everything a kernel needs besides the tensors. Strides are in elements; bias strides are those of
@@ -82,6 +83,7 @@ inline int mask_mode(const at::Tensor& explicit_mask, double p) {
   return p > 0 ? kSeededMask : kNoMask;
 }
 
+// make_inputs and make_params take their arguments in the op's order (csrc/schema.cpp), tensors and scalars apart.
 inline Inputs make_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
                           const std::optional<at::Tensor>& ln_weight, const std::optional<at::Tensor>& ln_bias,
@@ -126,8 +128,8 @@ inline Inputs make_inputs(const at::Tensor& q, const at::Tensor& k, const at::Te
 }
 
 
-inline Params make_params(const Inputs& in, double scale, double dropkey_p, double dropout_p, double dropkey_value,
-                          double ln_eps, bool bias_before_scale, int64_t seed) {
+inline Params make_params(const Inputs& in, double scale, double dropkey_p, double dropout_p, double ln_eps,
+                          bool bias_before_scale, int64_t seed, double dropkey_value) {
   Params p{};
   p.batch = in.q.size(0);
   p.heads = in.q.size(1);

@@ -26,16 +26,18 @@ TORCH_LIBRARY(helo_fast, m) {
         "Tensor hist_n, Tensor hist_m, float eps, str solver) -> "
         "(Tensor grad_cs, Tensor grad_ct, Tensor grad_a, Tensor grad_b)");
   // lcd_attention
+  // The public function's argument order (helo_fast.functional.lcd_attention, generator -> seed), then what the
+  // Python layer adds (dropkey_value of the dtype; the forward's save flag, the backward's saved outputs).
   m.def(
-      "lcd_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? bias, Tensor? residual, Tensor? ln_weight, "
-      "Tensor? ln_bias, Tensor? dropkey_mask, Tensor? dropout_mask, float scale, float dropkey_p, float dropout_p, "
-      "float dropkey_value, float ln_eps, bool bias_before_scale, Tensor seed, bool save_for_backward) "
+      "lcd_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? bias, float scale, float dropkey_p, float dropout_p, "
+      "Tensor? residual, Tensor? ln_weight, Tensor? ln_bias, float ln_eps, bool bias_before_scale, Tensor seed, "
+      "Tensor? dropkey_mask, Tensor? dropout_mask, float dropkey_value, bool save_for_backward) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "lcd_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? bias, Tensor? residual, "
-      "Tensor? ln_weight, Tensor? ln_bias, Tensor? dropkey_mask, Tensor? dropout_mask, Tensor mean, Tensor rstd, "
-      "Tensor prob, Tensor ln_input, float scale, float dropkey_p, float dropout_p, float dropkey_value, bool bias_before_scale, Tensor seed) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "lcd_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? bias, float scale, float dropkey_p, "
+      "float dropout_p, Tensor? residual, Tensor? ln_weight, Tensor? ln_bias, float ln_eps, bool bias_before_scale, "
+      "Tensor seed, Tensor? dropkey_mask, Tensor? dropout_mask, float dropkey_value, Tensor mean, Tensor rstd, "
+      "Tensor prob, Tensor ln_input) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // seeded_dropout
   m.def("seeded_dropout_fwd(Tensor x, Tensor seed, float p) -> Tensor");
 }

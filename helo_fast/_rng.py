@@ -50,9 +50,35 @@ def bernoulli_mask(seed: Union[int, torch.Tensor], shape, p: float, stream: int,
     return hash_uniform(seed, shape, stream, device) < torch.tensor(p, dtype=torch.float32)
 
 
+# How an attention call gets each of its masks (DropKey, dropout); the values are those of the kernels'
+# (csrc/lcd_attention_params.h MaskMode, kernels/lcd_attention.py).
+MASK_NONE = 0      # p == 0 and no mask: nothing dropped
+MASK_SEEDED = 1    # p > 0 and no mask: the hash mask of the call's seed
+MASK_EXPLICIT = 2  # a bool mask given: used as is, whatever p
+
+
+def mask_mode(p: float, mask=None) -> int:
+    """MASK_NONE, MASK_SEEDED or MASK_EXPLICIT: the one rule for every backend's attention masks. (The C++ ops,
+    called with the same p and mask, apply it in csrc/lcd_attention_params.h ``mask_mode``.)"""
+    if mask is not None:
+        return MASK_EXPLICIT
+    return MASK_SEEDED if p > 0 else MASK_NONE
+
+
 def needs_seed(dropkey_p: float, dropout_p: float, dropkey_mask=None, dropout_mask=None) -> bool:
-    """Whether an attention call draws a seed: some p > 0 has no explicit mask (same rule on every backend)."""
-    return (dropkey_p > 0 and dropkey_mask is None) or (dropout_p > 0 and dropout_mask is None)
+    """Whether an attention call draws a seed: some mask is MASK_SEEDED."""
+    return MASK_SEEDED in (mask_mode(dropkey_p, dropkey_mask), mask_mode(dropout_p, dropout_mask))
+
+
+def attention_masks_of_seed(seed, shape, dropkey_p: float, dropout_p: float, dropkey_mask=None, dropout_mask=None,
+                            device=None):
+    """(dropkey_mask, dropout_mask): the given ones, the hash masks of ``seed`` [B, H, Lq, Lk] where seeded, None
+    where neither (bool, True = dropped)."""
+    if mask_mode(dropkey_p, dropkey_mask) == MASK_SEEDED:
+        dropkey_mask = bernoulli_mask(seed, shape, dropkey_p, STREAM_DROPKEY, device)
+    if mask_mode(dropout_p, dropout_mask) == MASK_SEEDED:
+        dropout_mask = bernoulli_mask(seed, shape, dropout_p, STREAM_DROPOUT, device)
+    return dropkey_mask, dropout_mask
 
 
 def draw_seed_tensor(generator: Optional[torch.Generator] = None) -> torch.Tensor:

@@ -15,15 +15,14 @@ import triton
 import triton.language as tl
 
 from helo_fast._numerics import compute_dtype, dropkey_value
-from helo_fast._rng import STREAM_DROPKEY, STREAM_DROPOUT
+from helo_fast._rng import MASK_EXPLICIT, MASK_NONE, MASK_SEEDED, STREAM_DROPKEY, STREAM_DROPOUT, mask_mode
 from helo_fast.kernels.mask_hash import _hash_uniform
 from helo_fast.kernels.triton_utils import autotune_num_warps, block_size, scalar_tensor
 
-MASK_NONE = 0
-MASK_HASH = 1
-MASK_TENSOR = 2
 _STREAM_DROPKEY = tl.constexpr(STREAM_DROPKEY)
 _STREAM_DROPOUT = tl.constexpr(STREAM_DROPOUT)
+_MASK_NONE = tl.constexpr(MASK_NONE)
+_MASK_SEEDED = tl.constexpr(MASK_SEEDED)
 # Warps: a program keeps about eight tiles as large as its largest (q, k, v, the output, the gradients) and its
 # float32 tl.dot (IEEE: FMA, no tensor cores) holds whole K rows of its operands per thread. At the shared rule
 # (128 B of the largest tile per thread) HeLo's 64 x 128 tiles got 8 warps and spilled 14 KiB per thread in the
@@ -34,8 +33,8 @@ _AUTOTUNE = dict(warps="1,2,4,8,16", tile_bytes_per_thread=32)
 
 @triton.jit
 def _dropped(mode: tl.constexpr, mask_ptr, index, valid, seed, p, STREAM: tl.constexpr):
-    """Bool tile: True where the element is dropped (hash mode: u < p; tensor mode: the mask)."""
-    if mode == 1:
+    """Bool tile: True where the element is dropped (MASK_SEEDED: u < p; MASK_EXPLICIT: the mask)."""
+    if mode == _MASK_SEEDED:
         return _hash_uniform(index, seed, STREAM) < p
     else:
         return tl.load(mask_ptr + index, mask=valid, other=0) != 0
@@ -58,7 +57,7 @@ def _head_weights(q_h, k, bias_ptr, dropkey_mask_ptr, dropout_mask_ptr, seed, dr
     else:
         logits = logits * scale
     index = ((pid * H + h) * Lq + rq[:, None]) * Lk + rk[None, :]
-    if DROPKEY_MODE != 0:
+    if DROPKEY_MODE != _MASK_NONE:
         dropped_key = _dropped(DROPKEY_MODE, dropkey_mask_ptr, index, valid, seed, dropkey_p, _STREAM_DROPKEY)
         # Replaced, not added: a fully dropped row gets uniform weights in every dtype (helo_fast.reference).
         logits = tl.where(dropped_key, dropkey_value, logits)
@@ -66,7 +65,7 @@ def _head_weights(q_h, k, bias_ptr, dropkey_mask_ptr, dropout_mask_ptr, seed, dr
     row_max = tl.max(logits, axis=1)
     e = tl.exp(logits - row_max[:, None])
     probs = e / tl.sum(e, axis=1)[:, None]
-    if DROPOUT_MODE != 0:
+    if DROPOUT_MODE != _MASK_NONE:
         keep = tl.where(_dropped(DROPOUT_MODE, dropout_mask_ptr, index, valid, seed, dropout_p, _STREAM_DROPOUT), 0.0,
                         1.0)
     else:
@@ -229,15 +228,16 @@ def _lcd_attention_bwd_kernel(grad_ptr, q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, 
 
 
 def _mask_mode(p: float, mask, dtype: torch.dtype):
-    """(mask mode, the explicit mask as the kernel reads it, or None)."""
-    if mask is not None:
+    """(mask mode, helo_fast._rng.mask_mode's; the explicit mask as the kernel reads it, or None)."""
+    mode = mask_mode(p, mask)
+    if mode == MASK_EXPLICIT:
         # Triton 3.8 sizes the MMA operands of a tl.dot from the narrowest load feeding them: a uint8 mask makes
         # them 4-wide in k, which its float64 MMA cannot lower (it asserts in MMAv2.cpp). float64 reads int32.
-        return MASK_TENSOR, mask.to(torch.int32 if dtype == torch.float64 else torch.uint8).contiguous()
-    return (MASK_HASH if p > 0 else MASK_NONE), None
+        return mode, mask.to(torch.int32 if dtype == torch.float64 else torch.uint8).contiguous()
+    return mode, None
 
 
-def _launch_args(q, k, v, bias, residual, scale, dropkey_p, dropout_p, ln_eps, seed, dropkey_mask, dropout_mask):
+def _launch_args(q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_eps, seed, dropkey_mask, dropout_mask):
     """Common preparation of the forward and backward launches (compute dtype, layouts, scalars)."""
     dtype = compute_dtype(q.dtype)
     batch, heads, lq, dim = q.shape
@@ -267,16 +267,17 @@ def _launch_args(q, k, v, bias, residual, scale, dropkey_p, dropout_p, ln_eps, s
     return dtype, tensors, strides, flags
 
 
-def lcd_attention_fwd(q, k, v, bias, residual, ln_weight, ln_bias, scale: float, dropkey_p: float,
-                      dropout_p: float, ln_eps: float, bias_before_scale: bool, seed, dropkey_mask, dropout_mask):
-    """Fused attention forward -> out [B, Lq, H*D] (see helo_fast.reference.lcd_attention).
+def lcd_attention_fwd(q, k, v, bias, scale: float, dropkey_p: float, dropout_p: float, residual, ln_weight, ln_bias,
+                      ln_eps: float, bias_before_scale: bool, seed, dropkey_mask, dropout_mask):
+    """Fused attention forward -> out [B, Lq, H*D] (see helo_fast.reference.lcd_attention); the arguments in the
+    op's one order (helo_fast._ops.lcd_attention.OP_ARGS).
 
     q [B, H, Lq, D]; k, v [B, H, Lk, D]; bias broadcastable to [B, H, Lq, Lk] or None; residual
     [B, Lq, H*D] or None; ln_weight / ln_bias [H*D] or None; seed: int64 tensor [1] (used where a
     probability is > 0 and no explicit bool mask [B, H, Lq, Lk] is given).
     """
     batch, heads, lq, dim = q.shape
-    dtype, t, strides, flags = _launch_args(q, k, v, bias, residual, scale, dropkey_p, dropout_p, ln_eps, seed,
+    dtype, t, strides, flags = _launch_args(q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_eps, seed,
                                             dropkey_mask, dropout_mask)
     out = torch.empty((batch, lq, heads * dim), dtype=dtype, device=q.device)
     lnw = ln_weight.to(dtype).contiguous() if ln_weight is not None else t["q"]
@@ -288,15 +289,17 @@ def lcd_attention_fwd(q, k, v, bias, residual, ln_weight, ln_bias, scale: float,
     return out.to(q.dtype)
 
 
-def lcd_attention_bwd(grad_out, q, k, v, bias, residual, ln_weight, scale: float, dropkey_p: float, dropout_p: float,
-                      ln_eps: float, bias_before_scale: bool, seed, dropkey_mask, dropout_mask):
+def lcd_attention_bwd(grad_out, q, k, v, bias, scale: float, dropkey_p: float, dropout_p: float, residual, ln_weight,
+                      ln_bias, ln_eps: float, bias_before_scale: bool, seed, dropkey_mask, dropout_mask):
     """Fused attention backward (recomputes the forward) -> (dq, dk, dv, dbias, dresidual, dln_weight, dln_bias).
 
-    dbias is summed to ``bias.shape``; entries are None where the input was None.
+    The forward's arguments after grad_out. dbias is summed to ``bias.shape``; entries are None where the input was
+    None. The kernel never reads ln_bias (LayerNorm's input and weight gradients do not depend on it): only whether
+    it is given and its dtype, that of its gradient.
     """
     batch, heads, lq, dim = q.shape
     lk = k.shape[2]
-    dtype, t, strides, flags = _launch_args(q, k, v, bias, residual, scale, dropkey_p, dropout_p, ln_eps, seed,
+    dtype, t, strides, flags = _launch_args(q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_eps, seed,
                                             dropkey_mask, dropout_mask)
     grad_out = grad_out.to(dtype).contiguous()
     dq, dk, dv = (torch.empty_like(t[name]) for name in ("q", "k", "v"))
@@ -304,7 +307,7 @@ def lcd_attention_bwd(grad_out, q, k, v, bias, residual, ln_weight, scale: float
     dres = torch.empty_like(grad_out) if residual is not None else dq
     has_ln = ln_weight is not None
     dlnw = torch.empty((batch, heads * dim), dtype=dtype, device=q.device) if has_ln else dq
-    dlnb = torch.empty((batch, heads * dim), dtype=dtype, device=q.device) if has_ln else dq
+    dlnb = torch.empty((batch, heads * dim), dtype=dtype, device=q.device) if has_ln else dq  # the kernel writes it
     lnw = ln_weight.to(dtype).contiguous() if has_ln else t["q"]
     _lcd_attention_bwd_kernel[(batch,)](
         grad_out, t["q"], t["k"], t["v"], t["bias"], t["res"], lnw, t["dropkey_mask"], t["dropout_mask"], t["seed"],
@@ -315,4 +318,4 @@ def lcd_attention_bwd(grad_out, q, k, v, bias, residual, ln_weight, scale: float
             dbias.sum_to_size(bias.shape).to(out_dtype) if bias is not None else None,
             dres.to(out_dtype) if residual is not None else None,
             dlnw.sum(0).to(ln_weight.dtype) if has_ln else None,
-            dlnb.sum(0).to(ln_weight.dtype) if has_ln else None)
+            dlnb.sum(0).to(ln_bias.dtype) if ln_bias is not None else None)

@@ -19,3 +19,13 @@ def attention_case(seed, batch, heads, lq, lk, dim, bias_shape=None, *, residual
                 bias=rand(*bias_shape) if bias_shape is not None else None,
                 residual=rand(batch, lq, hd) if residual else None,
                 ln_weight=1 + 0.3 * rand(hd) if ln else None, ln_bias=rand(hd) if ln and ln_bias else None)
+
+
+def op_args(**named):
+    """The arguments of the lcd_attention ops (C++ and Triton, forward; a backward's after grad_out) in their one
+    order, helo_fast._ops.lcd_attention.OP_ARGS, from keywords; absent ones None."""
+    from helo_fast._ops.lcd_attention import OP_ARGS
+
+    unknown = set(named) - set(OP_ARGS)
+    assert not unknown, f"not arguments of the lcd_attention ops: {sorted(unknown)}"
+    return tuple(named.get(name) for name in OP_ARGS)

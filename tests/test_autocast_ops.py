@@ -17,6 +17,7 @@ from helo_fast import _backend, _ext
 from autocast_cases import (ATTENTION_ARGS, LOW_DTYPES, MASKS, assert_backend_within_reference_error, attention_call,
                             attention_inputs, low_precision_costs, ot_call, ot_inputs, value_and_grads)
 from devices import cpp_devices, seeded_weights, triton_devices
+from lcd_attention_cases import op_args
 from ot_cases import ot_problem
 
 BACKENDS = ["reference", pytest.param("cpp", marks=pytest.mark.skipif(not _ext.has_cpp(), reason="no C++ extension"))]
@@ -173,22 +174,19 @@ def test_cpp_attention_op_autocast_kernels_cast_by_argument(dtype, device):
     """lcd_attention_fwd/_bwd called directly under autocast with float32 tensors: q, k, v, bias, residual (and
     grad_out) in the autocast dtype, LayerNorm parameters and the saved statistics in float32."""
     q, k, v, bias, residual, ln_weight, ln_bias = attention_inputs(ATTENTION_SHAPES["ca"], torch.float32, device)
-    seed = torch.zeros(1, dtype=torch.int64)
-    scalars = (0.25, 0.0, 0.0, -1e12, 1e-5, True, seed)
+    scalars = dict(scale=0.25, dropkey_p=0.0, dropout_p=0.0, ln_eps=1e-5, bias_before_scale=True,
+                   seed=torch.zeros(1, dtype=torch.int64))
+    args = op_args(q=q, k=k, v=v, bias=bias, residual=residual, ln_weight=ln_weight, ln_bias=ln_bias, **scalars)
     with torch.autocast(device.type, dtype=dtype):
-        out, mean, rstd, prob, ln_input = torch.ops.helo_fast.lcd_attention_fwd(
-            q, k, v, bias, residual, ln_weight, ln_bias, None, None, *scalars, True)
-        grads = torch.ops.helo_fast.lcd_attention_bwd(torch.ones_like(out, dtype=torch.float32), q, k, v, bias,
-                                                      residual, ln_weight, ln_bias, None, None, mean, rstd, prob,
-                                                      ln_input, *scalars[:4], True, seed)
+        out, mean, rstd, prob, ln_input = torch.ops.helo_fast.lcd_attention_fwd(*args, -1e12, True)
+        grads = torch.ops.helo_fast.lcd_attention_bwd(torch.ones_like(out, dtype=torch.float32), *args, -1e12, mean,
+                                                      rstd, prob, ln_input)
     low = [t.to(dtype) for t in (q, k, v, residual)]
-    expected = torch.ops.helo_fast.lcd_attention_fwd(*low[:3], None, low[3], ln_weight, ln_bias, None, None,
-                                                     *scalars, True)
+    low_args = op_args(q=low[0], k=low[1], v=low[2], residual=low[3], ln_weight=ln_weight, ln_bias=ln_bias, **scalars)
+    expected = torch.ops.helo_fast.lcd_attention_fwd(*low_args, -1e12, True)
     assert out.dtype == dtype and prob.dtype == torch.float32
     assert torch.equal(out, expected[0]) and torch.equal(prob, expected[3])
-    expected_grads = torch.ops.helo_fast.lcd_attention_bwd(torch.ones_like(out), *low[:3], None, low[3], ln_weight,
-                                                           ln_bias, None, None, *expected[1:], *scalars[:4], True,
-                                                           seed)
+    expected_grads = torch.ops.helo_fast.lcd_attention_bwd(torch.ones_like(out), *low_args, -1e12, *expected[1:])
     assert [g.dtype for g in grads[:3]] == [dtype] * 3 and grads[5].dtype == grads[6].dtype == torch.float32
     for got, want in zip(grads, expected_grads):
         assert torch.equal(got, want)
@@ -285,12 +283,14 @@ def test_triton_custom_op_autocast_kernels_cast_by_argument(dtype):
         plan = torch.ops.helo_fast.triton_sinkhorn_fwd(cost.to(dtype), *marginals, 0.1, 5, False)[0]
     assert plan.dtype == torch.float32
     q, k, v, bias, residual, ln_weight, ln_bias = attention_inputs(TRITON_SHAPE, torch.float32, TRITON_DEVICE)
-    args = (None, None, None, 0.3, 0.0, 0.0, 1e-5, True)
+    scalars = dict(scale=0.3, dropkey_p=0.0, dropout_p=0.0, ln_eps=1e-5, bias_before_scale=True)
     with torch.autocast(TRITON_DEVICE.type, dtype=dtype):
-        out = torch.ops.helo_fast.triton_lcd_attention_fwd(q, k, v, bias, residual, ln_weight, ln_bias, *args)
-    low = [t.to(dtype) for t in (q, k, v, bias, residual)]
+        out = torch.ops.helo_fast.triton_lcd_attention_fwd(
+            *op_args(q=q, k=k, v=v, bias=bias, residual=residual, ln_weight=ln_weight, ln_bias=ln_bias, **scalars))
+    low = dict(zip(("q", "k", "v", "bias", "residual"), (t.to(dtype) for t in (q, k, v, bias, residual))))
     assert out.dtype == dtype
-    assert torch.equal(out, torch.ops.helo_fast.triton_lcd_attention_fwd(*low, ln_weight, ln_bias, *args))
+    assert torch.equal(out, torch.ops.helo_fast.triton_lcd_attention_fwd(
+        *op_args(**low, ln_weight=ln_weight, ln_bias=ln_bias, **scalars)))
 
 
 @triton_case
@@ -298,13 +298,14 @@ def test_triton_custom_op_autocast_kernels_cast_by_argument(dtype):
 def test_triton_opcheck_attention_ops_with_float32_layer_norm_parameters():
     """The mix autocast passes (bfloat16 activations, float32 LayerNorm parameters; their gradients in float32)."""
     q, k, v, bias, residual, ln_weight, ln_bias = attention_inputs(TRITON_SHAPE, torch.float32, TRITON_DEVICE, seed=8)
-    low = [t.to(torch.bfloat16).requires_grad_() for t in (q, k, v, bias, residual)]
-    args = (*low, ln_weight.requires_grad_(), ln_bias.requires_grad_(), None, None, torch.tensor([7]), 0.3, 0.0,
-            0.2, 1e-5, True)
+    low = {n: t.to(torch.bfloat16).requires_grad_() for n, t in zip(("q", "k", "v", "bias", "residual"),
+                                                                     (q, k, v, bias, residual))}
+    args = op_args(**low, ln_weight=ln_weight.requires_grad_(), ln_bias=ln_bias.requires_grad_(),
+                   seed=torch.tensor([7]), scale=0.3, dropkey_p=0.0, dropout_p=0.2, ln_eps=1e-5, bias_before_scale=True)
     ops = torch.ops.helo_fast
     torch.library.opcheck(ops.triton_lcd_attention_fwd, args)
     out = ops.triton_lcd_attention_fwd(*args)
-    bwd_args = (torch.ones_like(out), *[x.detach() for x in args[:6]], None, None, *args[9:])
+    bwd_args = (torch.ones_like(out), *[x.detach() if isinstance(x, torch.Tensor) else x for x in args])
     grads = ops.triton_lcd_attention_bwd(*bwd_args)
     assert [g.dtype for g in grads[5:]] == [torch.float32] * 2
     torch.library.opcheck(ops.triton_lcd_attention_bwd, bwd_args)

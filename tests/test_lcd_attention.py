@@ -14,7 +14,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 import helo_fast as hf
 from helo_fast import _rng
 from helo_fast.reference.lcd_attention import attention_masks
-from lcd_attention_cases import attention_case
+from lcd_attention_cases import attention_case, op_args
 from cpu_isa import run_under_isa
 from devices import CPU, CUDA, requires_cpp, skip_unless_backend, triton_backend_devices
 from tolerance import assert_float64_close, assert_no_nan, assert_within_reference_error
@@ -110,6 +110,55 @@ def test_float64_optional_parts_and_bias_order_match_reference(fast_backend, par
     assert_float64_close(out, ref_out)
     for arg in grads:
         assert_float64_close(grads[arg], ref_grads[arg])
+
+
+@pytest.mark.parametrize("parts", ["residual_ln", "ln_no_bias"])
+def test_float64_gradients_with_a_large_ln_eps_match_reference(fast_backend, parts):
+    """ln_eps far from the default 1e-5 (LayerNorm inputs of variance ~1e-2, so eps moves every gradient by O(1)):
+    every backward gets the op's ln_eps, none a constant."""
+    backend, device = fast_backend
+    tensors = case(4, 2, 2, 3, 5, 4, (3, 5), ln_bias=parts == "residual_ln", device=device)
+    tensors = {name: (0.1 * t if name in ("v", "residual") else t) for name, t in tensors.items()}
+    kwargs = dict(dropkey_p=0.3, dropout_p=0.2, ln_eps=1e-2)
+    out, grads, _ = run(backend, tensors, seed=4, **kwargs)
+    ref_out, ref_grads, _ = run("reference", tensors, seed=4, **kwargs)
+    default_eps_out, default_eps_grads, _ = run("reference", tensors, seed=4, **{**kwargs, "ln_eps": 1e-5})
+    assert (default_eps_out - ref_out).abs().max() > 1e-3  # the case is sensitive to ln_eps
+    assert_float64_close(out, ref_out)
+    assert grads.keys() == ref_grads.keys()
+    for arg in grads:
+        if arg != "ln_bias":  # (the sum of grad_out, whatever eps)
+            assert (default_eps_grads[arg] - ref_grads[arg]).abs().max() > 1e-6, arg
+        assert_float64_close(grads[arg], ref_grads[arg])
+
+
+def test_every_layer_takes_the_arguments_in_the_public_order():
+    """One argument order for lcd_attention: the public function's (its generator drawn into a seed) in the
+    reference, the C++ schema, the Triton custom ops and the Triton launchers, forward and backward."""
+    import inspect
+
+    from helo_fast import _ext, kernels, reference
+    from helo_fast._ops.lcd_attention import OP_ARGS
+
+    def names(fn, drop=()):
+        return tuple("seed" if n == "generator" else n for n in inspect.signature(fn).parameters if n not in drop)
+
+    assert names(hf.lcd_attention, drop=("backend", "check_finite")) == OP_ARGS
+    assert names(reference.lcd_attention, drop=("check_finite",)) == OP_ARGS
+    schemas = {}
+    if _ext.has_cpp():
+        schemas.update(cpp_fwd=torch.ops.helo_fast.lcd_attention_fwd, cpp_bwd=torch.ops.helo_fast.lcd_attention_bwd)
+    if kernels.TRITON_ERROR is None:
+        from helo_fast.kernels import lcd_attention as launcher
+
+        schemas.update(triton_fwd=torch.ops.helo_fast.triton_lcd_attention_fwd,
+                       triton_bwd=torch.ops.helo_fast.triton_lcd_attention_bwd)
+        assert names(launcher.lcd_attention_fwd) == OP_ARGS
+        assert names(launcher.lcd_attention_bwd) == ("grad_out",) + OP_ARGS
+    for layer, op in schemas.items():
+        args = tuple(a.name for a in op.default._schema.arguments)
+        expected = OP_ARGS if layer.endswith("fwd") else ("grad_out",) + OP_ARGS
+        assert args[:len(expected)] == expected, (layer, args)
 
 
 def test_one_query_key_and_channel_matches_reference(fast_backend):
@@ -375,9 +424,10 @@ def test_gradients_of_head_views_come_back_in_the_inputs_layout():
 
     q, k, v = heads_of(lq), heads_of(lk), heads_of(lk)
     residual = torch.randn(batch, lq, heads * dim, generator=gen, dtype=torch.float64)
-    args = (q, k, v, None, residual, None, None, None, None, 0.5, 0.0, 0.0, -1e12, 1e-5, True, torch.tensor([3]))
+    args = op_args(q=q, k=k, v=v, scale=0.5, dropkey_p=0.0, dropout_p=0.0, residual=residual, ln_eps=1e-5,
+                   bias_before_scale=True, seed=torch.tensor([3])) + (-1e12,)
     out, mean, rstd, prob, ln_input = torch.ops.helo_fast.lcd_attention_fwd(*args, True)
-    bwd_args = (torch.randn_like(out),) + args[:9] + (mean, rstd, prob, ln_input) + args[9:13] + args[14:]
+    bwd_args = (torch.randn_like(out),) + args + (mean, rstd, prob, ln_input)
     grads = torch.ops.helo_fast.lcd_attention_bwd(*bwd_args)
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
         fake = torch.ops.helo_fast.lcd_attention_bwd(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
@@ -389,15 +439,18 @@ def test_gradients_of_head_views_come_back_in_the_inputs_layout():
 
 
 def op_samples():
+    """Arguments of lcd_attention_fwd without save_for_backward (the op's arguments, then dropkey_value)."""
     t = case(9, 2, 2, 3, 4, 5, (3, 4))
     dropkey, dropout = explicit_masks((2, 2, 3, 4), 3)
-    full = (t["q"], t["k"], t["v"], t["bias"], t["residual"], t["ln_weight"], t["ln_bias"], None, None,
-            0.4, 0.3, 0.2, -1e12, 1e-5, True, torch.tensor([17]))
-    bare = (t["q"], t["k"], t["v"], None, None, None, None, dropkey, dropout, 0.5, 0.0, 0.3, -1e12, 1e-5, False,
-            torch.tensor([0]))
+    scalars = dict(scale=0.4, dropkey_p=0.3, dropout_p=0.2, ln_eps=1e-5, bias_before_scale=True,
+                   seed=torch.tensor([17]))
+    full = op_args(**t, **scalars) + (-1e12,)
+    bare = op_args(q=t["q"], k=t["k"], v=t["v"], scale=0.5, dropkey_p=0.0, dropout_p=0.3, ln_eps=1e-5,
+                   bias_before_scale=False, seed=torch.tensor([0]), dropkey_mask=dropkey,
+                   dropout_mask=dropout) + (-1e12,)
     # bfloat16 activations with float32 LayerNorm parameters, as torch.autocast passes them
-    low = tuple(t[n].bfloat16() for n in ("q", "k", "v", "bias", "residual"))
-    mixed = low + (t["ln_weight"].float(), t["ln_bias"].float()) + full[7:]
+    low = {n: t[n].bfloat16() for n in ("q", "k", "v", "bias", "residual")}
+    mixed = op_args(**low, ln_weight=t["ln_weight"].float(), ln_bias=t["ln_bias"].float(), **scalars) + (-1e12,)
     return [full, bare, mixed]
 
 
@@ -410,7 +463,7 @@ def test_opcheck_forward_and_backward_ops(sample):
     for save in (True, False):
         torch.library.opcheck(torch.ops.helo_fast.lcd_attention_fwd, fwd_args + (save,))
     out, mean, rstd, prob, ln_input = torch.ops.helo_fast.lcd_attention_fwd(*args, True)
-    bwd_args = (torch.randn_like(out),) + args[:9] + (mean, rstd, prob, ln_input) + args[9:13] + args[14:]
+    bwd_args = (torch.randn_like(out),) + args + (mean, rstd, prob, ln_input)
     torch.library.opcheck(torch.ops.helo_fast.lcd_attention_bwd, bwd_args)
 
 
@@ -543,8 +596,9 @@ def test_bad_inputs_raise_before_the_kernel(change, error, match):
 def test_op_rejects_inconsistent_shapes():
     q, k = torch.randn(2, 2, 3, 5), torch.randn(2, 2, 4, 5)
     with pytest.raises(RuntimeError, match="k and v must be"):
-        torch.ops.helo_fast.lcd_attention_fwd(q, k, torch.randn(2, 2, 4, 6), None, None, None, None, None, None,
-                                              0.5, 0.0, 0.0, -1e12, 1e-5, True, torch.tensor([0]), False)
+        torch.ops.helo_fast.lcd_attention_fwd(
+            *op_args(q=q, k=k, v=torch.randn(2, 2, 4, 6), scale=0.5, dropkey_p=0.0, dropout_p=0.0, ln_eps=1e-5,
+                     bias_before_scale=True, seed=torch.tensor([0])), -1e12, False)
 
 
 # HeLo's batch on CUDA (the CPU runs the same shapes at a small batch above).
@@ -621,10 +675,9 @@ def test_triton_opcheck_custom_ops(device):
     seed = torch.tensor([7])  # on the CPU, as lcd_attention passes it
     mask = (torch.rand(2, 2, 3, 4, generator=torch.Generator().manual_seed(1)) < 0.5).to(device)
     ops = torch.ops.helo_fast
-    args = (t["q"], t["k"], t["v"], t["bias"], t["residual"], t["ln_weight"], t["ln_bias"], mask, None, seed, 0.5,
-            0.0, 0.3, 1e-5, False)
+    args = op_args(**t, scale=0.5, dropkey_p=0.0, dropout_p=0.3, ln_eps=1e-5, bias_before_scale=False, seed=seed,
+                   dropkey_mask=mask)
     torch.library.opcheck(ops.triton_lcd_attention_fwd, args)
     out = ops.triton_lcd_attention_fwd(*args)
-    bwd_args = (torch.randn_like(out), *[x.detach() if x is not None else None for x in args[:6]], mask, None, seed,
-                0.5, 0.0, 0.3, 1e-5, False)
+    bwd_args = (torch.randn_like(out), *[x.detach() if isinstance(x, torch.Tensor) else x for x in args])
     torch.library.opcheck(ops.triton_lcd_attention_bwd, bwd_args)

@@ -112,14 +112,14 @@ void forward_cpu(const Params& p, const InputViews<scalar_t>& x, scalar_t* out, 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lcd_attention_fwd_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& bias,
-    const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& ln_weight,
-    const std::optional<at::Tensor>& ln_bias, const std::optional<at::Tensor>& dropkey_mask,
-    const std::optional<at::Tensor>& dropout_mask, double scale, double dropkey_p, double dropout_p,
-    double dropkey_value, double ln_eps, bool bias_before_scale, const at::Tensor& seed, bool save_for_backward) {
+    double scale, double dropkey_p, double dropout_p, const std::optional<at::Tensor>& residual,
+    const std::optional<at::Tensor>& ln_weight, const std::optional<at::Tensor>& ln_bias, double ln_eps,
+    bool bias_before_scale, const at::Tensor& seed, const std::optional<at::Tensor>& dropkey_mask,
+    const std::optional<at::Tensor>& dropout_mask, double dropkey_value, bool save_for_backward) {
   const Inputs in = make_inputs(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask,
                                 /*keep_row_strides=*/true);
-  const Params p = make_params(in, scale, dropkey_p, dropout_p, dropkey_value, ln_eps, bias_before_scale,
-                               seed_of(seed, "lcd_attention"));
+  const Params p = make_params(in, scale, dropkey_p, dropout_p, ln_eps, bias_before_scale,
+                               seed_of(seed, "lcd_attention"), dropkey_value);
   // (Named members, not a structured binding: the dispatch lambda captures them, which clang < 16 refuses for
   // bindings.)
   const ForwardOutputs outputs = allocate_forward_outputs(p, q, save_for_backward);
@@ -137,15 +137,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lcd_atten
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lcd_attention_bwd_cpu(
     const at::Tensor& grad_out_in, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
-    const std::optional<at::Tensor>& ln_weight, const std::optional<at::Tensor>& ln_bias,
+    const std::optional<at::Tensor>& bias, double scale, double dropkey_p, double dropout_p,
+    const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& ln_weight,
+    const std::optional<at::Tensor>& ln_bias, double ln_eps, bool bias_before_scale, const at::Tensor& seed,
     const std::optional<at::Tensor>& dropkey_mask, const std::optional<at::Tensor>& dropout_mask,
-    const at::Tensor& mean_in, const at::Tensor& rstd_in, const at::Tensor& prob_in, const at::Tensor& ln_input_in,
-    double scale, double dropkey_p, double dropout_p, double dropkey_value, bool bias_before_scale, const at::Tensor& seed) {
+    double dropkey_value, const at::Tensor& mean_in, const at::Tensor& rstd_in, const at::Tensor& prob_in,
+    const at::Tensor& ln_input_in) {
   const Inputs in = make_inputs(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask,
                                 /*keep_row_strides=*/true);
-  const Params p = make_params(in, scale, dropkey_p, dropout_p, dropkey_value, 1e-5, bias_before_scale,
-                               seed_of(seed, "lcd_attention"));
+  const Params p = make_params(in, scale, dropkey_p, dropout_p, ln_eps, bias_before_scale,
+                               seed_of(seed, "lcd_attention"), dropkey_value);
   TORCH_CHECK(prob_in.sizes() == at::IntArrayRef({p.batch, p.heads, p.lq, p.lk}) &&
                   ln_input_in.sizes() == at::IntArrayRef({p.batch, p.lq, p.heads * p.dim}),
               "lcd_attention_bwd: prob and ln_input must be the forward's saved [B, H, Lq, Lk] and [B, Lq, H*D] "

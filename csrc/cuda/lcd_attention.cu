@@ -281,14 +281,14 @@ __global__ void _lcd_attention_bwd_kernel(Params p, InputViews<scalar_t> x, Devi
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lcd_attention_fwd_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& bias,
-    const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& ln_weight,
-    const std::optional<at::Tensor>& ln_bias, const std::optional<at::Tensor>& dropkey_mask,
-    const std::optional<at::Tensor>& dropout_mask, double scale, double dropkey_p, double dropout_p,
-    double dropkey_value, double ln_eps, bool bias_before_scale, const at::Tensor& seed, bool save_for_backward) {
+    double scale, double dropkey_p, double dropout_p, const std::optional<at::Tensor>& residual,
+    const std::optional<at::Tensor>& ln_weight, const std::optional<at::Tensor>& ln_bias, double ln_eps,
+    bool bias_before_scale, const at::Tensor& seed, const std::optional<at::Tensor>& dropkey_mask,
+    const std::optional<at::Tensor>& dropout_mask, double dropkey_value, bool save_for_backward) {
   const c10::DeviceGuard guard(q.device());
   const Inputs in = make_inputs(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask);
-  const Params p = make_params(in, scale, dropkey_p, dropout_p, dropkey_value, ln_eps, bias_before_scale,
-                               seed_of(seed, "lcd_attention"));
+  const Params p = make_params(in, scale, dropkey_p, dropout_p, ln_eps, bias_before_scale,
+                               seed_of(seed, "lcd_attention"), dropkey_value);
   // prob and ln_input are written for the op's layout contract; the CUDA backward recomputes them instead.
   auto [out, mean, rstd, prob, ln_input] = allocate_forward_outputs(p, q, save_for_backward);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "lcd_attention_fwd_cuda", [&] {
@@ -307,16 +307,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lcd_atten
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lcd_attention_bwd_cuda(
     const at::Tensor& grad_out_in, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
-    const std::optional<at::Tensor>& ln_weight, const std::optional<at::Tensor>& ln_bias,
+    const std::optional<at::Tensor>& bias, double scale, double dropkey_p, double dropout_p,
+    const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& ln_weight,
+    const std::optional<at::Tensor>& ln_bias, double ln_eps, bool bias_before_scale, const at::Tensor& seed,
     const std::optional<at::Tensor>& dropkey_mask, const std::optional<at::Tensor>& dropout_mask,
-    const at::Tensor& mean_in, const at::Tensor& rstd_in, const at::Tensor& /*prob: recomputed*/,
-    const at::Tensor& /*ln_input: recomputed*/, double scale, double dropkey_p, double dropout_p,
-    double dropkey_value, bool bias_before_scale, const at::Tensor& seed) {
+    double dropkey_value, const at::Tensor& mean_in, const at::Tensor& rstd_in, const at::Tensor& /*prob: recomputed*/,
+    const at::Tensor& /*ln_input: recomputed*/) {
   const c10::DeviceGuard guard(q.device());
   const Inputs in = make_inputs(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask);
-  const Params p = make_params(in, scale, dropkey_p, dropout_p, dropkey_value, 1e-5, bias_before_scale,
-                               seed_of(seed, "lcd_attention"));
+  const Params p = make_params(in, scale, dropkey_p, dropout_p, ln_eps, bias_before_scale,
+                               seed_of(seed, "lcd_attention"), dropkey_value);
   const int64_t HD = p.heads * p.dim, n_logits = p.heads * p.lq * p.lk;
   const at::ScalarType acc = acc_type_of(q);
   const auto acc_options = q.options().dtype(acc);

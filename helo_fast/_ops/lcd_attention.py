@@ -17,21 +17,39 @@ import torch
 from torch import Tensor
 
 from .. import _ext, _rng, kernels
-from .._autocast import FLOAT32, LOW, register_autocast_rule
+from .._autocast import ATTENTION_ARGS, LOW, register_autocast_rule
 from .._numerics import compute_dtype, dropkey_value
 from . import differentiable_backward_wanted, reference_vjp, register, wants_grad
 
+# The one argument order of lcd_attention in every layer: functional.lcd_attention's (its generator is drawn into
+# ``seed``), the C++ schema (csrc/schema.cpp), the Triton ops below and the Triton launchers (kernels/), forward and
+# backward; a backward takes grad_out first, and the C++ ops take what this layer adds after these.
+OP_ARGS = ("q", "k", "v", "bias", "scale", "dropkey_p", "dropout_p", "residual", "ln_weight", "ln_bias", "ln_eps",
+           "bias_before_scale", "seed", "dropkey_mask", "dropout_mask")
 
-def _reference_vjp(grad_out, q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, seed, scale,
-                   dropkey_p, dropout_p, ln_eps, bias_before_scale):
+
+def _in_op_order(grads):
+    """(dq, dk, dv, dbias, dresidual, dln_weight, dln_bias) -> one gradient (or None) per name of OP_ARGS."""
+    by_name = dict(zip(("q", "k", "v", "bias", "residual", "ln_weight", "ln_bias"), grads))
+    return tuple(by_name.get(name) for name in OP_ARGS)
+
+
+def _autocast_casts(qualname):
+    """The positional autocast rule of an attention op, from its schema's argument names and the public op's rule
+    by name (helo_fast._autocast.ATTENTION_ARGS); grad_out as the activations."""
+    namespace, name = qualname.split("::")
+    schema = getattr(getattr(torch.ops, namespace), name).default._schema
+    return [LOW if arg.name == "grad_out" else ATTENTION_ARGS.get(arg.name) for arg in schema.arguments]
+
+
+def _reference_vjp(grad_out, q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias, ln_eps,
+                   bias_before_scale, seed, dropkey_mask, dropout_mask):
     """[dq, dk, dv, dbias, dresidual, dln_weight, dln_bias] (None where absent) of the reference, with the masks the
     fast op used (given, or regenerated from ``seed``), as a differentiable graph: the backward under
     create_graph=True."""
     shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    if dropkey_mask is None and dropkey_p > 0:
-        dropkey_mask = _rng.bernoulli_mask(seed, shape, dropkey_p, _rng.STREAM_DROPKEY, q.device)
-    if dropout_mask is None and dropout_p > 0:
-        dropout_mask = _rng.bernoulli_mask(seed, shape, dropout_p, _rng.STREAM_DROPOUT, q.device)
+    dropkey_mask, dropout_mask = _rng.attention_masks_of_seed(seed, shape, dropkey_p, dropout_p, dropkey_mask,
+                                                              dropout_mask, q.device)
     return reference_vjp("lcd_attention", grad_out, (q, k, v, bias, residual, ln_weight, ln_bias),
                          lambda ref: ref(q, k, v, bias, scale=scale, dropkey_p=dropkey_p, dropout_p=dropout_p,
                                          residual=residual, ln_weight=ln_weight, ln_bias=ln_bias, ln_eps=ln_eps,
@@ -42,8 +60,8 @@ def _reference_vjp(grad_out, q, k, v, bias, residual, ln_weight, ln_bias, dropke
 if _ext.has_cpp():
 
     @torch.library.register_fake("helo_fast::lcd_attention_fwd")
-    def _lcd_attention_fwd_fake(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, scale,
-                                dropkey_p, dropout_p, dropkey_value, ln_eps, bias_before_scale, seed,
+    def _lcd_attention_fwd_fake(q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias, ln_eps,
+                                bias_before_scale, seed, dropkey_mask, dropout_mask, dropkey_value,
                                 save_for_backward):
         batch, heads, lq, dim = q.shape
         stat_dtype = compute_dtype(q.dtype)
@@ -54,9 +72,9 @@ if _ext.has_cpp():
                 q.new_empty((batch, lq, heads * dim) if saved else (0,), dtype=stat_dtype))
 
     @torch.library.register_fake("helo_fast::lcd_attention_bwd")
-    def _lcd_attention_bwd_fake(grad_out, q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask,
-                                mean, rstd, prob, ln_input, scale, dropkey_p, dropout_p, dropkey_value,
-                                bias_before_scale, seed):
+    def _lcd_attention_bwd_fake(grad_out, q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias,
+                                ln_eps, bias_before_scale, seed, dropkey_mask, dropout_mask, dropkey_value, mean,
+                                rstd, prob, ln_input):
         batch, heads, lq, dim = q.shape
 
         def like(t, shape):
@@ -74,23 +92,24 @@ if _ext.has_cpp():
                 parameter_grad(ln_weight), parameter_grad(ln_bias))
 
     # Under autocast: q, k, v, bias, residual (and grad_out) in the autocast dtype, the LayerNorm parameters in
-    # float32; masks, scalars and the backward's saved statistics untouched (helo_fast._autocast).
-    register_autocast_rule("helo_fast::lcd_attention_fwd", [LOW] * 5 + [FLOAT32] * 2)
-    register_autocast_rule("helo_fast::lcd_attention_bwd", [LOW] * 6 + [FLOAT32] * 2)
+    # float32; masks, scalars and the backward's saved statistics untouched (helo_fast._autocast, by name).
+    for _qualname in ("helo_fast::lcd_attention_fwd", "helo_fast::lcd_attention_bwd"):
+        register_autocast_rule(_qualname, _autocast_casts(_qualname))
 
     def _setup_context(ctx, inputs, output):
         """Keep what lcd_attention_bwd reads."""
-        (q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, scale, dropkey_p, dropout_p,
-         dropkey_value, ln_eps, bias_before_scale, seed, saved) = inputs
+        (*op_args, dropkey_value, saved) = inputs
+        (q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias, ln_eps, bias_before_scale, seed,
+         dropkey_mask, dropout_mask) = op_args
         _, mean, rstd, prob, ln_input = output
         # The CPU backward reads the saved LayerNorm input, so its kernel needs no residual; CUDA recomputes it.
         # (Kept anyway, an input costs no memory: a second derivative differentiates the reference, which reads it.)
         ctx.has_residual, ctx.saved = residual is not None, saved
         ctx.kernel_reads_residual = q.is_cuda or not saved
-        ctx.save_for_backward(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, mean,
-                              rstd, prob, ln_input, seed)
-        ctx.scalars = (scale, dropkey_p, dropout_p, dropkey_value, bias_before_scale)
-        ctx.ln_eps = ln_eps
+        ctx.save_for_backward(q, k, v, bias, residual, ln_weight, ln_bias, seed, dropkey_mask, dropout_mask, mean,
+                              rstd, prob, ln_input)
+        ctx.scalars = (scale, dropkey_p, dropout_p, ln_eps, bias_before_scale)
+        ctx.dropkey_value = dropkey_value
         ctx.mark_non_differentiable(*output[1:])
         # The saved outputs get no gradient: without this autograd hands the backward zero-filled tensors of their
         # sizes (at HeLo's transformer shape, B=128: 5 MB of fresh pages zeroed per backward, for nothing).
@@ -98,32 +117,29 @@ if _ext.has_cpp():
 
     def _input_grads(ctx, grad_out):
         """Gradients for (q, k, v, bias, residual, ln_weight, ln_bias); None where an input is absent."""
-        (q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, mean, rstd, prob, ln_input,
-         seed) = ctx.saved_tensors
+        (q, k, v, bias, residual, ln_weight, ln_bias, seed, dropkey_mask, dropout_mask, mean, rstd, prob,
+         ln_input) = ctx.saved_tensors
+        scale, dropkey_p, dropout_p, ln_eps, bias_before_scale = ctx.scalars
         if differentiable_backward_wanted(grad_out, q, k, v, bias, residual, ln_weight, ln_bias):
-            scale, dropkey_p, dropout_p, _, bias_before_scale = ctx.scalars
-            return tuple(_reference_vjp(grad_out, q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask,
-                                        dropout_mask, seed, scale, dropkey_p, dropout_p, ctx.ln_eps, bias_before_scale))
+            return tuple(_reference_vjp(grad_out, q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight,
+                                        ln_bias, ln_eps, bias_before_scale, seed, dropkey_mask, dropout_mask))
         if not ctx.kernel_reads_residual:
             residual = None
+        op_args = (q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias, ln_eps, bias_before_scale,
+                   seed, dropkey_mask, dropout_mask)
         if not ctx.saved:  # the forward ran with save_for_backward=False: recompute what it would have saved
-            scale, dropkey_p, dropout_p, dropkey_value, bias_before_scale = ctx.scalars
-            _, mean, rstd, prob, ln_input = torch.ops.helo_fast.lcd_attention_fwd(
-                q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, scale, dropkey_p, dropout_p,
-                dropkey_value, ctx.ln_eps, bias_before_scale, seed, True)
+            _, mean, rstd, prob, ln_input = torch.ops.helo_fast.lcd_attention_fwd(*op_args, ctx.dropkey_value, True)
         dq, dk, dv, dbias, dy, dln_weight, dln_bias = torch.ops.helo_fast.lcd_attention_bwd(
-            grad_out, q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, mean, rstd, prob,
-            ln_input, *ctx.scalars, seed)
+            grad_out, *op_args, ctx.dropkey_value, mean, rstd, prob, ln_input)
         return (dq, dk, dv, None if bias is None else dbias, dy if ctx.has_residual else None,
                 None if ln_weight is None else dln_weight, None if ln_bias is None else dln_bias)
 
-    _NO_GRADS = (None,) * 10  # masks and the scalar arguments
     _NO_SEED = torch.zeros(1, dtype=torch.int64)  # passed when no mask is drawn: its value is unused (never written)
 
     def _backward(ctx, grad_out, *_grad_saved):
         if grad_out is None:  # the output took no part in the loss (grads are not materialized)
-            return (None,) * 7 + _NO_GRADS
-        return _input_grads(ctx, grad_out) + _NO_GRADS
+            return (None,) * len(OP_ARGS) + (None, None)
+        return _in_op_order(_input_grads(ctx, grad_out)) + (None, None)  # + dropkey_value, save_for_backward
 
     torch.library.register_autograd("helo_fast::lcd_attention_fwd", _backward, setup_context=_setup_context)
 
@@ -141,9 +157,8 @@ if _ext.has_cpp():
         if q.is_cuda:  # the CUDA kernels read contiguous [B, H, L, D]: copied once here, the backward reuses them
             q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         save = wants_grad(q, k, v, bias, residual, ln_weight, ln_bias)
-        args = (q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, float(scale),
-                float(dropkey_p), float(dropout_p), dropkey_value(q.dtype), float(ln_eps), bool(bias_before_scale),
-                seed, save)
+        args = (q, k, v, bias, float(scale), float(dropkey_p), float(dropout_p), residual, ln_weight, ln_bias,
+                float(ln_eps), bool(bias_before_scale), seed, dropkey_mask, dropout_mask, dropkey_value(q.dtype), save)
         # The op's registered autograd, in eager mode and under torch.compile alike. (An eager-only
         # torch.autograd.Function that skipped the op's Python autograd kernel was removed in issue 20: 1 thread,
         # fwd+bwd, interleaved medians: the same time at HeLo's B=128 call sites (0.97x, 1.01x), 15% (~0.15 ms)
@@ -156,57 +171,57 @@ if kernels.TRITON_ERROR is None:
     from ..kernels import lcd_attention as triton_lcd_attention
 
     @torch.library.custom_op("helo_fast::triton_lcd_attention_fwd", mutates_args=())
-    def triton_lcd_attention_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], residual: Optional[Tensor],
-                                 ln_weight: Optional[Tensor], ln_bias: Optional[Tensor],
-                                 dropkey_mask: Optional[Tensor], dropout_mask: Optional[Tensor],
-                                 seed: Optional[Tensor], scale: float, dropkey_p: float, dropout_p: float,
-                                 ln_eps: float, bias_before_scale: bool) -> Tensor:
+    def triton_lcd_attention_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], scale: float,
+                                 dropkey_p: float, dropout_p: float, residual: Optional[Tensor],
+                                 ln_weight: Optional[Tensor], ln_bias: Optional[Tensor], ln_eps: float,
+                                 bias_before_scale: bool, seed: Optional[Tensor], dropkey_mask: Optional[Tensor],
+                                 dropout_mask: Optional[Tensor]) -> Tensor:
         """-> out [B, Lq, H*D]; seed: int64 [1] for the hash masks (None when no mask is drawn)."""
-        return triton_lcd_attention.lcd_attention_fwd(q, k, v, bias, residual, ln_weight, ln_bias, scale, dropkey_p,
-                                                      dropout_p,
-                                            ln_eps, bias_before_scale, seed, dropkey_mask, dropout_mask)
+        return triton_lcd_attention.lcd_attention_fwd(q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight,
+                                                      ln_bias, ln_eps, bias_before_scale, seed, dropkey_mask,
+                                                      dropout_mask)
 
     @triton_lcd_attention_fwd.register_fake
-    def _(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, seed, scale, dropkey_p, dropout_p,
-          ln_eps, bias_before_scale):
+    def _(q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias, ln_eps, bias_before_scale, seed,
+          dropkey_mask, dropout_mask):
         batch, heads, lq, dim = q.shape
         return q.new_empty((batch, lq, heads * dim))
 
     @torch.library.custom_op("helo_fast::triton_lcd_attention_bwd", mutates_args=())
     def triton_lcd_attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
-                                 residual: Optional[Tensor], ln_weight: Optional[Tensor],
-                                 dropkey_mask: Optional[Tensor], dropout_mask: Optional[Tensor],
-                                 seed: Optional[Tensor], scale: float, dropkey_p: float, dropout_p: float,
-                                 ln_eps: float, bias_before_scale: bool) -> List[Tensor]:
+                                 scale: float, dropkey_p: float, dropout_p: float, residual: Optional[Tensor],
+                                 ln_weight: Optional[Tensor], ln_bias: Optional[Tensor], ln_eps: float,
+                                 bias_before_scale: bool, seed: Optional[Tensor], dropkey_mask: Optional[Tensor],
+                                 dropout_mask: Optional[Tensor]) -> List[Tensor]:
         """-> [dq, dk, dv, dbias, dresidual, dln_weight, dln_bias]; empty tensors for absent inputs."""
-        grads = triton_lcd_attention.lcd_attention_bwd(grad_out, q, k, v, bias, residual, ln_weight, scale, dropkey_p,
-                                             dropout_p, ln_eps, bias_before_scale, seed, dropkey_mask, dropout_mask)
+        grads = triton_lcd_attention.lcd_attention_bwd(grad_out, q, k, v, bias, scale, dropkey_p, dropout_p, residual,
+                                                       ln_weight, ln_bias, ln_eps, bias_before_scale, seed,
+                                                       dropkey_mask, dropout_mask)
         return [g if g is not None else q.new_empty(0) for g in grads]
 
     @triton_lcd_attention_bwd.register_fake
-    def _(grad_out, q, k, v, bias, residual, ln_weight, dropkey_mask, dropout_mask, seed, scale, dropkey_p,
-          dropout_p, ln_eps, bias_before_scale):
+    def _(grad_out, q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias, ln_eps,
+          bias_before_scale, seed, dropkey_mask, dropout_mask):
         def like(t):
             return torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else q.new_empty(0)
-        return [like(q), like(k), like(v), like(bias), like(residual), like(ln_weight), like(ln_weight)]
+        return [like(q), like(k), like(v), like(bias), like(residual), like(ln_weight), like(ln_bias)]
 
     def _attention_setup(ctx, inputs, output):
-        (q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, seed, scale, dropkey_p, dropout_p,
-         ln_eps, bias_before_scale) = inputs
-        ctx.save_for_backward(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, seed)
+        (q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias, ln_eps, bias_before_scale, seed,
+         dropkey_mask, dropout_mask) = inputs
+        ctx.save_for_backward(q, k, v, bias, residual, ln_weight, ln_bias, seed, dropkey_mask, dropout_mask)
         ctx.scalars = (scale, dropkey_p, dropout_p, ln_eps, bias_before_scale)
-        ctx.present = (bias is not None, residual is not None, ln_weight is not None, ln_bias is not None)
 
     def _attention_backward(ctx, grad_out):
-        q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, seed = ctx.saved_tensors
-        if differentiable_backward_wanted(grad_out, q, k, v, bias, residual, ln_weight, ln_bias):
-            return (*_reference_vjp(grad_out, q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask,
-                                    seed, *ctx.scalars), None, None, None, None, None, None, None, None)
-        dq, dk, dv, dbias, dres, dlnw, dlnb = triton_lcd_attention_bwd(
-            grad_out, q, k, v, bias, residual, ln_weight, dropkey_mask, dropout_mask, seed, *ctx.scalars)
-        has_bias, has_res, has_ln, has_ln_bias = ctx.present
-        return (dq, dk, dv, dbias if has_bias else None, dres if has_res else None, dlnw if has_ln else None,
-                dlnb if has_ln_bias else None, None, None, None, None, None, None, None, None)
+        q, k, v, bias, residual, ln_weight, ln_bias, seed, dropkey_mask, dropout_mask = ctx.saved_tensors
+        scale, dropkey_p, dropout_p, ln_eps, bias_before_scale = ctx.scalars
+        op_args = (q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias, ln_eps, bias_before_scale,
+                   seed, dropkey_mask, dropout_mask)
+        inputs = (q, k, v, bias, residual, ln_weight, ln_bias)  # the order of the gradients
+        if differentiable_backward_wanted(grad_out, *inputs):
+            return _in_op_order(_reference_vjp(grad_out, *op_args))
+        grads = triton_lcd_attention_bwd(grad_out, *op_args)
+        return _in_op_order([None if x is None else g for x, g in zip(inputs, grads)])
 
     triton_lcd_attention_fwd.register_autograd(_attention_backward, setup_context=_attention_setup)
 
@@ -215,10 +230,10 @@ if kernels.TRITON_ERROR is None:
         """Validated inputs (see helo_fast.functional.lcd_attention) -> out [B, Lq, H*D]."""
         needed = _rng.needs_seed(dropkey_p, dropout_p, dropkey_mask, dropout_mask)
         seed = _rng.draw_seed_tensor(generator) if needed else None
-        return triton_lcd_attention_fwd(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask, seed,
-                                        float(scale), float(dropkey_p), float(dropout_p), float(ln_eps),
-                                        bool(bias_before_scale))
+        return triton_lcd_attention_fwd(q, k, v, bias, float(scale), float(dropkey_p), float(dropout_p), residual,
+                                        ln_weight, ln_bias, float(ln_eps), bool(bias_before_scale), seed, dropkey_mask,
+                                        dropout_mask)
 
-    register_autocast_rule("helo_fast::triton_lcd_attention_fwd", [LOW] * 5 + [FLOAT32] * 2)
-    register_autocast_rule("helo_fast::triton_lcd_attention_bwd", [LOW] * 6 + [FLOAT32])
+    for _qualname in ("helo_fast::triton_lcd_attention_fwd", "helo_fast::triton_lcd_attention_bwd"):
+        register_autocast_rule(_qualname, _autocast_casts(_qualname))
     register("lcd_attention", "triton", lcd_attention_triton)

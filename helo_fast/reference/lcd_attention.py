@@ -19,10 +19,7 @@ def attention_masks(shape, dropkey_p, dropout_p, generator=None, dropkey_mask=No
     if _rng.needs_seed(dropkey_p, dropout_p, dropkey_mask, dropout_mask):
         check_random_draw_allowed("lcd_attention")  # a clear error inside a vmap that refuses random draws
         seed = _rng.draw_seed_tensor(generator)  # a tensor: no recompiling on its value under torch.compile
-        if dropkey_p > 0 and dropkey_mask is None:
-            dropkey_mask = _rng.bernoulli_mask(seed, shape, dropkey_p, _rng.STREAM_DROPKEY, device)
-        if dropout_p > 0 and dropout_mask is None:
-            dropout_mask = _rng.bernoulli_mask(seed, shape, dropout_p, _rng.STREAM_DROPOUT, device)
+        return _rng.attention_masks_of_seed(seed, shape, dropkey_p, dropout_p, dropkey_mask, dropout_mask, device)
     return dropkey_mask, dropout_mask
 
 
