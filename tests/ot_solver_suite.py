@@ -64,6 +64,22 @@ SOLVERS = {"sinkhorn": Solver("sinkhorn", hf.sinkhorn, reference.sinkhorn, "eps"
            "ipot": Solver("ipot", hf.ipot, reference.ipot, "beta", 0.1, 9, 50)}
 
 
+def shared_tests_missing(module, collected_functions) -> list[str]:
+    """Names of this suite's tests missing from ``collected_functions`` (the functions test ``module`` collected)
+    when the module runs the suite (it is test_<op>.py of an op in SOLVERS, or it imports the ``solver``
+    fixture), else []. An op module that forgets a test in its import list never runs it: tests/conftest.py makes
+    that a collection error."""
+    op = getattr(module, "OP", None)
+    runs_suite = (op in SOLVERS and module.__name__.rpartition(".")[2] == f"test_{op}") or \
+        getattr(module, "solver", None) is solver
+    if not runs_suite:
+        return []
+    shared = {name: obj for name, obj in globals().items()
+              if name.startswith("test_") and callable(obj) and getattr(obj, "__module__", None) == __name__}
+    collected = set(collected_functions)
+    return sorted(name for name, obj in shared.items() if obj not in collected)
+
+
 @pytest.fixture
 def solver(request):
     """The Solver of the test module's ``OP``."""
