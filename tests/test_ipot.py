@@ -7,7 +7,7 @@ import helo_fast as hf
 from helo_fast import reference
 from devices import cpp_devices, requires_cpp, skip_unless_backend
 from ot_cases import ot_problem
-from test_reference_ops import ipot_transcription
+from ot_oracle import ipot_transcription
 from tolerance import assert_no_nan, assert_within_reference_error
 
 # The tests ipot shares with sinkhorn (every fast backend; see ot_solver_suite.py), collected here for OP.
