@@ -8,30 +8,13 @@ import helo_fast as hf
 from helo_fast import reference
 from cpu_isa import run_under_isa
 from helo_fast import _ops
-from devices import CPU, CUDA, cpp_devices, requires_cpp, skip_on_the_triton_interpreter, skip_unless_backend
-from ot_cases import PARITY_DTYPES, assert_parity, marginal, skip_triton_low_precision_parity, to_device
+from devices import CUDA, cpp_devices, requires_cpp, skip_on_the_triton_interpreter, skip_unless_backend
+from ot_cases import PARITY_DTYPES, assert_parity, gw_problem, gw_runner as run, skip_triton_low_precision_parity
 from tolerance import assert_float64_close, assert_no_nan, assert_within_reference_error
 
 OP = "gromov_wasserstein"
 
 GW_SHAPES = [(3, 5, 7), (2, 8, 3), (2, 1, 4), (1, 6, 1), (2, 36, 36)]
-
-
-def gw_problem(seed, batch, n, m, dtype=torch.float64, device=CPU):
-    """Cosine-distance structure matrices cs [B, n, n], ct [B, m, m] (as in HeLo) and non-uniform marginals,
-    drawn on the CPU and moved to ``device``."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def structure(size):
-        x = torch.randn(batch, size, 6, generator=gen, dtype=torch.float64)
-        return 1 - torch.nn.functional.cosine_similarity(x[:, :, None], x[:, None, :], dim=-1)
-
-    return to_device((structure(n), structure(m), marginal(gen, batch, n), marginal(gen, batch, m)), dtype, device)
-
-
-def run(fn, solver, eps=0.1, outer=3, inner=6, **kw):
-    return lambda cs, ct, a, b: fn(cs, ct, a, b, eps=eps, outer_iters=outer, inner_iters=inner, solver=solver,
-                                   grad="unrolled", **kw)
 
 
 def registered(backend):
@@ -162,8 +145,7 @@ def test_every_cpu_instruction_set_variant_matches_reference(isa):
         "import torch\n"
         "import helo_fast as hf\n"
         "from helo_fast import reference\n"
-        "from ot_cases import assert_parity\n"
-        "from test_gromov_wasserstein import gw_problem, run\n"
+        "from ot_cases import assert_parity, gw_problem, gw_runner as run\n"
         "for shape in ((2, 8, 3), (2, 36, 36)):\n"
         "    for dtype, with_grad in ((torch.float64, True), (torch.float32, False)):\n"
         "        assert_parity(run(hf.gromov_wasserstein, 'ipot', backend='cpp'), run(reference.gromov_wasserstein, 'ipot'),\n"

@@ -40,7 +40,9 @@ def test_every_cpu_instruction_set_variant_matches_reference(isa):
     script = (
         "import torch\n"
         "from ot_cases import assert_parity, ot_problem\n"
-        "from test_sinkhorn import cpp, ref\n"
+        "from ot_solver_suite import SOLVERS\n"
+        "solver = SOLVERS['sinkhorn']\n"
+        "cpp, ref = (lambda *x: solver.run('cpp', *x)), (lambda *x: solver.run('reference', *x))\n"
         "for shape in ((2, 8, 3), (2, 36, 36), (1, 64, 64)):\n"
         "    for dtype in (torch.float64, torch.float32):\n"
         "        assert_parity(cpp, ref, ot_problem(sum(shape), *shape), dtype)\n"
