@@ -12,7 +12,8 @@ import torch
 
 import helo_fast as hf
 from helo_fast import _ops, reference
-from devices import CUDA, cpp_devices, seeded_weights, skip_on_the_triton_interpreter, skip_unless_backend
+from devices import (CUDA, backend_params, cpp_devices, seeded_weights, skip_on_the_triton_interpreter,
+                     skip_unless_backend)
 from ot_cases import (PARITY_DTYPES, SHAPES, assert_both_backward_paths, assert_parity, ot_problem,
                       skip_triton_low_precision_parity)
 from tolerance import assert_float64_close, assert_no_nan, assert_within_reference_error
@@ -221,7 +222,7 @@ def test_helo_size_forward_and_backward_on_cuda(solver, fast_backend, dtype):
                                          n_iters=20)
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
+@pytest.mark.parametrize("backend", backend_params())
 def test_empty_batch_gives_an_empty_plan_and_gradient(solver, backend):
     skip_unless_backend(backend, solver.op)
     cost = torch.rand(0, 3, 4, requires_grad=True)

@@ -8,7 +8,7 @@ import helo_fast as hf
 from helo_fast import reference
 from cpu_isa import run_under_isa
 from helo_fast import _ops
-from devices import CUDA, cpp_devices, requires_cpp, skip_on_the_triton_interpreter, skip_unless_backend
+from devices import CUDA, backend_params, cpp_devices, requires_cpp, skip_on_the_triton_interpreter
 from ot_cases import PARITY_DTYPES, assert_parity, gw_problem, gw_runner as run, skip_triton_low_precision_parity
 from tolerance import assert_float64_close, assert_no_nan, assert_within_reference_error
 
@@ -255,10 +255,9 @@ def test_all_three_ops_compile_fullgraph():
 
 
 # ---- issue 17: zero-mass marginals, empty batches, forward memory independent of the iteration count ------------
-@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
+@pytest.mark.parametrize("backend", backend_params("gromov_wasserstein"))
 @pytest.mark.parametrize("solver", ["ipot", "sinkhorn"])
 def test_zero_mass_entries_match_reference_with_finite_gradients(backend, solver):
-    skip_unless_backend(backend, "gromov_wasserstein")
     cs, ct, a, b = gw_problem(21, 2, 5, 4)
     a[:, 0], b[1, 3] = 0.0, 0.0
     a, b = a / a.sum(-1, keepdim=True), b / b.sum(-1, keepdim=True)
@@ -275,10 +274,9 @@ def test_zero_mass_entries_match_reference_with_finite_gradients(backend, solver
         torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
+@pytest.mark.parametrize("backend", backend_params("gromov_wasserstein"))
 def test_empty_batch_gives_an_empty_plan(backend):
     """Issue 17: the C++ op returned an empty plan and the reference raised; now every backend does as torch ops."""
-    skip_unless_backend(backend, "gromov_wasserstein")
     cs, ct = torch.rand(0, 3, 3, requires_grad=True), torch.rand(0, 4, 4)
     plan = hf.gromov_wasserstein(cs, ct, grad="unrolled", backend=backend)
     assert plan.shape == (0, 3, 4)

@@ -16,7 +16,7 @@ from helo_fast import _rng
 from helo_fast.reference.lcd_attention import attention_masks
 from lcd_attention_cases import HELO_SHAPES, ODD_SHAPES, attention_case, run_attention as run
 from cpu_isa import run_under_isa
-from devices import CPU, CUDA, requires_cpp, skip_unless_backend, triton_backend_devices
+from devices import CPU, CUDA, backend_params, requires_cpp, skip_unless_backend, triton_backend_devices
 from tolerance import assert_float64_close, assert_no_nan, assert_within_reference_error
 
 OP = "lcd_attention"
@@ -275,14 +275,13 @@ def test_dropout_is_unbiased():
     assert not torch.allclose(out[0], expected), "dropout must change single draws"
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
+@pytest.mark.parametrize("backend", backend_params("lcd_attention"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_fully_masked_row_gets_uniform_weights_in_every_dtype(dtype, backend):
     """Issue 17: float32 gave uniform weights and float64 the unmasked attention (x - 1e12 keeps x's digits in
     float64). DropKey now replaces a dropped logit, so a row with every key dropped averages v, in every dtype and
     backend; its logits' gradient still flows (the softmax backward at uniform weights), as the release's additive
     -1e12 gives in float32."""
-    skip_unless_backend(backend, "lcd_attention")
     gen = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(2, 2, 3, 4, generator=gen, dtype=torch.float64).to(dtype) for _ in range(3))
     mask = torch.zeros(2, 2, 3, 3, dtype=torch.bool)
@@ -299,9 +298,8 @@ def test_fully_masked_row_gets_uniform_weights_in_every_dtype(dtype, backend):
         torch.testing.assert_close(out, hf.lcd_attention(q, k, v, dropkey_mask=mask, backend="reference"))
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
+@pytest.mark.parametrize("backend", backend_params("lcd_attention"))
 def test_empty_batch_gives_an_empty_output(backend):
-    skip_unless_backend(backend, "lcd_attention")
     q, k, v = (torch.randn(0, 2, 3, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
     out = hf.lcd_attention(q, k, v, residual=torch.zeros(0, 3, 8, dtype=torch.float64),
                            ln_weight=torch.ones(8, dtype=torch.float64), backend=backend)
