@@ -8,11 +8,10 @@ import glob
 import os
 import sys
 
-from helo_fast.data import FeatureLayout, make_synthetic_dataset
+from helo_fast.data import make_synthetic_dataset
 from helo_fast.models import HeLoConfig
 from helo_fast.training import TrainConfig, run_experiment
-
-LAYOUT = FeatureLayout(n_channels=4, band_features=5, gsr_features=8, ppg_features=8, video_features=32, n_classes=10)
+from training_cases import LAYOUT  # this file's folder is on sys.path: torchrun runs it as a script
 
 
 class Stop(Exception):

@@ -3,8 +3,9 @@
 
 The one backends fixture is ``fast_backend`` (tests/conftest.py): a (backend, device) pair per fast backend, cpp on
 the CPU and CUDA and triton on its one device, skipped where the module's ``OP`` cannot run. Lower-level helpers:
-``cpp_devices()`` / ``triton_devices()`` for a device parameter, ``cpu_backends(op)`` for the backends that run
-``op`` on CPU tensors here.
+``cpp_devices()`` / ``triton_devices()`` for a device parameter; on CPU tensors, ``backend_params(op)`` for a
+``backend`` parameter over BACKENDS (the reference too), skipped where ``op`` cannot run, and ``cpu_backends(op)`` for
+the names of those that can. Test files name no backend list of their own.
 """
 import pytest
 import torch
@@ -14,6 +15,8 @@ from helo_fast import _backend, _ext, kernels
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
 HAS_CUDA = torch.cuda.is_available()
+# Every backend an op has, in the order the tests parametrize them.
+BACKENDS = ("reference", "cpp", "triton")
 
 
 def _cuda_param():
@@ -39,17 +42,6 @@ def triton_devices():
     return [_cuda_param()]
 
 
-def triton_module_device(op: str):
-    """(device, pytestmark) for a Triton test module: the one device of triton_devices() and the marks its tests
-    carry. Skips the whole module when the Triton backend cannot run ``op`` there."""
-    (param,) = triton_devices()
-    device = param.values[0]
-    reason = _backend.unavailable_reason("triton", device, op)
-    if reason is not None:
-        pytest.skip(f"triton backend unavailable on {device}: {reason}", allow_module_level=True)
-    return device, [pytest.mark.triton, *param.marks]
-
-
 def seeded_weights(seed: int, *shape: int, device: torch.device) -> torch.Tensor:
     """float64 standard-normal weights (a loss's or an upstream gradient's) drawn on the CPU from ``seed``, then
     moved to ``device``: the same numbers on every device."""
@@ -69,10 +61,24 @@ def skip_on_the_triton_interpreter(backend: str, device: torch.device, big: bool
         pytest.skip("too slow for the Triton CPU interpreter; runs on CUDA")
 
 
-def cpu_backends(op: str, include_triton: bool = True):
-    """Backends that can run ``op`` on CPU tensors here: reference, then cpp and triton where built."""
-    names = ["reference", "cpp"] + (["triton"] if include_triton else [])
+def cpu_backends(op=None, include_triton: bool = True):
+    """Names of the backends that can run ``op`` (any op: that can run at all) on CPU tensors here: reference, then
+    cpp and triton where built."""
+    names = [b for b in BACKENDS if include_triton or b != "triton"]
     return [b for b in names if _backend.unavailable_reason(b, CPU, op) is None]
+
+
+def backend_params(op=None, include_triton: bool = True):
+    """Parameters of a ``backend`` argument on CPU tensors: reference, cpp, then triton (id: the name; triton marked
+    `triton`), each skipped, saying why, where it cannot run ``op`` here (any op: where it cannot run at all)."""
+    params = []
+    for name in (b for b in BACKENDS if include_triton or b != "triton"):
+        marks = [pytest.mark.triton] if name == "triton" else []
+        reason = _backend.unavailable_reason(name, CPU, op)
+        if reason is not None:
+            marks.append(pytest.mark.skip(reason=f"{name} backend unavailable for {op or 'any op'} on cpu: {reason}"))
+        params.append(pytest.param(name, id=name, marks=marks))
+    return params
 
 
 def fast_backend_params():

@@ -1,5 +1,5 @@
 """Shared inputs and checks of the OT op tests (test_sinkhorn and test_ipot through ot_solver_suite,
-test_gromov_wasserstein, the convergence / implicit-gradient / OT-value tests)."""
+test_gromov_wasserstein (gw_problem, gw_runner), the convergence / implicit-gradient / OT-value tests)."""
 import warnings
 
 import pytest
@@ -51,6 +51,25 @@ def ot_problem(seed, batch, n, m, dtype=torch.float64, cost_scale=1.0, device=CP
     device)."""
     gen = torch.Generator().manual_seed(seed)
     return to_device(draw_ot_problem(gen, batch, n, m, cost_scale, **marginals), dtype, device)
+
+
+def gw_problem(seed, batch, n, m, dtype=torch.float64, device=CPU):
+    """Cosine-distance structure matrices cs [B, n, n], ct [B, m, m] (as in HeLo) and non-uniform marginals,
+    drawn on the CPU and moved to ``device``."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def structure(size):
+        x = torch.randn(batch, size, 6, generator=gen, dtype=torch.float64)
+        return 1 - torch.nn.functional.cosine_similarity(x[:, :, None], x[:, None, :], dim=-1)
+
+    return to_device((structure(n), structure(m), marginal(gen, batch, n), marginal(gen, batch, m)), dtype, device)
+
+
+def gw_runner(fn, solver, eps=0.1, outer=3, inner=6, **kw):
+    """fn (hf.gromov_wasserstein or the reference) as a function of (cs, ct, a, b) with these settings, the inner
+    ``solver`` and the unrolled gradient."""
+    return lambda cs, ct, a, b: fn(cs, ct, a, b, eps=eps, outer_iters=outer, inner_iters=inner, solver=solver,
+                                   grad="unrolled", **kw)
 
 
 def quiet(fn, *args, **kwargs):

@@ -6,6 +6,9 @@ computed (its plan row or column is then 0), so the oracle needs no -inf arithme
 part like any other, as the starting potentials (f = 0; IPOT's sigma = 1/m) of every row and column do in
 POT's sinkhorn_log and in HELO_SPEC §4.5. Autograd through it gives the oracle's gradients (zero for a
 zero-mass marginal entry).
+
+Apart from it, ``ipot_transcription`` / ``gw_transcription``: HELO_SPEC §4.5 / §4.4 written down literally (uniform
+marginals, plain domain), which underflows where the ops' log domain does not.
 """
 import math
 
@@ -72,3 +75,33 @@ def gromov_wasserstein(cs, ct, a, b, *, eps, outer_iters, inner_iters, solver):
 def batched(fn, *tensors, **kwargs):
     """fn(*problem, **kwargs) for each problem of the [B, ...] float64 ``tensors``, stacked."""
     return torch.stack([fn(*(t[p] for t in tensors), **kwargs) for p in range(tensors[0].shape[0])])
+
+
+# ------------------------------------------------------------------ the spec, literally (plain domain)
+
+def ipot_transcription(cost, beta, n_iters):
+    """HELO_SPEC §4.5 literally (uniform marginals, plain domain), one problem [n, m]."""
+    n, m = cost.shape
+    plan = torch.ones_like(cost)
+    kernel = torch.exp(-cost / beta)
+    sigma = torch.full((m, 1), 1.0 / m, dtype=cost.dtype)
+    for _ in range(n_iters):
+        q = kernel * plan
+        delta = 1.0 / (n * (q @ sigma))
+        sigma = 1.0 / (m * (q.T @ delta))
+        plan = delta * q * sigma.T
+    return plan
+
+
+def gw_transcription(cs, ct, beta, outer, inner):
+    """HELO_SPEC §4.4 literally (uniform marginals, plain-domain IPOT inside), one problem: cs [n, n], ct [m, m] ->
+    plan [n, m]."""
+    n, m = cs.shape[0], ct.shape[0]
+    mu = torch.full((n, 1), 1.0 / n, dtype=cs.dtype)
+    nu = torch.full((m, 1), 1.0 / m, dtype=cs.dtype)
+    c_st = (cs * cs) @ mu @ torch.ones(1, m, dtype=cs.dtype) + torch.ones(n, 1, dtype=cs.dtype) @ nu.T @ (ct * ct).T
+    gamma = mu @ nu.T
+    for _ in range(outer):
+        cost = c_st - 2 * cs @ gamma @ ct.T
+        gamma = ipot_transcription(cost, beta, inner)
+    return gamma

@@ -12,7 +12,8 @@ import torch
 
 import helo_fast as hf
 from helo_fast import _ops, reference
-from devices import CUDA, cpp_devices, seeded_weights, skip_on_the_triton_interpreter, skip_unless_backend
+from devices import (CUDA, backend_params, cpp_devices, seeded_weights, skip_on_the_triton_interpreter,
+                     skip_unless_backend)
 from ot_cases import (PARITY_DTYPES, SHAPES, assert_both_backward_paths, assert_parity, ot_problem,
                       skip_triton_low_precision_parity)
 from tolerance import assert_float64_close, assert_no_nan, assert_within_reference_error
@@ -62,6 +63,22 @@ class Solver:
 
 SOLVERS = {"sinkhorn": Solver("sinkhorn", hf.sinkhorn, reference.sinkhorn, "eps", 0.07, 13, 0),
            "ipot": Solver("ipot", hf.ipot, reference.ipot, "beta", 0.1, 9, 50)}
+
+
+def shared_tests_missing(module, collected_functions) -> list[str]:
+    """Names of this suite's tests missing from ``collected_functions`` (the functions test ``module`` collected)
+    when the module runs the suite (it is test_<op>.py of an op in SOLVERS, or it imports the ``solver``
+    fixture), else []. An op module that forgets a test in its import list never runs it: tests/conftest.py makes
+    that a collection error."""
+    op = getattr(module, "OP", None)
+    runs_suite = (op in SOLVERS and module.__name__.rpartition(".")[2] == f"test_{op}") or \
+        getattr(module, "solver", None) is solver
+    if not runs_suite:
+        return []
+    shared = {name: obj for name, obj in globals().items()
+              if name.startswith("test_") and callable(obj) and getattr(obj, "__module__", None) == __name__}
+    collected = set(collected_functions)
+    return sorted(name for name, obj in shared.items() if obj not in collected)
 
 
 @pytest.fixture
@@ -205,7 +222,7 @@ def test_helo_size_forward_and_backward_on_cuda(solver, fast_backend, dtype):
                                          n_iters=20)
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
+@pytest.mark.parametrize("backend", backend_params())
 def test_empty_batch_gives_an_empty_plan_and_gradient(solver, backend):
     skip_unless_backend(backend, solver.op)
     cost = torch.rand(0, 3, 4, requires_grad=True)

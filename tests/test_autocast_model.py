@@ -10,11 +10,10 @@ than 2x on some batches (both inside the bound).
 import pytest
 import torch
 
-from helo_fast import _ext
 from helo_fast.cli.step_timing import synthetic_batch
 from helo_fast.models import HeLo, HeLoConfig, helo_loss
 from helo_fast.training.step import make_optimizer, predict, train_step
-from devices import cpp_devices
+from devices import backend_params, cpp_devices
 
 # The documented bounds (README, "Mixed precision"), against the float32 reference on the same batch; measured over
 # 8 batches of 16 (CPU, bfloat16): probabilities within 2.3e-4, gradient error 0.03-0.25, cosine >= 0.983.
@@ -22,7 +21,7 @@ PROBS_ABS = 1e-3        # max |p_autocast - p_fp32| over the batch's predicted p
 GRAD_REL = 0.35         # |g_autocast - g_fp32| / |g_fp32|, all parameter gradients as one vector
 GRAD_COSINE = 0.95      # cosine similarity of the two gradient vectors
 
-BACKENDS = ["reference", pytest.param("cpp", marks=pytest.mark.skipif(not _ext.has_cpp(), reason="no C++ extension"))]
+BACKENDS = backend_params(include_triton=False)
 CONFIG = HeLoConfig(dropkey_p=0.0, dropout_p=0.0)   # masks off: the two runs see the same function
 
 

@@ -16,11 +16,11 @@ import helo_fast as hf
 from helo_fast import _backend, _ext
 from autocast_cases import (ATTENTION_ARGS, LOW_DTYPES, MASKS, assert_backend_within_reference_error, attention_call,
                             attention_inputs, low_precision_costs, ot_call, ot_inputs, value_and_grads)
-from devices import cpp_devices, seeded_weights, triton_devices
+from devices import backend_params, cpp_devices, seeded_weights, triton_devices
 from lcd_attention_cases import op_args
 from ot_cases import ot_problem
 
-BACKENDS = ["reference", pytest.param("cpp", marks=pytest.mark.skipif(not _ext.has_cpp(), reason="no C++ extension"))]
+BACKENDS = backend_params(include_triton=False)
 # HeLo's three attentions (B reduced): (batch, heads, lq, lk, dim, bias shape).
 ATTENTION_SHAPES = {"ca": (3, 4, 18, 18, 32, None), "transformer": (2, 4, 36, 36, 32, None),
                     "lcd_ca": (3, 1, 10, 10, 128, (1, 10, 10))}

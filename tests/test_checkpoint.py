@@ -16,7 +16,7 @@ from helo_fast.training.checkpoint import (LEGACY_MAGIC, MAGIC, CheckpointError,
                                            load_latest_good, previous_path)
 from helo_fast.training.fingerprint import fingerprint_differences, run_fingerprint
 from crafted import WritesMarker, with_header
-from test_train import LAYOUT, Interrupt, _interrupt_at, small_config
+from training_cases import LAYOUT, Interrupt, interrupt_at, small_config
 
 
 def test_round_trip_and_previous_version_kept(tmp_path):
@@ -66,7 +66,7 @@ def test_resume_after_a_corrupt_checkpoint_matches_uninterrupted_run(tmp_path):
 
     straight = run_experiment(data, small_config(), config(tmp_path / "a"))
     with pytest.raises(Interrupt):  # checkpoints after epochs 1, 2, 3; the one of epoch 3 gets damaged
-        run_experiment(data, small_config(), config(tmp_path / "b"), on_epoch_end=_interrupt_at(0, 3))
+        run_experiment(data, small_config(), config(tmp_path / "b"), on_epoch_end=interrupt_at(0, 3))
     latest = str(tmp_path / "b" / "checkpoint.pt")
     open(latest, "r+b").truncate(os.path.getsize(latest) - 100)
     with pytest.warns(UserWarning, match="corrupt or truncated"):
@@ -181,7 +181,7 @@ def test_resume_when_only_the_previous_checkpoint_is_left(tmp_path):
 
     straight = run_experiment(data, small_config(), config(tmp_path / "a"))
     with pytest.raises(Interrupt):
-        run_experiment(data, small_config(), config(tmp_path / "b"), on_epoch_end=_interrupt_at(0, 2))
+        run_experiment(data, small_config(), config(tmp_path / "b"), on_epoch_end=interrupt_at(0, 2))
     latest = str(tmp_path / "b" / "checkpoint.pt")
     os.replace(latest, previous_path(latest))   # killed between the renames: the epoch-2 checkpoint is .prev only
     with pytest.warns(UserWarning, match="resuming from the previous good checkpoint"):
@@ -197,7 +197,7 @@ def test_resume_with_another_thread_count_is_refused(tmp_path):
                            checkpoint_dir=str(tmp_path), checkpoint_every=1, resume=resume)
 
     with pytest.raises(Interrupt):
-        run_experiment(data, small_config(), config(1), on_epoch_end=_interrupt_at(0, 1))
+        run_experiment(data, small_config(), config(1), on_epoch_end=interrupt_at(0, 1))
     with pytest.raises(ValueError, match=r"different run \(environment.threads: checkpoint 1, this run 2\)"):
         run_experiment(data, small_config(), config(2, resume=True))
     with pytest.raises(ValueError, match=r"model.dropout_p: checkpoint 0.5, this run 0.25"):

@@ -16,7 +16,7 @@ from crafted import WritesMarker, with_header
 from helo_fast.cli import main
 from helo_fast.training.checkpoint import LEGACY_MAGIC, load_checked, previous_path
 from sigint import default_sigint_in_child
-from test_train import CLI_DATA, CLI_MODEL
+from training_cases import CLI_DATA, CLI_MODEL
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = ["train", *CLI_DATA, *CLI_MODEL, "--epochs", "1", "--quiet", "--no-baselines", "--threads", "1"]

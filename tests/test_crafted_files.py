@@ -23,7 +23,7 @@ from crafted_run import load_in_child
 from helo_fast.cli import main
 from helo_fast.training.checkpoint import MAGIC, atomic_save, load_checked, previous_path
 from helo_fast.training.plain_state import split_state
-from test_train import CLI_DATA, CLI_MODEL
+from training_cases import CLI_DATA, CLI_MODEL
 
 TRAIN = ["train", *CLI_DATA, *CLI_MODEL, "--epochs", "2", "--checkpoint-every", "1", "--batch-size", "8", "--quiet",
          "--no-baselines", "--threads", "1", "--max-splits", "1"]

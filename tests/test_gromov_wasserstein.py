@@ -8,30 +8,13 @@ import helo_fast as hf
 from helo_fast import reference
 from cpu_isa import run_under_isa
 from helo_fast import _ops
-from devices import CPU, CUDA, cpp_devices, requires_cpp, skip_on_the_triton_interpreter, skip_unless_backend
-from ot_cases import PARITY_DTYPES, assert_parity, marginal, skip_triton_low_precision_parity, to_device
+from devices import CUDA, backend_params, cpp_devices, requires_cpp, skip_on_the_triton_interpreter
+from ot_cases import PARITY_DTYPES, assert_parity, gw_problem, gw_runner as run, skip_triton_low_precision_parity
 from tolerance import assert_float64_close, assert_no_nan, assert_within_reference_error
 
 OP = "gromov_wasserstein"
 
 GW_SHAPES = [(3, 5, 7), (2, 8, 3), (2, 1, 4), (1, 6, 1), (2, 36, 36)]
-
-
-def gw_problem(seed, batch, n, m, dtype=torch.float64, device=CPU):
-    """Cosine-distance structure matrices cs [B, n, n], ct [B, m, m] (as in HeLo) and non-uniform marginals,
-    drawn on the CPU and moved to ``device``."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def structure(size):
-        x = torch.randn(batch, size, 6, generator=gen, dtype=torch.float64)
-        return 1 - torch.nn.functional.cosine_similarity(x[:, :, None], x[:, None, :], dim=-1)
-
-    return to_device((structure(n), structure(m), marginal(gen, batch, n), marginal(gen, batch, m)), dtype, device)
-
-
-def run(fn, solver, eps=0.1, outer=3, inner=6, **kw):
-    return lambda cs, ct, a, b: fn(cs, ct, a, b, eps=eps, outer_iters=outer, inner_iters=inner, solver=solver,
-                                   grad="unrolled", **kw)
 
 
 def registered(backend):
@@ -162,8 +145,7 @@ def test_every_cpu_instruction_set_variant_matches_reference(isa):
         "import torch\n"
         "import helo_fast as hf\n"
         "from helo_fast import reference\n"
-        "from ot_cases import assert_parity\n"
-        "from test_gromov_wasserstein import gw_problem, run\n"
+        "from ot_cases import assert_parity, gw_problem, gw_runner as run\n"
         "for shape in ((2, 8, 3), (2, 36, 36)):\n"
         "    for dtype, with_grad in ((torch.float64, True), (torch.float32, False)):\n"
         "        assert_parity(run(hf.gromov_wasserstein, 'ipot', backend='cpp'),\n"
@@ -274,10 +256,9 @@ def test_all_three_ops_compile_fullgraph():
 
 
 # ---- issue 17: zero-mass marginals, empty batches, forward memory independent of the iteration count ------------
-@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
+@pytest.mark.parametrize("backend", backend_params("gromov_wasserstein"))
 @pytest.mark.parametrize("solver", ["ipot", "sinkhorn"])
 def test_zero_mass_entries_match_reference_with_finite_gradients(backend, solver):
-    skip_unless_backend(backend, "gromov_wasserstein")
     cs, ct, a, b = gw_problem(21, 2, 5, 4)
     a[:, 0], b[1, 3] = 0.0, 0.0
     a, b = a / a.sum(-1, keepdim=True), b / b.sum(-1, keepdim=True)
@@ -294,10 +275,9 @@ def test_zero_mass_entries_match_reference_with_finite_gradients(backend, solver
         torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
+@pytest.mark.parametrize("backend", backend_params("gromov_wasserstein"))
 def test_empty_batch_gives_an_empty_plan(backend):
     """Issue 17: the C++ op returned an empty plan and the reference raised; now every backend does as torch ops."""
-    skip_unless_backend(backend, "gromov_wasserstein")
     cs, ct = torch.rand(0, 3, 3, requires_grad=True), torch.rand(0, 4, 4)
     plan = hf.gromov_wasserstein(cs, ct, grad="unrolled", backend=backend)
     assert plan.shape == (0, 3, 4)

@@ -19,7 +19,7 @@ import torch
 import helo_fast as hf
 from helo_fast import _ext, reference
 from sigint import default_sigint_in_child, sigint_raises_keyboard_interrupt  # noqa: F401  (a fixture)
-from test_train import CLI_DATA, CLI_MODEL
+from training_cases import CLI_DATA, CLI_MODEL
 
 # One xdist worker runs them one after another: they time how fast a signal stops a call.
 pytestmark = [pytest.mark.skipif(not _ext.has_cpp(), reason=_ext.EXTENSION_ERROR or ""),

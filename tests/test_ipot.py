@@ -5,9 +5,9 @@ import torch
 
 import helo_fast as hf
 from helo_fast import reference
-from devices import cpp_devices, requires_cpp, skip_unless_backend
+from devices import backend_params, cpp_devices, requires_cpp
 from ot_cases import ot_problem
-from test_reference_ops import ipot_transcription
+from ot_oracle import ipot_transcription
 from tolerance import assert_no_nan, assert_within_reference_error
 
 # The tests ipot shares with sinkhorn (every fast backend; see ot_solver_suite.py), collected here for OP.
@@ -64,9 +64,6 @@ def test_bad_inputs_raise_before_the_kernel():
 
 
 # ---- issue 17: wrong plans from IPOT's sticky underflowed entries, zero-mass marginals, empty batches -------------
-ALL_BACKENDS = ["reference", "cpp", "triton"]
-
-
 @requires_cpp
 def test_float32_plans_where_the_scaling_form_loses_entries():
     """Issue 17's reproduction: costs up to 8 at beta 0.1 in float32. Entries of Q that flush to 0 stayed 0 while
@@ -78,11 +75,10 @@ def test_float32_plans_where_the_scaling_form_loses_entries():
     assert_within_reference_error(plan, expected, own)
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", backend_params("ipot"))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_zero_mass_entries_give_zero_rows_and_columns(backend, dtype):
     """a = [0, .25, .25, .25, .25] made the reference's IPOT NaN (log 0 - log 0 in the second iteration)."""
-    skip_unless_backend(backend, "ipot")
     cost, _, b = ot_problem(12, 2, 5, 4)
     a = torch.tensor([[0, 0.25, 0.25, 0.25, 0.25]] * 2, dtype=torch.float64)
     b[1, 0] = 0.0

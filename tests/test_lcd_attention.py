@@ -14,46 +14,16 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 import helo_fast as hf
 from helo_fast import _rng
 from helo_fast.reference.lcd_attention import attention_masks
-from lcd_attention_cases import attention_case, op_args
+from lcd_attention_cases import HELO_SHAPES, ODD_SHAPES, attention_case, op_args, run_attention as run
 from cpu_isa import run_under_isa
-from devices import CPU, CUDA, requires_cpp, skip_unless_backend, triton_backend_devices
+from devices import CPU, CUDA, backend_params, requires_cpp, skip_unless_backend, triton_backend_devices
 from tolerance import assert_float64_close, assert_no_nan, assert_within_reference_error
 
 OP = "lcd_attention"
 
 TENSOR_ARGS = ("q", "k", "v", "bias", "residual", "ln_weight", "ln_bias")
-# HeLo's call sites (HELO_SPEC §3, §4.8, §6) and odd shapes: (batch, heads, lq, lk, dim, bias shape).
-HELO_SHAPES = {
-    "ca": (3, 4, 18, 18, 32, None),
-    "transformer": (2, 4, 36, 36, 32, None),
-    "lcd_ca": (3, 1, 10, 10, 128, (10, 10)),
-}
-ODD_SHAPES = {
-    "lq_ne_lk_d6": (2, 3, 5, 7, 6, (1, 3, 5, 7)),
-    "batch1_d5": (1, 2, 4, 3, 5, (4, 3)),
-    "full_bias_d33": (2, 2, 3, 9, 33, (2, 2, 3, 9)),
-    "tiny_lk2_d3": (1, 1, 1, 2, 3, None),
-    "lq1_d5": (3, 2, 1, 4, 5, (1, 2, 1, 4)),
-    "lq9_lk3_d2": (2, 1, 9, 3, 2, (9, 3)),
-}
-
 
 case = attention_case
-
-
-def run(backend, tensors, *, seed=0, grad_weight=None, **kwargs):
-    """Output, gradients of (out * grad_weight).sum() w.r.t. every tensor given, next draw of the generator (a CPU
-    generator, as a training loop passes one on any device)."""
-    inputs = {name: (t.clone().requires_grad_(True) if t is not None else None) for name, t in tensors.items()}
-    gen = torch.Generator().manual_seed(seed)
-    out = hf.lcd_attention(inputs["q"], inputs["k"], inputs["v"], inputs["bias"], residual=inputs["residual"],
-                           ln_weight=inputs["ln_weight"], ln_bias=inputs["ln_bias"], generator=gen, backend=backend,
-                           **kwargs)
-    if grad_weight is None:
-        grad_weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(99), dtype=torch.float64)
-    (out * grad_weight.to(device=out.device, dtype=out.dtype)).sum().backward()
-    grads = {name: t.grad for name, t in inputs.items() if t is not None}
-    return out.detach(), grads, int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
 
 
 def explicit_masks(shape, seed, p=0.4, device=CPU):
@@ -354,14 +324,13 @@ def test_dropout_is_unbiased():
     assert not torch.allclose(out[0], expected), "dropout must change single draws"
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
+@pytest.mark.parametrize("backend", backend_params("lcd_attention"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_fully_masked_row_gets_uniform_weights_in_every_dtype(dtype, backend):
     """Issue 17: float32 gave uniform weights and float64 the unmasked attention (x - 1e12 keeps x's digits in
     float64). DropKey now replaces a dropped logit, so a row with every key dropped averages v, in every dtype and
     backend; its logits' gradient still flows (the softmax backward at uniform weights), as the release's additive
     -1e12 gives in float32."""
-    skip_unless_backend(backend, "lcd_attention")
     gen = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(2, 2, 3, 4, generator=gen, dtype=torch.float64).to(dtype) for _ in range(3))
     mask = torch.zeros(2, 2, 3, 3, dtype=torch.bool)
@@ -378,9 +347,8 @@ def test_fully_masked_row_gets_uniform_weights_in_every_dtype(dtype, backend):
         torch.testing.assert_close(out, hf.lcd_attention(q, k, v, dropkey_mask=mask, backend="reference"))
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
+@pytest.mark.parametrize("backend", backend_params("lcd_attention"))
 def test_empty_batch_gives_an_empty_output(backend):
-    skip_unless_backend(backend, "lcd_attention")
     q, k, v = (torch.randn(0, 2, 3, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
     out = hf.lcd_attention(q, k, v, residual=torch.zeros(0, 3, 8, dtype=torch.float64),
                            ln_weight=torch.ones(8, dtype=torch.float64), backend=backend)
@@ -635,7 +603,7 @@ def test_every_cpu_instruction_set_variant_matches_reference(isa):
     script = (
         "import torch, helo_fast as hf\n"
         "from tolerance import assert_float64_close\n"
-        "from test_lcd_attention import case, run, ODD_SHAPES, HELO_SHAPES\n"
+        "from lcd_attention_cases import HELO_SHAPES, ODD_SHAPES, attention_case as case, run_attention as run\n"
         "for name in ('lcd_ca', 'full_bias_d33', 'lq_ne_lk_d6'):\n"
         "    b, h, lq, lk, d, bias = {**HELO_SHAPES, **ODD_SHAPES}[name]\n"
         "    t = case(3, b, h, lq, lk, d, bias)\n"

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import helo_fast as hf
-from helo_fast import _backend
 from helo_fast._convergence import CHECK_EVERY
+from devices import cpu_backends
 from ot_cases import ot_problem, quiet
 
-BACKENDS = ["reference"] + (["cpp"] if _backend.unavailable_reason("cpp", torch.device("cpu")) is None else [])
+BACKENDS = cpu_backends(include_triton=False)
 F64 = torch.float64
 
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import helo_fast as hf
 from helo_fast import _backend, reference
-from devices import CPU, skip_unless_backend
+from devices import CPU, backend_params, skip_unless_backend
 from domain_sweep import sweep_settings
 from ot_oracle import batched
 import ot_oracle
@@ -202,7 +202,7 @@ def structure(gen, batch, n, scale):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("backend", backend_params("gromov_wasserstein", include_triton=False))
 @sweep_settings(50)
 @given(p=gw_problems())
 def test_gromov_wasserstein_matches_oracle_over_the_domain(backend, p):
@@ -235,7 +235,7 @@ def run_gromov_wasserstein(backend, p):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("backend", backend_params("sinkhorn", include_triton=False))
 @sweep_settings(30)
 @given(p=ot_problems(max_size=20, max_batch=8), tol_exponent=st.floats(-10, -2))
 def test_sinkhorn_with_tol_and_implicit_gradient_over_the_domain(backend, p, tol_exponent):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import helo_fast as hf
-from devices import CPU, skip_on_the_triton_interpreter, skip_unless_backend
+from devices import CPU, backend_params, skip_on_the_triton_interpreter, skip_unless_backend
 
 mpmath = pytest.importorskip("mpmath")
 import ot_oracle_mp  # noqa: E402  (needs mpmath)
@@ -49,7 +49,7 @@ def oracle(op, cost, a, b):
 
 @pytest.mark.parametrize("family", ["uniform", "narrow"])
 @pytest.mark.parametrize("op", ["sinkhorn", "ipot"])
-@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
+@pytest.mark.parametrize("backend", backend_params())
 def test_float64_error_grows_as_eps64_times_max_cost_over_eps(backend, op, family):
     skip_unless_backend(backend, op, CPU)
     skip_on_the_triton_interpreter(backend, CPU, big=family == "narrow")  # one family is enough there

@@ -8,10 +8,10 @@ import torch
 
 import helo_fast as hf
 import helo_fast.nn
-from helo_fast import _backend
+from devices import cpu_backends
 from ot_cases import ot_problem
 
-BACKENDS = ["reference"] + (["cpp"] if _backend.unavailable_reason("cpp", torch.device("cpu")) is None else [])
+BACKENDS = cpu_backends(include_triton=False)
 F64 = torch.float64
 
 

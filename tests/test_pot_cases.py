@@ -15,19 +15,11 @@ import pytest
 import torch
 
 import helo_fast as hf
-from helo_fast import _backend
-from devices import CPU
+from devices import backend_params
 from tolerance import assert_float64_close
 
 ot = pytest.importorskip("ot")
 
-BACKENDS = ["reference", "cpp", "triton"]
-
-
-def available(backend, op):
-    reason = _backend.unavailable_reason(backend, CPU, op)
-    if reason is not None:
-        pytest.skip(reason)
 
 
 def gaussian_clouds(seed, n, m):
@@ -63,22 +55,20 @@ def size_for(backend):
     return (12, 9) if backend == "triton" else (60, 45)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params("sinkhorn"))
 @pytest.mark.parametrize("reg, n_iters", [(1.0, 1), (1.0, 10), (0.1, 50), (1e-2, 100), (1e-3, 30)])
 @pytest.mark.parametrize("kind", ["uniform", "random", "zeros"])
 def test_sinkhorn_log_plan_equals_pot_at_stopthr_zero(backend, reg, n_iters, kind):
-    available(backend, "sinkhorn")
     n, m = size_for(backend)
     _, _, cost = gaussian_clouds(0, n, m)
     a, b = histogram(1, n, kind), histogram(2, m, "random")
     assert_float64_close(helo_plan(backend, cost, a, b, reg, n_iters), pot_plan(cost, a, b, reg, n_iters))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params("sinkhorn"))
 def test_converged_plan_has_the_marginals(backend):
     """POT's test_sinkhorn: after convergence the plan's rows sum to a (exactly: the row update is last) and its
     columns to b."""
-    available(backend, "sinkhorn")
     n, m = size_for(backend)
     _, _, cost = gaussian_clouds(3, n, m)
     a, b = histogram(4, n, "random"), histogram(5, m, "uniform")
@@ -87,11 +77,10 @@ def test_converged_plan_has_the_marginals(backend):
     np.testing.assert_allclose(plan.sum(0).numpy(), b, rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params("sinkhorn"))
 def test_sinkhorn_log_small_reg_equals_pot_and_stays_finite(backend):
     """POT's small-reg cases: reg = 1e-3 on a normalised cost (the linear kernel exp(-M / reg) underflows; the
     log domain must not), plans equal to POT's sinkhorn_log, mass on the cheap entries."""
-    available(backend, "sinkhorn")
     n, m = size_for(backend)
     _, _, cost = gaussian_clouds(6, n, m)
     a, b = ot.unif(n), ot.unif(m)
@@ -101,14 +90,13 @@ def test_sinkhorn_log_small_reg_equals_pot_and_stays_finite(backend):
     assert float((plan * torch.tensor(cost)).sum()) < float(torch.tensor(cost).mean())
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params("sinkhorn"))
 @pytest.mark.parametrize("n, m", [(2, 2), (3, 5), (6, 4)])
 @pytest.mark.parametrize("reg", [1e-3, 5e-4])
 def test_small_random_problems_at_small_reg_equal_pot(backend, n, m, reg):
     """POT's random small histograms and costs in [0, 1) at reg 1e-3 and below (cost / reg up to 2000): kernel
     entries of e^-2000 underflow in any dtype, yet the plan may need them. 40 problems each (8 under the Triton
     interpreter), against POT."""
-    available(backend, "sinkhorn")
     rng = np.random.RandomState(n * 100 + m)
     problems = [(rng.rand(n, m), histogram(rng.randint(1000), n, "random"), histogram(rng.randint(1000), m, "random"))
                 for _ in range(8 if backend == "triton" else 40)]
@@ -125,11 +113,10 @@ def pot_torch_grads(cost, a, b, reg, n_iters, weight):
     return torch.autograd.grad((plan * weight).sum(), leaves)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params("sinkhorn"))
 @pytest.mark.parametrize("reg, n_iters", [(1.0, 5), (0.05, 40), (1e-2, 20)])
 def test_unrolled_gradients_equal_pot_torch_autodiff(backend, reg, n_iters):
     """POT's torch backend differentiates its sinkhorn_log loop with autograd: the same unrolled gradient."""
-    available(backend, "sinkhorn")
     n, m = (7, 5) if backend == "triton" else (20, 15)
     _, _, cost = gaussian_clouds(8, n, m)
     a, b = histogram(9, n, "random"), histogram(10, m, "random")
@@ -148,11 +135,10 @@ def symmetric_structures(seed, n, m):
     return c1 / c1.max(), c2 / c2.max()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params("gromov_wasserstein"))
 @pytest.mark.parametrize("epsilon, outer, inner", [(1.0, 1, 10), (0.2, 5, 30), (0.1, 10, 50)])
 @pytest.mark.parametrize("kind", ["uniform", "random"])
 def test_entropic_gromov_square_loss_equals_pot(backend, epsilon, outer, inner, kind):
-    available(backend, "gromov_wasserstein")
     n, m = (8, 6) if backend == "triton" else (20, 14)
     c1, c2 = symmetric_structures(12, n, m)
     p, q = histogram(13, n, kind), histogram(14, m, kind)

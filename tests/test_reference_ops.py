@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from helo_fast import reference
 from helo_fast._rng import bernoulli_mask, hash_uniform
+from ot_oracle import gw_transcription, ipot_transcription
 from tolerance import assert_float64_close, assert_no_nan
 
 ot = pytest.importorskip("ot")
@@ -29,33 +30,6 @@ def test_sinkhorn_equals_pot_sinkhorn_log(n, m):
         expected = ot.sinkhorn(a[i].numpy(), b[i].numpy(), cost[i].numpy(), eps, method="sinkhorn_log",
                                numItermax=n_iters, stopThr=-1)
         assert_float64_close(plan[i], torch.from_numpy(np.asarray(expected)))
-
-
-def ipot_transcription(cost, beta, n_iters):
-    """HELO_SPEC §4.5 literally (uniform marginals, plain domain), one problem [n, m]."""
-    n, m = cost.shape
-    plan = torch.ones_like(cost)
-    kernel = torch.exp(-cost / beta)
-    sigma = torch.full((m, 1), 1.0 / m, dtype=cost.dtype)
-    for _ in range(n_iters):
-        q = kernel * plan
-        delta = 1.0 / (n * (q @ sigma))
-        sigma = 1.0 / (m * (q.T @ delta))
-        plan = delta * q * sigma.T
-    return plan
-
-
-def gw_transcription(cs, ct, beta, outer, inner):
-    """HELO_SPEC §4.4 literally, one problem."""
-    n, m = cs.shape[0], ct.shape[0]
-    mu = torch.full((n, 1), 1.0 / n, dtype=cs.dtype)
-    nu = torch.full((m, 1), 1.0 / m, dtype=cs.dtype)
-    c_st = (cs * cs) @ mu @ torch.ones(1, m, dtype=cs.dtype) + torch.ones(n, 1, dtype=cs.dtype) @ nu.T @ (ct * ct).T
-    gamma = mu @ nu.T
-    for _ in range(outer):
-        cost = c_st - 2 * cs @ gamma @ ct.T
-        gamma = ipot_transcription(cost, beta, inner)
-    return gamma
 
 
 @pytest.mark.parametrize("n,m", [(6, 6), (5, 8), (1, 4)])

@@ -15,7 +15,7 @@ from helo_fast import nn as fast_nn
 from helo_fast.reference import modules as reference_modules
 from helo_fast.reference.seeded_dropout import seeded_dropout as reference_dropout
 from cpu_isa import run_under_isa
-from devices import CPU, cpp_devices, requires_cpp, seeded_weights, skip_unless_backend
+from devices import CPU, backend_params, cpp_devices, requires_cpp, seeded_weights, skip_unless_backend
 from domain_sweep import sweep_settings
 
 OP = "seeded_dropout"
@@ -110,7 +110,7 @@ def test_masks_differ_between_seeds_and_repeat_for_the_same_seed():
     assert not torch.equal(first, torch.ops.helo_fast.seeded_dropout_fwd(x, seed_tensor(2), 0.5))
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=requires_cpp)])
+@pytest.mark.parametrize("backend", backend_params(OP, include_triton=False))
 def test_identity_at_p0_and_in_eval(backend):
     x = draw((5, 6), torch.float32)
     gen = torch.Generator().manual_seed(3)
@@ -155,7 +155,7 @@ def test_opcheck(fast_backend, shape, p, seed):
     torch.library.opcheck(op, (x.clone().requires_grad_(), seed_tensor(seed), p))
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=requires_cpp)])
+@pytest.mark.parametrize("backend", backend_params(OP, include_triton=False))
 def test_bad_inputs_raise_before_any_kernel(backend):
     x = torch.randn(3, 4)
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
@@ -180,7 +180,7 @@ def test_reference_module_is_an_nn_dropout_with_no_state():
         reference_modules.SeededDropout(1.0)
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=requires_cpp), "auto"])
+@pytest.mark.parametrize("backend", [*backend_params(OP, include_triton=False), "auto"])
 def test_fused_module_matches_reference_module_and_converts_back(backend):
     x = draw((8, 16), torch.float32)
     fast = fast_nn.FusedDropout(0.5, backend=backend)
@@ -268,11 +268,10 @@ def check_against_oracle(backend, problem):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("backend", backend_params(OP, include_triton=False))
 @sweep_settings(60)
 @given(problem=dropout_problems(max_numel=200_000))
 def test_matches_oracle_over_the_domain(backend, problem):
-    skip_unless_backend(backend, OP)
     check_against_oracle(backend, problem)
 
 

@@ -6,7 +6,7 @@ import torch
 import helo_fast as hf
 from helo_fast import reference
 from cpu_isa import run_under_isa
-from devices import cpp_devices, requires_cpp, skip_unless_backend
+from devices import backend_params, cpp_devices, requires_cpp
 from ot_cases import ot_problem
 from tolerance import assert_no_nan
 
@@ -40,7 +40,9 @@ def test_every_cpu_instruction_set_variant_matches_reference(isa):
     script = (
         "import torch\n"
         "from ot_cases import assert_parity, ot_problem\n"
-        "from test_sinkhorn import cpp, ref\n"
+        "from ot_solver_suite import SOLVERS\n"
+        "solver = SOLVERS['sinkhorn']\n"
+        "cpp, ref = (lambda *x: solver.run('cpp', *x)), (lambda *x: solver.run('reference', *x))\n"
         "for shape in ((2, 8, 3), (2, 36, 36), (1, 64, 64)):\n"
         "    for dtype in (torch.float64, torch.float32):\n"
         "        assert_parity(cpp, ref, ot_problem(sum(shape), *shape), dtype)\n"
@@ -83,9 +85,6 @@ def test_bad_inputs_raise_before_the_kernel():
 
 
 # ---- issue 17: wrong plans where kernel entries underflow, NaN gradients, zero-mass marginals, empty batches ----
-ALL_BACKENDS = ["reference", "cpp", "triton"]
-
-
 @requires_cpp
 def test_plan_needing_an_underflowed_kernel_entry():
     """exp(-0.75 / 1e-3) is 0 in float64, yet the plan puts 0.5 there (issue 17's reproduction): the scaling form
@@ -113,10 +112,9 @@ def test_gradient_finite_where_the_reference_is_at_eps_1e_3():
             assert float((g - r).abs().max()) <= 1e-10 * scale
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("backend", backend_params("sinkhorn"))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_zero_mass_entries_give_zero_rows_and_columns(backend, dtype):
-    skip_unless_backend(backend, "sinkhorn")
     cost, a, b = ot_problem(11, 2, 5, 4)
     a[0, 1], b[1, 2] = 0.0, 0.0
     a, b = a / a.sum(-1, keepdim=True), b / b.sum(-1, keepdim=True)

@@ -8,11 +8,10 @@ import pytest
 import torch
 
 import helo_fast as hf
-from helo_fast import _backend
 from ot_cases import draw_ot_problem, to_device
-from devices import CPU
+from devices import CPU, cpu_backends
 
-BACKENDS = ["reference"] + (["cpp"] if _backend.unavailable_reason("cpp", torch.device("cpu")) is None else [])
+BACKENDS = cpu_backends(include_triton=False)
 F64 = torch.float64
 
 

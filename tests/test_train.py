@@ -10,17 +10,10 @@ import torch
 from scipy.io import savemat
 
 from helo_fast.cli import main
-from helo_fast.data import FeatureLayout, make_synthetic_dataset
-from helo_fast.models import HeLoConfig
+from helo_fast.data import make_synthetic_dataset
 from helo_fast.training import TrainConfig, experiment, format_table, run_experiment, step
 from helo_fast.training.checkpoint import load_checked
-
-LAYOUT = FeatureLayout(n_channels=4, band_features=5, gsr_features=8, ppg_features=8, video_features=32, n_classes=10)
-SMALL_MODEL = dict(d_model=16, n_heads=2, ffn_dim=16, head_hidden=32)
-# A tiny DMER-shaped model for CLI runs (the data there is the default 913-column layout).
-CLI_MODEL = ["--config", "d_model=16", "--config", "n_heads=2", "--config", "ffn_dim=8", "--config", "head_hidden=16",
-             "--config", "outer_iters=1", "--config", "inner_iters=2"]
-CLI_DATA = ["--synthetic-subjects", "2", "--synthetic-trials", "3", "--synthetic-rows", "4"]
+from training_cases import CLI_DATA, CLI_MODEL, LAYOUT, Interrupt, interrupt_at, small_config
 
 
 @pytest.fixture(autouse=True)
@@ -30,10 +23,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def small_config(**changes):
-    return HeLoConfig(**LAYOUT.as_config(), **{**SMALL_MODEL, **changes})
 
 
 @pytest.mark.slow
@@ -53,17 +42,6 @@ def test_short_run_lowers_loss_and_beats_training_mean():
     assert "HeLo" in table and "train mean" in table and "MLP (video)" in table and "±" in table
 
 
-class Interrupt(Exception):
-    pass
-
-
-def _interrupt_at(split, epoch):
-    def hook(split_index, done, record):
-        if (split_index, done) == (split, epoch):
-            raise Interrupt
-    return hook
-
-
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     data = make_synthetic_dataset(n_subjects=2, trials_per_subject=8, rows_per_trial=4, layout=LAYOUT, seed=3)
     model_config = small_config()
@@ -75,10 +53,10 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     straight = run_experiment(data, model_config, config(tmp_path / "a"))
     # interrupted after epoch 3 of split 0 (last checkpoint: epoch 2, so epoch 3 is redone) ...
     with pytest.raises(Interrupt):
-        run_experiment(data, model_config, config(tmp_path / "b"), on_epoch_end=_interrupt_at(0, 3))
+        run_experiment(data, model_config, config(tmp_path / "b"), on_epoch_end=interrupt_at(0, 3))
     # ... and again after epoch 2 of split 1
     with pytest.raises(Interrupt):
-        run_experiment(data, model_config, config(tmp_path / "b", resume=True), on_epoch_end=_interrupt_at(1, 2))
+        run_experiment(data, model_config, config(tmp_path / "b", resume=True), on_epoch_end=interrupt_at(1, 2))
     resumed = run_experiment(data, model_config, config(tmp_path / "b", resume=True))
     assert resumed["summary"] == straight["summary"]
     for a, b in zip(straight["splits"], resumed["splits"]):
@@ -101,7 +79,7 @@ def test_bf16_mixed_resume_matches_uninterrupted_run(tmp_path):
 
     straight = run_experiment(data, small_config(), config(tmp_path / "a"))
     with pytest.raises(Interrupt):
-        run_experiment(data, small_config(), config(tmp_path / "b"), on_epoch_end=_interrupt_at(0, 2))
+        run_experiment(data, small_config(), config(tmp_path / "b"), on_epoch_end=interrupt_at(0, 2))
     with pytest.raises(ValueError, match=r"different run \(train.precision: checkpoint 'bf16-mixed', this run '32'\)"):
         run_experiment(data, small_config(), config(tmp_path / "b", resume=True, precision="32"))
     resumed = run_experiment(data, small_config(), config(tmp_path / "b", resume=True))
@@ -160,7 +138,7 @@ def test_16_mixed_on_cuda_trains_with_a_grad_scaler_and_resumes_bit_for_bit(tmp_
 
     straight = run_experiment(data, small_config(), config(tmp_path / "a"))
     with pytest.raises(Interrupt):
-        run_experiment(data, small_config(), config(tmp_path / "b"), on_epoch_end=_interrupt_at(0, 2))
+        run_experiment(data, small_config(), config(tmp_path / "b"), on_epoch_end=interrupt_at(0, 2))
     state = load_checked(str(tmp_path / "b" / experiment.CHECKPOINT_NAME))
     assert state["scaler"]["scale"] > 0
     resumed = run_experiment(data, small_config(), config(tmp_path / "b", resume=True))

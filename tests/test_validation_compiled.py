@@ -8,10 +8,9 @@ import pytest
 import torch
 
 import helo_fast as hf
-from devices import CPU, skip_unless_backend
+from devices import CPU, backend_params, skip_unless_backend
 
 DT = torch.float64
-BACKENDS = ["reference", "cpp", "triton"]
 
 
 def _ot_case(change):
@@ -33,9 +32,8 @@ OT_BAD = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params("sinkhorn"))
 def test_compiled_sinkhorn_refuses_what_eager_refuses(backend):
-    skip_unless_backend(backend, "sinkhorn", CPU)
     torch._dynamo.reset()
     fn = torch.compile(lambda c, a, b: hf.sinkhorn(c, a, b, eps=0.1, n_iters=3, backend=backend), fullgraph=True,
                        backend="aot_eager", dynamic=False)
@@ -62,9 +60,8 @@ def test_inductor_keeps_the_checks():
             fn(*_ot_case(change))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params("gromov_wasserstein"))
 def test_compiled_gromov_wasserstein_refuses_what_eager_refuses(backend):
-    skip_unless_backend(backend, "gromov_wasserstein", CPU)
     torch._dynamo.reset()
     fn = torch.compile(lambda cs, ct, a, b: hf.gromov_wasserstein(cs, ct, a, b, eps=0.1, outer_iters=2, inner_iters=2,
                                                                   backend=backend),
@@ -83,9 +80,8 @@ def test_compiled_gromov_wasserstein_refuses_what_eager_refuses(backend):
             fn(*args)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params("lcd_attention"))
 def test_compiled_lcd_attention_refuses_what_eager_refuses(backend):
-    skip_unless_backend(backend, "lcd_attention", CPU)
     torch._dynamo.reset()
     fn = torch.compile(lambda q, k, v, r: hf.lcd_attention(q, k, v, residual=r, ln_weight=torch.ones(8),
                                                            backend=backend),
