@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "../lcd_attention_params.h"
-#include "../cpu_math.h"
+#include "cpu_math.h"
 
 namespace helo_fast::attention {
 namespace {
@@ -61,21 +61,21 @@ struct Grads {
 // a compile error.)
 #define HF_VEC_BYTES 16
 namespace isa_default {
-#include "../lcd_attention_cpu_kernels.h"
+#include "lcd_attention_cpu_kernels.h"
 }  // namespace isa_default
 #undef HF_VEC_BYTES
 #if HF_X86_DISPATCH
 HF_TARGET_REGION_BEGIN(HF_AVX2_FEATURES)
 #define HF_VEC_BYTES 32
 namespace isa_avx2 {
-#include "../lcd_attention_cpu_kernels.h"
+#include "lcd_attention_cpu_kernels.h"
 }  // namespace isa_avx2
 #undef HF_VEC_BYTES
 HF_TARGET_REGION_END
 HF_TARGET_REGION_BEGIN(HF_AVX512_FEATURES)
 #define HF_VEC_BYTES 64
 namespace isa_avx512 {
-#include "../lcd_attention_cpu_kernels.h"
+#include "lcd_attention_cpu_kernels.h"
 }  // namespace isa_avx512
 #undef HF_VEC_BYTES
 HF_TARGET_REGION_END

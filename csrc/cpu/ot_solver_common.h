@@ -11,11 +11,11 @@
 #include <limits>
 
 #include "../interrupt.h"
-#include "../cpu_math.h"
+#include "cpu_math.h"
 #include "ot_vec.h"
 
 namespace helo_fast::ot_cpu {
-using namespace cpu_math;  // the shared math (csrc/cpu_math.h)
+using namespace cpu_math;  // the shared math (csrc/cpu/cpu_math.h)
 
 // K = -cost / eps (division as in the reference), log a, log b for one problem; In is the input
 // dtype (float32 inputs of float64 solves are converted here, one problem at a time).

@@ -10,10 +10,10 @@
 #include <type_traits>
 #include <utility>
 
-#include "../cpu_math.h"
+#include "cpu_math.h"
 
 namespace helo_fast::ot_cpu {
-using namespace cpu_math;  // the shared math (csrc/cpu_math.h)
+using namespace cpu_math;  // the shared math (csrc/cpu/cpu_math.h)
 
 // Vectors of kBytes = 16 or 32 bytes: one register of the variant's instruction set (SSE2 or NEON for the baseline
 // variant, AVX2), as chosen by HF_DEFINE_SIMD_DISPATCH; a wider vector than the registers would be split into pieces.

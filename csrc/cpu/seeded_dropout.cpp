@@ -10,7 +10,7 @@
 #include <bit>
 #include <cstdint>
 
-#include "../cpu_math.h"
+#include "cpu_math.h"
 #include "../seeded_dropout.h"
 
 namespace helo_fast::dropout {
