@@ -2,8 +2,8 @@
 // LayerNorm, fused per query row. With save_for_backward the forward also returns the softmax weights
 // [B, H, Lq, Lk] and the LayerNorm input [B, Lq, H*D] (accumulation type); the backward reads them and
 // regenerates the dropout mask from the seed. Both passes run at::parallel_for over the batch and work on one
-// (b, h) tile at a time with small register-blocked GEMMs (lcd_attention_cpu_kernels.h); the backward gives each
-// chunk of batch entries its own slice of the bias / LayerNorm-parameter gradients, summed at the end.
+// (b, h) tile at a time (lcd_attention_kernels.h) with small register-blocked GEMMs (tile_math.h); the backward gives
+// each chunk of batch entries its own slice of the bias / LayerNorm-parameter gradients, summed at the end.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -61,21 +61,21 @@ struct Grads {
 // a compile error.)
 #define HF_VEC_BYTES 16
 namespace isa_default {
-#include "lcd_attention_cpu_kernels.h"
+#include "lcd_attention_kernels.h"
 }  // namespace isa_default
 #undef HF_VEC_BYTES
 #if HF_X86_DISPATCH
 HF_TARGET_REGION_BEGIN(HF_AVX2_FEATURES)
 #define HF_VEC_BYTES 32
 namespace isa_avx2 {
-#include "lcd_attention_cpu_kernels.h"
+#include "lcd_attention_kernels.h"
 }  // namespace isa_avx2
 #undef HF_VEC_BYTES
 HF_TARGET_REGION_END
 HF_TARGET_REGION_BEGIN(HF_AVX512_FEATURES)
 #define HF_VEC_BYTES 64
 namespace isa_avx512 {
-#include "lcd_attention_cpu_kernels.h"
+#include "lcd_attention_kernels.h"
 }  // namespace isa_avx512
 #undef HF_VEC_BYTES
 HF_TARGET_REGION_END
