@@ -17,7 +17,7 @@
 # 15-minute lease with room for the machine's start. Needs pytest-xdist and pytest-timeout (on the lent machines'
 # image). POT, a test and benchmark peer, is installed from wheels in .whl/ when present.
 #
-# --dry-run (first argument) runs the whole script on a CPU-only machine, as CI does (tests/test_gpu_session.py):
+# --dry-run (first argument) runs the whole script on a CPU-only machine, as CI does (tests/repo/test_gpu_session.py):
 # no nvidia-smi, no build, the interpreter for Triton, the same pytest commands
 # narrowed by DRY_RUN_K to a handful of tests and benchmarks, and tiny limits where the caller sets them.
 # Usage: benchmarks/gpu_session.sh [--dry-run] build test bench

@@ -1,6 +1,6 @@
 """How fast Ctrl-C stops a long C++ OT call: seconds from SIGINT to the KeyboardInterrupt, per call and thread count.
 
-The tests (tests/test_interrupt.py) check only that a call stops long before it would have ended, so that a busy
+The tests (tests/ops/test_interrupt.py) check only that a call stops long before it would have ended, so that a busy
 machine cannot fail them; the latency itself (documented as about 0.1 s, docs/ops.md) is measured here:
 
     python -m benchmarks.interrupt_latency [--repeats 5]

@@ -1,6 +1,13 @@
 """Suite-wide settings: a fixed, derandomised hypothesis example budget so CI time is bounded; the one backends
 fixture, ``fast_backend``; the guard that makes an OT op module fail to collect when it misses a test of the shared
-suite (ot_solver_suite.py)."""
+suite (support/ot_solver_suite.py).
+
+Where a new test goes (the folders mirror the code):
+- ops/: one op's behaviour in ``ops/test_<op>.py``; one property across all ops in ``ops/test_<property>.py``.
+- model/: the HeLo model, its fast modules, metrics.  training/: the training loop, checkpoints, precision, data.
+- cli/: the ``helo-fast`` command line.  repo/: checks of the repository itself (docs, builds, benchmarks, audits).
+- support/: helpers only (devices, tolerance, oracles, cases, crafted files, subprocess workers), on sys.path through
+  pyproject's ``pythonpath``; test files import them (``from devices import ...``) and never import each other."""
 import os
 
 import pytest

@@ -1,6 +1,6 @@
 """The Triton launches a GPU run makes, as calls of the public ops (``backend="triton"``): one list for the audit
-(which compiles what these calls launch, for Hopper) and for tests/test_triton_launch_cases.py (which runs every call
-under TRITON_INTERPRET=1 and compares it with the reference backend).
+(which compiles what these calls launch, for Hopper) and for tests/ops/test_triton_launch_cases.py (which runs every
+call under TRITON_INTERPRET=1 and compares it with the reference backend).
 
 Sizes come from where the GPU uses them: HeLo's call sites (derived from ``HeLoConfig()``), the GPU benchmark suites
 (their size tables, imported), and small ragged sizes like the tests' (block sizes 16 and 32, masked edges). Flags

@@ -1,6 +1,6 @@
 """Compile csrc/cuda/*.cu with nvcc for Hopper (and Blackwell where nvcc knows it) and read ptxas' resource report.
 
-The command is tests/test_cuda_compile.py's (torch's CPU headers, no link) plus ``-Xptxas -v`` and one -gencode per
+The command is tests/repo/test_cuda_compile.py's (torch's CPU headers, no link) plus ``-Xptxas -v`` and one -gencode per
 architecture. Each kernel instantiation (one per storage dtype) gives one row: registers, stack frame, spill
 stores / loads, static shared memory. Kernels take their shared memory dynamically; its host-side cap is the
 launcher's (48 KiB in ot_device.cuh and lcd_attention.cu), well under Hopper's 227 KiB.

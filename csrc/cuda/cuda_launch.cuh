@@ -1,5 +1,5 @@
 // Launch helpers shared by the CUDA kernels: the stream to launch on and the post-launch error check.
-// A CPU-only torch (the nvcc compile check in tests/test_cuda_compile.py) lacks the c10/cuda headers;
+// A CPU-only torch (the nvcc compile check in tests/repo/test_cuda_compile.py) lacks the c10/cuda headers;
 // there launches use the default stream. Real CUDA builds use torch's current stream.
 #pragma once
 

@@ -53,8 +53,8 @@ def close_distributed(ctx: DistContext) -> None:
 
     A process that exits with the group alive can abort at exit ("terminate called without an active exception"):
     a gloo worker thread that releases a finished collective's tensors takes the GIL, and a thread that asks for it
-    while the interpreter finalizes is ended in the middle of C++ code. tests/ddp_resume_worker.py checks that no
-    gloo thread outlives a run.
+    while the interpreter finalizes is ended in the middle of C++ code. tests/support/ddp_resume_worker.py checks that
+    no gloo thread outlives a run.
     """
     if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()

@@ -26,7 +26,7 @@ def make_optimizer(model: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-
 
     Its rounding differs from the default implementation's in an ulp here and there, which HeLo's GW step amplifies
     as it does any rounding change (~0.2% in the metrics after 2 epochs); a 2-process DDP run still equals the
-    single-process one (tests/test_distributed.py, torch 2.13; an earlier session's torch did not, and kept the
+    single-process one (tests/training/test_distributed.py, torch 2.13; an earlier session's torch did not, and kept the
     default).
     """
     return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)

@@ -7,7 +7,7 @@ reference and cpp backends and (last section) the Triton backend, against the po
 - seeded_dropout keeps the input dtype and its result.
 
 Each backend's result (and gradients) must be within 2x the error of the reference in the same autocast setting,
-both measured against the float64 reference on the same inputs (tests/tolerance.py).
+both measured against the float64 reference on the same inputs (tests/support/tolerance.py).
 """
 import pytest
 import torch

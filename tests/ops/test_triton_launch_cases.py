@@ -11,7 +11,7 @@ import torch
 
 from benchmarks.gpu_audit import cases as launch_cases
 from benchmarks.gpu_audit.launches import launchable_kernels, recording
-from tests import devices
+import devices
 
 DEVICE = devices.triton_devices()[0].values[0]
 pytestmark = [pytest.mark.triton, *devices.triton_devices()[0].marks]

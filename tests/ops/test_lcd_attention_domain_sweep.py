@@ -4,10 +4,11 @@ hypothesis draws the problem: B 1-6, H 1-8, Lq and Lk 1-40, D 1-140 (HeLo's D = 
 of every broadcastable shape, before or after the scale; residual and LayerNorm (with or without its bias) on or off;
 scale default or 0.01-10; input magnitudes 0.1-3; q, k, v contiguous or heads of [B, L, H*D]; DropKey and dropout p
 in [0, 0.99) with masks drawn from the generator or given; float64, float32 and bfloat16; with and without gradients.
-The oracle (tests/lcd_attention_oracle.py) is a plain float64 transcription of the documented definition. Outputs
-and gradients must be finite; float64 within 1e-10 of the oracle (relative to the largest oracle entry or the gradient's
-natural size), lower precisions within tests/tolerance.py's rule against the reference run in the same precision,
-with a floor of 8 ulps times the conditioning (1 + max |logit|, times LayerNorm's amplification |x| / std).
+The oracle (tests/support/lcd_attention_oracle.py) is a plain float64 transcription of the documented definition.
+Outputs and gradients must be finite; float64 within 1e-10 of the oracle (relative to the largest oracle entry or the
+gradient's natural size), lower precisions within tests/support/tolerance.py's rule against the reference run in the
+same precision, with a floor of 8 ulps times the conditioning (1 + max |logit|, times LayerNorm's amplification
+|x| / std).
 
 Size: HELO_SWEEP=ci (default, derandomized: the same examples every run) or HELO_SWEEP=nightly (20x the examples,
 a fresh draw each run), as the OT sweep.

@@ -9,7 +9,8 @@ import ot_solver_suite
 
 pytest_plugins = ["pytester"]
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUPPORT_DIR = os.path.join(TESTS_DIR, "support")
 SHARED = sorted(name for name in vars(ot_solver_suite) if name.startswith("test_"))
 
 
@@ -21,7 +22,7 @@ def op_module(op, names):
 @pytest.fixture
 def scratch(pytester, monkeypatch):
     """A pytester directory with tests/conftest.py's text as its conftest, the test helpers importable."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([TESTS_DIR, os.path.dirname(TESTS_DIR),
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([SUPPORT_DIR, os.path.dirname(TESTS_DIR),
                                                       os.environ.get("PYTHONPATH", "")]))
     with open(os.path.join(TESTS_DIR, "conftest.py")) as f:
         pytester.makeconftest(f.read())

@@ -1,4 +1,4 @@
-"""Loads crafted files in a child process with a memory cap: ``python tests/crafted_worker.py FAMILY FILE...``.
+"""Loads crafted files in a child process with a memory cap: ``python tests/support/crafted_worker.py FAMILY FILE...``.
 
 Imports first, then caps the address space at what the process maps now + ``HELO_CRAFTED_HEADROOM_MB``
 (default 1024), then loads each file with FAMILY's loader, printing one JSON line per file:

@@ -25,7 +25,7 @@ from training_cases import CLI_DATA, CLI_MODEL
 pytestmark = [pytest.mark.skipif(not _ext.has_cpp(), reason=_ext.EXTENSION_ERROR or ""),
               pytest.mark.xdist_group("timing"), pytest.mark.usefixtures("sigint_raises_keyboard_interrupt")]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DELAY_S = 0.5        # how long the call runs before the signal
 CALIBRATION = 0.01   # the fraction of a long call's work timed to estimate its natural duration
 # An interrupted call must stop within this fraction of its natural duration (about 10 s on a 2-core Xeon, so about

@@ -1,8 +1,8 @@
 """HeLo (reference and fast) under torch.autocast: forward and gradients against the float32 reference within the
 bounds the README documents, and training / evaluation steps in bf16-mixed.
 
-Why a bound and not the 2x rule of tests/tolerance.py: at B = 16 HeLo's bfloat16 gradient is ~5-25% (relative norm)
-away from the float32 one, for the reference as much as for the fused model. Autocast rounds every Linear layer's
+Why a bound and not the 2x rule of tests/support/tolerance.py: at B = 16 HeLo's bfloat16 gradient is ~5-25% (relative
+norm) away from the float32 one, for the reference as much as for the fused model. Autocast rounds every Linear layer's
 output and gradient to 8 bits of mantissa and the weight gradients are sums with cancellation; which ReLUs and
 sparsified graph entries flip changes from one rounding to the next, so two bfloat16 models' errors differ by more
 than 2x on some batches (both inside the bound).

@@ -3,9 +3,9 @@
 hypothesis draws the problem: B, n, m from 1 to 70; eps / beta from 1e-4 to 10; the cost range up to 1e4 eps,
 shifted anywhere in [-range, range]; marginals uniform, random, with exact zeros or with entries down to 1e-30 of
 the others; n_iters 1 to 300 (GW: outer 1-6, inner 1-60); float32 and float64; grad "none" and "unrolled". The
-oracle (tests/ot_oracle.py) is a plain float64 log-domain loop written for these tests. Plans must be finite and
-within tests/tolerance.py's rule (assert_close_to_oracle); gradients finite wherever the oracle's are, and within that
-rule where the problem is well conditioned (ot_condition <= WELL_CONDITIONED).
+oracle (tests/support/ot_oracle.py) is a plain float64 log-domain loop written for these tests. Plans must be finite
+and within tests/support/tolerance.py's rule (assert_close_to_oracle); gradients finite wherever the oracle's are, and
+within that rule where the problem is well conditioned (ot_condition <= WELL_CONDITIONED).
 
 Size: HELO_SWEEP=ci (default, derandomized: the same examples every run, within CI's budget) or HELO_SWEEP=nightly
 (20x the examples, a fresh random draw each run; failures are kept in .hypothesis/ and replayed first).
@@ -116,7 +116,7 @@ def record(what, condition, dtype, err_bound, **labels):
 
 
 def check(fn, ref_fn, oracle_fn, inputs, weight, dtype, grad, condition, reg, **labels):
-    """fn's plan (and gradients) against the oracle, at the tolerance of tests/tolerance.py."""
+    """fn's plan (and gradients) against the oracle, at the tolerance of tests/support/tolerance.py."""
     with_grad = grad == "unrolled"
     oracle, oracle_grads = value_and_grads(oracle_fn, inputs, weight, with_grad)
     low = [t.to(dtype) for t in inputs]
@@ -241,7 +241,8 @@ def run_gromov_wasserstein(backend, p):
 def test_sinkhorn_with_tol_and_implicit_gradient_over_the_domain(backend, p, tol_exponent):
     """tol and grad="implicit" over the domain (issue 30): each problem's plan is the oracle's at the count it
     reports (a multiple of 10, or the cap), converged says whether that plan is within tol, and the implicit
-    gradient is finite everywhere and 0 at zero-mass entries. (Its value is checked in tests/test_sinkhorn_implicit.)"""
+    gradient is finite everywhere and 0 at zero-mass entries. (Its value is checked in
+    tests/ops/test_sinkhorn_implicit.py.)"""
     if backend == "cpp":
         skip_unless_backend("cpp", "sinkhorn")
     run_sinkhorn_with_tol(backend, p, tol_exponent)

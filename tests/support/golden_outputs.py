@@ -6,7 +6,7 @@ attention and dropout), on the reference, cpp and Triton (interpreter, tiny shap
 then a few HeLo training steps (reference and fast, DropKey/dropout on). A change that must not change numbers
 must leave the printed hash unchanged. Only the public API is used, so the script outlives internal renames.
 
-    TRITON_INTERPRET=1 python tests/golden_outputs.py [--verbose]
+    TRITON_INTERPRET=1 python tests/support/golden_outputs.py [--verbose]
 """
 from __future__ import annotations
 

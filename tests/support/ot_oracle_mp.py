@@ -1,5 +1,5 @@
-"""A 50-digit oracle for Sinkhorn and IPOT (mpmath): the iterations of tests/ot_oracle.py, one problem at a time, on
-the exact values of float64 inputs, so float64 results can be measured against it however ill-conditioned the
+"""A 50-digit oracle for Sinkhorn and IPOT (mpmath): the iterations of tests/support/ot_oracle.py, one problem at a
+time, on the exact values of float64 inputs, so float64 results can be measured against it however ill-conditioned the
 problem (max|C|/eps up to 1/eps64). Positive marginals only (the float64 oracle handles zero mass)."""
 import mpmath
 

@@ -1,7 +1,8 @@
 """tol= on sinkhorn, ipot and gromov_wasserstein (issue 30): converged plans against POT, per-problem stopping on
 mixed batches (each problem at its own count, the one the fixed-count iterations reach), the report (OTInfo /
 GWInfo), the one warning per call, strict=True, the unrolled gradient with tol, and the argument checks. Backends:
-reference and cpp on CPU; tests/test_ot_convergence_backends.py runs every fast backend and device at small sizes."""
+reference and cpp on CPU; tests/ops/test_ot_convergence_backends.py runs every fast backend and device at small
+sizes."""
 import warnings
 
 import ot

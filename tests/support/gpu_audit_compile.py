@@ -1,7 +1,7 @@
-"""Compile recorded Triton launches for sm_90 and sm_100, for tests/test_gpu_audit.py (regression tests of kernels
+"""Compile recorded Triton launches for sm_90 and sm_100, for tests/repo/test_gpu_audit.py (regression tests of kernels
 the audit once found not compiling).
 
-Run as ``python -m tests.gpu_audit_compile LAUNCHES.json`` (with TRITON_INTERPRET=0), where the file holds the
+Run as ``python -m tests.support.gpu_audit_compile LAUNCHES.json`` (with TRITON_INTERPRET=0), where the file holds the
 launches of benchmarks/gpu_audit/launches.recording: compiles each launch at its first autotune config in a child
 process (an assertion inside Triton aborts its process: the row then says so) and prints one JSON row per compile.
 """

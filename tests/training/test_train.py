@@ -206,7 +206,7 @@ def test_command_line_errors(tmp_path, capsys):
 
 def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "helo_fast", "train", "--bogus"], capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert proc.returncode == 2 and "--bogus" in proc.stderr
 
 

@@ -1,6 +1,6 @@
-"""Toy Triton kernels with one known defect each, for tests/test_gpu_audit.py: the audit must flag each.
+"""Toy Triton kernels with one known defect each, for tests/repo/test_gpu_audit.py: the audit must flag each.
 
-Run as ``python -m tests.gpu_audit_toys`` (with TRITON_INTERPRET=0): prints one JSON row per toy, as the audit's
+Run as ``python -m tests.support.gpu_audit_toys`` (with TRITON_INTERPRET=0): prints one JSON row per toy, as the audit's
 compile step makes them (benchmarks/gpu_audit/triton_audit.compile_jit).
 """
 import json

@@ -2,10 +2,10 @@
 
 Families: training checkpoints (resumed through ``helo-fast train --resume``: CheckpointError, exit 2, one
 line), checkpoint bytes (``load_checked``: CheckpointError), model files (``helo-fast eval``: exit 2, one
-line), DMER .mat files and WESAD questionnaire CSVs (ValueError), and pickles (tests/test_safe_pickle.py).
+line), DMER .mat files and WESAD questionnaire CSVs (ValueError), and pickles (tests/training/test_safe_pickle.py).
 Each is a mutation of a valid file (truncated, flipped, declared sizes grown, fields of the wrong type or
 shape), loaded in one child process per family with its address space capped at what it maps + 1 GiB and a
-timeout (tests/crafted_worker.py), so a segfault, hang or huge allocation fails the case that caused it.
+timeout (tests/support/crafted_worker.py), so a segfault, hang or huge allocation fails the case that caused it.
 """
 import hashlib
 import json

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 from torch.utils import cpp_extension
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The op sources (the Python binding, module.cpp and python_interrupt.cpp, needs the target's Python headers).
 SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))) + [
     os.path.join(ROOT, "csrc", name) for name in ("schema.cpp", "interrupt.cpp", "build_info.cpp")]

@@ -1,11 +1,11 @@
-"""Runs ``tests/crafted_worker.py`` on a batch of crafted files and returns one outcome per file."""
+"""Runs ``tests/support/crafted_worker.py`` on a batch of crafted files and returns one outcome per file."""
 import json
 import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(ROOT, "tests", "crafted_worker.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WORKER = os.path.join(ROOT, "tests", "support", "crafted_worker.py")
 
 
 def load_in_child(family, files, timeout=240, headroom_mb=1024):

@@ -16,7 +16,7 @@ import helo_fast.metrics
 import helo_fast.models.helo
 import helo_fast.nn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOCS = os.path.join(ROOT, "docs")
 TOP_LEVEL = ("helo_fast/", "csrc/", "kernels/", "benchmarks/", "tests/", "docs/")
 ROOT_FILES = ("Makefile", "setup.py", "CMakeLists.txt", "pyproject.toml", "requirements.txt", "README.md")

@@ -18,7 +18,7 @@ from helo_fast.training.checkpoint import LEGACY_MAGIC, load_checked, previous_p
 from sigint import default_sigint_in_child
 from training_cases import CLI_DATA, CLI_MODEL
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = ["train", *CLI_DATA, *CLI_MODEL, "--epochs", "1", "--quiet", "--no-baselines", "--threads", "1"]
 
 

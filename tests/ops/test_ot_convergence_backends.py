@@ -2,7 +2,7 @@
 here, CUDA on a GPU), each against the float64 reference at sizes the interpreter runs in seconds: the same
 per-problem iteration counts and converged flags, plans to 1e-10, the unrolled gradient of each problem's own count,
 grad="implicit", sinkhorn_cost, gromov_wasserstein's outer and inner tolerances, the warning / strict, and opcheck of
-the tolerance ops. (tests/test_ot_convergence.py checks the reference and cpp on CPU against POT and at larger
+the tolerance ops. (tests/ops/test_ot_convergence.py checks the reference and cpp on CPU against POT and at larger
 sizes.)"""
 
 import pytest

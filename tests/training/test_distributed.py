@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # One xdist worker runs them one after another: each starts two ranks on fixed ports.
 pytestmark = pytest.mark.xdist_group("torchrun")
 # Dropout/DropKey off (each rank draws its own masks); a batch size that leaves uneven shards and a short last batch.
@@ -46,7 +46,7 @@ def test_two_process_ddp_equals_single_process(tmp_path):
 @pytest.mark.slow
 def test_two_process_resume_with_masks_on_continues_bit_for_bit(tmp_path):
     """Each rank draws its own DropKey/dropout masks; a resume restores each rank's own mask-generator state."""
-    worker = os.path.join(ROOT, "tests", "ddp_resume_worker.py")
+    worker = os.path.join(ROOT, "tests", "support", "ddp_resume_worker.py")
 
     def torchrun(name, *options, port):
         env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}

@@ -1,6 +1,6 @@
 """The restricted unpickler of WESAD pickles: plain numeric numpy data only, checked while it is built.
 
-Each crafted file is loaded in a child process with a memory cap (tests/crafted_worker.py), so a segfault,
+Each crafted file is loaded in a child process with a memory cap (tests/support/crafted_worker.py), so a segfault,
 a hang or a huge allocation fails the test instead of killing pytest. Before issue 25 the unpickler called
 numpy.ndarray / numpy.dtype as the file asked: an object array over raw bytes (segfault), dtype fields at
 arbitrary offsets, NEWOBJ arrays over uninitialised memory and 1 GiB from a tiny file all got through.

@@ -6,12 +6,14 @@ import os
 import subprocess
 import sys
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+SUPPORT_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(SUPPORT_DIR))
 
 
 def run_under_isa(isa: str, script: str) -> None:
-    """Run ``script`` (Python source, importing from tests/) with HELO_FAST_CPU_ISA=isa; fail on a non-zero exit."""
+    """Run ``script`` (Python source, importing from tests/support/) with HELO_FAST_CPU_ISA=isa; fail on a non-zero
+    exit."""
     env = dict(os.environ, HELO_FAST_CPU_ISA=isa, PYTHONPATH=os.pathsep.join(
-        [TESTS_DIR, os.path.dirname(TESTS_DIR), os.environ.get("PYTHONPATH", "")]))
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=TESTS_DIR)
+        [SUPPORT_DIR, ROOT, os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=SUPPORT_DIR)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -13,7 +13,7 @@ from benchmarks.gpu_audit import __main__ as audit
 from benchmarks.gpu_audit import cuda_audit, triton_audit
 from helo_fast.kernels import triton_utils
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _has_ptxas():
@@ -27,8 +27,8 @@ def _has_ptxas():
 @pytest.mark.skipif(not _has_ptxas(), reason="Triton's NVIDIA backend (ptxas) is not installed")
 def test_toy_kernels_are_flagged():
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "-m", "tests.gpu_audit_toys"], capture_output=True, text=True, env=env,
-                         cwd=ROOT, timeout=600)
+    out = subprocess.run([sys.executable, "-m", "tests.support.gpu_audit_toys"], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = {row["kernel"]: row for row in map(json.loads, out.stdout.splitlines())}
     assert audit.failures_of(rows["clean"]) == []
@@ -171,7 +171,7 @@ def test_float64_attention_with_explicit_masks_compiles(tmp_path):
     path = tmp_path / "launches.json"
     path.write_text(json.dumps(_record_attention_launches("float64")))
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "-m", "tests.gpu_audit_compile", str(path)], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "tests.support.gpu_audit_compile", str(path)], capture_output=True,
                          text=True, env=env, cwd=ROOT, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = list(map(json.loads, out.stdout.splitlines()))

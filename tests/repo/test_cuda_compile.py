@@ -11,7 +11,7 @@ import sysconfig
 import pytest
 from torch.utils import cpp_extension
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CUDA_SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
 NVCC = shutil.which("nvcc")
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "benchmarks", "gpu_session.sh")
 
 
@@ -25,7 +25,7 @@ def test_dry_run_ends_with_a_compact_summary(tmp_path):
     assert len(summary) <= 3000
     for phase in ("build", "test", "bench-seeded_dropout", "bench-sinkhorn"):
         assert f"phase {phase}:" in summary, summary
-    assert "tests/test_triton_launch_cases.py: 2 passed, 0 failed" in summary, summary
+    assert "tests/ops/test_triton_launch_cases.py: 2 passed, 0 failed" in summary, summary
     assert "benchmarks bench-seeded_dropout (median):" in summary and " ms" in summary, summary
     assert (tmp_path / "test.log").exists() and (tmp_path / "test.xml").exists()
 
