@@ -168,20 +168,23 @@ HF_INLINE void ipot_row_group(const T* __restrict Kx, const T* Q_prev, const T* 
   if constexpr (!kFirst)
     for (int64_t r = 0; r < rows; ++r) d_prev[r] = delta_prev[i0 + r];
   for (int64_t c = 0; c < ld; c += L) {
-    const V s = vec_at<kVecBytes>(sig + c);
+    V s;
+    vec_load<kVecBytes>(s, sig + c);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t e = (i0 + r) * ld + c;
-      V q = vec_at<kVecBytes>(Kx + e);
+      V q;
+      vec_load<kVecBytes>(q, Kx + e);
       if constexpr (!kFirst) {
         const V g = (q * s) * d_prev[r];
-        const V q_prev = vec_at<kVecBytes>(Q_prev + e);
+        V q_prev;
+        vec_load<kVecBytes>(q_prev, Q_prev + e);
         q = g * q_prev;
         if constexpr (kExactZeros)
           max_into(gz, q_prev == V{} ? g : V{});
         else
           max_into(gz, g);
       }
-      vec_at<kVecBytes>(Q + e) = q;
+      vec_store<kVecBytes>(Q + e, q);
       acc[r] += q * s;
     }
   }
@@ -190,11 +193,14 @@ HF_INLINE void ipot_row_group(const T* __restrict Kx, const T* Q_prev, const T* 
   row_sums(acc, dots, std::make_index_sequence<L>());
   T d[L];
   if (rows == L) {
-    const V w = vec_at<kVecBytes>(a + i0), zero{};
+    V w, inv_w;
+    vec_load<kVecBytes>(w, a + i0);
+    vec_load<kVecBytes>(inv_w, inv_a + i0);
+    const V zero{};
     const V dv = w / (dots + (w <= zero ? zero + 1 : zero));  // scaling_update on whole vectors
-    vec_at<kVecBytes>(d) = dv;
+    vec_store<kVecBytes>(d, dv);
     max_into(stats.delta_max, dv);
-    max_into(stats.delta_ratio, dv * vec_at<kVecBytes>(inv_a + i0));
+    max_into(stats.delta_ratio, dv * inv_w);
     stats.delta_sum += dv;
   } else {
     for (int64_t r = 0; r < rows; ++r) {
@@ -206,9 +212,13 @@ HF_INLINE void ipot_row_group(const T* __restrict Kx, const T* Q_prev, const T* 
   }
   for (int64_t r = 0; r < rows; ++r) delta[i0 + r] = d[r];
   for (int64_t c = 0; c < ld; c += L) {
-    V sum = vec_at<kVecBytes>(col + c);
-    for (int64_t r = 0; r < rows; ++r) sum += vec_at<kVecBytes>(Q + (i0 + r) * ld + c) * d[r];
-    vec_at<kVecBytes>(col + c) = sum;
+    V sum, q;
+    vec_load<kVecBytes>(sum, col + c);
+    for (int64_t r = 0; r < rows; ++r) {
+      vec_load<kVecBytes>(q, Q + (i0 + r) * ld + c);
+      sum += q * d[r];
+    }
+    vec_store<kVecBytes>(col + c, sum);
   }
 }
 

@@ -17,8 +17,9 @@ using namespace cpu_math;  // the shared math (csrc/cpu/cpu_math.h)
 
 // Vectors of kBytes = 16 or 32 bytes: one register of the variant's instruction set (SSE2 or NEON for the baseline
 // variant, AVX2), as chosen by HF_DEFINE_SIMD_DISPATCH; a wider vector than the registers would be split into pieces.
-// unaligned: the same vector aligned as T and may_alias, the type vec_at views memory through. (Specialised per type
-// and width: GCC drops vector_size on a dependent alias template.)
+// unaligned: the same vector aligned as T and may_alias (the matmul tiles of gromov_wasserstein.cpp read and write
+// through it, by pointer: a reference returned by a function would lose its alignment under clang; see vec_load).
+// (Specialised per type and width: GCC drops vector_size on a dependent alias template.)
 template <typename T, int kBytes>
 struct VecOf;
 template <>
@@ -52,14 +53,17 @@ constexpr int64_t vec_lanes() {
 
 // The helpers below never take or return a vector by value: they are compiled for the baseline ISA (the variants'
 // targets apply only where they are inlined), where a 32-byte vector argument or result has another ABI (-Wpsabi).
-// The vector of kBytes at p (any alignment of T): loads and stores are plain reads and writes of it.
+// v = the vector of kBytes at p / the vector of kBytes at p = v (any alignment of T). Through memcpy, not a reference
+// to the `unaligned` view: clang takes the alignment of a reference a function returns from the vector type itself
+// (16 or 32 bytes), not from the typedef, and so emitted aligned loads and stores (movapd: a crash on rows that are
+// only T-aligned).
 template <int kBytes, typename T>
-HF_INLINE const typename VecOf<T, kBytes>::unaligned& vec_at(const T* p) {
-  return *reinterpret_cast<const typename VecOf<T, kBytes>::unaligned*>(p);
+HF_INLINE void vec_load(typename VecOf<T, kBytes>::type& v, const T* p) {
+  std::memcpy(&v, p, kBytes);
 }
 template <int kBytes, typename T>
-HF_INLINE typename VecOf<T, kBytes>::unaligned& vec_at(T* p) {
-  return *reinterpret_cast<typename VecOf<T, kBytes>::unaligned*>(p);
+HF_INLINE void vec_store(T* p, const typename VecOf<T, kBytes>::type& v) {
+  std::memcpy(p, &v, kBytes);
 }
 
 // x = lane-wise max(x, y).
