@@ -6,7 +6,7 @@
 // Python extension installs one that runs Python's signal handlers (python_interrupt.cpp).
 #pragma once
 
-#include <ATen/Parallel.h>
+#include "parallel.h"
 
 #include <atomic>
 #include <chrono>
@@ -66,11 +66,11 @@ class InterruptScope {
 // a no-op outside interruptible_parallel_for.
 void check_interrupt();
 
-// at::parallel_for whose threads share one InterruptScope.
+// helo_fast::parallel_for whose threads share one InterruptScope.
 template <typename F>
 void interruptible_parallel_for(int64_t begin, int64_t end, int64_t grain_size, const F& f) {
   InterruptScope scope;
-  at::parallel_for(begin, end, grain_size, [&](int64_t b, int64_t e) {
+  parallel_for(begin, end, grain_size, [&](int64_t b, int64_t e) {
     InterruptScope::Member member(scope);
     f(b, e);
   });

@@ -7,7 +7,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
+#include "../parallel.h"
 #include <torch/library.h>
 
 #include <algorithm>
@@ -94,7 +94,7 @@ void forward_cpu(const Params& p, const InputViews<scalar_t>& x, scalar_t* out, 
   const int64_t work_per_batch = std::max<int64_t>(1, 4 * p.heads * p.lq * p.lk * p.dim);
   const int64_t grain = std::max<int64_t>(1, 65536 / work_per_batch);
   const SimdIsa isa = cpu_math::best_simd_isa();
-  at::parallel_for(0, p.batch, grain, [&](int64_t begin, int64_t end) {
+  helo_fast::parallel_for(0, p.batch, grain, [&](int64_t begin, int64_t end) {
     ChunkScratch<acc_t> scratch(p, vector_bytes(isa));
     switch (isa) {
 #if HF_X86_DISPATCH
@@ -201,7 +201,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const acc_t* yp = ln_input.const_data_ptr<acc_t>();
     // One task per chunk of batch entries, so each chunk owns its slice of the shared reductions.
     const SimdIsa isa = cpu_math::best_simd_isa();
-    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    helo_fast::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
       ChunkScratch<acc_t> scratch(p, vector_bytes(isa));
       for (int64_t c = begin; c < end; ++c) {
         const int64_t first = c * p.batch / chunks, last = (c + 1) * p.batch / chunks;

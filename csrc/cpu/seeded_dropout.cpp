@@ -4,7 +4,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
+#include "../parallel.h"
 #include <torch/library.h>
 
 #include <bit>
@@ -54,7 +54,7 @@ at::Tensor seeded_dropout_fwd_cpu(const at::Tensor& x_in, const at::Tensor& seed
     const acc_t scale = acc_t(1.0 / (1.0 - p));
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, x.numel(), 32768, [&](int64_t begin, int64_t end) {
+    helo_fast::parallel_for(0, x.numel(), 32768, [&](int64_t begin, int64_t end) {
       if (wide)
         dropout_range_avx2<scalar_t>(xp, op, begin, end, seed32, threshold, scale);
       else
