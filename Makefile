@@ -24,9 +24,11 @@ venv: $(STAMP)
 build: $(STAMP)
 	flock /tmp/helo_fast_build.lock $(PY) setup.py -q build_ext --inplace
 
-# ruff with the rules of pyproject.toml's [tool.ruff] (pycodestyle incl. lines <= 120 chars, pyflakes); about a second.
+# ruff with the rules of pyproject.toml's [tool.ruff] (pycodestyle incl. lines <= 120 chars, pyflakes), and its formatter
+# ([tool.ruff.format]: the layout of every .py file is ruff's; `.venv/bin/ruff format .` applies it); about a second.
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 # Serially below 4 cores, else in parallel on the machine's cores (pytest-xdist; tests that must not overlap share an
 # xdist_group). Measured on 2 cores, quiet, the whole suite: serial 1000 s, 2 workers 1086 s (many tests already use

@@ -5,6 +5,7 @@ the installed torch has CUDA and nvcc is found. Install with `pip install --no-b
 (an isolated build would download another torch). HELO_FAST_NO_EXTENSION=1 skips the extension;
 HELO_FAST_NATIVE=1 compiles for this machine's CPU (-march=native).
 """
+
 import glob
 import os
 
@@ -28,13 +29,20 @@ def extension_modules():
     cpp_sources = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
     with_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
     if with_cuda:
-        return [cpp_extension.CUDAExtension(
-            "helo_fast._C", cpp_sources + sources("csrc/cuda/*.cu"),
-            define_macros=[("HELO_FAST_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++20"]},
-            extra_link_args=["-fopenmp"])]
-    return [cpp_extension.CppExtension("helo_fast._C", cpp_sources, extra_compile_args=cxx_flags,
-                                       extra_link_args=["-fopenmp"])]
+        return [
+            cpp_extension.CUDAExtension(
+                "helo_fast._C",
+                cpp_sources + sources("csrc/cuda/*.cu"),
+                define_macros=[("HELO_FAST_WITH_CUDA", None)],
+                extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++20"]},
+                extra_link_args=["-fopenmp"],
+            )
+        ]
+    return [
+        cpp_extension.CppExtension(
+            "helo_fast._C", cpp_sources, extra_compile_args=cxx_flags, extra_link_args=["-fopenmp"]
+        )
+    ]
 
 
 setup(

@@ -11,6 +11,7 @@ CPU runs use 2 threads (HELO_BENCH_THREADS overrides). The torch.compile provide
 HELO_BENCH_COMPILE=1. On CUDA the timed function synchronises and cycles through enough copies of its
 inputs that they cannot all sit in the L2 cache (``input_sets``/``rotating``).
 """
+
 import os
 
 import pytest
@@ -90,8 +91,17 @@ def rotating(step, sets):
 def record(benchmark, *, op, provider, pass_, size, batch, dtype, **extra):
     """Fill ``benchmark.group``/``extra_info`` with the suite's conventions."""
     benchmark.group = f"{op} {size} {pass_}"
-    benchmark.extra_info.update(op=op, provider=provider, **{"pass": pass_}, size=size, batch=batch,
-                                device=str(DEVICE), dtype=str(dtype).replace("torch.", ""), threads=THREADS, **extra)
+    benchmark.extra_info.update(
+        op=op,
+        provider=provider,
+        **{"pass": pass_},
+        size=size,
+        batch=batch,
+        device=str(DEVICE),
+        dtype=str(dtype).replace("torch.", ""),
+        threads=THREADS,
+        **extra,
+    )
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -10,6 +10,7 @@ the table gives medians and the ratios to eager and compiled within each tier. f
 (HELO_BENCH_THREADS), B=128 (--batch), forward+backward with DropKey/dropout at 0 and at HeLo's 0.5; the step
 is forward, backward and fused Adam of the default config. Speed is measured here, never asserted in a test.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,17 @@ def attention_case(shape: str, p: float, batch: int, provider: str):
 
     inputs = make_inputs(shape, batch, torch.device("cpu"), requires_grad=True)
     bias_before_scale = SHAPES[shape][5]
-    kwargs = dict(bias_before_scale=bias_before_scale, dropkey_p=p, dropout_p=p, check_finite=False,
-                  residual=inputs["residual"], ln_weight=inputs["ln_weight"], ln_bias=inputs["ln_bias"])
+    kwargs = dict(
+        bias_before_scale=bias_before_scale,
+        dropkey_p=p,
+        dropout_p=p,
+        check_finite=False,
+        residual=inputs["residual"],
+        ln_weight=inputs["ln_weight"],
+        ln_bias=inputs["ln_bias"],
+    )
     if provider == "cpp":
+
         def fn(q, k, v, bias):
             return hf.lcd_attention(q, k, v, bias, backend="cpp", **kwargs)
     else:
@@ -105,8 +114,11 @@ def time_worker(args) -> dict:
         print(f"{shape} p={p}", file=sys.stderr, flush=True)
         fns, first_call = {}, {}
         for provider in providers:
-            fn = step_case(args.batch, provider) if shape == STEP_SHAPE else attention_case(shape, p, args.batch,
-                                                                                            provider)
+            fn = (
+                step_case(args.batch, provider)
+                if shape == STEP_SHAPE
+                else attention_case(shape, p, args.batch, provider)
+            )
             tic = time.perf_counter()
             fn()
             first_call[provider] = time.perf_counter() - tic
@@ -116,14 +128,15 @@ def time_worker(args) -> dict:
         reps = 1 if shape == STEP_SHAPE else args.reps
         times = {provider: [] for provider in providers}
         for round_ in range(args.rounds):
-            for provider in providers[round_ % len(providers):] + providers[:round_ % len(providers)]:
+            for provider in providers[round_ % len(providers) :] + providers[: round_ % len(providers)]:
                 tic = time.perf_counter()
                 for _ in range(reps):
                     fns[provider]()
                 times[provider].append((time.perf_counter() - tic) / reps)
         results[STEP_SHAPE if shape == STEP_SHAPE else f"{shape} p={p}"] = {
             provider: {"median_s": statistics.median(t), "first_call_s": first_call[provider], "samples_s": t}
-            for provider, t in times.items()}
+            for provider, t in times.items()
+        }
     return results
 
 
@@ -143,8 +156,9 @@ def run_tier(tier: str, argv: list, cap_torch: bool) -> dict:
         env["HELO_FAST_CPU_ISA"] = tier
         if cap_torch:
             env.update(TORCH_CAPS[tier])
-    out = subprocess.run([sys.executable, "-m", "benchmarks.cpu_tiers", "--worker", *argv], env=env,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cpu_tiers", "--worker", *argv], env=env, capture_output=True, text=True
+    )
     if out.returncode != 0:
         raise RuntimeError(f"tier {tier} failed (exit {out.returncode}): {out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -159,15 +173,19 @@ def ratio(by_provider: dict, numerator: str) -> float:
 
 def table(results: dict) -> str:
     """Markdown table: one row per tier and case, the medians and cpp's per-round ratios to eager and compiled."""
-    lines = ["| tier | case | eager ms | compile ms | cpp ms | cpp vs eager | cpp vs compile |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| tier | case | eager ms | compile ms | cpp ms | cpp vs eager | cpp vs compile |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for tier, cases in results.items():
         for case, by_provider in cases.items():
             ms = {k: v["median_s"] * 1e3 for k, v in by_provider.items()}
             ref, cpp, comp = ms["reference"], ms["cpp"], ms.get("compile")
             comp_ms, vs_comp = ("-", "-") if comp is None else (f"{comp:.2f}", f"{ratio(by_provider, 'compile'):.2f}x")
-            lines.append(f"| {tier} | {case} | {ref:.2f} | {comp_ms} | {cpp:.2f} | "
-                         f"{ratio(by_provider, 'reference'):.2f}x | {vs_comp} |")
+            lines.append(
+                f"| {tier} | {case} | {ref:.2f} | {comp_ms} | {cpp:.2f} | "
+                f"{ratio(by_provider, 'reference'):.2f}x | {vs_comp} |"
+            )
     return "\n".join(lines)
 
 
@@ -182,8 +200,12 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--reps", type=int, default=5, help="attention calls per timed sample")
     parser.add_argument("--json", help="also write the results here")
-    parser.add_argument("--uncapped-torch", dest="cap_torch", action="store_false",
-                        help="run PyTorch at this CPU's widest ISA on every tier (only helo_fast's kernels capped)")
+    parser.add_argument(
+        "--uncapped-torch",
+        dest="cap_torch",
+        action="store_false",
+        help="run PyTorch at this CPU's widest ISA on every tier (only helo_fast's kernels capped)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     raw = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(raw)
@@ -197,9 +219,11 @@ def main(argv=None):
         forwarded.remove(args.json)
     load = os.getloadavg()
     results = {tier: run_tier(tier, forwarded, args.cap_torch) for tier in args.tiers.split(",")}
-    print(f"CPU: {cpu_name()}; threads {os.environ.get('HELO_BENCH_THREADS', '2')}; B={args.batch}; PyTorch "
-          f"{'capped at each tier' if args.cap_torch else 'uncapped'}; load average before/after: "
-          f"{load[0]:.2f} / {os.getloadavg()[0]:.2f}")
+    print(
+        f"CPU: {cpu_name()}; threads {os.environ.get('HELO_BENCH_THREADS', '2')}; B={args.batch}; PyTorch "
+        f"{'capped at each tier' if args.cap_torch else 'uncapped'}; load average before/after: "
+        f"{load[0]:.2f} / {os.getloadavg()[0]:.2f}"
+    )
     print(table(results))
     for tier, cases in results.items():
         for case, by_provider in cases.items():

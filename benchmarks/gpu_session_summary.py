@@ -4,6 +4,7 @@ JUnit XML) and the median of every benchmark (from pytest-benchmark's JSON), wit
 Usage: python -m benchmarks.gpu_session_summary OUT_DIR [--limit 12000]. Reads OUT_DIR/*.xml, OUT_DIR/*.json and
 OUT_DIR/phases.tsv (phase, exit code, seconds, written by the script); anything cut for the budget says so.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -7,6 +7,7 @@ machine cannot fail them; the latency itself (documented as about 0.1 s, docs/op
 
 Prints one line per call and thread count: the median and the worst latency over the repeats.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,10 @@ def main(argv=None) -> None:
         torch.set_num_threads(threads)
         for name, call in CALLS.items():
             latencies = [stop_latency(call) for _ in range(args.repeats)]
-            print(f"{name:20s} threads={threads}  median {statistics.median(latencies) * 1e3:7.1f} ms  "
-                  f"worst {max(latencies) * 1e3:7.1f} ms")
+            print(
+                f"{name:20s} threads={threads}  median {statistics.median(latencies) * 1e3:7.1f} ms  "
+                f"worst {max(latencies) * 1e3:7.1f} ms"
+            )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Memory measures for the benchmarks: what autograd saves for backward, and CUDA peak memory."""
+
 import torch
 
 

@@ -16,6 +16,7 @@ implicit backward's ~1 ms of small ops measured ~300 ms there.)
 2. Backward at eps_eff = 0.02 for every problem: implicit (tol 1e-9) against unrolled at T iterations; the error
    of the unrolled gradient w.r.t. cost relative to the implicit one, what autograd saves, and the backward time.
 """
+
 import argparse
 import time
 import warnings
@@ -46,31 +47,45 @@ def stopping(batch, size, tol):
     a = torch.full((batch, size), 1.0 / size, dtype=torch.float64)
     b = a.clone()
     cap = 100000
-    seconds, (plan, info) = timed(lambda: hf.sinkhorn(cost, a, b, eps=1.0, n_iters=cap, tol=tol, return_info=True,
-                                                      backend="cpp"))
+    seconds, (plan, info) = timed(
+        lambda: hf.sinkhorn(cost, a, b, eps=1.0, n_iters=cap, tol=tol, return_info=True, backend="cpp")
+    )
     counts = info.iterations
     print(f"mixed batch B={batch} n=m={size} float64, eps_eff 1..0.01, tol={tol:g}")
-    print(f"  counts: min {int(counts.min())} median {int(counts.median())} max {int(counts.max())}, "
-          f"sum {int(counts.sum())}; max violation {float(info.violation.max()):.2e}")
+    print(
+        f"  counts: min {int(counts.min())} median {int(counts.median())} max {int(counts.max())}, "
+        f"sum {int(counts.sum())}; max violation {float(info.violation.max()):.2e}"
+    )
     print(f"  hf cpp, per-problem stop:        {seconds * 1e3:9.1f} ms  ({int(counts.sum())} problem-iterations)")
     slowest = int(counts.max())
     s_fixed, fixed = timed(lambda: hf.sinkhorn(cost, a, b, eps=1.0, n_iters=slowest, grad="none", backend="cpp"))
-    print(f"  hf cpp, all to the slowest count: {s_fixed * 1e3:9.1f} ms  ({slowest * batch} problem-iterations, "
-          f"max violation {float(violation(fixed, b).max()):.2e})")
+    print(
+        f"  hf cpp, all to the slowest count: {s_fixed * 1e3:9.1f} ms  ({slowest * batch} problem-iterations, "
+        f"max violation {float(violation(fixed, b).max()):.2e})"
+    )
     try:
         import ot.batch
-        s_pot, res = timed(lambda: ot.batch.solve_batch(cost, reg=1.0, a=a, b=b, max_iter=cap, tol=tol,
-                                                        method="log_sinkhorn", grad="detach"), repeats=1)
+
+        s_pot, res = timed(
+            lambda: ot.batch.solve_batch(
+                cost, reg=1.0, a=a, b=b, max_iter=cap, tol=tol, method="log_sinkhorn", grad="detach"
+            ),
+            repeats=1,
+        )
         pot_plan = res.plan
-        print(f"  POT ot.batch (batch-wide tol):   {s_pot * 1e3:9.1f} ms  ({res.log['n_iter']} iterations for every "
-              f"problem, max violation {float(violation(pot_plan, b).max()):.2e}; its stop: change of the potentials)")
+        print(
+            f"  POT ot.batch (batch-wide tol):   {s_pot * 1e3:9.1f} ms  ({res.log['n_iter']} iterations for every "
+            f"problem, max violation {float(violation(pot_plan, b).max()):.2e}; its stop: change of the potentials)"
+        )
     except ImportError:
         print("  POT ot.batch: not installed")
     import ot
+
     start = time.perf_counter()
     for k in range(batch):
-        ot.sinkhorn(a[k].numpy(), b[k].numpy(), cost[k].numpy(), 1.0, method="sinkhorn_log", numItermax=cap,
-                    stopThr=tol)
+        ot.sinkhorn(
+            a[k].numpy(), b[k].numpy(), cost[k].numpy(), 1.0, method="sinkhorn_log", numItermax=cap, stopThr=tol
+        )
     print(f"  POT sinkhorn_log per problem:    {(time.perf_counter() - start) * 1e3:9.1f} ms")
 
 
@@ -91,19 +106,22 @@ def backward(batch, size):
         return time.perf_counter() - start, c.grad
 
     def saved(**kwargs):
-        return saved_tensor_bytes(lambda: hf.sinkhorn(cost.clone().requires_grad_(), eps=eps, backend="cpp",
-                                                       **kwargs))
+        return saved_tensor_bytes(lambda: hf.sinkhorn(cost.clone().requires_grad_(), eps=eps, backend="cpp", **kwargs))
 
     implicit = dict(n_iters=100000, tol=1e-9, grad="implicit")
     t_imp, g_imp = min((run(**implicit) for _ in range(3)), key=lambda r: r[0])
-    print(f"backward B={batch} n=m={size} float64 eps={eps}: implicit (tol 1e-9) {t_imp * 1e3:.1f} ms, saves "
-          f"{saved(**implicit) / 1e6:.2f} MB")
+    print(
+        f"backward B={batch} n=m={size} float64 eps={eps}: implicit (tol 1e-9) {t_imp * 1e3:.1f} ms, saves "
+        f"{saved(**implicit) / 1e6:.2f} MB"
+    )
     for iters in (100, 300, 1000, 3000):
         unrolled = dict(n_iters=iters, grad="unrolled")
         t_unr, g_unr = min((run(**unrolled) for _ in range(2)), key=lambda r: r[0])
         error = float((g_unr - g_imp).norm() / g_imp.norm())
-        print(f"  unrolled T={iters:5d}: {t_unr * 1e3:8.1f} ms, saves {saved(**unrolled) / 1e6:7.2f} MB, "
-              f"relative error vs implicit {error:.1e}")
+        print(
+            f"  unrolled T={iters:5d}: {t_unr * 1e3:8.1f} ms, saves {saved(**unrolled) / 1e6:7.2f} MB, "
+            f"relative error vs implicit {error:.1e}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """What the OT benchmarks (test_bench_sinkhorn.py, test_bench_gromov_wasserstein.py) share: dtype, provider skips and
 the timing of a forward or forward+backward pass."""
+
 import os
 
 import pytest
@@ -33,6 +34,7 @@ def timed(benchmark, fn, inputs, backward, **record_kwargs):
                 t.grad = None
             fn(*args).backward(weight)
     else:
+
         def step(*args):
             with torch.no_grad():
                 return fn(*args)

@@ -8,6 +8,7 @@ splits, seed, epochs, batch size and thread count), once with ``precision="32"``
 |bf16 - fp32| / |fp32| of the means over the splits. The bar is 2% on Chebyshev. Every number in the
 output comes from these two runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,27 +51,37 @@ def train_in(precision: str) -> tuple:
 
 def relative_differences(fp32: dict, bf16: dict) -> dict:
     """|bf16 - fp32| / |fp32| of each metric's mean over the splits."""
-    return {m: abs(bf16["helo"][m]["mean"] - fp32["helo"][m]["mean"]) / abs(fp32["helo"][m]["mean"])
-            for m in METRIC_NAMES}
+    return {
+        m: abs(bf16["helo"][m]["mean"] - fp32["helo"][m]["mean"]) / abs(fp32["helo"][m]["mean"]) for m in METRIC_NAMES
+    }
 
 
 def report(runs: dict) -> str:
     """Markdown: the setting, both tables, the relative differences and the verdict on the Chebyshev bar."""
     fp32, bf16 = (runs[p][0] for p in PRECISIONS)
     diffs = relative_differences(fp32["summary"], bf16["summary"])
-    lines = ["# bf16-mixed vs full-precision training (fast HeLo)", "",
-             f"Machine: {platform.node()}, CPU {cpu_name()}, "
-             f"torch {torch.__version__}, {DEMO['train']['threads']} thread(s).",
-             f"Data: `make_synthetic_dataset({', '.join(f'{k}={v}' for k, v in DEMO['data'].items())})`; "
-             f"training: {', '.join(f'{k}={v}' for k, v in DEMO['train'].items())} (the demo's settings).", ""]
+    lines = [
+        "# bf16-mixed vs full-precision training (fast HeLo)",
+        "",
+        f"Machine: {platform.node()}, CPU {cpu_name()}, "
+        f"torch {torch.__version__}, {DEMO['train']['threads']} thread(s).",
+        f"Data: `make_synthetic_dataset({', '.join(f'{k}={v}' for k, v in DEMO['data'].items())})`; "
+        f"training: {', '.join(f'{k}={v}' for k, v in DEMO['train'].items())} (the demo's settings).",
+        "",
+    ]
     for precision in PRECISIONS:
         summary, seconds = runs[precision]
         lines += [f"## precision {precision} ({seconds:.1f} s)", "", "```", format_table(summary), "```", ""]
-    lines += ["## Relative difference of the means, |bf16 - fp32| / |fp32|", "",
-              "| " + " | ".join(METRIC_NAMES) + " |", "|" + "---|" * len(METRIC_NAMES),
-              "| " + " | ".join(f"{100 * diffs[m]:.2f}%" for m in METRIC_NAMES) + " |", "",
-              f"Chebyshev: {100 * diffs['chebyshev']:.2f}% (bar {100 * CHEBYSHEV_BAR:.0f}%): "
-              f"{'within' if diffs['chebyshev'] <= CHEBYSHEV_BAR else 'NOT within'} the bar."]
+    lines += [
+        "## Relative difference of the means, |bf16 - fp32| / |fp32|",
+        "",
+        "| " + " | ".join(METRIC_NAMES) + " |",
+        "|" + "---|" * len(METRIC_NAMES),
+        "| " + " | ".join(f"{100 * diffs[m]:.2f}%" for m in METRIC_NAMES) + " |",
+        "",
+        f"Chebyshev: {100 * diffs['chebyshev']:.2f}% (bar {100 * CHEBYSHEV_BAR:.0f}%): "
+        f"{'within' if diffs['chebyshev'] <= CHEBYSHEV_BAR else 'NOT within'} the bar.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -16,6 +16,7 @@ some suites can be merged into it with ``--replace-groups``.
 README; ``--performance-doc`` picks another file), in its CPU or GPU block, and for a CPU run a summary of at
 most ``SUMMARY_ROWS`` rows into the README's summary block.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,20 +56,22 @@ def load_rows(data: dict) -> List[dict]:
         info = bench.get("extra_info", {})
         if "provider" not in info:
             continue
-        rows.append({
-            "group": bench.get("group") or bench["name"],
-            "op": info.get("op", "?"),
-            "provider": provider_label(info),
-            "pass": info.get("pass", "fwd"),
-            "size": info.get("size", ""),
-            "batch": info.get("batch"),
-            "device": info.get("device", "cpu"),
-            "dtype": info.get("dtype", ""),
-            "median": bench["stats"]["median"],
-            "saved_bytes": info.get("saved_bytes"),
-            "cuda_peak_bytes": info.get("cuda_peak_bytes"),
-            "first_call_s": info.get("first_call_s"),
-        })
+        rows.append(
+            {
+                "group": bench.get("group") or bench["name"],
+                "op": info.get("op", "?"),
+                "provider": provider_label(info),
+                "pass": info.get("pass", "fwd"),
+                "size": info.get("size", ""),
+                "batch": info.get("batch"),
+                "device": info.get("device", "cpu"),
+                "dtype": info.get("dtype", ""),
+                "median": bench["stats"]["median"],
+                "saved_bytes": info.get("saved_bytes"),
+                "cuda_peak_bytes": info.get("cuda_peak_bytes"),
+                "first_call_s": info.get("first_call_s"),
+            }
+        )
     return rows
 
 
@@ -121,10 +124,12 @@ def group_rows(rows: List[dict]) -> Dict[str, Dict[str, dict]]:
 
 def _ordered(providers) -> List[str]:
     """PROVIDER_ORDER, each provider's mixed-precision variants right after it, unknown providers last."""
+
     def key(label):
         base, _, precision = label.partition(" ")
         rank = PROVIDER_ORDER.index(base) if base in PROVIDER_ORDER else len(PROVIDER_ORDER)
         return rank, base, precision
+
     return sorted(providers, key=key)
 
 
@@ -135,8 +140,10 @@ def _peers(providers) -> List[str]:
 
 def speedup_table(groups: Dict[str, Dict[str, dict]]) -> str:
     """Markdown: per group, each provider's median and its speed-up over every baseline present."""
-    lines = ["| benchmark | provider | median | vs reference | vs compile | vs peer | saved for backward |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| benchmark | provider | median | vs reference | vs compile | vs peer | saved for backward |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for group in sorted(groups):
         by_provider = groups[group]
         peers = _peers(by_provider)
@@ -152,10 +159,13 @@ def speedup_table(groups: Dict[str, Dict[str, dict]]) -> str:
             memory = row["saved_bytes"] if row["saved_bytes"] is not None else row["cuda_peak_bytes"]
             # torch.compile's first call (the compile) is shown apart from its steady median.
             first = row.get("first_call_s")
-            median = format_time(row["median"]) + (f" (first call {first:.1f} s)" if provider == "compile"
-                                                   and first is not None else "")
-            lines.append(f"| {group} | {provider} | {median} | {ratio('reference')} | "
-                         f"{ratio('compile')} | {peer} | {format_bytes(memory)} |")
+            median = format_time(row["median"]) + (
+                f" (first call {first:.1f} s)" if provider == "compile" and first is not None else ""
+            )
+            lines.append(
+                f"| {group} | {provider} | {median} | {ratio('reference')} | "
+                f"{ratio('compile')} | {peer} | {format_bytes(memory)} |"
+            )
     return "\n".join(lines)
 
 
@@ -215,10 +225,12 @@ def make_plots(rows: List[dict], out_dir: str) -> List[str]:
 
 
 def run_label(data: dict) -> str:
-    """"<datetime>, commit <id>" of a pytest-benchmark run."""
+    """ "<datetime>, commit <id>" of a pytest-benchmark run."""
     commit = data.get("commit_info", {})
-    return (f"{data.get('datetime', '?')}, commit {str(commit.get('id', '?'))[:10]}"
-            f"{' (dirty)' if commit.get('dirty') else ''}")
+    return (
+        f"{data.get('datetime', '?')}, commit {str(commit.get('id', '?'))[:10]}"
+        f"{' (dirty)' if commit.get('dirty') else ''}"
+    )
 
 
 def compact(data: dict) -> dict:
@@ -227,12 +239,22 @@ def compact(data: dict) -> dict:
     stats_kept = ("min", "max", "mean", "stddev", "median", "iqr", "rounds", "iterations")
     info = {k: v for k, v in data.get("machine_info", {}).items() if k != "cpu"}
     info["cpu"] = {k: v for k, v in (data.get("machine_info", {}).get("cpu") or {}).items() if k != "flags"}
-    benchmarks = [{"group": b.get("group"), "name": b.get("name"), "extra_info": b.get("extra_info", {}),
-                   "stats": {k: v for k, v in b.get("stats", {}).items() if k in stats_kept},
-                   "run": b.get("run") or run_label(data)}
-                  for b in data.get("benchmarks", [])]
-    return {"machine_info": info, "commit_info": data.get("commit_info", {}), "datetime": data.get("datetime"),
-            "benchmarks": benchmarks}
+    benchmarks = [
+        {
+            "group": b.get("group"),
+            "name": b.get("name"),
+            "extra_info": b.get("extra_info", {}),
+            "stats": {k: v for k, v in b.get("stats", {}).items() if k in stats_kept},
+            "run": b.get("run") or run_label(data),
+        }
+        for b in data.get("benchmarks", [])
+    ]
+    return {
+        "machine_info": info,
+        "commit_info": data.get("commit_info", {}),
+        "datetime": data.get("datetime"),
+        "benchmarks": benchmarks,
+    }
 
 
 def render_report(data: dict, rows: List[dict], plots: List[str], out_dir: str) -> str:
@@ -283,8 +305,10 @@ def summary_table(groups: Dict[str, Dict[str, dict]], limit: int = SUMMARY_ROWS)
         peers = [p for p in PEERS if p in by_provider]
         best_peer = min(peers, key=lambda p: by_provider[p]["median"]) if peers else None
         reference = format_time(by_provider["reference"]["median"]) if "reference" in by_provider else "–"
-        lines.append(f"| {group} | {reference} | {fast} {format_time(median)} | {ratio('reference')} | "
-                     f"{ratio('compile')} | {f'{ratio(best_peer)} ({best_peer})' if best_peer else '–'} |")
+        lines.append(
+            f"| {group} | {reference} | {fast} {format_time(median)} | {ratio('reference')} | "
+            f"{ratio('compile')} | {f'{ratio(best_peer)} ({best_peer})' if best_peer else '–'} |"
+        )
     return "\n".join(lines), max(0, len(picked) - limit)
 
 
@@ -303,12 +327,14 @@ def _new_performance_doc(path: str) -> None:
     """A docs/performance.md with empty CPU and GPU blocks, for a tree that has none yet."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as fh:
-        fh.write(f"# Performance\n\n## On a CPU\n\n{DOC_BEGIN}\n{DOC_END}\n\n"
-                 f"## On a GPU\n\n{DOC_GPU_BEGIN}\n{DOC_GPU_END}\n")
+        fh.write(
+            f"# Performance\n\n## On a CPU\n\n{DOC_BEGIN}\n{DOC_END}\n\n## On a GPU\n\n{DOC_GPU_BEGIN}\n{DOC_GPU_END}\n"
+        )
 
 
-def update_docs(readme: str, doc: str, report_path: str, groups: Dict[str, Dict[str, dict]], plots: List[str],
-                gpu: bool = False) -> None:
+def update_docs(
+    readme: str, doc: str, report_path: str, groups: Dict[str, Dict[str, dict]], plots: List[str], gpu: bool = False
+) -> None:
     """Write the full table and every plot into ``doc``'s CPU block (its GPU block for a GPU run), and for a CPU
     run the summary into ``readme``'s summary block. Links are relative to the file they are written in."""
     if not os.path.exists(doc):
@@ -323,10 +349,14 @@ def update_docs(readme: str, doc: str, report_path: str, groups: Dict[str, Dict[
     root = os.path.dirname(os.path.abspath(readme))
     table, left_out = summary_table(groups)
     doc_link = os.path.relpath(doc, root)
-    body = [f"Generated from `{os.path.relpath(report_path, root)}` by `python -m benchmarks.report`:",
-            f"one row per benchmark at B={SUMMARY_BATCH} (else its smallest B), the fastest of "
-            f"{'/'.join(FAST_PROVIDERS)} in float32;",
-            f"every provider, batch size and precision in [{doc_link}]({doc_link}).", "", table]
+    body = [
+        f"Generated from `{os.path.relpath(report_path, root)}` by `python -m benchmarks.report`:",
+        f"one row per benchmark at B={SUMMARY_BATCH} (else its smallest B), the fastest of "
+        f"{'/'.join(FAST_PROVIDERS)} in float32;",
+        f"every provider, batch size and precision in [{doc_link}]({doc_link}).",
+        "",
+        table,
+    ]
     if left_out:
         body += ["", f"{left_out} more benchmarks in [{doc_link}]({doc_link})."]
     replace_block(readme, SUMMARY_BEGIN, SUMMARY_END, body)
@@ -365,16 +395,31 @@ def merge_runs(paths: List[str], replace_groups: bool = False) -> dict:
 
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("json_paths", nargs="+", metavar="json_path",
-                        help="pytest-benchmark JSON files of one machine (several runs are merged)")
+    parser.add_argument(
+        "json_paths",
+        nargs="+",
+        metavar="json_path",
+        help="pytest-benchmark JSON files of one machine (several runs are merged)",
+    )
     parser.add_argument("--out-root", default=os.path.join(os.path.dirname(__file__), "results"))
-    parser.add_argument("--update-readme", metavar="README", default=None,
-                        help="write the tables into docs/performance.md and the summary into this README")
-    parser.add_argument("--performance-doc", metavar="PATH", default=None,
-                        help="the file for the full tables (default: docs/performance.md next to the README)")
+    parser.add_argument(
+        "--update-readme",
+        metavar="README",
+        default=None,
+        help="write the tables into docs/performance.md and the summary into this README",
+    )
+    parser.add_argument(
+        "--performance-doc",
+        metavar="PATH",
+        default=None,
+        help="the file for the full tables (default: docs/performance.md next to the README)",
+    )
     parser.add_argument("--no-plots", action="store_true")
-    parser.add_argument("--replace-groups", action="store_true",
-                        help="a group in a later file replaces that group of the earlier ones (else: an error)")
+    parser.add_argument(
+        "--replace-groups",
+        action="store_true",
+        help="a group in a later file replaces that group of the earlier ones (else: an error)",
+    )
     args = parser.parse_args(argv)
     data = merge_runs(args.json_paths, args.replace_groups)
     rows = load_rows(data)
@@ -388,8 +433,9 @@ def main(argv=None) -> str:
     with open(report_path, "w") as fh:
         fh.write(render_report(data, rows, plots, out_dir))
     if args.update_readme:
-        doc = args.performance_doc or os.path.join(os.path.dirname(os.path.abspath(args.update_readme)), "docs",
-                                                   "performance.md")
+        doc = args.performance_doc or os.path.join(
+            os.path.dirname(os.path.abspath(args.update_readme)), "docs", "performance.md"
+        )
         update_docs(args.update_readme, doc, report_path, group_rows(rows), plots, gpu=ran_on_cuda(rows))
     print(f"wrote {report_path} ({len(rows)} benchmarks, {len(plots)} plots)")
     return report_path

@@ -6,6 +6,7 @@ fewest bytes any GW kernel must move (issue #4 asks for the step within 2x of it
 (fwd+bwd rows) is what autograd keeps for the backward. The compile provider takes about a minute per size to
 compile on 2 cores, so it runs only with HELO_BENCH_COMPILE=1.
 """
+
 import pytest
 import torch
 
@@ -50,8 +51,16 @@ def test_bench_gromov_wasserstein(benchmark, device, provider, size, pass_):
     gen = torch.Generator().manual_seed(0)
     cs, ct = structure(gen, batch, GW["n"], device), structure(gen, batch, GW["n"], device)
     inputs = [cs.requires_grad_(backward), ct.requires_grad_(backward)]
-    timed(benchmark, gw_fn(provider), inputs, backward, op="gromov_wasserstein", provider=provider,
-          size=f"{size} outer={GW['outer_iters']} inner={GW['inner_iters']}", batch=batch)
+    timed(
+        benchmark,
+        gw_fn(provider),
+        inputs,
+        backward,
+        op="gromov_wasserstein",
+        provider=provider,
+        size=f"{size} outer={GW['outer_iters']} inner={GW['inner_iters']}",
+        batch=batch,
+    )
 
 
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])

@@ -5,6 +5,7 @@ timing with masks would not compare like with like. SDPA's provider is SDPA with
 then the residual add and F.layer_norm. The compile provider takes about a minute per shape to compile on
 2 cores, so it runs only with HELO_BENCH_COMPILE=1.
 """
+
 import os
 
 import pytest
@@ -35,15 +36,21 @@ def make_inputs(shape, batch, device, requires_grad):
     def rand(*size):
         return torch.randn(*size, generator=gen, dtype=DTYPE).to(device).requires_grad_(requires_grad)
 
-    return dict(q=rand(batch, heads, lq, dim), k=rand(batch, heads, lk, dim), v=rand(batch, heads, lk, dim),
-                bias=rand(*bias_shape) if bias_shape is not None else None, residual=rand(batch, lq, heads * dim),
-                ln_weight=rand(heads * dim), ln_bias=rand(heads * dim))
+    return dict(
+        q=rand(batch, heads, lq, dim),
+        k=rand(batch, heads, lk, dim),
+        v=rand(batch, heads, lk, dim),
+        bias=rand(*bias_shape) if bias_shape is not None else None,
+        residual=rand(batch, lq, heads * dim),
+        ln_weight=rand(heads * dim),
+        ln_bias=rand(heads * dim),
+    )
 
 
 def sdpa_attention(q, k, v, bias, *, residual, ln_weight, ln_bias, bias_before_scale):
     """The same function from stock ops: SDPA (bias as attn_mask), residual add, layer_norm."""
     batch, heads, lq, dim = q.shape
-    scale = dim ** -0.5
+    scale = dim**-0.5
     mask = None if bias is None else (bias * scale if bias_before_scale else bias)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     out = out.transpose(1, 2).reshape(batch, lq, heads * dim) + residual
@@ -55,10 +62,12 @@ def provider_fn(provider, bias_before_scale):
         return lambda q, k, v, bias, **kw: sdpa_attention(q, k, v, bias, bias_before_scale=bias_before_scale, **kw)
     if provider == "compile":
         compiled_fn = compiled(reference.lcd_attention, fullgraph=True)
-        return lambda q, k, v, bias, **kw: compiled_fn(q, k, v, bias, bias_before_scale=bias_before_scale,
-                                                    check_finite=False, **kw)
-    return lambda q, k, v, bias, **kw: hf.lcd_attention(q, k, v, bias, bias_before_scale=bias_before_scale,
-                                                        backend=provider, check_finite=False, **kw)
+        return lambda q, k, v, bias, **kw: compiled_fn(
+            q, k, v, bias, bias_before_scale=bias_before_scale, check_finite=False, **kw
+        )
+    return lambda q, k, v, bias, **kw: hf.lcd_attention(
+        q, k, v, bias, bias_before_scale=bias_before_scale, backend=provider, check_finite=False, **kw
+    )
 
 
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
@@ -75,8 +84,9 @@ def test_bench_lcd_attention(benchmark, device, provider, shape, batch, pass_):
 
     def call(*tensors):
         t = dict(zip(names, tensors))
-        return fn(t["q"], t["k"], t["v"], t["bias"], residual=t["residual"], ln_weight=t["ln_weight"],
-                  ln_bias=t["ln_bias"])
+        return fn(
+            t["q"], t["k"], t["v"], t["bias"], residual=t["residual"], ln_weight=t["ln_weight"], ln_bias=t["ln_bias"]
+        )
 
     extra = {}
     if backward:
@@ -90,12 +100,21 @@ def test_bench_lcd_attention(benchmark, device, provider, shape, batch, pass_):
                     t.grad = None
             call(*tensors).backward(grad)
     else:
+
         def step(*tensors):
             with torch.no_grad():
                 return call(*tensors)
 
-    record(benchmark, op="lcd_attention", provider=provider, pass_=pass_, size=f"{shape} B={batch}", batch=batch,
-           dtype=DTYPE, **extra)
+    record(
+        benchmark,
+        op="lcd_attention",
+        provider=provider,
+        pass_=pass_,
+        size=f"{shape} B={batch}",
+        batch=batch,
+        dtype=DTYPE,
+        **extra,
+    )
     benchmark(synchronized(rotating(step, input_sets(list(inputs.values())))))
 
 

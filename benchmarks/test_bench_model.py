@@ -2,6 +2,7 @@
 torch.compile(reference) (HELO_BENCH_COMPILE=1; its first call, the compile, is reported apart as first_call_s), and
 the fast model (fused ops, backend "auto"), each in
 full precision ("32") and bf16-mixed (autocast; "16-mixed" too on CUDA), as ``helo-fast train --precision`` runs it."""
+
 import time
 
 import pytest
@@ -37,8 +38,16 @@ def test_bench_training_step(benchmark, device, provider, precision, batch):
     step_model = compiled(model, dynamic=False) if provider == "compile" else model
     # The fast model is reported under the backend "auto" picked here (cpp on CPU when built).
     label = choose_backend("auto", device, "gromov_wasserstein") if provider == "fast" else provider
-    record(benchmark, op="helo_training_step", provider=label, pass_="fwd+bwd+adam",
-           size=f"B={batch} default config", batch=batch, dtype=torch.float32, precision=precision)
+    record(
+        benchmark,
+        op="helo_training_step",
+        provider=label,
+        pass_="fwd+bwd+adam",
+        size=f"B={batch} default config",
+        batch=batch,
+        dtype=torch.float32,
+        precision=precision,
+    )
     step = synchronized(lambda: train_step(step_model, optimizer, x, y, precision=precision, scaler=scaler))
     # The first call (torch.compile's compile, the kernels' first-touch allocations) is reported apart from the
     # steady steps that pytest-benchmark times.

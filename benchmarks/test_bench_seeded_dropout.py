@@ -3,6 +3,7 @@ the FFN's hidden width ([2B, 36, 64], a second size; HeLo has no dropout there):
 PyTorch ops), torch.compile(reference) (HELO_BENCH_COMPILE=1), the peer ``torch_dropout`` (``F.dropout``: the same
 distribution from torch's own Bernoulli draws, so different masks), cpp, and triton on CUDA. Forward, and
 forward+backward."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,13 @@ def test_bench_seeded_dropout(benchmark, provider, shape, batch, pass_):
             with torch.no_grad():
                 fn(t, gen)
 
-    record(benchmark, op="seeded_dropout", provider=provider, pass_=pass_, size=f"{shape} B={batch} p={P}",
-           batch=batch, dtype=DTYPE)
+    record(
+        benchmark,
+        op="seeded_dropout",
+        provider=provider,
+        pass_=pass_,
+        size=f"{shape} B={batch} p={P}",
+        batch=batch,
+        dtype=DTYPE,
+    )
     benchmark(synchronized(rotating(step, input_sets([x]))))

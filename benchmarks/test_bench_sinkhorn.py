@@ -6,6 +6,7 @@ only, numpy); ``pot_batch`` is ot.solve_batch(method="log_sinkhorn") on the whol
 has a fwd+bwd). The compile provider takes about a minute to compile on 2 cores, so it runs only with
 HELO_BENCH_COMPILE=1.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -27,15 +28,20 @@ def sinkhorn_fn(provider):
         compiled_fn = compiled(reference.sinkhorn, fullgraph=True)
         return lambda c: compiled_fn(c, eps=eps, n_iters=n_iters, check_finite=False)
     if provider == "pot":
+
         def pot_loop(c):
             cost = c.detach().cpu().double().numpy()
             u, v = np.full(cost.shape[1], 1 / cost.shape[1]), np.full(cost.shape[2], 1 / cost.shape[2])
-            return [ot.sinkhorn(u, v, cost[i], eps, method="sinkhorn_log", numItermax=n_iters, stopThr=-1)
-                    for i in range(cost.shape[0])]
+            return [
+                ot.sinkhorn(u, v, cost[i], eps, method="sinkhorn_log", numItermax=n_iters, stopThr=-1)
+                for i in range(cost.shape[0])
+            ]
+
         return pot_loop
     if provider == "pot_batch":
-        return lambda c: ot.solve_batch(c, reg=eps, max_iter=n_iters, tol=0.0, method="log_sinkhorn",
-                                        grad="autodiff").plan
+        return lambda c: (
+            ot.solve_batch(c, reg=eps, max_iter=n_iters, tol=0.0, method="log_sinkhorn", grad="autodiff").plan
+        )
     return lambda c: hf.sinkhorn(c, eps=eps, n_iters=n_iters, backend=provider, check_finite=False)
 
 
@@ -49,8 +55,16 @@ def test_bench_sinkhorn(benchmark, device, provider, pass_):
     batch, n, m = SINKHORN["batch"], SINKHORN["n"], SINKHORN["m"]
     cost = torch.rand(batch, n, m, generator=torch.Generator().manual_seed(0), dtype=DTYPE).to(device)
     cost.requires_grad_(backward)
-    timed(benchmark, sinkhorn_fn(provider), [cost], backward, op="sinkhorn", provider=provider,
-          size=f"B={batch} n={n} m={m} it={SINKHORN['n_iters']}", batch=batch)
+    timed(
+        benchmark,
+        sinkhorn_fn(provider),
+        [cost],
+        backward,
+        op="sinkhorn",
+        provider=provider,
+        size=f"B={batch} n={n} m={m} it={SINKHORN['n_iters']}",
+        batch=batch,
+    )
 
 
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])

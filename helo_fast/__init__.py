@@ -7,15 +7,38 @@ Reference (plain PyTorch) versions: ``helo_fast.reference``. Metrics: ``helo_fas
 Drop-in modules: ``helo_fast.nn``; ``convert(model)`` / ``revert(model)`` swap them in and out.
 The model: ``helo_fast.models.HeLo``. ``env_report()`` says which backends are available here and why not.
 """
+
 __version__ = "0.1.0"
 
 from ._convergence import GWInfo, OTConvergenceError, OTConvergenceWarning, OTInfo
 from .env import env_report
-from .functional import (gromov_wasserstein, gromov_wasserstein_cost, ipot, lcd_attention, seeded_dropout, sinkhorn,
-                         sinkhorn_cost)
+from .functional import (
+    gromov_wasserstein,
+    gromov_wasserstein_cost,
+    ipot,
+    lcd_attention,
+    seeded_dropout,
+    sinkhorn,
+    sinkhorn_cost,
+)
 from .metrics import edl_metrics
 from .nn import convert, revert
 
-__all__ = ["sinkhorn", "ipot", "gromov_wasserstein", "lcd_attention", "seeded_dropout", "sinkhorn_cost",
-           "gromov_wasserstein_cost", "OTInfo", "GWInfo", "OTConvergenceWarning", "OTConvergenceError", "edl_metrics",
-           "env_report", "convert", "revert", "__version__"]
+__all__ = [
+    "sinkhorn",
+    "ipot",
+    "gromov_wasserstein",
+    "lcd_attention",
+    "seeded_dropout",
+    "sinkhorn_cost",
+    "gromov_wasserstein_cost",
+    "OTInfo",
+    "GWInfo",
+    "OTConvergenceWarning",
+    "OTConvergenceError",
+    "edl_metrics",
+    "env_report",
+    "convert",
+    "revert",
+    "__version__",
+]

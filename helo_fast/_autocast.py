@@ -12,6 +12,7 @@ apply at three places, all from the tables here: the public ops (``autocast_poli
 ``reference``, before validation, which needs consistent dtypes) and the dispatcher, for callers of the custom ops
 themselves (``register_autocast_rule``: an Autocast-key kernel per op and device type).
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,14 +21,13 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
-LOW = "low"          # cast to the autocast dtype (bfloat16 or float16)
+LOW = "low"  # cast to the autocast dtype (bfloat16 or float16)
 FLOAT32 = "float32"  # cast to float32
 DEVICE_TYPES = ("cpu", "cuda")
 
 # Argument -> cast of each public op (argument names of helo_fast.functional / helo_fast.reference).
 OT_ARGS = {"cost": FLOAT32, "cs": FLOAT32, "ct": FLOAT32, "a": FLOAT32, "b": FLOAT32}
-ATTENTION_ARGS = {"q": LOW, "k": LOW, "v": LOW, "bias": LOW, "residual": LOW, "ln_weight": FLOAT32,
-                  "ln_bias": FLOAT32}
+ATTENTION_ARGS = {"q": LOW, "k": LOW, "v": LOW, "bias": LOW, "residual": LOW, "ln_weight": FLOAT32, "ln_bias": FLOAT32}
 
 
 def autocast_dtype(tensor) -> Optional[torch.dtype]:

@@ -1,4 +1,5 @@
 """The one backend chooser: which implementation serves an op for tensors on a given device."""
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Tuple

@@ -11,6 +11,7 @@ A Sinkhorn or IPOT problem is checked after every ``CHECK_EVERY``-th iteration a
 stops at the first check where its violation is <= tol; each problem of a batch stops on its own. The GW outer test
 runs after every outer iteration.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -28,6 +29,7 @@ class OTInfo(NamedTuple):
     violation: [B] the final marginal violation (float64 for float64 inputs, else float32).
     converged: [B] bool, violation <= tol.
     """
+
     iterations: torch.Tensor
     violation: torch.Tensor
     converged: torch.Tensor
@@ -42,6 +44,7 @@ class GWInfo(NamedTuple):
     inner_violation: [B] the last inner solve's marginal violation.
     converged: [B] bool, violation <= tol and inner_violation <= tol.
     """
+
     iterations: torch.Tensor
     inner_iterations: torch.Tensor
     violation: torch.Tensor
@@ -65,21 +68,27 @@ def is_check_point(k: int, n_iters: int) -> bool:
 class StopState(NamedTuple):
     """The reference solvers' per-problem stopping state: which problems still run [B] bool, the iteration each
     stopped at [B] int64 (the cap until it stops), and its last measured violation [B]."""
+
     active: torch.Tensor
     iterations: torch.Tensor
     violation: torch.Tensor
 
     @classmethod
     def start(cls, batch: int, n_iters: int, dtype: torch.dtype, device: torch.device) -> "StopState":
-        return cls(torch.ones(batch, dtype=torch.bool, device=device),
-                   torch.full((batch,), n_iters, dtype=torch.int64, device=device),
-                   torch.zeros(batch, dtype=dtype, device=device))
+        return cls(
+            torch.ones(batch, dtype=torch.bool, device=device),
+            torch.full((batch,), n_iters, dtype=torch.int64, device=device),
+            torch.zeros(batch, dtype=dtype, device=device),
+        )
 
     def checked(self, k: int, current: torch.Tensor, tol: float) -> "StopState":
         """After the test at iteration ``k``: running problems record ``current`` [B]; those <= tol stop at k."""
         done = self.active & (current <= tol)
-        return StopState(self.active & ~done, torch.where(done, k, self.iterations),
-                         torch.where(self.active, current, self.violation))
+        return StopState(
+            self.active & ~done,
+            torch.where(done, k, self.iterations),
+            torch.where(self.active, current, self.violation),
+        )
 
 
 def report(op: str, info, *, tol: float, cap: str, strict: bool, implicit: bool = False) -> None:
@@ -90,8 +99,10 @@ def report(op: str, info, *, tol: float, cap: str, strict: bool, implicit: bool 
         return
     count, total = int(failed.sum()), info.converged.numel()
     worst = float(info.violation.masked_fill(~failed, 0).max())
-    message = (f"helo_fast.{op}: {count} of {total} problems did not reach tol={tol:g} within {cap} (largest "
-               f"violation {worst:.3g}); raise the cap or tol, or pass strict=True to make this an error")
+    message = (
+        f"helo_fast.{op}: {count} of {total} problems did not reach tol={tol:g} within {cap} (largest "
+        f"violation {worst:.3g}); raise the cap or tol, or pass strict=True to make this an error"
+    )
     if implicit:
         message += "; grad='implicit' assumes converged plans, so their gradients are inexact"
     if strict:

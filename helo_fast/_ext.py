@@ -1,4 +1,5 @@
 """Loads the C++ extension helo_fast._C if it was built, and remembers why not otherwise."""
+
 from __future__ import annotations
 
 try:

@@ -1,6 +1,7 @@
 """The outer loop of gromov_wasserstein with ``tol`` (``_convergence``), shared by the reference and the fast
 backends: each outer iteration linearises and solves only the problems still running (one batched inner solve on
 them), and a problem stops when the L1 norm of its plan's change is <= tol. The inner solver is the caller's."""
+
 from __future__ import annotations
 
 from typing import Callable, Tuple
@@ -13,8 +14,9 @@ def constant_cost(cs, ct, a, b):
     return (cs * cs) @ a[:, :, None] + ((ct * ct) @ b[:, :, None]).transpose(1, 2)
 
 
-def solve_gromov_wasserstein(cs, ct, a, b, *, outer_iters: int, tol: float,
-                             inner_solve: Callable) -> Tuple[torch.Tensor, ...]:
+def solve_gromov_wasserstein(
+    cs, ct, a, b, *, outer_iters: int, tol: float, inner_solve: Callable
+) -> Tuple[torch.Tensor, ...]:
     """cs [B, n, n], ct [B, m, m], a [B, n], b [B, m] (validated) -> (plan [B, n, m], outer iterations [B],
     inner iterations [B] (summed), last plan change [B], last inner violation [B]). ``inner_solve(cost, a, b)``
     solves a sub-batch with the tolerance: -> (plan, iterations, violation). Differentiable through the inner
@@ -31,8 +33,9 @@ def solve_gromov_wasserstein(cs, ct, a, b, *, outer_iters: int, tol: float,
         if running.numel() == 0:
             break
         old = plan.index_select(0, running)
-        cost = const.index_select(0, running) - 2.0 * cs.index_select(0, running) @ old @ \
-            ct.index_select(0, running).transpose(1, 2)
+        cost = const.index_select(0, running) - 2.0 * cs.index_select(0, running) @ old @ ct.index_select(
+            0, running
+        ).transpose(1, 2)
         new, count, error = inner_solve(cost, a.index_select(0, running), b.index_select(0, running))
         current = (new - old).detach().abs().sum((1, 2)).to(change.dtype)
         inner_iterations = inner_iterations.index_add(0, running, count.to(torch.int64))

@@ -22,6 +22,7 @@ Envelope gradient (partial derivatives at the stationary Γ, no backward pass th
 GW has local minima: this is the gradient of the value at the stationary point found, valid while that point moves
 smoothly with the inputs. Computed in float64.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Tuple
@@ -38,8 +39,11 @@ KL_WEIGHT = {"sinkhorn": 2.0, "ipot": 0.0}  # the multiple of eps on KL(Γ | a b
 def gw_discrepancy(cs, ct, plan):
     """E(Γ) = sum_ijkl (cs_ik - ct_jl)² Γ_ij Γ_kl [B] for cs [B, n, n], ct [B, m, m], plan [B, n, m]."""
     r, c = plan.sum(2), plan.sum(1)
-    return (((cs * cs) @ r[:, :, None]).squeeze(2) * r).sum(-1) + (((ct * ct) @ c[:, :, None]).squeeze(2) * c).sum(-1) \
+    return (
+        (((cs * cs) @ r[:, :, None]).squeeze(2) * r).sum(-1)
+        + (((ct * ct) @ c[:, :, None]).squeeze(2) * c).sum(-1)
         - 2.0 * (plan * (cs @ plan @ ct.transpose(1, 2))).sum((1, 2))
+    )
 
 
 def linearised_cost(cs, ct, a, b, plan):
@@ -51,8 +55,7 @@ def marginal_potentials(cs, ct, a, b, plan, *, eps: float, inner_iters: int, tol
     """One Sinkhorn solve (``sinkhorn_solve``: a backend's "sinkhorn_converged" signature) on the final linearisation
     L(Γ) -> (L [B, n, m], column potential g [B, m], iterations [B], violation [B]), for dV/da and dV/db."""
     cost = linearised_cost(cs, ct, a, b, plan)
-    _plan, _f, g, iterations, violation = sinkhorn_solve(cost, a, b, eps=eps, n_iters=inner_iters, tol=tol,
-                                                         grad="none")
+    _plan, _f, g, iterations, violation = sinkhorn_solve(cost, a, b, eps=eps, n_iters=inner_iters, tol=tol, grad="none")
     return cost, g, iterations, violation
 
 
@@ -83,21 +86,24 @@ class _GromovWassersteinValue(torch.autograd.Function):
         for k, grad in ((2, grad_a), (3, grad_b)):
             if ctx.needs_input_grad[k]:
                 if grad is None:  # the caller refuses this case in the forward; never return a silent None
-                    raise RuntimeError("gromov_wasserstein_cost: no gradient with respect to the marginals was "
-                                       "computed in the forward")
+                    raise RuntimeError(
+                        "gromov_wasserstein_cost: no gradient with respect to the marginals was computed in the forward"
+                    )
                 grads[k] = (gv[:, None] * grad).to(cs.dtype)
         return tuple(grads)
 
 
-def gromov_wasserstein_value(cs, ct, a, b, plan, *, eps: float, solver: str,
-                             potentials: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+def gromov_wasserstein_value(
+    cs, ct, a, b, plan, *, eps: float, solver: str, potentials: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+):
     """V [B] (the dtype of cs) of the converged plan [B, n, m], with the envelope gradient with respect to cs and ct
     attached, and with respect to a and b when ``potentials`` = (L(Γ) [B, n, m], g [B, m]) of
     ``marginal_potentials`` is given (solver="sinkhorn")."""
     grad_a = grad_b = None
     if potentials is not None:
         cost, g = potentials
-        _value, grad_a, grad_b = value_and_gradients(cost.detach(), a.detach(), b.detach(), plan.detach(),
-                                                     g.detach(), eps)
+        _value, grad_a, grad_b = value_and_gradients(
+            cost.detach(), a.detach(), b.detach(), plan.detach(), g.detach(), eps
+        )
         grad_a, grad_b = 2.0 * grad_a, 2.0 * grad_b
     return _GromovWassersteinValue.apply(cs, ct, a, b, plan.detach(), grad_a, grad_b, KL_WEIGHT[solver] * eps)

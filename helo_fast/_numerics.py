@@ -1,5 +1,6 @@
 """Dtype rules and constants shared by every backend (reference, C++ registration, Triton): one home, so that the
 fast paths import nothing from ``helo_fast.reference``."""
+
 from __future__ import annotations
 
 import torch

@@ -13,6 +13,7 @@ sum_j b_j dL/db_j = 0: the limit of the unrolled iterations' gradient (their las
 so perturbing a moves the columns by b sum(da) / sum(b)). Zero-mass entries (a zero row or column of P) are taken
 out of the system (an identity row): their gradients are 0, never NaN. Computed in float64.
 """
+
 from __future__ import annotations
 
 import torch
@@ -71,8 +72,13 @@ class _SinkhornImplicit(torch.autograd.Function):
         (plan,) = ctx.saved_tensors
         grad_cost, grad_a, grad_b = implicit_vjp(grad_plan, plan, ctx.eps)
         needs = ctx.needs_input_grad
-        return (grad_cost.to(plan.dtype) if needs[0] else None, grad_a.to(plan.dtype) if needs[1] else None,
-                grad_b.to(plan.dtype) if needs[2] else None, None, None)
+        return (
+            grad_cost.to(plan.dtype) if needs[0] else None,
+            grad_a.to(plan.dtype) if needs[1] else None,
+            grad_b.to(plan.dtype) if needs[2] else None,
+            None,
+            None,
+        )
 
 
 def implicit_plan(plan, cost, a, b, eps: float):

@@ -8,6 +8,7 @@ with f'_i = -eps LSE_j((g_j - C_ij) / eps) and g'_j = -eps LSE_i((f_i - C_ij) / 
 is 0). Only equal-mass perturbations of (a, b) are feasible, so (dV/da, dV/db) is defined up to (+t, -t); the one
 returned has sum_i a_i dV/da_i = sum_j b_j dV/db_j. No backward pass through the iterations. Computed in float64.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,13 @@ from torch.autograd.function import once_differentiable
 def kl_to_product(plan, a, b):
     """KL(P | a bᵀ) = sum P log(P / (a bᵀ)) - sum P + sum a sum b [B] of plan [B, n, m], a [B, n], b [B, m] (0 log 0 =
     0; computed in the inputs' dtype)."""
-    return (torch.xlogy(plan, plan).sum((1, 2)) - torch.xlogy(plan.sum(2), a).sum(-1)
-            - torch.xlogy(plan.sum(1), b).sum(-1) - plan.sum((1, 2)) + a.sum(-1) * b.sum(-1))
+    return (
+        torch.xlogy(plan, plan).sum((1, 2))
+        - torch.xlogy(plan.sum(2), a).sum(-1)
+        - torch.xlogy(plan.sum(1), b).sum(-1)
+        - plan.sum((1, 2))
+        + a.sum(-1) * b.sum(-1)
+    )
 
 
 def value_and_gradients(cost, a, b, plan, g, eps: float):
@@ -48,8 +54,14 @@ class _SinkhornValue(torch.autograd.Function):
     def backward(ctx, grad_value):
         plan, grad_a, grad_b = ctx.saved_tensors
         gv = grad_value.double()
-        return ((gv[:, None, None] * plan.double()).to(plan.dtype), (gv[:, None] * grad_a).to(plan.dtype),
-                (gv[:, None] * grad_b).to(plan.dtype), None, None, None)
+        return (
+            (gv[:, None, None] * plan.double()).to(plan.dtype),
+            (gv[:, None] * grad_a).to(plan.dtype),
+            (gv[:, None] * grad_b).to(plan.dtype),
+            None,
+            None,
+            None,
+        )
 
 
 def sinkhorn_value(cost, a, b, plan, g, eps: float):

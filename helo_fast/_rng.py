@@ -12,6 +12,7 @@ draws bit-identical masks from the same seed. The generator is a 32-bit integer 
 
 ``index`` is the row-major linear index into [B, H, Lq, Lk]. Stream 0 is DropKey, stream 1 dropout.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Union
@@ -42,7 +43,7 @@ def hash_uniform(seed: Union[int, torch.Tensor], shape, stream: int, device=None
     x.bitwise_xor_(x >> 13)
     x.mul_(0xC2B2AE35).bitwise_and_(_M32)
     x.bitwise_xor_(x >> 16)
-    return (x >> 8).to(torch.float32).mul_(2.0 ** -24).reshape(tuple(shape))
+    return (x >> 8).to(torch.float32).mul_(2.0**-24).reshape(tuple(shape))
 
 
 def bernoulli_mask(seed: Union[int, torch.Tensor], shape, p: float, stream: int, device=None) -> torch.Tensor:
@@ -52,8 +53,8 @@ def bernoulli_mask(seed: Union[int, torch.Tensor], shape, p: float, stream: int,
 
 # How an attention call gets each of its masks (DropKey, dropout); the values are those of the kernels'
 # (csrc/lcd_attention_params.h MaskMode, kernels/lcd_attention.py).
-MASK_NONE = 0      # p == 0 and no mask: nothing dropped
-MASK_SEEDED = 1    # p > 0 and no mask: the hash mask of the call's seed
+MASK_NONE = 0  # p == 0 and no mask: nothing dropped
+MASK_SEEDED = 1  # p > 0 and no mask: the hash mask of the call's seed
 MASK_EXPLICIT = 2  # a bool mask given: used as is, whatever p
 
 
@@ -70,8 +71,9 @@ def needs_seed(dropkey_p: float, dropout_p: float, dropkey_mask=None, dropout_ma
     return MASK_SEEDED in (mask_mode(dropkey_p, dropkey_mask), mask_mode(dropout_p, dropout_mask))
 
 
-def attention_masks_of_seed(seed, shape, dropkey_p: float, dropout_p: float, dropkey_mask=None, dropout_mask=None,
-                            device=None):
+def attention_masks_of_seed(
+    seed, shape, dropkey_p: float, dropout_p: float, dropkey_mask=None, dropout_mask=None, device=None
+):
     """(dropkey_mask, dropout_mask): the given ones, the hash masks of ``seed`` [B, H, Lq, Lk] where seeded, None
     where neither (bool, True = dropped)."""
     if mask_mode(dropkey_p, dropkey_mask) == MASK_SEEDED:

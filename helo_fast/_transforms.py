@@ -10,6 +10,7 @@ Host-side value checks (finiteness, signs, masses) read tensor values; under vma
 whose ``.item()`` torch refuses, so the checks read the plain tensor underneath (``plain``): every vmapped
 sample at once, so a check holds for all of them.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -47,8 +48,11 @@ def _vmap_randomness() -> Optional[str]:
     for interpreter in reversed(_functorch.get_interpreter_stack() or []):
         if interpreter.key() == _functorch.TransformType.Vmap:
             mode = _functorch.CVmapInterpreterPtr(interpreter).randomness()
-            return {_functorch.RandomnessType.Error: "error", _functorch.RandomnessType.Same: "same",
-                    _functorch.RandomnessType.Different: "different"}[mode]
+            return {
+                _functorch.RandomnessType.Error: "error",
+                _functorch.RandomnessType.Same: "same",
+                _functorch.RandomnessType.Different: "different",
+            }[mode]
     return None
 
 
@@ -65,4 +69,5 @@ def check_random_draw_allowed(op: str) -> None:
     raise RuntimeError(
         f"helo_fast.{op} draws one random seed per call for its mask, which torch.func.vmap (also the vmap inside "
         f"jacfwd/jacrev) with randomness={mode!r} does not support: pass randomness='same' (the same mask for every "
-        f"vmapped sample), pass explicit masks / p=0, or call {op} on the whole batch outside vmap")
+        f"vmapped sample), pass explicit masks / p=0, or call {op} on the whole batch outside vmap"
+    )

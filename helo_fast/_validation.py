@@ -9,6 +9,7 @@ RuntimeError with the same message, without the offending values, on CPU tensors
 tensors. Under torch.func.vmap they read the plain tensor underneath (``_transforms.plain``): they hold for every
 vmapped sample.
 """
+
 from __future__ import annotations
 
 import math
@@ -150,9 +151,11 @@ def check_symmetric(name: str, t: torch.Tensor) -> None:
     gap = (x - x.transpose(1, 2)).abs().amax((1, 2))
     if bool((gap > scale).any()):
         k = int((gap - scale).argmax())
-        raise ValueError(f"{name} must be symmetric (each [n, n] matrix equal to its transpose): problem {k} "
-                         f"differs from its transpose by {float(gap[k]):.3g}; symmetrise it, e.g. "
-                         f"({name} + {name}ᵀ) / 2")
+        raise ValueError(
+            f"{name} must be symmetric (each [n, n] matrix equal to its transpose): problem {k} "
+            f"differs from its transpose by {float(gap[k]):.3g}; symmetrise it, e.g. "
+            f"({name} + {name}ᵀ) / 2"
+        )
 
 
 def _non_finite_message(name: str, skippable: bool) -> str:
@@ -174,18 +177,23 @@ def check_regularisation(name: str, value, dtype: torch.dtype, cost_bound: Bound
         raise ValueError(f"{name} must be >= {info.tiny:.4g} (the smallest normal {info.dtype} number), got {value:g}")
     limit = 1.0 / info.eps
     if isinstance(cost_bound, torch.Tensor):
-        _require(cost_bound <= limit * value, f"{name} is too small for the costs: max|cost| / {name} must be <= "
-                 f"{limit:.3g} in {info.dtype} (1 / its epsilon); rescale the costs or raise {name}")
+        _require(
+            cost_bound <= limit * value,
+            f"{name} is too small for the costs: max|cost| / {name} must be <= "
+            f"{limit:.3g} in {info.dtype} (1 / its epsilon); rescale the costs or raise {name}",
+        )
     elif cost_bound / value > limit:
         raise ValueError(
             f"{name} = {value:g} is too small for costs of magnitude {cost_bound:.4g}: max|cost| / {name} must be "
             f"<= {limit:.3g} in {info.dtype} (1 / its epsilon), got {cost_bound / value:.3g}; rescale the costs or "
-            f"raise {name}")
+            f"raise {name}"
+        )
     return value
 
 
-def _marginal(name: str, t: Optional[torch.Tensor], batch: int, size: int, sym: str,
-              cost: torch.Tensor) -> torch.Tensor:
+def _marginal(
+    name: str, t: Optional[torch.Tensor], batch: int, size: int, sym: str, cost: torch.Tensor
+) -> torch.Tensor:
     if t is None:
         return torch.full((batch, size), 1.0 / size, dtype=cost.dtype, device=cost.device)
     check_tensor(name, t, ndim=2)
@@ -233,14 +241,28 @@ def check_convergence_options(tol, return_info, strict, grad: str) -> None:
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
         if value and tol is None:
-            raise ValueError(f"{name}=True needs tol (a float > 0): without tol the op runs exactly its iteration "
-                             "count and has no convergence test")
+            raise ValueError(
+                f"{name}=True needs tol (a float > 0): without tol the op runs exactly its iteration "
+                "count and has no convergence test"
+            )
     if grad == "implicit" and tol is None:
         raise ValueError("grad='implicit' needs tol (a float > 0): it is the gradient of the converged plan")
 
 
-def validate_ot(cost, a, b, *, n_iters, grad: str, check_finite_values: bool = True, eps=None, beta=None, tol=None,
-                return_info: bool = False, strict: bool = False):
+def validate_ot(
+    cost,
+    a,
+    b,
+    *,
+    n_iters,
+    grad: str,
+    check_finite_values: bool = True,
+    eps=None,
+    beta=None,
+    tol=None,
+    return_info: bool = False,
+    strict: bool = False,
+):
     """Validate a batched OT problem; return (a, b) with ``None`` replaced by uniform marginals.
 
     cost: [B, n, m] float tensor (B may be 0); a: [B, n] or None; b: [B, m] or None; exactly one of ``eps``
@@ -263,9 +285,22 @@ def validate_ot(cost, a, b, *, n_iters, grad: str, check_finite_values: bool = T
     return validate_marginals(a, b, cost)
 
 
-def validate_gromov_wasserstein(cs, ct, a, b, *, eps, outer_iters, inner_iters, solver: str, grad: str,
-                                check_finite_values: bool = True, tol=None, return_info: bool = False,
-                                strict: bool = False):
+def validate_gromov_wasserstein(
+    cs,
+    ct,
+    a,
+    b,
+    *,
+    eps,
+    outer_iters,
+    inner_iters,
+    solver: str,
+    grad: str,
+    check_finite_values: bool = True,
+    tol=None,
+    return_info: bool = False,
+    strict: bool = False,
+):
     """Validate a batched Gromov-Wasserstein problem; return (a, b) with uniform defaults.
 
     cs: [B, n, n] source structure matrix; ct: [B, m, m] target structure matrix; the stopping options as
@@ -284,8 +319,10 @@ def validate_gromov_wasserstein(cs, ct, a, b, *, eps, outer_iters, inner_iters, 
     check_int_at_least("inner_iters", inner_iters, 1, MAX_ITERATIONS)
     check_choice("solver", solver, OT_SOLVERS)
     if grad == "implicit":
-        raise ValueError("grad='implicit' is not implemented for gromov_wasserstein: its outer loop is a fixed point "
-                         "of a non-convex problem that need not be locally unique; use grad='unrolled'")
+        raise ValueError(
+            "grad='implicit' is not implemented for gromov_wasserstein: its outer loop is a fixed point "
+            "of a non-convex problem that need not be locally unique; use grad='unrolled'"
+        )
     check_choice("grad", grad, GRAD_MODES)
     check_convergence_options(tol, return_info, strict, grad)
     structure_bound = check_finite("cs", cs) + check_finite("ct", ct) if check_finite_values else 0.0
@@ -319,8 +356,23 @@ def check_layer_norm_parameter(name: str, t: torch.Tensor, q: torch.Tensor) -> N
         raise ValueError(f"{name} must be on the device of q ({q.device}), got {t.device}")
 
 
-def validate_attention(q, k, v, bias, residual, ln_weight, ln_bias, *, scale, dropkey_p, dropout_p, ln_eps,
-                       dropkey_mask=None, dropout_mask=None, check_finite_values: bool = True):
+def validate_attention(
+    q,
+    k,
+    v,
+    bias,
+    residual,
+    ln_weight,
+    ln_bias,
+    *,
+    scale,
+    dropkey_p,
+    dropout_p,
+    ln_eps,
+    dropkey_mask=None,
+    dropout_mask=None,
+    check_finite_values: bool = True,
+):
     """Validate the inputs of ``lcd_attention``; return the effective scale.
 
     q: [B, H, Lq, D]; k, v: [B, H, Lk, D]; bias broadcastable to [B, H, Lq, Lk];
@@ -341,8 +393,9 @@ def validate_attention(q, k, v, bias, residual, ln_weight, ln_bias, *, scale, dr
         check_tensor("bias", bias)
         check_same("bias", bias, "q", q)
         if not broadcastable_to(bias.shape, (batch, heads, lq, lk)):
-            raise ValueError(f"bias must be broadcastable to [B, H, Lq, Lk] = {(batch, heads, lq, lk)}, "
-                             f"got {tuple(bias.shape)}")
+            raise ValueError(
+                f"bias must be broadcastable to [B, H, Lq, Lk] = {(batch, heads, lq, lk)}, got {tuple(bias.shape)}"
+            )
     if residual is not None:
         check_tensor("residual", residual, ndim=3)
         check_shape("residual", residual, (batch, lq, heads * dim), "[B, Lq, H*D]")
@@ -364,20 +417,45 @@ def validate_attention(q, k, v, bias, residual, ln_weight, ln_bias, *, scale, dr
     check_probability("dropout_p", dropout_p)
     check_positive("ln_eps", ln_eps)
     if scale is None:
-        scale = dim ** -0.5
+        scale = dim**-0.5
     else:
         scale = check_positive("scale", scale)
     if check_finite_values:
-        largest = {name: check_finite(name, t) for name, t in (
-            ("q", q), ("k", k), ("v", v), ("bias", bias), ("residual", residual), ("ln_weight", ln_weight),
-            ("ln_bias", ln_bias)) if t is not None}
-        check_attention_range(largest, compute_dtype(q.dtype), dim=dim, features=heads * dim, scale=scale,
-                              dropout_p=dropout_p, layer_norm=ln_weight is not None)
+        largest = {
+            name: check_finite(name, t)
+            for name, t in (
+                ("q", q),
+                ("k", k),
+                ("v", v),
+                ("bias", bias),
+                ("residual", residual),
+                ("ln_weight", ln_weight),
+                ("ln_bias", ln_bias),
+            )
+            if t is not None
+        }
+        check_attention_range(
+            largest,
+            compute_dtype(q.dtype),
+            dim=dim,
+            features=heads * dim,
+            scale=scale,
+            dropout_p=dropout_p,
+            layer_norm=ln_weight is not None,
+        )
     return scale
 
 
-def check_attention_range(largest: Dict[str, Bound], dtype: torch.dtype, *, dim: int, features: int, scale: float,
-                          dropout_p: float, layer_norm: bool) -> None:
+def check_attention_range(
+    largest: Dict[str, Bound],
+    dtype: torch.dtype,
+    *,
+    dim: int,
+    features: int,
+    scale: float,
+    dropout_p: float,
+    layer_norm: bool,
+) -> None:
     """Refuse finite attention inputs whose intermediates can overflow the compute dtype (q = k = 1e20 in float32:
     the logits are inf, the softmax NaN). From the inputs' largest magnitudes ``largest`` (by argument name):
     - the logits: (D max|q| max|k| + max|bias|) max(scale, 1) must be at most the dtype's largest finite value;
@@ -389,15 +467,22 @@ def check_attention_range(largest: Dict[str, Bound], dtype: torch.dtype, *, dim:
     logits = (dim * largest["q"] * largest["k"] + largest.get("bias", 0.0)) * max(scale, 1.0)
     output = largest["v"] / (1.0 - dropout_p) + largest.get("residual", 0.0)
     spread = (2.0 * output) * (2.0 * output) * features if layer_norm else output
-    for bound, what, inputs in ((logits, "(D max|q| max|k| + max|bias|) * max(scale, 1), bounding the logits",
-                                 "q, k or bias"),
-                                (spread, "(2 (max|v| / (1 - dropout_p) + max|residual|))^2 * H*D, bounding the "
-                                 "LayerNorm variance's sum" if layer_norm else
-                                 "max|v| / (1 - dropout_p) + max|residual|, bounding the output", "v or residual")):
+    for bound, what, inputs in (
+        (logits, "(D max|q| max|k| + max|bias|) * max(scale, 1), bounding the logits", "q, k or bias"),
+        (
+            spread,
+            "(2 (max|v| / (1 - dropout_p) + max|residual|))^2 * H*D, bounding the LayerNorm variance's sum"
+            if layer_norm
+            else "max|v| / (1 - dropout_p) + max|residual|, bounding the output",
+            "v or residual",
+        ),
+    ):
         if isinstance(bound, torch.Tensor) or not bound <= finite_max:  # the message is built only when needed
-            message = (f"the inputs of lcd_attention are too large for {dtype}: {what}, must be <= {finite_max:.3g} "
-                       f"(its largest finite value; beyond it the result can overflow to inf or NaN); rescale "
-                       f"{inputs}")
+            message = (
+                f"the inputs of lcd_attention are too large for {dtype}: {what}, must be <= {finite_max:.3g} "
+                f"(its largest finite value; beyond it the result can overflow to inf or NaN); rescale "
+                f"{inputs}"
+            )
             _require(bound <= finite_max, message if isinstance(bound, torch.Tensor) else f"{message}; got {bound:.3g}")
 
 

@@ -1,4 +1,5 @@
 """``env_report()``: versions and which backends are available here (and why not)."""
+
 from __future__ import annotations
 
 import platform

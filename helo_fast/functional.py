@@ -8,6 +8,7 @@ Inside a torch.func transform (vmap, grad, jvp, jacrev, jacfwd, ...) or with a f
 (``_transforms.needs_reference``); a second derivative of a fast backend's result (``create_graph=True``) is
 taken through the reference too (``_ops.reference_vjp``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,13 +20,31 @@ from ._gw_value import gromov_wasserstein_value, marginal_potentials
 from ._ot_finish import finish_gromov_wasserstein, finish_ipot, finish_sinkhorn
 from ._ot_value import sinkhorn_value
 from ._transforms import needs_reference
-from ._validation import (check_symmetric, device_of, validate_attention, validate_dropout,
-                          validate_gromov_wasserstein, validate_ot)
+from ._validation import (
+    check_symmetric,
+    device_of,
+    validate_attention,
+    validate_dropout,
+    validate_gromov_wasserstein,
+    validate_ot,
+)
 
 
 @autocast_policy(OT_ARGS)
-def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", tol=None, return_info=False, strict=False,
-             backend="auto", check_finite=True):
+def sinkhorn(
+    cost,
+    a=None,
+    b=None,
+    *,
+    eps,
+    n_iters,
+    grad="unrolled",
+    tol=None,
+    return_info=False,
+    strict=False,
+    backend="auto",
+    check_finite=True,
+):
     """Batched entropic optimal transport by log-domain Sinkhorn iterations (POT's ``sinkhorn_log`` order).
 
     Exactly ``n_iters`` iterations, column potential first: g_j = eps (log b_j - LSE_i((f_i - C_ij) / eps)), then
@@ -75,17 +94,50 @@ def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", tol=None, r
     """
     backend = _backend.choose_backend(backend, device_of("cost", cost), "sinkhorn")
     if backend == "reference" or needs_reference(cost, a, b):
-        return reference.sinkhorn(cost, a, b, eps=eps, n_iters=n_iters, grad=grad, tol=tol, return_info=return_info,
-                                  strict=strict, check_finite=check_finite)
-    a, b = validate_ot(cost, a, b, eps=eps, n_iters=n_iters, grad=grad, tol=tol, return_info=return_info,
-                       strict=strict, check_finite_values=check_finite)
+        return reference.sinkhorn(
+            cost,
+            a,
+            b,
+            eps=eps,
+            n_iters=n_iters,
+            grad=grad,
+            tol=tol,
+            return_info=return_info,
+            strict=strict,
+            check_finite=check_finite,
+        )
+    a, b = validate_ot(
+        cost,
+        a,
+        b,
+        eps=eps,
+        n_iters=n_iters,
+        grad=grad,
+        tol=tol,
+        return_info=return_info,
+        strict=strict,
+        check_finite_values=check_finite,
+    )
     if tol is None:
         return _ops.get("sinkhorn", backend)(cost, a, b, eps=eps, n_iters=n_iters, grad=grad)
     solve = _converged_solver("sinkhorn", backend, cost)
-    plan, _f, _g, iterations, violation = solve(cost, a, b, eps=eps, n_iters=n_iters, tol=tol,
-                                                grad="none" if grad == "implicit" else grad)
-    return finish_sinkhorn(plan, cost, a, b, eps=eps, iterations=iterations, violation=violation, tol=tol,
-                           n_iters=n_iters, grad=grad, return_info=return_info, strict=strict)
+    plan, _f, _g, iterations, violation = solve(
+        cost, a, b, eps=eps, n_iters=n_iters, tol=tol, grad="none" if grad == "implicit" else grad
+    )
+    return finish_sinkhorn(
+        plan,
+        cost,
+        a,
+        b,
+        eps=eps,
+        iterations=iterations,
+        violation=violation,
+        tol=tol,
+        n_iters=n_iters,
+        grad=grad,
+        return_info=return_info,
+        strict=strict,
+    )
 
 
 def _converged_solver(op: str, backend: str, tensor):
@@ -93,14 +145,17 @@ def _converged_solver(op: str, backend: str, tensor):
     missing."""
     reason = _ops.ot_converged.tol_unavailable_reason(op, backend, tensor.device)
     if reason is not None:
-        raise ValueError(f"tol is not implemented for helo_fast.{op} on backend={backend!r} with {tensor.device.type} "
-                         f"tensors ({reason}); pass tol=None for exactly n_iters iterations, or another backend")
+        raise ValueError(
+            f"tol is not implemented for helo_fast.{op} on backend={backend!r} with {tensor.device.type} "
+            f"tensors ({reason}); pass tol=None for exactly n_iters iterations, or another backend"
+        )
     return _ops.get(f"{op}_converged", backend)
 
 
 @autocast_policy(OT_ARGS)
-def sinkhorn_cost(cost, a=None, b=None, *, eps, n_iters, tol, strict=False, return_info=False, backend="auto",
-                  check_finite=True):
+def sinkhorn_cost(
+    cost, a=None, b=None, *, eps, n_iters, tol, strict=False, return_info=False, backend="auto", check_finite=True
+):
     """The regularised OT value of each problem at convergence, with its envelope gradient: a loss.
 
     V = <P, C> + eps KL(P | a bᵀ) with KL(P | Q) = sum P log(P / Q) - sum P + sum Q and P the converged plan of
@@ -138,8 +193,18 @@ def sinkhorn_cost(cost, a=None, b=None, *, eps, n_iters, tol, strict=False, retu
     if tol is None:
         raise ValueError("sinkhorn_cost needs tol (a float > 0): its envelope gradient is that of the converged value")
     backend = _backend.choose_backend(backend, device_of("cost", cost), "sinkhorn")
-    a, b = validate_ot(cost, a, b, eps=eps, n_iters=n_iters, grad="none", tol=tol, return_info=return_info,
-                       strict=strict, check_finite_values=check_finite)
+    a, b = validate_ot(
+        cost,
+        a,
+        b,
+        eps=eps,
+        n_iters=n_iters,
+        grad="none",
+        tol=tol,
+        return_info=return_info,
+        strict=strict,
+        check_finite_values=check_finite,
+    )
     if backend == "reference" or needs_reference(cost, a, b):
         solve = reference.sinkhorn_solve
     else:
@@ -153,8 +218,20 @@ def sinkhorn_cost(cost, a=None, b=None, *, eps, n_iters, tol, strict=False, retu
 
 
 @autocast_policy(OT_ARGS)
-def ipot(cost, a=None, b=None, *, beta, n_iters, grad="none", tol=None, return_info=False, strict=False,
-         backend="auto", check_finite=True):
+def ipot(
+    cost,
+    a=None,
+    b=None,
+    *,
+    beta,
+    n_iters,
+    grad="none",
+    tol=None,
+    return_info=False,
+    strict=False,
+    backend="auto",
+    check_finite=True,
+):
     """Batched inexact proximal-point OT (IPOT, HeLo's solver, HELO_SPEC §4.5), computed in the log domain.
 
     T = 1, sigma = 1/m; each of the ``n_iters`` iterations: Q = exp(-cost / beta) * T, delta = a / (Q sigma),
@@ -197,21 +274,64 @@ def ipot(cost, a=None, b=None, *, beta, n_iters, grad="none", tol=None, return_i
     """
     backend = _backend.choose_backend(backend, device_of("cost", cost), "ipot")
     if backend == "reference" or needs_reference(cost, a, b):
-        return reference.ipot(cost, a, b, beta=beta, n_iters=n_iters, grad=grad, tol=tol, return_info=return_info,
-                              strict=strict, check_finite=check_finite)
-    a, b = validate_ot(cost, a, b, beta=beta, n_iters=n_iters, grad=grad, tol=tol, return_info=return_info,
-                       strict=strict, check_finite_values=check_finite)
+        return reference.ipot(
+            cost,
+            a,
+            b,
+            beta=beta,
+            n_iters=n_iters,
+            grad=grad,
+            tol=tol,
+            return_info=return_info,
+            strict=strict,
+            check_finite=check_finite,
+        )
+    a, b = validate_ot(
+        cost,
+        a,
+        b,
+        beta=beta,
+        n_iters=n_iters,
+        grad=grad,
+        tol=tol,
+        return_info=return_info,
+        strict=strict,
+        check_finite_values=check_finite,
+    )
     if tol is None:
         return _ops.get("ipot", backend)(cost, a, b, beta=beta, n_iters=n_iters, grad=grad)
-    plan, iterations, violation = _converged_solver("ipot", backend, cost)(cost, a, b, beta=beta, n_iters=n_iters,
-                                                                            tol=tol, grad=grad)
-    return finish_ipot(plan, iterations=iterations, violation=violation, tol=tol, n_iters=n_iters,
-                       return_info=return_info, strict=strict)
+    plan, iterations, violation = _converged_solver("ipot", backend, cost)(
+        cost, a, b, beta=beta, n_iters=n_iters, tol=tol, grad=grad
+    )
+    return finish_ipot(
+        plan,
+        iterations=iterations,
+        violation=violation,
+        tol=tol,
+        n_iters=n_iters,
+        return_info=return_info,
+        strict=strict,
+    )
 
 
 @autocast_policy(OT_ARGS)
-def gromov_wasserstein(cs, ct, a=None, b=None, *, eps=0.1, outer_iters=5, inner_iters=20, solver="ipot", grad="none",
-                       tol=None, return_info=False, strict=False, backend="auto", check_finite=True):
+def gromov_wasserstein(
+    cs,
+    ct,
+    a=None,
+    b=None,
+    *,
+    eps=0.1,
+    outer_iters=5,
+    inner_iters=20,
+    solver="ipot",
+    grad="none",
+    tol=None,
+    return_info=False,
+    strict=False,
+    backend="auto",
+    check_finite=True,
+):
     """HeLo's whole Gromov-Wasserstein step (HELO_SPEC §4.4) as one op: linearise the cost, solve, repeat.
 
     Gamma = a bᵀ; ``outer_iters`` times: L = (cs∘cs) a 1ᵀ + 1 ((ct∘ct) b)ᵀ - 2 cs Gamma ctᵀ, then
@@ -260,28 +380,76 @@ def gromov_wasserstein(cs, ct, a=None, b=None, *, eps=0.1, outer_iters=5, inner_
     """
     backend = _backend.choose_backend(backend, device_of("cs", cs), "gromov_wasserstein")
     if backend == "reference" or needs_reference(cs, ct, a, b):
-        return reference.gromov_wasserstein(cs, ct, a, b, eps=eps, outer_iters=outer_iters, inner_iters=inner_iters,
-                                            solver=solver, grad=grad, tol=tol, return_info=return_info,
-                                            strict=strict, check_finite=check_finite)
-    a, b = validate_gromov_wasserstein(cs, ct, a, b, eps=eps, outer_iters=outer_iters, inner_iters=inner_iters,
-                                       solver=solver, grad=grad, tol=tol, return_info=return_info, strict=strict,
-                                       check_finite_values=check_finite)
+        return reference.gromov_wasserstein(
+            cs,
+            ct,
+            a,
+            b,
+            eps=eps,
+            outer_iters=outer_iters,
+            inner_iters=inner_iters,
+            solver=solver,
+            grad=grad,
+            tol=tol,
+            return_info=return_info,
+            strict=strict,
+            check_finite=check_finite,
+        )
+    a, b = validate_gromov_wasserstein(
+        cs,
+        ct,
+        a,
+        b,
+        eps=eps,
+        outer_iters=outer_iters,
+        inner_iters=inner_iters,
+        solver=solver,
+        grad=grad,
+        tol=tol,
+        return_info=return_info,
+        strict=strict,
+        check_finite_values=check_finite,
+    )
     if tol is None:
-        return _ops.get("gromov_wasserstein", backend)(cs, ct, a, b, eps=eps, outer_iters=outer_iters,
-                                                       inner_iters=inner_iters, solver=solver, grad=grad)
+        return _ops.get("gromov_wasserstein", backend)(
+            cs, ct, a, b, eps=eps, outer_iters=outer_iters, inner_iters=inner_iters, solver=solver, grad=grad
+        )
     solve = _converged_solver("gromov_wasserstein", backend, cs)
-    plan, *counts = solve(cs, ct, a, b, eps=eps, outer_iters=outer_iters, inner_iters=inner_iters, solver=solver,
-                          tol=tol, grad=grad)
+    plan, *counts = solve(
+        cs, ct, a, b, eps=eps, outer_iters=outer_iters, inner_iters=inner_iters, solver=solver, tol=tol, grad=grad
+    )
     iterations, inner_iterations, violation, inner_violation = counts
-    return finish_gromov_wasserstein(plan, iterations=iterations, inner_iterations=inner_iterations,
-                                     violation=violation, inner_violation=inner_violation, tol=tol,
-                                     outer_iters=outer_iters, inner_iters=inner_iters, return_info=return_info,
-                                     strict=strict)
+    return finish_gromov_wasserstein(
+        plan,
+        iterations=iterations,
+        inner_iterations=inner_iterations,
+        violation=violation,
+        inner_violation=inner_violation,
+        tol=tol,
+        outer_iters=outer_iters,
+        inner_iters=inner_iters,
+        return_info=return_info,
+        strict=strict,
+    )
 
 
 @autocast_policy(OT_ARGS)
-def gromov_wasserstein_cost(cs, ct, a=None, b=None, *, eps, outer_iters, inner_iters, tol, solver="sinkhorn",
-                            strict=False, return_info=False, backend="auto", check_finite=True):
+def gromov_wasserstein_cost(
+    cs,
+    ct,
+    a=None,
+    b=None,
+    *,
+    eps,
+    outer_iters,
+    inner_iters,
+    tol,
+    solver="sinkhorn",
+    strict=False,
+    return_info=False,
+    backend="auto",
+    check_finite=True,
+):
     """The Gromov-Wasserstein value of each problem at convergence, with its envelope gradient: a loss.
 
     Γ is the converged plan of ``gromov_wasserstein(cs, ct, a, b, eps=eps, outer_iters=outer_iters,
@@ -331,19 +499,34 @@ def gromov_wasserstein_cost(cs, ct, a=None, b=None, *, eps, outer_iters, inner_i
         (torch.Size([2]), True)
     """
     if tol is None:
-        raise ValueError("gromov_wasserstein_cost needs tol (a float > 0): its envelope gradient is that of the "
-                         "converged value")
+        raise ValueError(
+            "gromov_wasserstein_cost needs tol (a float > 0): its envelope gradient is that of the converged value"
+        )
     backend = _backend.choose_backend(backend, device_of("cs", cs), "gromov_wasserstein")
-    a, b = validate_gromov_wasserstein(cs, ct, a, b, eps=eps, outer_iters=outer_iters, inner_iters=inner_iters,
-                                       solver=solver, grad="none", tol=tol, return_info=return_info, strict=strict,
-                                       check_finite_values=check_finite)
+    a, b = validate_gromov_wasserstein(
+        cs,
+        ct,
+        a,
+        b,
+        eps=eps,
+        outer_iters=outer_iters,
+        inner_iters=inner_iters,
+        solver=solver,
+        grad="none",
+        tol=tol,
+        return_info=return_info,
+        strict=strict,
+        check_finite_values=check_finite,
+    )
     check_symmetric("cs", cs)
     check_symmetric("ct", ct)
     marginal_grad = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
     if marginal_grad and solver == "ipot":
-        raise ValueError("gromov_wasserstein_cost with solver='ipot' has no gradient with respect to a or b (they "
-                         "would be the duals of an unregularised OT problem, which IPOT does not return exactly); "
-                         "detach a and b, or use solver='sinkhorn'")
+        raise ValueError(
+            "gromov_wasserstein_cost with solver='ipot' has no gradient with respect to a or b (they "
+            "would be the duals of an unregularised OT problem, which IPOT does not return exactly); "
+            "detach a and b, or use solver='sinkhorn'"
+        )
     if backend == "reference" or needs_reference(cs, ct, a, b):
         solve, sinkhorn_solve = reference.gromov_wasserstein_solve, reference.sinkhorn_solve
     else:
@@ -352,25 +535,48 @@ def gromov_wasserstein_cost(cs, ct, a=None, b=None, *, eps, outer_iters, inner_i
     potentials = None
     with torch.no_grad():
         plan, iterations, inner_iterations, change, inner_violation = solve(
-            cs, ct, a, b, eps=eps, outer_iters=outer_iters, inner_iters=inner_iters, solver=solver, tol=tol,
-            grad="none")
+            cs, ct, a, b, eps=eps, outer_iters=outer_iters, inner_iters=inner_iters, solver=solver, tol=tol, grad="none"
+        )
         if marginal_grad:
-            cost, g, count, violation = marginal_potentials(cs, ct, a, b, plan, eps=eps, inner_iters=inner_iters,
-                                                            tol=tol, sinkhorn_solve=sinkhorn_solve)
+            cost, g, count, violation = marginal_potentials(
+                cs, ct, a, b, plan, eps=eps, inner_iters=inner_iters, tol=tol, sinkhorn_solve=sinkhorn_solve
+            )
             potentials = (cost, g)
             inner_iterations = inner_iterations + count.to(inner_iterations.dtype)
             inner_violation = torch.maximum(inner_violation, violation.to(inner_violation.dtype))
     info = GWInfo(iterations, inner_iterations, change, inner_violation, (change <= tol) & (inner_violation <= tol))
-    report("gromov_wasserstein_cost", info, tol=tol, cap=f"outer_iters={outer_iters} (inner_iters={inner_iters})",
-           strict=strict)
+    report(
+        "gromov_wasserstein_cost",
+        info,
+        tol=tol,
+        cap=f"outer_iters={outer_iters} (inner_iters={inner_iters})",
+        strict=strict,
+    )
     value = gromov_wasserstein_value(cs, ct, a, b, plan, eps=eps, solver=solver, potentials=potentials)
     return (value, info) if return_info else value
 
 
 @autocast_policy(ATTENTION_ARGS)
-def lcd_attention(q, k, v, bias=None, *, scale=None, dropkey_p=0.0, dropout_p=0.0, residual=None, ln_weight=None,
-                  ln_bias=None, ln_eps=1e-5, bias_before_scale=True, generator=None, dropkey_mask=None,
-                  dropout_mask=None, backend="auto", check_finite=True):
+def lcd_attention(
+    q,
+    k,
+    v,
+    bias=None,
+    *,
+    scale=None,
+    dropkey_p=0.0,
+    dropout_p=0.0,
+    residual=None,
+    ln_weight=None,
+    ln_bias=None,
+    ln_eps=1e-5,
+    bias_before_scale=True,
+    generator=None,
+    dropkey_mask=None,
+    dropout_mask=None,
+    backend="auto",
+    check_finite=True,
+):
     """HeLo's small-sequence attention fused end to end (HELO_SPEC §3, §4.8, §6): one op, forward and backward.
 
     logits = (q kᵀ + bias) * scale (or q kᵀ * scale + bias); DropKey sets a dropped logit to -1e12 (so a row whose
@@ -419,15 +625,37 @@ def lcd_attention(q, k, v, bias=None, *, scale=None, dropkey_p=0.0, dropout_p=0.
         >>> out.shape
         torch.Size([8, 10, 128])
     """
-    kwargs = dict(dropkey_p=dropkey_p, dropout_p=dropout_p, residual=residual, ln_weight=ln_weight, ln_bias=ln_bias,
-                  ln_eps=ln_eps, bias_before_scale=bias_before_scale, generator=generator,
-                  dropkey_mask=dropkey_mask, dropout_mask=dropout_mask)
+    kwargs = dict(
+        dropkey_p=dropkey_p,
+        dropout_p=dropout_p,
+        residual=residual,
+        ln_weight=ln_weight,
+        ln_bias=ln_bias,
+        ln_eps=ln_eps,
+        bias_before_scale=bias_before_scale,
+        generator=generator,
+        dropkey_mask=dropkey_mask,
+        dropout_mask=dropout_mask,
+    )
     backend = _backend.choose_backend(backend, device_of("q", q), "lcd_attention")
     if backend == "reference" or needs_reference(q, k, v, bias, residual, ln_weight, ln_bias):
         return reference.lcd_attention(q, k, v, bias, scale=scale, check_finite=check_finite, **kwargs)
-    scale = validate_attention(q, k, v, bias, residual, ln_weight, ln_bias, scale=scale, dropkey_p=dropkey_p,
-                               dropout_p=dropout_p, ln_eps=ln_eps, dropkey_mask=dropkey_mask,
-                               dropout_mask=dropout_mask, check_finite_values=check_finite)
+    scale = validate_attention(
+        q,
+        k,
+        v,
+        bias,
+        residual,
+        ln_weight,
+        ln_bias,
+        scale=scale,
+        dropkey_p=dropkey_p,
+        dropout_p=dropout_p,
+        ln_eps=ln_eps,
+        dropkey_mask=dropkey_mask,
+        dropout_mask=dropout_mask,
+        check_finite_values=check_finite,
+    )
     return _ops.get("lcd_attention", backend)(q, k, v, bias, scale=scale, **kwargs)
 
 
@@ -468,7 +696,6 @@ def seeded_dropout(x, p, *, generator=None, training=True, backend="auto"):
     if not training or p == 0.0:
         return x
     return _ops.get("seeded_dropout", backend)(x, p, generator=generator)
-
 
 
 # Each op's reference, for the fast ops' backward under create_graph=True (``_ops.reference_vjp``): registered here,

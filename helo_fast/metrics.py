@@ -1,4 +1,5 @@
 """The six emotion-distribution-learning measures of HELO_SPEC §9."""
+
 from __future__ import annotations
 
 from typing import Dict, Tuple, Union
@@ -7,8 +8,14 @@ import numpy as np
 import torch
 
 METRIC_NAMES = ("chebyshev", "clark", "canberra", "kl", "cosine", "intersection")
-LOWER_IS_BETTER = {"chebyshev": True, "clark": True, "canberra": True, "kl": True, "cosine": False,
-                   "intersection": False}
+LOWER_IS_BETTER = {
+    "chebyshev": True,
+    "clark": True,
+    "canberra": True,
+    "kl": True,
+    "cosine": False,
+    "intersection": False,
+}
 ROW_SUM_TOLERANCE = 1e-3  # above rounding in float16 (softmax rows miss 1 by up to ~4e-4), 32 and 64; not bfloat16
 
 
@@ -36,8 +43,9 @@ def _check_distribution(name: str, rows: torch.Tensor, dtype: torch.dtype) -> No
     miss = (rows.sum(dim=1) - 1.0).abs()
     if bool((miss > tolerance).any()):
         worst = int(miss.argmax())
-        raise ValueError(f"each row of {name} must sum to 1 (within {tolerance:g}); row {worst} sums to "
-                         f"{float(rows[worst].sum())!r}")
+        raise ValueError(
+            f"each row of {name} must sum to 1 (within {tolerance:g}); row {worst} sums to {float(rows[worst].sum())!r}"
+        )
 
 
 def edl_metrics(y_true, y_pred, *, per_sample: bool = False) -> Dict[str, Union[float, torch.Tensor]]:

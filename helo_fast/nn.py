@@ -7,6 +7,7 @@ call is replaced by the ``helo_fast.functional`` op with the module's ``backend`
     model = helo_fast.convert(model)    # in place: reference modules -> fused ones, weights kept
     model = helo_fast.revert(model)     # back to the reference modules
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Type
@@ -51,14 +52,22 @@ class LCDAttention(reference_modules.LCDAttention):
         torch.Size([8, 18, 128])
     """
 
-    def __init__(self, d_model: int, n_heads: int, *, ln_eps: float = 1e-5, bias_before_scale: bool = True,
-                 backend: str = "auto"):
+    def __init__(
+        self, d_model: int, n_heads: int, *, ln_eps: float = 1e-5, bias_before_scale: bool = True, backend: str = "auto"
+    ):
         super().__init__(d_model, n_heads, ln_eps=ln_eps, bias_before_scale=bias_before_scale)
         self.backend = check_choice("backend", backend, BACKENDS)
 
-    def forward(self, query: torch.Tensor, key_value: Optional[torch.Tensor] = None,
-                bias: Optional[torch.Tensor] = None, *, dropkey_p: float = 0.0, dropout_p: float = 0.0,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def forward(
+        self,
+        query: torch.Tensor,
+        key_value: Optional[torch.Tensor] = None,
+        bias: Optional[torch.Tensor] = None,
+        *,
+        dropkey_p: float = 0.0,
+        dropout_p: float = 0.0,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
         """The reference module's forward, with the projections of one input as one GEMM (Q, K, V of a
         self-attention; K, V of a cross-attention): one larger matmul and, in the backward, no sum of the input's
         three gradients. The heads are strided views of its output, which the fused op reads as they are."""
@@ -68,10 +77,20 @@ class LCDAttention(reference_modules.LCDAttention):
         else:
             q = self.q_proj(query)
             k, v = F.linear(key_value, torch.cat([self.k_proj.weight, self.v_proj.weight])).chunk(2, dim=-1)
-        return self.attention_op(self._heads(q), self._heads(k), self._heads(v), bias, dropkey_p=dropkey_p,
-                                 dropout_p=dropout_p, residual=query, ln_weight=self.norm.weight,
-                                 ln_bias=self.norm.bias, ln_eps=self.norm.eps,
-                                 bias_before_scale=self.bias_before_scale, generator=generator)
+        return self.attention_op(
+            self._heads(q),
+            self._heads(k),
+            self._heads(v),
+            bias,
+            dropkey_p=dropkey_p,
+            dropout_p=dropout_p,
+            residual=query,
+            ln_weight=self.norm.weight,
+            ln_bias=self.norm.bias,
+            ln_eps=self.norm.eps,
+            bias_before_scale=self.bias_before_scale,
+            generator=generator,
+        )
 
     def attention_op(self, *args, **kwargs):
         return functional.lcd_attention(*args, backend=self.backend, **kwargs)
@@ -98,8 +117,16 @@ class FusedGromovWasserstein(reference_modules.GromovWasserstein):
         torch.Size([4, 36, 36])
     """
 
-    def __init__(self, *, eps: float = 0.1, outer_iters: int = 5, inner_iters: int = 20, solver: str = "ipot",
-                 grad: str = "none", backend: str = "auto"):
+    def __init__(
+        self,
+        *,
+        eps: float = 0.1,
+        outer_iters: int = 5,
+        inner_iters: int = 20,
+        solver: str = "ipot",
+        grad: str = "none",
+        backend: str = "auto",
+    ):
         super().__init__(eps=eps, outer_iters=outer_iters, inner_iters=inner_iters, solver=solver, grad=grad)
         self.backend = check_choice("backend", backend, BACKENDS)
 
@@ -181,17 +208,27 @@ class SinkhornLoss(nn.Module):
         torch.Size([])
     """
 
-    def __init__(self, *, eps: float, n_iters: int, tol: float, reduction: str = "mean", strict: bool = False,
-                 backend: str = "auto"):
+    def __init__(
+        self,
+        *,
+        eps: float,
+        n_iters: int,
+        tol: float,
+        reduction: str = "mean",
+        strict: bool = False,
+        backend: str = "auto",
+    ):
         super().__init__()
         self.eps, self.n_iters, self.tol, self.strict = eps, n_iters, tol, strict
         self.reduction = check_choice("reduction", reduction, ("mean", "sum", "none"))
         self.backend = check_choice("backend", backend, BACKENDS)
 
-    def forward(self, cost: torch.Tensor, a: Optional[torch.Tensor] = None,
-                b: Optional[torch.Tensor] = None) -> torch.Tensor:
-        value = functional.sinkhorn_cost(cost, a, b, eps=self.eps, n_iters=self.n_iters, tol=self.tol,
-                                         strict=self.strict, backend=self.backend)
+    def forward(
+        self, cost: torch.Tensor, a: Optional[torch.Tensor] = None, b: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        value = functional.sinkhorn_cost(
+            cost, a, b, eps=self.eps, n_iters=self.n_iters, tol=self.tol, strict=self.strict, backend=self.backend
+        )
         return value if self.reduction == "none" else getattr(value, self.reduction)()
 
     def extra_repr(self) -> str:
@@ -225,24 +262,47 @@ class GromovWassersteinLoss(nn.Module):
         torch.Size([])
     """
 
-    def __init__(self, *, eps: float, outer_iters: int, inner_iters: int, tol: float, solver: str = "sinkhorn",
-                 reduction: str = "mean", strict: bool = False, backend: str = "auto"):
+    def __init__(
+        self,
+        *,
+        eps: float,
+        outer_iters: int,
+        inner_iters: int,
+        tol: float,
+        solver: str = "sinkhorn",
+        reduction: str = "mean",
+        strict: bool = False,
+        backend: str = "auto",
+    ):
         super().__init__()
         self.eps, self.outer_iters, self.inner_iters, self.tol, self.strict = eps, outer_iters, inner_iters, tol, strict
         self.solver = check_choice("solver", solver, OT_SOLVERS)
         self.reduction = check_choice("reduction", reduction, ("mean", "sum", "none"))
         self.backend = check_choice("backend", backend, BACKENDS)
 
-    def forward(self, cs: torch.Tensor, ct: torch.Tensor, a: Optional[torch.Tensor] = None,
-                b: Optional[torch.Tensor] = None) -> torch.Tensor:
-        value = functional.gromov_wasserstein_cost(cs, ct, a, b, eps=self.eps, outer_iters=self.outer_iters,
-                                                   inner_iters=self.inner_iters, tol=self.tol, solver=self.solver,
-                                                   strict=self.strict, backend=self.backend)
+    def forward(
+        self, cs: torch.Tensor, ct: torch.Tensor, a: Optional[torch.Tensor] = None, b: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        value = functional.gromov_wasserstein_cost(
+            cs,
+            ct,
+            a,
+            b,
+            eps=self.eps,
+            outer_iters=self.outer_iters,
+            inner_iters=self.inner_iters,
+            tol=self.tol,
+            solver=self.solver,
+            strict=self.strict,
+            backend=self.backend,
+        )
         return value if self.reduction == "none" else getattr(value, self.reduction)()
 
     def extra_repr(self) -> str:
-        return (f"eps={self.eps}, outer_iters={self.outer_iters}, inner_iters={self.inner_iters}, tol={self.tol}, "
-                f"solver={self.solver!r}, reduction={self.reduction!r}")
+        return (
+            f"eps={self.eps}, outer_iters={self.outer_iters}, inner_iters={self.inner_iters}, tol={self.tol}, "
+            f"solver={self.solver!r}, reduction={self.reduction!r}"
+        )
 
 
 FAST_MODULES: Dict[Type[nn.Module], Type[nn.Module]] = {

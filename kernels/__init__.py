@@ -2,6 +2,7 @@
 
 Importable without Triton: ``TRITON_ERROR`` then says why the Triton backend is unavailable.
 """
+
 from __future__ import annotations
 
 import os

@@ -10,6 +10,7 @@ The input plans are saved, not replayed from the potentials: a replayed plan is 
 which turns a 1-ulp difference in L into k/eps ulps (200 at HeLo's settings) per outer iteration.
 At HeLo's sizes they cost about as much memory as the potentials (5 x 36 x 36 vs 5 x 20 x 72).
 """
+
 from __future__ import annotations
 
 import math
@@ -29,16 +30,39 @@ SOLVER_SINKHORN = 1
 
 
 @triton.jit
-def _load_structures(cs_ptr, ct_ptr, a_ptr, b_ptr, pid, n, m, stride_sb, stride_sr, stride_sc, stride_tb, stride_tr,
-                     stride_tc, stride_ab, stride_bb, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+def _load_structures(
+    cs_ptr,
+    ct_ptr,
+    a_ptr,
+    b_ptr,
+    pid,
+    n,
+    m,
+    stride_sb,
+    stride_sr,
+    stride_sc,
+    stride_tb,
+    stride_tr,
+    stride_tc,
+    stride_ab,
+    stride_bb,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
     rn = tl.arange(0, BLOCK_N)
     rm = tl.arange(0, BLOCK_M)
     mn = rn < n
     mm = rm < m
-    cs = tl.load(cs_ptr + pid * stride_sb + rn[:, None] * stride_sr + rn[None, :] * stride_sc,
-                 mask=mn[:, None] & mn[None, :], other=0.0)
-    ct = tl.load(ct_ptr + pid * stride_tb + rm[:, None] * stride_tr + rm[None, :] * stride_tc,
-                 mask=mm[:, None] & mm[None, :], other=0.0)
+    cs = tl.load(
+        cs_ptr + pid * stride_sb + rn[:, None] * stride_sr + rn[None, :] * stride_sc,
+        mask=mn[:, None] & mn[None, :],
+        other=0.0,
+    )
+    ct = tl.load(
+        ct_ptr + pid * stride_tb + rm[:, None] * stride_tr + rm[None, :] * stride_tc,
+        mask=mm[:, None] & mm[None, :],
+        other=0.0,
+    )
     a = tl.load(a_ptr + pid * stride_ab + rn, mask=mn, other=0.0)
     b = tl.load(b_ptr + pid * stride_bb + rm, mask=mm, other=0.0)
     return rn, rm, mn, mm, cs, ct, a, b
@@ -52,15 +76,55 @@ def _linearised_cost(const, cs, plan, ct):
 
 @autotune_num_warps(["n", "m"])
 @triton.jit
-def _gromov_wasserstein_fwd_kernel(cs_ptr, ct_ptr, a_ptr, b_ptr, scalars_ptr, plan_ptr, h0_ptr, h1_ptr, h2_ptr, h3_ptr,
-                                   plans_ptr, n, m, outer_iters, inner_iters,
-                                   stride_sb, stride_sr, stride_sc, stride_tb, stride_tr, stride_tc,
-                                   stride_ab, stride_bb, SOLVER: tl.constexpr, SAVE: tl.constexpr,
-                                   BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+def _gromov_wasserstein_fwd_kernel(
+    cs_ptr,
+    ct_ptr,
+    a_ptr,
+    b_ptr,
+    scalars_ptr,
+    plan_ptr,
+    h0_ptr,
+    h1_ptr,
+    h2_ptr,
+    h3_ptr,
+    plans_ptr,
+    n,
+    m,
+    outer_iters,
+    inner_iters,
+    stride_sb,
+    stride_sr,
+    stride_sc,
+    stride_tb,
+    stride_tr,
+    stride_tc,
+    stride_ab,
+    stride_bb,
+    SOLVER: tl.constexpr,
+    SAVE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
     pid = tl.program_id(0)
-    rn, rm, mn, mm, cs, ct, a, b = _load_structures(cs_ptr, ct_ptr, a_ptr, b_ptr, pid, n, m, stride_sb, stride_sr,
-                                                    stride_sc, stride_tb, stride_tr, stride_tc, stride_ab, stride_bb,
-                                                    BLOCK_N, BLOCK_M)
+    rn, rm, mn, mm, cs, ct, a, b = _load_structures(
+        cs_ptr,
+        ct_ptr,
+        a_ptr,
+        b_ptr,
+        pid,
+        n,
+        m,
+        stride_sb,
+        stride_sr,
+        stride_sc,
+        stride_tb,
+        stride_tr,
+        stride_tc,
+        stride_ab,
+        stride_bb,
+        BLOCK_N,
+        BLOCK_M,
+    )
     mask = mn[:, None] & mm[None, :]
     eps = tl.load(scalars_ptr)
     neg_log_m = tl.load(scalars_ptr + 1)
@@ -82,27 +146,106 @@ def _gromov_wasserstein_fwd_kernel(cs_ptr, ct_ptr, a_ptr, b_ptr, scalars_ptr, pl
             tl.store(plans_ptr + o * n * m + plan_offs, plan, mask=mask)
         cost = _linearised_cost(const, cs, plan, ct)
         if SOLVER == 0:
-            log_plan = _ipot_tile(cost, log_a, log_b, mask, mn, mm, eps, neg_log_m, inner_iters, h0_ptr + o * per_n,
-                                  h1_ptr + o * per_m, h2_ptr + o * per_n, h3_ptr + o * per_m, rn, rm, n, m, SAVE)
+            log_plan = _ipot_tile(
+                cost,
+                log_a,
+                log_b,
+                mask,
+                mn,
+                mm,
+                eps,
+                neg_log_m,
+                inner_iters,
+                h0_ptr + o * per_n,
+                h1_ptr + o * per_m,
+                h2_ptr + o * per_n,
+                h3_ptr + o * per_m,
+                rn,
+                rm,
+                n,
+                m,
+                SAVE,
+            )
             plan = tl.exp(log_plan)
         else:
-            f, g = _sinkhorn_tile(cost, log_a, log_b, mask, mn, mm, eps, inner_iters, h0_ptr + o * per_n,
-                                  h1_ptr + o * per_m, rn, rm, n, m, SAVE)
+            f, g = _sinkhorn_tile(
+                cost,
+                log_a,
+                log_b,
+                mask,
+                mn,
+                mm,
+                eps,
+                inner_iters,
+                h0_ptr + o * per_n,
+                h1_ptr + o * per_m,
+                rn,
+                rm,
+                n,
+                m,
+                SAVE,
+            )
             plan = tl.exp(tl.where(mask, (f[:, None] + g[None, :] - cost) / eps, float("-inf")))
     tl.store(plan_ptr + pid * n * m + rn[:, None] * m + rm[None, :], plan, mask=mask)
 
 
 @autotune_num_warps(["n", "m"])
 @triton.jit
-def _gromov_wasserstein_bwd_kernel(grad_ptr, cs_ptr, ct_ptr, a_ptr, b_ptr, scalars_ptr, h0_ptr, h1_ptr, h2_ptr, h3_ptr,
-                                   plans_ptr, dcs_ptr, dct_ptr, da_ptr, db_ptr, n, m, outer_iters, inner_iters,
-                                   stride_sb, stride_sr, stride_sc, stride_tb, stride_tr, stride_tc,
-                                   stride_ab, stride_bb, stride_gb, stride_gn, stride_gm, SOLVER: tl.constexpr,
-                                   BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+def _gromov_wasserstein_bwd_kernel(
+    grad_ptr,
+    cs_ptr,
+    ct_ptr,
+    a_ptr,
+    b_ptr,
+    scalars_ptr,
+    h0_ptr,
+    h1_ptr,
+    h2_ptr,
+    h3_ptr,
+    plans_ptr,
+    dcs_ptr,
+    dct_ptr,
+    da_ptr,
+    db_ptr,
+    n,
+    m,
+    outer_iters,
+    inner_iters,
+    stride_sb,
+    stride_sr,
+    stride_sc,
+    stride_tb,
+    stride_tr,
+    stride_tc,
+    stride_ab,
+    stride_bb,
+    stride_gb,
+    stride_gn,
+    stride_gm,
+    SOLVER: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
     pid = tl.program_id(0)
-    rn, rm, mn, mm, cs, ct, a, b = _load_structures(cs_ptr, ct_ptr, a_ptr, b_ptr, pid, n, m, stride_sb, stride_sr,
-                                                    stride_sc, stride_tb, stride_tr, stride_tc, stride_ab, stride_bb,
-                                                    BLOCK_N, BLOCK_M)
+    rn, rm, mn, mm, cs, ct, a, b = _load_structures(
+        cs_ptr,
+        ct_ptr,
+        a_ptr,
+        b_ptr,
+        pid,
+        n,
+        m,
+        stride_sb,
+        stride_sr,
+        stride_sc,
+        stride_tb,
+        stride_tr,
+        stride_tc,
+        stride_ab,
+        stride_bb,
+        BLOCK_N,
+        BLOCK_M,
+    )
     mask = mn[:, None] & mm[None, :]
     eps = tl.load(scalars_ptr)
     neg_log_m = tl.load(scalars_ptr + 1)
@@ -114,8 +257,9 @@ def _gromov_wasserstein_bwd_kernel(grad_ptr, cs_ptr, ct_ptr, a_ptr, b_ptr, scala
     h1_ptr += pid * outer_iters * per_m
     h2_ptr += pid * outer_iters * per_n
     h3_ptr += pid * outer_iters * per_m
-    d_plan = tl.load(grad_ptr + pid * stride_gb + rn[:, None] * stride_gn + rm[None, :] * stride_gm, mask=mask,
-                     other=0.0)
+    d_plan = tl.load(
+        grad_ptr + pid * stride_gb + rn[:, None] * stride_gn + rm[None, :] * stride_gm, mask=mask, other=0.0
+    )
     d_const = tl.zeros_like(d_plan)
     d_cs = tl.zeros_like(cs)
     d_ct = tl.zeros_like(ct)
@@ -126,12 +270,28 @@ def _gromov_wasserstein_bwd_kernel(grad_ptr, cs_ptr, ct_ptr, a_ptr, b_ptr, scala
         prev = tl.load(plans_ptr + o * n * m + rn[:, None] * m + rm[None, :], mask=mask, other=0.0)
         cost = _linearised_cost(const, cs, prev, ct)
         if SOLVER == 0:
-            d_cost, d_la, d_lb = _ipot_tile_bwd(d_plan, cost, mask, mn, mm, eps, neg_log_m, inner_iters,
-                                                h0_ptr + o * per_n, h1_ptr + o * per_m, h2_ptr + o * per_n,
-                                                h3_ptr + o * per_m, rn, rm, n, m)
+            d_cost, d_la, d_lb = _ipot_tile_bwd(
+                d_plan,
+                cost,
+                mask,
+                mn,
+                mm,
+                eps,
+                neg_log_m,
+                inner_iters,
+                h0_ptr + o * per_n,
+                h1_ptr + o * per_m,
+                h2_ptr + o * per_n,
+                h3_ptr + o * per_m,
+                rn,
+                rm,
+                n,
+                m,
+            )
         else:
-            d_cost, d_la, d_lb = _sinkhorn_tile_bwd(d_plan, cost, mask, mn, mm, eps, inner_iters,
-                                                    h0_ptr + o * per_n, h1_ptr + o * per_m, rn, rm, n, m)
+            d_cost, d_la, d_lb = _sinkhorn_tile_bwd(
+                d_plan, cost, mask, mn, mm, eps, inner_iters, h0_ptr + o * per_n, h1_ptr + o * per_m, rn, rm, n, m
+            )
         d_log_a += d_la
         d_log_b += d_lb
         d_const += d_cost
@@ -160,8 +320,16 @@ def _launch_common(cs, ct, a, b, eps):
     cs, ct, a, b = (t.to(dtype) for t in (cs, ct, a, b))
     m = ct.shape[1]
     scalars = scalar_tensor((eps, -math.log(m)), dtype, cs.device)
-    strides = (cs.stride(0), cs.stride(1), cs.stride(2), ct.stride(0), ct.stride(1), ct.stride(2), a.stride(0),
-               b.stride(0))
+    strides = (
+        cs.stride(0),
+        cs.stride(1),
+        cs.stride(2),
+        ct.stride(0),
+        ct.stride(1),
+        ct.stride(2),
+        a.stride(0),
+        b.stride(0),
+    )
     return dtype, cs, ct, a, b, scalars, strides
 
 
@@ -178,14 +346,29 @@ def gromov_wasserstein_fwd(cs, ct, a, b, eps: float, outer_iters: int, inner_ite
     plan = torch.empty((batch, n, m), dtype=dtype, device=cs.device)
     hists = history_buffers(batch, n, m, outer_iters, inner_iters, solver, save, dtype, cs.device)
     _gromov_wasserstein_fwd_kernel[(batch,)](
-        cs, ct, a, b, scalars, plan, *hists, n, m, outer_iters, inner_iters, *strides,
-        SOLVER=SOLVER_IPOT if solver == "ipot" else SOLVER_SINKHORN, SAVE=save,
-        BLOCK_N=block_size(n), BLOCK_M=block_size(m))
+        cs,
+        ct,
+        a,
+        b,
+        scalars,
+        plan,
+        *hists,
+        n,
+        m,
+        outer_iters,
+        inner_iters,
+        *strides,
+        SOLVER=SOLVER_IPOT if solver == "ipot" else SOLVER_SINKHORN,
+        SAVE=save,
+        BLOCK_N=block_size(n),
+        BLOCK_M=block_size(m),
+    )
     return (plan.to(out_dtype), *hists)
 
 
 def history_buffers(batch, n, m, outer_iters, inner_iters, solver, save, dtype, device):
     """The five (possibly empty) history buffers of ``gromov_wasserstein_fwd``."""
+
     def buf(size, dt, used):
         k = (outer_iters, inner_iters) if (save and used) else (0, 0)
         return torch.empty((batch, *k, size), dtype=dt, device=device)
@@ -195,8 +378,9 @@ def history_buffers(batch, n, m, outer_iters, inner_iters, solver, save, dtype, 
     return [buf(n, dtype, True), buf(m, dtype, True), buf(n, torch.float64, ipot), buf(m, torch.float64, ipot), plans]
 
 
-def gromov_wasserstein_bwd(grad_plan, cs, ct, a, b, h0, h1, h2, h3, plans, eps: float, outer_iters: int,
-                           inner_iters: int, solver: str):
+def gromov_wasserstein_bwd(
+    grad_plan, cs, ct, a, b, h0, h1, h2, h3, plans, eps: float, outer_iters: int, inner_iters: int, solver: str
+):
     """Gradient of the unrolled GW plan -> (d_cs [B, n, n], d_ct [B, m, m], d_a [B, n], d_b [B, m])."""
     out_dtype = cs.dtype
     dtype, cs, ct, a, b, scalars, strides = _launch_common(cs, ct, a, b, eps)
@@ -207,7 +391,27 @@ def gromov_wasserstein_bwd(grad_plan, cs, ct, a, b, h0, h1, h2, h3, plans, eps: 
     d_a = torch.empty((batch, n), dtype=dtype, device=cs.device)
     d_b = torch.empty((batch, m), dtype=dtype, device=cs.device)
     _gromov_wasserstein_bwd_kernel[(batch,)](
-        grad_plan, cs, ct, a, b, scalars, *(h.contiguous() for h in (h0, h1, h2, h3, plans)), d_cs, d_ct, d_a, d_b,
-        n, m, outer_iters, inner_iters, *strides, grad_plan.stride(0), grad_plan.stride(1), grad_plan.stride(2),
-        SOLVER=SOLVER_IPOT if solver == "ipot" else SOLVER_SINKHORN, BLOCK_N=block_size(n), BLOCK_M=block_size(m))
+        grad_plan,
+        cs,
+        ct,
+        a,
+        b,
+        scalars,
+        *(h.contiguous() for h in (h0, h1, h2, h3, plans)),
+        d_cs,
+        d_ct,
+        d_a,
+        d_b,
+        n,
+        m,
+        outer_iters,
+        inner_iters,
+        *strides,
+        grad_plan.stride(0),
+        grad_plan.stride(1),
+        grad_plan.stride(2),
+        SOLVER=SOLVER_IPOT if solver == "ipot" else SOLVER_SINKHORN,
+        BLOCK_N=block_size(n),
+        BLOCK_M=block_size(m),
+    )
     return tuple(t.to(out_dtype) for t in (d_cs, d_ct, d_a, d_b))

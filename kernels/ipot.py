@@ -12,6 +12,7 @@ the first check (every CHECK_EVERY-th iteration and the last) where its marginal
 Scalars that must keep float64 precision (beta, log m, tol) travel in a small tensor of the compute dtype
 (Triton passes Python floats as float32).
 """
+
 from __future__ import annotations
 
 import math
@@ -20,14 +21,39 @@ import torch
 import triton
 import triton.language as tl
 
-from helo_fast.kernels.ot_tiles import (CHECK_EVERY, _load_problem, _log_ratio, _lse, _over_marginal, _prepare,
-                                        _softmax_masked)
+from helo_fast.kernels.ot_tiles import (
+    CHECK_EVERY,
+    _load_problem,
+    _log_ratio,
+    _lse,
+    _over_marginal,
+    _prepare,
+    _softmax_masked,
+)
 from helo_fast.kernels.triton_utils import autotune_num_warps, block_size, scalar_tensor
 
 
 @triton.jit
-def _ipot_tile(cost, log_a, log_b, mask, mn, mm, beta, neg_log_m, n_iters, d_hist_ptr, s_hist_ptr,
-               cd_hist_ptr, cs_hist_ptr, rn, rm, n, m, SAVE: tl.constexpr):
+def _ipot_tile(
+    cost,
+    log_a,
+    log_b,
+    mask,
+    mn,
+    mm,
+    beta,
+    neg_log_m,
+    n_iters,
+    d_hist_ptr,
+    s_hist_ptr,
+    cd_hist_ptr,
+    cs_hist_ptr,
+    rn,
+    rm,
+    n,
+    m,
+    SAVE: tl.constexpr,
+):
     """Run ``n_iters`` log-domain IPOT iterations on one tile; return log T (-inf outside the mask).
 
     Saves log delta_k, log sigma_k and their running sums (for log T_k = k L + cumsum terms). The
@@ -55,20 +81,59 @@ def _ipot_tile(cost, log_a, log_b, mask, mn, mm, beta, neg_log_m, n_iters, d_his
             tl.store(cs_hist_ptr + it * m + rm, cum_s, mask=mm)
     return tl.where(mask, log_plan, float("-inf"))
 
+
 @autotune_num_warps(["n", "m"])
 @triton.jit
-def _ipot_fwd_kernel(cost_ptr, a_ptr, b_ptr, scalars_ptr, plan_ptr, d_hist_ptr, s_hist_ptr, cd_hist_ptr, cs_hist_ptr,
-                     n, m, n_iters, stride_cb, stride_cn, stride_cm, stride_ab, stride_bb,
-                     SAVE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+def _ipot_fwd_kernel(
+    cost_ptr,
+    a_ptr,
+    b_ptr,
+    scalars_ptr,
+    plan_ptr,
+    d_hist_ptr,
+    s_hist_ptr,
+    cd_hist_ptr,
+    cs_hist_ptr,
+    n,
+    m,
+    n_iters,
+    stride_cb,
+    stride_cn,
+    stride_cm,
+    stride_ab,
+    stride_bb,
+    SAVE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
     pid = tl.program_id(0)
-    rn, rm, mn, mm, mask, cost, a, b = _load_problem(cost_ptr, a_ptr, b_ptr, pid, n, m, stride_cb, stride_cn,
-                                                     stride_cm, stride_ab, stride_bb, BLOCK_N, BLOCK_M)
+    rn, rm, mn, mm, mask, cost, a, b = _load_problem(
+        cost_ptr, a_ptr, b_ptr, pid, n, m, stride_cb, stride_cn, stride_cm, stride_ab, stride_bb, BLOCK_N, BLOCK_M
+    )
     beta = tl.load(scalars_ptr)
     neg_log_m = tl.load(scalars_ptr + 1)
-    log_plan = _ipot_tile(cost, tl.log(a), tl.log(b), mask, mn, mm, beta, neg_log_m, n_iters,
-                          d_hist_ptr + pid * n_iters * n, s_hist_ptr + pid * n_iters * m,
-                          cd_hist_ptr + pid * n_iters * n, cs_hist_ptr + pid * n_iters * m, rn, rm, n, m, SAVE)
+    log_plan = _ipot_tile(
+        cost,
+        tl.log(a),
+        tl.log(b),
+        mask,
+        mn,
+        mm,
+        beta,
+        neg_log_m,
+        n_iters,
+        d_hist_ptr + pid * n_iters * n,
+        s_hist_ptr + pid * n_iters * m,
+        cd_hist_ptr + pid * n_iters * n,
+        cs_hist_ptr + pid * n_iters * m,
+        rn,
+        rm,
+        n,
+        m,
+        SAVE,
+    )
     tl.store(plan_ptr + pid * n * m + rn[:, None] * m + rm[None, :], tl.exp(log_plan), mask=mask)
+
 
 @triton.jit
 def _ipot_log_plan_from_hist(log_kernel, mask, n_iters, cd_hist_ptr, cs_hist_ptr, rn, rm, n, m, mn, mm, K):
@@ -79,13 +144,16 @@ def _ipot_log_plan_from_hist(log_kernel, mask, n_iters, cd_hist_ptr, cs_hist_ptr
     log_plan = (K * log_kernel.to(tl.float64) + cum_d[:, None] + cum_s[None, :]).to(log_kernel.dtype)
     return tl.where(mask, log_plan, float("-inf"))
 
+
 @triton.jit
-def _ipot_tile_bwd(grad, cost, mask, mn, mm, beta, neg_log_m, n_iters, d_hist_ptr, s_hist_ptr, cd_hist_ptr,
-                   cs_hist_ptr, rn, rm, n, m):
+def _ipot_tile_bwd(
+    grad, cost, mask, mn, mm, beta, neg_log_m, n_iters, d_hist_ptr, s_hist_ptr, cd_hist_ptr, cs_hist_ptr, rn, rm, n, m
+):
     """Backward of ``_ipot_tile`` + exp: grad w.r.t. the plan -> (d cost, d log a, d log b)."""
     log_kernel = -cost / beta
-    log_plan = _ipot_log_plan_from_hist(log_kernel, mask, n_iters, cd_hist_ptr, cs_hist_ptr, rn, rm, n, m, mn, mm,
-                                        n_iters)
+    log_plan = _ipot_log_plan_from_hist(
+        log_kernel, mask, n_iters, cd_hist_ptr, cs_hist_ptr, rn, rm, n, m, mn, mm, n_iters
+    )
     d_plan = grad * tl.exp(log_plan)  # gradient w.r.t. log T_K
     d_kernel = tl.zeros_like(cost)
     carry_s = tl.sum(tl.zeros_like(cost), axis=0)  # gradient reaching log sigma_k from delta_{k+1}
@@ -98,8 +166,9 @@ def _ipot_tile_bwd(grad, cost, mask, mn, mm, beta, neg_log_m, n_iters, d_hist_pt
         prev_sigma = tl.load(s_hist_ptr + (it - 1) * m + rm, mask=mm & has_prev, other=0.0)
         prev_sigma = tl.where(has_prev, prev_sigma, neg_log_m)
         # Q_k = L + T_{k-1}
-        log_q = log_kernel + _ipot_log_plan_from_hist(log_kernel, mask, n_iters, cd_hist_ptr, cs_hist_ptr, rn, rm,
-                                                      n, m, mn, mm, it)  # T_0 = 0: the sums load as 0
+        log_q = log_kernel + _ipot_log_plan_from_hist(
+            log_kernel, mask, n_iters, cd_hist_ptr, cs_hist_ptr, rn, rm, n, m, mn, mm, it
+        )  # T_0 = 0: the sums load as 0
         # T_k = delta_k + Q_k + sigma_k
         d_q = d_plan
         d_delta = tl.sum(d_plan, axis=1)
@@ -118,27 +187,67 @@ def _ipot_tile_bwd(grad, cost, mask, mn, mm, beta, neg_log_m, n_iters, d_hist_pt
         d_plan = d_q
     return -d_kernel / beta, d_log_a, d_log_b
 
+
 @autotune_num_warps(["n", "m"])
 @triton.jit
-def _ipot_bwd_kernel(grad_ptr, cost_ptr, a_ptr, b_ptr, scalars_ptr, d_hist_ptr, s_hist_ptr, cd_hist_ptr, cs_hist_ptr,
-                     dcost_ptr, da_ptr, db_ptr, n, m, n_iters,
-                     stride_cb, stride_cn, stride_cm, stride_ab, stride_bb, stride_gb, stride_gn, stride_gm,
-                     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+def _ipot_bwd_kernel(
+    grad_ptr,
+    cost_ptr,
+    a_ptr,
+    b_ptr,
+    scalars_ptr,
+    d_hist_ptr,
+    s_hist_ptr,
+    cd_hist_ptr,
+    cs_hist_ptr,
+    dcost_ptr,
+    da_ptr,
+    db_ptr,
+    n,
+    m,
+    n_iters,
+    stride_cb,
+    stride_cn,
+    stride_cm,
+    stride_ab,
+    stride_bb,
+    stride_gb,
+    stride_gn,
+    stride_gm,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
     pid = tl.program_id(0)
-    rn, rm, mn, mm, mask, cost, a, b = _load_problem(cost_ptr, a_ptr, b_ptr, pid, n, m, stride_cb, stride_cn,
-                                                     stride_cm, stride_ab, stride_bb, BLOCK_N, BLOCK_M)
+    rn, rm, mn, mm, mask, cost, a, b = _load_problem(
+        cost_ptr, a_ptr, b_ptr, pid, n, m, stride_cb, stride_cn, stride_cm, stride_ab, stride_bb, BLOCK_N, BLOCK_M
+    )
     beta = tl.load(scalars_ptr)
     neg_log_m = tl.load(scalars_ptr + 1)
-    grad = tl.load(grad_ptr + pid * stride_gb + rn[:, None] * stride_gn + rm[None, :] * stride_gm, mask=mask,
-                   other=0.0)
+    grad = tl.load(grad_ptr + pid * stride_gb + rn[:, None] * stride_gn + rm[None, :] * stride_gm, mask=mask, other=0.0)
     offset_n = pid * n_iters * n
     offset_m = pid * n_iters * m
-    d_cost, d_log_a, d_log_b = _ipot_tile_bwd(grad, cost, mask, mn, mm, beta, neg_log_m, n_iters,
-                                              d_hist_ptr + offset_n, s_hist_ptr + offset_m,
-                                              cd_hist_ptr + offset_n, cs_hist_ptr + offset_m, rn, rm, n, m)
+    d_cost, d_log_a, d_log_b = _ipot_tile_bwd(
+        grad,
+        cost,
+        mask,
+        mn,
+        mm,
+        beta,
+        neg_log_m,
+        n_iters,
+        d_hist_ptr + offset_n,
+        s_hist_ptr + offset_m,
+        cd_hist_ptr + offset_n,
+        cs_hist_ptr + offset_m,
+        rn,
+        rm,
+        n,
+        m,
+    )
     tl.store(dcost_ptr + pid * n * m + rn[:, None] * m + rm[None, :], d_cost, mask=mask)
     tl.store(da_ptr + pid * n + rn, _over_marginal(d_log_a, a), mask=mn)
     tl.store(db_ptr + pid * m + rm, _over_marginal(d_log_b, b), mask=mm)
+
 
 def ipot_fwd(cost, a, b, beta: float, n_iters: int, save: bool):
     """cost [B, n, m], a [B, n], b [B, m] -> (plan [B, n, m], d_hist, s_hist, cd_hist, cs_hist).
@@ -151,12 +260,31 @@ def ipot_fwd(cost, a, b, beta: float, n_iters: int, save: bool):
     batch, n, m = cost.shape
     plan = torch.empty((batch, n, m), dtype=dtype, device=cost.device)
     k = n_iters if save else 0
-    hists = [torch.empty((batch, k, size), dtype=dt, device=cost.device)
-             for size, dt in ((n, dtype), (m, dtype), (n, torch.float64), (m, torch.float64))]
-    _ipot_fwd_kernel[(batch,)](cost, a, b, scalar_tensor([beta, -math.log(m)], dtype, cost.device), plan, *hists,
-                               n, m, n_iters, cost.stride(0), cost.stride(1), cost.stride(2), a.stride(0),
-                               b.stride(0), SAVE=save, BLOCK_N=block_size(n), BLOCK_M=block_size(m))
+    hists = [
+        torch.empty((batch, k, size), dtype=dt, device=cost.device)
+        for size, dt in ((n, dtype), (m, dtype), (n, torch.float64), (m, torch.float64))
+    ]
+    _ipot_fwd_kernel[(batch,)](
+        cost,
+        a,
+        b,
+        scalar_tensor([beta, -math.log(m)], dtype, cost.device),
+        plan,
+        *hists,
+        n,
+        m,
+        n_iters,
+        cost.stride(0),
+        cost.stride(1),
+        cost.stride(2),
+        a.stride(0),
+        b.stride(0),
+        SAVE=save,
+        BLOCK_N=block_size(n),
+        BLOCK_M=block_size(m),
+    )
     return (plan.to(out_dtype), *hists)
+
 
 def ipot_bwd(grad_plan, cost, a, b, d_hist, s_hist, cd_hist, cs_hist, beta: float, n_iters: int):
     """Gradient of the unrolled IPOT plan -> (d_cost [B, n, m], d_a [B, n], d_b [B, m])."""
@@ -168,17 +296,57 @@ def ipot_bwd(grad_plan, cost, a, b, d_hist, s_hist, cd_hist, cs_hist, beta: floa
     d_a = torch.empty((batch, n), dtype=dtype, device=cost.device)
     d_b = torch.empty((batch, m), dtype=dtype, device=cost.device)
     hists = [h.contiguous() for h in (d_hist, s_hist, cd_hist, cs_hist)]
-    _ipot_bwd_kernel[(batch,)](grad_plan, cost, a, b, scalar_tensor([beta, -math.log(m)], dtype, cost.device),
-                               *hists, d_cost, d_a, d_b, n, m, n_iters,
-                               cost.stride(0), cost.stride(1), cost.stride(2), a.stride(0), b.stride(0),
-                               grad_plan.stride(0), grad_plan.stride(1), grad_plan.stride(2),
-                               BLOCK_N=block_size(n), BLOCK_M=block_size(m))
+    _ipot_bwd_kernel[(batch,)](
+        grad_plan,
+        cost,
+        a,
+        b,
+        scalar_tensor([beta, -math.log(m)], dtype, cost.device),
+        *hists,
+        d_cost,
+        d_a,
+        d_b,
+        n,
+        m,
+        n_iters,
+        cost.stride(0),
+        cost.stride(1),
+        cost.stride(2),
+        a.stride(0),
+        b.stride(0),
+        grad_plan.stride(0),
+        grad_plan.stride(1),
+        grad_plan.stride(2),
+        BLOCK_N=block_size(n),
+        BLOCK_M=block_size(m),
+    )
     return d_cost.to(out_dtype), d_a.to(out_dtype), d_b.to(out_dtype)
+
 
 # ---- with a tolerance (helo_fast.ipot(..., tol=)): each program stops at its own count --------------------------
 @triton.jit
-def _ipot_tile_tol(cost, log_a, log_b, a, mask, mn, mm, beta, neg_log_m, tol, n_iters, d_hist_ptr, s_hist_ptr,
-                   cd_hist_ptr, cs_hist_ptr, rn, rm, n, m, SAVE: tl.constexpr):
+def _ipot_tile_tol(
+    cost,
+    log_a,
+    log_b,
+    a,
+    mask,
+    mn,
+    mm,
+    beta,
+    neg_log_m,
+    tol,
+    n_iters,
+    d_hist_ptr,
+    s_hist_ptr,
+    cd_hist_ptr,
+    cs_hist_ptr,
+    rn,
+    rm,
+    n,
+    m,
+    SAVE: tl.constexpr,
+):
     """``_ipot_tile`` that stops after the first check (every CHECK_EVERY-th iteration and the last) where the
     row-marginal violation sum_i |sum_j T_ij - a_i| is <= tol (helo_fast._convergence's test; the columns are
     exact). Returns (log T (-inf outside the mask), iterations, violation)."""
@@ -212,25 +380,66 @@ def _ipot_tile_tol(cost, log_a, log_b, a, mask, mn, mm, beta, neg_log_m, tol, n_
         running = (k < n_iters) & ~(check & (violation <= tol))
     return tl.where(mask, log_plan, float("-inf")), k, violation
 
+
 @autotune_num_warps(["n", "m"])
 @triton.jit
-def _ipot_fwd_tol_kernel(cost_ptr, a_ptr, b_ptr, scalars_ptr, plan_ptr, d_hist_ptr, s_hist_ptr, cd_hist_ptr,
-                         cs_hist_ptr, iterations_ptr, violation_ptr, n, m, n_iters,
-                         stride_cb, stride_cn, stride_cm, stride_ab, stride_bb,
-                         SAVE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+def _ipot_fwd_tol_kernel(
+    cost_ptr,
+    a_ptr,
+    b_ptr,
+    scalars_ptr,
+    plan_ptr,
+    d_hist_ptr,
+    s_hist_ptr,
+    cd_hist_ptr,
+    cs_hist_ptr,
+    iterations_ptr,
+    violation_ptr,
+    n,
+    m,
+    n_iters,
+    stride_cb,
+    stride_cn,
+    stride_cm,
+    stride_ab,
+    stride_bb,
+    SAVE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
     pid = tl.program_id(0)
-    rn, rm, mn, mm, mask, cost, a, b = _load_problem(cost_ptr, a_ptr, b_ptr, pid, n, m, stride_cb, stride_cn,
-                                                     stride_cm, stride_ab, stride_bb, BLOCK_N, BLOCK_M)
+    rn, rm, mn, mm, mask, cost, a, b = _load_problem(
+        cost_ptr, a_ptr, b_ptr, pid, n, m, stride_cb, stride_cn, stride_cm, stride_ab, stride_bb, BLOCK_N, BLOCK_M
+    )
     beta = tl.load(scalars_ptr)
     neg_log_m = tl.load(scalars_ptr + 1)
     tol = tl.load(scalars_ptr + 2)
-    log_plan, k, violation = _ipot_tile_tol(cost, tl.log(a), tl.log(b), a, mask, mn, mm, beta, neg_log_m, tol,
-                                            n_iters, d_hist_ptr + pid * n_iters * n, s_hist_ptr + pid * n_iters * m,
-                                            cd_hist_ptr + pid * n_iters * n, cs_hist_ptr + pid * n_iters * m, rn, rm,
-                                            n, m, SAVE)
+    log_plan, k, violation = _ipot_tile_tol(
+        cost,
+        tl.log(a),
+        tl.log(b),
+        a,
+        mask,
+        mn,
+        mm,
+        beta,
+        neg_log_m,
+        tol,
+        n_iters,
+        d_hist_ptr + pid * n_iters * n,
+        s_hist_ptr + pid * n_iters * m,
+        cd_hist_ptr + pid * n_iters * n,
+        cs_hist_ptr + pid * n_iters * m,
+        rn,
+        rm,
+        n,
+        m,
+        SAVE,
+    )
     tl.store(plan_ptr + pid * n * m + rn[:, None] * m + rm[None, :], tl.exp(log_plan), mask=mask)
     tl.store(iterations_ptr + pid, k.to(tl.int64))
     tl.store(violation_ptr + pid, violation)
+
 
 def ipot_fwd_tol(cost, a, b, beta: float, n_iters: int, tol: float, save: bool):
     """cost [B, n, m], a [B, n], b [B, m] -> (plan [B, n, m], d_hist, s_hist, cd_hist, cs_hist, iterations [B] int64,
@@ -242,15 +451,34 @@ def ipot_fwd_tol(cost, a, b, beta: float, n_iters: int, tol: float, save: bool):
     device = cost.device
     plan = torch.empty((batch, n, m), dtype=dtype, device=device)
     k = n_iters if save else 0
-    hists = [torch.empty((batch, k, size), dtype=dt, device=device)
-             for size, dt in ((n, dtype), (m, dtype), (n, torch.float64), (m, torch.float64))]
+    hists = [
+        torch.empty((batch, k, size), dtype=dt, device=device)
+        for size, dt in ((n, dtype), (m, dtype), (n, torch.float64), (m, torch.float64))
+    ]
     # The cap until the kernel writes the counts: a launch recorded without running (benchmarks/gpu_audit) leaves
     # counts the backward can read.
     iterations = torch.full((batch,), n_iters, dtype=torch.int64, device=device)
     violation = torch.empty((batch,), dtype=dtype, device=device)
     if batch > 0:
-        _ipot_fwd_tol_kernel[(batch,)](cost, a, b, scalar_tensor([beta, -math.log(m), tol], dtype, device), plan,
-                                       *hists, iterations, violation, n, m, n_iters, cost.stride(0), cost.stride(1),
-                                       cost.stride(2), a.stride(0), b.stride(0), SAVE=save, BLOCK_N=block_size(n),
-                                       BLOCK_M=block_size(m))
+        _ipot_fwd_tol_kernel[(batch,)](
+            cost,
+            a,
+            b,
+            scalar_tensor([beta, -math.log(m), tol], dtype, device),
+            plan,
+            *hists,
+            iterations,
+            violation,
+            n,
+            m,
+            n_iters,
+            cost.stride(0),
+            cost.stride(1),
+            cost.stride(2),
+            a.stride(0),
+            b.stride(0),
+            SAVE=save,
+            BLOCK_N=block_size(n),
+            BLOCK_M=block_size(m),
+        )
     return (plan.to(out_dtype), *hists, iterations, violation)

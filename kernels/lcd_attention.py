@@ -8,6 +8,7 @@ DropKey / dropout masks are drawn in the kernel from the counter-based hash of
 ``helo_fast._rng`` (bit-identical to the reference) and regenerated in the backward kernel, or
 read from explicit bool masks. The backward recomputes the forward for its rows.
 """
+
 from __future__ import annotations
 
 import torch
@@ -41,15 +42,43 @@ def _dropped(mode: tl.constexpr, mask_ptr, index, valid, seed, p, STREAM: tl.con
 
 
 @triton.jit
-def _head_weights(q_h, k, bias_ptr, dropkey_mask_ptr, dropout_mask_ptr, seed, dropkey_p, dropout_p, scale, keep_scale,
-                  dropkey_value, pid, h, H, Lq, Lk, rq, rk, valid, stride_bb, stride_bh, stride_bq, stride_bk,
-                  HAS_BIAS: tl.constexpr, BIAS_BEFORE_SCALE: tl.constexpr, DROPKEY_MODE: tl.constexpr,
-                  DROPOUT_MODE: tl.constexpr):
+def _head_weights(
+    q_h,
+    k,
+    bias_ptr,
+    dropkey_mask_ptr,
+    dropout_mask_ptr,
+    seed,
+    dropkey_p,
+    dropout_p,
+    scale,
+    keep_scale,
+    dropkey_value,
+    pid,
+    h,
+    H,
+    Lq,
+    Lk,
+    rq,
+    rk,
+    valid,
+    stride_bb,
+    stride_bh,
+    stride_bq,
+    stride_bk,
+    HAS_BIAS: tl.constexpr,
+    BIAS_BEFORE_SCALE: tl.constexpr,
+    DROPKEY_MODE: tl.constexpr,
+    DROPOUT_MODE: tl.constexpr,
+):
     """Attention weights of head h: returns (softmax probs, dropout keep 0/1) tiles [BQ, BK]."""
     logits = tl.dot(q_h, tl.trans(k), input_precision="ieee")
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + pid * stride_bb + h * stride_bh + rq[:, None] * stride_bq + rk[None, :] * stride_bk,
-                       mask=valid, other=0.0)
+        bias = tl.load(
+            bias_ptr + pid * stride_bb + h * stride_bh + rq[:, None] * stride_bq + rk[None, :] * stride_bk,
+            mask=valid,
+            other=0.0,
+        )
         if BIAS_BEFORE_SCALE:
             logits = (logits + bias) * scale
         else:
@@ -66,8 +95,9 @@ def _head_weights(q_h, k, bias_ptr, dropkey_mask_ptr, dropout_mask_ptr, seed, dr
     e = tl.exp(logits - row_max[:, None])
     probs = e / tl.sum(e, axis=1)[:, None]
     if DROPOUT_MODE != _MASK_NONE:
-        keep = tl.where(_dropped(DROPOUT_MODE, dropout_mask_ptr, index, valid, seed, dropout_p, _STREAM_DROPOUT), 0.0,
-                        1.0)
+        keep = tl.where(
+            _dropped(DROPOUT_MODE, dropout_mask_ptr, index, valid, seed, dropout_p, _STREAM_DROPOUT), 0.0, 1.0
+        )
     else:
         keep = tl.zeros_like(probs) + 1.0
     return probs, keep
@@ -76,8 +106,15 @@ def _head_weights(q_h, k, bias_ptr, dropkey_mask_ptr, dropout_mask_ptr, seed, dr
 @triton.jit
 def _load_call_scalars(fparams_ptr, seed_ptr, prob_ptr):
     """The call's scalars, read on device: (scale, keep_scale, ln_eps, dropkey_value, seed, dropkey_p, dropout_p)."""
-    return (tl.load(fparams_ptr), tl.load(fparams_ptr + 1), tl.load(fparams_ptr + 2), tl.load(fparams_ptr + 3),
-            tl.load(seed_ptr), tl.load(prob_ptr), tl.load(prob_ptr + 1))
+    return (
+        tl.load(fparams_ptr),
+        tl.load(fparams_ptr + 1),
+        tl.load(fparams_ptr + 2),
+        tl.load(fparams_ptr + 3),
+        tl.load(seed_ptr),
+        tl.load(prob_ptr),
+        tl.load(prob_ptr + 1),
+    )
 
 
 @triton.jit
@@ -90,27 +127,78 @@ def _load_rows(ptr, pid, rows, cols, n_rows, H, D, stride_b, stride_h, stride_l)
 
 
 @triton.jit
-def _attention_rows(q, k, v, res_ptr, bias_ptr, dropkey_mask_ptr, dropout_mask_ptr, seed, dropkey_p, dropout_p, scale,
-                    keep_scale,
-                    dropkey_value, pid, H, D, Lq, Lk, rq, rk, cols, stride_bb, stride_bh, stride_bq, stride_bk,
-                    HAS_BIAS: tl.constexpr, BIAS_BEFORE_SCALE: tl.constexpr, DROPKEY_MODE: tl.constexpr,
-                    DROPOUT_MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+def _attention_rows(
+    q,
+    k,
+    v,
+    res_ptr,
+    bias_ptr,
+    dropkey_mask_ptr,
+    dropout_mask_ptr,
+    seed,
+    dropkey_p,
+    dropout_p,
+    scale,
+    keep_scale,
+    dropkey_value,
+    pid,
+    H,
+    D,
+    Lq,
+    Lk,
+    rq,
+    rk,
+    cols,
+    stride_bb,
+    stride_bh,
+    stride_bq,
+    stride_bk,
+    HAS_BIAS: tl.constexpr,
+    BIAS_BEFORE_SCALE: tl.constexpr,
+    DROPKEY_MODE: tl.constexpr,
+    DROPOUT_MODE: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+):
     """Heads concatenated plus residual, before LayerNorm: [BQ, BC]."""
     valid = (rq[:, None] < Lq) & (rk[None, :] < Lk)
     out = tl.zeros_like(q)
     for h in range(H):
         in_head = (cols // D) == h
         q_h = tl.where(in_head[None, :], q, 0.0)
-        probs, keep = _head_weights(q_h, k, bias_ptr, dropkey_mask_ptr, dropout_mask_ptr, seed, dropkey_p, dropout_p,
-                                    scale, keep_scale,
-                                    dropkey_value, pid, h, H, Lq, Lk, rq, rk, valid, stride_bb, stride_bh, stride_bq,
-                                    stride_bk, HAS_BIAS, BIAS_BEFORE_SCALE, DROPKEY_MODE, DROPOUT_MODE)
+        probs, keep = _head_weights(
+            q_h,
+            k,
+            bias_ptr,
+            dropkey_mask_ptr,
+            dropout_mask_ptr,
+            seed,
+            dropkey_p,
+            dropout_p,
+            scale,
+            keep_scale,
+            dropkey_value,
+            pid,
+            h,
+            H,
+            Lq,
+            Lk,
+            rq,
+            rk,
+            valid,
+            stride_bb,
+            stride_bh,
+            stride_bq,
+            stride_bk,
+            HAS_BIAS,
+            BIAS_BEFORE_SCALE,
+            DROPKEY_MODE,
+            DROPOUT_MODE,
+        )
         weights = probs * keep / keep_scale
         out += tl.where(in_head[None, :], tl.dot(weights.to(v.dtype), v, input_precision="ieee"), 0.0)
     if HAS_RESIDUAL:
         out_valid = (rq[:, None] < Lq) & (cols[None, :] < H * D)
-        out = out + tl.load(res_ptr + pid * Lq * H * D + rq[:, None] * H * D + cols[None, :], mask=out_valid,
-                            other=0.0)
+        out = out + tl.load(res_ptr + pid * Lq * H * D + rq[:, None] * H * D + cols[None, :], mask=out_valid, other=0.0)
     return out
 
 
@@ -126,27 +214,90 @@ def _layer_norm_stats(x, cols, HD, ln_eps):
 
 @autotune_num_warps(["Lq", "Lk", "H", "D"], **_AUTOTUNE)
 @triton.jit
-def _lcd_attention_fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, lnw_ptr, lnb_ptr, dropkey_mask_ptr,
-                              dropout_mask_ptr, seed_ptr, fparams_ptr, prob_ptr, out_ptr, H, D, Lq, Lk,
-                              stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
-                              stride_vb, stride_vh, stride_vl, stride_bb, stride_bh, stride_bq, stride_bk,
-                              HAS_BIAS: tl.constexpr, BIAS_BEFORE_SCALE: tl.constexpr, DROPKEY_MODE: tl.constexpr,
-                              DROPOUT_MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_LN: tl.constexpr,
-                              HAS_LN_BIAS: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
-                              BLOCK_C: tl.constexpr):
+def _lcd_attention_fwd_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    bias_ptr,
+    res_ptr,
+    lnw_ptr,
+    lnb_ptr,
+    dropkey_mask_ptr,
+    dropout_mask_ptr,
+    seed_ptr,
+    fparams_ptr,
+    prob_ptr,
+    out_ptr,
+    H,
+    D,
+    Lq,
+    Lk,
+    stride_qb,
+    stride_qh,
+    stride_ql,
+    stride_kb,
+    stride_kh,
+    stride_kl,
+    stride_vb,
+    stride_vh,
+    stride_vl,
+    stride_bb,
+    stride_bh,
+    stride_bq,
+    stride_bk,
+    HAS_BIAS: tl.constexpr,
+    BIAS_BEFORE_SCALE: tl.constexpr,
+    DROPKEY_MODE: tl.constexpr,
+    DROPOUT_MODE: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    HAS_LN: tl.constexpr,
+    HAS_LN_BIAS: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     pid = tl.program_id(0)
     rq = tl.arange(0, BLOCK_Q)
     rk = tl.arange(0, BLOCK_K)
     cols = tl.arange(0, BLOCK_C)
-    scale, keep_scale, ln_eps, dropkey_value, seed, dropkey_p, dropout_p = _load_call_scalars(fparams_ptr, seed_ptr,
-                                                                                             prob_ptr)
+    scale, keep_scale, ln_eps, dropkey_value, seed, dropkey_p, dropout_p = _load_call_scalars(
+        fparams_ptr, seed_ptr, prob_ptr
+    )
     q, _, _ = _load_rows(q_ptr, pid, rq, cols, Lq, H, D, stride_qb, stride_qh, stride_ql)
     k, _, _ = _load_rows(k_ptr, pid, rk, cols, Lk, H, D, stride_kb, stride_kh, stride_kl)
     v, _, _ = _load_rows(v_ptr, pid, rk, cols, Lk, H, D, stride_vb, stride_vh, stride_vl)
-    out = _attention_rows(q, k, v, res_ptr, bias_ptr, dropkey_mask_ptr, dropout_mask_ptr, seed, dropkey_p, dropout_p,
-                          scale, keep_scale,
-                          dropkey_value, pid, H, D, Lq, Lk, rq, rk, cols, stride_bb, stride_bh, stride_bq, stride_bk,
-                          HAS_BIAS, BIAS_BEFORE_SCALE, DROPKEY_MODE, DROPOUT_MODE, HAS_RESIDUAL)
+    out = _attention_rows(
+        q,
+        k,
+        v,
+        res_ptr,
+        bias_ptr,
+        dropkey_mask_ptr,
+        dropout_mask_ptr,
+        seed,
+        dropkey_p,
+        dropout_p,
+        scale,
+        keep_scale,
+        dropkey_value,
+        pid,
+        H,
+        D,
+        Lq,
+        Lk,
+        rq,
+        rk,
+        cols,
+        stride_bb,
+        stride_bh,
+        stride_bq,
+        stride_bk,
+        HAS_BIAS,
+        BIAS_BEFORE_SCALE,
+        DROPKEY_MODE,
+        DROPOUT_MODE,
+        HAS_RESIDUAL,
+    )
     col_ok = cols < H * D
     if HAS_LN:
         centered, rstd = _layer_norm_stats(out, cols, H * D, ln_eps)
@@ -159,22 +310,61 @@ def _lcd_attention_fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, lnw_ptr, l
 
 @autotune_num_warps(["Lq", "Lk", "H", "D"], **_AUTOTUNE)
 @triton.jit
-def _lcd_attention_bwd_kernel(grad_ptr, q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, lnw_ptr, dropkey_mask_ptr,
-                              dropout_mask_ptr,
-                              seed_ptr, fparams_ptr, prob_ptr, dq_ptr, dk_ptr, dv_ptr, dbias_ptr, dres_ptr,
-                              dlnw_ptr, dlnb_ptr, H, D, Lq, Lk,
-                              stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
-                              stride_vb, stride_vh, stride_vl, stride_bb, stride_bh, stride_bq, stride_bk,
-                              HAS_BIAS: tl.constexpr, BIAS_BEFORE_SCALE: tl.constexpr, DROPKEY_MODE: tl.constexpr,
-                              DROPOUT_MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_LN: tl.constexpr,
-                              BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr):
+def _lcd_attention_bwd_kernel(
+    grad_ptr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    bias_ptr,
+    res_ptr,
+    lnw_ptr,
+    dropkey_mask_ptr,
+    dropout_mask_ptr,
+    seed_ptr,
+    fparams_ptr,
+    prob_ptr,
+    dq_ptr,
+    dk_ptr,
+    dv_ptr,
+    dbias_ptr,
+    dres_ptr,
+    dlnw_ptr,
+    dlnb_ptr,
+    H,
+    D,
+    Lq,
+    Lk,
+    stride_qb,
+    stride_qh,
+    stride_ql,
+    stride_kb,
+    stride_kh,
+    stride_kl,
+    stride_vb,
+    stride_vh,
+    stride_vl,
+    stride_bb,
+    stride_bh,
+    stride_bq,
+    stride_bk,
+    HAS_BIAS: tl.constexpr,
+    BIAS_BEFORE_SCALE: tl.constexpr,
+    DROPKEY_MODE: tl.constexpr,
+    DROPOUT_MODE: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    HAS_LN: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     pid = tl.program_id(0)
     rq = tl.arange(0, BLOCK_Q)
     rk = tl.arange(0, BLOCK_K)
     cols = tl.arange(0, BLOCK_C)
     HD = H * D
-    scale, keep_scale, ln_eps, dropkey_value, seed, dropkey_p, dropout_p = _load_call_scalars(fparams_ptr, seed_ptr,
-                                                                                             prob_ptr)
+    scale, keep_scale, ln_eps, dropkey_value, seed, dropkey_p, dropout_p = _load_call_scalars(
+        fparams_ptr, seed_ptr, prob_ptr
+    )
     q, q_offs, q_valid = _load_rows(q_ptr, pid, rq, cols, Lq, H, D, stride_qb, stride_qh, stride_ql)
     k, k_offs, k_valid = _load_rows(k_ptr, pid, rk, cols, Lk, H, D, stride_kb, stride_kh, stride_kl)
     v, v_offs, v_valid = _load_rows(v_ptr, pid, rk, cols, Lk, H, D, stride_vb, stride_vh, stride_vl)
@@ -183,10 +373,38 @@ def _lcd_attention_bwd_kernel(grad_ptr, q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, 
     row_offs = pid * Lq * HD + rq[:, None] * HD + cols[None, :]
     grad = tl.load(grad_ptr + row_offs, mask=out_valid, other=0.0)
     if HAS_LN:
-        x = _attention_rows(q, k, v, res_ptr, bias_ptr, dropkey_mask_ptr, dropout_mask_ptr, seed, dropkey_p,
-                            dropout_p, scale,
-                            keep_scale, dropkey_value, pid, H, D, Lq, Lk, rq, rk, cols, stride_bb, stride_bh, stride_bq,
-                            stride_bk, HAS_BIAS, BIAS_BEFORE_SCALE, DROPKEY_MODE, DROPOUT_MODE, HAS_RESIDUAL)
+        x = _attention_rows(
+            q,
+            k,
+            v,
+            res_ptr,
+            bias_ptr,
+            dropkey_mask_ptr,
+            dropout_mask_ptr,
+            seed,
+            dropkey_p,
+            dropout_p,
+            scale,
+            keep_scale,
+            dropkey_value,
+            pid,
+            H,
+            D,
+            Lq,
+            Lk,
+            rq,
+            rk,
+            cols,
+            stride_bb,
+            stride_bh,
+            stride_bq,
+            stride_bk,
+            HAS_BIAS,
+            BIAS_BEFORE_SCALE,
+            DROPKEY_MODE,
+            DROPOUT_MODE,
+            HAS_RESIDUAL,
+        )
         centered, rstd = _layer_norm_stats(x, cols, HD, ln_eps)
         x_hat = centered * rstd[:, None]
         tl.store(dlnw_ptr + pid * HD + cols, tl.sum(tl.where(out_valid, grad * x_hat, 0.0), axis=0), mask=col_ok)
@@ -206,10 +424,35 @@ def _lcd_attention_bwd_kernel(grad_ptr, q_ptr, k_ptr, v_ptr, bias_ptr, res_ptr, 
     for h in range(H):
         in_head = (cols // D) == h
         q_h = tl.where(in_head[None, :], q, 0.0)
-        probs, keep = _head_weights(q_h, k, bias_ptr, dropkey_mask_ptr, dropout_mask_ptr, seed, dropkey_p, dropout_p,
-                                    scale, keep_scale,
-                                    dropkey_value, pid, h, H, Lq, Lk, rq, rk, valid, stride_bb, stride_bh, stride_bq,
-                                    stride_bk, HAS_BIAS, BIAS_BEFORE_SCALE, DROPKEY_MODE, DROPOUT_MODE)
+        probs, keep = _head_weights(
+            q_h,
+            k,
+            bias_ptr,
+            dropkey_mask_ptr,
+            dropout_mask_ptr,
+            seed,
+            dropkey_p,
+            dropout_p,
+            scale,
+            keep_scale,
+            dropkey_value,
+            pid,
+            h,
+            H,
+            Lq,
+            Lk,
+            rq,
+            rk,
+            valid,
+            stride_bb,
+            stride_bh,
+            stride_bq,
+            stride_bk,
+            HAS_BIAS,
+            BIAS_BEFORE_SCALE,
+            DROPKEY_MODE,
+            DROPOUT_MODE,
+        )
         weights = probs * keep / keep_scale
         d_x_h = tl.where(in_head[None, :], d_x, 0.0)
         d_v += tl.dot(tl.trans(weights), d_x_h, input_precision="ieee")
@@ -255,20 +498,48 @@ def _launch_args(q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_eps, s
     seed = seed.to(device=q.device, dtype=torch.int64, non_blocking=True)
     dummy = q
     bias_strides = bias_e.stride() if bias_e is not None else (0, 0, 0, 0)
-    tensors = dict(q=q, k=k, v=v, bias=bias_e if bias_e is not None else dummy,
-                   res=residual if residual is not None else dummy,
-                   dropkey_mask=dropkey_mask if dropkey_mask is not None else dummy,
-                   dropout_mask=dropout_mask if dropout_mask is not None else dummy,
-                   seed=seed, fparams=fparams, probs=probs)
+    tensors = dict(
+        q=q,
+        k=k,
+        v=v,
+        bias=bias_e if bias_e is not None else dummy,
+        res=residual if residual is not None else dummy,
+        dropkey_mask=dropkey_mask if dropkey_mask is not None else dummy,
+        dropout_mask=dropout_mask if dropout_mask is not None else dummy,
+        seed=seed,
+        fparams=fparams,
+        probs=probs,
+    )
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *bias_strides)
-    flags = dict(HAS_BIAS=bias is not None, DROPKEY_MODE=dropkey_mode, DROPOUT_MODE=dropout_mode,
-                 HAS_RESIDUAL=residual is not None,
-                 BLOCK_Q=block_size(lq), BLOCK_K=block_size(lk), BLOCK_C=block_size(heads * dim))
+    flags = dict(
+        HAS_BIAS=bias is not None,
+        DROPKEY_MODE=dropkey_mode,
+        DROPOUT_MODE=dropout_mode,
+        HAS_RESIDUAL=residual is not None,
+        BLOCK_Q=block_size(lq),
+        BLOCK_K=block_size(lk),
+        BLOCK_C=block_size(heads * dim),
+    )
     return dtype, tensors, strides, flags
 
 
-def lcd_attention_fwd(q, k, v, bias, scale: float, dropkey_p: float, dropout_p: float, residual, ln_weight, ln_bias,
-                      ln_eps: float, bias_before_scale: bool, seed, dropkey_mask, dropout_mask):
+def lcd_attention_fwd(
+    q,
+    k,
+    v,
+    bias,
+    scale: float,
+    dropkey_p: float,
+    dropout_p: float,
+    residual,
+    ln_weight,
+    ln_bias,
+    ln_eps: float,
+    bias_before_scale: bool,
+    seed,
+    dropkey_mask,
+    dropout_mask,
+):
     """Fused attention forward -> out [B, Lq, H*D] (see helo_fast.reference.lcd_attention); the arguments in the
     op's one order (helo_fast._ops.lcd_attention.OP_ARGS).
 
@@ -277,20 +548,57 @@ def lcd_attention_fwd(q, k, v, bias, scale: float, dropkey_p: float, dropout_p: 
     probability is > 0 and no explicit bool mask [B, H, Lq, Lk] is given).
     """
     batch, heads, lq, dim = q.shape
-    dtype, t, strides, flags = _launch_args(q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_eps, seed,
-                                            dropkey_mask, dropout_mask)
+    dtype, t, strides, flags = _launch_args(
+        q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_eps, seed, dropkey_mask, dropout_mask
+    )
     out = torch.empty((batch, lq, heads * dim), dtype=dtype, device=q.device)
     lnw = ln_weight.to(dtype).contiguous() if ln_weight is not None else t["q"]
     lnb = ln_bias.to(dtype).contiguous() if ln_bias is not None else t["q"]
     _lcd_attention_fwd_kernel[(batch,)](
-        t["q"], t["k"], t["v"], t["bias"], t["res"], lnw, lnb, t["dropkey_mask"], t["dropout_mask"], t["seed"],
-        t["fparams"], t["probs"], out, heads, dim, lq, k.shape[2], *strides, BIAS_BEFORE_SCALE=bias_before_scale,
-        HAS_LN=ln_weight is not None, HAS_LN_BIAS=ln_bias is not None, **flags)
+        t["q"],
+        t["k"],
+        t["v"],
+        t["bias"],
+        t["res"],
+        lnw,
+        lnb,
+        t["dropkey_mask"],
+        t["dropout_mask"],
+        t["seed"],
+        t["fparams"],
+        t["probs"],
+        out,
+        heads,
+        dim,
+        lq,
+        k.shape[2],
+        *strides,
+        BIAS_BEFORE_SCALE=bias_before_scale,
+        HAS_LN=ln_weight is not None,
+        HAS_LN_BIAS=ln_bias is not None,
+        **flags,
+    )
     return out.to(q.dtype)
 
 
-def lcd_attention_bwd(grad_out, q, k, v, bias, scale: float, dropkey_p: float, dropout_p: float, residual, ln_weight,
-                      ln_bias, ln_eps: float, bias_before_scale: bool, seed, dropkey_mask, dropout_mask):
+def lcd_attention_bwd(
+    grad_out,
+    q,
+    k,
+    v,
+    bias,
+    scale: float,
+    dropkey_p: float,
+    dropout_p: float,
+    residual,
+    ln_weight,
+    ln_bias,
+    ln_eps: float,
+    bias_before_scale: bool,
+    seed,
+    dropkey_mask,
+    dropout_mask,
+):
     """Fused attention backward (recomputes the forward) -> (dq, dk, dv, dbias, dresidual, dln_weight, dln_bias).
 
     The forward's arguments after grad_out. dbias is summed to ``bias.shape``; entries are None where the input was
@@ -299,8 +607,9 @@ def lcd_attention_bwd(grad_out, q, k, v, bias, scale: float, dropkey_p: float, d
     """
     batch, heads, lq, dim = q.shape
     lk = k.shape[2]
-    dtype, t, strides, flags = _launch_args(q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_eps, seed,
-                                            dropkey_mask, dropout_mask)
+    dtype, t, strides, flags = _launch_args(
+        q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_eps, seed, dropkey_mask, dropout_mask
+    )
     grad_out = grad_out.to(dtype).contiguous()
     dq, dk, dv = (torch.empty_like(t[name]) for name in ("q", "k", "v"))
     dbias = torch.empty((batch, heads, lq, lk), dtype=dtype, device=q.device) if bias is not None else dq
@@ -310,12 +619,41 @@ def lcd_attention_bwd(grad_out, q, k, v, bias, scale: float, dropkey_p: float, d
     dlnb = torch.empty((batch, heads * dim), dtype=dtype, device=q.device) if has_ln else dq  # the kernel writes it
     lnw = ln_weight.to(dtype).contiguous() if has_ln else t["q"]
     _lcd_attention_bwd_kernel[(batch,)](
-        grad_out, t["q"], t["k"], t["v"], t["bias"], t["res"], lnw, t["dropkey_mask"], t["dropout_mask"], t["seed"],
-        t["fparams"], t["probs"], dq, dk, dv, dbias, dres, dlnw, dlnb, heads, dim, lq, lk, *strides,
-        BIAS_BEFORE_SCALE=bias_before_scale, HAS_LN=has_ln, **flags)
+        grad_out,
+        t["q"],
+        t["k"],
+        t["v"],
+        t["bias"],
+        t["res"],
+        lnw,
+        t["dropkey_mask"],
+        t["dropout_mask"],
+        t["seed"],
+        t["fparams"],
+        t["probs"],
+        dq,
+        dk,
+        dv,
+        dbias,
+        dres,
+        dlnw,
+        dlnb,
+        heads,
+        dim,
+        lq,
+        lk,
+        *strides,
+        BIAS_BEFORE_SCALE=bias_before_scale,
+        HAS_LN=has_ln,
+        **flags,
+    )
     out_dtype = q.dtype
-    return (dq.to(out_dtype), dk.to(out_dtype), dv.to(out_dtype),
-            dbias.sum_to_size(bias.shape).to(out_dtype) if bias is not None else None,
-            dres.to(out_dtype) if residual is not None else None,
-            dlnw.sum(0).to(ln_weight.dtype) if has_ln else None,
-            dlnb.sum(0).to(ln_bias.dtype) if ln_bias is not None else None)
+    return (
+        dq.to(out_dtype),
+        dk.to(out_dtype),
+        dv.to(out_dtype),
+        dbias.sum_to_size(bias.shape).to(out_dtype) if bias is not None else None,
+        dres.to(out_dtype) if residual is not None else None,
+        dlnw.sum(0).to(ln_weight.dtype) if has_ln else None,
+        dlnb.sum(0).to(ln_bias.dtype) if ln_bias is not None else None,
+    )

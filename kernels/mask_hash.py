@@ -1,5 +1,6 @@
 """The counter-based mask hash of ``helo_fast._rng`` in Triton (its C++ twin: csrc/mask_hash.h), shared by the
 lcd_attention and seeded_dropout kernels: bit-identical masks on every backend."""
+
 from __future__ import annotations
 
 import torch

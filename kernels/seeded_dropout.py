@@ -2,6 +2,7 @@
 ``helo_fast._rng`` (bit-identical to the reference and the C++ kernels). The backward is the same kernel
 applied to the gradient with the same seed.
 """
+
 from __future__ import annotations
 
 import torch

@@ -12,20 +12,29 @@ count: the first check (every CHECK_EVERY-th iteration and the last) where its m
 Scalars that must keep float64 precision (eps, tol) travel in a small tensor of the
 compute dtype (Triton passes Python floats as float32).
 """
+
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
 
-from helo_fast.kernels.ot_tiles import (CHECK_EVERY, _load_problem, _log_ratio, _lse, _over_marginal, _prepare,
-                                        _softmax_masked)
+from helo_fast.kernels.ot_tiles import (
+    CHECK_EVERY,
+    _load_problem,
+    _log_ratio,
+    _lse,
+    _over_marginal,
+    _prepare,
+    _softmax_masked,
+)
 from helo_fast.kernels.triton_utils import autotune_num_warps, block_size, scalar_tensor
 
 
 @triton.jit
-def _sinkhorn_tile(cost, log_a, log_b, mask, mn, mm, eps, n_iters, f_hist_ptr, g_hist_ptr, rn, rm, n, m,
-                   SAVE: tl.constexpr):
+def _sinkhorn_tile(
+    cost, log_a, log_b, mask, mn, mm, eps, n_iters, f_hist_ptr, g_hist_ptr, rn, rm, n, m, SAVE: tl.constexpr
+):
     """Run ``n_iters`` log-domain Sinkhorn iterations on one tile; return the potentials (f, g)."""
     f = tl.zeros_like(log_a)
     g = tl.zeros_like(log_b)
@@ -39,19 +48,54 @@ def _sinkhorn_tile(cost, log_a, log_b, mask, mn, mm, eps, n_iters, f_hist_ptr, g
             tl.store(g_hist_ptr + it * m + rm, g, mask=mm)
     return f, g
 
+
 @autotune_num_warps(["n", "m"])
 @triton.jit
-def _sinkhorn_fwd_kernel(cost_ptr, a_ptr, b_ptr, scalars_ptr, plan_ptr, f_hist_ptr, g_hist_ptr, n, m, n_iters,
-                         stride_cb, stride_cn, stride_cm, stride_ab, stride_bb,
-                         SAVE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+def _sinkhorn_fwd_kernel(
+    cost_ptr,
+    a_ptr,
+    b_ptr,
+    scalars_ptr,
+    plan_ptr,
+    f_hist_ptr,
+    g_hist_ptr,
+    n,
+    m,
+    n_iters,
+    stride_cb,
+    stride_cn,
+    stride_cm,
+    stride_ab,
+    stride_bb,
+    SAVE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
     pid = tl.program_id(0)
-    rn, rm, mn, mm, mask, cost, a, b = _load_problem(cost_ptr, a_ptr, b_ptr, pid, n, m, stride_cb, stride_cn,
-                                                     stride_cm, stride_ab, stride_bb, BLOCK_N, BLOCK_M)
+    rn, rm, mn, mm, mask, cost, a, b = _load_problem(
+        cost_ptr, a_ptr, b_ptr, pid, n, m, stride_cb, stride_cn, stride_cm, stride_ab, stride_bb, BLOCK_N, BLOCK_M
+    )
     eps = tl.load(scalars_ptr)
-    f, g = _sinkhorn_tile(cost, tl.log(a), tl.log(b), mask, mn, mm, eps, n_iters,
-                          f_hist_ptr + pid * n_iters * n, g_hist_ptr + pid * n_iters * m, rn, rm, n, m, SAVE)
+    f, g = _sinkhorn_tile(
+        cost,
+        tl.log(a),
+        tl.log(b),
+        mask,
+        mn,
+        mm,
+        eps,
+        n_iters,
+        f_hist_ptr + pid * n_iters * n,
+        g_hist_ptr + pid * n_iters * m,
+        rn,
+        rm,
+        n,
+        m,
+        SAVE,
+    )
     plan = tl.exp(tl.where(mask, (f[:, None] + g[None, :] - cost) / eps, float("-inf")))
     tl.store(plan_ptr + pid * n * m + rn[:, None] * m + rm[None, :], plan, mask=mask)
+
 
 @triton.jit
 def _sinkhorn_plan_from_hist(cost, mask, eps, n_iters, f_hist_ptr, g_hist_ptr, rn, rm, n, m, mn, mm):
@@ -59,6 +103,7 @@ def _sinkhorn_plan_from_hist(cost, mask, eps, n_iters, f_hist_ptr, g_hist_ptr, r
     f = tl.load(f_hist_ptr + (n_iters - 1) * n + rn, mask=mn, other=0.0)
     g = tl.load(g_hist_ptr + (n_iters - 1) * m + rm, mask=mm, other=0.0)
     return tl.exp(tl.where(mask, (f[:, None] + g[None, :] - cost) / eps, float("-inf")))
+
 
 @triton.jit
 def _sinkhorn_tile_bwd(grad, cost, mask, mn, mm, eps, n_iters, f_hist_ptr, g_hist_ptr, rn, rm, n, m):
@@ -87,24 +132,59 @@ def _sinkhorn_tile_bwd(grad, cost, mask, mn, mm, eps, n_iters, f_hist_ptr, g_his
         d_g = tl.zeros_like(d_g)
     return d_cost, d_log_a, d_log_b
 
+
 @autotune_num_warps(["n", "m"])
 @triton.jit
-def _sinkhorn_bwd_kernel(grad_ptr, cost_ptr, a_ptr, b_ptr, scalars_ptr, f_hist_ptr, g_hist_ptr,
-                         dcost_ptr, da_ptr, db_ptr, n, m, n_iters,
-                         stride_cb, stride_cn, stride_cm, stride_ab, stride_bb, stride_gb, stride_gn, stride_gm,
-                         BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+def _sinkhorn_bwd_kernel(
+    grad_ptr,
+    cost_ptr,
+    a_ptr,
+    b_ptr,
+    scalars_ptr,
+    f_hist_ptr,
+    g_hist_ptr,
+    dcost_ptr,
+    da_ptr,
+    db_ptr,
+    n,
+    m,
+    n_iters,
+    stride_cb,
+    stride_cn,
+    stride_cm,
+    stride_ab,
+    stride_bb,
+    stride_gb,
+    stride_gn,
+    stride_gm,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
     pid = tl.program_id(0)
-    rn, rm, mn, mm, mask, cost, a, b = _load_problem(cost_ptr, a_ptr, b_ptr, pid, n, m, stride_cb, stride_cn,
-                                                     stride_cm, stride_ab, stride_bb, BLOCK_N, BLOCK_M)
+    rn, rm, mn, mm, mask, cost, a, b = _load_problem(
+        cost_ptr, a_ptr, b_ptr, pid, n, m, stride_cb, stride_cn, stride_cm, stride_ab, stride_bb, BLOCK_N, BLOCK_M
+    )
     eps = tl.load(scalars_ptr)
-    grad = tl.load(grad_ptr + pid * stride_gb + rn[:, None] * stride_gn + rm[None, :] * stride_gm, mask=mask,
-                   other=0.0)
-    d_cost, d_log_a, d_log_b = _sinkhorn_tile_bwd(grad, cost, mask, mn, mm, eps, n_iters,
-                                                  f_hist_ptr + pid * n_iters * n, g_hist_ptr + pid * n_iters * m,
-                                                  rn, rm, n, m)
+    grad = tl.load(grad_ptr + pid * stride_gb + rn[:, None] * stride_gn + rm[None, :] * stride_gm, mask=mask, other=0.0)
+    d_cost, d_log_a, d_log_b = _sinkhorn_tile_bwd(
+        grad,
+        cost,
+        mask,
+        mn,
+        mm,
+        eps,
+        n_iters,
+        f_hist_ptr + pid * n_iters * n,
+        g_hist_ptr + pid * n_iters * m,
+        rn,
+        rm,
+        n,
+        m,
+    )
     tl.store(dcost_ptr + pid * n * m + rn[:, None] * m + rm[None, :], d_cost, mask=mask)
     tl.store(da_ptr + pid * n + rn, _over_marginal(d_log_a, a), mask=mn)
     tl.store(db_ptr + pid * m + rm, _over_marginal(d_log_b, b), mask=mm)
+
 
 def sinkhorn_fwd(cost, a, b, eps: float, n_iters: int, save: bool):
     """cost [B, n, m], a [B, n], b [B, m] -> (plan [B, n, m], f_hist [B, K, n], g_hist [B, K, m]).
@@ -118,10 +198,28 @@ def sinkhorn_fwd(cost, a, b, eps: float, n_iters: int, save: bool):
     k = n_iters if save else 0
     f_hist = torch.empty((batch, k, n), dtype=dtype, device=cost.device)
     g_hist = torch.empty((batch, k, m), dtype=dtype, device=cost.device)
-    _sinkhorn_fwd_kernel[(batch,)](cost, a, b, scalar_tensor([eps], dtype, cost.device), plan, f_hist, g_hist,
-                                   n, m, n_iters, cost.stride(0), cost.stride(1), cost.stride(2), a.stride(0),
-                                   b.stride(0), SAVE=save, BLOCK_N=block_size(n), BLOCK_M=block_size(m))
+    _sinkhorn_fwd_kernel[(batch,)](
+        cost,
+        a,
+        b,
+        scalar_tensor([eps], dtype, cost.device),
+        plan,
+        f_hist,
+        g_hist,
+        n,
+        m,
+        n_iters,
+        cost.stride(0),
+        cost.stride(1),
+        cost.stride(2),
+        a.stride(0),
+        b.stride(0),
+        SAVE=save,
+        BLOCK_N=block_size(n),
+        BLOCK_M=block_size(m),
+    )
     return plan.to(out_dtype), f_hist, g_hist
+
 
 def sinkhorn_bwd(grad_plan, cost, a, b, f_hist, g_hist, eps: float, n_iters: int):
     """Gradient of the unrolled Sinkhorn plan -> (d_cost [B, n, m], d_a [B, n], d_b [B, m])."""
@@ -132,17 +230,39 @@ def sinkhorn_bwd(grad_plan, cost, a, b, f_hist, g_hist, eps: float, n_iters: int
     d_cost = torch.empty((batch, n, m), dtype=dtype, device=cost.device)
     d_a = torch.empty((batch, n), dtype=dtype, device=cost.device)
     d_b = torch.empty((batch, m), dtype=dtype, device=cost.device)
-    _sinkhorn_bwd_kernel[(batch,)](grad_plan, cost, a, b, scalar_tensor([eps], dtype, cost.device),
-                                   f_hist.contiguous(), g_hist.contiguous(), d_cost, d_a, d_b, n, m, n_iters,
-                                   cost.stride(0), cost.stride(1), cost.stride(2), a.stride(0), b.stride(0),
-                                   grad_plan.stride(0), grad_plan.stride(1), grad_plan.stride(2),
-                                   BLOCK_N=block_size(n), BLOCK_M=block_size(m))
+    _sinkhorn_bwd_kernel[(batch,)](
+        grad_plan,
+        cost,
+        a,
+        b,
+        scalar_tensor([eps], dtype, cost.device),
+        f_hist.contiguous(),
+        g_hist.contiguous(),
+        d_cost,
+        d_a,
+        d_b,
+        n,
+        m,
+        n_iters,
+        cost.stride(0),
+        cost.stride(1),
+        cost.stride(2),
+        a.stride(0),
+        b.stride(0),
+        grad_plan.stride(0),
+        grad_plan.stride(1),
+        grad_plan.stride(2),
+        BLOCK_N=block_size(n),
+        BLOCK_M=block_size(m),
+    )
     return d_cost.to(out_dtype), d_a.to(out_dtype), d_b.to(out_dtype)
+
 
 # ---- with a tolerance (helo_fast.sinkhorn(..., tol=)): each program stops at its own count ----------------------
 @triton.jit
-def _sinkhorn_tile_tol(cost, log_a, log_b, b, mask, mn, mm, eps, tol, n_iters, f_hist_ptr, g_hist_ptr, rn, rm, n, m,
-                       SAVE: tl.constexpr):
+def _sinkhorn_tile_tol(
+    cost, log_a, log_b, b, mask, mn, mm, eps, tol, n_iters, f_hist_ptr, g_hist_ptr, rn, rm, n, m, SAVE: tl.constexpr
+):
     """``_sinkhorn_tile`` that stops after the first check (every CHECK_EVERY-th iteration and the last) where the
     column-marginal violation sum_j |sum_i P_ij - b_j| is <= tol (helo_fast._convergence's test). The column LSE of
     each iteration's f is computed once: the next iteration's g update and the check both use it.
@@ -170,26 +290,65 @@ def _sinkhorn_tile_tol(cost, log_a, log_b, b, mask, mn, mm, eps, tol, n_iters, f
         running = (k < n_iters) & ~(check & (violation <= tol))
     return f, g, k, violation
 
+
 @autotune_num_warps(["n", "m"])
 @triton.jit
-def _sinkhorn_fwd_tol_kernel(cost_ptr, a_ptr, b_ptr, scalars_ptr, plan_ptr, f_ptr, g_ptr, f_hist_ptr, g_hist_ptr,
-                             iterations_ptr, violation_ptr, n, m, n_iters,
-                             stride_cb, stride_cn, stride_cm, stride_ab, stride_bb,
-                             SAVE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+def _sinkhorn_fwd_tol_kernel(
+    cost_ptr,
+    a_ptr,
+    b_ptr,
+    scalars_ptr,
+    plan_ptr,
+    f_ptr,
+    g_ptr,
+    f_hist_ptr,
+    g_hist_ptr,
+    iterations_ptr,
+    violation_ptr,
+    n,
+    m,
+    n_iters,
+    stride_cb,
+    stride_cn,
+    stride_cm,
+    stride_ab,
+    stride_bb,
+    SAVE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
     pid = tl.program_id(0)
-    rn, rm, mn, mm, mask, cost, a, b = _load_problem(cost_ptr, a_ptr, b_ptr, pid, n, m, stride_cb, stride_cn,
-                                                     stride_cm, stride_ab, stride_bb, BLOCK_N, BLOCK_M)
+    rn, rm, mn, mm, mask, cost, a, b = _load_problem(
+        cost_ptr, a_ptr, b_ptr, pid, n, m, stride_cb, stride_cn, stride_cm, stride_ab, stride_bb, BLOCK_N, BLOCK_M
+    )
     eps = tl.load(scalars_ptr)
     tol = tl.load(scalars_ptr + 1)
-    f, g, k, violation = _sinkhorn_tile_tol(cost, tl.log(a), tl.log(b), b, mask, mn, mm, eps, tol, n_iters,
-                                            f_hist_ptr + pid * n_iters * n, g_hist_ptr + pid * n_iters * m, rn, rm,
-                                            n, m, SAVE)
+    f, g, k, violation = _sinkhorn_tile_tol(
+        cost,
+        tl.log(a),
+        tl.log(b),
+        b,
+        mask,
+        mn,
+        mm,
+        eps,
+        tol,
+        n_iters,
+        f_hist_ptr + pid * n_iters * n,
+        g_hist_ptr + pid * n_iters * m,
+        rn,
+        rm,
+        n,
+        m,
+        SAVE,
+    )
     plan = tl.exp(tl.where(mask, (f[:, None] + g[None, :] - cost) / eps, float("-inf")))
     tl.store(plan_ptr + pid * n * m + rn[:, None] * m + rm[None, :], plan, mask=mask)
     tl.store(f_ptr + pid * n + rn, f, mask=mn)
     tl.store(g_ptr + pid * m + rm, g, mask=mm)
     tl.store(iterations_ptr + pid, k.to(tl.int64))
     tl.store(violation_ptr + pid, violation)
+
 
 def sinkhorn_fwd_tol(cost, a, b, eps: float, n_iters: int, tol: float, save: bool):
     """cost [B, n, m], a [B, n], b [B, m] -> (plan [B, n, m], f [B, n], g [B, m], f_hist [B, K, n],
@@ -212,8 +371,28 @@ def sinkhorn_fwd_tol(cost, a, b, eps: float, n_iters: int, tol: float, save: boo
     iterations = torch.full((batch,), n_iters, dtype=torch.int64, device=device)
     violation = torch.empty((batch,), dtype=dtype, device=device)
     if batch > 0:
-        _sinkhorn_fwd_tol_kernel[(batch,)](cost, a, b, scalar_tensor([eps, tol], dtype, device), plan, f, g, f_hist,
-                                           g_hist, iterations, violation, n, m, n_iters, cost.stride(0),
-                                           cost.stride(1), cost.stride(2), a.stride(0), b.stride(0), SAVE=save,
-                                           BLOCK_N=block_size(n), BLOCK_M=block_size(m))
+        _sinkhorn_fwd_tol_kernel[(batch,)](
+            cost,
+            a,
+            b,
+            scalar_tensor([eps, tol], dtype, device),
+            plan,
+            f,
+            g,
+            f_hist,
+            g_hist,
+            iterations,
+            violation,
+            n,
+            m,
+            n_iters,
+            cost.stride(0),
+            cost.stride(1),
+            cost.stride(2),
+            a.stride(0),
+            b.stride(0),
+            SAVE=save,
+            BLOCK_N=block_size(n),
+            BLOCK_M=block_size(m),
+        )
     return plan.to(out_dtype), f, g, f_hist, g_hist, iterations, violation

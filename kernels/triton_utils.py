@@ -1,5 +1,6 @@
 """Launch utilities shared by every Triton kernel: tile sizes, autotune configs (num_warps, pruned per tile), cached
 scalar tensors. (Each kernel picks its own compute dtype: helo_fast._numerics.compute_dtype.)"""
+
 from __future__ import annotations
 
 import functools
@@ -15,6 +16,7 @@ def block_size(size: int) -> int:
     """Padded tile extent: the next power of two, at least 16 (tl.dot's minimum on GPU)."""
     return max(16, triton.next_power_of_2(int(size)))
 
+
 def num_warps_configs(default: str = "1,2,4,8"):
     """Autotune over the warp counts ``default`` on GPU; a single config under the interpreter (no timing runs).
 
@@ -27,9 +29,9 @@ def num_warps_configs(default: str = "1,2,4,8"):
         try:
             warps = tuple(int(w) for w in setting.split(","))
         except ValueError:
-            raise ValueError(f"HELO_TRITON_NUM_WARPS must be a comma-separated list of ints, "
-                             f"got {setting!r}") from None
+            raise ValueError(f"HELO_TRITON_NUM_WARPS must be a comma-separated list of ints, got {setting!r}") from None
     return [triton.Config({}, num_warps=w) for w in warps]
+
 
 # A program's largest tile may take at most this many bytes per thread (32 float32 registers): more, and ptxas spills
 # to local memory or, at 64 x 128 float32 tiles on one warp, runs for minutes in over 13 GiB (gpu-check).
@@ -50,8 +52,9 @@ def prune_num_warps(configs, named_args, *, tile_bytes_per_thread: int = TILE_BY
     compiled and timed on a GPU). The GPU audit (benchmarks/gpu_audit) calls the same function, so it compiles
     exactly the configs a launch can pick."""
     blocks = [v for k, v in kwargs.items() if k.startswith("BLOCK")]
-    itemsize = next((t.element_size() for t in named_args.values()
-                     if isinstance(t, torch.Tensor) and t.is_floating_point()), 4)
+    itemsize = next(
+        (t.element_size() for t in named_args.values() if isinstance(t, torch.Tensor) and t.is_floating_point()), 4
+    )
     need = min_num_warps(blocks, itemsize, tile_bytes_per_thread) if blocks else 1
     return [c for c in configs if need <= c.num_warps <= max(8, need)] or [max(configs, key=lambda c: c.num_warps)]
 
@@ -68,6 +71,7 @@ def autotune_num_warps(key, warps: str = "1,2,4,8", tile_bytes_per_thread: int =
 @functools.lru_cache(maxsize=64)
 def _cached_scalars(values, dtype, device):
     return torch.tensor(values, dtype=dtype, device=device)
+
 
 def scalar_tensor(values, dtype, device):
     """The float scalars ``values`` as a (cached, never written) tensor of ``dtype`` on ``device``.

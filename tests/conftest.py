@@ -8,6 +8,7 @@ Where a new test goes (the folders mirror the code):
 - cli/: the ``helo-fast`` command line.  repo/: checks of the repository itself (docs, builds, benchmarks, audits).
 - support/: helpers only (devices, tolerance, oracles, cases, crafted files, subprocess workers), on sys.path through
   pyproject's ``pythonpath``; test files import them (``from devices import ...``) and never import each other."""
+
 import os
 
 import pytest
@@ -21,8 +22,14 @@ if not torch.cuda.is_available():
 from devices import fast_backend_params, skip_unless_backend  # noqa: E402  (imports helo_fast: after the line above)
 from ot_solver_suite import shared_tests_missing  # noqa: E402
 
-settings.register_profile("ci", max_examples=int(os.environ.get("HELO_HYPOTHESIS_EXAMPLES", "20")), deadline=None,
-                          derandomize=True, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci",
+    max_examples=int(os.environ.get("HELO_HYPOTHESIS_EXAMPLES", "20")),
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 settings.load_profile("ci")
 
 
@@ -44,6 +51,8 @@ def pytest_make_collect_report(collector):
         missing = shared_tests_missing(collector.obj, [getattr(item, "function", None) for item in report.result])
         if missing:
             report.outcome = "failed"
-            report.longrepr = (f"{collector.path.name} (OP = {collector.obj.OP!r}) does not collect these tests of "
-                               f"ot_solver_suite.py: {', '.join(missing)}; add them to its import list")
+            report.longrepr = (
+                f"{collector.path.name} (OP = {collector.obj.OP!r}) does not collect these tests of "
+                f"ot_solver_suite.py: {', '.join(missing)}; add them to its import list"
+            )
     return report

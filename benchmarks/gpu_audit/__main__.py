@@ -16,6 +16,7 @@ a GPU and fail on what would go wrong there.
 Options: --sm100, --workers N (default: the CPUs), --timeout S (per compile, default 240), --no-cache, --only SUBSTRING,
 --table PATH (markdown copy of the table, default build/gpu-audit/table.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,22 +38,33 @@ DOMAINS = {"DROPKEY_MODE": {0, 1, 2}, "DROPOUT_MODE": {0, 1, 2}, "SOLVER": {0, 1
 # listed that spills at all, fails. Budgets are the worst case measured (Triton 3.8, nvcc 13.0), rounded up.
 FUSED_TILES = "one program keeps several whole [n, m] / [L, H*D] tiles live (histories, gradients): registers run out"
 ALLOWANCES = {
-    "lcd_attention._lcd_attention_bwd_kernel": (2304, FUSED_TILES + "; 2.2 KiB/thread at HeLo's 36 x 128 rows on 16 "
-                                                "warps (14 KiB on 8)"),
+    "lcd_attention._lcd_attention_bwd_kernel": (
+        2304,
+        FUSED_TILES + "; 2.2 KiB/thread at HeLo's 36 x 128 rows on 16 warps (14 KiB on 8)",
+    ),
     "gromov_wasserstein._gromov_wasserstein_bwd_kernel": (16384, FUSED_TILES + "; cs, ct, plan, 6 gradient tiles"),
     "gromov_wasserstein._gromov_wasserstein_fwd_kernel": (4096, FUSED_TILES),
     "ipot._ipot_bwd_kernel": (1024, FUSED_TILES),
     "sinkhorn._sinkhorn_bwd_kernel": (256, FUSED_TILES),
-    "ipot._ipot_fwd_tol_kernel": (64, "tol=: 32-48 B around the data-dependent loop and its check branch (fp64 16 x 16 "
-                                  "on 2 warps at the 128-register cap, 64 x 64 on 4 warps at 255); fixed count: 0"),
-    "sinkhorn._sinkhorn_fwd_tol_kernel": (16, "tol=: 16 B in fp64 32 x 64 on 8 warps at the 128-register cap (a "
-                                          "nested check loop or a branch spilled more); fixed count: 0"),
+    "ipot._ipot_fwd_tol_kernel": (
+        64,
+        "tol=: 32-48 B around the data-dependent loop and its check branch (fp64 16 x 16 "
+        "on 2 warps at the 128-register cap, 64 x 64 on 4 warps at 255); fixed count: 0",
+    ),
+    "sinkhorn._sinkhorn_fwd_tol_kernel": (
+        16,
+        "tol=: 16 B in fp64 32 x 64 on 8 warps at the 128-register cap (a "
+        "nested check loop or a branch spilled more); fixed count: 0",
+    ),
     "gromov_wasserstein.cu:gromov_wasserstein_kernel": (64, "fp64 on sm_100 only: 32 B stack, 56 B spilled"),
     "sinkhorn.cu:ot_solve_kernel": (8, "float instantiations on sm_90: 8 B spilled around the non-inlined solver"),
     "ipot.cu:ot_solve_kernel": (8, "as sinkhorn.cu"),
     "gromov_wasserstein.cu:ot_solve_kernel": (8, "as sinkhorn.cu"),
-    "sinkhorn.cu:ot_solve_tol_kernel": (24, "tol=: float on sm_90, 20 B spilled around the non-inlined solver and its "
-                                        "checks (40 registers; float64 and sm_100: none)"),
+    "sinkhorn.cu:ot_solve_tol_kernel": (
+        24,
+        "tol=: float on sm_90, 20 B spilled around the non-inlined solver and its "
+        "checks (40 registers; float64 and sm_100: none)",
+    ),
     "ipot.cu:ot_solve_tol_kernel": (24, "as sinkhorn.cu"),
     "gromov_wasserstein.cu:ot_solve_tol_kernel": (24, "as sinkhorn.cu (the header's host launcher instantiates it)"),
 }
@@ -71,18 +83,25 @@ def _digest(paths, extra: str = "") -> str:
 
 def _triton_sources():
     import glob
+
     return glob.glob(os.path.join(ROOT, "kernels", "*.py")) + [
-        os.path.join(ROOT, "helo_fast", name) for name in ("_rng.py", "_numerics.py", "_convergence.py")]
+        os.path.join(ROOT, "helo_fast", name) for name in ("_rng.py", "_numerics.py", "_convergence.py")
+    ]
 
 
 def _cuda_sources():
     import glob
+
     return sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
 
 
 def record_launches(path: str) -> list:
-    subprocess.run([sys.executable, "-m", "benchmarks.gpu_audit.launches", path], check=True, cwd=ROOT,
-                   env=dict(os.environ, TRITON_INTERPRET="1"))
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_audit.launches", path],
+        check=True,
+        cwd=ROOT,
+        env=dict(os.environ, TRITON_INTERPRET="1"),
+    )
     with open(path) as f:
         return json.load(f)
 
@@ -113,6 +132,7 @@ def coverage_problems(records, kernels) -> list[str]:
 
 def triton_jobs(records, kernels, sm100: bool):
     from benchmarks.gpu_audit.triton_audit import specializations
+
     jobs, seen, first_config = [], set(), set()
     for record in records:
         for launch in record["launches"]:
@@ -131,6 +151,7 @@ def triton_jobs(records, kernels, sm100: bool):
 
 def failures_of(row) -> list[str]:
     from benchmarks.gpu_audit.triton_audit import SHARED_LIMIT
+
     if "error" in row:
         known = KNOWN_COMPILE_FAILURES.get(row["kernel"])
         return [] if known and known[0](row["config"]) else ["compile error"]
@@ -162,23 +183,25 @@ def _merged(rows):
 def format_table(rows) -> str:
     """One line per kernel x config: registers, stack frame (bytes per thread), spill stores / local memory,
     shared memory (bytes), fp32 dots not in IEEE precision, verdict."""
-    head = (f"{'kernel':<40} {'config':<96} {'regs':>4} {'stack':>6} {'spill':>6} {'shared':>7} {'tf32':>4}"
-            "  verdict")
+    head = f"{'kernel':<40} {'config':<96} {'regs':>4} {'stack':>6} {'spill':>6} {'shared':>7} {'tf32':>4}  verdict"
     lines = [head, "-" * len(head)]
     for row in _merged(rows):
         fails = failures_of(row)
         if "error" in row:
             first = (row["error"].splitlines() or [""])[-1][:160]
             verdict = f"FAIL compile: {first}" if fails else "known compile failure (allowed, docs/gpu.md)"
-            lines.append(f"{row['kernel']:<40} {row['config']:<96} {'-':>4} {'-':>6} {'-':>6} {'-':>7} {'-':>4}  "
-                         f"{verdict}")
+            lines.append(
+                f"{row['kernel']:<40} {row['config']:<96} {'-':>4} {'-':>6} {'-':>6} {'-':>7} {'-':>4}  {verdict}"
+            )
             continue
         tf32 = sum(p != "ieee" for p in row.get("dots", []))
         spill = row.get("spill_stores", row.get("local", 0))
         verdict = ("FAIL " + "; ".join(fails)) if fails else ("allowed spill" if row.get("stack") else "ok")
         verdict += f" (x{row['count']})" if row["count"] > 1 else ""
-        lines.append(f"{row['kernel']:<40} {row['config']:<96} {row['registers']:>4} {row['stack']:>6} "
-                     f"{spill:>6} {row.get('shared', 0):>7} {tf32:>4}  {verdict}")
+        lines.append(
+            f"{row['kernel']:<40} {row['config']:<96} {row['registers']:>4} {row['stack']:>6} "
+            f"{spill:>6} {row.get('shared', 0):>7} {tf32:>4}  {verdict}"
+        )
     return "\n".join(lines)
 
 
@@ -187,8 +210,12 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--timeout", type=float, default=240.0)
     parser.add_argument("--no-cache", action="store_true")
-    parser.add_argument("--sm100", action="store_true", help="also compile one config per Triton specialization "
-                        "for sm_100 (Blackwell; adds about a third to a cold run)")
+    parser.add_argument(
+        "--sm100",
+        action="store_true",
+        help="also compile one config per Triton specialization "
+        "for sm_100 (Blackwell; adds about a third to a cold run)",
+    )
     parser.add_argument("--only", default="", help="audit only kernels / .cu files whose name contains this")
     parser.add_argument("--table", default=os.path.join(BUILD, "table.md"))
     args = parser.parse_args(argv)
@@ -212,21 +239,39 @@ def main(argv=None) -> int:
     payloads = []
     for job in jobs:
         key = hashlib.sha256((triton_digest + repr(job)).encode()).hexdigest()[:32]
-        payloads.append(dict(kind="triton", key=key, job=job.__dict__, row=dict(kernel=job.kernel,
-                                                                                   config=job.config(),
-                                                                                   arch=job.arch)))
-    headers = [os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(ROOT, "csrc")) for f in fs
-               if f.endswith((".h", ".cuh"))]
-    nvcc_version = subprocess.run([cuda_audit.NVCC, "--version"], capture_output=True, text=True).stdout \
-        if cuda_audit.NVCC else ""
+        payloads.append(
+            dict(
+                kind="triton",
+                key=key,
+                job=job.__dict__,
+                row=dict(kernel=job.kernel, config=job.config(), arch=job.arch),
+            )
+        )
+    headers = [
+        os.path.join(dp, f)
+        for dp, _, fs in os.walk(os.path.join(ROOT, "csrc"))
+        for f in fs
+        if f.endswith((".h", ".cuh"))
+    ]
+    nvcc_version = (
+        subprocess.run([cuda_audit.NVCC, "--version"], capture_output=True, text=True).stdout if cuda_audit.NVCC else ""
+    )
     workdir = os.path.join(BUILD, "obj")
     os.makedirs(workdir, exist_ok=True)
     for source in _cuda_sources() if archs else []:
         if args.only not in os.path.basename(source):
             continue
         key = _digest([source, *headers], nvcc_version + repr(archs))[:32]
-        payloads.append(dict(kind="cuda", key=key, source=source, archs=archs, workdir=workdir,
-                             row=dict(kernel=os.path.basename(source), config="nvcc", arch=0)))
+        payloads.append(
+            dict(
+                kind="cuda",
+                key=key,
+                source=source,
+                archs=archs,
+                workdir=workdir,
+                row=dict(kernel=os.path.basename(source), config="nvcc", arch=0),
+            )
+        )
     cached, todo = {}, []
     for i, payload in enumerate(payloads):
         path = os.path.join(BUILD, "cache", payload["key"] + ".json")
@@ -237,9 +282,12 @@ def main(argv=None) -> int:
             todo.append(i)
     # Big CUDA files first: they are the longest single jobs.
     todo.sort(key=lambda i: payloads[i]["kind"] != "cuda")
-    print(f"gpu-audit: {len(records)} cases, {len(jobs)} Triton compiles, "
-          f"{sum(p['kind'] == 'cuda' for p in payloads)} CUDA sources (sm_{', sm_'.join(map(str, archs or [90]))}); "
-          f"{len(cached)} cached, {len(todo)} to compile on {args.workers} workers", flush=True)
+    print(
+        f"gpu-audit: {len(records)} cases, {len(jobs)} Triton compiles, "
+        f"{sum(p['kind'] == 'cuda' for p in payloads)} CUDA sources (sm_{', sm_'.join(map(str, archs or [90]))}); "
+        f"{len(cached)} cached, {len(todo)} to compile on {args.workers} workers",
+        flush=True,
+    )
     done = run_jobs([payloads[i] for i in todo], args.workers, args.timeout) if todo else []
     for i, row in zip(todo, done):
         cached[i] = row
@@ -262,8 +310,10 @@ def main(argv=None) -> int:
         print(f"FAIL coverage: {problem}")
     if not archs:
         print("note: nvcc not found: csrc/cuda/*.cu not audited")
-    print(f"gpu-audit: {len(rows)} kernels x configs, {len(failing)} failing, {len(problems)} coverage problems, "
-          f"{time.monotonic() - start:.0f} s")
+    print(
+        f"gpu-audit: {len(rows)} kernels x configs, {len(failing)} failing, {len(problems)} coverage problems, "
+        f"{time.monotonic() - start:.0f} s"
+    )
     return 1 if failing or problems else 0
 
 

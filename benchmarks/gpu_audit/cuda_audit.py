@@ -5,6 +5,7 @@ architecture. Each kernel instantiation (one per storage dtype) gives one row: r
 stores / loads, static shared memory. Kernels take their shared memory dynamically; its host-side cap is the
 launcher's (48 KiB in ot_device.cuh and lcd_attention.cu), well under Hopper's 227 KiB.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,11 +28,26 @@ def supported_archs() -> list[int]:
 
 def nvcc_command(source: str, output: str, archs) -> list[str]:
     from torch.utils import cpp_extension
+
     includes = cpp_extension.include_paths() + [sysconfig.get_paths()["include"], os.path.join(ROOT, "csrc")]
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
-    return [NVCC, "-c", source, "-o", output, "-std=c++20", "-O2", *gencode, "--expt-relaxed-constexpr",
-            "-Xptxas", "-v", "-DHELO_FAST_WITH_CUDA", "-DTORCH_EXTENSION_NAME=_C", "-D_GLIBCXX_USE_CXX11_ABI=1",
-            *[f"-I{path}" for path in includes]]
+    return [
+        NVCC,
+        "-c",
+        source,
+        "-o",
+        output,
+        "-std=c++20",
+        "-O2",
+        *gencode,
+        "--expt-relaxed-constexpr",
+        "-Xptxas",
+        "-v",
+        "-DHELO_FAST_WITH_CUDA",
+        "-DTORCH_EXTENSION_NAME=_C",
+        "-D_GLIBCXX_USE_CXX11_ABI=1",
+        *[f"-I{path}" for path in includes],
+    ]
 
 
 _ENTRY = re.compile(r"Compiling entry function '([^']+)' for 'sm_(\d+)'")
@@ -62,7 +78,7 @@ def parse_ptxas(text: str, source: str) -> list[dict]:
     """Rows (kernel, config, arch, registers, stack, spill_stores, spill_loads, shared) from ptxas -v output."""
     rows, current = [], None
     for line in text.splitlines():
-        if (m := _ENTRY.search(line)):
+        if m := _ENTRY.search(line):
             current = dict(mangled=m.group(1), arch=int(m.group(2)), stack=0, spill_stores=0, spill_loads=0)
             rows.append(current)
         elif current is not None and (m := _FRAME.search(line)):
@@ -81,10 +97,17 @@ def compile_source(source: str, archs, workdir: str) -> list[dict]:
     out = os.path.join(workdir, os.path.basename(source) + ".o")
     result = subprocess.run(nvcc_command(source, out, archs), capture_output=True, text=True)
     if result.returncode != 0:
-        return [dict(kernel=os.path.basename(source), config="nvcc", arch=0,
-                     error=f"nvcc failed:\n{result.stderr[-4000:]}")]
+        return [
+            dict(kernel=os.path.basename(source), config="nvcc", arch=0, error=f"nvcc failed:\n{result.stderr[-4000:]}")
+        ]
     rows = parse_ptxas(result.stdout + result.stderr, source)
     if not rows:
-        return [dict(kernel=os.path.basename(source), config="nvcc", arch=0,
-                     error="ptxas reported no kernel (is -Xptxas -v passed through?)")]
+        return [
+            dict(
+                kernel=os.path.basename(source),
+                config="nvcc",
+                arch=0,
+                error="ptxas reported no kernel (is -Xptxas -v passed through?)",
+            )
+        ]
     return rows

@@ -8,6 +8,7 @@ the kernels replaced by the recorder (nothing runs: outputs stay uninitialised, 
 
 Run as ``python -m benchmarks.gpu_audit.launches OUT.json`` (sets TRITON_INTERPRET=1 itself).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,6 +24,7 @@ def launchable_kernels() -> dict:
     """{"<module>.<name>": kernel object} for every module-level Triton kernel of kernels/ named ``*_kernel``
     (the ``@triton.jit`` helpers they call are compiled into them)."""
     from triton.runtime.jit import KernelInterface
+
     found = {}
     for module_name in KERNEL_MODULES:
         module = importlib.import_module(f"helo_fast.kernels.{module_name}")
@@ -34,6 +36,7 @@ def launchable_kernels() -> dict:
 
 def encode(value):
     import torch
+
     if isinstance(value, torch.Tensor):
         return {"tensor": str(value.dtype).removeprefix("torch."), "aligned": value.data_ptr() % 16 == 0}
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -44,6 +47,7 @@ def encode(value):
 def decode(value):
     """A stand-in argument that Triton specializes like the recorded one (a small CPU tensor for a tensor)."""
     import torch
+
     if isinstance(value, dict) and "tensor" in value:
         t = torch.zeros(64, dtype=getattr(torch, value["tensor"]))
         return t if value["aligned"] else t[1:]
@@ -61,9 +65,15 @@ def recording(sink: list, execute: bool):
 
         def run(*args, _name=name, _original=kernel.run, **kwargs):
             launch_kwargs = {k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}
-            sink.append({"kernel": _name, "args": [encode(a) for a in args],
-                         "kwargs": {k: encode(v) for k, v in launch_kwargs.items()}})
+            sink.append(
+                {
+                    "kernel": _name,
+                    "args": [encode(a) for a in args],
+                    "kwargs": {k: encode(v) for k, v in launch_kwargs.items()},
+                }
+            )
             return _original(*args, **kwargs) if execute else None
+
         kernel.run = run
     try:
         yield
@@ -80,6 +90,7 @@ def record_cases() -> list:
     import torch
 
     from benchmarks.gpu_audit import cases as case_list
+
     out = []
     for case in case_list.cases():
         sink: list = []

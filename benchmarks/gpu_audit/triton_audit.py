@@ -6,6 +6,7 @@ divisibility attributes; every autotune config of the kernel gives one job each 
 ``compile_job`` compiles one job to a cubin and reports registers, spills (stack frame, local memory), shared
 memory and the input precision of each fp32 ``tl.dot`` (read in the TTGIR). Needs TRITON_INTERPRET unset or 0.
 """
+
 from __future__ import annotations
 
 import ast
@@ -23,12 +24,12 @@ SHARED_LIMIT = {90: 227 * 1024, 100: 227 * 1024}
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    kernel: str              # "<module>.<name>"
-    signature: tuple         # ((arg, type), ...)
-    constexprs: tuple        # ((arg, value), ...) incl. Triton's own (ints equal to 1)
-    attrs: tuple             # ((arg, attr), ...): divisibility by 16
-    options: tuple           # ((num_warps, w), (num_stages, s))
-    arch: int                # 90 (sm_90, Hopper), 100 (sm_100, Blackwell)
+    kernel: str  # "<module>.<name>"
+    signature: tuple  # ((arg, type), ...)
+    constexprs: tuple  # ((arg, value), ...) incl. Triton's own (ints equal to 1)
+    attrs: tuple  # ((arg, attr), ...): divisibility by 16
+    options: tuple  # ((num_warps, w), (num_stages, s))
+    arch: int  # 90 (sm_90, Hopper), 100 (sm_100, Blackwell)
 
     def config(self) -> str:
         """Short description: the kernel's own constexprs, pointer dtypes and the autotune options."""
@@ -47,11 +48,13 @@ class Job:
 def _backend(arch: int):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
+
     return GPUTarget("cuda", arch, 32), make_backend(GPUTarget("cuda", arch, 32))
 
 
 def _jit_function(kernel):
     from triton.runtime.jit import JITFunction
+
     fn = kernel
     while not isinstance(fn, JITFunction):
         fn = fn.fn
@@ -62,6 +65,7 @@ def autotune_configs(kernel, named_args: dict, kwargs: dict) -> list[dict]:
     """The launch options a launch can pick: the autotune configs its ``early_config_prune`` keeps (as
     ``Autotuner.prune_configs`` does), or Triton's defaults for a kernel without autotuning."""
     from triton.runtime.autotuner import Autotuner
+
     if not isinstance(kernel, Autotuner):
         return [{}]
     configs = kernel.configs
@@ -75,6 +79,7 @@ def specializations(launch: dict, kernel, arch: int) -> list[Job]:
     from triton.runtime.jit import create_function_from_signature
 
     from benchmarks.gpu_audit.launches import decode
+
     target, backend = _backend(arch)
     jit = _jit_function(kernel)
     binder = create_function_from_signature(jit.signature, jit.params, backend)
@@ -86,18 +91,22 @@ def specializations(launch: dict, kernel, arch: int) -> list[Job]:
         bound, specialization, options = binder(*args, **kwargs)
         options, signature, constexprs, attrs = jit._pack_args(backend, kwargs, bound, specialization, options)
         names = list(jit.arg_names)
-        jobs.append(Job(
-            kernel=launch["kernel"],
-            signature=tuple(signature.items()),
-            constexprs=tuple((names[path[0]], value) for path, value in sorted(constexprs.items())),
-            attrs=tuple((names[path[0]], str(value)) for path, value in sorted(attrs.items())),
-            options=(("num_warps", options.num_warps), ("num_stages", options.num_stages)),
-            arch=arch))
+        jobs.append(
+            Job(
+                kernel=launch["kernel"],
+                signature=tuple(signature.items()),
+                constexprs=tuple((names[path[0]], value) for path, value in sorted(constexprs.items())),
+                attrs=tuple((names[path[0]], str(value)) for path, value in sorted(attrs.items())),
+                options=(("num_warps", options.num_warps), ("num_stages", options.num_stages)),
+                arch=arch,
+            )
+        )
     return jobs
 
 
 def _tool(name: str) -> str:
     import triton.backends.nvidia as nvidia
+
     return os.path.join(os.path.dirname(nvidia.__file__), "bin", name)
 
 
@@ -124,8 +133,9 @@ def resources_of(cubin: bytes) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", f.name], capture_output=True,
-                              text=True, check=True).stdout
+        text = subprocess.run(
+            [_tool("cuobjdump"), "--dump-resource-usage", f.name], capture_output=True, text=True, check=True
+        ).stdout
     match = _RESOURCE.search(text)
     if match is None:
         raise RuntimeError(f"no resource line in cuobjdump's output:\n{text}")
@@ -136,6 +146,7 @@ def resources_of(cubin: bytes) -> dict:
 def compile_job(job: Job) -> dict:
     """Compile ``job`` (a kernel of kernels/, by name); see ``compile_jit``."""
     from benchmarks.gpu_audit.launches import launchable_kernels
+
     return compile_jit(_jit_function(launchable_kernels()[job.kernel]), job)
 
 
@@ -149,12 +160,19 @@ def compile_jit(jit, job: Job) -> dict:
     names = list(jit.arg_names)
     row = dict(kernel=job.kernel, config=job.config(), arch=job.arch)
     try:
-        src = ASTSource(jit, dict(job.signature), {(names.index(k),): v for k, v in job.constexprs},
-                        {(names.index(k),): ast.literal_eval(attr) for k, attr in job.attrs})
+        src = ASTSource(
+            jit,
+            dict(job.signature),
+            {(names.index(k),): v for k, v in job.constexprs},
+            {(names.index(k),): ast.literal_eval(attr) for k, attr in job.attrs},
+        )
         target, _ = _backend(job.arch)
         compiled = triton.compile(src, target=target, options=dict(job.options))
-        row.update(resources_of(compiled.asm["cubin"]), shared=int(compiled.metadata.shared),
-                   dots=dot_precisions(compiled.asm["ttgir"]))
+        row.update(
+            resources_of(compiled.asm["cubin"]),
+            shared=int(compiled.metadata.shared),
+            dots=dot_precisions(compiled.asm["ttgir"]),
+        )
     except Exception as exc:  # a compile error is a finding, reported in the table
         row["error"] = f"{type(exc).__name__}: {str(exc).strip()[-2000:]}"
     row["seconds"] = round(time.perf_counter() - start, 2)

@@ -5,6 +5,7 @@ take minutes and many GiB: that is a finding, reported as a compile error, never
 each compiling its share in order and printing one JSON row per job; a job over ``timeout`` seconds gets its child
 killed (with its ptxas) and an error row, and a new child takes the rest.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,15 @@ def _limit_memory():
 def _start(payloads):
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONUNBUFFERED="1")
     env.pop("HELO_TRITON_NUM_WARPS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.gpu_audit.worker"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env, start_new_session=True,
-                            preexec_fn=_limit_memory)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.gpu_audit.worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_limit_memory,
+    )
     proc.stdin.write(json.dumps(payloads))
     proc.stdin.close()
     return proc
@@ -60,8 +67,11 @@ def run_jobs(payloads: list[dict], workers: int, timeout: float, on_row=None) ->
                 proc, queue, pos = state[0], state[1], state[2]
                 proc.wait()
                 for index in queue[pos:]:
-                    rows[index] = dict(payloads[index]["row"], error=f"compile worker exited ({proc.returncode}),"
-                                       f" e.g. out of memory (cap {MEMORY_CAP >> 30} GiB)")
+                    rows[index] = dict(
+                        payloads[index]["row"],
+                        error=f"compile worker exited ({proc.returncode}),"
+                        f" e.g. out of memory (cap {MEMORY_CAP >> 30} GiB)",
+                    )
                     pos += 1
                 del active[fd]
                 continue
@@ -84,7 +94,7 @@ def run_jobs(payloads: list[dict], workers: int, timeout: float, on_row=None) ->
                 if on_row:
                     on_row(rows[index])
                 del active[fd]
-                rest = queue[pos + 1:]
+                rest = queue[pos + 1 :]
                 if rest:
                     new = _start([payloads[i] for i in rest])
                     active[new.stdout.fileno()] = [new, rest, 0, time.monotonic(), ""]
@@ -94,9 +104,11 @@ def run_jobs(payloads: list[dict], workers: int, timeout: float, on_row=None) ->
 def _compile(payload: dict) -> dict:
     if payload["kind"] == "triton":
         from benchmarks.gpu_audit.triton_audit import Job, compile_job
+
         job = Job(**{k: tuple(tuple(x) for x in v) if isinstance(v, list) else v for k, v in payload["job"].items()})
         return compile_job(job)
     from benchmarks.gpu_audit.cuda_audit import compile_source
+
     return {"rows": compile_source(payload["source"], payload["archs"], payload["workdir"])}
 
 

@@ -9,6 +9,7 @@ inputs (marginals filled in).
 backward can differentiate it when the backward itself must be differentiable (``create_graph=True``: Hessian-vector
 products, gradient penalties; ``reference_vjp``) without this layer importing ``helo_fast.reference``.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -34,12 +35,16 @@ def wants_grad(*tensors) -> bool:
 def differentiable_backward_wanted(*tensors) -> bool:
     """Whether a fast op's backward must itself be differentiable: it runs with create_graph=True (grad mode is on
     inside a backward only then) and some input (None allowed) requires grad. False while torch.compile traces."""
-    return (torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and any(t is not None and t.requires_grad for t in tensors))
+    return (
+        torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and any(t is not None and t.requires_grad for t in tensors)
+    )
 
 
-def reference_vjp(op: str, grad_out: torch.Tensor, inputs: Sequence[Optional[torch.Tensor]],
-                  run: Callable[[Callable], torch.Tensor]) -> List[Optional[torch.Tensor]]:
+def reference_vjp(
+    op: str, grad_out: torch.Tensor, inputs: Sequence[Optional[torch.Tensor]], run: Callable[[Callable], torch.Tensor]
+) -> List[Optional[torch.Tensor]]:
     """The vector-Jacobian product of ``op``'s reference at ``inputs`` (the fast op's saved inputs), as a
     differentiable graph: the backward of a fast op under create_graph=True. ``run(reference)`` calls the reference
     on ``inputs`` with the op's other arguments and returns its output (the shape of ``grad_out``).
@@ -47,8 +52,10 @@ def reference_vjp(op: str, grad_out: torch.Tensor, inputs: Sequence[Optional[tor
     Returns one gradient per input: None for an input that is None or does not require grad.
     """
     if not has_impl(op, "reference"):
-        raise RuntimeError(f"the second derivative of helo_fast.{op} needs its reference, which helo_fast.functional "
-                           "registers: import helo_fast")
+        raise RuntimeError(
+            f"the second derivative of helo_fast.{op} needs its reference, which helo_fast.functional "
+            "registers: import helo_fast"
+        )
     with torch.enable_grad():
         out = run(get(op, "reference"))
     wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]

@@ -9,6 +9,7 @@ Triton: the backward kernel recomputes the forward for its rows from the saved i
 A backward under create_graph=True (second derivatives) differentiates the reference instead (``_reference_vjp``,
 with the masks regenerated from the seed).
 """
+
 from __future__ import annotations
 
 from typing import List, Optional
@@ -24,8 +25,23 @@ from . import differentiable_backward_wanted, reference_vjp, register, wants_gra
 # The one argument order of lcd_attention in every layer: functional.lcd_attention's (its generator is drawn into
 # ``seed``), the C++ schema (csrc/schema.cpp), the Triton ops below and the Triton launchers (kernels/), forward and
 # backward; a backward takes grad_out first, and the C++ ops take what this layer adds after these.
-OP_ARGS = ("q", "k", "v", "bias", "scale", "dropkey_p", "dropout_p", "residual", "ln_weight", "ln_bias", "ln_eps",
-           "bias_before_scale", "seed", "dropkey_mask", "dropout_mask")
+OP_ARGS = (
+    "q",
+    "k",
+    "v",
+    "bias",
+    "scale",
+    "dropkey_p",
+    "dropout_p",
+    "residual",
+    "ln_weight",
+    "ln_bias",
+    "ln_eps",
+    "bias_before_scale",
+    "seed",
+    "dropkey_mask",
+    "dropout_mask",
+)
 
 
 def _in_op_order(grads):
@@ -42,39 +58,111 @@ def _autocast_casts(qualname):
     return [LOW if arg.name == "grad_out" else ATTENTION_ARGS.get(arg.name) for arg in schema.arguments]
 
 
-def _reference_vjp(grad_out, q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias, ln_eps,
-                   bias_before_scale, seed, dropkey_mask, dropout_mask):
+def _reference_vjp(
+    grad_out,
+    q,
+    k,
+    v,
+    bias,
+    scale,
+    dropkey_p,
+    dropout_p,
+    residual,
+    ln_weight,
+    ln_bias,
+    ln_eps,
+    bias_before_scale,
+    seed,
+    dropkey_mask,
+    dropout_mask,
+):
     """[dq, dk, dv, dbias, dresidual, dln_weight, dln_bias] (None where absent) of the reference, with the masks the
     fast op used (given, or regenerated from ``seed``), as a differentiable graph: the backward under
     create_graph=True."""
     shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    dropkey_mask, dropout_mask = _rng.attention_masks_of_seed(seed, shape, dropkey_p, dropout_p, dropkey_mask,
-                                                              dropout_mask, q.device)
-    return reference_vjp("lcd_attention", grad_out, (q, k, v, bias, residual, ln_weight, ln_bias),
-                         lambda ref: ref(q, k, v, bias, scale=scale, dropkey_p=dropkey_p, dropout_p=dropout_p,
-                                         residual=residual, ln_weight=ln_weight, ln_bias=ln_bias, ln_eps=ln_eps,
-                                         bias_before_scale=bias_before_scale, dropkey_mask=dropkey_mask,
-                                         dropout_mask=dropout_mask))
+    dropkey_mask, dropout_mask = _rng.attention_masks_of_seed(
+        seed, shape, dropkey_p, dropout_p, dropkey_mask, dropout_mask, q.device
+    )
+    return reference_vjp(
+        "lcd_attention",
+        grad_out,
+        (q, k, v, bias, residual, ln_weight, ln_bias),
+        lambda ref: ref(
+            q,
+            k,
+            v,
+            bias,
+            scale=scale,
+            dropkey_p=dropkey_p,
+            dropout_p=dropout_p,
+            residual=residual,
+            ln_weight=ln_weight,
+            ln_bias=ln_bias,
+            ln_eps=ln_eps,
+            bias_before_scale=bias_before_scale,
+            dropkey_mask=dropkey_mask,
+            dropout_mask=dropout_mask,
+        ),
+    )
 
 
 if _ext.has_cpp():
 
     @torch.library.register_fake("helo_fast::lcd_attention_fwd")
-    def _lcd_attention_fwd_fake(q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias, ln_eps,
-                                bias_before_scale, seed, dropkey_mask, dropout_mask, dropkey_value,
-                                save_for_backward):
+    def _lcd_attention_fwd_fake(
+        q,
+        k,
+        v,
+        bias,
+        scale,
+        dropkey_p,
+        dropout_p,
+        residual,
+        ln_weight,
+        ln_bias,
+        ln_eps,
+        bias_before_scale,
+        seed,
+        dropkey_mask,
+        dropout_mask,
+        dropkey_value,
+        save_for_backward,
+    ):
         batch, heads, lq, dim = q.shape
         stat_dtype = compute_dtype(q.dtype)
         saved = save_for_backward
-        return (q.new_empty((batch, lq, heads * dim)), q.new_empty((batch, lq), dtype=stat_dtype),
-                q.new_empty((batch, lq), dtype=stat_dtype),
-                q.new_empty((batch, heads, lq, k.shape[2]) if saved else (0,), dtype=stat_dtype),
-                q.new_empty((batch, lq, heads * dim) if saved else (0,), dtype=stat_dtype))
+        return (
+            q.new_empty((batch, lq, heads * dim)),
+            q.new_empty((batch, lq), dtype=stat_dtype),
+            q.new_empty((batch, lq), dtype=stat_dtype),
+            q.new_empty((batch, heads, lq, k.shape[2]) if saved else (0,), dtype=stat_dtype),
+            q.new_empty((batch, lq, heads * dim) if saved else (0,), dtype=stat_dtype),
+        )
 
     @torch.library.register_fake("helo_fast::lcd_attention_bwd")
-    def _lcd_attention_bwd_fake(grad_out, q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias,
-                                ln_eps, bias_before_scale, seed, dropkey_mask, dropout_mask, dropkey_value, mean,
-                                rstd, prob, ln_input):
+    def _lcd_attention_bwd_fake(
+        grad_out,
+        q,
+        k,
+        v,
+        bias,
+        scale,
+        dropkey_p,
+        dropout_p,
+        residual,
+        ln_weight,
+        ln_bias,
+        ln_eps,
+        bias_before_scale,
+        seed,
+        dropkey_mask,
+        dropout_mask,
+        dropkey_value,
+        mean,
+        rstd,
+        prob,
+        ln_input,
+    ):
         batch, heads, lq, dim = q.shape
 
         def like(t, shape):
@@ -87,9 +175,15 @@ if _ext.has_cpp():
         def parameter_grad(t):  # in the parameter's own dtype (float32 LayerNorm parameters of half inputs)
             return q.new_empty((heads * dim,) if t is not None else (0,), dtype=q.dtype if t is None else t.dtype)
 
-        return (gradient_like(q), gradient_like(k), gradient_like(v),
-                like(bias, None if bias is None else bias.shape), q.new_empty((batch, lq, heads * dim)),
-                parameter_grad(ln_weight), parameter_grad(ln_bias))
+        return (
+            gradient_like(q),
+            gradient_like(k),
+            gradient_like(v),
+            like(bias, None if bias is None else bias.shape),
+            q.new_empty((batch, lq, heads * dim)),
+            parameter_grad(ln_weight),
+            parameter_grad(ln_bias),
+        )
 
     # Under autocast: q, k, v, bias, residual (and grad_out) in the autocast dtype, the LayerNorm parameters in
     # float32; masks, scalars and the backward's saved statistics untouched (helo_fast._autocast, by name).
@@ -99,15 +193,31 @@ if _ext.has_cpp():
     def _setup_context(ctx, inputs, output):
         """Keep what lcd_attention_bwd reads."""
         (*op_args, dropkey_value, saved) = inputs
-        (q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias, ln_eps, bias_before_scale, seed,
-         dropkey_mask, dropout_mask) = op_args
+        (
+            q,
+            k,
+            v,
+            bias,
+            scale,
+            dropkey_p,
+            dropout_p,
+            residual,
+            ln_weight,
+            ln_bias,
+            ln_eps,
+            bias_before_scale,
+            seed,
+            dropkey_mask,
+            dropout_mask,
+        ) = op_args
         _, mean, rstd, prob, ln_input = output
         # The CPU backward reads the saved LayerNorm input, so its kernel needs no residual; CUDA recomputes it.
         # (Kept anyway, an input costs no memory: a second derivative differentiates the reference, which reads it.)
         ctx.has_residual, ctx.saved = residual is not None, saved
         ctx.kernel_reads_residual = q.is_cuda or not saved
-        ctx.save_for_backward(q, k, v, bias, residual, ln_weight, ln_bias, seed, dropkey_mask, dropout_mask, mean,
-                              rstd, prob, ln_input)
+        ctx.save_for_backward(
+            q, k, v, bias, residual, ln_weight, ln_bias, seed, dropkey_mask, dropout_mask, mean, rstd, prob, ln_input
+        )
         ctx.scalars = (scale, dropkey_p, dropout_p, ln_eps, bias_before_scale)
         ctx.dropkey_value = dropkey_value
         ctx.mark_non_differentiable(*output[1:])
@@ -117,22 +227,64 @@ if _ext.has_cpp():
 
     def _input_grads(ctx, grad_out):
         """Gradients for (q, k, v, bias, residual, ln_weight, ln_bias); None where an input is absent."""
-        (q, k, v, bias, residual, ln_weight, ln_bias, seed, dropkey_mask, dropout_mask, mean, rstd, prob,
-         ln_input) = ctx.saved_tensors
+        (q, k, v, bias, residual, ln_weight, ln_bias, seed, dropkey_mask, dropout_mask, mean, rstd, prob, ln_input) = (
+            ctx.saved_tensors
+        )
         scale, dropkey_p, dropout_p, ln_eps, bias_before_scale = ctx.scalars
         if differentiable_backward_wanted(grad_out, q, k, v, bias, residual, ln_weight, ln_bias):
-            return tuple(_reference_vjp(grad_out, q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight,
-                                        ln_bias, ln_eps, bias_before_scale, seed, dropkey_mask, dropout_mask))
+            return tuple(
+                _reference_vjp(
+                    grad_out,
+                    q,
+                    k,
+                    v,
+                    bias,
+                    scale,
+                    dropkey_p,
+                    dropout_p,
+                    residual,
+                    ln_weight,
+                    ln_bias,
+                    ln_eps,
+                    bias_before_scale,
+                    seed,
+                    dropkey_mask,
+                    dropout_mask,
+                )
+            )
         if not ctx.kernel_reads_residual:
             residual = None
-        op_args = (q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias, ln_eps, bias_before_scale,
-                   seed, dropkey_mask, dropout_mask)
+        op_args = (
+            q,
+            k,
+            v,
+            bias,
+            scale,
+            dropkey_p,
+            dropout_p,
+            residual,
+            ln_weight,
+            ln_bias,
+            ln_eps,
+            bias_before_scale,
+            seed,
+            dropkey_mask,
+            dropout_mask,
+        )
         if not ctx.saved:  # the forward ran with save_for_backward=False: recompute what it would have saved
             _, mean, rstd, prob, ln_input = torch.ops.helo_fast.lcd_attention_fwd(*op_args, ctx.dropkey_value, True)
         dq, dk, dv, dbias, dy, dln_weight, dln_bias = torch.ops.helo_fast.lcd_attention_bwd(
-            grad_out, *op_args, ctx.dropkey_value, mean, rstd, prob, ln_input)
-        return (dq, dk, dv, None if bias is None else dbias, dy if ctx.has_residual else None,
-                None if ln_weight is None else dln_weight, None if ln_bias is None else dln_bias)
+            grad_out, *op_args, ctx.dropkey_value, mean, rstd, prob, ln_input
+        )
+        return (
+            dq,
+            dk,
+            dv,
+            None if bias is None else dbias,
+            dy if ctx.has_residual else None,
+            None if ln_weight is None else dln_weight,
+            None if ln_bias is None else dln_bias,
+        )
 
     _NO_SEED = torch.zeros(1, dtype=torch.int64)  # passed when no mask is drawn: its value is unused (never written)
 
@@ -143,8 +295,24 @@ if _ext.has_cpp():
 
     torch.library.register_autograd("helo_fast::lcd_attention_fwd", _backward, setup_context=_setup_context)
 
-    def lcd_attention_cpp(q, k, v, bias, *, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias, ln_eps,
-                          bias_before_scale, generator, dropkey_mask, dropout_mask):
+    def lcd_attention_cpp(
+        q,
+        k,
+        v,
+        bias,
+        *,
+        scale,
+        dropkey_p,
+        dropout_p,
+        residual,
+        ln_weight,
+        ln_bias,
+        ln_eps,
+        bias_before_scale,
+        generator,
+        dropkey_mask,
+        dropout_mask,
+    ):
         """Validated inputs (see functional.lcd_attention) -> out [B, Lq, H*D] from the C++ kernels.
 
         q [B, H, Lq, D], k/v [B, H, Lk, D], bias broadcastable to [B, H, Lq, Lk], residual [B, Lq, H*D],
@@ -157,8 +325,25 @@ if _ext.has_cpp():
         if q.is_cuda:  # the CUDA kernels read contiguous [B, H, L, D]: copied once here, the backward reuses them
             q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         save = wants_grad(q, k, v, bias, residual, ln_weight, ln_bias)
-        args = (q, k, v, bias, float(scale), float(dropkey_p), float(dropout_p), residual, ln_weight, ln_bias,
-                float(ln_eps), bool(bias_before_scale), seed, dropkey_mask, dropout_mask, dropkey_value(q.dtype), save)
+        args = (
+            q,
+            k,
+            v,
+            bias,
+            float(scale),
+            float(dropkey_p),
+            float(dropout_p),
+            residual,
+            ln_weight,
+            ln_bias,
+            float(ln_eps),
+            bool(bias_before_scale),
+            seed,
+            dropkey_mask,
+            dropout_mask,
+            dropkey_value(q.dtype),
+            save,
+        )
         # The op's registered autograd, in eager mode and under torch.compile alike. (An eager-only
         # torch.autograd.Function that skipped the op's Python autograd kernel was removed in issue 20: 1 thread,
         # fwd+bwd, interleaved medians: the same time at HeLo's B=128 call sites (0.97x, 1.01x), 15% (~0.15 ms)
@@ -171,52 +356,168 @@ if kernels.TRITON_ERROR is None:
     from ..kernels import lcd_attention as triton_lcd_attention
 
     @torch.library.custom_op("helo_fast::triton_lcd_attention_fwd", mutates_args=())
-    def triton_lcd_attention_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], scale: float,
-                                 dropkey_p: float, dropout_p: float, residual: Optional[Tensor],
-                                 ln_weight: Optional[Tensor], ln_bias: Optional[Tensor], ln_eps: float,
-                                 bias_before_scale: bool, seed: Optional[Tensor], dropkey_mask: Optional[Tensor],
-                                 dropout_mask: Optional[Tensor]) -> Tensor:
+    def triton_lcd_attention_fwd(
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        bias: Optional[Tensor],
+        scale: float,
+        dropkey_p: float,
+        dropout_p: float,
+        residual: Optional[Tensor],
+        ln_weight: Optional[Tensor],
+        ln_bias: Optional[Tensor],
+        ln_eps: float,
+        bias_before_scale: bool,
+        seed: Optional[Tensor],
+        dropkey_mask: Optional[Tensor],
+        dropout_mask: Optional[Tensor],
+    ) -> Tensor:
         """-> out [B, Lq, H*D]; seed: int64 [1] for the hash masks (None when no mask is drawn)."""
-        return triton_lcd_attention.lcd_attention_fwd(q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight,
-                                                      ln_bias, ln_eps, bias_before_scale, seed, dropkey_mask,
-                                                      dropout_mask)
+        return triton_lcd_attention.lcd_attention_fwd(
+            q,
+            k,
+            v,
+            bias,
+            scale,
+            dropkey_p,
+            dropout_p,
+            residual,
+            ln_weight,
+            ln_bias,
+            ln_eps,
+            bias_before_scale,
+            seed,
+            dropkey_mask,
+            dropout_mask,
+        )
 
     @triton_lcd_attention_fwd.register_fake
-    def _(q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias, ln_eps, bias_before_scale, seed,
-          dropkey_mask, dropout_mask):
+    def _(
+        q,
+        k,
+        v,
+        bias,
+        scale,
+        dropkey_p,
+        dropout_p,
+        residual,
+        ln_weight,
+        ln_bias,
+        ln_eps,
+        bias_before_scale,
+        seed,
+        dropkey_mask,
+        dropout_mask,
+    ):
         batch, heads, lq, dim = q.shape
         return q.new_empty((batch, lq, heads * dim))
 
     @torch.library.custom_op("helo_fast::triton_lcd_attention_bwd", mutates_args=())
-    def triton_lcd_attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
-                                 scale: float, dropkey_p: float, dropout_p: float, residual: Optional[Tensor],
-                                 ln_weight: Optional[Tensor], ln_bias: Optional[Tensor], ln_eps: float,
-                                 bias_before_scale: bool, seed: Optional[Tensor], dropkey_mask: Optional[Tensor],
-                                 dropout_mask: Optional[Tensor]) -> List[Tensor]:
+    def triton_lcd_attention_bwd(
+        grad_out: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        bias: Optional[Tensor],
+        scale: float,
+        dropkey_p: float,
+        dropout_p: float,
+        residual: Optional[Tensor],
+        ln_weight: Optional[Tensor],
+        ln_bias: Optional[Tensor],
+        ln_eps: float,
+        bias_before_scale: bool,
+        seed: Optional[Tensor],
+        dropkey_mask: Optional[Tensor],
+        dropout_mask: Optional[Tensor],
+    ) -> List[Tensor]:
         """-> [dq, dk, dv, dbias, dresidual, dln_weight, dln_bias]; empty tensors for absent inputs."""
-        grads = triton_lcd_attention.lcd_attention_bwd(grad_out, q, k, v, bias, scale, dropkey_p, dropout_p, residual,
-                                                       ln_weight, ln_bias, ln_eps, bias_before_scale, seed,
-                                                       dropkey_mask, dropout_mask)
+        grads = triton_lcd_attention.lcd_attention_bwd(
+            grad_out,
+            q,
+            k,
+            v,
+            bias,
+            scale,
+            dropkey_p,
+            dropout_p,
+            residual,
+            ln_weight,
+            ln_bias,
+            ln_eps,
+            bias_before_scale,
+            seed,
+            dropkey_mask,
+            dropout_mask,
+        )
         return [g if g is not None else q.new_empty(0) for g in grads]
 
     @triton_lcd_attention_bwd.register_fake
-    def _(grad_out, q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias, ln_eps,
-          bias_before_scale, seed, dropkey_mask, dropout_mask):
+    def _(
+        grad_out,
+        q,
+        k,
+        v,
+        bias,
+        scale,
+        dropkey_p,
+        dropout_p,
+        residual,
+        ln_weight,
+        ln_bias,
+        ln_eps,
+        bias_before_scale,
+        seed,
+        dropkey_mask,
+        dropout_mask,
+    ):
         def like(t):
             return torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else q.new_empty(0)
+
         return [like(q), like(k), like(v), like(bias), like(residual), like(ln_weight), like(ln_bias)]
 
     def _attention_setup(ctx, inputs, output):
-        (q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias, ln_eps, bias_before_scale, seed,
-         dropkey_mask, dropout_mask) = inputs
+        (
+            q,
+            k,
+            v,
+            bias,
+            scale,
+            dropkey_p,
+            dropout_p,
+            residual,
+            ln_weight,
+            ln_bias,
+            ln_eps,
+            bias_before_scale,
+            seed,
+            dropkey_mask,
+            dropout_mask,
+        ) = inputs
         ctx.save_for_backward(q, k, v, bias, residual, ln_weight, ln_bias, seed, dropkey_mask, dropout_mask)
         ctx.scalars = (scale, dropkey_p, dropout_p, ln_eps, bias_before_scale)
 
     def _attention_backward(ctx, grad_out):
         q, k, v, bias, residual, ln_weight, ln_bias, seed, dropkey_mask, dropout_mask = ctx.saved_tensors
         scale, dropkey_p, dropout_p, ln_eps, bias_before_scale = ctx.scalars
-        op_args = (q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias, ln_eps, bias_before_scale,
-                   seed, dropkey_mask, dropout_mask)
+        op_args = (
+            q,
+            k,
+            v,
+            bias,
+            scale,
+            dropkey_p,
+            dropout_p,
+            residual,
+            ln_weight,
+            ln_bias,
+            ln_eps,
+            bias_before_scale,
+            seed,
+            dropkey_mask,
+            dropout_mask,
+        )
         inputs = (q, k, v, bias, residual, ln_weight, ln_bias)  # the order of the gradients
         if differentiable_backward_wanted(grad_out, *inputs):
             return _in_op_order(_reference_vjp(grad_out, *op_args))
@@ -225,14 +526,44 @@ if kernels.TRITON_ERROR is None:
 
     triton_lcd_attention_fwd.register_autograd(_attention_backward, setup_context=_attention_setup)
 
-    def lcd_attention_triton(q, k, v, bias, *, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias, ln_eps,
-                             bias_before_scale, generator, dropkey_mask, dropout_mask):
+    def lcd_attention_triton(
+        q,
+        k,
+        v,
+        bias,
+        *,
+        scale,
+        dropkey_p,
+        dropout_p,
+        residual,
+        ln_weight,
+        ln_bias,
+        ln_eps,
+        bias_before_scale,
+        generator,
+        dropkey_mask,
+        dropout_mask,
+    ):
         """Validated inputs (see helo_fast.functional.lcd_attention) -> out [B, Lq, H*D]."""
         needed = _rng.needs_seed(dropkey_p, dropout_p, dropkey_mask, dropout_mask)
         seed = _rng.draw_seed_tensor(generator) if needed else None
-        return triton_lcd_attention_fwd(q, k, v, bias, float(scale), float(dropkey_p), float(dropout_p), residual,
-                                        ln_weight, ln_bias, float(ln_eps), bool(bias_before_scale), seed, dropkey_mask,
-                                        dropout_mask)
+        return triton_lcd_attention_fwd(
+            q,
+            k,
+            v,
+            bias,
+            float(scale),
+            float(dropkey_p),
+            float(dropout_p),
+            residual,
+            ln_weight,
+            ln_bias,
+            float(ln_eps),
+            bool(bias_before_scale),
+            seed,
+            dropkey_mask,
+            dropout_mask,
+        )
 
     for _qualname in ("helo_fast::triton_lcd_attention_fwd", "helo_fast::triton_lcd_attention_bwd"):
         register_autocast_rule(_qualname, _autocast_casts(_qualname))

@@ -8,6 +8,7 @@ them, so grad="unrolled" never stores per-iteration matrices. float16/bfloat16 i
 is cast back. A backward under create_graph=True (second derivatives) differentiates the reference instead
 (``ot_reference_vjp``): the *_bwd ops have no derivative of their own.
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,8 +37,12 @@ def ot_fwd_fake(cost, a, b, eps_or_beta, n_iters, save_history):
     batch, n, m = cost.shape
     hist = n_iters if save_history else 0
     dt = history_dtype(cost.dtype)
-    return (cost.new_empty(cost.shape), cost.new_empty((batch, hist, n), dtype=dt),
-            cost.new_empty((batch, hist, m), dtype=dt))
+    return (
+        cost.new_empty(cost.shape),
+        cost.new_empty((batch, hist, n), dtype=dt),
+        cost.new_empty((batch, hist, m), dtype=dt),
+    )
+
 
 def ot_bwd_fake(grad_plan, cost, a, b, hist_n, hist_m, eps_or_beta):
     return torch.empty_like(cost), torch.empty_like(a), torch.empty_like(b)
@@ -46,8 +51,9 @@ def ot_bwd_fake(grad_plan, cost, a, b, hist_n, hist_m, eps_or_beta):
 def ot_reference_vjp(op: str, grad_plan, cost, a, b, n_iters: int, **regularisation):
     """(d_cost, d_a, d_b) of the reference ``op`` ("sinkhorn" or "ipot", ``regularisation`` its eps= or beta=) as a
     differentiable graph: the backward of the fast ops under create_graph=True."""
-    return reference_vjp(op, grad_plan, (cost, a, b),
-                         lambda ref: ref(cost, a, b, n_iters=n_iters, grad="unrolled", **regularisation))
+    return reference_vjp(
+        op, grad_plan, (cost, a, b), lambda ref: ref(cost, a, b, n_iters=n_iters, grad="unrolled", **regularisation)
+    )
 
 
 # ---- autograd: backward = the *_bwd op on the saved inputs and potentials
@@ -58,8 +64,10 @@ def ot_setup_context(ctx, inputs, output):
     ctx.eps_or_beta, ctx.n_iters = eps_or_beta, n_iters
     ctx.mark_non_differentiable(hist_n, hist_m)
 
+
 def make_ot_backward(bwd_op, op: str, regularisation: str):
     """The backward of the C++ op of ``op`` ("sinkhorn" or "ipot"; ``regularisation``: "eps" or "beta")."""
+
     def backward(ctx, grad_plan, _grad_hist_n, _grad_hist_m):
         cost, a, b, hist_n, hist_m = ctx.saved_tensors
         if differentiable_backward_wanted(grad_plan, cost, a, b):

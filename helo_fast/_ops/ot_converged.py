@@ -10,6 +10,7 @@ The ops run on CPU tensors (csrc/cpu/ot_converged.cpp) and CUDA tensors (csrc/cu
 extension was built with CUDA). The Triton ops with a tolerance are ``ot_converged_triton``'s; both backends share
 ``backward_by_count`` and ``make_gromov_wasserstein_converged``, and ``tol_unavailable_reason`` says where each runs.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,8 +30,12 @@ def _tol_fwd_fake(cost, a, b, reg, n_iters, tol, save_history, *, potentials):
     out = [cost.new_empty(cost.shape)]
     if potentials:
         out += [work.new_empty((batch, n)), work.new_empty((batch, m))]
-    out += [work.new_empty((batch, hist, n)), work.new_empty((batch, hist, m)),
-            cost.new_empty((batch,), dtype=torch.int64), work.new_empty((batch,))]
+    out += [
+        work.new_empty((batch, hist, n)),
+        work.new_empty((batch, hist, m)),
+        cost.new_empty((batch,), dtype=torch.int64),
+        work.new_empty((batch,)),
+    ]
     return tuple(out)
 
 
@@ -55,10 +60,18 @@ def backward_by_count(grad_plan, cost, a, b, hists, iterations, bwd):
     grad_plan = grad_plan.to(cost.dtype)
     for count in torch.unique(iterations).tolist():
         idx = (iterations == count).nonzero().squeeze(1)
-        parts = bwd(grad_plan.index_select(0, idx).contiguous(), cost.index_select(0, idx), a.index_select(0, idx),
-                    b.index_select(0, idx), [h.index_select(0, idx)[:, :count].contiguous() for h in hists], count)
-        grads = [g if part is None else g.index_copy(0, idx, part.to(g.dtype))  # None: no gradient wanted
-                 for g, part in zip(grads, parts)]
+        parts = bwd(
+            grad_plan.index_select(0, idx).contiguous(),
+            cost.index_select(0, idx),
+            a.index_select(0, idx),
+            b.index_select(0, idx),
+            [h.index_select(0, idx)[:, :count].contiguous() for h in hists],
+            count,
+        )
+        grads = [
+            g if part is None else g.index_copy(0, idx, part.to(g.dtype))  # None: no gradient wanted
+            for g, part in zip(grads, parts)
+        ]
     return tuple(grads)
 
 
@@ -75,14 +88,22 @@ class _UnrolledByCount(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_plan):
         cost, a, b, hist_n, hist_m, iterations = ctx.saved_tensors
-        grads = backward_by_count(grad_plan, cost, a, b, (hist_n, hist_m), iterations,
-                                  lambda g, c, a_, b_, h, _count: ctx.bwd_op(g, c, a_, b_, *h, ctx.reg))
+        grads = backward_by_count(
+            grad_plan,
+            cost,
+            a,
+            b,
+            (hist_n, hist_m),
+            iterations,
+            lambda g, c, a_, b_, h, _count: ctx.bwd_op(g, c, a_, b_, *h, ctx.reg),
+        )
         return (*grads, None, None, None, None, None, None)
 
 
 def make_gromov_wasserstein_converged(sinkhorn_converged, ipot_converged):
     """The gromov_wasserstein entry point with a tolerance over a backend's two inner solvers (registered as
     "sinkhorn_converged" / "ipot_converged"): the shared outer loop of ``_gw_converged``."""
+
     def gromov_wasserstein_converged(cs, ct, a, b, *, eps, outer_iters, inner_iters, solver, tol, grad):
         """cs [B, n, n], ct [B, m, m], a [B, n], b [B, m] -> (plan, outer iterations, inner iterations, plan
         change, inner violation), each problem's outer and inner loops stopping on their own."""
@@ -91,12 +112,14 @@ def make_gromov_wasserstein_converged(sinkhorn_converged, ipot_converged):
         def inner_solve(cost, a_, b_):
             if solver == "ipot":
                 return ipot_converged(cost, a_, b_, beta=eps, n_iters=inner_iters, tol=tol, grad=grad)
-            plan, _f, _g, iterations, violation = sinkhorn_converged(cost, a_, b_, eps=eps, n_iters=inner_iters,
-                                                                     tol=tol, grad=grad)
+            plan, _f, _g, iterations, violation = sinkhorn_converged(
+                cost, a_, b_, eps=eps, n_iters=inner_iters, tol=tol, grad=grad
+            )
             return plan, iterations, violation
 
-        plan, *counts = solve_gromov_wasserstein(cs, ct, a, b, outer_iters=outer_iters, tol=tol,
-                                                 inner_solve=inner_solve)
+        plan, *counts = solve_gromov_wasserstein(
+            cs, ct, a, b, outer_iters=outer_iters, tol=tol, inner_solve=inner_solve
+        )
         return (plan.to(dtype), *counts)
 
     return gromov_wasserstein_converged
@@ -104,11 +127,13 @@ def make_gromov_wasserstein_converged(sinkhorn_converged, ipot_converged):
 
 if _ext.has_cpp():
     torch.library.register_fake("helo_fast::sinkhorn_fwd_tol")(
-        lambda cost, a, b, eps, n_iters, tol, save: _tol_fwd_fake(cost, a, b, eps, n_iters, tol, save,
-                                                                  potentials=True))
+        lambda cost, a, b, eps, n_iters, tol, save: _tol_fwd_fake(cost, a, b, eps, n_iters, tol, save, potentials=True)
+    )
     torch.library.register_fake("helo_fast::ipot_fwd_tol")(
-        lambda cost, a, b, beta, n_iters, tol, save: _tol_fwd_fake(cost, a, b, beta, n_iters, tol, save,
-                                                                   potentials=False))
+        lambda cost, a, b, beta, n_iters, tol, save: _tol_fwd_fake(
+            cost, a, b, beta, n_iters, tol, save, potentials=False
+        )
+    )
 
     def sinkhorn_converged_cpp(cost, a, b, *, eps, n_iters, tol, grad):
         """cost [B, n, m], a [B, n], b [B, m] -> (plan [B, n, m], f [B, n], g [B, m], iterations [B],
@@ -117,10 +142,12 @@ if _ext.has_cpp():
         save = grad == "unrolled" and wants_grad(cost, a, b)
         with torch.no_grad():
             plan, f, g, f_hist, g_hist, iterations, violation = torch.ops.helo_fast.sinkhorn_fwd_tol(
-                cost.detach(), a.detach(), b.detach(), float(eps), int(n_iters), float(tol), save)
+                cost.detach(), a.detach(), b.detach(), float(eps), int(n_iters), float(tol), save
+            )
         if save:
-            plan = _UnrolledByCount.apply(cost, a, b, float(eps), plan, f_hist, g_hist, iterations,
-                                          torch.ops.helo_fast.sinkhorn_bwd)
+            plan = _UnrolledByCount.apply(
+                cost, a, b, float(eps), plan, f_hist, g_hist, iterations, torch.ops.helo_fast.sinkhorn_bwd
+            )
         return plan.to(dtype), f, g, iterations, violation
 
     def ipot_converged_cpp(cost, a, b, *, beta, n_iters, tol, grad):
@@ -129,10 +156,12 @@ if _ext.has_cpp():
         save = grad == "unrolled" and wants_grad(cost, a, b)
         with torch.no_grad():
             plan, d_hist, s_hist, iterations, violation = torch.ops.helo_fast.ipot_fwd_tol(
-                cost.detach(), a.detach(), b.detach(), float(beta), int(n_iters), float(tol), save)
+                cost.detach(), a.detach(), b.detach(), float(beta), int(n_iters), float(tol), save
+            )
         if save:
-            plan = _UnrolledByCount.apply(cost, a, b, float(beta), plan.to(cost.dtype), d_hist, s_hist, iterations,
-                                          torch.ops.helo_fast.ipot_bwd)
+            plan = _UnrolledByCount.apply(
+                cost, a, b, float(beta), plan.to(cost.dtype), d_hist, s_hist, iterations, torch.ops.helo_fast.ipot_bwd
+            )
         return plan.to(dtype), iterations, violation
 
     gromov_wasserstein_converged_cpp = make_gromov_wasserstein_converged(sinkhorn_converged_cpp, ipot_converged_cpp)

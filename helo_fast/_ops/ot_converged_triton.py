@@ -9,6 +9,7 @@ problem gets the exact gradient of its own unrolled iterations. Under create_gra
 reference's differentiable vector-Jacobian product at that count instead. gromov_wasserstein runs the shared outer
 loop (``_gw_converged``) on these inner solves.
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -42,10 +43,12 @@ if kernels.TRITON_ERROR is None:
     def _backward(op, ctx, grad_plan, fixed_count_bwd):
         """The unrolled backward of a tol op: ``fixed_count_bwd(grad, cost, a, b, hists, count)`` per count."""
         if not ctx.save:
-            raise RuntimeError(f"triton {op} with tol was run with save=False; it has no backward (use "
-                               "grad='unrolled')")
+            raise RuntimeError(
+                f"triton {op} with tol was run with save=False; it has no backward (use grad='unrolled')"
+            )
         cost, a, b, iterations, *hists = ctx.saved_tensors
         if differentiable_backward_wanted(grad_plan, cost, a, b):
+
             def bwd(g, c, a_, b_, _hists, count):
                 return ot_reference_vjp(op, g, c, a_, b_, count, **{ctx.reg_name: ctx.reg})
         else:
@@ -54,8 +57,9 @@ if kernels.TRITON_ERROR is None:
 
     # ---- sinkhorn
     @torch.library.custom_op("helo_fast::triton_sinkhorn_fwd_tol", mutates_args=())
-    def triton_sinkhorn_fwd_tol(cost: Tensor, a: Tensor, b: Tensor, eps: float, n_iters: int, tol: float,
-                                save: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def triton_sinkhorn_fwd_tol(
+        cost: Tensor, a: Tensor, b: Tensor, eps: float, n_iters: int, tol: float, save: bool
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """-> (plan [B, n, m], f [B, n], g [B, m], f history [B, K, n], g history [B, K, m], iterations [B],
         violation [B]); K = n_iters if save else 0, each problem's first ``iterations`` rows written."""
         return triton_sinkhorn.sinkhorn_fwd_tol(cost, a, b, eps, n_iters, tol, save)
@@ -73,14 +77,19 @@ if kernels.TRITON_ERROR is None:
         ctx.reg_name, ctx.reg, ctx.save = "eps", eps, save
 
     def _sinkhorn_backward(ctx, grad_plan, *_unused):
-        grads = _backward("sinkhorn", ctx, grad_plan, lambda g, c, a_, b_, hists, count: triton_sinkhorn_bwd(
-            g, c, a_, b_, *hists, ctx.reg, count))
+        grads = _backward(
+            "sinkhorn",
+            ctx,
+            grad_plan,
+            lambda g, c, a_, b_, hists, count: triton_sinkhorn_bwd(g, c, a_, b_, *hists, ctx.reg, count),
+        )
         return (*grads, None, None, None, None)
 
     # ---- ipot
     @torch.library.custom_op("helo_fast::triton_ipot_fwd_tol", mutates_args=())
-    def triton_ipot_fwd_tol(cost: Tensor, a: Tensor, b: Tensor, beta: float, n_iters: int, tol: float,
-                            save: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def triton_ipot_fwd_tol(
+        cost: Tensor, a: Tensor, b: Tensor, beta: float, n_iters: int, tol: float, save: bool
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """-> (plan [B, n, m], log delta, log sigma histories and their running sums [B, K, n|m], iterations [B],
         violation [B]); K = n_iters if save else 0, each problem's first ``iterations`` rows written."""
         return triton_ipot.ipot_fwd_tol(cost, a, b, beta, n_iters, tol, save)
@@ -98,8 +107,12 @@ if kernels.TRITON_ERROR is None:
         ctx.reg_name, ctx.reg, ctx.save = "beta", beta, save
 
     def _ipot_backward(ctx, grad_plan, *_unused):
-        grads = _backward("ipot", ctx, grad_plan, lambda g, c, a_, b_, hists, count: triton_ipot_bwd(
-            g, c, a_, b_, *hists, ctx.reg, count))
+        grads = _backward(
+            "ipot",
+            ctx,
+            grad_plan,
+            lambda g, c, a_, b_, hists, count: triton_ipot_bwd(g, c, a_, b_, *hists, ctx.reg, count),
+        )
         return (*grads, None, None, None, None)
 
     triton_sinkhorn_fwd_tol.register_autograd(_sinkhorn_backward, setup_context=_sinkhorn_setup)
@@ -112,8 +125,9 @@ if kernels.TRITON_ERROR is None:
         save = grad == "unrolled" and wants_grad(cost, a, b)
         if not save:
             cost, a, b = cost.detach(), a.detach(), b.detach()
-        plan, f, g, _fh, _gh, iterations, violation = triton_sinkhorn_fwd_tol(cost, a, b, float(eps), int(n_iters),
-                                                                              float(tol), save)
+        plan, f, g, _fh, _gh, iterations, violation = triton_sinkhorn_fwd_tol(
+            cost, a, b, float(eps), int(n_iters), float(tol), save
+        )
         return plan.to(dtype), f, g, iterations, violation
 
     def ipot_converged_triton(cost, a, b, *, beta, n_iters, tol, grad):
@@ -122,13 +136,17 @@ if kernels.TRITON_ERROR is None:
         save = grad == "unrolled" and wants_grad(cost, a, b)
         if not save:
             cost, a, b = cost.detach(), a.detach(), b.detach()
-        plan, *_hists, iterations, violation = triton_ipot_fwd_tol(cost, a, b, float(beta), int(n_iters), float(tol),
-                                                                   save)
+        plan, *_hists, iterations, violation = triton_ipot_fwd_tol(
+            cost, a, b, float(beta), int(n_iters), float(tol), save
+        )
         return plan.to(dtype), iterations, violation
 
     register_autocast_rule("helo_fast::triton_sinkhorn_fwd_tol")
     register_autocast_rule("helo_fast::triton_ipot_fwd_tol")
     register("sinkhorn_converged", "triton", sinkhorn_converged_triton)
     register("ipot_converged", "triton", ipot_converged_triton)
-    register("gromov_wasserstein_converged", "triton",
-             make_gromov_wasserstein_converged(sinkhorn_converged_triton, ipot_converged_triton))
+    register(
+        "gromov_wasserstein_converged",
+        "triton",
+        make_gromov_wasserstein_converged(sinkhorn_converged_triton, ipot_converged_triton),
+    )

@@ -4,6 +4,7 @@
 The mask is a function of (seed, element index), so the backward is the same op applied to the gradient with
 the same seed: nothing but the seed is saved.
 """
+
 from __future__ import annotations
 
 from typing import Callable

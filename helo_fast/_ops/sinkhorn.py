@@ -2,6 +2,7 @@
 (helo_fast::triton_sinkhorn_fwd/_bwd, kernels/sinkhorn.py): fake kernels, autograd, autocast rules, and the entry points
 registered for ``functional.sinkhorn`` (inputs already validated, marginals filled in).
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -13,15 +14,16 @@ from .. import _ext, kernels
 from .._autocast import register_autocast_rule
 from .._numerics import compute_dtype
 from . import differentiable_backward_wanted, register, wants_grad
-from .ot_common import (make_ot_backward, ot_bwd_fake, ot_fwd_fake, ot_reference_vjp, ot_setup_context,
-                        prepare_ot_inputs)
+from .ot_common import make_ot_backward, ot_bwd_fake, ot_fwd_fake, ot_reference_vjp, ot_setup_context, prepare_ot_inputs
 
 if _ext.has_cpp():
     torch.library.register_fake("helo_fast::sinkhorn_fwd")(ot_fwd_fake)
     torch.library.register_fake("helo_fast::sinkhorn_bwd")(ot_bwd_fake)
-    torch.library.register_autograd("helo_fast::sinkhorn_fwd",
-                                    make_ot_backward(torch.ops.helo_fast.sinkhorn_bwd, "sinkhorn", "eps"),
-                                    setup_context=ot_setup_context)
+    torch.library.register_autograd(
+        "helo_fast::sinkhorn_fwd",
+        make_ot_backward(torch.ops.helo_fast.sinkhorn_bwd, "sinkhorn", "eps"),
+        setup_context=ot_setup_context,
+    )
 
     def sinkhorn_cpp(cost, a, b, *, eps, n_iters, grad):
         """Log-domain Sinkhorn. cost [B, n, m], a [B, n], b [B, m] -> plan [B, n, m]."""
@@ -39,8 +41,9 @@ if kernels.TRITON_ERROR is None:
     from ..kernels import sinkhorn as triton_sinkhorn
 
     @torch.library.custom_op("helo_fast::triton_sinkhorn_fwd", mutates_args=())
-    def triton_sinkhorn_fwd(cost: Tensor, a: Tensor, b: Tensor, eps: float, n_iters: int,
-                            save: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    def triton_sinkhorn_fwd(
+        cost: Tensor, a: Tensor, b: Tensor, eps: float, n_iters: int, save: bool
+    ) -> Tuple[Tensor, Tensor, Tensor]:
         """-> (plan [B, n, m], f history [B, K, n], g history [B, K, m]); K = n_iters if save else 0."""
         return triton_sinkhorn.sinkhorn_fwd(cost, a, b, eps, n_iters, save)
 
@@ -49,19 +52,22 @@ if kernels.TRITON_ERROR is None:
         k = n_iters if save else 0
         dtype = compute_dtype(cost.dtype)
         batch, n, m = cost.shape
-        return (torch.empty_like(cost, memory_format=torch.contiguous_format),
-                cost.new_empty((batch, k, n), dtype=dtype), cost.new_empty((batch, k, m), dtype=dtype))
+        return (
+            torch.empty_like(cost, memory_format=torch.contiguous_format),
+            cost.new_empty((batch, k, n), dtype=dtype),
+            cost.new_empty((batch, k, m), dtype=dtype),
+        )
 
     @torch.library.custom_op("helo_fast::triton_sinkhorn_bwd", mutates_args=())
-    def triton_sinkhorn_bwd(grad_plan: Tensor, cost: Tensor, a: Tensor, b: Tensor, f_hist: Tensor, g_hist: Tensor,
-                            eps: float, n_iters: int) -> Tuple[Tensor, Tensor, Tensor]:
+    def triton_sinkhorn_bwd(
+        grad_plan: Tensor, cost: Tensor, a: Tensor, b: Tensor, f_hist: Tensor, g_hist: Tensor, eps: float, n_iters: int
+    ) -> Tuple[Tensor, Tensor, Tensor]:
         """-> (d_cost [B, n, m], d_a [B, n], d_b [B, m]) of the unrolled iterations."""
         return triton_sinkhorn.sinkhorn_bwd(grad_plan, cost, a, b, f_hist, g_hist, eps, n_iters)
 
     @triton_sinkhorn_bwd.register_fake
     def _(grad_plan, cost, a, b, f_hist, g_hist, eps, n_iters):
-        return (torch.empty_like(cost, memory_format=torch.contiguous_format), torch.empty_like(a),
-                torch.empty_like(b))
+        return (torch.empty_like(cost, memory_format=torch.contiguous_format), torch.empty_like(a), torch.empty_like(b))
 
     def _sinkhorn_setup(ctx, inputs, output):
         cost, a, b, eps, n_iters, save = inputs

@@ -2,6 +2,7 @@
 
 ``main`` is the entry point (``helo_fast.cli:main``); see ``main.py``.
 """
+
 from .main import main
 
 __all__ = ["main"]

@@ -6,6 +6,7 @@ and nothing below checks the options again. The command line turns these errors 
 ``helo-fast: error: ...`` line and exit status 2, so a bad data option, an unusable device or backend, or an
 output path that cannot be written is reported at once instead of after (or in the middle of) the training.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,9 @@ def check_subjects(dataset: str, subjects: Optional[List[str]]):
             try:
                 parsed.append(int(subject))
             except ValueError:
-                raise ValueError(f"--subjects: DMER subject ids are integers (e.g. --subjects 1 2 5), "
-                                 f"got {subject!r}") from None
+                raise ValueError(
+                    f"--subjects: DMER subject ids are integers (e.g. --subjects 1 2 5), got {subject!r}"
+                ) from None
     else:
         bad = [s for s in subjects if not WESAD_SUBJECT.fullmatch(s)]
         if bad:
@@ -131,20 +133,44 @@ def check_train_options(args) -> TrainOptions:
     output_json = args.output_json
     if output_json is None and args.checkpoint_dir:
         output_json = os.path.join(args.checkpoint_dir, "results.json")
-    cfg = TrainConfig(protocol=args.protocol, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      weight_decay=args.weight_decay, lr_gamma=args.lr_gamma, seed=args.seed, folds=args.folds,
-                      test_fraction=args.test_fraction, max_splits=args.max_splits, device=args.device,
-                      dtype=args.dtype, precision=args.precision, threads=args.threads,
-                      checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                      overwrite=args.overwrite, save_models=not args.no_save_models, baselines=not args.no_baselines,
-                      baseline_modality=args.baseline_modality, quiet=args.quiet, output_json=output_json,
-                      error_names=option_name)
+    cfg = TrainConfig(
+        protocol=args.protocol,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        lr_gamma=args.lr_gamma,
+        seed=args.seed,
+        folds=args.folds,
+        test_fraction=args.test_fraction,
+        max_splits=args.max_splits,
+        device=args.device,
+        dtype=args.dtype,
+        precision=args.precision,
+        threads=args.threads,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        save_models=not args.no_save_models,
+        baselines=not args.no_baselines,
+        baseline_modality=args.baseline_modality,
+        quiet=args.quiet,
+        output_json=output_json,
+        error_names=option_name,
+    )
     subjects = check_data_options(args)
-    model_config = _model_config({**dataset_layout(args.dataset).as_config(), "backend": args.backend,
-                                  "faithful_to": args.faithful_to, **parse_config_overrides(args.config)})
+    model_config = _model_config(
+        {
+            **dataset_layout(args.dataset).as_config(),
+            "backend": args.backend,
+            "faithful_to": args.faithful_to,
+            **parse_config_overrides(args.config),
+        }
+    )
     try:
         plan = plan_run(model_config, cfg, option_name)
-    except RuntimeError as exc:   # only the backends raise it: a named backend that cannot run here
+    except RuntimeError as exc:  # only the backends raise it: a named backend that cannot run here
         raise ValueError(f"--backend {args.backend}: {exc}") from None
     check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
     check_writable_file(output_json, "--output-json" if args.output_json else "--checkpoint-dir")

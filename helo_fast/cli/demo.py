@@ -5,6 +5,7 @@ synthetic dataset under the subject-dependent protocol, prints the metrics table
 baselines, then measures one training step of the reference model and of the fast model (same
 config, batch size and thread count, in this run) and prints the speed-up. ``DEMO`` holds every size.
 """
+
 from __future__ import annotations
 
 import time
@@ -30,11 +31,14 @@ def run_demo(quiet: bool = False) -> dict:
     dataset = make_synthetic_dataset(**DEMO["data"])
     model_config = HeLoConfig(**dataset.layout.as_config())
     train_config = TrainConfig(**DEMO["train"], quiet=True)
-    plan = plan_run(model_config, train_config)   # the device, and the backend each op gets (printed below)
+    plan = plan_run(model_config, train_config)  # the device, and the backend each op gets (printed below)
     if not quiet:
-        print(f"HeLo demo: {dataset.name}, {len(dataset)} rows x {dataset.features.shape[1]} features, "
-              f"{len(dataset.subject_ids)} subjects; {train_config.protocol}, {train_config.epochs} epochs, "
-              f"batch {train_config.batch_size}, backend {model_config.backend}", flush=True)
+        print(
+            f"HeLo demo: {dataset.name}, {len(dataset)} rows x {dataset.features.shape[1]} features, "
+            f"{len(dataset.subject_ids)} subjects; {train_config.protocol}, {train_config.epochs} epochs, "
+            f"batch {train_config.batch_size}, backend {model_config.backend}",
+            flush=True,
+        )
     summary = run_plan(dataset, plan)
     seconds = sum(split["train_seconds"] for split in summary["splits"])
     print(format_table(summary))
@@ -43,11 +47,15 @@ def run_demo(quiet: bool = False) -> dict:
     fast_s = median_step_seconds(model_config, model_config.backend, batch)
     summary["step_seconds"] = {"reference": reference_s, "fast": fast_s, "batch_size": batch}
     ops = plan.backends
-    print(f"Training step (forward + backward + Adam), B={batch}, {torch.get_num_threads()} CPU thread(s): "
-          f"reference {reference_s * 1e3:.1f} ms, fast {fast_s * 1e3:.1f} ms "
-          f"(attention: {ops['lcd_attention']}, OT: {ops['gromov_wasserstein']}) -> "
-          f"speed-up {reference_s / fast_s:.2f}x")
+    print(
+        f"Training step (forward + backward + Adam), B={batch}, {torch.get_num_threads()} CPU thread(s): "
+        f"reference {reference_s * 1e3:.1f} ms, fast {fast_s * 1e3:.1f} ms "
+        f"(attention: {ops['lcd_attention']}, OT: {ops['gromov_wasserstein']}) -> "
+        f"speed-up {reference_s / fast_s:.2f}x"
+    )
     if not quiet:
-        print(f"HeLo training time: {seconds:.1f} s ({model_config.backend} backend); "
-              f"total demo time {time.perf_counter() - tic:.1f} s")
+        print(
+            f"HeLo training time: {seconds:.1f} s ({model_config.backend} backend); "
+            f"total demo time {time.perf_counter() - tic:.1f} s"
+        )
     return summary

@@ -5,6 +5,7 @@ or backend, output path that cannot be written) print one line ``helo-fast: erro
 option or file and exit with status 2, argparse's own errors included; the options are checked
 before any training. Ctrl-C prints one line and exits with status 130 (the last checkpoint stays intact).
 """
+
 from __future__ import annotations
 
 import glob
@@ -21,7 +22,7 @@ from ..training.experiment import CHECKPOINT_NAME
 from .checks import check_eval_options, check_train_options
 from .parser import EXIT_USAGE, PROG, build_parser
 
-EXIT_INTERRUPTED = 130   # 128 + SIGINT, the shell's status for Ctrl-C
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's status for Ctrl-C
 
 
 def dataset_from_args(args, subjects: Optional[list]):
@@ -29,10 +30,17 @@ def dataset_from_args(args, subjects: Optional[list]):
     FileNotFoundError for bad ones."""
     if args.dataset == "synthetic":
         if args.data_path or args.subjects:
-            raise ValueError("--data-path and --subjects are for --dataset dmer or wesad; the synthetic dataset is "
-                             "generated (see --synthetic-subjects)")
-        return load_dataset("synthetic", n_subjects=args.synthetic_subjects, trials_per_subject=args.synthetic_trials,
-                            rows_per_trial=args.synthetic_rows, seed=args.data_seed)
+            raise ValueError(
+                "--data-path and --subjects are for --dataset dmer or wesad; the synthetic dataset is "
+                "generated (see --synthetic-subjects)"
+            )
+        return load_dataset(
+            "synthetic",
+            n_subjects=args.synthetic_subjects,
+            trials_per_subject=args.synthetic_trials,
+            rows_per_trial=args.synthetic_rows,
+            seed=args.data_seed,
+        )
     if not args.data_path:
         raise ValueError(f"--dataset {args.dataset} needs --data-path")
     if not os.path.exists(args.data_path):
@@ -44,7 +52,7 @@ def dataset_from_args(args, subjects: Optional[list]):
 
 def cmd_train(args) -> int:
     """``helo-fast train``: run the protocol, print the table, write the JSON summary."""
-    options = check_train_options(args)   # every option, before the data is read and before any training
+    options = check_train_options(args)  # every option, before the data is read and before any training
     summary = run_plan(dataset_from_args(args, options.subjects), options.plan)
     output_json = options.plan.train_config.output_json
     if summary["rank"] == 0:  # under torchrun, rank 0 alone prints and writes

@@ -2,6 +2,7 @@
 
 argparse's own errors are one line, ``helo-fast: error: ...``, and exit with status 2 like every refused option.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,16 +85,19 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def _add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: cuda when available)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch, >= 1 (default: torch's choice); the results "
-                   "depend on it, so a resumed run must use the same")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch, >= 1 (default: torch's choice); the results "
+        "depend on it, so a resumed run must use the same",
+    )
     p.add_argument("--output-json", help="write the summary here (train default: <checkpoint-dir>/results.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``helo-fast`` (sub-commands train, eval, demo)."""
-    parser = _Parser(prog=PROG, description="Train and evaluate HeLo (multi-modal emotion "
-                                     "distribution learning).")
+    parser = _Parser(prog=PROG, description="Train and evaluate HeLo (multi-modal emotion distribution learning).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train HeLo under a protocol, with baselines and checkpoints")
@@ -101,34 +105,59 @@ def build_parser() -> argparse.ArgumentParser:
     g = train.add_argument_group("protocol and optimisation")
     g.add_argument("--protocol", choices=PROTOCOLS, default="subject-dependent")
     g.add_argument("--folds", type=int, default=5, help="kfold: number of subject-wise folds (>= 2)")
-    g.add_argument("--test-fraction", type=float, default=0.2,
-                   help="subject-dependent: test share of each subject, in (0, 1)")
+    g.add_argument(
+        "--test-fraction", type=float, default=0.2, help="subject-dependent: test share of each subject, in (0, 1)"
+    )
     g.add_argument("--max-splits", type=int, help="only the first N >= 1 subjects/folds (default: all)")
     g.add_argument("--epochs", type=int, default=300, help=">= 1")
     g.add_argument("--batch-size", type=int, default=128, help="global batch size, >= 1")
     g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, in (0, 1]")
     g.add_argument("--weight-decay", type=float, default=1e-5, help=">= 0")
-    g.add_argument("--lr-gamma", type=float, default=0.99,
-                   help="learning-rate factor per epoch (ExponentialLR), > 0 (> 1 grows the rate)")
+    g.add_argument(
+        "--lr-gamma",
+        type=float,
+        default=0.99,
+        help="learning-rate factor per epoch (ExponentialLR), > 0 (> 1 grows the rate)",
+    )
     g.add_argument("--seed", type=int, default=3407, help=">= 0")
-    g.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                   help="dtype of the model and data (float64: for checks, e.g. DDP against one process)")
-    g.add_argument("--precision", choices=PRECISIONS, default="32",
-                   help="32; bf16-mixed: forward and loss under bfloat16 autocast (parameters, gradients and Adam "
-                   "in float32); 16-mixed: float16 autocast with a gradient scaler, CUDA only")
+    g.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="dtype of the model and data (float64: for checks, e.g. DDP against one process)",
+    )
+    g.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="32",
+        help="32; bf16-mixed: forward and loss under bfloat16 autocast (parameters, gradients and Adam "
+        "in float32); 16-mixed: float16 autocast with a gradient scaler, CUDA only",
+    )
     g = train.add_argument_group("model")
-    g.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="reference: plain-PyTorch modules; cpp/triton: the fused ops; auto: the fastest built here")
+    g.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="reference: plain-PyTorch modules; cpp/triton: the fused ops; auto: the fastest built here",
+    )
     g.add_argument("--faithful-to", choices=FAITHFUL_TO, default="paper")
-    g.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
-                   help="set any HeLoConfig field, e.g. --config d_model=64 --config ot_grad=true")
+    g.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set any HeLoConfig field, e.g. --config d_model=64 --config ot_grad=true",
+    )
     g = train.add_argument_group("checkpoints and baselines")
     g.add_argument("--checkpoint-dir", help="write checkpoint.pt, model_<i>.pt and results.json here")
     g.add_argument("--checkpoint-every", type=int, default=10, help="epochs between checkpoints (>= 1)")
     g.add_argument("--resume", action="store_true", help="continue from <checkpoint-dir>/checkpoint.pt")
-    g.add_argument("--overwrite", action="store_true",
-                   help="replace the run already in --checkpoint-dir (without it, or --resume, a used directory is "
-                   "refused; a directory is locked while a run uses it)")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --checkpoint-dir (without it, or --resume, a used directory is "
+        "refused; a directory is locked while a run uses it)",
+    )
     g.add_argument("--no-save-models", action="store_true", help="do not write model_<i>.pt")
     g.add_argument("--no-baselines", action="store_true")
     g.add_argument("--baseline-modality", choices=BASELINE_MODALITIES, default="video")

@@ -1,4 +1,5 @@
 """Time one HeLo training step (forward, backward, optimiser) for a backend: the demo's speed-up."""
+
 from __future__ import annotations
 
 import statistics
@@ -18,8 +19,9 @@ def synthetic_batch(config: HeLoConfig, batch_size: int, seed: int = 0, device="
     return x.to(device), y.to(device)
 
 
-def median_step_seconds(config: HeLoConfig, backend: str, batch_size: int, steps: int = 10, warmup: int = 2,
-                        seed: int = 0, device="cpu") -> float:
+def median_step_seconds(
+    config: HeLoConfig, backend: str, batch_size: int, steps: int = 10, warmup: int = 2, seed: int = 0, device="cpu"
+) -> float:
     """Median wall time of ``steps`` training steps of HeLo(config, backend) after ``warmup`` steps."""
     torch.manual_seed(seed)
     model = HeLo(config, backend=backend, mask_seed=seed).to(device).train()

@@ -1,8 +1,19 @@
 """Datasets: the embedded synthetic generator (default), DMER (.mat) and WESAD (.pkl) loaders, splits."""
+
 from typing import Optional
 
-from .dataset import (DMER_LAYOUT, PROTOCOLS, EmotionDataset, FeatureLayout, Split, kfold_splits, loso_splits,
-                      make_splits, standardize, subject_dependent_splits)
+from .dataset import (
+    DMER_LAYOUT,
+    PROTOCOLS,
+    EmotionDataset,
+    FeatureLayout,
+    Split,
+    kfold_splits,
+    loso_splits,
+    make_splits,
+    standardize,
+    subject_dependent_splits,
+)
 from .dmer import DMER_SUBJECT_IDS, load_dmer
 from .synthetic import make_synthetic_dataset
 from .wesad import WESAD_SUBJECT_IDS, load_wesad, wesad_layout
@@ -31,7 +42,24 @@ def load_dataset(name: str, path: Optional[str] = None, **options) -> EmotionDat
     return load_dmer(path, **options) if name == "dmer" else load_wesad(path, **options)
 
 
-__all__ = ["EmotionDataset", "FeatureLayout", "Split", "DMER_LAYOUT", "PROTOCOLS", "DATASETS", "make_splits",
-           "subject_dependent_splits", "loso_splits", "kfold_splits", "standardize", "make_synthetic_dataset",
-           "load_dmer", "load_wesad", "wesad_layout", "load_dataset", "dataset_layout", "DMER_SUBJECT_IDS",
-           "WESAD_SUBJECT_IDS"]
+__all__ = [
+    "EmotionDataset",
+    "FeatureLayout",
+    "Split",
+    "DMER_LAYOUT",
+    "PROTOCOLS",
+    "DATASETS",
+    "make_splits",
+    "subject_dependent_splits",
+    "loso_splits",
+    "kfold_splits",
+    "standardize",
+    "make_synthetic_dataset",
+    "load_dmer",
+    "load_wesad",
+    "wesad_layout",
+    "load_dataset",
+    "dataset_layout",
+    "DMER_SUBJECT_IDS",
+    "WESAD_SUBJECT_IDS",
+]

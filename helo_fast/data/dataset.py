@@ -4,6 +4,7 @@ An ``EmotionDataset`` holds one row of features and one label distribution per s
 of each row, and the ``FeatureLayout`` that says how a row splits into HeLo's four input blocks
 (query stream | key/value stream 1 | key/value stream 2 | behavioural stream; DMER: eeg | gsr | ppg | video).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,8 +36,12 @@ class FeatureLayout:
 
     def block_slices(self) -> Dict[str, slice]:
         """Column ranges of the blocks: eeg, gsr, ppg, video (DMER's names for the four streams)."""
-        sizes = (("eeg", self.n_channels * self.band_features), ("gsr", self.gsr_features),
-                 ("ppg", self.ppg_features), ("video", self.video_features))
+        sizes = (
+            ("eeg", self.n_channels * self.band_features),
+            ("gsr", self.gsr_features),
+            ("ppg", self.ppg_features),
+            ("video", self.video_features),
+        )
         out, start = {}, 0
         for name, size in sizes:
             out[name] = slice(start, start + size)
@@ -67,11 +72,14 @@ class EmotionDataset:
     def __post_init__(self):
         rows = self.features.shape[0]
         if self.features.ndim != 2 or self.features.shape[1] != self.layout.n_features:
-            raise ValueError(f"{self.name}: features must have shape [rows, {self.layout.n_features}], "
-                             f"got {self.features.shape}")
+            raise ValueError(
+                f"{self.name}: features must have shape [rows, {self.layout.n_features}], got {self.features.shape}"
+            )
         if self.labels.shape != (rows, self.layout.n_classes):
-            raise ValueError(f"{self.name}: labels must have shape [rows, {self.layout.n_classes}] = "
-                             f"{(rows, self.layout.n_classes)}, got {self.labels.shape}")
+            raise ValueError(
+                f"{self.name}: labels must have shape [rows, {self.layout.n_classes}] = "
+                f"{(rows, self.layout.n_classes)}, got {self.labels.shape}"
+            )
         if self.subjects.shape != (rows,):
             raise ValueError(f"{self.name}: subjects must have shape [rows] = ({rows},), got {self.subjects.shape}")
         if self.trials is None:
@@ -107,21 +115,25 @@ def normalize_distribution(labels: np.ndarray, where: str) -> np.ndarray:
     return (labels / sums).astype(np.float32)
 
 
-def subject_dependent_splits(dataset: EmotionDataset, *, test_fraction: float = 0.2, seed: int = 0,
-                             subjects: Optional[Sequence[int]] = None) -> List[Split]:
+def subject_dependent_splits(
+    dataset: EmotionDataset, *, test_fraction: float = 0.2, seed: int = 0, subjects: Optional[Sequence[int]] = None
+) -> List[Split]:
     """Per subject, a random ``1 - test_fraction`` / ``test_fraction`` split of its rows (one model each)."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     splits = []
-    for subject in (range(len(dataset.subject_ids)) if subjects is None else subjects):
+    for subject in range(len(dataset.subject_ids)) if subjects is None else subjects:
         rows = dataset.rows_of(subject)
         if len(rows) < 2:
-            raise ValueError(f"{dataset.name}: subject {dataset.subject_ids[subject]} has {len(rows)} rows; "
-                             "the subject-dependent protocol needs at least 2")
+            raise ValueError(
+                f"{dataset.name}: subject {dataset.subject_ids[subject]} has {len(rows)} rows; "
+                "the subject-dependent protocol needs at least 2"
+            )
         order = np.random.default_rng([seed, subject]).permutation(rows)
         n_test = min(max(1, int(round(test_fraction * len(rows)))), len(rows) - 1)
-        splits.append(Split(f"subject {dataset.subject_ids[subject]}", np.sort(order[n_test:]),
-                            np.sort(order[:n_test])))
+        splits.append(
+            Split(f"subject {dataset.subject_ids[subject]}", np.sort(order[n_test:]), np.sort(order[:n_test]))
+        )
     return splits
 
 
@@ -130,7 +142,7 @@ def loso_splits(dataset: EmotionDataset, *, subjects: Optional[Sequence[int]] = 
     if len(dataset.subject_ids) < 2:
         raise ValueError(f"{dataset.name}: leave-one-subject-out needs at least 2 subjects")
     splits = []
-    for subject in (range(len(dataset.subject_ids)) if subjects is None else subjects):
+    for subject in range(len(dataset.subject_ids)) if subjects is None else subjects:
         test = dataset.subjects == subject
         splits.append(Split(f"subject {dataset.subject_ids[subject]}", np.flatnonzero(~test), np.flatnonzero(test)))
     return splits
@@ -149,8 +161,9 @@ def kfold_splits(dataset: EmotionDataset, *, folds: int = 5, seed: int = 0) -> L
     return splits
 
 
-def make_splits(dataset: EmotionDataset, protocol: str, *, folds: int = 5, test_fraction: float = 0.2,
-                seed: int = 0) -> List[Split]:
+def make_splits(
+    dataset: EmotionDataset, protocol: str, *, folds: int = 5, test_fraction: float = 0.2, seed: int = 0
+) -> List[Split]:
     """The splits of ``protocol``: "subject-dependent", "loso" or "kfold"."""
     if protocol == "subject-dependent":
         return subject_dependent_splits(dataset, test_fraction=test_fraction, seed=seed)

@@ -5,6 +5,7 @@ Each file holds ``feas`` (rows x 913 features: eeg 0:90 | gsr 90:118 | ppg 118:1
 row is ``dis_label[vids[row]]`` re-normalised to sum 1. ``vids`` is read 0-based when it contains a
 0 and 1-based (MATLAB) otherwise, unless ``trial_index_base`` says which.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,19 @@ FIELDS = ("feas", "vids", "dis_label")
 # What the three fields may declare in all, before they are decompressed: 100 x the file's size or 256 MiB,
 # whichever is more (a real subject's file is tens of MB and compresses less than 10x).
 DECLARED_BYTES_PER_FILE_BYTE, MIN_DECLARED_CAP = 100, 256 << 20
-_NUMERIC_CLASSES = ("double", "single", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
-                    "logical")
+_NUMERIC_CLASSES = (
+    "double",
+    "single",
+    "int8",
+    "uint8",
+    "int16",
+    "uint16",
+    "int32",
+    "uint32",
+    "int64",
+    "uint64",
+    "logical",
+)
 
 
 def _check_declared_sizes(file: str, where: str) -> None:
@@ -43,16 +55,19 @@ def _check_declared_sizes(file: str, where: str) -> None:
             elements *= int(d)
         total += 8 * elements
     if total > cap:
-        raise ValueError(f"{where}: its fields declare {total} bytes, more than the {cap} a .mat file of "
-                         f"{os.path.getsize(file)} bytes may unpack to")
+        raise ValueError(
+            f"{where}: its fields declare {total} bytes, more than the {cap} a .mat file of "
+            f"{os.path.getsize(file)} bytes may unpack to"
+        )
 
 
 def _subject_files(path: str):
     if not os.path.exists(path):
         raise FileNotFoundError(f"DMER path {path!r} does not exist (expected a directory of <subject_id>.mat files)")
     if not os.path.isdir(path):
-        raise NotADirectoryError(f"DMER path {path!r} is not a directory "
-                                 "(expected a directory of <subject_id>.mat files)")
+        raise NotADirectoryError(
+            f"DMER path {path!r} is not a directory (expected a directory of <subject_id>.mat files)"
+        )
     found = {}
     for entry in os.listdir(path):
         stem, ext = os.path.splitext(entry)
@@ -87,27 +102,37 @@ def load_dmer_subject(file: str, *, layout: FeatureLayout = DMER_LAYOUT, trial_i
         raise ValueError(f"{where}: field 'feas' contains NaN or inf")
     vids = np.asarray(mat["vids"])
     if vids.size != feas.shape[0] or (vids.ndim == 2 and min(vids.shape) != 1) or vids.ndim > 2:
-        raise ValueError(f"{where}: field 'vids' must be a vector of {feas.shape[0]} trial indices (one per row "
-                         f"of 'feas'), got shape {vids.shape}")
+        raise ValueError(
+            f"{where}: field 'vids' must be a vector of {feas.shape[0]} trial indices (one per row "
+            f"of 'feas'), got shape {vids.shape}"
+        )
     vids = vids.reshape(-1)
     if not np.all(np.equal(np.mod(vids, 1), 0)):
         raise ValueError(f"{where}: field 'vids' must hold integer trial indices")
     vids = vids.astype(np.int64)
     dis_label = np.asarray(mat["dis_label"], dtype=np.float64)
     if dis_label.ndim != 2 or dis_label.shape[1] != layout.n_classes:
-        raise ValueError(f"{where}: field 'dis_label' must have shape [trials, {layout.n_classes}], "
-                         f"got {dis_label.shape}")
+        raise ValueError(
+            f"{where}: field 'dis_label' must have shape [trials, {layout.n_classes}], got {dis_label.shape}"
+        )
     base = trial_index_base if trial_index_base is not None else (0 if (vids == 0).any() else 1)
     trials = vids - base
     if trials.min() < 0 or trials.max() >= dis_label.shape[0]:
-        raise ValueError(f"{where}: field 'vids' holds trial indices {vids.min()}..{vids.max()} ({base}-based) but "
-                         f"'dis_label' has {dis_label.shape[0]} trials")
+        raise ValueError(
+            f"{where}: field 'vids' holds trial indices {vids.min()}..{vids.max()} ({base}-based) but "
+            f"'dis_label' has {dis_label.shape[0]} trials"
+        )
     labels = normalize_distribution(dis_label[trials], f"{where}, field 'dis_label'")
     return feas.astype(np.float32), labels, trials
 
 
-def load_dmer(path: str, subjects: Optional[Sequence[int]] = None, *, layout: FeatureLayout = DMER_LAYOUT,
-              trial_index_base: Optional[int] = None) -> EmotionDataset:
+def load_dmer(
+    path: str,
+    subjects: Optional[Sequence[int]] = None,
+    *,
+    layout: FeatureLayout = DMER_LAYOUT,
+    trial_index_base: Optional[int] = None,
+) -> EmotionDataset:
     """Load ``<path>/<id>.mat`` for each subject id in ``subjects`` (None: every such file present).
 
     Returns an EmotionDataset (subject_ids are the file ids as strings).
@@ -124,6 +149,12 @@ def load_dmer(path: str, subjects: Optional[Sequence[int]] = None, *, layout: Fe
         labels.append(y)
         trials.append(t)
         subject_index.append(np.full(len(x), i, dtype=np.int64))
-    return EmotionDataset(features=np.concatenate(features), labels=np.concatenate(labels),
-                          subjects=np.concatenate(subject_index), subject_ids=[str(s) for s in wanted], layout=layout,
-                          name=f"DMER({path})", trials=np.concatenate(trials))
+    return EmotionDataset(
+        features=np.concatenate(features),
+        labels=np.concatenate(labels),
+        subjects=np.concatenate(subject_index),
+        subject_ids=[str(s) for s in wanted],
+        layout=layout,
+        name=f"DMER({path})",
+        trials=np.concatenate(trials),
+    )

@@ -6,6 +6,7 @@ CPython's unpickler allocates the size a counted opcode declares (``BINBYTES8``,
 any count larger than what is left in the file; ``BoundedReader`` then never reads past the size the
 file had when it was checked.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -14,10 +15,14 @@ import struct
 from typing import BinaryIO
 
 # pickletools' codes for arguments whose length is stored in front of them: (struct format, width).
-_COUNTS = {pickletools.TAKEN_FROM_ARGUMENT1: ("<B", 1), pickletools.TAKEN_FROM_ARGUMENT4: ("<i", 4),
-           pickletools.TAKEN_FROM_ARGUMENT4U: ("<I", 4), pickletools.TAKEN_FROM_ARGUMENT8U: ("<Q", 8)}
+_COUNTS = {
+    pickletools.TAKEN_FROM_ARGUMENT1: ("<B", 1),
+    pickletools.TAKEN_FROM_ARGUMENT4: ("<i", 4),
+    pickletools.TAKEN_FROM_ARGUMENT4U: ("<I", 4),
+    pickletools.TAKEN_FROM_ARGUMENT8U: ("<Q", 8),
+}
 _OPCODES = {op.code.encode("latin-1"): op for op in pickletools.opcodes}
-_TWO_LINE_ARGS = ("GLOBAL", "INST")   # module and name, each on its own line
+_TWO_LINE_ARGS = ("GLOBAL", "INST")  # module and name, each on its own line
 
 
 def _truncated(what: str, at: int) -> pickle.UnpicklingError:
@@ -65,8 +70,7 @@ def check_declared_sizes(fh: BinaryIO, size: int) -> None:
 
 def _check_count(name: str, count: int, at: int, left: int) -> None:
     if count < 0 or count > left:
-        raise pickle.UnpicklingError(f"{name} at byte {at} declares {count} bytes but only {left} are left in the "
-                                     "file")
+        raise pickle.UnpicklingError(f"{name} at byte {at} declares {count} bytes but only {left} are left in the file")
 
 
 class BoundedReader:
@@ -83,7 +87,7 @@ class BoundedReader:
 
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")
-        return self._fh.readinto(view[:self._left()])
+        return self._fh.readinto(view[: self._left()])
 
     def readline(self, limit: int = -1) -> bytes:
         return self._fh.readline(self._left() if limit is None or limit < 0 else min(limit, self._left()))

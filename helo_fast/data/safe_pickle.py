@@ -20,6 +20,7 @@ size before it is read (``pickle_sizes``), and what the admitted calls allocate 
 through one latin-1 copy), so a small file cannot allocate much memory however it repeats its data.
 Anything else raises ``UnsafePickleError`` naming the file.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,11 +40,11 @@ except ImportError:  # numpy 1.x
     from numpy.core import numeric as _numeric
 
 NUMERIC_KINDS = "biufc"
-MAX_NDIM = 32            # numpy 1.x's limit (2.x allows 64)
-MAX_DEPTH = 100          # containers nested deeper than this are refused (WESAD's are 4 deep)
+MAX_NDIM = 32  # numpy 1.x's limit (2.x allows 64)
+MAX_DEPTH = 100  # containers nested deeper than this are refused (WESAD's are 4 deep)
 BUDGET_FACTOR, BUDGET_SLACK = 2, 1 << 20
 _LATIN1_NAMES = ("latin1", "latin-1", "iso-8859-1", "iso8859-1")
-_DTYPE_SPEC = re.compile(r"[biufc](1|2|4|8|16|32)")   # what numpy writes: kind + item size
+_DTYPE_SPEC = re.compile(r"[biufc](1|2|4|8|16|32)")  # what numpy writes: kind + item size
 _BYTE_ORDERS = ("<", ">", "=", "|")
 
 
@@ -62,8 +63,7 @@ def _plain_dtype(spec: Any) -> np.dtype:
     if isinstance(spec, bytes):
         spec = spec.decode("latin-1")
     if not isinstance(spec, str) or not _DTYPE_SPEC.fullmatch(spec):
-        raise UnsafePickleError(f"numpy dtype {spec!r} is not a plain numeric dtype (bool, int, uint, float, "
-                                "complex)")
+        raise UnsafePickleError(f"numpy dtype {spec!r} is not a plain numeric dtype (bool, int, uint, float, complex)")
     try:
         return np.dtype(spec)
     except TypeError:  # e.g. f32: no such type
@@ -92,13 +92,16 @@ class _PendingDtype:
         order, subarray, names, fields, elsize, alignment, flags = state[1:8]
         metadata = state[8] if len(state) == 9 else None
         if subarray is not None or names is not None or fields is not None or metadata is not None:
-            raise UnsafePickleError("the file gives a numpy dtype a subarray, fields or metadata: only plain "
-                                    "numeric dtypes are admitted")
+            raise UnsafePickleError(
+                "the file gives a numpy dtype a subarray, fields or metadata: only plain numeric dtypes are admitted"
+            )
         if order not in _BYTE_ORDERS or (order == "|" and self._base.itemsize != 1):
             raise UnsafePickleError(f"bad byte order {order!r} for numpy dtype {self._base}")
         if elsize not in (-1, self._base.itemsize) or alignment not in (-1, self._base.alignment) or flags != 0:
-            raise UnsafePickleError(f"the file gives numpy dtype {self._base} item size {elsize!r}, alignment "
-                                    f"{alignment!r} and flags {flags!r}; a plain numeric dtype has -1, -1, 0")
+            raise UnsafePickleError(
+                f"the file gives numpy dtype {self._base} item size {elsize!r}, alignment "
+                f"{alignment!r} and flags {flags!r}; a plain numeric dtype has -1, -1, 0"
+            )
         self._order, self._stated = order, True
 
     def dtype(self) -> np.dtype:
@@ -117,16 +120,18 @@ class _NdarrayCalled:
     (an array over uninitialised memory) is refused."""
 
     def __new__(cls, *args, **kwargs):
-        raise UnsafePickleError("the file calls numpy.ndarray itself (REDUCE or NEWOBJ), which builds an array over "
-                                "memory the file chooses or over uninitialised memory; numpy's own pickles "
-                                "call _reconstruct or _frombuffer")
+        raise UnsafePickleError(
+            "the file calls numpy.ndarray itself (REDUCE or NEWOBJ), which builds an array over "
+            "memory the file chooses or over uninitialised memory; numpy's own pickles "
+            "call _reconstruct or _frombuffer"
+        )
 
 
 class _Pending:
     """A numpy array or scalar under construction; ``value()`` is the real object once it is complete."""
 
     __slots__ = ("_value",)
-    __hash__ = None   # like an ndarray: a set or dict key would be refused anyway
+    __hash__ = None  # like an ndarray: a set or dict key would be refused anyway
 
     def __init__(self, value: Any = None):
         self._value = value
@@ -142,7 +147,7 @@ class _Pending:
 
 class _PendingScalar(_Pending):
     __slots__ = ()
-    __hash__ = object.__hash__   # numpy scalars may be set members and dict keys
+    __hash__ = object.__hash__  # numpy scalars may be set members and dict keys
 
 
 class _PendingArray(_Pending):
@@ -167,8 +172,10 @@ def _brief(obj: Any) -> str:
 
 def _latin1(text: Any, encoding: Any = "latin1") -> bytes:
     if not isinstance(text, str) or str(encoding).lower() not in _LATIN1_NAMES:
-        raise UnsafePickleError(f"text must be str encoded as latin-1 (as Python 2 and protocol < 3 pickles write "
-                                f"bytes), got {_brief(text)} and encoding {encoding!r}")
+        raise UnsafePickleError(
+            f"text must be str encoded as latin-1 (as Python 2 and protocol < 3 pickles write "
+            f"bytes), got {_brief(text)} and encoding {encoding!r}"
+        )
     try:
         return text.encode("latin-1")
     except UnicodeEncodeError:
@@ -184,8 +191,10 @@ class _Builder:
     def charge(self, nbytes: int, what: str) -> None:
         self.budget -= nbytes
         if self.budget < 0:
-            raise UnsafePickleError(f"{what} would take the memory the file may ask for past its cap (2 x file "
-                                    "size + 1 MiB): the file repeats its data")
+            raise UnsafePickleError(
+                f"{what} would take the memory the file may ask for past its cap (2 x file "
+                "size + 1 MiB): the file repeats its data"
+            )
 
     def raw_bytes(self, data: Any, what: str) -> bytes:
         """Array or scalar data: bytes, bytearray, or latin-1 text (Python 2's str read with encoding=latin1)."""
@@ -197,10 +206,10 @@ class _Builder:
 
     @staticmethod
     def _shape(shape: Any) -> Tuple[int, ...]:
-        if (not isinstance(shape, tuple) or len(shape) > MAX_NDIM
-                or not all(type(d) is int and d >= 0 for d in shape)):
-            raise UnsafePickleError(f"a numpy array's shape must be a tuple of at most {MAX_NDIM} ints >= 0, "
-                                    f"got {_brief(shape)}")
+        if not isinstance(shape, tuple) or len(shape) > MAX_NDIM or not all(type(d) is int and d >= 0 for d in shape):
+            raise UnsafePickleError(
+                f"a numpy array's shape must be a tuple of at most {MAX_NDIM} ints >= 0, got {_brief(shape)}"
+            )
         return shape
 
     def _checked(self, shape: Any, dtype: Any, data: Any, what: str) -> Tuple[Tuple[int, ...], np.dtype, Any]:
@@ -212,8 +221,9 @@ class _Builder:
             nbytes *= d
         data = self.raw_bytes(data, what)
         if len(data) != nbytes:
-            raise UnsafePickleError(f"{what} of shape {shape} and dtype {dtype} needs {nbytes} bytes of data, the "
-                                    f"file gives {len(data)}")
+            raise UnsafePickleError(
+                f"{what} of shape {shape} and dtype {dtype} needs {nbytes} bytes of data, the file gives {len(data)}"
+            )
         self.charge(nbytes, what)
         return shape, dtype, data
 
@@ -222,8 +232,9 @@ class _Builder:
         if isinstance(state, tuple) and len(state) == 4:
             state = (1,) + state
         if not isinstance(state, tuple) or len(state) != 5 or state[0] != 1 or state[3] not in (0, 1):
-            raise UnsafePickleError(f"a numpy array state must be (1, shape, dtype, is_fortran, data), got "
-                                    f"{_brief(state)}")
+            raise UnsafePickleError(
+                f"a numpy array state must be (1, shape, dtype, is_fortran, data), got {_brief(state)}"
+            )
         shape, dtype, data = self._checked(state[1], state[2], state[4], "a numpy array")
         array = _multiarray._reconstruct(np.ndarray, (0,), b"b")
         array.__setstate__((1, shape, dtype, bool(state[3]), data))
@@ -248,7 +259,7 @@ class _Builder:
         return _PendingScalar(_multiarray.scalar(real, bytes(data)))
 
     def codecs_encode(self, text: Any, encoding: Any = "utf-8") -> bytes:
-        data = _latin1(text, encoding)   # protocol < 3 pickles write bytes as _codecs.encode(text, "latin1")
+        data = _latin1(text, encoding)  # protocol < 3 pickles write bytes as _codecs.encode(text, "latin1")
         self.charge(len(data), "_codecs.encode")
         return data
 
@@ -259,9 +270,11 @@ class _Builder:
             data = args[0]
         elif len(args) == 2 and isinstance(args[0], str):
             data = _latin1(*args)
-        else:   # bytes(n) / bytearray(n) would allocate n bytes
-            raise UnsafePickleError(f"{kind.__name__}() is admitted with bytes or latin-1 text only, got "
-                                    f"{', '.join(_brief(a) for a in args)}")
+        else:  # bytes(n) / bytearray(n) would allocate n bytes
+            raise UnsafePickleError(
+                f"{kind.__name__}() is admitted with bytes or latin-1 text only, got "
+                f"{', '.join(_brief(a) for a in args)}"
+            )
         self.charge(len(data), kind.__name__)
         return kind(data)
 
@@ -273,8 +286,10 @@ class _Builder:
 
     def _collection(self, kind: type, args: tuple) -> Any:
         if len(args) > 1 or (args and not isinstance(args[0], (list, tuple, set, frozenset))):
-            raise UnsafePickleError(f"{kind.__name__}() is admitted with a list, tuple or set only, got "
-                                    f"{', '.join(_brief(a) for a in args)}")
+            raise UnsafePickleError(
+                f"{kind.__name__}() is admitted with a list, tuple or set only, got "
+                f"{', '.join(_brief(a) for a in args)}"
+            )
         items = args[0] if args else ()
         self.charge(len(items), kind.__name__)
         return kind(items)
@@ -288,8 +303,9 @@ class _Builder:
     @staticmethod
     def make_complex(*args: Any) -> complex:
         if len(args) > 2 or not all(type(a) in (int, float) for a in args):
-            raise UnsafePickleError(f"complex() is admitted with two real numbers only, got "
-                                    f"{', '.join(_brief(a) for a in args)}")
+            raise UnsafePickleError(
+                f"complex() is admitted with two real numbers only, got {', '.join(_brief(a) for a in args)}"
+            )
         return complex(*args)
 
 
@@ -318,14 +334,16 @@ class PlainDataUnpickler(pickle.Unpickler):
     """
 
     def __init__(self, file, budget: int):
-        super().__init__(file, encoding="latin1")   # Python 2 pickles (the public WESAD release)
+        super().__init__(file, encoding="latin1")  # Python 2 pickles (the public WESAD release)
         self._builder = _Builder(budget)
 
     def find_class(self, module: str, name: str) -> Any:
         what = ADMITTED_NAMES.get((module, name))
         if what is None:
-            raise UnsafePickleError(f"it references {module}.{name}, which is not a numpy array, dtype or builtin "
-                                    "container/scalar; unpickling it could run code")
+            raise UnsafePickleError(
+                f"it references {module}.{name}, which is not a numpy array, dtype or builtin "
+                "container/scalar; unpickling it could run code"
+            )
         if what == "ndarray":
             return _NdarrayCalled
         if what == "dtype":
@@ -381,7 +399,7 @@ def load_plain_pickle(file: str) -> Any:
     ``pickle.UnpicklingError`` (naming ``file``) for a malformed or truncated file; ``OSError`` if it
     cannot be opened. Sizes are checked against the file's size before anything is allocated.
     """
-    with open(file, "rb") as fh:   # streamed: a WESAD subject's pickle is about 1 GB
+    with open(file, "rb") as fh:  # streamed: a WESAD subject's pickle is about 1 GB
         size = os.fstat(fh.fileno()).st_size
         try:
             check_declared_sizes(fh, size)
@@ -392,6 +410,14 @@ def load_plain_pickle(file: str) -> Any:
             raise UnsafePickleError(exc.reason, file) from None
         except pickle.UnpicklingError as exc:
             raise pickle.UnpicklingError(f"{file!r}: {exc}") from None
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError, EOFError, RecursionError,
-                OverflowError) as exc:   # the unpickler's own errors for a malformed stream
+        except (
+            ValueError,
+            TypeError,
+            KeyError,
+            IndexError,
+            AttributeError,
+            EOFError,
+            RecursionError,
+            OverflowError,
+        ) as exc:  # the unpickler's own errors for a malformed stream
             raise pickle.UnpicklingError(f"{file!r}: not a valid pickle ({type(exc).__name__}: {exc})") from None

@@ -11,6 +11,7 @@ How a sample is made (all randomness from ``seed``):
   times a per-subject gain, plus a per-subject offset and per-row noise.
 A model that fuses the modalities and learns which emotions co-occur can beat one that does not.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -24,7 +25,7 @@ def emotion_groups(n_classes: int):
     """(physiology-only, video-only, both) class indices: thirds of ``range(n_classes)``."""
     third = max(1, n_classes // 3)
     classes = np.arange(n_classes)
-    return classes[:third], classes[third:2 * third], classes[2 * third:]
+    return classes[:third], classes[third : 2 * third], classes[2 * third :]
 
 
 def partner_of(n_classes: int) -> np.ndarray:
@@ -37,18 +38,29 @@ def partner_of(n_classes: int) -> np.ndarray:
     return partner
 
 
-def make_synthetic_dataset(n_subjects: int = 8, trials_per_subject: int = 20, rows_per_trial: int = 5, *,
-                           layout: Optional[FeatureLayout] = None, seed: int = 0, noise: float = 0.5,
-                           subject_offset: float = 1.0, partner_prob: float = 0.5,
-                           sharpness: float = 4.0) -> EmotionDataset:
+def make_synthetic_dataset(
+    n_subjects: int = 8,
+    trials_per_subject: int = 20,
+    rows_per_trial: int = 5,
+    *,
+    layout: Optional[FeatureLayout] = None,
+    seed: int = 0,
+    noise: float = 0.5,
+    subject_offset: float = 1.0,
+    partner_prob: float = 0.5,
+    sharpness: float = 4.0,
+) -> EmotionDataset:
     """A deterministic synthetic dataset (same ``seed`` -> same arrays), DMER-shaped by default.
 
     Returns an EmotionDataset with n_subjects * trials_per_subject * rows_per_trial rows of
     ``layout.n_features`` float32 features (913 for DMER) and C-class label distributions.
     """
     layout = DMER_LAYOUT if layout is None else layout
-    for name, value in (("n_subjects", n_subjects), ("trials_per_subject", trials_per_subject),
-                        ("rows_per_trial", rows_per_trial)):
+    for name, value in (
+        ("n_subjects", n_subjects),
+        ("trials_per_subject", trials_per_subject),
+        ("rows_per_trial", rows_per_trial),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     n_classes = layout.n_classes
@@ -64,9 +76,10 @@ def make_synthetic_dataset(n_subjects: int = 8, trials_per_subject: int = 20, ro
 
     blocks = layout.block_slices()
     block_visibility = {"eeg": visible_physio, "gsr": visible_physio, "ppg": visible_physio, "video": visible_video}
-    projections = {name: rng.standard_normal((n_classes, cols.stop - cols.start))
-                   / np.sqrt(block_visibility[name].sum())
-                   for name, cols in blocks.items()}
+    projections = {
+        name: rng.standard_normal((n_classes, cols.stop - cols.start)) / np.sqrt(block_visibility[name].sum())
+        for name, cols in blocks.items()
+    }
 
     n_trials = n_subjects * trials_per_subject
     intensity = rng.uniform(0.0, 0.15, (n_trials, n_classes))
@@ -90,8 +103,12 @@ def make_synthetic_dataset(n_subjects: int = 8, trials_per_subject: int = 20, ro
         seen = intensity[row_trial] * block_visibility[name]
         features[:, cols] = gains[row_subject, b, None] * (seen @ projections[name])
     features += offsets[row_subject] + noise * rng.standard_normal(features.shape)
-    return EmotionDataset(features=features.astype(np.float32), labels=trial_labels[row_trial].astype(np.float32),
-                          subjects=row_subject.astype(np.int64),
-                          subject_ids=[f"S{i + 1:02d}" for i in range(n_subjects)], layout=layout,
-                          name=f"synthetic(seed={seed})",
-                          trials=(row_trial % trials_per_subject).astype(np.int64))
+    return EmotionDataset(
+        features=features.astype(np.float32),
+        labels=trial_labels[row_trial].astype(np.float32),
+        subjects=row_subject.astype(np.int64),
+        subject_ids=[f"S{i + 1:02d}" for i in range(n_subjects)],
+        layout=layout,
+        name=f"synthetic(seed={seed})",
+        trials=(row_trial % trials_per_subject).astype(np.int64),
+    )

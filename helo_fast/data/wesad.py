@@ -17,6 +17,7 @@ whose 700 Hz labels are all one condition in 1..4):
   condition, normalised to sum 1 (meditation: the mean of the meditation questionnaires).
 The 6 statistics are mean, std, min, max, slope (per second) and mean absolute first difference.
 """
+
 from __future__ import annotations
 
 import csv
@@ -40,8 +41,14 @@ BVP_BANDS = ((0.5, 1.5), (1.5, 4.0), (4.0, 8.0))
 
 def wesad_layout(ecg_segments: int = 6, n_items: int = 20) -> FeatureLayout:
     """The FeatureLayout of this loader's rows."""
-    return FeatureLayout(n_channels=ecg_segments, band_features=2 + len(ECG_BANDS), gsr_features=12,
-                         ppg_features=6 + len(BVP_BANDS), video_features=40, n_classes=n_items)
+    return FeatureLayout(
+        n_channels=ecg_segments,
+        band_features=2 + len(ECG_BANDS),
+        gsr_features=12,
+        ppg_features=6 + len(BVP_BANDS),
+        video_features=40,
+        n_classes=n_items,
+    )
 
 
 def _stats(x: np.ndarray, hz: float) -> np.ndarray:
@@ -72,8 +79,10 @@ def _signal(record: dict, device: str, name: str, where: str, axes: int) -> np.n
 def window_features(ecg, chest_eda, chest_acc, wrist_bvp, wrist_eda, wrist_acc, ecg_segments: int) -> np.ndarray:
     """One window's feature row (see the module docstring) from its signal slices."""
     ecg = ecg[:, 0]
-    query = [np.concatenate([[seg.mean(), seg.std()], _band_log_power(seg, CHEST_HZ, ECG_BANDS)])
-             for seg in np.array_split(ecg, ecg_segments)]
+    query = [
+        np.concatenate([[seg.mean(), seg.std()], _band_log_power(seg, CHEST_HZ, ECG_BANDS)])
+        for seg in np.array_split(ecg, ecg_segments)
+    ]
     eda = np.concatenate([_stats(chest_eda[:, 0], CHEST_HZ), _stats(wrist_eda[:, 0], WRIST_EDA_HZ)])
     bvp = np.concatenate([_stats(wrist_bvp[:, 0], BVP_HZ), _band_log_power(wrist_bvp[:, 0], BVP_HZ, BVP_BANDS)])
     acc = []
@@ -111,14 +120,15 @@ def read_quest_csv(file: str) -> Dict[int, np.ndarray]:
                     order = [c.strip().lower() for c in row[1:] if c.strip()]
                 elif head == "# panas":
                     panas.append(np.array([float(c) for c in row[1:] if c.strip()]))
-    except (ValueError, csv.Error) as exc:   # UnicodeDecodeError is a ValueError
+    except (ValueError, csv.Error) as exc:  # UnicodeDecodeError is a ValueError
         raise ValueError(f"WESAD questionnaire {file!r}: cannot be read ({type(exc).__name__}: {exc})") from None
     if order is None or not panas:
         raise ValueError(f"WESAD questionnaire {file!r}: needs a '# ORDER' row and '# PANAS' rows")
     conditions = [QUEST_ORDER_NAMES[name] for name in order if name in QUEST_ORDER_NAMES]
     if len(conditions) != len(panas):
-        raise ValueError(f"WESAD questionnaire {file!r}: {len(panas)} PANAS rows for {len(conditions)} "
-                         "conditions in '# ORDER'")
+        raise ValueError(
+            f"WESAD questionnaire {file!r}: {len(panas)} PANAS rows for {len(conditions)} conditions in '# ORDER'"
+        )
     grouped: Dict[int, list] = {}
     for cond, items in zip(conditions, panas):
         grouped.setdefault(cond, []).append(items)
@@ -132,12 +142,13 @@ def check_window(window_s: float, ecg_segments: int = 6, name: str = "window_s")
     check_positive(name, window_s)
     check_int_at_least("ecg_segments", ecg_segments, 1)
     if int(round(window_s * CHEST_HZ)) < ecg_segments:
-        raise ValueError(f"{name} must be at least {ecg_segments} samples at {CHEST_HZ} Hz "
-                         f"({ecg_segments / CHEST_HZ:g} s) for ecg_segments={ecg_segments}, got {window_s}")
+        raise ValueError(
+            f"{name} must be at least {ecg_segments} samples at {CHEST_HZ} Hz "
+            f"({ecg_segments / CHEST_HZ:g} s) for ecg_segments={ecg_segments}, got {window_s}"
+        )
 
 
-def load_wesad_subject(folder: str, subject: str, *, window_s: float = 10.0, ecg_segments: int = 6,
-                       n_items: int = 20):
+def load_wesad_subject(folder: str, subject: str, *, window_s: float = 10.0, ecg_segments: int = 6, n_items: int = 20):
     """One subject -> (features float32 [windows, F], labels float32 [windows, n_items], conditions int64 [windows]).
 
     The pickle is read with ``load_plain_pickle`` (numpy arrays and builtin containers only).
@@ -160,8 +171,10 @@ def load_wesad_subject(folder: str, subject: str, *, window_s: float = 10.0, ecg
     wrist = {n: _signal(record, "wrist", n, where, a) for n, a in (("BVP", 1), ("EDA", 1), ("ACC", 3))}
     for name, sig in chest.items():
         if len(sig) != len(label):
-            raise ValueError(f"{where}: signal['chest']['{name}'] has {len(sig)} samples but 'label' has {len(label)} "
-                             "(both are 700 Hz)")
+            raise ValueError(
+                f"{where}: signal['chest']['{name}'] has {len(sig)} samples but 'label' has {len(label)} "
+                "(both are 700 Hz)"
+            )
     quest_csv = os.path.join(folder, subject, f"{subject}_quest.csv")
     if "questionnaire" in record:
         panas = _panas_from_pickle(record["questionnaire"], where)
@@ -171,13 +184,14 @@ def load_wesad_subject(folder: str, subject: str, *, window_s: float = 10.0, ecg
         raise ValueError(f"{where}: no PANAS answers: neither a 'questionnaire' entry nor {quest_csv}")
     for cond, items in panas.items():
         if len(items) < n_items:
-            raise ValueError(f"{where}: PANAS vector of condition {cond} has {len(items)} items, "
-                             f"need n_items={n_items}")
+            raise ValueError(
+                f"{where}: PANAS vector of condition {cond} has {len(items)} items, need n_items={n_items}"
+            )
 
     win = int(round(window_s * CHEST_HZ))
     rows, labels, conds = [], [], []
     for start in range(0, len(label) - win + 1, win):
-        seg = label[start:start + win]
+        seg = label[start : start + win]
         cond = int(seg[0])
         if cond not in CONDITIONS or not (seg == cond).all() or cond not in panas:
             continue
@@ -186,8 +200,15 @@ def load_wesad_subject(folder: str, subject: str, *, window_s: float = 10.0, ecg
         wrist_parts = (wrist["BVP"][sl[BVP_HZ]], wrist["EDA"][sl[WRIST_EDA_HZ]], wrist["ACC"][sl[WRIST_ACC_HZ]])
         if min(len(p) for p in wrist_parts) < 2:
             continue  # the wrist recording ended before the chest one
-        rows.append(window_features(chest["ECG"][start:start + win], chest["EDA"][start:start + win],
-                                    chest["ACC"][start:start + win], *wrist_parts, ecg_segments))
+        rows.append(
+            window_features(
+                chest["ECG"][start : start + win],
+                chest["EDA"][start : start + win],
+                chest["ACC"][start : start + win],
+                *wrist_parts,
+                ecg_segments,
+            )
+        )
         labels.append(panas[cond][:n_items])
         conds.append(cond)
     if not rows:
@@ -198,8 +219,14 @@ def load_wesad_subject(folder: str, subject: str, *, window_s: float = 10.0, ecg
     return features.astype(np.float32), normalize_distribution(np.stack(labels), where), np.array(conds, dtype=np.int64)
 
 
-def load_wesad(path: str, subjects: Optional[Sequence[str]] = None, *, window_s: float = 10.0, ecg_segments: int = 6,
-               n_items: int = 20) -> EmotionDataset:
+def load_wesad(
+    path: str,
+    subjects: Optional[Sequence[str]] = None,
+    *,
+    window_s: float = 10.0,
+    ecg_segments: int = 6,
+    n_items: int = 20,
+) -> EmotionDataset:
     """Load ``<path>/SX/SX.pkl`` for each subject (None: every SX folder present) into an EmotionDataset.
 
     ``trials`` of the result holds each window's condition (1 baseline .. 4 meditation).
@@ -209,8 +236,14 @@ def load_wesad(path: str, subjects: Optional[Sequence[str]] = None, *, window_s:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"WESAD path {path!r} is not a directory (expected <root>/SX/SX.pkl per subject)")
     if subjects is None:
-        subjects = sorted((d for d in os.listdir(path) if d.startswith("S") and d[1:].isdigit()
-                           and os.path.isdir(os.path.join(path, d))), key=lambda d: int(d[1:]))
+        subjects = sorted(
+            (
+                d
+                for d in os.listdir(path)
+                if d.startswith("S") and d[1:].isdigit() and os.path.isdir(os.path.join(path, d))
+            ),
+            key=lambda d: int(d[1:]),
+        )
         if not subjects:
             raise FileNotFoundError(f"no SX subject folders (e.g. S2/S2.pkl) in WESAD directory {path!r}")
     layout = wesad_layout(ecg_segments, n_items)
@@ -221,6 +254,12 @@ def load_wesad(path: str, subjects: Optional[Sequence[str]] = None, *, window_s:
         labels.append(y)
         conds.append(c)
         index.append(np.full(len(x), i, dtype=np.int64))
-    return EmotionDataset(features=np.concatenate(features), labels=np.concatenate(labels),
-                          subjects=np.concatenate(index), subject_ids=list(subjects), layout=layout,
-                          name=f"WESAD({path})", trials=np.concatenate(conds))
+    return EmotionDataset(
+        features=np.concatenate(features),
+        labels=np.concatenate(labels),
+        subjects=np.concatenate(index),
+        subject_ids=list(subjects),
+        layout=layout,
+        name=f"WESAD({path})",
+        trials=np.concatenate(conds),
+    )

@@ -1,4 +1,5 @@
 """Which backend each custom op of HeLo runs on: the one answer training, its fingerprint and the demo use."""
+
 from __future__ import annotations
 
 from typing import Dict

@@ -4,6 +4,7 @@
 the reference modules (``helo_fast.reference.modules``) are the default and a fast implementation
 with the same constructor arguments and ``state_dict`` keys can be passed as ``modules=``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -125,8 +126,14 @@ class HeLo(nn.Module):
         (torch.Size([4, 10]), torch.Size([10, 10]))
     """
 
-    def __init__(self, config: Optional[HeLoConfig] = None, backend: Optional[str] = None, *, modules=None,
-                 mask_seed: Optional[int] = None):
+    def __init__(
+        self,
+        config: Optional[HeLoConfig] = None,
+        backend: Optional[str] = None,
+        *,
+        modules=None,
+        mask_seed: Optional[int] = None,
+    ):
         super().__init__()
         config = HeLoConfig() if config is None else config
         if backend is not None:
@@ -143,16 +150,25 @@ class HeLo(nn.Module):
         self.physio_attention = attention_cls(d, config.n_heads, ln_eps=config.ln_eps, bias_before_scale=True)
         self.physio_proj = nn.Linear(d, d)
         # §4 OT and the shared transformer layer
-        self.ot = ot_cls(eps=config.beta, outer_iters=config.outer_iters, inner_iters=config.inner_iters,
-                         solver=config.ot_solver, grad="unrolled" if config.ot_grad else "none")
+        self.ot = ot_cls(
+            eps=config.beta,
+            outer_iters=config.outer_iters,
+            inner_iters=config.inner_iters,
+            solver=config.ot_solver,
+            grad="unrolled" if config.ot_grad else "none",
+        )
         self.encoder = TransformerEncoderLayer(config, attention_cls)
         # §5-§6 labels
         self.label_embedding = nn.Parameter(torch.rand(config.n_classes, d))
         self.token_reduction = nn.Linear(2 * config.n_tokens, config.n_classes)
         self.lcd_attention = attention_cls(d, config.lcd_heads, ln_eps=config.ln_eps, bias_before_scale=True)
-        self.head = nn.Sequential(nn.Linear(config.n_classes * d, config.head_hidden), nn.ReLU(),
-                                  nn.Linear(config.head_hidden, config.head_hidden), nn.ReLU(),
-                                  nn.Linear(config.head_hidden, config.n_classes))
+        self.head = nn.Sequential(
+            nn.Linear(config.n_classes * d, config.head_hidden),
+            nn.ReLU(),
+            nn.Linear(config.head_hidden, config.head_hidden),
+            nn.ReLU(),
+            nn.Linear(config.head_hidden, config.n_classes),
+        )
         if mask_seed is None:
             mask_seed = int(torch.randint(0, 2**62, (1,)).item())
         self.mask_generator = torch.Generator().manual_seed(mask_seed)
@@ -180,8 +196,9 @@ class HeLo(nn.Module):
         """x [B, F] -> (E, G, P [B, N, d], H_b [B, 2N, d]) (HELO_SPEC §2)."""
         cfg = self.config
         if x.dim() != 2 or x.shape[1] != cfg.n_features:
-            raise ValueError(f"x must have shape [B, {cfg.n_features}] (eeg|gsr|ppg|video features), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"x must have shape [B, {cfg.n_features}] (eeg|gsr|ppg|video features), got {tuple(x.shape)}"
+            )
         cols, batch, n, d = cfg.feature_slices(), x.shape[0], cfg.n_channels, cfg.d_model
         eeg = self.eeg_tokenizer(x[:, cols["eeg"]].reshape(batch, n, cfg.band_features))
         gsr = self.gsr_tokenizer(x[:, cols["gsr"]]).view(batch, n, d)
@@ -205,13 +222,13 @@ class HeLo(nn.Module):
         plan = self.ot(c_s, c_t)
         h_p = plan @ h_p
         fused = self.encoder(torch.cat([h_p, h_b]), **masks)
-        fused = torch.cat(fused.split(batch), dim=1)                      # [B, 4N, d]
+        fused = torch.cat(fused.split(batch), dim=1)  # [B, 4N, d]
         # §5-§6: label correlation as an additive bias of LCD-CA
-        label_emb = self.current_label_embedding(batch)                   # [C, d], or [B, C, d] per sample
-        r_hat = label_correlation(label_emb, cfg.normalize_label_axis)   # [C, C], or [B, C, C] per sample
-        reduced = self.token_reduction(fused.transpose(1, 2)).transpose(1, 2)   # [B, C, d]
+        label_emb = self.current_label_embedding(batch)  # [C, d], or [B, C, d] per sample
+        r_hat = label_correlation(label_emb, cfg.normalize_label_axis)  # [C, C], or [B, C, C] per sample
+        reduced = self.token_reduction(fused.transpose(1, 2)).transpose(1, 2)  # [B, C, d]
         queries = label_emb.expand(batch, -1, -1)
-        out = self.lcd_attention(queries, reduced, r_hat.unsqueeze(-3), **masks)   # bias shared by the heads
+        out = self.lcd_attention(queries, reduced, r_hat.unsqueeze(-3), **masks)  # bias shared by the heads
         logits = self.head(out.flatten(1))
         # At least float32 (under autocast on CPU log_softmax would keep bfloat16: 3 digits of each probability).
         log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
@@ -219,4 +236,3 @@ class HeLo(nn.Module):
 
     def extra_repr(self) -> str:
         return f"faithful_to={self.config.faithful_to!r}, backend={self.config.backend!r}"
-

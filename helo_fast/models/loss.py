@@ -1,4 +1,5 @@
 """HeLo's training loss (HELO_SPEC §5, §7): KL(y || y_hat) + lambda_corr * L_corr."""
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
@@ -18,8 +19,14 @@ def target_correlation(target: torch.Tensor) -> torch.Tensor:
     return unit[:, :, None] * unit[:, None, :]
 
 
-def helo_loss(output: HeLoOutput, target: torch.Tensor, *, kl_reduction: str = "batchmean", lambda_corr: float = 1.0,
-              batch_total: Optional[int] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+def helo_loss(
+    output: HeLoOutput,
+    target: torch.Tensor,
+    *,
+    kl_reduction: str = "batchmean",
+    lambda_corr: float = 1.0,
+    batch_total: Optional[int] = None,
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Total loss and its parts {"kl", "corr"}.
 
     output: HeLoOutput (log_probs [B, C], label_correlation R_hat [C, C], or [B, C, C] with one per sample);
@@ -35,8 +42,10 @@ def helo_loss(output: HeLoOutput, target: torch.Tensor, *, kl_reduction: str = "
         raise ValueError(f"target must have shape [B, C] = {tuple(output.log_probs.shape)}, got {tuple(target.shape)}")
     batch, classes = target.shape
     if output.label_correlation.shape not in ((classes, classes), (batch, classes, classes)):
-        raise ValueError(f"output.label_correlation must have shape [C, C] = {(classes, classes)} or [B, C, C] = "
-                         f"{(batch, classes, classes)}, got {tuple(output.label_correlation.shape)}")
+        raise ValueError(
+            f"output.label_correlation must have shape [C, C] = {(classes, classes)} or [B, C, C] = "
+            f"{(batch, classes, classes)}, got {tuple(output.label_correlation.shape)}"
+        )
     rows = batch if batch_total is None else batch_total
     kl = F.kl_div(output.log_probs, target, reduction="sum")
     kl = kl / rows if kl_reduction == "batchmean" else kl

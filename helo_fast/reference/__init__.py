@@ -4,6 +4,7 @@ Under torch.autocast the OT ops follow ``helo_fast._autocast``'s rule (float32 i
 applied here so that the op files (``reference/sinkhorn.py``, ``ipot.py``, ``gromov_wasserstein.py``) stay the plain
 iterations.
 """
+
 from .._autocast import OT_ARGS, autocast_policy
 from . import gromov_wasserstein as _gromov_wasserstein
 from . import ipot as _ipot

@@ -1,4 +1,5 @@
 """Reference batched log-domain IPOT (HELO_SPEC §4.5) in plain PyTorch: the ground truth for the fused kernels."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,9 @@ from .._validation import validate_ot
 from .log_domain import detach_if, log_marginal, log_ratio, logsumexp
 
 
-def ipot(cost, a=None, b=None, *, beta, n_iters, grad="none", tol=None, return_info=False, strict=False,
-         check_finite=True):
+def ipot(
+    cost, a=None, b=None, *, beta, n_iters, grad="none", tol=None, return_info=False, strict=False, check_finite=True
+):
     """Batched inexact proximal-point OT (HELO_SPEC §4.5), computed in the log domain.
 
     cost: [B, n, m]; a: [B, n], b: [B, m] (None = uniform); beta > 0 the proximal step.
@@ -22,13 +24,30 @@ def ipot(cost, a=None, b=None, *, beta, n_iters, grad="none", tol=None, return_i
     iterations) where its row-marginal L1 error is <= tol; ``n_iters`` is the cap. Zero entries of a (b) give zero
     rows (columns) of T and a zero gradient with respect to those entries.
     """
-    a, b = validate_ot(cost, a, b, beta=beta, n_iters=n_iters, grad=grad, tol=tol, return_info=return_info,
-                       strict=strict, check_finite_values=check_finite)
+    a, b = validate_ot(
+        cost,
+        a,
+        b,
+        beta=beta,
+        n_iters=n_iters,
+        grad=grad,
+        tol=tol,
+        return_info=return_info,
+        strict=strict,
+        check_finite_values=check_finite,
+    )
     plan, iterations, violation = solve(cost, a, b, beta=beta, n_iters=n_iters, tol=tol, grad=grad)
     if tol is None:
         return plan
-    return finish_ipot(plan, iterations=iterations, violation=violation, tol=tol, n_iters=n_iters,
-                       return_info=return_info, strict=strict)
+    return finish_ipot(
+        plan,
+        iterations=iterations,
+        violation=violation,
+        tol=tol,
+        n_iters=n_iters,
+        return_info=return_info,
+        strict=strict,
+    )
 
 
 def row_violation(log_plan, a):

@@ -1,4 +1,5 @@
 """Reference small-sequence attention (HELO_SPEC §3, §4.8, §6) in plain PyTorch."""
+
 from __future__ import annotations
 
 import torch
@@ -9,6 +10,7 @@ from .._numerics import compute_dtype, dropkey_value
 from .._autocast import ATTENTION_ARGS, autocast_policy
 from .._transforms import check_random_draw_allowed
 from .._validation import validate_attention
+
 
 def attention_masks(shape, dropkey_p, dropout_p, generator=None, dropkey_mask=None, dropout_mask=None, device=None):
     """Return (dropkey_mask, dropout_mask), bool [B, H, Lq, Lk] or None (True = dropped).
@@ -24,9 +26,25 @@ def attention_masks(shape, dropkey_p, dropout_p, generator=None, dropkey_mask=No
 
 
 @autocast_policy(ATTENTION_ARGS)
-def lcd_attention(q, k, v, bias=None, *, scale=None, dropkey_p=0.0, dropout_p=0.0, residual=None,
-                  ln_weight=None, ln_bias=None, ln_eps=1e-5, bias_before_scale=True, generator=None,
-                  dropkey_mask=None, dropout_mask=None, check_finite=True):
+def lcd_attention(
+    q,
+    k,
+    v,
+    bias=None,
+    *,
+    scale=None,
+    dropkey_p=0.0,
+    dropout_p=0.0,
+    residual=None,
+    ln_weight=None,
+    ln_bias=None,
+    ln_eps=1e-5,
+    bias_before_scale=True,
+    generator=None,
+    dropkey_mask=None,
+    dropout_mask=None,
+    check_finite=True,
+):
     """Attention fused end to end: bias, DropKey, softmax, dropout, A·V, residual, LayerNorm.
 
     q: [B, H, Lq, D]; k, v: [B, H, Lk, D]; bias broadcastable to [B, H, Lq, Lk];
@@ -42,16 +60,31 @@ def lcd_attention(q, k, v, bias=None, *, scale=None, dropkey_p=0.0, dropout_p=0.
     parameters may be float32. Under torch.autocast see ``helo_fast._autocast`` (q, k, v, bias, residual are cast to
     the autocast dtype, the LayerNorm parameters to float32).
     """
-    scale = validate_attention(q, k, v, bias, residual, ln_weight, ln_bias, scale=scale, dropkey_p=dropkey_p,
-                               dropout_p=dropout_p, ln_eps=ln_eps, dropkey_mask=dropkey_mask,
-                               dropout_mask=dropout_mask, check_finite_values=check_finite)
+    scale = validate_attention(
+        q,
+        k,
+        v,
+        bias,
+        residual,
+        ln_weight,
+        ln_bias,
+        scale=scale,
+        dropkey_p=dropkey_p,
+        dropout_p=dropout_p,
+        ln_eps=ln_eps,
+        dropkey_mask=dropkey_mask,
+        dropout_mask=dropout_mask,
+        check_finite_values=check_finite,
+    )
     batch, heads, lq, dim = q.shape
-    dropkey_mask, dropout_mask = attention_masks((batch, heads, lq, k.shape[2]), dropkey_p, dropout_p, generator,
-                                                 dropkey_mask, dropout_mask, q.device)
+    dropkey_mask, dropout_mask = attention_masks(
+        (batch, heads, lq, k.shape[2]), dropkey_p, dropout_p, generator, dropkey_mask, dropout_mask, q.device
+    )
     out_dtype, dropped_value = q.dtype, dropkey_value(q.dtype)
     compute = compute_dtype(q.dtype)
-    q, k, v, bias, residual, ln_weight, ln_bias = (None if t is None else t.to(compute)
-                                                   for t in (q, k, v, bias, residual, ln_weight, ln_bias))
+    q, k, v, bias, residual, ln_weight, ln_bias = (
+        None if t is None else t.to(compute) for t in (q, k, v, bias, residual, ln_weight, ln_bias)
+    )
     logits = q @ k.transpose(-1, -2)
     if bias is not None and bias_before_scale:
         logits = logits + bias

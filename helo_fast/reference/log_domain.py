@@ -1,5 +1,6 @@
 """Log-domain helpers shared by the reference OT ops (sinkhorn, ipot, gromov_wasserstein): zero-mass marginals give
 zero rows / columns and zero gradients, never NaN."""
+
 from __future__ import annotations
 
 import math

@@ -3,6 +3,7 @@
 A fast implementation (``helo_fast.nn``) provides modules with the same constructor arguments and
 the same ``state_dict`` keys, so ``helo_fast.models`` can swap them without touching checkpoints.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -40,17 +41,34 @@ class LCDAttention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.n_heads, self.d_model // self.n_heads).transpose(1, 2)
 
-    def forward(self, query: torch.Tensor, key_value: Optional[torch.Tensor] = None,
-                bias: Optional[torch.Tensor] = None, *, dropkey_p: float = 0.0, dropout_p: float = 0.0,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def forward(
+        self,
+        query: torch.Tensor,
+        key_value: Optional[torch.Tensor] = None,
+        bias: Optional[torch.Tensor] = None,
+        *,
+        dropkey_p: float = 0.0,
+        dropout_p: float = 0.0,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
         """query: [B, Lq, d]; key_value: [B, Lk, d] (None = self-attention); bias broadcastable to
         [B, H, Lq, Lk]. The caller passes dropkey_p/dropout_p = 0 when the mask should be off.
         Returns [B, Lq, d]."""
         key_value = query if key_value is None else key_value
-        return self.attention_op(self._heads(self.q_proj(query)), self._heads(self.k_proj(key_value)),
-                             self._heads(self.v_proj(key_value)), bias, dropkey_p=dropkey_p, dropout_p=dropout_p,
-                             residual=query, ln_weight=self.norm.weight, ln_bias=self.norm.bias, ln_eps=self.norm.eps,
-                             bias_before_scale=self.bias_before_scale, generator=generator)
+        return self.attention_op(
+            self._heads(self.q_proj(query)),
+            self._heads(self.k_proj(key_value)),
+            self._heads(self.v_proj(key_value)),
+            bias,
+            dropkey_p=dropkey_p,
+            dropout_p=dropout_p,
+            residual=query,
+            ln_weight=self.norm.weight,
+            ln_bias=self.norm.bias,
+            ln_eps=self.norm.eps,
+            bias_before_scale=self.bias_before_scale,
+            generator=generator,
+        )
 
     def attention_op(self, *args, **kwargs):
         """The fused attention op this module runs: the reference one (``helo_fast.nn`` overrides it)."""
@@ -65,24 +83,34 @@ class GromovWasserstein(nn.Module):
     through the solver iterations.
     """
 
-    def __init__(self, *, eps: float = 0.1, outer_iters: int = 5, inner_iters: int = 20, solver: str = "ipot",
-                 grad: str = "none"):
+    def __init__(
+        self, *, eps: float = 0.1, outer_iters: int = 5, inner_iters: int = 20, solver: str = "ipot", grad: str = "none"
+    ):
         super().__init__()
         self.eps, self.outer_iters, self.inner_iters = eps, outer_iters, inner_iters
         self.solver, self.grad = solver, grad
 
     def forward(self, cs: torch.Tensor, ct: torch.Tensor) -> torch.Tensor:
         """cs [B, n, n], ct [B, m, m] -> plan [B, n, m]."""
-        return self.gromov_op(cs, ct, eps=self.eps, outer_iters=self.outer_iters, inner_iters=self.inner_iters,
-                              solver=self.solver, grad=self.grad)
+        return self.gromov_op(
+            cs,
+            ct,
+            eps=self.eps,
+            outer_iters=self.outer_iters,
+            inner_iters=self.inner_iters,
+            solver=self.solver,
+            grad=self.grad,
+        )
 
     def gromov_op(self, *args, **kwargs):
         """The GW op this module runs: the reference one (``helo_fast.nn`` overrides it)."""
         return gromov_wasserstein(*args, **kwargs)
 
     def extra_repr(self) -> str:
-        return (f"eps={self.eps}, outer_iters={self.outer_iters}, inner_iters={self.inner_iters}, "
-                f"solver={self.solver!r}, grad={self.grad!r}")
+        return (
+            f"eps={self.eps}, outer_iters={self.outer_iters}, inner_iters={self.inner_iters}, "
+            f"solver={self.solver!r}, grad={self.grad!r}"
+        )
 
 
 class Sinkhorn(nn.Module):
@@ -123,4 +151,3 @@ class SeededDropout(nn.Dropout):
     def dropout_op(self, *args, **kwargs):
         """The dropout op this module runs: the reference one (``helo_fast.nn`` overrides it)."""
         return seeded_dropout(*args, **kwargs)
-

@@ -1,4 +1,5 @@
 """Dropout with a counter-based mask: HeLo's FFN dropout, drawn like its attention-weight dropout."""
+
 from __future__ import annotations
 
 import torch

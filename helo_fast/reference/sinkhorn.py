@@ -1,4 +1,5 @@
 """Reference batched log-domain Sinkhorn in plain PyTorch: the ground truth for the fused kernels."""
+
 from __future__ import annotations
 
 import torch
@@ -9,8 +10,9 @@ from .._validation import validate_ot
 from .log_domain import detach_if, log_marginal, log_ratio, logsumexp
 
 
-def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", tol=None, return_info=False, strict=False,
-             check_finite=True):
+def sinkhorn(
+    cost, a=None, b=None, *, eps, n_iters, grad="unrolled", tol=None, return_info=False, strict=False, check_finite=True
+):
     """Batched log-domain entropic OT (POT's ``sinkhorn_log`` iteration order).
 
     cost: [B, n, m]; a: [B, n], b: [B, m] marginals (None = uniform); eps > 0; exactly
@@ -20,14 +22,37 @@ def sinkhorn(cost, a=None, b=None, *, eps, n_iters, grad="unrolled", tol=None, r
     entries of a (b) give zero rows (columns) of the plan and a zero gradient with respect to those entries.
     grad="implicit": the gradient of the converged plan (``helo_fast._ot_implicit``).
     """
-    a, b = validate_ot(cost, a, b, eps=eps, n_iters=n_iters, grad=grad, tol=tol, return_info=return_info,
-                       strict=strict, check_finite_values=check_finite)
+    a, b = validate_ot(
+        cost,
+        a,
+        b,
+        eps=eps,
+        n_iters=n_iters,
+        grad=grad,
+        tol=tol,
+        return_info=return_info,
+        strict=strict,
+        check_finite_values=check_finite,
+    )
     if tol is None:
         return solve(cost, a, b, eps=eps, n_iters=n_iters, tol=None, grad=grad)[0]
-    plan, _f, _g, iterations, violation = solve(cost, a, b, eps=eps, n_iters=n_iters, tol=tol,
-                                                grad="none" if grad == "implicit" else grad)
-    return finish_sinkhorn(plan, cost, a, b, eps=eps, iterations=iterations, violation=violation, tol=tol,
-                           n_iters=n_iters, grad=grad, return_info=return_info, strict=strict)
+    plan, _f, _g, iterations, violation = solve(
+        cost, a, b, eps=eps, n_iters=n_iters, tol=tol, grad="none" if grad == "implicit" else grad
+    )
+    return finish_sinkhorn(
+        plan,
+        cost,
+        a,
+        b,
+        eps=eps,
+        iterations=iterations,
+        violation=violation,
+        tol=tol,
+        n_iters=n_iters,
+        grad=grad,
+        return_info=return_info,
+        strict=strict,
+    )
 
 
 def column_violation(cost, f, g, eps, b):

@@ -7,6 +7,7 @@ step and the metrics (``step``), the baselines (``baselines``), the summary (``r
 ``rng_state``, ``fingerprint``), the run directory's lock (``run_dir``), model files and their re-scoring
 (``saved_model``), and data-parallel training (``distributed``).
 """
+
 from .checkpoint import CheckpointError
 from .config import TrainConfig
 from .experiment import Experiment, TrainingDiverged, run_experiment, run_plan
@@ -15,6 +16,21 @@ from .report import format_table, summarize, write_json
 from .saved_model import evaluate_saved_models
 from .step import evaluate, make_optimizer, predict, train_step
 
-__all__ = ["TrainConfig", "RunPlan", "plan_run", "Experiment", "run_experiment", "run_plan", "TrainingDiverged",
-           "CheckpointError", "format_table", "summarize", "write_json", "evaluate_saved_models", "evaluate",
-           "make_optimizer", "predict", "train_step"]
+__all__ = [
+    "TrainConfig",
+    "RunPlan",
+    "plan_run",
+    "Experiment",
+    "run_experiment",
+    "run_plan",
+    "TrainingDiverged",
+    "CheckpointError",
+    "format_table",
+    "summarize",
+    "write_json",
+    "evaluate_saved_models",
+    "evaluate",
+    "make_optimizer",
+    "predict",
+    "train_step",
+]

@@ -5,6 +5,7 @@ file, never through a planted symlink), removed in a ``finally`` when the write 
 ``path`` when it succeeds. ``remove_stale_temps`` deletes the temp files of processes that no longer run.
 Every OSError names the file it was about.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ import re
 import secrets
 import shutil
 
-_TEMP = re.compile(r".+\.tmp-(\d+)(-[0-9a-f]+)?$")   # (the suffix-less form: versions before issue 25)
+_TEMP = re.compile(r".+\.tmp-(\d+)(-[0-9a-f]+)?$")  # (the suffix-less form: versions before issue 25)
 
 
 def temp_path(path: str) -> str:
@@ -39,8 +40,9 @@ def sync_dir(directory: str) -> None:
 
 
 def _open_exclusive(tmp: str) -> int:
-    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-                   | getattr(os, "O_CLOEXEC", 0), 0o644)
+    return os.open(
+        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644
+    )
 
 
 def _write_fd(fd: int, data: bytes) -> None:
@@ -55,7 +57,7 @@ def keep_previous(path: str, previous: str) -> None:
     tmp, created = temp_path(previous), False
     try:
         try:
-            os.link(path, tmp)   # fails on an existing name (never follows a planted link)
+            os.link(path, tmp)  # fails on an existing name (never follows a planted link)
             created = True
         except FileExistsError:
             raise
@@ -88,7 +90,7 @@ def write_atomic(path: str, data: bytes, previous: "str | None" = None) -> None:
     except OSError as exc:
         raise _named(exc, f"cannot write {path!r}") from None
     finally:
-        if created and os.path.lexists(tmp):   # (never a file someone else planted at the name)
+        if created and os.path.lexists(tmp):  # (never a file someone else planted at the name)
             os.remove(tmp)
     sync_dir(directory)
 
@@ -98,7 +100,7 @@ def _pid_running(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:   # another user's process
+    except PermissionError:  # another user's process
         return True
     return True
 

@@ -1,5 +1,6 @@
 """The two baselines every split is scored against: the training-set mean distribution and a single-modality
 MLP trained with the run's optimiser settings."""
+
 from __future__ import annotations
 
 from typing import Dict
@@ -20,8 +21,12 @@ class SingleModalityMLP(nn.Module):
     def __init__(self, columns: slice, n_classes: int, hidden: int = 128, dropout: float = 0.5):
         super().__init__()
         self.columns = columns
-        self.net = nn.Sequential(nn.Linear(columns.stop - columns.start, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, n_classes))
+        self.net = nn.Sequential(
+            nn.Linear(columns.stop - columns.start, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, n_classes),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self.net(x[:, self.columns]), dim=-1)
@@ -33,8 +38,9 @@ def mean_baseline(y_train: torch.Tensor, y_test: torch.Tensor) -> Dict[str, floa
     return edl_metrics(y_test.cpu(), mean.expand_as(y_test).cpu())
 
 
-def train_mlp_baseline(x_train, y_train, x_test, y_test, columns: slice, cfg: TrainConfig,
-                       seed: int) -> Dict[str, float]:
+def train_mlp_baseline(
+    x_train, y_train, x_test, y_test, columns: slice, cfg: TrainConfig, seed: int
+) -> Dict[str, float]:
     """Train the single-modality MLP with the run's optimiser settings; return its test metrics."""
     torch.manual_seed(seed)
     model = SingleModalityMLP(columns, y_train.shape[1]).to(x_train.device, x_train.dtype)

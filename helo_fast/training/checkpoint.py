@@ -10,6 +10,7 @@ does a file of the pickle format that earlier versions wrote (magic ``HELOCKPT``
 writes a temp file and renames it over the target, keeping the previous version as ``<path>.prev``
 (a hard link made before the rename, so ``<path>`` itself exists at every instant).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,14 +27,30 @@ from .plain_state import StateFormatError, join_state, split_state
 from .atomic_files import write_atomic
 
 MAGIC = b"HELOCKP2"
-LEGACY_MAGIC = b"HELOCKPT"   # earlier versions: a torch.save pickle after the same header
+LEGACY_MAGIC = b"HELOCKPT"  # earlier versions: a torch.save pickle after the same header
 _HEADER = len(MAGIC) + 64 + 1
 _STATE_KEY = "helo_fast_state"
-MAX_CHECKPOINT_BYTES = 1 << 30   # default cap on a file's size (a default-config HeLo model file is ~17 MB)
-MAX_HEADER_BYTES = 100 << 20     # safetensors' own limit on its JSON header
+MAX_CHECKPOINT_BYTES = 1 << 30  # default cap on a file's size (a default-config HeLo model file is ~17 MB)
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on its JSON header
 _CHUNK = 1 << 20
-_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-             "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
+_ITEMSIZE = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+    "C64": 8,
+}
 
 
 class CheckpointError(ValueError):
@@ -64,7 +81,7 @@ def atomic_save(obj: Any, path: str, keep_previous: bool = True) -> None:
 
 def _safetensors_metadata(payload: bytes) -> Dict[str, str]:
     (size,) = struct.unpack("<Q", payload[:8])
-    header = json.loads(payload[8:8 + size])
+    header = json.loads(payload[8 : 8 + size])
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(metadata, dict):
         raise ValueError("no metadata in the safetensors header")
@@ -73,9 +90,11 @@ def _safetensors_metadata(payload: bytes) -> Dict[str, str]:
 
 def _check_header(data: bytes, size: int, path: str) -> None:
     if data.startswith(LEGACY_MAGIC):
-        raise CheckpointError(f"{path!r} was written by an earlier helo_fast version, as a pickle, which this version "
-                              "does not load (unpickling a file can run code in it); start a fresh run with this "
-                              "version (see the README, Checkpoints)")
+        raise CheckpointError(
+            f"{path!r} was written by an earlier helo_fast version, as a pickle, which this version "
+            "does not load (unpickling a file can run code in it); start a fresh run with this "
+            "version (see the README, Checkpoints)"
+        )
     if size < _HEADER + 8 or not data.startswith(MAGIC):
         raise CheckpointError(f"{path!r} is not a helo_fast checkpoint (no {MAGIC.decode()} header) or is truncated")
 
@@ -92,19 +111,29 @@ def _declared_payload_size(header: bytes, header_len: int, path: str) -> int:
     for name, entry in entries.items():
         if name == "__metadata__":
             continue
-        ok = (isinstance(entry, dict) and entry.get("dtype") in _ITEMSIZE and isinstance(entry.get("shape"), list)
-              and all(type(d) is int and d >= 0 for d in entry["shape"]) and isinstance(entry.get("data_offsets"), list)
-              and len(entry["data_offsets"]) == 2 and all(type(o) is int and o >= 0 for o in entry["data_offsets"]))
+        ok = (
+            isinstance(entry, dict)
+            and entry.get("dtype") in _ITEMSIZE
+            and isinstance(entry.get("shape"), list)
+            and all(type(d) is int and d >= 0 for d in entry["shape"])
+            and isinstance(entry.get("data_offsets"), list)
+            and len(entry["data_offsets"]) == 2
+            and all(type(o) is int and o >= 0 for o in entry["data_offsets"])
+        )
         if not ok:
-            raise CheckpointError(f"{path!r}: tensor {name!r} of its safetensors header must have a known dtype, a "
-                                  "shape of ints >= 0 and two data offsets")
+            raise CheckpointError(
+                f"{path!r}: tensor {name!r} of its safetensors header must have a known dtype, a "
+                "shape of ints >= 0 and two data offsets"
+            )
         nbytes = _ITEMSIZE[entry["dtype"]]
         for d in entry["shape"]:
             nbytes *= d
         begin, end = entry["data_offsets"]
         if end - begin != nbytes:
-            raise CheckpointError(f"{path!r}: tensor {name!r} declares shape {entry['shape']} of {entry['dtype']} "
-                                  f"({nbytes} bytes) over {end - begin} bytes of data")
+            raise CheckpointError(
+                f"{path!r}: tensor {name!r} declares shape {entry['shape']} of {entry['dtype']} "
+                f"({nbytes} bytes) over {end - begin} bytes of data"
+            )
         spans.append((begin, end))
     spans.sort()
     position = 0
@@ -121,8 +150,8 @@ def _hash_stream(fh: BinaryIO, digest, remaining: int, path: str, into: Optional
         n = min(_CHUNK, remaining - position)
         chunk = fh.read(n) if into is None else None
         if into is not None:
-            got = fh.readinto(into[position:position + n])
-            chunk = into[position:position + got]
+            got = fh.readinto(into[position : position + n])
+            chunk = into[position : position + got]
         if not chunk:
             raise CheckpointError(f"checkpoint {path!r} is truncated (it shrank while being read)")
         digest.update(chunk)
@@ -144,24 +173,31 @@ def read_checked(path: str, max_bytes: int = MAX_CHECKPOINT_BYTES) -> bytes:
             head = fh.read(_HEADER + 8)
             _check_header(head, size, path)
             if size > max_bytes:
-                raise CheckpointError(f"checkpoint {path!r} is {size} bytes, more than the {max_bytes} bytes a "
-                                      "checkpoint of this run may have")
+                raise CheckpointError(
+                    f"checkpoint {path!r} is {size} bytes, more than the {max_bytes} bytes a "
+                    "checkpoint of this run may have"
+                )
             payload_size = size - _HEADER
             (header_len,) = struct.unpack("<Q", head[_HEADER:])
             if header_len > min(MAX_HEADER_BYTES, payload_size - 8):
-                raise CheckpointError(f"checkpoint {path!r} is corrupt or truncated: it declares a header of "
-                                      f"{header_len} bytes and holds {payload_size - 8} after the header length")
+                raise CheckpointError(
+                    f"checkpoint {path!r} is corrupt or truncated: it declares a header of "
+                    f"{header_len} bytes and holds {payload_size - 8} after the header length"
+                )
             header = fh.read(header_len)
             declared = _declared_payload_size(header, header_len, path)
             if declared != payload_size:
-                raise CheckpointError(f"checkpoint {path!r} is corrupt or truncated: it declares {declared} payload "
-                                      f"bytes but holds {payload_size}")
-            expected = head[len(MAGIC):_HEADER - 1].decode(errors="replace")
+                raise CheckpointError(
+                    f"checkpoint {path!r} is corrupt or truncated: it declares {declared} payload "
+                    f"bytes but holds {payload_size}"
+                )
+            expected = head[len(MAGIC) : _HEADER - 1].decode(errors="replace")
             digest = hashlib.sha256(head[_HEADER:] + header)
             _hash_stream(fh, digest, payload_size - 8 - header_len, path)
             if digest.hexdigest() != expected:
-                raise CheckpointError(f"checkpoint {path!r} is corrupt or truncated (SHA-256 mismatch: "
-                                      f"{payload_size} payload bytes)")
+                raise CheckpointError(
+                    f"checkpoint {path!r} is corrupt or truncated (SHA-256 mismatch: {payload_size} payload bytes)"
+                )
             fh.seek(_HEADER)
             payload = bytearray(payload_size)
             digest = hashlib.sha256()
@@ -175,11 +211,12 @@ def read_checked(path: str, max_bytes: int = MAX_CHECKPOINT_BYTES) -> bytes:
 
 def decode(data: bytes, path: str) -> Any:
     """The object in checkpoint bytes ``data`` read from ``path`` (named in every CheckpointError)."""
-    _check_header(data[:_HEADER + 8], len(data), path)
-    expected, payload = data[len(MAGIC):_HEADER - 1].decode(errors="replace"), data[_HEADER:]
+    _check_header(data[: _HEADER + 8], len(data), path)
+    expected, payload = data[len(MAGIC) : _HEADER - 1].decode(errors="replace"), data[_HEADER:]
     if hashlib.sha256(payload).hexdigest() != expected:
-        raise CheckpointError(f"checkpoint {path!r} is corrupt or truncated (SHA-256 mismatch: "
-                              f"{len(payload)} payload bytes)")
+        raise CheckpointError(
+            f"checkpoint {path!r} is corrupt or truncated (SHA-256 mismatch: {len(payload)} payload bytes)"
+        )
     return _decode_payload(payload, path)
 
 
@@ -189,8 +226,9 @@ def _decode_payload(payload: bytes, path: str) -> Any:
         text = _safetensors_metadata(payload)[_STATE_KEY]
         return join_state(text, tensors)
     except (safetensors.SafetensorError, StateFormatError, ValueError, KeyError, struct.error) as exc:
-        raise CheckpointError(f"{path!r} has a valid checksum but is not a helo_fast checkpoint payload "
-                              f"({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(
+            f"{path!r} has a valid checksum but is not a helo_fast checkpoint payload ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def load_checked(path: str, max_bytes: int = MAX_CHECKPOINT_BYTES) -> Any:

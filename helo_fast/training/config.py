@@ -4,6 +4,7 @@
 (``lr_gamma``), or what ``error_names`` makes of it: the command line builds its TrainConfig with the option
 names (``--lr-gamma``), so both refuse the same values with the same check.
 """
+
 from __future__ import annotations
 
 import math
@@ -84,16 +85,16 @@ class TrainConfig:
     seed: int = 3407
     folds: int = 5
     test_fraction: float = 0.2
-    max_splits: Optional[int] = None       # only the first N splits (None: all)
+    max_splits: Optional[int] = None  # only the first N splits (None: all)
     device: str = "auto"
-    dtype: str = "float32"                 # of the model and data: "float32" or "float64"
-    precision: str = "32"                  # "32", "bf16-mixed" or "16-mixed" (CUDA): see training.precision
-    threads: Optional[int] = None          # torch.set_num_threads for the run (None: leave as is)
+    dtype: str = "float32"  # of the model and data: "float32" or "float64"
+    precision: str = "32"  # "32", "bf16-mixed" or "16-mixed" (CUDA): see training.precision
+    threads: Optional[int] = None  # torch.set_num_threads for the run (None: leave as is)
     checkpoint_dir: Optional[str] = None
     checkpoint_every: int = 10
     resume: bool = False
-    overwrite: bool = False                # replace the run already in checkpoint_dir (else refused)
-    save_models: bool = True               # final model of each split -> checkpoint_dir/model_<i>.pt
+    overwrite: bool = False  # replace the run already in checkpoint_dir (else refused)
+    save_models: bool = True  # final model of each split -> checkpoint_dir/model_<i>.pt
     baselines: bool = True
     baseline_modality: str = "video"
     quiet: bool = False
@@ -107,7 +108,7 @@ class TrainConfig:
 
 
 def resolve_device(device: str, name: str = "device") -> torch.device:
-    """"auto" -> cuda when available, else cpu; otherwise the cpu or cuda device named, checked to exist here.
+    """ "auto" -> cuda when available, else cpu; otherwise the cpu or cuda device named, checked to exist here.
 
     ValueError naming ``name`` for a string that is not a device, another device type (meta, ...),
     or a CUDA device this machine does not have.

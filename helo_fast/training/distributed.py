@@ -5,6 +5,7 @@ of it); every rank's loss is its exact share of the global-batch loss (``helo_lo
 and is scaled by N because DistributedDataParallel averages gradients, so the update equals a
 single-process step on the whole global batch. gloo on CPU, nccl on CUDA.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,6 +44,7 @@ def init_distributed(device: torch.device) -> DistContext:
         # Imported after the group exists, torch._dynamo (which the optimizers and DistributedDataParallel import
         # on first use) keeps references to it (torch 2.13), so destroy_process_group would leave its threads alive.
         import torch._dynamo  # noqa: F401
+
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistContext(dist.get_rank(), dist.get_world_size(), owns_group)
 
@@ -69,7 +71,7 @@ def local_device(device: torch.device) -> torch.device:
 
 def shard(rows: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """This rank's rows of a global batch of row indices (rank r takes r, r + N, ...)."""
-    return rows[ctx.rank::ctx.world_size] if ctx.enabled else rows
+    return rows[ctx.rank :: ctx.world_size] if ctx.enabled else rows
 
 
 def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:

@@ -11,6 +11,7 @@ Checkpoints (``checkpoint_dir``) are written atomically (temp file, then ``os.re
 scheduler, epoch, finished splits and every RNG state (``rng_state``) and, for 16-mixed, the gradient scaler, so
 ``resume=True`` continues bit-for-bit. A resume is refused unless the run's fingerprint matches (``fingerprint``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -76,21 +77,24 @@ class SplitState:
 class Experiment:
     """One run of a protocol: splits, per-split training, baselines, checkpoints, summary."""
 
-    def __init__(self, dataset: EmotionDataset, plan: RunPlan,
-                 on_epoch_end: Optional[Callable[[int, int, dict], None]] = None):
+    def __init__(
+        self, dataset: EmotionDataset, plan: RunPlan, on_epoch_end: Optional[Callable[[int, int, dict], None]] = None
+    ):
         model_config, cfg = plan.model_config, plan.train_config
         if model_config.n_features != dataset.layout.n_features or model_config.n_classes != dataset.layout.n_classes:
-            raise ValueError(f"model_config expects rows of {model_config.n_features} features and "
-                             f"{model_config.n_classes} classes; dataset {dataset.name} has "
-                             f"{dataset.layout.n_features} and {dataset.layout.n_classes}")
+            raise ValueError(
+                f"model_config expects rows of {model_config.n_features} features and "
+                f"{model_config.n_classes} classes; dataset {dataset.name} has "
+                f"{dataset.layout.n_features} and {dataset.layout.n_classes}"
+            )
         self.dataset, self.plan, self.model_config, self.cfg = dataset, plan, model_config, cfg
         self.device = plan.device
         self.dtype = TRAIN_DTYPES[cfg.dtype]
         self.dist = init_distributed(self.device)
         self.on_epoch_end = on_epoch_end
         splits = make_splits(dataset, cfg.protocol, folds=cfg.folds, test_fraction=cfg.test_fraction, seed=cfg.seed)
-        self.splits: List[Split] = splits[:cfg.max_splits] if cfg.max_splits else splits
-        self.fingerprint: Optional[dict] = None   # set by run() once the thread count is set, with checkpoint_dir
+        self.splits: List[Split] = splits[: cfg.max_splits] if cfg.max_splits else splits
+        self.fingerprint: Optional[dict] = None  # set by run() once the thread count is set, with checkpoint_dir
         self.show = not cfg.quiet and self.dist.is_main
         self.bars = self.show and sys.stderr.isatty()
 
@@ -109,8 +113,12 @@ class Experiment:
     def _tensors(self, split: Split):
         x_train, x_test = standardize(self.dataset.features[split.train], self.dataset.features[split.test])
         as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device, self.dtype)  # noqa: E731
-        return (as_t(x_train), as_t(self.dataset.labels[split.train]), as_t(x_test),
-                as_t(self.dataset.labels[split.test]))
+        return (
+            as_t(x_train),
+            as_t(self.dataset.labels[split.train]),
+            as_t(x_test),
+            as_t(self.dataset.labels[split.test]),
+        )
 
     def _load_checkpoint(self) -> Optional[dict]:
         path = self._checkpoint_path()
@@ -127,10 +135,12 @@ class Experiment:
         check_run_state(state, path, n_splits=len(self.splits), epochs=self.cfg.epochs)
         differences = fingerprint_differences(state["fingerprint"], self.fingerprint)
         if differences:
-            raise ValueError(f"checkpoint {path!r} was written by a different run ({'; '.join(differences)}): "
-                             "the results depend on each of these, so a resume must match them (the same dataset, "
-                             "model and training options, --threads, device, number of processes and backends); "
-                             "or start a fresh --checkpoint-dir")
+            raise ValueError(
+                f"checkpoint {path!r} was written by a different run ({'; '.join(differences)}): "
+                "the results depend on each of these, so a resume must match them (the same dataset, "
+                "model and training options, --threads, device, number of processes and backends); "
+                "or start a fresh --checkpoint-dir"
+            )
         return state
 
     # -- one split: build (or restore), train epoch by epoch, save
@@ -139,8 +149,9 @@ class Experiment:
         ``split_seed``; ranks draw independent DropKey/dropout masks, rank 0 keeps the single-process seed)."""
         cfg = self.cfg
         torch.manual_seed(split_seed)
-        model = HeLo(self.model_config, mask_seed=split_seed + 1 + 1_000_003 * self.dist.rank).to(self.device,
-                                                                                                   self.dtype)
+        model = HeLo(self.model_config, mask_seed=split_seed + 1 + 1_000_003 * self.dist.rank).to(
+            self.device, self.dtype
+        )
         optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
         scaler = grad_scaler(cfg.precision, self.device)
@@ -151,8 +162,15 @@ class Experiment:
         """Load a mid-split checkpoint's state into ``split``, each field checked against its fresh objects first."""
         path = self._checkpoint_path()
         masks = [split.model.mask_generator.get_state()] * self.dist.world_size
-        check_split_state(state, path, model=split.model, optimizer=split.optimizer, scheduler=split.scheduler,
-                          scaler=split.scaler, rng_template=rng_state(masks, split.shuffle))
+        check_split_state(
+            state,
+            path,
+            model=split.model,
+            optimizer=split.optimizer,
+            scheduler=split.scheduler,
+            scaler=split.scaler,
+            rng_template=rng_state(masks, split.shuffle),
+        )
         try:
             split.model.load_state_dict(state["model"])
             split.optimizer.load_state_dict(state["optimizer"])
@@ -161,19 +179,22 @@ class Experiment:
                 split.scaler.load_state_dict(state["scaler"])
             set_rng_state(state["rng"], split.model.mask_generator, split.shuffle, rank=self.dist.rank)
         except (RuntimeError, ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
-            raise CheckpointError(f"checkpoint {path!r}: its state cannot be restored ({type(exc).__name__}: "
-                                  f"{exc})") from None
+            raise CheckpointError(
+                f"checkpoint {path!r}: its state cannot be restored ({type(exc).__name__}: {exc})"
+            ) from None
         split.epoch, split.history, split.seconds = state["epoch"], state["history"], state["seconds"]
 
-    def _check_finite(self, model: nn.Module, split: Split, epoch: int, cause: Optional[Exception],
-                      force: bool = False) -> None:
+    def _check_finite(
+        self, model: nn.Module, split: Split, epoch: int, cause: Optional[Exception], force: bool = False
+    ) -> None:
         """Raise TrainingDiverged when the parameters (or, with ``force``, the loss) are no longer finite."""
         if not force and all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             return
         raise TrainingDiverged(
             f"training diverged in {split.name}, epoch {epoch + 1}: the model's parameters or loss are no longer "
             f"finite; lower the learning rate (lr = {self.cfg.lr}; the default is 1e-3), or check the --config "
-            "values (lambda_corr, beta)") from cause
+            "values (lambda_corr, beta)"
+        ) from cause
 
     def _train_epoch(self, state: SplitState, trained: nn.Module, split: Split, data) -> dict:
         """One epoch of ``state``'s model (``trained``: it, wrapped for DDP): the shuffled batches, each rank's
@@ -190,10 +211,17 @@ class Experiment:
                 rows, weight = idx[:1], 0.0
             rows = rows.to(self.device)
             try:
-                loss, parts = train_step(trained, state.optimizer, x_train[rows], y_train[rows],
-                                         config=self.model_config, batch_total=len(idx) if self.dist.enabled else None,
-                                         loss_scale=weight * self.dist.world_size, precision=cfg.precision,
-                                         scaler=state.scaler)
+                loss, parts = train_step(
+                    trained,
+                    state.optimizer,
+                    x_train[rows],
+                    y_train[rows],
+                    config=self.model_config,
+                    batch_total=len(idx) if self.dist.enabled else None,
+                    loss_scale=weight * self.dist.world_size,
+                    precision=cfg.precision,
+                    scaler=state.scaler,
+                )
             except ValueError as exc:  # the ops refuse non-finite inputs: say why they became non-finite
                 self._check_finite(model, split, epoch, exc)
                 raise
@@ -204,27 +232,40 @@ class Experiment:
         totals = dict(zip(("loss", "kl", "corr"), totals.tolist()))
         state.scheduler.step()
         state.seconds += time.perf_counter() - tic
-        metrics = evaluate(model, x_test, y_test, cfg.batch_size, self.model_config.eval_first_sample_only, self.dist,
-                           cfg.precision)
+        metrics = evaluate(
+            model, x_test, y_test, cfg.batch_size, self.model_config.eval_first_sample_only, self.dist, cfg.precision
+        )
         record = {"epoch": epoch + 1, **{f"train_{k}": v / len(batches) for k, v in totals.items()}, **metrics}
         state.history.append(record)
         state.epoch = epoch + 1
-        self._log(f"{split.name} epoch {epoch + 1}/{cfg.epochs}  train loss {record['train_loss']:.4f} "
-                  f"(kl {record['train_kl']:.4f}, corr {record['train_corr']:.4f})  test: "
-                  + "  ".join(f"{m} {metrics[m]:.4f}" for m in METRIC_NAMES))
+        self._log(
+            f"{split.name} epoch {epoch + 1}/{cfg.epochs}  train loss {record['train_loss']:.4f} "
+            f"(kl {record['train_kl']:.4f}, corr {record['train_corr']:.4f})  test: "
+            + "  ".join(f"{m} {metrics[m]:.4f}" for m in METRIC_NAMES)
+        )
         return record
 
     def _save_checkpoint(self, index: int, state: SplitState, results: List[dict]) -> None:
         """Checkpoint the split in progress. Every rank takes part: rank 0 writes each rank's mask-generator state."""
         masks = all_gather_tensor(state.model.mask_generator.get_state(), self.dist, self.device)
         if self._writes_checkpoints():
-            atomic_save({"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "results": results,
-                         "split_index": index, "epoch": state.epoch, "history": state.history,
-                         "seconds": state.seconds, "model": state.model.state_dict(),
-                         "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
-                         "rng": rng_state(masks, state.shuffle),
-                         "scaler": None if state.scaler is None else state.scaler.state_dict()},
-                        self._checkpoint_path())
+            atomic_save(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "fingerprint": self.fingerprint,
+                    "results": results,
+                    "split_index": index,
+                    "epoch": state.epoch,
+                    "history": state.history,
+                    "seconds": state.seconds,
+                    "model": state.model.state_dict(),
+                    "optimizer": state.optimizer.state_dict(),
+                    "scheduler": state.scheduler.state_dict(),
+                    "rng": rng_state(masks, state.shuffle),
+                    "scaler": None if state.scaler is None else state.scaler.state_dict(),
+                },
+                self._checkpoint_path(),
+            )
 
     def _train_split(self, index: int, split: Split, resume_state: Optional[dict], results: List[dict]) -> dict:
         """Train a fresh model on ``split`` (or continue the one in ``resume_state``), score it and the baselines;
@@ -236,8 +277,14 @@ class Experiment:
         if resume_state is not None:
             self._restore(resume_state, state)
         trained = wrap_model(state.model, self.dist, self.device)  # DistributedDataParallel under torchrun
-        bar = tqdm(range(state.epoch, cfg.epochs), desc=f"{split.name} ({index + 1}/{len(self.splits)})",
-                   initial=state.epoch, total=cfg.epochs, disable=not self.bars, leave=False)
+        bar = tqdm(
+            range(state.epoch, cfg.epochs),
+            desc=f"{split.name} ({index + 1}/{len(self.splits)})",
+            initial=state.epoch,
+            total=cfg.epochs,
+            disable=not self.bars,
+            leave=False,
+        )
         for _ in bar:
             record = self._train_epoch(state, trained, split, data)
             bar.set_postfix(loss=f"{record['train_loss']:.4f}", test_kl=f"{record['kl']:.4f}")
@@ -247,16 +294,24 @@ class Experiment:
                 self.on_epoch_end(index, state.epoch, record)
         bar.close()
         x_train, y_train, x_test, y_test = data
-        result = {"split": split.name, "train_rows": len(split.train), "test_rows": len(split.test),
-                  "train_seconds": state.seconds, "helo": {m: state.history[-1][m] for m in METRIC_NAMES},
-                  "history": state.history}
+        result = {
+            "split": split.name,
+            "train_rows": len(split.train),
+            "test_rows": len(split.test),
+            "train_seconds": state.seconds,
+            "helo": {m: state.history[-1][m] for m in METRIC_NAMES},
+            "history": state.history,
+        }
         if cfg.baselines:
             result["mean"] = mean_baseline(y_train, y_test)
             columns = self.dataset.layout.block_slices()[cfg.baseline_modality]
             result["mlp"] = train_mlp_baseline(x_train, y_train, x_test, y_test, columns, cfg, split_seed + 3)
         if self._writes_checkpoints() and cfg.save_models:
-            atomic_save(saved_model_state(state.model, self.model_config, self.dataset, split, cfg),
-                        os.path.join(cfg.checkpoint_dir, f"model_{index}.pt"), keep_previous=False)
+            atomic_save(
+                saved_model_state(state.model, self.model_config, self.dataset, split, cfg),
+                os.path.join(cfg.checkpoint_dir, f"model_{index}.pt"),
+                keep_previous=False,
+            )
         return result
 
     def run(self) -> dict:
@@ -275,7 +330,7 @@ class Experiment:
     def _run(self) -> dict:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
-        if self._writes_checkpoints():   # temp files of killed saves (checkpoints are ~3x the model each)
+        if self._writes_checkpoints():  # temp files of killed saves (checkpoints are ~3x the model each)
             remove_stale_temps(self.cfg.checkpoint_dir)
         if self.cfg.checkpoint_dir:  # only checkpoints carry it (hashing a large dataset takes a moment)
             self.fingerprint = run_fingerprint(self.dataset, self.plan, world_size=self.dist.world_size)
@@ -288,15 +343,29 @@ class Experiment:
             results.append(self._train_split(index, self.splits[index], resume_state, results))
             state = None
             if self._writes_checkpoints():
-                atomic_save({"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "results": results,
-                             "split_index": index + 1, "epoch": 0}, self._checkpoint_path())
+                atomic_save(
+                    {
+                        "format": CHECKPOINT_FORMAT,
+                        "fingerprint": self.fingerprint,
+                        "results": results,
+                        "split_index": index + 1,
+                        "epoch": 0,
+                    },
+                    self._checkpoint_path(),
+                )
             split_bar.update(1)
         split_bar.close()
         summary = summarize(results, self.cfg)
-        summary.update(dataset=self.dataset.name, protocol=self.cfg.protocol, device=str(self.device),
-                       world_size=self.dist.world_size, rank=self.dist.rank,
-                       train_config=dataclasses.asdict(self.cfg), model_config=self.model_config.to_dict(),
-                       splits=results)
+        summary.update(
+            dataset=self.dataset.name,
+            protocol=self.cfg.protocol,
+            device=str(self.device),
+            world_size=self.dist.world_size,
+            rank=self.dist.rank,
+            train_config=dataclasses.asdict(self.cfg),
+            model_config=self.model_config.to_dict(),
+            splits=results,
+        )
         if self.cfg.output_json and self.dist.is_main:
             write_json(summary, self.cfg.output_json)
         return summary

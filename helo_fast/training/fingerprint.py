@@ -4,6 +4,7 @@ The fingerprint holds the options that change the numbers (the precision among t
 (SHA-256 of its arrays), and the environment that does: torch's thread count, the device, the number of
 processes, the CPU capability and the backend each op of HeLo resolves to.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,20 +31,46 @@ def run_fingerprint(dataset: EmotionDataset, plan: RunPlan, world_size: int = 1)
     numbers, and the environment that does (torch's thread count, device, number of processes, kernel choices:
     ``plan.backends``)."""
     model_config, cfg, device = plan.model_config, plan.train_config, plan.device
-    keys = ("protocol", "epochs", "batch_size", "lr", "weight_decay", "lr_gamma", "seed", "folds", "test_fraction",
-            "max_splits", "baselines", "baseline_modality", "dtype", "precision")
-    environment = {"threads": torch.get_num_threads(), "world_size": world_size, "device": device.type,
-                   "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                   "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                   "HELO_FAST_CPU_ISA": os.environ.get("HELO_FAST_CPU_ISA"),
-                   "backends": dict(plan.backends)}
-    return {"train": {k: getattr(cfg, k) for k in keys}, "model": model_config.to_dict(), "environment": environment,
-            "dataset": {"name": dataset.name, "rows": len(dataset), "features": int(dataset.features.shape[1]),
-                        "sha256": dataset_digest(dataset)}}
+    keys = (
+        "protocol",
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "lr_gamma",
+        "seed",
+        "folds",
+        "test_fraction",
+        "max_splits",
+        "baselines",
+        "baseline_modality",
+        "dtype",
+        "precision",
+    )
+    environment = {
+        "threads": torch.get_num_threads(),
+        "world_size": world_size,
+        "device": device.type,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "HELO_FAST_CPU_ISA": os.environ.get("HELO_FAST_CPU_ISA"),
+        "backends": dict(plan.backends),
+    }
+    return {
+        "train": {k: getattr(cfg, k) for k in keys},
+        "model": model_config.to_dict(),
+        "environment": environment,
+        "dataset": {
+            "name": dataset.name,
+            "rows": len(dataset),
+            "features": int(dataset.features.shape[1]),
+            "sha256": dataset_digest(dataset),
+        },
+    }
 
 
 def fingerprint_differences(saved, current, prefix: str = "") -> List[str]:
-    """"key.sub: checkpoint X, this run Y" for every entry where two fingerprints differ."""
+    """ "key.sub: checkpoint X, this run Y" for every entry where two fingerprints differ."""
     if isinstance(saved, dict) and isinstance(current, dict):
         out = []
         for key in list(current) + [k for k in saved if k not in current]:

@@ -9,6 +9,7 @@ creates nothing but those types, so reading a state cannot run code.
 Tagged JSON objects (one key each) keep what JSON cannot say: tuples, dicts with non-string keys
 (an optimiser's ``state`` is keyed by int), non-finite floats and numpy arrays.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,20 @@ import torch
 _TENSOR, _NDARRAY, _TUPLE, _DICT, _FLOAT = "__tensor__", "__ndarray__", "__tuple__", "__dict__", "__float__"
 _TAGS = (_TENSOR, _NDARRAY, _TUPLE, _DICT, _FLOAT)
 # Tensor dtypes a numpy array can have (what split_state writes for one): not bfloat16 or the float8s.
-_NUMPY_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16,
-                 torch.uint32, torch.uint64, torch.float16, torch.float32, torch.float64)
+_NUMPY_DTYPES = (
+    torch.bool,
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.uint16,
+    torch.uint32,
+    torch.uint64,
+    torch.float16,
+    torch.float32,
+    torch.float64,
+)
 
 
 class StateFormatError(ValueError):
@@ -86,8 +99,9 @@ def _from_plain(obj: Any, tensors: Dict[str, torch.Tensor]) -> Any:
     if tag == _NDARRAY:
         tensor = _tensor(value, tensors)
         if tensor.dtype not in _NUMPY_DTYPES:
-            raise StateFormatError(f"numpy array {value!r} has dtype {tensor.dtype}, which numpy has not (numbers "
-                                   "and bools only)")
+            raise StateFormatError(
+                f"numpy array {value!r} has dtype {tensor.dtype}, which numpy has not (numbers and bools only)"
+            )
         return tensor.numpy()
     if tag == _FLOAT:
         if value not in ("nan", "inf", "-inf"):

@@ -5,6 +5,7 @@ resolves the backend each op of HeLo gets (``models.op_backends``). The experime
 read the plan; none of them resolves these again. Library callers get a plan from ``run_experiment``; the command
 line builds it itself, with its option names in the errors.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,7 @@ class RunPlan:
     backends: Dict[str, str]
 
 
-def plan_run(model_config: HeLoConfig, train_config: TrainConfig,
-             error_names: Callable[[str], str] = str) -> RunPlan:
+def plan_run(model_config: HeLoConfig, train_config: TrainConfig, error_names: Callable[[str], str] = str) -> RunPlan:
     """The plan of a run of ``model_config`` under ``train_config`` here.
 
     ValueError naming ``error_names("device")`` / ``error_names("precision")`` for a device this machine lacks or a

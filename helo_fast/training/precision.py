@@ -7,6 +7,7 @@
 
 What the custom ops do under autocast: ``helo_fast._autocast``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,9 +34,11 @@ def slow_bf16_reason(device: torch.device) -> Optional[str]:
     None elsewhere (CUDA, or a CPU with native bfloat16)."""
     if torch.device(device).type != "cpu" or native_cpu_bf16():
         return None
-    return ("this CPU has no native bfloat16 (AVX512-BF16 or AMX-BF16; torch.ops.mkldnn."
-            "_is_mkldnn_bf16_supported() is False), so bfloat16 is emulated and float32 (--precision 32) is "
-            "several times faster here")
+    return (
+        "this CPU has no native bfloat16 (AVX512-BF16 or AMX-BF16; torch.ops.mkldnn."
+        "_is_mkldnn_bf16_supported() is False), so bfloat16 is emulated and float32 (--precision 32) is "
+        "several times faster here"
+    )
 
 
 def check_precision(name: str, precision: str, device: torch.device, dtype: str = "float32") -> str:
@@ -44,12 +47,15 @@ def check_precision(name: str, precision: str, device: torch.device, dtype: str 
     where bf16-mixed is slower than float32 (slow_bf16_reason)."""
     check_choice(name, precision, PRECISIONS)
     if precision == "16-mixed" and device.type != "cuda":
-        raise ValueError(f"{name} 16-mixed (float16 autocast with a gradient scaler) runs on CUDA devices only, "
-                         f"not on {device.type} (float16 matmuls on a CPU gain little over float32); use "
-                         f"{name} bf16-mixed")
+        raise ValueError(
+            f"{name} 16-mixed (float16 autocast with a gradient scaler) runs on CUDA devices only, "
+            f"not on {device.type} (float16 matmuls on a CPU gain little over float32); use "
+            f"{name} bf16-mixed"
+        )
     if precision != "32" and dtype != "float32":
-        raise ValueError(f"{name} {precision} needs a float32 model (autocast leaves {dtype} as it is), got "
-                         f"dtype {dtype}")
+        raise ValueError(
+            f"{name} {precision} needs a float32 model (autocast leaves {dtype} as it is), got dtype {dtype}"
+        )
     global _warned_slow_bf16
     if precision == "bf16-mixed" and not _warned_slow_bf16:
         reason = slow_bf16_reason(device)

@@ -1,4 +1,5 @@
 """A run's summary: mean and std of each metric over the splits, the printed table, the JSON file."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,10 @@ def summarize(results: List[dict], cfg: TrainConfig) -> dict:
 def format_table(summary: dict) -> str:
     """The metrics table: one row per model, mean ± std over splits, arrows say which way is better."""
     header = ["model"] + [f"{m} {'↓' if LOWER_IS_BETTER[m] else '↑'}" for m in METRIC_NAMES]
-    rows = [[summary["models"][key]] + [f"{v[m]['mean']:.4f} ± {v[m]['std']:.4f}" for m in METRIC_NAMES]
-            for key, v in summary["summary"].items()]
+    rows = [
+        [summary["models"][key]] + [f"{v[m]['mean']:.4f} ± {v[m]['std']:.4f}" for m in METRIC_NAMES]
+        for key, v in summary["summary"].items()
+    ]
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     text = [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]

@@ -7,6 +7,7 @@ random generators, every field is compared with what this run expects: tensors b
 strings by type, containers by keys and length, RNG states by type, size and range. A mismatch is a
 ``CheckpointError`` naming the file and the field.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,7 +19,7 @@ import torch
 from .checkpoint import CheckpointError
 from ..metrics import METRIC_NAMES
 
-_MT_WORDS = 624   # Mersenne Twister state words (numpy's and Python's generators)
+_MT_WORDS = 624  # Mersenne Twister state words (numpy's and Python's generators)
 
 
 def _describe(value: Any) -> str:
@@ -43,8 +44,11 @@ class StateChecker:
         """``value`` has ``template``'s structure: same dict keys, list/tuple lengths, scalar types, tensor shapes
         and dtypes (a float where the template holds None is accepted: an optional number)."""
         if isinstance(template, (torch.Tensor, np.ndarray)):
-            if (type(value) is not type(template) or tuple(value.shape) != tuple(template.shape)
-                    or value.dtype != template.dtype):
+            if (
+                type(value) is not type(template)
+                or tuple(value.shape) != tuple(template.shape)
+                or value.dtype != template.dtype
+            ):
                 self.fail(field, _describe(template), value)
         elif isinstance(template, dict):
             if not isinstance(value, dict) or set(value) != set(template):
@@ -94,8 +98,7 @@ def check_run_state(state: Any, path: str, *, n_splits: int, epochs: int) -> Non
     check = StateChecker(path)
     if not isinstance(state, dict):
         check.fail("(top level)", "a dict", state)
-    for key, kind in (("format", str), ("fingerprint", dict), ("results", list), ("split_index", int),
-                      ("epoch", int)):
+    for key, kind in (("format", str), ("fingerprint", dict), ("results", list), ("split_index", int), ("epoch", int)):
         if key not in state or type(state[key]) is not kind:
             check.fail(key, f"a {kind.__name__}", state.get(key))
     split_index = check.integer(state["split_index"], "split_index", 0, n_splits)
@@ -148,16 +151,22 @@ def _check_generator_states(check: StateChecker, rng: Any, template: dict) -> No
     check.like(rng, template, "rng")
     name, words, pos, has_gauss, _ = rng["numpy"]
     if name != "MT19937" or not 0 <= pos <= _MT_WORDS or has_gauss not in (0, 1):
-        check.fail("rng.numpy", f"('MT19937', {_MT_WORDS} words, position 0..{_MT_WORDS}, 0 or 1, float)",
-                   rng["numpy"])
+        check.fail("rng.numpy", f"('MT19937', {_MT_WORDS} words, position 0..{_MT_WORDS}, 0 or 1, float)", rng["numpy"])
     version, words, _ = rng["python"]
-    if (version != 3 or not all(type(w) is int and 0 <= w < 2**32 for w in words[:-1])
-            or not 0 < words[-1] <= _MT_WORDS):
+    if version != 3 or not all(type(w) is int and 0 <= w < 2**32 for w in words[:-1]) or not 0 < words[-1] <= _MT_WORDS:
         check.fail("rng.python", f"random.getstate()'s (3, {_MT_WORDS + 1} ints, None or float)", rng["python"])
 
 
-def check_split_state(state: dict, path: str, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                      scheduler: Any, scaler: Any, rng_template: dict) -> None:
+def check_split_state(
+    state: dict,
+    path: str,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    rng_template: dict,
+) -> None:
     """The mid-split fields (model, optimizer, scheduler, scaler, rng) against the fresh objects of this split.
 
     ``rng_template``: ``rng_state`` of this run's generators (its values are ignored, its types and sizes

@@ -4,6 +4,7 @@
 ends) and writes its pid there; a second run on the directory gets an error naming the holder's pid. Then, unless
 the run resumes or was told to overwrite, a directory that already holds a run's files is refused.
 """
+
 from __future__ import annotations
 
 import glob
@@ -39,7 +40,7 @@ class RunDirLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)   # closing the descriptor drops the flock
+            os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
 
 
@@ -51,24 +52,30 @@ def claim_run_dir(directory: str, *, resume: bool, overwrite: bool, option: str 
     fd = None
     if fcntl is not None:
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0),
-                         0o644)
+            fd = os.open(
+                lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644
+            )
         except OSError as exc:
-            raise OSError(exc.errno, f"{option} {directory!r}: cannot open the lock file {lock_path!r}: "
-                                     f"{exc.strerror}") from None
+            raise OSError(
+                exc.errno, f"{option} {directory!r}: cannot open the lock file {lock_path!r}: {exc.strerror}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise RunDirError(f"{option} {directory!r} is in use by another helo-fast run (pid {holder}); wait for "
-                              "it to finish or use another directory") from None
+            raise RunDirError(
+                f"{option} {directory!r} is in use by another helo-fast run (pid {holder}); wait for "
+                "it to finish or use another directory"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     existing = run_files(directory)
     if existing and not resume and not overwrite:
         if fd is not None:
             os.close(fd)
-        raise RunDirError(f"{option} {directory!r} already holds a run ({os.path.basename(existing[0])}); pass "
-                          "--resume to continue it or --overwrite to replace it")
+        raise RunDirError(
+            f"{option} {directory!r} already holds a run ({os.path.basename(existing[0])}); pass "
+            "--resume to continue it or --overwrite to replace it"
+        )
     return RunDirLock(fd)

@@ -1,5 +1,6 @@
 """One optimisation step of a model, its predictions and its metrics: what training, the baselines, evaluation of
 saved models and the demo's step timing share."""
+
 from __future__ import annotations
 
 from typing import Dict, Optional
@@ -32,9 +33,18 @@ def make_optimizer(model: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-
     return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
-               config: Optional[HeLoConfig] = None, batch_total: Optional[int] = None, loss_scale: float = 1.0,
-               precision: str = "32", scaler: Optional[torch.amp.GradScaler] = None):
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    config: Optional[HeLoConfig] = None,
+    batch_total: Optional[int] = None,
+    loss_scale: float = 1.0,
+    precision: str = "32",
+    scaler: Optional[torch.amp.GradScaler] = None,
+):
     """One optimisation step: forward and HeLo loss (``config``'s terms, default ``model.config``) under the
     autocast of ``precision`` (``precision.py``), backward of ``loss * loss_scale`` (scaled by ``scaler`` when
     given, for 16-mixed), optimiser step.
@@ -44,8 +54,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     """
     config = model.config if config is None else config
     with autocast(precision, x.device):
-        loss, parts = helo_loss(model(x), y, kl_reduction=config.kl_reduction, lambda_corr=config.lambda_corr,
-                                batch_total=batch_total)
+        loss, parts = helo_loss(
+            model(x), y, kl_reduction=config.kl_reduction, lambda_corr=config.lambda_corr, batch_total=batch_total
+        )
     optimizer.zero_grad()
     total = loss * loss_scale if loss_scale != 1.0 else loss
     if scaler is None:
@@ -66,13 +77,20 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int, precision: str =
     outs = []
     for start in range(0, x.shape[0], batch_size):
         with autocast(precision, x.device):
-            out = model(x[start:start + batch_size])
+            out = model(x[start : start + batch_size])
         outs.append(out.probs if isinstance(out, tuple) else out.exp())
     return torch.cat(outs)
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, first_sample_only: bool = False,
-             ctx: DistContext = DistContext(), precision: str = "32") -> Dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    first_sample_only: bool = False,
+    ctx: DistContext = DistContext(),
+    precision: str = "32",
+) -> Dict[str, float]:
     """The six metrics of ``model`` on (x [rows, F], y [rows, C]) (``first_sample_only``: release defect), its
     predictions made in ``precision``.
 

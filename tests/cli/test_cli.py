@@ -1,6 +1,7 @@
 """The real ``python -m helo_fast`` entry point, in subprocesses: every bad option exits with status 2 and one
 ``helo-fast: error:`` line naming the option (before any training), crafted files never run, Ctrl-C exits 130
 with the last checkpoint intact."""
+
 import os
 import pickle
 import signal
@@ -24,8 +25,14 @@ TRAIN = ["train", *CLI_DATA, *CLI_MODEL, "--epochs", "1", "--quiet", "--no-basel
 
 def run_cli(args, cwd, env=None, timeout=900):
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "helo_fast", *args], capture_output=True, text=True, env=env,
-                          cwd=str(cwd), timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "helo_fast", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(cwd),
+        timeout=timeout,
+    )
 
 
 # id -> (argv, extra environment, text the error line must contain); "{tmp}" is the fixture's directory.
@@ -35,12 +42,21 @@ CASES = {
     "device-meta": (TRAIN + ["--device", "meta"], {}, "--device 'meta': training runs on cpu or cuda"),
     "threads-negative": (TRAIN + ["--threads", "-1"], {}, "--threads must be an int >= 1"),
     "threads-zero": (TRAIN + ["--threads", "0"], {}, "--threads must be an int >= 1"),
-    "backend-triton": (TRAIN + ["--backend", "triton", "--device", "cpu"], {"TRITON_INTERPRET": "0"},
-                       "--backend triton: "),
-    "checkpoint-dir-is-file": (TRAIN + ["--checkpoint-dir", "{tmp}/a_file"], {},
-                               "--checkpoint-dir '{tmp}/a_file' is a file"),
-    "checkpoint-dir-unwritable": (TRAIN + ["--checkpoint-dir", "/proc/self/helo-run"], {},
-                                  "--checkpoint-dir '/proc/self/helo-run': cannot write"),
+    "backend-triton": (
+        TRAIN + ["--backend", "triton", "--device", "cpu"],
+        {"TRITON_INTERPRET": "0"},
+        "--backend triton: ",
+    ),
+    "checkpoint-dir-is-file": (
+        TRAIN + ["--checkpoint-dir", "{tmp}/a_file"],
+        {},
+        "--checkpoint-dir '{tmp}/a_file' is a file",
+    ),
+    "checkpoint-dir-unwritable": (
+        TRAIN + ["--checkpoint-dir", "/proc/self/helo-run"],
+        {},
+        "--checkpoint-dir '/proc/self/helo-run': cannot write",
+    ),
     "checkpoint-dir-read-only": (TRAIN + ["--checkpoint-dir", "{tmp}/read_only/run"], {}, "cannot write in"),
     "output-json-is-dir": (TRAIN + ["--output-json", "{tmp}"], {}, "--output-json '{tmp}' is a directory"),
     "results-json-is-dir": (TRAIN + ["--checkpoint-dir", "{tmp}"], {}, "--checkpoint-dir '{tmp}/results.json'"),
@@ -59,33 +75,62 @@ CASES = {
     "window-zero": (TRAIN + ["--window-s", "0"], {}, "--window-s must be a finite float > 0"),
     "window-nan": (TRAIN + ["--window-s", "nan"], {}, "--window-s must be a finite float > 0"),
     "synthetic-subjects-zero": (TRAIN + ["--synthetic-subjects", "0"], {}, "--synthetic-subjects must be an int"),
-    "subjects-not-int": (TRAIN + ["--dataset", "dmer", "--data-path", "{tmp}/dmer", "--subjects", "abc"], {},
-                         "--subjects: DMER subject ids are integers"),
-    "subjects-twice": (TRAIN + ["--dataset", "wesad", "--data-path", "{tmp}", "--subjects", "S2", "S2"], {},
-                       "--subjects: 'S2' is given twice"),
+    "subjects-not-int": (
+        TRAIN + ["--dataset", "dmer", "--data-path", "{tmp}/dmer", "--subjects", "abc"],
+        {},
+        "--subjects: DMER subject ids are integers",
+    ),
+    "subjects-twice": (
+        TRAIN + ["--dataset", "wesad", "--data-path", "{tmp}", "--subjects", "S2", "S2"],
+        {},
+        "--subjects: 'S2' is given twice",
+    ),
     "config-nan": (TRAIN + ["--config", "lambda_corr=nan"], {}, "--config lambda_corr: needs a finite number"),
     "config-not-int": (TRAIN + ["--config", "d_model=1.5"], {}, "--config d_model: needs an integer"),
     "config-out-of-range": (TRAIN + ["--config", "beta=0"], {}, "--config: beta must be a finite float > 0"),
-    "config-renamed-key": (TRAIN + ["--config", "p_dropkey=0.3"], {},
-                           "--config: HeLoConfig key 'p_dropkey' was renamed to 'dropkey_p'"),
+    "config-renamed-key": (
+        TRAIN + ["--config", "p_dropkey=0.3"],
+        {},
+        "--config: HeLoConfig key 'p_dropkey' was renamed to 'dropkey_p'",
+    ),
     "resume-without-dir": (TRAIN + ["--resume"], {}, "--resume needs a --checkpoint-dir"),
     "resume-nothing-there": (TRAIN + ["--resume", "--checkpoint-dir", "{tmp}/empty"], {}, "--resume: no checkpoint at"),
-    "resume-old-format": (TRAIN + ["--resume", "--checkpoint-dir", "{tmp}/legacy"], {},
-                          "'{tmp}/legacy/checkpoint.pt' was written by an earlier helo_fast version"),
-    "eval-old-format": (["eval", *CLI_DATA, "--model", "{tmp}/legacy_model.pt", "--quiet"], {},
-                        "'{tmp}/legacy_model.pt' was written by an earlier helo_fast version"),
-    "eval-output-json-is-dir": (["eval", *CLI_DATA, "--model", "{tmp}/a_file", "--output-json", "{tmp}"], {},
-                                "--output-json '{tmp}' is a directory"),
-    "eval-threads-zero": (["eval", *CLI_DATA, "--model", "{tmp}/a_file", "--threads", "0"], {},
-                          "--threads must be an int >= 1"),
+    "resume-old-format": (
+        TRAIN + ["--resume", "--checkpoint-dir", "{tmp}/legacy"],
+        {},
+        "'{tmp}/legacy/checkpoint.pt' was written by an earlier helo_fast version",
+    ),
+    "eval-old-format": (
+        ["eval", *CLI_DATA, "--model", "{tmp}/legacy_model.pt", "--quiet"],
+        {},
+        "'{tmp}/legacy_model.pt' was written by an earlier helo_fast version",
+    ),
+    "eval-output-json-is-dir": (
+        ["eval", *CLI_DATA, "--model", "{tmp}/a_file", "--output-json", "{tmp}"],
+        {},
+        "--output-json '{tmp}' is a directory",
+    ),
+    "eval-threads-zero": (
+        ["eval", *CLI_DATA, "--model", "{tmp}/a_file", "--threads", "0"],
+        {},
+        "--threads must be an int >= 1",
+    ),
     "precision-unknown": (TRAIN + ["--precision", "bf16"], {}, "argument --precision: invalid choice: 'bf16'"),
-    "precision-16-mixed-on-cpu": (TRAIN + ["--precision", "16-mixed", "--device", "cpu"], {},
-                                  "--precision 16-mixed (float16 autocast with a gradient scaler) runs on CUDA "
-                                  "devices only, not on cpu"),
-    "precision-mixed-float64": (TRAIN + ["--precision", "bf16-mixed", "--dtype", "float64"], {},
-                                "--precision bf16-mixed needs a float32 model"),
-    "eval-precision-16-mixed-on-cpu": (["eval", *CLI_DATA, "--model", "{tmp}/a_file", "--precision", "16-mixed",
-                                        "--device", "cpu"], {}, "--precision 16-mixed (float16 autocast"),
+    "precision-16-mixed-on-cpu": (
+        TRAIN + ["--precision", "16-mixed", "--device", "cpu"],
+        {},
+        "--precision 16-mixed (float16 autocast with a gradient scaler) runs on CUDA devices only, not on cpu",
+    ),
+    "precision-mixed-float64": (
+        TRAIN + ["--precision", "bf16-mixed", "--dtype", "float64"],
+        {},
+        "--precision bf16-mixed needs a float32 model",
+    ),
+    "eval-precision-16-mixed-on-cpu": (
+        ["eval", *CLI_DATA, "--model", "{tmp}/a_file", "--precision", "16-mixed", "--device", "cpu"],
+        {},
+        "--precision 16-mixed (float16 autocast",
+    ),
 }
 
 
@@ -107,8 +152,9 @@ def refused(tmp_path_factory):
     _make_files(tmp)
     fill = lambda text: text.replace("{tmp}", str(tmp))  # noqa: E731
     with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {name: pool.submit(run_cli, [fill(a) for a in argv], tmp, env)
-                   for name, (argv, env, _) in CASES.items()}
+        futures = {
+            name: pool.submit(run_cli, [fill(a) for a in argv], tmp, env) for name, (argv, env, _) in CASES.items()
+        }
         results = {name: (future.result(), fill(CASES[name][2])) for name, future in futures.items()}
     (tmp / "read_only").chmod(0o700)
     return results, tmp
@@ -126,7 +172,7 @@ def test_bad_option_exits_2_with_one_line_naming_it(refused, case):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("helo-fast: error: "), proc.stderr
     assert expected in lines[0]
-    assert proc.stdout == ""   # refused before any training (which prints the table)
+    assert proc.stdout == ""  # refused before any training (which prints the table)
     assert not (tmp / "marker").exists()
 
 
@@ -154,12 +200,29 @@ def test_resume_with_another_precision_is_refused(tmp_path):
 
 def test_ctrl_c_exits_130_with_one_line_and_the_checkpoint_intact(tmp_path):
     run = tmp_path / "run"
-    argv = [sys.executable, "-m", "helo_fast", *TRAIN, "--epochs", "100000", "--checkpoint-every", "1",
-            "--checkpoint-dir", str(run)]
+    argv = [
+        sys.executable,
+        "-m",
+        "helo_fast",
+        *TRAIN,
+        "--epochs",
+        "100000",
+        "--checkpoint-every",
+        "1",
+        "--checkpoint-dir",
+        str(run),
+    ]
     # Warnings the training may print are not this test's subject: the interrupt's own output is.
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path),
-                            preexec_fn=default_sigint_in_child)
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+        preexec_fn=default_sigint_in_child,
+    )
     try:
         deadline = time.monotonic() + 900
         while not os.path.exists(previous_path(str(run / "checkpoint.pt"))):  # two checkpoints written
@@ -171,8 +234,10 @@ def test_ctrl_c_exits_130_with_one_line_and_the_checkpoint_intact(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, stderr
-    assert stderr.strip().splitlines() == [f"helo-fast: interrupted; the last checkpoint, {run / 'checkpoint.pt'}, "
-                                           "is intact: continue with the same options and --resume"]
+    assert stderr.strip().splitlines() == [
+        f"helo-fast: interrupted; the last checkpoint, {run / 'checkpoint.pt'}, "
+        "is intact: continue with the same options and --resume"
+    ]
     state = load_checked(str(run / "checkpoint.pt"))
     assert state["format"] == "helo_fast-train-v2" and state["epoch"] >= 1
 
@@ -180,8 +245,19 @@ def test_ctrl_c_exits_130_with_one_line_and_the_checkpoint_intact(tmp_path):
 def test_a_used_checkpoint_dir_is_refused_unless_resume_or_overwrite(tmp_path, capsys):
     """Issue 25 item 7: a run into a directory holding another run's files exits 2 with one line (before, a
     1-epoch run replaced a finished run's five files without a word); --overwrite replaces it."""
-    run = ["train", *CLI_DATA, *CLI_MODEL, "--epochs", "1", "--quiet", "--no-baselines", "--max-splits", "1",
-           "--checkpoint-dir", str(tmp_path / "run")]
+    run = [
+        "train",
+        *CLI_DATA,
+        *CLI_MODEL,
+        "--epochs",
+        "1",
+        "--quiet",
+        "--no-baselines",
+        "--max-splits",
+        "1",
+        "--checkpoint-dir",
+        str(tmp_path / "run"),
+    ]
     assert main(run) == 0
     before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
     capsys.readouterr()
@@ -199,8 +275,12 @@ def test_a_locked_checkpoint_dir_is_refused_naming_the_holder(tmp_path, capsys):
 
     lock = claim_run_dir(str(tmp_path / "run"), resume=False, overwrite=False)
     try:
-        assert main(["train", *CLI_DATA, *CLI_MODEL, "--epochs", "1", "--quiet", "--checkpoint-dir",
-                     str(tmp_path / "run")]) == 2
+        assert (
+            main(
+                ["train", *CLI_DATA, *CLI_MODEL, "--epochs", "1", "--quiet", "--checkpoint-dir", str(tmp_path / "run")]
+            )
+            == 2
+        )
     finally:
         lock.release()
     err = capsys.readouterr().err.strip().splitlines()

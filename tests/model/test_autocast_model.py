@@ -7,6 +7,7 @@ output and gradient to 8 bits of mantissa and the weight gradients are sums with
 sparsified graph entries flip changes from one rounding to the next, so two bfloat16 models' errors differ by more
 than 2x on some batches (both inside the bound).
 """
+
 import pytest
 import torch
 
@@ -17,12 +18,12 @@ from devices import backend_params, cpp_devices
 
 # The documented bounds (README, "Mixed precision"), against the float32 reference on the same batch; measured over
 # 8 batches of 16 (CPU, bfloat16): probabilities within 2.3e-4, gradient error 0.03-0.25, cosine >= 0.983.
-PROBS_ABS = 1e-3        # max |p_autocast - p_fp32| over the batch's predicted probabilities
-GRAD_REL = 0.35         # |g_autocast - g_fp32| / |g_fp32|, all parameter gradients as one vector
-GRAD_COSINE = 0.95      # cosine similarity of the two gradient vectors
+PROBS_ABS = 1e-3  # max |p_autocast - p_fp32| over the batch's predicted probabilities
+GRAD_REL = 0.35  # |g_autocast - g_fp32| / |g_fp32|, all parameter gradients as one vector
+GRAD_COSINE = 0.95  # cosine similarity of the two gradient vectors
 
 BACKENDS = backend_params(include_triton=False)
-CONFIG = HeLoConfig(dropkey_p=0.0, dropout_p=0.0)   # masks off: the two runs see the same function
+CONFIG = HeLoConfig(dropkey_p=0.0, dropout_p=0.0)  # masks off: the two runs see the same function
 
 
 @pytest.fixture(autouse=True)
@@ -47,13 +48,15 @@ def probs_and_gradient(backend, device, seed, autocast_dtype=None):
 
 def autocast_cases():
     cpu = [pytest.param(torch.device("cpu"), torch.bfloat16, id="cpu-bf16")]
-    cuda = [pytest.param(*p.values[:1], dtype, id=f"cuda-{name}", marks=p.marks)
-            for p in cpp_devices(include_cpu=False)
-            for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "f16"))]
+    cuda = [
+        pytest.param(*p.values[:1], dtype, id=f"cuda-{name}", marks=p.marks)
+        for p in cpp_devices(include_cpu=False)
+        for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "f16"))
+    ]
     return cpu + cuda
 
 
-@pytest.mark.parametrize("seed", [0, 2])   # batch 2: the largest gradient error of the 8 measured
+@pytest.mark.parametrize("seed", [0, 2])  # batch 2: the largest gradient error of the 8 measured
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("device, dtype", autocast_cases())
 def test_forward_and_gradients_within_the_documented_bound(device, dtype, backend, seed):
@@ -85,4 +88,4 @@ def test_bf16_mixed_evaluation_is_deterministic_float32_distributions(backend):
     assert probs.dtype == torch.float32 and probs.shape == (20, model.config.n_classes)
     assert torch.allclose(probs.sum(-1), torch.ones(20), atol=1e-6)
     assert torch.equal(probs, predict(model, x, batch_size=8, precision="bf16-mixed"))
-    assert not torch.equal(probs, predict(model, x, batch_size=8))   # autocast was on
+    assert not torch.equal(probs, predict(model, x, batch_size=8))  # autocast was on

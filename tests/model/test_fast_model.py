@@ -1,4 +1,5 @@
 """The fast HeLo (fused modules of helo_fast.nn) against the reference HeLo with the same weights."""
+
 import copy
 
 import pytest
@@ -14,15 +15,30 @@ from tolerance import assert_float64_close, assert_within_reference_error
 
 # Model-size tests run the backends that serve both fused ops on CPU (Triton's interpreter is too
 # slow for a whole model; its ops are covered op by op).
-BACKENDS = [b for b in cpu_backends("lcd_attention", include_triton=False) if b != "reference"
-            and b in cpu_backends("gromov_wasserstein", include_triton=False)] + ["auto"]
+BACKENDS = [
+    b
+    for b in cpu_backends("lcd_attention", include_triton=False)
+    if b != "reference" and b in cpu_backends("gromov_wasserstein", include_triton=False)
+] + ["auto"]
 NO_MASKS = dict(dropkey_p=0.0, dropout_p=0.0)
 CUDA_MARKS = cpp_devices(include_cpu=False)[0].marks
 # (backend, device) of the model parity tests: BACKENDS on cpu, then cpp, triton and auto on cuda.
-BACKEND_DEVICES = ([pytest.param(b, CPU, id=b) for b in BACKENDS]
-                   + [pytest.param(b, CUDA, id=f"{b}-cuda", marks=CUDA_MARKS) for b in ("cpp", "triton", "auto")])
-SMALL = dict(n_channels=6, band_features=5, gsr_features=6, ppg_features=7, video_features=12, n_classes=5,
-             d_model=16, n_heads=2, ffn_dim=8, head_hidden=16, **NO_MASKS)
+BACKEND_DEVICES = [pytest.param(b, CPU, id=b) for b in BACKENDS] + [
+    pytest.param(b, CUDA, id=f"{b}-cuda", marks=CUDA_MARKS) for b in ("cpp", "triton", "auto")
+]
+SMALL = dict(
+    n_channels=6,
+    band_features=5,
+    gsr_features=6,
+    ppg_features=7,
+    video_features=12,
+    n_classes=5,
+    d_model=16,
+    n_heads=2,
+    ffn_dim=8,
+    head_hidden=16,
+    **NO_MASKS,
+)
 
 
 def pair(config, backend, dtype=torch.float32, seed=0, device=CPU):
@@ -183,13 +199,18 @@ def test_compiled_fast_model_forward_fullgraph():
     assert torch.allclose(compiled(x).probs, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("make,args", [
-    (lambda backend: fast_nn.LCDAttention(8, 2, backend=backend), lambda: (torch.randn(2, 3, 8),)),
-    (lambda backend: fast_nn.FusedGromovWasserstein(backend=backend),
-     lambda: (torch.rand(2, 4, 4), torch.rand(2, 4, 4))),
-    (lambda backend: fast_nn.FusedSinkhorn(eps=0.1, n_iters=3, backend=backend), lambda: (torch.rand(2, 4, 5),)),
-    (lambda backend: fast_nn.FusedDropout(0.5, backend=backend), lambda: (torch.rand(2, 4),)),
-])
+@pytest.mark.parametrize(
+    "make,args",
+    [
+        (lambda backend: fast_nn.LCDAttention(8, 2, backend=backend), lambda: (torch.randn(2, 3, 8),)),
+        (
+            lambda backend: fast_nn.FusedGromovWasserstein(backend=backend),
+            lambda: (torch.rand(2, 4, 4), torch.rand(2, 4, 4)),
+        ),
+        (lambda backend: fast_nn.FusedSinkhorn(eps=0.1, n_iters=3, backend=backend), lambda: (torch.rand(2, 4, 5),)),
+        (lambda backend: fast_nn.FusedDropout(0.5, backend=backend), lambda: (torch.rand(2, 4),)),
+    ],
+)
 def test_fused_modules_run_their_backend_not_the_reference(make, args, monkeypatch):
     """Each fused module must reach helo_fast.functional with its backend (not silently the reference op)."""
     from helo_fast import _ops

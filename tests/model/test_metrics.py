@@ -1,4 +1,5 @@
 """The six EDL measures (HELO_SPEC §9) against hand-computed values and their bounds."""
+
 import math
 
 import numpy as np
@@ -46,8 +47,8 @@ def test_zero_entries_do_not_give_nan():
     m = edl_metrics(np.array([[1.0, 0.0, 0.0]]), np.array([[0.0, 1.0, 0.0]]))
     assert all(math.isfinite(v) for v in m.values())
     assert m["intersection"] == 0 and m["chebyshev"] == 1
-    assert m["canberra"] == 2 and m["clark"] == pytest.approx(math.sqrt(2), rel=1e-15)   # the 0/0 class counts 0
-    assert m["kl"] == -math.log(torch.finfo(torch.float64).tiny)   # p = 0 is taken as the smallest normal
+    assert m["canberra"] == 2 and m["clark"] == pytest.approx(math.sqrt(2), rel=1e-15)  # the 0/0 class counts 0
+    assert m["kl"] == -math.log(torch.finfo(torch.float64).tiny)  # p = 0 is taken as the smallest normal
 
 
 def kl_float64(y, p):
@@ -61,7 +62,7 @@ def test_kl_does_not_clip_small_normal_predictions():
     kl = edl_metrics(torch.tensor(y, dtype=torch.float64), torch.tensor(p, dtype=torch.float64))["kl"]
     assert kl == pytest.approx(kl_float64(y, p), rel=1e-14)
     assert kl == pytest.approx(0.1 * math.log(1e14) + 0.5 * math.log(0.5 / 0.6), rel=1e-12)
-    p32 = torch.tensor(p, dtype=torch.float32)   # a float32 prediction counts with its float32 value
+    p32 = torch.tensor(p, dtype=torch.float32)  # a float32 prediction counts with its float32 value
     kl32 = edl_metrics(torch.tensor(y, dtype=torch.float64), p32)["kl"]
     assert kl32 == pytest.approx(kl_float64(y, p32.double().tolist()), rel=1e-14)
 
@@ -78,8 +79,9 @@ def test_kl_matches_float64_for_tiny_predictions(dtype):
     p[:, 1] += 1.0 - p.sum(-1)
     p = p.to(dtype)
     per = edl_metrics(y, p, per_sample=True)["kl"]
-    expected = torch.tensor([kl_float64(yr, pr) for yr, pr in zip(y.tolist(), p.double().tolist())],
-                            dtype=torch.float64)
+    expected = torch.tensor(
+        [kl_float64(yr, pr) for yr, pr in zip(y.tolist(), p.double().tolist())], dtype=torch.float64
+    )
     torch.testing.assert_close(per, expected, rtol=1e-13, atol=0)
 
 
@@ -100,7 +102,7 @@ def test_ratio_measures_are_exact_for_subnormal_pairs():
 
 def test_rows_must_sum_to_one():
     y = torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64)
-    edl_metrics(y, y + torch.tensor([[9e-4, 0.0, 0.0]], dtype=torch.float64))   # within 1e-3: accepted
+    edl_metrics(y, y + torch.tensor([[9e-4, 0.0, 0.0]], dtype=torch.float64))  # within 1e-3: accepted
     with pytest.raises(ValueError, match="row of y_pred must sum to 1"):
         edl_metrics(y, y + torch.tensor([[2e-3, 0.0, 0.0]], dtype=torch.float64))
     with pytest.raises(ValueError, match="row of y_true must sum to 1"):
@@ -121,20 +123,23 @@ def test_low_precision_softmax_rows_are_accepted(dtype):
 HALVES = np.full((1, 2), 0.5)
 
 
-@pytest.mark.parametrize("y,p,exc,match", [
-    (np.ones((2, 3)), np.ones((2, 4)), ValueError, "shape"),
-    ([0.5, 0.5], HALVES, TypeError, "y_true"),
-    (HALVES, [0.5, 0.5], TypeError, "y_pred"),
-    (np.array([[0.5, np.nan]]), HALVES, ValueError, "y_true must be finite"),
-    (HALVES, np.array([[np.inf, 0.5]]), ValueError, "y_pred must be finite"),
-    (np.array([[1.5, -0.5]]), HALVES, ValueError, "y_true must be non-negative"),
-    (HALVES, np.array([[1.5, -0.5]]), ValueError, "y_pred must be non-negative"),
-    (HALVES, np.array([[1.0 + 1e-12, -1e-12]]), ValueError, "y_pred must be non-negative"),
-    (np.array([[1, 0]]), HALVES, TypeError, "floating-point"),
-    (np.zeros((0, 3)), np.zeros((0, 3)), ValueError, "at least one row"),
-    (np.zeros(0), np.zeros(0), ValueError, "must sum to 1"),
-    (np.ones((1, 2, 2)) / 2, np.ones((1, 2, 2)) / 2, ValueError, "shape"),
-])
+@pytest.mark.parametrize(
+    "y,p,exc,match",
+    [
+        (np.ones((2, 3)), np.ones((2, 4)), ValueError, "shape"),
+        ([0.5, 0.5], HALVES, TypeError, "y_true"),
+        (HALVES, [0.5, 0.5], TypeError, "y_pred"),
+        (np.array([[0.5, np.nan]]), HALVES, ValueError, "y_true must be finite"),
+        (HALVES, np.array([[np.inf, 0.5]]), ValueError, "y_pred must be finite"),
+        (np.array([[1.5, -0.5]]), HALVES, ValueError, "y_true must be non-negative"),
+        (HALVES, np.array([[1.5, -0.5]]), ValueError, "y_pred must be non-negative"),
+        (HALVES, np.array([[1.0 + 1e-12, -1e-12]]), ValueError, "y_pred must be non-negative"),
+        (np.array([[1, 0]]), HALVES, TypeError, "floating-point"),
+        (np.zeros((0, 3)), np.zeros((0, 3)), ValueError, "at least one row"),
+        (np.zeros(0), np.zeros(0), ValueError, "must sum to 1"),
+        (np.ones((1, 2, 2)) / 2, np.ones((1, 2, 2)) / 2, ValueError, "shape"),
+    ],
+)
 def test_bad_inputs_raise(y, p, exc, match):
     with pytest.raises(exc, match=match):
         edl_metrics(y, p)

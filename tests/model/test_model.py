@@ -1,4 +1,5 @@
 """HeLo model, config and loss (HELO_SPEC §2-§8)."""
+
 import types
 
 import pytest
@@ -12,8 +13,18 @@ from helo_fast.reference import modules as reference_modules
 from helo_fast.training.step import evaluate
 from devices import cpu_backends
 
-SMALL = dict(n_channels=4, band_features=5, gsr_features=6, ppg_features=7, video_features=12, n_classes=6,
-             d_model=16, n_heads=2, ffn_dim=8, head_hidden=16)
+SMALL = dict(
+    n_channels=4,
+    band_features=5,
+    gsr_features=6,
+    ppg_features=7,
+    video_features=12,
+    n_classes=6,
+    d_model=16,
+    n_heads=2,
+    ffn_dim=8,
+    head_hidden=16,
+)
 
 
 def small_model(seed=0, **changes):
@@ -54,7 +65,7 @@ def test_config_validation_and_release_defaults():
     release = HeLoConfig(faithful_to="release")
     assert all(getattr(release, flag) for flag in RELEASE_DEFECTS)
     assert release.kl_reduction == "sum" and HeLoConfig().kl_reduction == "batchmean"
-    assert not HeLoConfig(faithful_to="release", dropkey_in_eval=False).dropkey_in_eval   # explicit flag wins
+    assert not HeLoConfig(faithful_to="release", dropkey_in_eval=False).dropkey_in_eval  # explicit flag wins
     with pytest.raises(ValueError, match="faithful_to"):
         HeLoConfig(faithful_to="paper2")
     with pytest.raises(ValueError, match="d_model"):
@@ -63,8 +74,10 @@ def test_config_validation_and_release_defaults():
         HeLoConfig(dropkey_p=1.0)
 
 
-@pytest.mark.parametrize("old, new", [("p_dropkey", "dropkey_p"), ("dropout", "dropout_p"), ("gw_outer", "outer_iters"),
-                                      ("ot_iters", "inner_iters")])
+@pytest.mark.parametrize(
+    "old, new",
+    [("p_dropkey", "dropkey_p"), ("dropout", "dropout_p"), ("gw_outer", "outer_iters"), ("ot_iters", "inner_iters")],
+)
 def test_config_refuses_a_renamed_key_naming_the_new_one(old, new):
     with pytest.raises(ValueError, match=f"HeLoConfig key '{old}' was renamed to '{new}'"):
         HeLoConfig(**{old: 1})
@@ -85,7 +98,7 @@ def test_eval_is_deterministic_in_paper_mode_and_training_is_not():
 def test_paper_predictions_do_not_depend_on_the_batch():
     model = small_model().eval()
     x, _ = inputs(batch=6)
-    x[3:] *= 10.0   # other samples with very different distance graphs
+    x[3:] *= 10.0  # other samples with very different distance graphs
     with torch.no_grad():
         torch.testing.assert_close(model(x[:1]).probs, model(x).probs[:1], rtol=1e-5, atol=1e-6)
 
@@ -96,11 +109,11 @@ def test_flag_resample_label_embedding():
     for flag in (False, True):
         model = small_model(resample_label_embedding=flag)
         first, second = model.current_label_embedding(5), model.current_label_embedding(5)
-        assert first.shape == ((5, 6, 16) if flag else (6, 16))   # release: one draw per sample
+        assert first.shape == ((5, 6, 16) if flag else (6, 16))  # release: one draw per sample
         assert torch.equal(first, second) is (not flag)
         loss, _ = helo_loss(model(x), y)
         loss.backward()
-        if flag:   # re-drawn every forward, never trained
+        if flag:  # re-drawn every forward, never trained
             assert model.label_embedding.grad is None
             assert not torch.equal(first, model.label_embedding)
         else:
@@ -110,7 +123,7 @@ def test_flag_resample_label_embedding():
 def test_release_label_embedding_is_drawn_per_sample():
     """The release draws torch.rand(B, C, d) on every forward: each sample's LCD-CA queries are its own draw,
     and its R_hat [C, C], the LCD-CA bias and the correlation loss's prediction, comes from that draw."""
-    model = small_model(faithful_to="release", dropkey_in_eval=False).eval()   # no masks: the draw is all that varies
+    model = small_model(faithful_to="release", dropkey_in_eval=False).eval()  # no masks: the draw is all that varies
     with pytest.raises(ValueError, match="batch"):
         model.current_label_embedding(-1)
     x, y = inputs(batch=5)
@@ -121,13 +134,13 @@ def test_release_label_embedding_is_drawn_per_sample():
     with torch.no_grad():
         out = model(x)
     queries, r_hat = seen["queries"], out.label_correlation
-    assert torch.equal(queries, torch.rand(5, 6, 16, generator=draws))   # the forward's only draw from the generator
+    assert torch.equal(queries, torch.rand(5, 6, 16, generator=draws))  # the forward's only draw from the generator
     assert r_hat.shape == (5, 6, 6)
     for b in range(5):
         torch.testing.assert_close(r_hat[b], label_correlation(queries[b], over_label_axis=True), rtol=0, atol=0)
     assert torch.equal(seen["bias"], r_hat.unsqueeze(1))
     assert (r_hat[0] - r_hat[1]).abs().max() > 1e-3
-    assert (out.probs[0] - out.probs[1]).abs().max() > 1e-6   # the same row, two draws
+    assert (out.probs[0] - out.probs[1]).abs().max() > 1e-6  # the same row, two draws
     _, parts = helo_loss(out, y)
     dn = F.normalize(y, dim=-1)
     torch.testing.assert_close(parts["corr"], (r_hat - dn[:, :, None] * dn[:, None, :]).square().mean())
@@ -138,7 +151,7 @@ def test_release_label_embedding_is_drawn_per_sample():
 def test_flag_normalize_label_axis():
     emb = torch.rand(6, 16, generator=torch.Generator().manual_seed(0))
     paper, release = label_correlation(emb), label_correlation(emb, over_label_axis=True)
-    torch.testing.assert_close(torch.diagonal(paper), torch.ones(6))          # rows unit along d: cosine
+    torch.testing.assert_close(torch.diagonal(paper), torch.ones(6))  # rows unit along d: cosine
     unit = emb / emb.norm(dim=0, keepdim=True)
     torch.testing.assert_close(release, unit @ unit.t())
     assert (paper - release).abs().max() > 1e-2
@@ -152,7 +165,7 @@ def test_flag_dropkey_in_eval():
     x, _ = inputs()
     for flag in (False, True):
         model = small_model(dropkey_in_eval=flag).eval()
-        assert model.mask_probabilities() == ((0.5 if flag else 0.0), 0.0)   # dropout stays off in eval
+        assert model.mask_probabilities() == ((0.5 if flag else 0.0), 0.0)  # dropout stays off in eval
         with torch.no_grad():
             assert torch.equal(model(x).probs, model(x).probs) is (not flag)
 
@@ -163,6 +176,7 @@ def test_flag_eval_first_sample_only():
     with torch.no_grad():
         probs = model(x).probs
     from helo_fast.metrics import edl_metrics
+
     all_rows = evaluate(model, x, y, batch_size=3, first_sample_only=False)
     first_only = evaluate(model, x, y, batch_size=3, first_sample_only=True)
     assert all_rows == pytest.approx(edl_metrics(y, probs))
@@ -188,15 +202,17 @@ def test_flag_batch_threshold():
         assert (model(x[:1]).probs - model(x).probs[:1]).abs().max() > 1e-6
 
 
-@pytest.mark.parametrize("flag, mode, batch", [("eval_first_sample_only", "eval", 5), ("batch_threshold", "eval", 1),
-                                               ("dropkey_in_eval", "train", 5)])
+@pytest.mark.parametrize(
+    "flag, mode, batch",
+    [("eval_first_sample_only", "eval", 5), ("batch_threshold", "eval", 1), ("dropkey_in_eval", "train", 5)],
+)
 def test_flags_leave_everything_else_alone(flag, mode, batch):
     """Where a flag's behaviour is not exercised, the model computes exactly what paper mode does."""
     x, _ = inputs(batch=batch)
     paper, flagged = small_model(), small_model(**{flag: True})
     flagged.load_state_dict(paper.state_dict())
     for model in (paper, flagged):
-        model.train(mode == "train")   # masks in train mode: both draw from mask_seed 0
+        model.train(mode == "train")  # masks in train mode: both draw from mask_seed 0
     torch.testing.assert_close(flagged(x).probs, paper(x).probs, rtol=0, atol=0)
 
 
@@ -205,13 +221,17 @@ def test_flags_leave_everything_else_alone(flag, mode, batch):
 # in the three attentions (the physiological CA runs Z1 and Z2 as one call, the encoder's self-attention both
 # streams as one call) and ONE FFN dropout, after the encoder's second linear layer. Nothing else.
 SITES_IN_TRAINING = {
-    ("physio_attention", "dropkey"): [0.3], ("physio_attention", "weight dropout"): [0.4],
-    ("encoder.self_attn", "dropkey"): [0.3], ("encoder.self_attn", "weight dropout"): [0.4],
+    ("physio_attention", "dropkey"): [0.3],
+    ("physio_attention", "weight dropout"): [0.4],
+    ("encoder.self_attn", "dropkey"): [0.3],
+    ("encoder.self_attn", "weight dropout"): [0.4],
     ("encoder.dropout", "dropout"): [0.4],
-    ("lcd_attention", "dropkey"): [0.3], ("lcd_attention", "weight dropout"): [0.4],
+    ("lcd_attention", "dropkey"): [0.3],
+    ("lcd_attention", "weight dropout"): [0.4],
 }
-SITES_IN_RELEASE_EVAL = {(name, "dropkey"): [0.3]
-                         for name in ("physio_attention", "encoder.self_attn", "lcd_attention")}
+SITES_IN_RELEASE_EVAL = {
+    (name, "dropkey"): [0.3] for name in ("physio_attention", "encoder.self_attn", "lcd_attention")
+}
 
 
 def count_dropout_sites(model, x, monkeypatch):
@@ -249,8 +269,9 @@ def count_dropout_sites(model, x, monkeypatch):
 
     names = {module: name for name, module in model.named_modules()}
     real_draw, real_dropout = _rng.draw_seed_tensor, F.dropout
-    handles = [h for m in names for h in (m.register_forward_pre_hook(enter, with_kwargs=True),
-                                          m.register_forward_hook(leave))]
+    handles = [
+        h for m in names for h in (m.register_forward_pre_hook(enter, with_kwargs=True), m.register_forward_hook(leave))
+    ]
     try:
         with monkeypatch.context() as patch, torch.no_grad():
             patch.setattr(_rng, "draw_seed_tensor", draw_seed_tensor)
@@ -267,15 +288,16 @@ def count_dropout_sites(model, x, monkeypatch):
 def test_dropout_sites_match_the_spec(backend, faithful_to, monkeypatch):
     """Counted in one forward of the reference and the fast model: the spec's sites, each called once, each
     drawing one mask seed; the FFN's only dropout sits on the second linear layer's output."""
-    model = HeLo(HeLoConfig(**SMALL, dropkey_p=0.3, dropout_p=0.4, faithful_to=faithful_to), backend=backend,
-                 mask_seed=0)
+    model = HeLo(
+        HeLoConfig(**SMALL, dropkey_p=0.3, dropout_p=0.4, faithful_to=faithful_to), backend=backend, mask_seed=0
+    )
     x, _ = inputs()
     sites, seeds, ffn_dropout_after_linear2 = count_dropout_sites(model.train(), x, monkeypatch)
     assert sites == SITES_IN_TRAINING
     assert seeds == {name: 1 for name, _ in SITES_IN_TRAINING}
     assert ffn_dropout_after_linear2
     sites, seeds, _ = count_dropout_sites(model.eval(), x, monkeypatch)
-    assert sites == (SITES_IN_RELEASE_EVAL if faithful_to == "release" else {})   # DropKey in eval: release defect
+    assert sites == (SITES_IN_RELEASE_EVAL if faithful_to == "release" else {})  # DropKey in eval: release defect
     assert seeds == {name: 1 for name, _ in sites}
 
 
@@ -305,8 +327,10 @@ def test_corr_loss_trains_the_label_embedding():
     x, y = inputs()
     out = model(x)
     _, parts = helo_loss(out, y)
-    corr = F.mse_loss(out.label_correlation[None].expand(len(y), -1, -1),
-                      F.normalize(y, dim=-1)[:, :, None] * F.normalize(y, dim=-1)[:, None, :])
+    corr = F.mse_loss(
+        out.label_correlation[None].expand(len(y), -1, -1),
+        F.normalize(y, dim=-1)[:, :, None] * F.normalize(y, dim=-1)[:, None, :],
+    )
     corr.backward()
     assert model.label_embedding.grad.abs().sum() > 0
 
@@ -321,7 +345,7 @@ def test_ot_grad_option():
         loss.backward()
         grads[flag] = model.video_tokenizer.weight.grad.clone()
     assert torch.isfinite(grads[True]).all()
-    assert (grads[True] - grads[False]).abs().max() > 0   # the plan's gradient reaches the tokenisers
+    assert (grads[True] - grads[False]).abs().max() > 0  # the plan's gradient reaches the tokenisers
 
 
 def test_modules_are_swappable_in_one_place():
@@ -348,5 +372,10 @@ def test_modules_are_swappable_in_one_place():
         torch.testing.assert_close(swapped.eval()(x).probs, reference.eval()(x).probs)
     assert calls == {"attention": 3, "ot": 1}
     keys = set(reference.state_dict())
-    assert {"physio_attention.q_proj.weight", "physio_attention.norm.weight", "encoder.self_attn.v_proj.weight",
-            "lcd_attention.k_proj.weight", "label_embedding"} <= keys
+    assert {
+        "physio_attention.q_proj.weight",
+        "physio_attention.norm.weight",
+        "encoder.self_attn.v_proj.weight",
+        "lcd_attention.k_proj.weight",
+        "label_embedding",
+    } <= keys

@@ -9,21 +9,35 @@ reference and cpp backends and (last section) the Triton backend, against the po
 Each backend's result (and gradients) must be within 2x the error of the reference in the same autocast setting,
 both measured against the float64 reference on the same inputs (tests/support/tolerance.py).
 """
+
 import pytest
 import torch
 
 import helo_fast as hf
 from helo_fast import _backend, _ext
-from autocast_cases import (ATTENTION_ARGS, LOW_DTYPES, MASKS, assert_backend_within_reference_error, attention_call,
-                            attention_inputs, low_precision_costs, ot_call, ot_inputs, value_and_grads)
+from autocast_cases import (
+    ATTENTION_ARGS,
+    LOW_DTYPES,
+    MASKS,
+    assert_backend_within_reference_error,
+    attention_call,
+    attention_inputs,
+    low_precision_costs,
+    ot_call,
+    ot_inputs,
+    value_and_grads,
+)
 from devices import backend_params, cpp_devices, seeded_weights, triton_devices
 from lcd_attention_cases import op_args
 from ot_cases import ot_problem
 
 BACKENDS = backend_params(include_triton=False)
 # HeLo's three attentions (B reduced): (batch, heads, lq, lk, dim, bias shape).
-ATTENTION_SHAPES = {"ca": (3, 4, 18, 18, 32, None), "transformer": (2, 4, 36, 36, 32, None),
-                    "lcd_ca": (3, 1, 10, 10, 128, (1, 10, 10))}
+ATTENTION_SHAPES = {
+    "ca": (3, 4, 18, 18, 32, None),
+    "transformer": (2, 4, 36, 36, 32, None),
+    "lcd_ca": (3, 1, 10, 10, 128, (1, 10, 10)),
+}
 
 
 # ----------------------------------------------------------------------------------------------- OT ops
@@ -76,11 +90,14 @@ def test_attention_casts_inputs_and_returns_the_autocast_dtype(name, dtype, back
     """Under autocast: the result of the op on q, k, v, bias, residual in the autocast dtype and LayerNorm parameters
     in float32, without autocast; gradients in each input's dtype."""
     inputs = attention_inputs(ATTENTION_SHAPES[name], torch.float32, device)
-    out, grads = value_and_grads(lambda *x: attention_call(backend, *x, **MASKS["seeded"]), inputs,
-                                 torch.ones(()), (device.type, dtype))
+    out, grads = value_and_grads(
+        lambda *x: attention_call(backend, *x, **MASKS["seeded"]), inputs, torch.ones(()), (device.type, dtype)
+    )
     assert out.dtype == dtype
-    cast = [t.to(dtype) if n not in ("ln_weight", "ln_bias") and t is not None else t
-            for n, t in zip(ATTENTION_ARGS, inputs)]
+    cast = [
+        t.to(dtype) if n not in ("ln_weight", "ln_bias") and t is not None else t
+        for n, t in zip(ATTENTION_ARGS, inputs)
+    ]
     assert torch.equal(out, attention_call(backend, *cast, **MASKS["seeded"]))
     assert [g.dtype for g in grads] == [t.dtype for t in inputs if t is not None]
 
@@ -107,8 +124,10 @@ def test_half_attention_is_the_float32_computation_rounded_once(dtype, backend, 
     gradients within one unit of the half dtype's last place of it (the two instantiations of the C++ backward sum
     in float32 in different orders, which moves a few roundings)."""
     inputs = attention_inputs(ATTENTION_SHAPES["transformer"], dtype, device, seed=6)
-    low = [t.to(dtype) if t is not None and n not in ("ln_weight", "ln_bias") else t
-           for n, t in zip(ATTENTION_ARGS, inputs)]
+    low = [
+        t.to(dtype) if t is not None and n not in ("ln_weight", "ln_bias") else t
+        for n, t in zip(ATTENTION_ARGS, inputs)
+    ]
     as32 = [t.float() if t is not None else None for t in low]
     masks = MASKS["seeded"]
     weight = torch.ones(())
@@ -119,21 +138,39 @@ def test_half_attention_is_the_float32_computation_rounded_once(dtype, backend, 
         # One unit in the last place, and near 0 the float32 summation noise itself (8 float32 eps of the largest
         # gradient), which float16's subnormals resolve.
         info, noise = torch.finfo(grad.dtype), 8 * torch.finfo(torch.float32).eps * float(grad32.abs().max())
-        torch.testing.assert_close(grad.float(), grad32.to(grad.dtype).float(), rtol=info.eps,
-                                   atol=info.tiny * info.eps + noise)
+        torch.testing.assert_close(
+            grad.float(), grad32.to(grad.dtype).float(), rtol=info.eps, atol=info.tiny * info.eps + noise
+        )
 
 
 @pytest.mark.skipif(not _ext.has_cpp(), reason="no C++ extension")
 @pytest.mark.parametrize("ln", [True, False])
 def test_cpp_bfloat16_output_keeps_nan(ln):
-    q, k, v, bias, residual, ln_weight, ln_bias = attention_inputs(ATTENTION_SHAPES["ca"], torch.bfloat16,
-                                                                   torch.device("cpu"), seed=2)
+    q, k, v, bias, residual, ln_weight, ln_bias = attention_inputs(
+        ATTENTION_SHAPES["ca"], torch.bfloat16, torch.device("cpu"), seed=2
+    )
     v = v.clone()
     v[0, 0, 0, 0] = float("nan")
-    out = hf.lcd_attention(q, k, v, residual=residual.bfloat16(), ln_weight=ln_weight if ln else None,
-                           ln_bias=ln_bias if ln else None, check_finite=False, backend="cpp")
-    ref = hf.lcd_attention(q, k, v, residual=residual.bfloat16(), ln_weight=ln_weight if ln else None,
-                           ln_bias=ln_bias if ln else None, check_finite=False, backend="reference")
+    out = hf.lcd_attention(
+        q,
+        k,
+        v,
+        residual=residual.bfloat16(),
+        ln_weight=ln_weight if ln else None,
+        ln_bias=ln_bias if ln else None,
+        check_finite=False,
+        backend="cpp",
+    )
+    ref = hf.lcd_attention(
+        q,
+        k,
+        v,
+        residual=residual.bfloat16(),
+        ln_weight=ln_weight if ln else None,
+        ln_bias=ln_bias if ln else None,
+        check_finite=False,
+        backend="reference",
+    )
     assert torch.isnan(out).any() and torch.equal(torch.isnan(out), torch.isnan(ref))
 
 
@@ -162,8 +199,9 @@ def test_cpp_ot_op_autocast_kernel_casts_to_float32(dtype, device):
     cost, a, b = ot_problem(7, 2, 6, 5, device=device)
     with torch.autocast(device.type, dtype=dtype):
         plan, _, _ = torch.ops.helo_fast.ipot_fwd(cost.to(dtype), a.float(), b.to(dtype), 0.1, 10, False)
-    expected, _, _ = torch.ops.helo_fast.ipot_fwd(cost.to(dtype).float(), a.float(), b.to(dtype).float(), 0.1, 10,
-                                                  False)
+    expected, _, _ = torch.ops.helo_fast.ipot_fwd(
+        cost.to(dtype).float(), a.float(), b.to(dtype).float(), 0.1, 10, False
+    )
     assert plan.dtype == torch.float32 and torch.equal(plan, expected)
 
 
@@ -174,13 +212,20 @@ def test_cpp_attention_op_autocast_kernels_cast_by_argument(dtype, device):
     """lcd_attention_fwd/_bwd called directly under autocast with float32 tensors: q, k, v, bias, residual (and
     grad_out) in the autocast dtype, LayerNorm parameters and the saved statistics in float32."""
     q, k, v, bias, residual, ln_weight, ln_bias = attention_inputs(ATTENTION_SHAPES["ca"], torch.float32, device)
-    scalars = dict(scale=0.25, dropkey_p=0.0, dropout_p=0.0, ln_eps=1e-5, bias_before_scale=True,
-                   seed=torch.zeros(1, dtype=torch.int64))
+    scalars = dict(
+        scale=0.25,
+        dropkey_p=0.0,
+        dropout_p=0.0,
+        ln_eps=1e-5,
+        bias_before_scale=True,
+        seed=torch.zeros(1, dtype=torch.int64),
+    )
     args = op_args(q=q, k=k, v=v, bias=bias, residual=residual, ln_weight=ln_weight, ln_bias=ln_bias, **scalars)
     with torch.autocast(device.type, dtype=dtype):
         out, mean, rstd, prob, ln_input = torch.ops.helo_fast.lcd_attention_fwd(*args, -1e12, True)
-        grads = torch.ops.helo_fast.lcd_attention_bwd(torch.ones_like(out, dtype=torch.float32), *args, -1e12, mean,
-                                                      rstd, prob, ln_input)
+        grads = torch.ops.helo_fast.lcd_attention_bwd(
+            torch.ones_like(out, dtype=torch.float32), *args, -1e12, mean, rstd, prob, ln_input
+        )
     low = [t.to(dtype) for t in (q, k, v, residual)]
     low_args = op_args(q=low[0], k=low[1], v=low[2], residual=low[3], ln_weight=ln_weight, ln_bias=ln_bias, **scalars)
     expected = torch.ops.helo_fast.lcd_attention_fwd(*low_args, -1e12, True)
@@ -195,14 +240,16 @@ def test_cpp_attention_op_autocast_kernels_cast_by_argument(dtype, device):
 @pytest.mark.compile
 @pytest.mark.skipif(not _ext.has_cpp(), reason="no C++ extension")
 def test_torch_compile_fullgraph_under_autocast_matches_eager():
-    q, k, v, bias, residual, ln_weight, ln_bias = attention_inputs(ATTENTION_SHAPES["ca"], torch.float32,
-                                                                   torch.device("cpu"))
+    q, k, v, bias, residual, ln_weight, ln_bias = attention_inputs(
+        ATTENTION_SHAPES["ca"], torch.float32, torch.device("cpu")
+    )
     cost = low_precision_costs(ot_inputs("sinkhorn", torch.device("cpu")), torch.bfloat16)[0]
 
     def fn(q):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = hf.lcd_attention(q, k, v, bias, residual=residual, ln_weight=ln_weight, ln_bias=ln_bias,
-                                   check_finite=False)
+            out = hf.lcd_attention(
+                q, k, v, bias, residual=residual, ln_weight=ln_weight, ln_bias=ln_bias, check_finite=False
+            )
             plan = hf.sinkhorn(cost, eps=0.5, n_iters=5, check_finite=False)
         return out, plan
 
@@ -223,9 +270,14 @@ TRITON_SHAPE = (2, 2, 5, 7, 8, (5, 7))  # (batch, heads, lq, lk, dim, bias shape
 
 def triton_case(test):
     """Marks a Triton test (triton, and cuda where it runs on CUDA); skipped where the Triton backend cannot run."""
-    for mark in (pytest.mark.triton, *_TRITON.marks,
-                 pytest.mark.skipif(_TRITON_UNAVAILABLE is not None,
-                                    reason=f"triton backend unavailable on {TRITON_DEVICE}: {_TRITON_UNAVAILABLE}")):
+    for mark in (
+        pytest.mark.triton,
+        *_TRITON.marks,
+        pytest.mark.skipif(
+            _TRITON_UNAVAILABLE is not None,
+            reason=f"triton backend unavailable on {TRITON_DEVICE}: {_TRITON_UNAVAILABLE}",
+        ),
+    ):
         test = mark(test)
     return test
 
@@ -250,10 +302,11 @@ def test_triton_ot_ops_in_float32_and_within_reference_error(op, dtype):
 def test_triton_attention_policy_and_within_reference_error(dtype, masks):
     inputs = attention_inputs(TRITON_SHAPE, torch.float32, TRITON_DEVICE, seed=4)
     call = lambda backend, *x: attention_call(backend, *x, **MASKS[masks])  # noqa: E731
-    out, grads = value_and_grads(lambda *x: call("triton", *x), inputs, torch.ones(()),
-                                 (TRITON_DEVICE.type, dtype))
-    cast = [t.to(dtype) if n not in ("ln_weight", "ln_bias") and t is not None else t
-            for n, t in zip(ATTENTION_ARGS, inputs)]
+    out, grads = value_and_grads(lambda *x: call("triton", *x), inputs, torch.ones(()), (TRITON_DEVICE.type, dtype))
+    cast = [
+        t.to(dtype) if n not in ("ln_weight", "ln_bias") and t is not None else t
+        for n, t in zip(ATTENTION_ARGS, inputs)
+    ]
     assert out.dtype == dtype and torch.equal(out, call("triton", *cast))
     assert [g.dtype for g in grads] == [t.dtype for t in inputs]
     batch, heads, lq, _, dim, _ = TRITON_SHAPE
@@ -286,11 +339,14 @@ def test_triton_custom_op_autocast_kernels_cast_by_argument(dtype):
     scalars = dict(scale=0.3, dropkey_p=0.0, dropout_p=0.0, ln_eps=1e-5, bias_before_scale=True)
     with torch.autocast(TRITON_DEVICE.type, dtype=dtype):
         out = torch.ops.helo_fast.triton_lcd_attention_fwd(
-            *op_args(q=q, k=k, v=v, bias=bias, residual=residual, ln_weight=ln_weight, ln_bias=ln_bias, **scalars))
+            *op_args(q=q, k=k, v=v, bias=bias, residual=residual, ln_weight=ln_weight, ln_bias=ln_bias, **scalars)
+        )
     low = dict(zip(("q", "k", "v", "bias", "residual"), (t.to(dtype) for t in (q, k, v, bias, residual))))
     assert out.dtype == dtype
-    assert torch.equal(out, torch.ops.helo_fast.triton_lcd_attention_fwd(
-        *op_args(**low, ln_weight=ln_weight, ln_bias=ln_bias, **scalars)))
+    assert torch.equal(
+        out,
+        torch.ops.helo_fast.triton_lcd_attention_fwd(*op_args(**low, ln_weight=ln_weight, ln_bias=ln_bias, **scalars)),
+    )
 
 
 @triton_case
@@ -298,10 +354,21 @@ def test_triton_custom_op_autocast_kernels_cast_by_argument(dtype):
 def test_triton_opcheck_attention_ops_with_float32_layer_norm_parameters():
     """The mix autocast passes (bfloat16 activations, float32 LayerNorm parameters; their gradients in float32)."""
     q, k, v, bias, residual, ln_weight, ln_bias = attention_inputs(TRITON_SHAPE, torch.float32, TRITON_DEVICE, seed=8)
-    low = {n: t.to(torch.bfloat16).requires_grad_() for n, t in zip(("q", "k", "v", "bias", "residual"),
-                                                                     (q, k, v, bias, residual))}
-    args = op_args(**low, ln_weight=ln_weight.requires_grad_(), ln_bias=ln_bias.requires_grad_(),
-                   seed=torch.tensor([7]), scale=0.3, dropkey_p=0.0, dropout_p=0.2, ln_eps=1e-5, bias_before_scale=True)
+    low = {
+        n: t.to(torch.bfloat16).requires_grad_()
+        for n, t in zip(("q", "k", "v", "bias", "residual"), (q, k, v, bias, residual))
+    }
+    args = op_args(
+        **low,
+        ln_weight=ln_weight.requires_grad_(),
+        ln_bias=ln_bias.requires_grad_(),
+        seed=torch.tensor([7]),
+        scale=0.3,
+        dropkey_p=0.0,
+        dropout_p=0.2,
+        ln_eps=1e-5,
+        bias_before_scale=True,
+    )
     ops = torch.ops.helo_fast
     torch.library.opcheck(ops.triton_lcd_attention_fwd, args)
     out = ops.triton_lcd_attention_fwd(*args)

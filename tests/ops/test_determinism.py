@@ -1,4 +1,5 @@
 """Same inputs and seed give bitwise-identical outputs and gradients across runs, on every backend here."""
+
 import pytest
 import torch
 
@@ -53,9 +54,17 @@ def test_lcd_attention_is_deterministic_for_a_seed(backend):
 
     def fn():
         qq = q.clone().requires_grad_(True)
-        out = hf.lcd_attention(qq, k, v, bias, dropkey_p=0.5, dropout_p=0.5,
-                               residual=q.transpose(1, 2).reshape(3, 5, 8),
-                               generator=torch.Generator().manual_seed(7), backend=backend)
+        out = hf.lcd_attention(
+            qq,
+            k,
+            v,
+            bias,
+            dropkey_p=0.5,
+            dropout_p=0.5,
+            residual=q.transpose(1, 2).reshape(3, 5, 8),
+            generator=torch.Generator().manual_seed(7),
+            backend=backend,
+        )
         out.pow(2).sum().backward()
         return out.detach(), qq.grad
 

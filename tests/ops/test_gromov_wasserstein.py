@@ -1,6 +1,7 @@
 """The gromov_wasserstein op on every backend against the reference (the ``fast_backend`` fixture: cpp on the CPU and
 CUDA, Triton on its device), then what only the C++ kernels have (instruction-set variants, CUDA shared memory,
 float32 batches at HeLo's size, forward memory)."""
+
 import pytest
 import torch
 
@@ -20,8 +21,10 @@ GW_SHAPES = [(3, 5, 7), (2, 8, 3), (2, 1, 4), (1, 6, 1), (2, 36, 36)]
 def registered(backend):
     """(fwd, bwd) custom ops of ``backend``."""
     prefix = "" if backend == "cpp" else "triton_"
-    return (getattr(torch.ops.helo_fast, f"{prefix}gromov_wasserstein_fwd"),
-            getattr(torch.ops.helo_fast, f"{prefix}gromov_wasserstein_bwd"))
+    return (
+        getattr(torch.ops.helo_fast, f"{prefix}gromov_wasserstein_fwd"),
+        getattr(torch.ops.helo_fast, f"{prefix}gromov_wasserstein_bwd"),
+    )
 
 
 # float32 without a gradient (the op computes in float32) is checked on large batches below, not here.
@@ -31,22 +34,29 @@ def registered(backend):
 def test_forward_and_gradients_match_reference(fast_backend, shape, dtype, with_grad, solver):
     backend, device = fast_backend
     skip_on_the_triton_interpreter(backend, device, big=max(shape) > 9)
-    skip_triton_low_precision_parity(backend, dtype,
-                                     instead="test_float32_forward_and_gradients_within_reference_error")
-    assert_parity(run(hf.gromov_wasserstein, solver, backend=backend), run(reference.gromov_wasserstein, solver),
-                  gw_problem(sum(shape), *shape, device=device), dtype, with_grad=with_grad)
+    skip_triton_low_precision_parity(
+        backend, dtype, instead="test_float32_forward_and_gradients_within_reference_error"
+    )
+    assert_parity(
+        run(hf.gromov_wasserstein, solver, backend=backend),
+        run(reference.gromov_wasserstein, solver),
+        gw_problem(sum(shape), *shape, device=device),
+        dtype,
+        with_grad=with_grad,
+    )
 
 
 @pytest.mark.parametrize("solver", ["ipot", "sinkhorn"])
 @pytest.mark.parametrize("batch,n,m,uniform", [(2, 6, 6, True), (1, 7, 5, False), (3, 1, 2, False)])
-def test_forward_float64_with_uniform_and_given_marginals_equals_reference(fast_backend, solver, batch, n, m,
-                                                                           uniform):
+def test_forward_float64_with_uniform_and_given_marginals_equals_reference(fast_backend, solver, batch, n, m, uniform):
     backend, device = fast_backend
     cs, ct, a, b = gw_problem(n * 10 + m, batch, n, m, device=device)
     a, b = (None, None) if uniform else (a, b)
     kwargs = dict(eps=0.1, outer_iters=3, inner_iters=10, solver=solver)
-    assert_float64_close(hf.gromov_wasserstein(cs, ct, a, b, backend=backend, **kwargs),
-                         reference.gromov_wasserstein(cs, ct, a, b, **kwargs))
+    assert_float64_close(
+        hf.gromov_wasserstein(cs, ct, a, b, backend=backend, **kwargs),
+        reference.gromov_wasserstein(cs, ct, a, b, **kwargs),
+    )
 
 
 @pytest.mark.parametrize("solver", ["ipot", "sinkhorn"])
@@ -82,8 +92,9 @@ def test_float32_forward_and_gradients_within_reference_error(fast_backend):
         plan = hf.gromov_wasserstein(*inputs, backend=name, **kwargs)
         return (plan, *torch.autograd.grad((plan * weight.to(dtype)).sum(), inputs))
 
-    for got, ref64, ref32 in zip(run_(backend, torch.float32), run_("reference", torch.float64),
-                                 run_("reference", torch.float32)):
+    for got, ref64, ref32 in zip(
+        run_(backend, torch.float32), run_("reference", torch.float64), run_("reference", torch.float32)
+    ):
         assert_within_reference_error(got, ref64, ref32)
 
 
@@ -117,8 +128,13 @@ def test_problem_too_large_for_shared_memory_matches_reference(dtype, with_grad,
     # 3(n + m) + n^2 + m^2 + 4nm values exceed the CUDA kernel's 48 KB of shared memory (in float32 too): it
     # solves in a global workspace. (n = m = 36 does in float64, as do float32 problems with a gradient.)
     # 64 problems: see test_float32_forward_within_reference_error_over_a_batch for why float32 needs many.
-    assert_parity(run(hf.gromov_wasserstein, solver, backend="cpp"), run(reference.gromov_wasserstein, solver),
-                  gw_problem(19, 64, 50, 40, device=device), dtype, with_grad=with_grad)
+    assert_parity(
+        run(hf.gromov_wasserstein, solver, backend="cpp"),
+        run(reference.gromov_wasserstein, solver),
+        gw_problem(19, 64, 50, 40, device=device),
+        dtype,
+        with_grad=with_grad,
+    )
 
 
 # The GW iteration feeds each plan back into the next cost, so float32 rounding grows ~1/eps per outer
@@ -128,12 +144,17 @@ def test_problem_too_large_for_shared_memory_matches_reference(dtype, with_grad,
 # is applied to the worst error over a batch of many problems, where chance evens out.
 @pytest.mark.parametrize("device", cpp_devices())
 @pytest.mark.parametrize("solver", ["ipot", "sinkhorn"])
-@pytest.mark.parametrize("shape", [(128, 36, 36), (256, 5, 7), (256, 8, 3)], ids=["helo_B128n36", "B256n5m7",
-                                                                                  "B256n8m3"])
+@pytest.mark.parametrize(
+    "shape", [(128, 36, 36), (256, 5, 7), (256, 8, 3)], ids=["helo_B128n36", "B256n5m7", "B256n8m3"]
+)
 def test_float32_forward_within_reference_error_over_a_batch(shape, solver, device):
-    assert_parity(run(hf.gromov_wasserstein, solver, outer=5, inner=20, backend="cpp"),
-                  run(reference.gromov_wasserstein, solver, outer=5, inner=20),
-                  gw_problem(3, *shape, device=device), torch.float32, with_grad=False)
+    assert_parity(
+        run(hf.gromov_wasserstein, solver, outer=5, inner=20, backend="cpp"),
+        run(reference.gromov_wasserstein, solver, outer=5, inner=20),
+        gw_problem(3, *shape, device=device),
+        torch.float32,
+        with_grad=False,
+    )
 
 
 @requires_cpp
@@ -180,7 +201,8 @@ def test_gradcheck(fast_backend, shape):
     for solver in ("ipot", "sinkhorn"):
         leaves = [t.clone().requires_grad_() for t in (cs, ct, a, b)]
         assert torch.autograd.gradcheck(
-            lambda *x: fn(*x, eps=0.3, outer_iters=2, inner_iters=3, solver=solver, grad="unrolled"), leaves)
+            lambda *x: fn(*x, eps=0.3, outer_iters=2, inner_iters=3, solver=solver, grad="unrolled"), leaves
+        )
 
 
 def test_opcheck(fast_backend):
@@ -238,8 +260,9 @@ def test_all_three_ops_compile_fullgraph():
     cost = torch.rand(2, 5, 4, dtype=torch.float64)
 
     def step(cs, ct, cost):
-        gw = hf.gromov_wasserstein(cs, ct, a, b, eps=0.2, outer_iters=2, inner_iters=3, grad="unrolled",
-                                   backend="cpp", check_finite=False)
+        gw = hf.gromov_wasserstein(
+            cs, ct, a, b, eps=0.2, outer_iters=2, inner_iters=3, grad="unrolled", backend="cpp", check_finite=False
+        )
         sk = hf.sinkhorn(cost, a, b, eps=0.2, n_iters=4, backend="cpp", check_finite=False)
         ip = hf.ipot(cost, a, b, beta=0.2, n_iters=4, grad="unrolled", backend="cpp", check_finite=False)
         return (gw * sk).sum() + (ip * ip).sum()

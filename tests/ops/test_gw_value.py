@@ -3,6 +3,7 @@ value against a direct float64 evaluation of sum_ijkl (cs_ik - ct_jl)² Γ_ij Γ
 on the returned plan, and its envelope gradient against float64 central differences of the converged value, on small
 problems whose outer loop converges to a locally unique fixed point, on every backend (Triton under the CPU
 interpreter at these sizes)."""
+
 import warnings
 
 import pytest
@@ -112,7 +113,7 @@ def test_sinkhorn_envelope_gradient_matches_central_differences(backend, zeros, 
     # Equal-mass directions of (a, b): a_i and b_j up together, a_i up and a_k down (entries 0 / 2 of a and b are
     # positive in both problems, so the steps stay inside the domain).
     cs, ct, a, b = inputs
-    for (i, j, k) in ((0, 2, None), (2, 0, None), (0, None, 2)):
+    for i, j, k in ((0, 2, None), (2, 0, None), (0, None, 2)):
         ea, eb = torch.zeros_like(a), torch.zeros_like(b)
         ea[:, i] = h
         if j is not None:
@@ -123,8 +124,9 @@ def test_sinkhorn_envelope_gradient_matches_central_differences(backend, zeros, 
             analytic = float((grads[2][:, i] - grads[2][:, k]).sum())
         numeric = (total(cs, ct, a + ea, b + eb) - total(cs, ct, a - ea, b - eb)) / (2 * h)
         assert abs(numeric - analytic) <= 1e-7 * (1 + abs(numeric)), (i, j, k, numeric, analytic)
-    torch.testing.assert_close((grads[2] * a.cpu()).sum(-1), (grads[3] * b.cpu()).sum(-1), rtol=1e-12,
-                               atol=1e-14)  # the gauge, as sinkhorn_cost's
+    torch.testing.assert_close(
+        (grads[2] * a.cpu()).sum(-1), (grads[3] * b.cpu()).sum(-1), rtol=1e-12, atol=1e-14
+    )  # the gauge, as sinkhorn_cost's
 
 
 def test_ipot_envelope_gradient_matches_central_differences(backend):
@@ -182,18 +184,22 @@ def test_refusals_and_reports():
     skew[1, 0, 2] = cs[1, 0, 2] + 1e-10  # rounding-size asymmetry (a float64 matmul's) is accepted
     hf.gromov_wasserstein_cost(skew, ct, eps=0.5, outer_iters=100, inner_iters=1000, tol=1e-6)
     with pytest.raises(ValueError, match="ct must be symmetric"):
-        hf.gromov_wasserstein_cost(cs, ct + torch.triu(torch.ones_like(ct), 1), eps=0.1, outer_iters=10,
-                                   inner_iters=10, tol=1e-6)
+        hf.gromov_wasserstein_cost(
+            cs, ct + torch.triu(torch.ones_like(ct), 1), eps=0.1, outer_iters=10, inner_iters=10, tol=1e-6
+        )
     with pytest.raises(ValueError, match="solver='ipot' has no gradient with respect to a or b"):
-        hf.gromov_wasserstein_cost(cs, ct, a.requires_grad_(), b, solver="ipot", eps=0.5, outer_iters=10,
-                                   inner_iters=10, tol=1e-6)
+        hf.gromov_wasserstein_cost(
+            cs, ct, a.requires_grad_(), b, solver="ipot", eps=0.5, outer_iters=10, inner_iters=10, tol=1e-6
+        )
     a = a.detach()
     with torch.no_grad():  # nothing is differentiated: no refusal
-        hf.gromov_wasserstein_cost(cs, ct, a.clone().requires_grad_(), b, solver="ipot", eps=0.5, outer_iters=10,
-                                   inner_iters=100, tol=1e-3)
+        hf.gromov_wasserstein_cost(
+            cs, ct, a.clone().requires_grad_(), b, solver="ipot", eps=0.5, outer_iters=10, inner_iters=100, tol=1e-3
+        )
     with pytest.warns(hf.OTConvergenceWarning, match="gromov_wasserstein_cost: 2 of 2 problems"):
-        value, info = hf.gromov_wasserstein_cost(cs, ct, a, b, eps=0.1, outer_iters=2, inner_iters=10, tol=1e-12,
-                                                 return_info=True)
+        value, info = hf.gromov_wasserstein_cost(
+            cs, ct, a, b, eps=0.1, outer_iters=2, inner_iters=10, tol=1e-12, return_info=True
+        )
     assert not info.converged.any() and torch.isfinite(value).all()
     with pytest.raises(hf.OTConvergenceError, match="strict=True"):
         hf.gromov_wasserstein_cost(cs, ct, eps=0.1, outer_iters=2, inner_iters=10, tol=1e-12, strict=True)
@@ -202,8 +208,9 @@ def test_refusals_and_reports():
 def test_the_marginal_potentials_solve_counts_in_the_info():
     cs, ct, a, b = problem()
     _, plain = hf.gromov_wasserstein_cost(cs, ct, a, b, return_info=True, backend="reference", **SINKHORN)
-    _, wanted = hf.gromov_wasserstein_cost(cs, ct, a.clone().requires_grad_(), b, return_info=True,
-                                           backend="reference", **SINKHORN)
+    _, wanted = hf.gromov_wasserstein_cost(
+        cs, ct, a.clone().requires_grad_(), b, return_info=True, backend="reference", **SINKHORN
+    )
     assert torch.equal(wanted.iterations, plain.iterations)
     assert (wanted.inner_iterations > plain.inner_iterations).all() and wanted.converged.all()
 

@@ -6,6 +6,7 @@ No bound here is in seconds (issue 25, item 12: a busy or 10x slower machine mus
 duration is estimated from the same call at a small fraction of its work, on the same machine and moment, and the
 call must stop within a small fraction of that. How fast a call stops (about 0.1 s) is the benchmark
 benchmarks/interrupt_latency.py's subject, not a test's."""
+
 import os
 import signal
 import subprocess
@@ -22,12 +23,15 @@ from sigint import default_sigint_in_child, sigint_raises_keyboard_interrupt  # 
 from training_cases import CLI_DATA, CLI_MODEL
 
 # One xdist worker runs them one after another: they time how fast a signal stops a call.
-pytestmark = [pytest.mark.skipif(not _ext.has_cpp(), reason=_ext.EXTENSION_ERROR or ""),
-              pytest.mark.xdist_group("timing"), pytest.mark.usefixtures("sigint_raises_keyboard_interrupt")]
+pytestmark = [
+    pytest.mark.skipif(not _ext.has_cpp(), reason=_ext.EXTENSION_ERROR or ""),
+    pytest.mark.xdist_group("timing"),
+    pytest.mark.usefixtures("sigint_raises_keyboard_interrupt"),
+]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DELAY_S = 0.5        # how long the call runs before the signal
-CALIBRATION = 0.01   # the fraction of a long call's work timed to estimate its natural duration
+DELAY_S = 0.5  # how long the call runs before the signal
+CALIBRATION = 0.01  # the fraction of a long call's work timed to estimate its natural duration
 # An interrupted call must stop within this fraction of its natural duration (about 10 s on a 2-core Xeon, so about
 # 1 s; it scales with the machine's speed). A kernel that ignored the signal would run to its end: fraction 1.
 STOP_FRACTION = 0.2
@@ -53,8 +57,9 @@ def assert_stops_early(call):
     """call() is stopped by SIGINT in a small fraction of its natural duration, measured on this machine now."""
     natural = natural_seconds(call)
     took = seconds_to_stop(call)
-    assert took < STOP_FRACTION * natural, (f"stopped {took:.2f} s after the signal; "
-                                            f"the call alone takes ~{natural:.1f} s")
+    assert took < STOP_FRACTION * natural, (
+        f"stopped {took:.2f} s after the signal; the call alone takes ~{natural:.1f} s"
+    )
 
 
 def seconds_to_stop(call):
@@ -94,8 +99,10 @@ def long_ipot(work=1.0):
 
 def long_gromov(solver):
     def call(work=1.0):
-        hf.gromov_wasserstein(torch.rand(2, 36, 36), torch.rand(2, 36, 36), inner_iters=int(2 * 10**6 * work),
-                              solver=solver)
+        hf.gromov_wasserstein(
+            torch.rand(2, 36, 36), torch.rand(2, 36, 36), inner_iters=int(2 * 10**6 * work), solver=solver
+        )
+
     return call
 
 
@@ -104,13 +111,15 @@ def long_sinkhorn_backward_op(work=1.0):
     n, iters, f64 = 1024, max(1, int(1000 * work)), torch.float64
     cost = torch.rand(2, n, n, dtype=f64)
     hist_n, hist_m = torch.zeros(2, iters, n, dtype=f64), torch.full((2, iters, n), 1000.0, dtype=f64)
-    torch.ops.helo_fast.sinkhorn_bwd(torch.ones_like(cost), cost, uniform(2, n, f64), uniform(2, n, f64), hist_n,
-                                     hist_m, 0.1)
+    torch.ops.helo_fast.sinkhorn_bwd(
+        torch.ones_like(cost), cost, uniform(2, n, f64), uniform(2, n, f64), hist_n, hist_m, 0.1
+    )
 
 
 def long_autograd_backward(work=1.0):
     """The same kernel called from an autograd backward, which the autograd engine runs (as it runs the OT ops'
     registered backward)."""
+
     class LongBackward(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x):
@@ -125,9 +134,14 @@ def long_autograd_backward(work=1.0):
     LongBackward.apply(x).sum().backward()
 
 
-CALLS = {"sinkhorn": long_sinkhorn, "ipot": long_ipot, "gw-ipot": long_gromov("ipot"),
-         "gw-sinkhorn": long_gromov("sinkhorn"), "sinkhorn-backward": long_sinkhorn_backward_op,
-         "autograd-backward": long_autograd_backward}
+CALLS = {
+    "sinkhorn": long_sinkhorn,
+    "ipot": long_ipot,
+    "gw-ipot": long_gromov("ipot"),
+    "gw-sinkhorn": long_gromov("sinkhorn"),
+    "sinkhorn-backward": long_sinkhorn_backward_op,
+    "autograd-backward": long_autograd_backward,
+}
 
 
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
@@ -176,11 +190,32 @@ sys.exit(cli.main(sys.argv[1:]))
 
 @pytest.mark.slow
 def test_ctrl_c_during_an_ot_call_of_the_cli_exits_130(tmp_path):
-    argv = [sys.executable, "-c", CLI_WATCHING_OT, "train", *CLI_DATA, *CLI_MODEL, "--config", f"inner_iters={10**9}",
-            "--epochs", "1", "--quiet", "--no-baselines", "--threads", "1"]
+    argv = [
+        sys.executable,
+        "-c",
+        CLI_WATCHING_OT,
+        "train",
+        *CLI_DATA,
+        *CLI_MODEL,
+        "--config",
+        f"inner_iters={10**9}",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--no-baselines",
+        "--threads",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path),
-                            preexec_fn=default_sigint_in_child)
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+        preexec_fn=default_sigint_in_child,
+    )
     try:
         assert proc.stdout.readline() == "ot call\n", proc.stderr.read() if proc.poll() is not None else ""
         time.sleep(DELAY_S)

@@ -1,5 +1,6 @@
 """The ipot op on every backend against the reference: the tests it shares with sinkhorn (ot_solver_suite.py), then
 its own (stability where the release's plain IPOT fails, input errors, issue 17's reproductions)."""
+
 import pytest
 import torch
 
@@ -12,13 +13,23 @@ from tolerance import assert_no_nan, assert_within_reference_error
 
 # The tests ipot shares with sinkhorn (every fast backend; see ot_solver_suite.py), collected here for OP.
 from ot_solver_suite import (  # noqa: F401
-    solver, test_both_backward_paths, test_empty_batch_gives_an_empty_plan_and_gradient,
-    test_extreme_regularisation_stays_finite, test_float32_within_reference_error,
-    test_forward_and_gradients_match_reference, test_forward_float64_with_uniform_and_given_marginals_equals_reference,
-    test_grad_none_saves_nothing_and_detaches, test_gradcheck, test_half_precision_inputs_within_reference_error,
-    test_helo_size_forward_and_backward_on_cuda, test_opcheck,
-    test_problem_too_large_for_shared_memory_matches_reference, test_small_regularisation_matches_reference,
-    test_torch_compile_fullgraph_matches_eager, test_uniform_marginals_and_non_contiguous_inputs)
+    solver,
+    test_both_backward_paths,
+    test_empty_batch_gives_an_empty_plan_and_gradient,
+    test_extreme_regularisation_stays_finite,
+    test_float32_within_reference_error,
+    test_forward_and_gradients_match_reference,
+    test_forward_float64_with_uniform_and_given_marginals_equals_reference,
+    test_grad_none_saves_nothing_and_detaches,
+    test_gradcheck,
+    test_half_precision_inputs_within_reference_error,
+    test_helo_size_forward_and_backward_on_cuda,
+    test_opcheck,
+    test_problem_too_large_for_shared_memory_matches_reference,
+    test_small_regularisation_matches_reference,
+    test_torch_compile_fullgraph_matches_eager,
+    test_uniform_marginals_and_non_contiguous_inputs,
+)
 
 OP = "ipot"
 
@@ -36,12 +47,15 @@ def test_stable_at_small_beta_where_the_plain_release_ipot_fails(beta, device):
     grads = torch.autograd.grad((plan * torch.randn_like(plan)).sum(), leaves)
     assert_no_nan(plan, *grads)
     torch.testing.assert_close(plan.detach().sum(1), uniform[1], rtol=1e-9, atol=1e-12)  # columns are updated last
-    torch.testing.assert_close(plan.detach(), reference.ipot(cost, *uniform, beta=beta, n_iters=20), rtol=1e-8,
-                               atol=1e-12)
+    torch.testing.assert_close(
+        plan.detach(), reference.ipot(cost, *uniform, beta=beta, n_iters=20), rtol=1e-8, atol=1e-12
+    )
     # float32: finite, and the column marginals as good as the reference's own float32 run (log terms of
     # size |C|/beta = 1e6 carry float32 rounding of ~0.06 into the exponent).
-    plan32, ref32 = hf.ipot(cost.float(), beta=beta, n_iters=20, backend="cpp"), reference.ipot(cost.float(), beta=beta,
-                                                                                             n_iters=20)
+    plan32, ref32 = (
+        hf.ipot(cost.float(), beta=beta, n_iters=20, backend="cpp"),
+        reference.ipot(cost.float(), beta=beta, n_iters=20),
+    )
     assert_no_nan(plan32)
     err, ref_err = [float((p.double().sum(1) - uniform[1]).abs().max()) for p in (plan32, ref32)]
     assert err <= max(2 * ref_err, 1e-5)
@@ -92,5 +106,3 @@ def test_zero_mass_entries_give_zero_rows_and_columns(backend, dtype):
     expected = reference.ipot(cost, a, b, beta=0.1, n_iters=9)
     assert_no_nan(expected)
     assert float((plan.double() - expected).abs().max()) <= (1e-12 if dtype == torch.float64 else 1e-5)
-
-

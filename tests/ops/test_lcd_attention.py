@@ -5,6 +5,7 @@ Triton interpreter, or CUDA); inputs and masks are drawn on the CPU from seeded 
 device) and moved, and the reference runs on the same device. Then what only one backend has: the C++ op's layouts,
 statistics of many draws, instruction-set variants, inductor; the Triton op's in-kernel hash and its custom ops.
 """
+
 import math
 
 import pytest
@@ -48,6 +49,7 @@ def mask_kwargs(mode, shape, seed=5, device=CPU):
 
 # ----------------------------------------------------------------------------------------------- every fast backend
 
+
 @pytest.mark.parametrize("mode", MASK_MODES)
 @pytest.mark.parametrize("name", list(HELO_SHAPES) + list(ODD_SHAPES))
 def test_float64_output_and_gradients_match_reference(fast_backend, name, mode):
@@ -72,8 +74,19 @@ def test_float64_optional_parts_and_bias_order_match_reference(fast_backend, par
     backend, device = fast_backend
     bias_shape = (1, 2, 1, 6) if parts in ("bias", "all_no_ln_bias") else None
     residual = parts in ("residual_ln", "all_no_ln_bias")
-    tensors = case(2, 2, 2, 4, 6, 8, bias_shape, residual=residual, ln=parts != "bare" and parts != "bias",
-                   ln_bias=parts != "all_no_ln_bias", device=device)
+    tensors = case(
+        2,
+        2,
+        2,
+        4,
+        6,
+        8,
+        bias_shape,
+        residual=residual,
+        ln=parts != "bare" and parts != "bias",
+        ln_bias=parts != "all_no_ln_bias",
+        device=device,
+    )
     kwargs = dict(dropkey_p=0.3, dropout_p=0.2, bias_before_scale=bias_before_scale, scale=0.7)
     out, grads, _ = run(backend, tensors, seed=3, **kwargs)
     ref_out, ref_grads, _ = run("reference", tensors, seed=3, **kwargs)
@@ -121,14 +134,16 @@ def test_every_layer_takes_the_arguments_in_the_public_order():
     if kernels.TRITON_ERROR is None:
         from helo_fast.kernels import lcd_attention as launcher
 
-        schemas.update(triton_fwd=torch.ops.helo_fast.triton_lcd_attention_fwd,
-                       triton_bwd=torch.ops.helo_fast.triton_lcd_attention_bwd)
+        schemas.update(
+            triton_fwd=torch.ops.helo_fast.triton_lcd_attention_fwd,
+            triton_bwd=torch.ops.helo_fast.triton_lcd_attention_bwd,
+        )
         assert names(launcher.lcd_attention_fwd) == OP_ARGS
         assert names(launcher.lcd_attention_bwd) == ("grad_out",) + OP_ARGS
     for layer, op in schemas.items():
         args = tuple(a.name for a in op.default._schema.arguments)
         expected = OP_ARGS if layer.endswith("fwd") else ("grad_out",) + OP_ARGS
-        assert args[:len(expected)] == expected, (layer, args)
+        assert args[: len(expected)] == expected, (layer, args)
 
 
 def test_one_query_key_and_channel_matches_reference(fast_backend):
@@ -150,8 +165,11 @@ def test_explicit_masks_override_probabilities(fast_backend):
     dropout_mask = (torch.rand(2, 2, 4, 5, generator=gen) < 0.3).to(device)
     both = dict(dropkey_mask=dropkey_mask, dropout_mask=dropout_mask)
     # Both masks given (no seed drawn), or one given and the other drawn from the generator.
-    for kwargs in (dict(dropkey_p=0.0, dropout_p=0.3, **both), dict(dropkey_p=0.5, dropout_p=0.3, **both),
-                   dict(dropkey_p=0.5, dropout_p=0.3, dropkey_mask=dropkey_mask)):
+    for kwargs in (
+        dict(dropkey_p=0.0, dropout_p=0.3, **both),
+        dict(dropkey_p=0.5, dropout_p=0.3, **both),
+        dict(dropkey_p=0.5, dropout_p=0.3, dropkey_mask=dropkey_mask),
+    ):
         out, grads, next_draw = run(backend, tensors, seed=2, **kwargs)
         ref_out, ref_grads, ref_next_draw = run("reference", tensors, seed=2, **kwargs)
         assert_float64_close(out, ref_out)
@@ -185,8 +203,16 @@ def test_bfloat16_forward_within_reference_error(fast_backend, shape):
     tensors16 = {n: (t.bfloat16() if t is not None else None) for n, t in tensors64.items()}
 
     def forward(backend_, t):
-        return hf.lcd_attention(t["q"], t["k"], t["v"], t["bias"], residual=t["residual"], ln_weight=t["ln_weight"],
-                                ln_bias=t["ln_bias"], backend=backend_)
+        return hf.lcd_attention(
+            t["q"],
+            t["k"],
+            t["v"],
+            t["bias"],
+            residual=t["residual"],
+            ln_weight=t["ln_weight"],
+            ln_bias=t["ln_bias"],
+            backend=backend_,
+        )
 
     out = forward(backend, tensors16)
     assert out.dtype == torch.bfloat16
@@ -218,8 +244,10 @@ def gradcheck_inputs(bias_shape, residual, ln, ln_bias=True):
 
 @requires_cpp
 @pytest.mark.parametrize("bias_before_scale", [True, False])
-@pytest.mark.parametrize("bias_shape,residual,ln", [(None, False, False), ((3, 4), True, True),
-                                                    ((2, 1, 3, 4), False, True), ((2, 2, 3, 4), True, False)])
+@pytest.mark.parametrize(
+    "bias_shape,residual,ln",
+    [(None, False, False), ((3, 4), True, True), ((2, 1, 3, 4), False, True), ((2, 2, 3, 4), True, False)],
+)
 def test_gradcheck_float64(bias_shape, residual, ln, bias_before_scale):
     t = gradcheck_inputs(bias_shape, residual, ln)
     names = [n for n in TENSOR_ARGS if t[n] is not None]
@@ -227,10 +255,20 @@ def test_gradcheck_float64(bias_shape, residual, ln, bias_before_scale):
 
     def fn(*args):
         kw = dict(zip(names, args))
-        return hf.lcd_attention(kw["q"], kw["k"], kw["v"], kw.get("bias"), residual=kw.get("residual"),
-                                ln_weight=kw.get("ln_weight"), ln_bias=kw.get("ln_bias"),
-                                bias_before_scale=bias_before_scale, dropkey_mask=dropkey, dropout_mask=dropout,
-                                dropout_p=0.25, backend="cpp")
+        return hf.lcd_attention(
+            kw["q"],
+            kw["k"],
+            kw["v"],
+            kw.get("bias"),
+            residual=kw.get("residual"),
+            ln_weight=kw.get("ln_weight"),
+            ln_bias=kw.get("ln_bias"),
+            bias_before_scale=bias_before_scale,
+            dropkey_mask=dropkey,
+            dropout_mask=dropout,
+            dropout_p=0.25,
+            backend="cpp",
+        )
 
     assert torch.autograd.gradcheck(fn, tuple(t[n] for n in names))
 
@@ -245,9 +283,17 @@ def test_gradcheck_float64_seeded_masks():
 
     def fn(*args):
         kw = dict(zip(names, args))
-        return hf.lcd_attention(kw["q"], kw["k"], kw["v"], kw["bias"], residual=kw["residual"],
-                                ln_weight=kw["ln_weight"], generator=torch.Generator().manual_seed(21),
-                                backend="cpp", **kwargs)
+        return hf.lcd_attention(
+            kw["q"],
+            kw["k"],
+            kw["v"],
+            kw["bias"],
+            residual=kw["residual"],
+            ln_weight=kw["ln_weight"],
+            generator=torch.Generator().manual_seed(21),
+            backend="cpp",
+            **kwargs,
+        )
 
     assert torch.autograd.gradcheck(fn, tuple(t[n] for n in names))
 
@@ -261,9 +307,20 @@ def test_gradcheck_float64_seeded_masks_small(fast_backend):
 
     def fn(*args):
         t = dict(zip(names, args))
-        return hf.lcd_attention(t["q"], t["k"], t["v"], t["bias"], residual=t["residual"], ln_weight=t["ln_weight"],
-                                ln_bias=t["ln_bias"], scale=0.6, dropkey_p=0.3, dropout_p=0.3,
-                                generator=torch.Generator().manual_seed(12345), backend=backend)
+        return hf.lcd_attention(
+            t["q"],
+            t["k"],
+            t["v"],
+            t["bias"],
+            residual=t["residual"],
+            ln_weight=t["ln_weight"],
+            ln_bias=t["ln_bias"],
+            scale=0.6,
+            dropkey_p=0.3,
+            dropout_p=0.3,
+            generator=torch.Generator().manual_seed(12345),
+            backend=backend,
+        )
 
     assert torch.autograd.gradcheck(fn, [tensors[n].clone().requires_grad_(True) for n in names])
 
@@ -277,9 +334,20 @@ def test_seeded_masks_are_bit_identical_to_the_reference_hash(fast_backend):
     q, k = q.repeat(1, 1, 1, 2), k.repeat(1, 1, 1, 2)  # D = 8 >= Lk
     v = torch.zeros(batch, heads, lk, 8)
     v[..., :lk] = torch.eye(lk)
-    out = hf.lcd_attention(q.to(device), k.to(device), v.to(device), dropkey_p=0.5, dropout_p=0.5,
-                           generator=torch.Generator().manual_seed(31),
-                           backend=backend).view(batch, lq, heads, 8).transpose(1, 2)[..., :lk].cpu()
+    out = (
+        hf.lcd_attention(
+            q.to(device),
+            k.to(device),
+            v.to(device),
+            dropkey_p=0.5,
+            dropout_p=0.5,
+            generator=torch.Generator().manual_seed(31),
+            backend=backend,
+        )
+        .view(batch, lq, heads, 8)
+        .transpose(1, 2)[..., :lk]
+        .cpu()
+    )
     dropkey, dropout = attention_masks((batch, heads, lq, lk), 0.5, 0.5, torch.Generator().manual_seed(31))
     assert torch.equal(out == 0, dropout | (dropkey & ~dropkey.all(-1, keepdim=True)))
 
@@ -317,8 +385,14 @@ def test_dropout_is_unbiased():
     gen = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(1, heads, length, dim, generator=gen, dtype=torch.float64) for length in (lq, lk, lk))
     expected = hf.lcd_attention(q, k, v, backend="cpp")[0]
-    out = hf.lcd_attention(q.expand(reps, -1, -1, -1), k.expand(reps, -1, -1, -1), v.expand(reps, -1, -1, -1),
-                           dropout_p=0.5, generator=torch.Generator().manual_seed(4), backend="cpp")
+    out = hf.lcd_attention(
+        q.expand(reps, -1, -1, -1),
+        k.expand(reps, -1, -1, -1),
+        v.expand(reps, -1, -1, -1),
+        dropout_p=0.5,
+        generator=torch.Generator().manual_seed(4),
+        backend="cpp",
+    )
     mean, sem = out.mean(0), out.std(0) / math.sqrt(reps)
     assert bool(((mean - expected).abs() < 5 * sem + 1e-12).all())
     assert not torch.allclose(out[0], expected), "dropout must change single draws"
@@ -340,8 +414,9 @@ def test_fully_masked_row_gets_uniform_weights_in_every_dtype(dtype, backend):
     assert_no_nan(out)
     tol = dict(rtol=1e-2, atol=1e-2) if dtype == torch.bfloat16 else {}
     torch.testing.assert_close(out[0, 1, 4:8], v[0, 1].mean(0), **tol)
-    dq, dk = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).reshape(out.shape).to(dtype)).sum(),
-                                 leaves[:2])
+    dq, dk = torch.autograd.grad(
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape).to(dtype)).sum(), leaves[:2]
+    )
     assert float(dq[0, 1, 1].abs().max()) > 0  # the fully dropped row's logits still get a gradient
     if dtype != torch.bfloat16:
         torch.testing.assert_close(out, hf.lcd_attention(q, k, v, dropkey_mask=mask, backend="reference"))
@@ -350,8 +425,14 @@ def test_fully_masked_row_gets_uniform_weights_in_every_dtype(dtype, backend):
 @pytest.mark.parametrize("backend", backend_params("lcd_attention"))
 def test_empty_batch_gives_an_empty_output(backend):
     q, k, v = (torch.randn(0, 2, 3, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    out = hf.lcd_attention(q, k, v, residual=torch.zeros(0, 3, 8, dtype=torch.float64),
-                           ln_weight=torch.ones(8, dtype=torch.float64), backend=backend)
+    out = hf.lcd_attention(
+        q,
+        k,
+        v,
+        residual=torch.zeros(0, 3, 8, dtype=torch.float64),
+        ln_weight=torch.ones(8, dtype=torch.float64),
+        backend=backend,
+    )
     assert out.shape == (0, 3, 8)
 
 
@@ -392,14 +473,25 @@ def test_gradients_of_head_views_come_back_in_the_inputs_layout():
 
     q, k, v = heads_of(lq), heads_of(lk), heads_of(lk)
     residual = torch.randn(batch, lq, heads * dim, generator=gen, dtype=torch.float64)
-    args = op_args(q=q, k=k, v=v, scale=0.5, dropkey_p=0.0, dropout_p=0.0, residual=residual, ln_eps=1e-5,
-                   bias_before_scale=True, seed=torch.tensor([3])) + (-1e12,)
+    args = op_args(
+        q=q,
+        k=k,
+        v=v,
+        scale=0.5,
+        dropkey_p=0.0,
+        dropout_p=0.0,
+        residual=residual,
+        ln_eps=1e-5,
+        bias_before_scale=True,
+        seed=torch.tensor([3]),
+    ) + (-1e12,)
     out, mean, rstd, prob, ln_input = torch.ops.helo_fast.lcd_attention_fwd(*args, True)
     bwd_args = (torch.randn_like(out),) + args + (mean, rstd, prob, ln_input)
     grads = torch.ops.helo_fast.lcd_attention_bwd(*bwd_args)
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-        fake = torch.ops.helo_fast.lcd_attention_bwd(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
-                                                       for a in bwd_args))
+        fake = torch.ops.helo_fast.lcd_attention_bwd(
+            *(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in bwd_args)
+        )
     for grad, fake_grad, x in zip(grads[:3], fake[:3], (q, k, v)):
         assert grad.stride() == x.stride() == fake_grad.stride()
     torch.library.opcheck(torch.ops.helo_fast.lcd_attention_bwd, bwd_args)
@@ -410,12 +502,23 @@ def op_samples():
     """Arguments of lcd_attention_fwd without save_for_backward (the op's arguments, then dropkey_value)."""
     t = case(9, 2, 2, 3, 4, 5, (3, 4))
     dropkey, dropout = explicit_masks((2, 2, 3, 4), 3)
-    scalars = dict(scale=0.4, dropkey_p=0.3, dropout_p=0.2, ln_eps=1e-5, bias_before_scale=True,
-                   seed=torch.tensor([17]))
+    scalars = dict(
+        scale=0.4, dropkey_p=0.3, dropout_p=0.2, ln_eps=1e-5, bias_before_scale=True, seed=torch.tensor([17])
+    )
     full = op_args(**t, **scalars) + (-1e12,)
-    bare = op_args(q=t["q"], k=t["k"], v=t["v"], scale=0.5, dropkey_p=0.0, dropout_p=0.3, ln_eps=1e-5,
-                   bias_before_scale=False, seed=torch.tensor([0]), dropkey_mask=dropkey,
-                   dropout_mask=dropout) + (-1e12,)
+    bare = op_args(
+        q=t["q"],
+        k=t["k"],
+        v=t["v"],
+        scale=0.5,
+        dropkey_p=0.0,
+        dropout_p=0.3,
+        ln_eps=1e-5,
+        bias_before_scale=False,
+        seed=torch.tensor([0]),
+        dropkey_mask=dropkey,
+        dropout_mask=dropout,
+    ) + (-1e12,)
     # bfloat16 activations with float32 LayerNorm parameters, as torch.autocast passes them
     low = {n: t[n].bfloat16() for n in ("q", "k", "v", "bias", "residual")}
     mixed = op_args(**low, ln_weight=t["ln_weight"].float(), ln_bias=t["ln_bias"].float(), **scalars) + (-1e12,)
@@ -426,8 +529,9 @@ def op_samples():
 @pytest.mark.parametrize("sample", [0, 1, 2])
 def test_opcheck_forward_and_backward_ops(sample):
     args = op_samples()[sample]
-    fwd_args = tuple(a.clone().requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-                     for a in args)
+    fwd_args = tuple(
+        a.clone().requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args
+    )
     for save in (True, False):
         torch.library.opcheck(torch.ops.helo_fast.lcd_attention_fwd, fwd_args + (save,))
     out, mean, rstd, prob, ln_input = torch.ops.helo_fast.lcd_attention_fwd(*args, True)
@@ -479,9 +583,21 @@ def test_torch_compile_aot_eager_fullgraph_traces_the_op(fast_backend):
     q = tensors["q"].clone().requires_grad_(True)
 
     def fn(q):
-        return hf.lcd_attention(q, tensors["k"], tensors["v"], tensors["bias"], residual=tensors["residual"],
-                                ln_weight=tensors["ln_weight"], ln_bias=tensors["ln_bias"], backend=backend,
-                                check_finite=False).pow(2).sum()
+        return (
+            hf.lcd_attention(
+                q,
+                tensors["k"],
+                tensors["v"],
+                tensors["bias"],
+                residual=tensors["residual"],
+                ln_weight=tensors["ln_weight"],
+                ln_bias=tensors["ln_bias"],
+                backend=backend,
+                check_finite=False,
+            )
+            .pow(2)
+            .sum()
+        )
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     expected, got = fn(q), compiled(q)
@@ -497,8 +613,19 @@ def test_torch_compile_fullgraph_matches_eager():
     dropkey, dropout = explicit_masks((2, 1, 10, 10), 4)
 
     def fn(q, k, v, bias, residual, ln_weight, ln_bias):
-        return hf.lcd_attention(q, k, v, bias, residual=residual, ln_weight=ln_weight, ln_bias=ln_bias,
-                                dropkey_mask=dropkey, dropout_mask=dropout, dropout_p=0.5, backend="cpp")
+        return hf.lcd_attention(
+            q,
+            k,
+            v,
+            bias,
+            residual=residual,
+            ln_weight=ln_weight,
+            ln_bias=ln_bias,
+            dropkey_mask=dropkey,
+            dropout_mask=dropout,
+            dropout_p=0.5,
+            backend="cpp",
+        )
 
     args = [tensors[n].clone().requires_grad_(True) for n in TENSOR_ARGS]
     compiled = torch.compile(fn, fullgraph=True)
@@ -520,8 +647,19 @@ def test_torch_compile_seeded_masks_do_not_recompile_per_seed():
     tensors = case(11, 2, 1, 10, 10, 16, (10, 10), dtype=torch.float32)
 
     def fn(gen, q, k, v, bias, residual, ln_weight, ln_bias):
-        return hf.lcd_attention(q, k, v, bias, residual=residual, ln_weight=ln_weight, ln_bias=ln_bias,
-                                dropkey_p=0.3, dropout_p=0.5, generator=gen, backend="cpp")
+        return hf.lcd_attention(
+            q,
+            k,
+            v,
+            bias,
+            residual=residual,
+            ln_weight=ln_weight,
+            ln_bias=ln_bias,
+            dropkey_p=0.3,
+            dropout_p=0.5,
+            generator=gen,
+            backend="cpp",
+        )
 
     args = [tensors[n] for n in TENSOR_ARGS]
     compiled = torch.compile(fn, dynamic=False)
@@ -535,29 +673,37 @@ def test_torch_compile_seeded_masks_do_not_recompile_per_seed():
 
 
 @requires_cpp
-@pytest.mark.parametrize("change,error,match", [
-    (dict(k=torch.randn(2, 2, 4, 6)), ValueError, "k must have shape"),
-    (dict(bias=torch.randn(5, 4)), ValueError, "bias must be broadcastable"),
-    (dict(residual=torch.randn(2, 3, 5)), ValueError, "residual must have shape"),
-    (dict(ln_weight=torch.randn(7)), ValueError, "ln_weight must have shape"),
-    (dict(q=torch.randn(2, 2, 3, 5, dtype=torch.float64)), TypeError, "must have the dtype of q"),
-    (dict(dropkey_mask=torch.zeros(2, 2, 3, 4)), TypeError, "dropkey_mask must have dtype"),
-    (dict(dropout_mask=torch.zeros(2, 2, 3, 3, dtype=torch.bool)), ValueError, "dropout_mask must have shape"),
-    (dict(dropout_p=1.0), ValueError, "dropout_p must be in"),
-    (dict(dropkey_p=-0.1), ValueError, "dropkey_p must be in"),
-    (dict(ln_bias=torch.randn(10), ln_weight=None), ValueError, "ln_bias needs ln_weight"),
-    (dict(scale=0.0), ValueError, "scale must be"),
-    (dict(q=torch.full((2, 2, 3, 5), float("nan"))), ValueError, "q contains NaN"),
-])
+@pytest.mark.parametrize(
+    "change,error,match",
+    [
+        (dict(k=torch.randn(2, 2, 4, 6)), ValueError, "k must have shape"),
+        (dict(bias=torch.randn(5, 4)), ValueError, "bias must be broadcastable"),
+        (dict(residual=torch.randn(2, 3, 5)), ValueError, "residual must have shape"),
+        (dict(ln_weight=torch.randn(7)), ValueError, "ln_weight must have shape"),
+        (dict(q=torch.randn(2, 2, 3, 5, dtype=torch.float64)), TypeError, "must have the dtype of q"),
+        (dict(dropkey_mask=torch.zeros(2, 2, 3, 4)), TypeError, "dropkey_mask must have dtype"),
+        (dict(dropout_mask=torch.zeros(2, 2, 3, 3, dtype=torch.bool)), ValueError, "dropout_mask must have shape"),
+        (dict(dropout_p=1.0), ValueError, "dropout_p must be in"),
+        (dict(dropkey_p=-0.1), ValueError, "dropkey_p must be in"),
+        (dict(ln_bias=torch.randn(10), ln_weight=None), ValueError, "ln_bias needs ln_weight"),
+        (dict(scale=0.0), ValueError, "scale must be"),
+        (dict(q=torch.full((2, 2, 3, 5), float("nan"))), ValueError, "q contains NaN"),
+    ],
+)
 def test_bad_inputs_raise_before_the_kernel(change, error, match):
     gen = torch.Generator().manual_seed(0)
-    kwargs = dict(q=torch.randn(2, 2, 3, 5, generator=gen), k=torch.randn(2, 2, 4, 5, generator=gen),
-                  v=torch.randn(2, 2, 4, 5, generator=gen), bias=None, residual=None,
-                  ln_weight=torch.randn(10, generator=gen), ln_bias=None)
+    kwargs = dict(
+        q=torch.randn(2, 2, 3, 5, generator=gen),
+        k=torch.randn(2, 2, 4, 5, generator=gen),
+        v=torch.randn(2, 2, 4, 5, generator=gen),
+        bias=None,
+        residual=None,
+        ln_weight=torch.randn(10, generator=gen),
+        ln_bias=None,
+    )
     kwargs.update(change)
     with pytest.raises(error, match=match):
-        hf.lcd_attention(kwargs.pop("q"), kwargs.pop("k"), kwargs.pop("v"), kwargs.pop("bias"), backend="cpp",
-                         **kwargs)
+        hf.lcd_attention(kwargs.pop("q"), kwargs.pop("k"), kwargs.pop("v"), kwargs.pop("bias"), backend="cpp", **kwargs)
 
 
 @requires_cpp
@@ -565,8 +711,20 @@ def test_op_rejects_inconsistent_shapes():
     q, k = torch.randn(2, 2, 3, 5), torch.randn(2, 2, 4, 5)
     with pytest.raises(RuntimeError, match="k and v must be"):
         torch.ops.helo_fast.lcd_attention_fwd(
-            *op_args(q=q, k=k, v=torch.randn(2, 2, 4, 6), scale=0.5, dropkey_p=0.0, dropout_p=0.0, ln_eps=1e-5,
-                     bias_before_scale=True, seed=torch.tensor([0])), -1e12, False)
+            *op_args(
+                q=q,
+                k=k,
+                v=torch.randn(2, 2, 4, 6),
+                scale=0.5,
+                dropkey_p=0.0,
+                dropout_p=0.0,
+                ln_eps=1e-5,
+                bias_before_scale=True,
+                seed=torch.tensor([0]),
+            ),
+            -1e12,
+            False,
+        )
 
 
 # HeLo's batch on CUDA (the CPU runs the same shapes at a small batch above).
@@ -622,6 +780,7 @@ def test_every_cpu_instruction_set_variant_matches_reference(isa):
 
 # ------------------------------------------------------------------------------------------------ the Triton op only
 
+
 @pytest.mark.parametrize("device", triton_backend_devices())
 @pytest.mark.parametrize("seed", [0, 1, 977, 2**31 - 2])
 @pytest.mark.parametrize("stream", [_rng.STREAM_DROPKEY, _rng.STREAM_DROPOUT])
@@ -630,8 +789,10 @@ def test_triton_in_kernel_hash_is_bit_identical_to_rng(seed, stream, device):
     from helo_fast.kernels import mask_hash as triton_mask_hash
 
     shape = (3, 4, 37, 41)
-    assert torch.equal(triton_mask_hash.hash_uniform(seed, shape, stream, device=device),
-                       _rng.hash_uniform(seed, shape, stream, device=device))
+    assert torch.equal(
+        triton_mask_hash.hash_uniform(seed, shape, stream, device=device),
+        _rng.hash_uniform(seed, shape, stream, device=device),
+    )
 
 
 @pytest.mark.slow
@@ -643,8 +804,9 @@ def test_triton_opcheck_custom_ops(device):
     seed = torch.tensor([7])  # on the CPU, as lcd_attention passes it
     mask = (torch.rand(2, 2, 3, 4, generator=torch.Generator().manual_seed(1)) < 0.5).to(device)
     ops = torch.ops.helo_fast
-    args = op_args(**t, scale=0.5, dropkey_p=0.0, dropout_p=0.3, ln_eps=1e-5, bias_before_scale=False, seed=seed,
-                   dropkey_mask=mask)
+    args = op_args(
+        **t, scale=0.5, dropkey_p=0.0, dropout_p=0.3, ln_eps=1e-5, bias_before_scale=False, seed=seed, dropkey_mask=mask
+    )
     torch.library.opcheck(ops.triton_lcd_attention_fwd, args)
     out = ops.triton_lcd_attention_fwd(*args)
     bwd_args = (torch.randn_like(out), *[x.detach() if isinstance(x, torch.Tensor) else x for x in args])

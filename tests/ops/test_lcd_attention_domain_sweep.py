@@ -13,6 +13,7 @@ same precision, with a floor of 8 ulps times the conditioning (1 + max |logit|, 
 Size: HELO_SWEEP=ci (default, derandomized: the same examples every run) or HELO_SWEEP=nightly (20x the examples,
 a fresh draw each run), as the OT sweep.
 """
+
 import pytest
 import torch
 from hypothesis import given
@@ -37,22 +38,39 @@ def probability():
 def attention_problems(draw, max_len, max_dim):
     """Parameters of one lcd_attention call (tensors come from a drawn seed, so shrinking works on the parameters)."""
     length = st.one_of(st.integers(1, 6), st.integers(1, max_len))
-    return dict(batch=draw(st.integers(1, 6)), heads=draw(st.integers(1, 8)), lq=draw(length), lk=draw(length),
-                dim=draw(st.one_of(st.integers(1, 8), st.sampled_from([32, 128][:1 + (max_dim >= 128)]),
-                                   st.integers(1, max_dim))),
-                bias=draw(st.sampled_from(BIAS_KINDS)), bias_before_scale=draw(st.booleans()),
-                residual=draw(st.booleans()), ln=draw(st.sampled_from(LN_KINDS)),
-                scale=draw(st.one_of(st.none(), st.floats(-2, 1).map(lambda e: 10.0 ** e))),
-                magnitude=10.0 ** draw(st.floats(-1, 0.5)),
-                dropkey_p=draw(probability()), dropout_p=draw(probability()),
-                explicit_masks=draw(st.booleans()), head_views=draw(st.booleans()),
-                dtype=draw(st.sampled_from([torch.float64, torch.float32, torch.bfloat16])),
-                grad=draw(st.booleans()), seed=draw(st.integers(0, 2**31 - 1)))
+    return dict(
+        batch=draw(st.integers(1, 6)),
+        heads=draw(st.integers(1, 8)),
+        lq=draw(length),
+        lk=draw(length),
+        dim=draw(
+            st.one_of(st.integers(1, 8), st.sampled_from([32, 128][: 1 + (max_dim >= 128)]), st.integers(1, max_dim))
+        ),
+        bias=draw(st.sampled_from(BIAS_KINDS)),
+        bias_before_scale=draw(st.booleans()),
+        residual=draw(st.booleans()),
+        ln=draw(st.sampled_from(LN_KINDS)),
+        scale=draw(st.one_of(st.none(), st.floats(-2, 1).map(lambda e: 10.0**e))),
+        magnitude=10.0 ** draw(st.floats(-1, 0.5)),
+        dropkey_p=draw(probability()),
+        dropout_p=draw(probability()),
+        explicit_masks=draw(st.booleans()),
+        head_views=draw(st.booleans()),
+        dtype=draw(st.sampled_from([torch.float64, torch.float32, torch.bfloat16])),
+        grad=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
 
 
 def bias_shape(kind, batch, heads, lq, lk):
-    return {"none": None, "key": (lk,), "query_key": (lq, lk), "batch": (batch, 1, lq, lk),
-            "full": (batch, heads, lq, lk), "head_key": (1, heads, 1, lk)}[kind]
+    return {
+        "none": None,
+        "key": (lk,),
+        "query_key": (lq, lk),
+        "batch": (batch, 1, lq, lk),
+        "full": (batch, heads, lq, lk),
+        "head_key": (1, heads, 1, lk),
+    }[kind]
 
 
 def make_inputs(p):
@@ -70,18 +88,23 @@ def make_inputs(p):
         return draw(batch, heads, length, dim, magnitude=magnitude)
 
     shape = bias_shape(p["bias"], batch, heads, lq, lk)
-    tensors = dict(q=heads_of(lq, p["magnitude"]), k=heads_of(lk, p["magnitude"]), v=heads_of(lk),
-                   bias=draw(*shape) if shape is not None else None,
-                   residual=draw(batch, lq, heads * dim) if p["residual"] else None,
-                   ln_weight=1 + 0.3 * draw(heads * dim) if p["ln"] != "none" else None,
-                   ln_bias=draw(heads * dim) if p["ln"] == "weight_and_bias" else None)
+    tensors = dict(
+        q=heads_of(lq, p["magnitude"]),
+        k=heads_of(lk, p["magnitude"]),
+        v=heads_of(lk),
+        bias=draw(*shape) if shape is not None else None,
+        residual=draw(batch, lq, heads * dim) if p["residual"] else None,
+        ln_weight=1 + 0.3 * draw(heads * dim) if p["ln"] != "none" else None,
+        ln_bias=draw(heads * dim) if p["ln"] == "weight_and_bias" else None,
+    )
     mask_shape = (batch, heads, lq, lk)
     if p["explicit_masks"]:
         dropkey = torch.rand(mask_shape, generator=gen) < p["dropkey_p"]
         dropout = torch.rand(mask_shape, generator=gen) < p["dropout_p"]
     else:  # the masks the generator seeded with p["seed"] draws (the hash every backend shares)
-        dropkey, dropout = attention_masks(mask_shape, p["dropkey_p"], p["dropout_p"],
-                                           torch.Generator().manual_seed(p["seed"]))
+        dropkey, dropout = attention_masks(
+            mask_shape, p["dropkey_p"], p["dropout_p"], torch.Generator().manual_seed(p["seed"])
+        )
     return tensors, dropkey, dropout
 
 
@@ -95,14 +118,29 @@ UPSTREAM_SIZE = 1.0  # the scale of upstream_weight's entries
 
 def run(backend, p, tensors, dropkey, dropout, dtype):
     """Output and gradients (of sum(out * w), w fixed) of ``backend`` on ``tensors`` cast to ``dtype``."""
-    leaves = {n: (t.detach().to(dtype).requires_grad_(p["grad"]) if t is not None else None)
-              for n, t in tensors.items()}
-    masks = dict(dropkey_mask=dropkey, dropout_mask=dropout) if p["explicit_masks"] else \
-        dict(generator=torch.Generator().manual_seed(p["seed"]))
-    out = hf.lcd_attention(leaves["q"], leaves["k"], leaves["v"], leaves["bias"], residual=leaves["residual"],
-                           ln_weight=leaves["ln_weight"], ln_bias=leaves["ln_bias"], scale=p["scale"],
-                           dropkey_p=p["dropkey_p"], dropout_p=p["dropout_p"],
-                           bias_before_scale=p["bias_before_scale"], backend=backend, **masks)
+    leaves = {
+        n: (t.detach().to(dtype).requires_grad_(p["grad"]) if t is not None else None) for n, t in tensors.items()
+    }
+    masks = (
+        dict(dropkey_mask=dropkey, dropout_mask=dropout)
+        if p["explicit_masks"]
+        else dict(generator=torch.Generator().manual_seed(p["seed"]))
+    )
+    out = hf.lcd_attention(
+        leaves["q"],
+        leaves["k"],
+        leaves["v"],
+        leaves["bias"],
+        residual=leaves["residual"],
+        ln_weight=leaves["ln_weight"],
+        ln_bias=leaves["ln_bias"],
+        scale=p["scale"],
+        dropkey_p=p["dropkey_p"],
+        dropout_p=p["dropout_p"],
+        bias_before_scale=p["bias_before_scale"],
+        backend=backend,
+        **masks,
+    )
     if not p["grad"]:
         return out.detach(), {}
     weight = upstream_weight(out.shape)
@@ -123,9 +161,18 @@ def conditioning(p, tensors, dropkey):
             logits = logits.masked_fill(dropkey, 0.0)
         cond = 1.0 + float(logits.abs().max())
         if tensors["ln_weight"] is not None:
-            pre = lcd_attention_oracle(q, k, tensors["v"], tensors["bias"], scale=scale,
-                                       bias_before_scale=p["bias_before_scale"], dropkey_mask=dropkey,
-                                       dropout_mask=None, dropout_p=0.0, residual=tensors["residual"])
+            pre = lcd_attention_oracle(
+                q,
+                k,
+                tensors["v"],
+                tensors["bias"],
+                scale=scale,
+                bias_before_scale=p["bias_before_scale"],
+                dropkey_mask=dropkey,
+                dropout_mask=None,
+                dropout_p=0.0,
+                residual=tensors["residual"],
+            )
             centred = pre - pre.mean(-1, keepdim=True)
             std = (centred.pow(2).mean(-1) + 1e-5).sqrt()
             cond *= float((centred.abs().amax(-1) / std).max()) + 1.0
@@ -138,10 +185,20 @@ def check(backend, p):
     dropout = dropout if p["dropout_p"] > 0 or p["explicit_masks"] else None
     scale = p["scale"] if p["scale"] is not None else p["dim"] ** -0.5
     leaves = {n: (t.clone().requires_grad_(p["grad"]) if t is not None else None) for n, t in tensors.items()}
-    oracle = lcd_attention_oracle(leaves["q"], leaves["k"], leaves["v"], leaves["bias"], scale=scale,
-                                  bias_before_scale=p["bias_before_scale"], dropkey_mask=dropkey,
-                                  dropout_mask=dropout, dropout_p=p["dropout_p"], residual=leaves["residual"],
-                                  ln_weight=leaves["ln_weight"], ln_bias=leaves["ln_bias"])
+    oracle = lcd_attention_oracle(
+        leaves["q"],
+        leaves["k"],
+        leaves["v"],
+        leaves["bias"],
+        scale=scale,
+        bias_before_scale=p["bias_before_scale"],
+        dropkey_mask=dropkey,
+        dropout_mask=dropout,
+        dropout_p=p["dropout_p"],
+        residual=leaves["residual"],
+        ln_weight=leaves["ln_weight"],
+        ln_bias=leaves["ln_bias"],
+    )
     oracle_grads = {}
     if p["grad"]:
         weight = upstream_weight(oracle.shape)

@@ -3,6 +3,7 @@ mixed batches (each problem at its own count, the one the fixed-count iterations
 GWInfo), the one warning per call, strict=True, the unrolled gradient with tol, and the argument checks. Backends:
 reference and cpp on CPU; tests/ops/test_ot_convergence_backends.py runs every fast backend and device at small
 sizes."""
+
 import warnings
 
 import ot
@@ -30,8 +31,9 @@ def test_sinkhorn_converged_plan_matches_pot_sinkhorn_log(backend, eps):
     plan, info = hf.sinkhorn(cost, a, b, eps=eps, n_iters=20000, tol=1e-13, return_info=True, backend=backend)
     assert info.converged.all()
     for k in range(cost.shape[0]):
-        expected = ot.sinkhorn(a[k].numpy(), b[k].numpy(), cost[k].numpy(), eps, method="sinkhorn_log",
-                               numItermax=200000, stopThr=1e-14)
+        expected = ot.sinkhorn(
+            a[k].numpy(), b[k].numpy(), cost[k].numpy(), eps, method="sinkhorn_log", numItermax=200000, stopThr=1e-14
+        )
         torch.testing.assert_close(plan[k], torch.from_numpy(expected), rtol=1e-10, atol=1e-12)
 
 
@@ -64,14 +66,14 @@ def test_each_problem_stops_at_its_own_count(backend, op):
     # Each count is the first check point (every CHECK_EVERY iterations) where the fixed-count plan is within tol.
     for p, count in enumerate(counts):
         assert count % CHECK_EVERY == 0
-        one = (cost[p:p + 1], a[p:p + 1], b[p:p + 1])
+        one = (cost[p : p + 1], a[p : p + 1], b[p : p + 1])
         violation = fixed_count_violation(op, *one, reg, count)
         assert float(violation[0]) <= tol
-        torch.testing.assert_close(info.violation[p:p + 1], violation, rtol=1e-3, atol=1e-15)
+        torch.testing.assert_close(info.violation[p : p + 1], violation, rtol=1e-3, atol=1e-15)
         if count > CHECK_EVERY:
             assert float(fixed_count_violation(op, *one, reg, count - CHECK_EVERY)[0]) > tol
         alone = getattr(hf, op)(*one, n_iters=count, backend=backend, **kwargs)
-        torch.testing.assert_close(plan[p:p + 1], alone, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(plan[p : p + 1], alone, rtol=1e-12, atol=1e-15)
     assert (info.violation <= tol).all()
 
 
@@ -83,14 +85,17 @@ def test_cpp_counts_and_plans_equal_the_reference(op):
         cost, a, b, reg = mixed_batch(op)
         cost, a, b = cost.to(dtype), a.to(dtype), b.to(dtype)
         kwargs = {"eps" if op == "sinkhorn" else "beta": reg}
-        ref, ref_info = quiet(getattr(hf, op), cost, a, b, n_iters=2000, tol=tol, return_info=True,
-                              backend="reference", **kwargs)
-        fast, info = quiet(getattr(hf, op), cost, a, b, n_iters=2000, tol=tol, return_info=True, backend="cpp",
-                           **kwargs)
+        ref, ref_info = quiet(
+            getattr(hf, op), cost, a, b, n_iters=2000, tol=tol, return_info=True, backend="reference", **kwargs
+        )
+        fast, info = quiet(
+            getattr(hf, op), cost, a, b, n_iters=2000, tol=tol, return_info=True, backend="cpp", **kwargs
+        )
         assert info.iterations.tolist() == ref_info.iterations.tolist()
         assert info.converged.tolist() == ref_info.converged.tolist()
-        torch.testing.assert_close(fast, ref, rtol=1e-10 if dtype == F64 else 1e-4,
-                                   atol=1e-13 if dtype == F64 else 1e-6)
+        torch.testing.assert_close(
+            fast, ref, rtol=1e-10 if dtype == F64 else 1e-4, atol=1e-13 if dtype == F64 else 1e-6
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -100,15 +105,16 @@ def test_unrolled_gradient_with_tol_is_that_of_each_problems_own_count(backend, 
     kwargs = {"eps" if op == "sinkhorn" else "beta": reg}
     weight = torch.randn(cost.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
     leaves = [t.clone().requires_grad_() for t in (cost, a, b)]
-    plan, info = getattr(hf, op)(*leaves, n_iters=2000, tol=1e-8, grad="unrolled", return_info=True, backend=backend,
-                                 **kwargs)
+    plan, info = getattr(hf, op)(
+        *leaves, n_iters=2000, tol=1e-8, grad="unrolled", return_info=True, backend=backend, **kwargs
+    )
     (plan * weight).sum().backward()
     for p, count in enumerate(info.iterations.tolist()):
-        one = [t[p:p + 1].clone().requires_grad_() for t in (cost, a, b)]
+        one = [t[p : p + 1].clone().requires_grad_() for t in (cost, a, b)]
         fixed = getattr(hf.reference, op)(*one, n_iters=count, grad="unrolled", **kwargs)
-        (fixed * weight[p:p + 1]).sum().backward()
+        (fixed * weight[p : p + 1]).sum().backward()
         for leaf, ref in zip(leaves, one):
-            torch.testing.assert_close(leaf.grad[p:p + 1], ref.grad, rtol=1e-8, atol=1e-10)
+            torch.testing.assert_close(leaf.grad[p : p + 1], ref.grad, rtol=1e-8, atol=1e-10)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -134,10 +140,29 @@ def test_gromov_wasserstein_outer_and_inner_tolerances(backend, solver):
     cs, ct = torch.rand(4, 5, 5, generator=gen, dtype=F64), torch.rand(4, 6, 6, generator=gen, dtype=F64)
     cs[1] *= 0.05  # nearly flat structure: converges in fewer outer iterations
     eps = 0.1 if solver == "sinkhorn" else 0.5  # IPOT's GW plans at eps 0.1 keep jumping between vertices
-    plan, info = quiet(hf.gromov_wasserstein, cs, ct, eps=eps, outer_iters=40, inner_iters=500, solver=solver,
-                       tol=1e-8, return_info=True, backend=backend)
-    ref, ref_info = quiet(hf.reference.gromov_wasserstein, cs, ct, eps=eps, outer_iters=40, inner_iters=500,
-                          solver=solver, tol=1e-8, return_info=True)
+    plan, info = quiet(
+        hf.gromov_wasserstein,
+        cs,
+        ct,
+        eps=eps,
+        outer_iters=40,
+        inner_iters=500,
+        solver=solver,
+        tol=1e-8,
+        return_info=True,
+        backend=backend,
+    )
+    ref, ref_info = quiet(
+        hf.reference.gromov_wasserstein,
+        cs,
+        ct,
+        eps=eps,
+        outer_iters=40,
+        inner_iters=500,
+        solver=solver,
+        tol=1e-8,
+        return_info=True,
+    )
     for got, want in zip(info, ref_info):
         if got.dtype == torch.int64 or got.dtype == torch.bool:
             assert got.tolist() == want.tolist()
@@ -148,11 +173,22 @@ def test_gromov_wasserstein_outer_and_inner_tolerances(backend, solver):
     assert stopped.any() and (info.iterations[stopped] < 40).all()
     # The plan of a problem that stopped at outer count k is the fixed-count plan of k outer iterations, each inner
     # solve run to its own count: with a huge inner tol every inner solve stops at its first check.
-    plan1, info1 = quiet(hf.gromov_wasserstein, cs, ct, eps=0.1, outer_iters=3, inner_iters=CHECK_EVERY,
-                         solver=solver, tol=1e3, return_info=True, backend=backend)
+    plan1, info1 = quiet(
+        hf.gromov_wasserstein,
+        cs,
+        ct,
+        eps=0.1,
+        outer_iters=3,
+        inner_iters=CHECK_EVERY,
+        solver=solver,
+        tol=1e3,
+        return_info=True,
+        backend=backend,
+    )
     assert info1.iterations.tolist() == [1] * 4 and info1.inner_iterations.tolist() == [CHECK_EVERY] * 4
-    fixed = hf.gromov_wasserstein(cs, ct, eps=0.1, outer_iters=1, inner_iters=CHECK_EVERY, solver=solver,
-                                  backend=backend)
+    fixed = hf.gromov_wasserstein(
+        cs, ct, eps=0.1, outer_iters=1, inner_iters=CHECK_EVERY, solver=solver, backend=backend
+    )
     torch.testing.assert_close(plan1, fixed, rtol=1e-12, atol=1e-15)
 
 
@@ -163,8 +199,9 @@ def test_gromov_wasserstein_unrolled_gradient_with_tol_matches_the_reference(bac
     grads = []
     for run in (hf.reference.gromov_wasserstein, lambda *x, **k: hf.gromov_wasserstein(*x, backend=backend, **k)):
         leaves = [cs.clone().requires_grad_(), ct.clone().requires_grad_()]
-        plan = quiet(run, *leaves, eps=0.2, outer_iters=6, inner_iters=200, solver="sinkhorn", tol=1e-7,
-                     grad="unrolled")
+        plan = quiet(
+            run, *leaves, eps=0.2, outer_iters=6, inner_iters=200, solver="sinkhorn", tol=1e-7, grad="unrolled"
+        )
         (plan * torch.arange(20, dtype=F64).reshape(4, 5)).sum().backward()
         grads.append([t.grad for t in leaves])
     for got, want in zip(*grads):
@@ -216,8 +253,14 @@ def test_opcheck_of_the_tolerance_ops(op, save):
     if "cpp" not in BACKENDS:
         pytest.skip("the cpp extension is not built")
     cost, a, b = problem(zero=True)
-    torch.library.opcheck(getattr(torch.ops.helo_fast, op), (cost, a, b, 0.2, 50, 1e-6, save),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        getattr(torch.ops.helo_fast, op),
+        (cost, a, b, 0.2, 50, 1e-6, save),
+        test_utils=("test_schema", "test_faketensor"),
+    )
     cost32, a32, b32 = (t.float() for t in (cost, a, b))
-    torch.library.opcheck(getattr(torch.ops.helo_fast, op), (cost32, a32, b32, 0.2, 50, 1e-5, save),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        getattr(torch.ops.helo_fast, op),
+        (cost32, a32, b32, 0.2, 50, 1e-5, save),
+        test_utils=("test_schema", "test_faketensor"),
+    )

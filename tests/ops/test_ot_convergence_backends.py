@@ -57,8 +57,12 @@ def test_counts_and_plans_equal_the_reference(fast_backend, op, dtype):
     assert info.iterations.tolist() == ref_info.iterations.tolist()
     assert info.converged.tolist() == ref_info.converged.tolist()
     # float32 violations near convergence are rounding noise (~1e-6 of a unit mass): compared to that
-    torch.testing.assert_close(info.violation.cpu(), ref_info.violation, rtol=1e-6 if dtype == F64 else 1e-2,
-                               atol=1e-15 if dtype == F64 else 2e-6)
+    torch.testing.assert_close(
+        info.violation.cpu(),
+        ref_info.violation,
+        rtol=1e-6 if dtype == F64 else 1e-2,
+        atol=1e-15 if dtype == F64 else 2e-6,
+    )
     close = dict(rtol=1e-10, atol=1e-13) if dtype == F64 else dict(rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(plan.cpu(), ref, **close)
 
@@ -82,8 +86,16 @@ def test_unrolled_gradient_is_that_of_each_problems_own_count(fast_backend, op):
     grads = []
     for name, dev in (("reference", "cpu"), (backend, device)):
         leaves = [t.to(dev).requires_grad_() for t in (cost, a, b)]
-        plan, info = quiet(getattr(hf, op), *leaves, n_iters=200, tol=tol_of(op), grad="unrolled", return_info=True,
-                           backend=name, **reg_of(op))
+        plan, info = quiet(
+            getattr(hf, op),
+            *leaves,
+            n_iters=200,
+            tol=tol_of(op),
+            grad="unrolled",
+            return_info=True,
+            backend=name,
+            **reg_of(op),
+        )
         (plan * weight.to(dev)).sum().backward()
         grads.append([t.grad.cpu() for t in leaves])
         counts = info.iterations.tolist()
@@ -101,8 +113,7 @@ def test_second_derivative_with_tol_on_triton(fast_backend):
     results = []
     for name, dev in (("reference", "cpu"), (backend, device)):
         leaf = cost.to(dev).requires_grad_()
-        plan = quiet(hf.sinkhorn, leaf, *on(dev, a, b), eps=0.5, n_iters=40, tol=1e-6, grad="unrolled",
-                     backend=name)
+        plan = quiet(hf.sinkhorn, leaf, *on(dev, a, b), eps=0.5, n_iters=40, tol=1e-6, grad="unrolled", backend=name)
         (grad,) = torch.autograd.grad((plan * weight.to(dev)).sum(), leaf, create_graph=True)
         (hvp,) = torch.autograd.grad((grad * grad).sum(), leaf)
         results.append((grad.detach().cpu(), hvp.cpu()))
@@ -185,6 +196,9 @@ def test_a_backend_without_a_tol_solver_refuses_tol_naming_it(monkeypatch):
         pytest.skip("the cpp extension is not built")
     monkeypatch.delitem(_ops._IMPLS, ("sinkhorn_converged", "cpp"))
     cost, a, b = mixed_problem()
-    with pytest.raises(ValueError, match=r"tol is not implemented for helo_fast.sinkhorn on backend='cpp' with cpu "
-                                         r"tensors \(the cpp backend has no tol solver for sinkhorn\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"tol is not implemented for helo_fast.sinkhorn on backend='cpp' with cpu "
+        r"tensors \(the cpp backend has no tol solver for sinkhorn\)",
+    ):
         hf.sinkhorn(cost, a, b, eps=0.1, n_iters=10, tol=1e-6, backend="cpp")

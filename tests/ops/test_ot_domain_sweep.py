@@ -12,6 +12,7 @@ Size: HELO_SWEEP=ci (default, derandomized: the same examples every run, within 
 HELO_SWEEP_REPORT=<file> appends one JSON line per checked result (op, backend, dtype, condition, error, bound):
 the worst error per regime is read from it.
 """
+
 import json
 import math
 import os
@@ -59,16 +60,22 @@ def ot_problems(draw, max_size=70, max_iters=300, max_batch=70):
     size = st.one_of(st.integers(1, min(8, max_size)), st.integers(1, max_size))
     n, m = draw(size), draw(size)
     n_iters = min(draw(st.integers(1, max_iters)), max(1, ORACLE_WORK // batch))
-    return dict(batch=batch, n=n, m=m, n_iters=n_iters,
-                reg=10.0 ** draw(st.floats(-4, 1)),
-                # cost range / reg, weighted towards the top, where kernels underflow
-                scaled_range=10.0 ** draw(st.one_of(st.floats(-2, 4), st.floats(2.5, 4))),
-                shift=draw(st.floats(-1, 1)),  # cost offset, in cost ranges
-                a=draw(st.sampled_from(MARGINALS)), b=draw(st.sampled_from(MARGINALS)),
-                mass=draw(st.sampled_from([1.0, 1.0, 3.5])),
-                dtype=draw(st.sampled_from([torch.float64, torch.float32])),
-                grad=draw(st.sampled_from(["none", "unrolled"])),
-                seed=draw(st.integers(0, 2**31 - 1)))
+    return dict(
+        batch=batch,
+        n=n,
+        m=m,
+        n_iters=n_iters,
+        reg=10.0 ** draw(st.floats(-4, 1)),
+        # cost range / reg, weighted towards the top, where kernels underflow
+        scaled_range=10.0 ** draw(st.one_of(st.floats(-2, 4), st.floats(2.5, 4))),
+        shift=draw(st.floats(-1, 1)),  # cost offset, in cost ranges
+        a=draw(st.sampled_from(MARGINALS)),
+        b=draw(st.sampled_from(MARGINALS)),
+        mass=draw(st.sampled_from([1.0, 1.0, 3.5])),
+        dtype=draw(st.sampled_from([torch.float64, torch.float32])),
+        grad=draw(st.sampled_from(["none", "unrolled"])),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
 
 
 def build(p):
@@ -111,8 +118,19 @@ REPORT = os.environ.get("HELO_SWEEP_REPORT")
 def record(what, condition, dtype, err_bound, **labels):
     if REPORT:
         with open(REPORT, "a") as f:
-            f.write(json.dumps(dict(labels, what=what, condition=condition, dtype=str(dtype).replace("torch.", ""),
-                                    error=err_bound[0], bound=err_bound[1])) + "\n")
+            f.write(
+                json.dumps(
+                    dict(
+                        labels,
+                        what=what,
+                        condition=condition,
+                        dtype=str(dtype).replace("torch.", ""),
+                        error=err_bound[0],
+                        bound=err_bound[1],
+                    )
+                )
+                + "\n"
+            )
 
 
 def check(fn, ref_fn, oracle_fn, inputs, weight, dtype, grad, condition, reg, **labels):
@@ -127,16 +145,24 @@ def check(fn, ref_fn, oracle_fn, inputs, weight, dtype, grad, condition, reg, **
     if not with_grad:
         return
     well = condition <= WELL_CONDITIONED
-    for index, (g, o, r, scale) in enumerate(zip(grads, oracle_grads, ref_grads or [None] * len(grads),
-                                                 natural_scales(oracle, weight, reg, inputs))):
+    for index, (g, o, r, scale) in enumerate(
+        zip(grads, oracle_grads, ref_grads or [None] * len(grads), natural_scales(oracle, weight, reg, inputs))
+    ):
         finite = torch.isfinite(o)
         assert bool(torch.isfinite(g)[finite].all()), f"gradient w.r.t. input {index} not finite where the oracle's is"
-        record(f"grad{index}", condition, dtype,
-               assert_close_to_oracle(g, o, r, condition, scale=scale, well_conditioned=well), **labels)
+        record(
+            f"grad{index}",
+            condition,
+            dtype,
+            assert_close_to_oracle(g, o, r, condition, scale=scale, well_conditioned=well),
+            **labels,
+        )
 
 
-SOLVERS = {"sinkhorn": (hf.sinkhorn, reference.sinkhorn, ot_oracle.sinkhorn, "eps"),
-           "ipot": (hf.ipot, reference.ipot, ot_oracle.ipot, "beta")}
+SOLVERS = {
+    "sinkhorn": (hf.sinkhorn, reference.sinkhorn, ot_oracle.sinkhorn, "eps"),
+    "ipot": (hf.ipot, reference.ipot, ot_oracle.ipot, "beta"),
+}
 
 
 def run_ot(op, backend, p):
@@ -144,10 +170,19 @@ def run_ot(op, backend, p):
     cost, a, b, weight = build(p)
     kw = {reg_name: p["reg"], "n_iters": p["n_iters"]}
     condition = ot_condition(op, float(cost.abs().max()) / p["reg"], p["n_iters"])
-    check(lambda c, x, y, grad: fn(c, x, y, grad=grad, backend=backend, **kw),
-          lambda c, x, y: ref_fn(c, x, y, grad="unrolled", **kw),
-          lambda c, x, y: batched(oracle_fn, c, x, y, **kw),
-          (cost, a, b), weight, p["dtype"], p["grad"], condition, p["reg"], op=op, backend=backend)
+    check(
+        lambda c, x, y, grad: fn(c, x, y, grad=grad, backend=backend, **kw),
+        lambda c, x, y: ref_fn(c, x, y, grad="unrolled", **kw),
+        lambda c, x, y: batched(oracle_fn, c, x, y, **kw),
+        (cost, a, b),
+        weight,
+        p["dtype"],
+        p["grad"],
+        condition,
+        p["reg"],
+        op=op,
+        backend=backend,
+    )
 
 
 @pytest.mark.slow
@@ -185,13 +220,21 @@ def gw_problems(draw, max_size=12, max_batch=70):
     batch = draw(st.one_of(st.integers(1, 3), st.integers(1, max_batch)))
     outer = draw(st.integers(1, 6))
     inner = min(draw(st.integers(1, 60)), max(1, ORACLE_WORK // (batch * outer)))
-    return dict(batch=batch, n=draw(st.integers(1, max_size)), m=draw(st.integers(1, max_size)),
-                outer=outer, inner=inner, solver=draw(st.sampled_from(["ipot", "sinkhorn"])),
-                reg=10.0 ** draw(st.floats(-3, 1)), scaled_range=10.0 ** draw(st.floats(-2, 4)),
-                a=draw(st.sampled_from(MARGINALS)), b=draw(st.sampled_from(MARGINALS)),
-                dtype=draw(st.sampled_from([torch.float64, torch.float32])),
-                grad=draw(st.sampled_from(["none", "unrolled"])),
-                seed=draw(st.integers(0, 2**31 - 1)))
+    return dict(
+        batch=batch,
+        n=draw(st.integers(1, max_size)),
+        m=draw(st.integers(1, max_size)),
+        outer=outer,
+        inner=inner,
+        solver=draw(st.sampled_from(["ipot", "sinkhorn"])),
+        reg=10.0 ** draw(st.floats(-3, 1)),
+        scaled_range=10.0 ** draw(st.floats(-2, 4)),
+        a=draw(st.sampled_from(MARGINALS)),
+        b=draw(st.sampled_from(MARGINALS)),
+        dtype=draw(st.sampled_from([torch.float64, torch.float32])),
+        grad=draw(st.sampled_from(["none", "unrolled"])),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
 
 
 def structure(gen, batch, n, scale):
@@ -228,10 +271,19 @@ def run_gromov_wasserstein(backend, p):
     kw = dict(eps=p["reg"], outer_iters=p["outer"], inner_iters=p["inner"], solver=p["solver"])
     bound = (float(cs.abs().max()) + float(ct.abs().max())) ** 2 / p["reg"]
     condition = ot_condition(p["solver"], bound, p["inner"], p["outer"])
-    check(lambda *x, grad: hf.gromov_wasserstein(*x, grad=grad, backend=backend, **kw),
-          lambda *x: reference.gromov_wasserstein(*x, grad="unrolled", **kw),
-          lambda *x: batched(ot_oracle.gromov_wasserstein, *x, **kw),
-          (cs, ct, a, b), weight, p["dtype"], p["grad"], condition, p["reg"], op=f"gw-{p['solver']}", backend=backend)
+    check(
+        lambda *x, grad: hf.gromov_wasserstein(*x, grad=grad, backend=backend, **kw),
+        lambda *x: reference.gromov_wasserstein(*x, grad="unrolled", **kw),
+        lambda *x: batched(ot_oracle.gromov_wasserstein, *x, **kw),
+        (cs, ct, a, b),
+        weight,
+        p["dtype"],
+        p["grad"],
+        condition,
+        p["reg"],
+        op=f"gw-{p['solver']}",
+        backend=backend,
+    )
 
 
 @pytest.mark.slow
@@ -259,22 +311,33 @@ def test_triton_sinkhorn_with_tol_and_implicit_gradient_over_the_domain(p, tol_e
 
 def run_sinkhorn_with_tol(backend, p, tol_exponent):
     import warnings
+
     cost, a, b, weight = build(p)
-    tol = 10.0 ** tol_exponent * p["mass"]
+    tol = 10.0**tol_exponent * p["mass"]
     leaves = [t.to(p["dtype"]).clone().requires_grad_(p["grad"] == "unrolled") for t in (cost, a, b)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", hf.OTConvergenceWarning)
-        plan, info = hf.sinkhorn(*leaves, eps=p["reg"], n_iters=p["n_iters"], tol=tol, return_info=True,
-                                 grad="implicit" if p["grad"] == "unrolled" else "none", backend=backend)
+        plan, info = hf.sinkhorn(
+            *leaves,
+            eps=p["reg"],
+            n_iters=p["n_iters"],
+            tol=tol,
+            return_info=True,
+            grad="implicit" if p["grad"] == "unrolled" else "none",
+            backend=backend,
+        )
     counts = info.iterations.tolist()
     assert all(1 <= k <= p["n_iters"] and (k % 10 == 0 or k == p["n_iters"]) for k in counts)
     for k, count in enumerate(counts):
-        one = [t[k:k + 1] for t in (cost, a, b)]
+        one = [t[k : k + 1] for t in (cost, a, b)]
         condition = ot_condition("sinkhorn", float(one[0].abs().max()) / p["reg"], count)
         oracle = batched(ot_oracle.sinkhorn, *one, eps=p["reg"], n_iters=count)
-        ref = None if p["dtype"] == torch.float64 else reference.sinkhorn(
-            *(t.to(p["dtype"]) for t in one), eps=p["reg"], n_iters=count, grad="none")
-        assert_close_to_oracle(plan[k:k + 1].detach(), oracle, ref, condition)
+        ref = (
+            None
+            if p["dtype"] == torch.float64
+            else reference.sinkhorn(*(t.to(p["dtype"]) for t in one), eps=p["reg"], n_iters=count, grad="none")
+        )
+        assert_close_to_oracle(plan[k : k + 1].detach(), oracle, ref, condition)
         if p["dtype"] == torch.float64 and condition <= WELL_CONDITIONED:
             violation = float((oracle.sum(1) - one[2]).abs().sum())
             if abs(violation - tol) > 1e-3 * tol:  # away from the boundary, the decision is the oracle's

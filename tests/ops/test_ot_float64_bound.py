@@ -7,6 +7,7 @@ moderate, the largest cancellations in the exponents). Measured (HELO_FLOAT64_BO
 README's table): at most 1.1 x eps64 (1 + R) for Sinkhorn and 5.8 x for IPOT (at R = 1, 30 iterations; <= 0.7 x
 from R = 100 on).
 """
+
 import os
 
 import pytest
@@ -65,5 +66,7 @@ def test_float64_error_grows_as_eps64_times_max_cost_over_eps(backend, op, famil
         assert max(errors) <= bound, f"R = {ratio:.3g}: relative error {max(errors):.3g} > {bound:.3g}"
         worst.append((ratio, max(errors)))
     if os.environ.get("HELO_FLOAT64_BOUND_REPORT"):
-        print(f"\n{backend} {op} {family}: " + ", ".join(f"R={r:.0e}: {e:.2g} ({e / (EPS64 * (1 + r)):.2f})"
-                                                          for r, e in worst))
+        print(
+            f"\n{backend} {op} {family}: "
+            + ", ".join(f"R={r:.0e}: {e:.2g} ({e / (EPS64 * (1 + r)):.2f})" for r, e in worst)
+        )

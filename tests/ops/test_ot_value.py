@@ -35,8 +35,17 @@ def test_value_is_the_objective_at_pots_converged_plan(backend):
     value = hf.sinkhorn_cost(cost, a, b, eps=eps, n_iters=20000, tol=1e-13, backend=backend)
     assert value.shape == (2,) and value.dtype == F64
     for k in range(2):
-        plan = torch.from_numpy(ot.sinkhorn(a[k].numpy(), b[k].numpy(), cost[k].numpy(), eps, method="sinkhorn_log",
-                                            numItermax=200000, stopThr=1e-14))
+        plan = torch.from_numpy(
+            ot.sinkhorn(
+                a[k].numpy(),
+                b[k].numpy(),
+                cost[k].numpy(),
+                eps,
+                method="sinkhorn_log",
+                numItermax=200000,
+                stopThr=1e-14,
+            )
+        )
         assert abs(float(value[k]) - kl_value(plan, cost[k], a[k], b[k], eps)) <= 1e-11
 
 
@@ -64,7 +73,7 @@ def test_envelope_gradient_matches_central_differences(backend, zeros, mass):
     assert abs(numeric - float(grad_cost[:, 2, 1].sum())) <= 1e-7
     # Equal-mass directions: a_i and b_j up together (the total mass changes), a_i up and a_k down. Entries 0 / 2 of
     # a and 0 / 2 of b are positive in both problems, so the steps stay inside the domain.
-    for (i, j, k) in ((0, 2, None), (2, 0, None), (0, None, 2)):
+    for i, j, k in ((0, 2, None), (2, 0, None), (0, None, 2)):
         ea, eb = torch.zeros_like(a), torch.zeros_like(b)
         ea[:, i] = h
         if j is not None:

@@ -10,6 +10,7 @@ linearised cost, so POT's epsilon is twice helo_fast's eps; the two agree for sy
 that cost as is) with POT's outer loop run max_iter times (tol=0) and its linear-domain Sinkhorn numItermax
 times (stopThr=0).
 """
+
 import numpy as np
 import pytest
 import torch
@@ -19,7 +20,6 @@ from devices import backend_params
 from tolerance import assert_float64_close
 
 ot = pytest.importorskip("ot")
-
 
 
 def gaussian_clouds(seed, n, m):
@@ -46,8 +46,9 @@ def helo_plan(backend, cost, a, b, reg, n_iters):
 
 
 def pot_plan(cost, a, b, reg, n_iters):
-    return torch.tensor(ot.sinkhorn(a, b, cost, reg, method="sinkhorn_log", numItermax=n_iters, stopThr=0.0,
-                                    warn=False))
+    return torch.tensor(
+        ot.sinkhorn(a, b, cost, reg, method="sinkhorn_log", numItermax=n_iters, stopThr=0.0, warn=False)
+    )
 
 
 # Sizes shrink for Triton, which runs under the CPU interpreter here.
@@ -98,8 +99,10 @@ def test_small_random_problems_at_small_reg_equal_pot(backend, n, m, reg):
     entries of e^-2000 underflow in any dtype, yet the plan may need them. 40 problems each (8 under the Triton
     interpreter), against POT."""
     rng = np.random.RandomState(n * 100 + m)
-    problems = [(rng.rand(n, m), histogram(rng.randint(1000), n, "random"), histogram(rng.randint(1000), m, "random"))
-                for _ in range(8 if backend == "triton" else 40)]
+    problems = [
+        (rng.rand(n, m), histogram(rng.randint(1000), n, "random"), histogram(rng.randint(1000), m, "random"))
+        for _ in range(8 if backend == "triton" else 40)
+    ]
     cost, a, b = (torch.tensor(np.stack(x)) for x in zip(*problems))
     plans = hf.sinkhorn(cost, a, b, eps=reg, n_iters=100, backend=backend)
     for plan, (c, x, y) in zip(plans, problems):
@@ -108,8 +111,9 @@ def test_small_random_problems_at_small_reg_equal_pot(backend, n, m, reg):
 
 def pot_torch_grads(cost, a, b, reg, n_iters, weight):
     leaves = [torch.tensor(x, requires_grad=True) for x in (cost, a, b)]
-    plan = ot.sinkhorn(leaves[1], leaves[2], leaves[0], reg, method="sinkhorn_log", numItermax=n_iters, stopThr=0.0,
-                       warn=False)
+    plan = ot.sinkhorn(
+        leaves[1], leaves[2], leaves[0], reg, method="sinkhorn_log", numItermax=n_iters, stopThr=0.0, warn=False
+    )
     return torch.autograd.grad((plan * weight).sum(), leaves)
 
 
@@ -142,10 +146,22 @@ def test_entropic_gromov_square_loss_equals_pot(backend, epsilon, outer, inner, 
     n, m = (8, 6) if backend == "triton" else (20, 14)
     c1, c2 = symmetric_structures(12, n, m)
     p, q = histogram(13, n, kind), histogram(14, m, kind)
-    expected = ot.gromov.entropic_gromov_wasserstein(c1, c2, p, q, "square_loss", epsilon=epsilon, max_iter=outer,
-                                                     tol=0.0, solver="PGD", numItermax=inner, stopThr=0.0)
+    expected = ot.gromov.entropic_gromov_wasserstein(
+        c1,
+        c2,
+        p,
+        q,
+        "square_loss",
+        epsilon=epsilon,
+        max_iter=outer,
+        tol=0.0,
+        solver="PGD",
+        numItermax=inner,
+        stopThr=0.0,
+    )
     t = [torch.tensor(x)[None] for x in (c1, c2, p, q)]
-    plan = hf.gromov_wasserstein(*t, eps=epsilon / 2, outer_iters=outer, inner_iters=inner, solver="sinkhorn",
-                                 backend=backend)[0]
+    plan = hf.gromov_wasserstein(
+        *t, eps=epsilon / 2, outer_iters=outer, inner_iters=inner, solver="sinkhorn", backend=backend
+    )[0]
     assert_float64_close(plan, torch.tensor(expected))
     np.testing.assert_allclose(plan.sum(1).numpy(), p, rtol=1e-12, atol=0)  # the last Sinkhorn update is the rows'

@@ -4,6 +4,7 @@ Random shapes (1 and non-powers of two), marginals, eps/beta in 1e-3..10, cost s
 parity with the float64 reference, plans non-negative and finite, the marginal that the solver's
 last update enforces is met, gradients finite.
 """
+
 import pytest
 import torch
 from hypothesis import given, strategies as st
@@ -40,8 +41,9 @@ def check_plan(plan, a, b, exact_dim, n, m):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", cpu_backends("sinkhorn"))
-@given(seed=st.integers(0, 2**16), batch=st.integers(1, 3), n=sizes, m=sizes, eps=regs, scale=scales,
-       uniform=st.booleans())
+@given(
+    seed=st.integers(0, 2**16), batch=st.integers(1, 3), n=sizes, m=sizes, eps=regs, scale=scales, uniform=st.booleans()
+)
 def test_sinkhorn_properties(backend, seed, batch, n, m, eps, scale, uniform):
     cost, a, b = problem(seed, batch, n, m, scale, uniform)
     cost.requires_grad_(True)
@@ -54,8 +56,15 @@ def test_sinkhorn_properties(backend, seed, batch, n, m, eps, scale, uniform):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", cpu_backends("ipot"))
-@given(seed=st.integers(0, 2**16), batch=st.integers(1, 3), n=sizes, m=sizes, beta=regs, scale=scales,
-       uniform=st.booleans())
+@given(
+    seed=st.integers(0, 2**16),
+    batch=st.integers(1, 3),
+    n=sizes,
+    m=sizes,
+    beta=regs,
+    scale=scales,
+    uniform=st.booleans(),
+)
 def test_ipot_properties(backend, seed, batch, n, m, beta, scale, uniform):
     cost, a, b = problem(seed, batch, n, m, scale, uniform)
     cost.requires_grad_(True)
@@ -68,8 +77,14 @@ def test_ipot_properties(backend, seed, batch, n, m, beta, scale, uniform):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", cpu_backends("gromov_wasserstein"))
-@given(seed=st.integers(0, 2**16), batch=st.integers(1, 3), n=sizes, m=sizes, eps=st.sampled_from([1e-2, 0.1, 1.0]),
-       solver=st.sampled_from(["ipot", "sinkhorn"]))
+@given(
+    seed=st.integers(0, 2**16),
+    batch=st.integers(1, 3),
+    n=sizes,
+    m=sizes,
+    eps=st.sampled_from([1e-2, 0.1, 1.0]),
+    solver=st.sampled_from(["ipot", "sinkhorn"]),
+)
 def test_gromov_properties(backend, seed, batch, n, m, eps, solver):
     gen = torch.Generator().manual_seed(seed)
     cs = torch.rand(batch, n, n, generator=gen, dtype=torch.float64)
@@ -82,9 +97,18 @@ def test_gromov_properties(backend, seed, batch, n, m, eps, solver):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", cpu_backends("lcd_attention"))
-@given(seed=st.integers(0, 2**16), batch=st.integers(1, 3), heads=st.integers(1, 3), lq=sizes, lk=sizes,
-       dim=st.integers(1, 7), with_bias=st.booleans(), with_ln=st.booleans(), p=st.sampled_from([0.0, 0.3]),
-       bias_before_scale=st.booleans())
+@given(
+    seed=st.integers(0, 2**16),
+    batch=st.integers(1, 3),
+    heads=st.integers(1, 3),
+    lq=sizes,
+    lk=sizes,
+    dim=st.integers(1, 7),
+    with_bias=st.booleans(),
+    with_ln=st.booleans(),
+    p=st.sampled_from([0.0, 0.3]),
+    bias_before_scale=st.booleans(),
+)
 def test_lcd_attention_properties(backend, seed, batch, heads, lq, lk, dim, with_bias, with_ln, p, bias_before_scale):
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(batch, heads, lq, dim, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -92,8 +116,14 @@ def test_lcd_attention_properties(backend, seed, batch, heads, lq, lk, dim, with
     v = torch.randn(batch, heads, lk, dim, generator=gen, dtype=torch.float64)
     bias = torch.randn(lq, lk, generator=gen, dtype=torch.float64) if with_bias else None
     residual = torch.randn(batch, lq, heads * dim, generator=gen, dtype=torch.float64)
-    ln = dict(ln_weight=torch.rand(heads * dim, generator=gen, dtype=torch.float64) + 0.5,
-              ln_bias=torch.randn(heads * dim, generator=gen, dtype=torch.float64)) if with_ln else {}
+    ln = (
+        dict(
+            ln_weight=torch.rand(heads * dim, generator=gen, dtype=torch.float64) + 0.5,
+            ln_bias=torch.randn(heads * dim, generator=gen, dtype=torch.float64),
+        )
+        if with_ln
+        else {}
+    )
     kwargs = dict(dropkey_p=p, dropout_p=p, residual=residual, bias_before_scale=bias_before_scale, **ln)
     out = hf.lcd_attention(q, k, v, bias, generator=torch.Generator().manual_seed(seed), backend=backend, **kwargs)
     expected = reference.lcd_attention(q, k, v, bias, generator=torch.Generator().manual_seed(seed), **kwargs)

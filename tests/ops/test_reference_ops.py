@@ -1,4 +1,5 @@
 """The reference ops against independent peers: POT, a direct transcription of HELO_SPEC §4, SDPA."""
+
 import math
 
 import numpy as np
@@ -27,8 +28,9 @@ def test_sinkhorn_equals_pot_sinkhorn_log(n, m):
     a, b = random_marginal(gen, batch, n), random_marginal(gen, batch, m)
     plan = reference.sinkhorn(cost, a, b, eps=eps, n_iters=n_iters)
     for i in range(batch):
-        expected = ot.sinkhorn(a[i].numpy(), b[i].numpy(), cost[i].numpy(), eps, method="sinkhorn_log",
-                               numItermax=n_iters, stopThr=-1)
+        expected = ot.sinkhorn(
+            a[i].numpy(), b[i].numpy(), cost[i].numpy(), eps, method="sinkhorn_log", numItermax=n_iters, stopThr=-1
+        )
         assert_float64_close(plan[i], torch.from_numpy(np.asarray(expected)))
 
 
@@ -95,13 +97,15 @@ def test_lcd_attention_at_p0_equals_sdpa_residual_layernorm(bias_shape, bias_bef
     residual = torch.randn(batch, lq, heads * dim, generator=gen, dtype=torch.float64)
     weight = torch.randn(heads * dim, generator=gen, dtype=torch.float64)
     shift = torch.randn(heads * dim, generator=gen, dtype=torch.float64)
-    scale = dim ** -0.5
-    out = reference.lcd_attention(q, k, v, bias, residual=residual, ln_weight=weight, ln_bias=shift,
-                                  bias_before_scale=bias_before_scale)
+    scale = dim**-0.5
+    out = reference.lcd_attention(
+        q, k, v, bias, residual=residual, ln_weight=weight, ln_bias=shift, bias_before_scale=bias_before_scale
+    )
     mask = None if bias is None else (bias * scale if bias_before_scale else bias)
     attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    expected = F.layer_norm(residual + attn.transpose(1, 2).reshape(batch, lq, heads * dim), (heads * dim,), weight,
-                            shift)
+    expected = F.layer_norm(
+        residual + attn.transpose(1, 2).reshape(batch, lq, heads * dim), (heads * dim,), weight, shift
+    )
     assert_float64_close(out, expected)
 
 

@@ -1,6 +1,7 @@
 """seeded_dropout (HeLo's FFN dropout, masks from the counter hash of helo_fast._rng): the fast backends (cpp on the
 CPU and CUDA, triton; the ``fast_backend`` fixture) against the reference bit for bit, the mask statistics, gradients,
 validation and the modules, and a hypothesis sweep of the documented domain against a plain oracle."""
+
 import math
 
 import pytest
@@ -67,13 +68,17 @@ def test_matches_reference_bit_for_bit(fast_backend, dtype, shape, p):
 @pytest.mark.parametrize("isa", ["default", "avx2"])
 def test_cpp_narrower_instruction_sets_match_reference(isa):
     """The kernel is compiled for the baseline x86-64 and for AVX2 and picked at run time: each variant here."""
-    run_under_isa(isa, (
-        "import torch, helo_fast as hf\n"
-        "from helo_fast.reference.seeded_dropout import seeded_dropout\n"
-        "for dtype in (torch.float32, torch.float64, torch.bfloat16):\n"
-        "    x = torch.randn(3, 37, 129, generator=torch.Generator().manual_seed(0)).to(dtype)\n"
-        "    out = hf.seeded_dropout(x, 0.3, generator=torch.Generator().manual_seed(2), backend='cpp')\n"
-        "    assert torch.equal(out, seeded_dropout(x, 0.3, generator=torch.Generator().manual_seed(2))), dtype\n"))
+    run_under_isa(
+        isa,
+        (
+            "import torch, helo_fast as hf\n"
+            "from helo_fast.reference.seeded_dropout import seeded_dropout\n"
+            "for dtype in (torch.float32, torch.float64, torch.bfloat16):\n"
+            "    x = torch.randn(3, 37, 129, generator=torch.Generator().manual_seed(0)).to(dtype)\n"
+            "    out = hf.seeded_dropout(x, 0.3, generator=torch.Generator().manual_seed(2), backend='cpp')\n"
+            "    assert torch.equal(out, seeded_dropout(x, 0.3, generator=torch.Generator().manual_seed(2))), dtype\n"
+        ),
+    )
 
 
 @requires_cpp
@@ -223,10 +228,14 @@ def test_compile_fullgraph_forward_and_backward_without_recompiling_per_seed():
 def dropout_problems(draw, max_numel):
     """Shape (0 to 4 dims, empty included), a layout (contiguous, transposed or strided view), p, dtype, seed."""
     shape = draw(st.lists(st.integers(0, 40), min_size=0, max_size=4).filter(lambda s: math.prod(s) <= max_numel))
-    return dict(shape=tuple(shape), layout=draw(st.sampled_from(["contiguous", "transposed", "strided"])),
-                p=draw(st.one_of(st.just(0.0), st.floats(0.0, 0.999), st.sampled_from([0.1, 0.5, 0.9]))),
-                dtype=draw(st.sampled_from(DTYPES)), seed=draw(st.integers(0, 2**63 - 1)),
-                grad=draw(st.booleans()))
+    return dict(
+        shape=tuple(shape),
+        layout=draw(st.sampled_from(["contiguous", "transposed", "strided"])),
+        p=draw(st.one_of(st.just(0.0), st.floats(0.0, 0.999), st.sampled_from([0.1, 0.5, 0.9]))),
+        dtype=draw(st.sampled_from(DTYPES)),
+        seed=draw(st.integers(0, 2**63 - 1)),
+        grad=draw(st.booleans()),
+    )
 
 
 def view_of(base, layout):

@@ -1,5 +1,6 @@
 """The sinkhorn op on every backend against the reference: the tests it shares with ipot (ot_solver_suite.py), then
 its own (instruction-set variants, stability at small eps, input errors, issue 17's reproductions)."""
+
 import pytest
 import torch
 
@@ -12,13 +13,23 @@ from tolerance import assert_no_nan
 
 # The tests sinkhorn shares with ipot (every fast backend; see ot_solver_suite.py), collected here for OP.
 from ot_solver_suite import (  # noqa: F401
-    solver, test_both_backward_paths, test_empty_batch_gives_an_empty_plan_and_gradient,
-    test_extreme_regularisation_stays_finite, test_float32_within_reference_error,
-    test_forward_and_gradients_match_reference, test_forward_float64_with_uniform_and_given_marginals_equals_reference,
-    test_grad_none_saves_nothing_and_detaches, test_gradcheck, test_half_precision_inputs_within_reference_error,
-    test_helo_size_forward_and_backward_on_cuda, test_opcheck,
-    test_problem_too_large_for_shared_memory_matches_reference, test_small_regularisation_matches_reference,
-    test_torch_compile_fullgraph_matches_eager, test_uniform_marginals_and_non_contiguous_inputs)
+    solver,
+    test_both_backward_paths,
+    test_empty_batch_gives_an_empty_plan_and_gradient,
+    test_extreme_regularisation_stays_finite,
+    test_float32_within_reference_error,
+    test_forward_and_gradients_match_reference,
+    test_forward_float64_with_uniform_and_given_marginals_equals_reference,
+    test_grad_none_saves_nothing_and_detaches,
+    test_gradcheck,
+    test_half_precision_inputs_within_reference_error,
+    test_helo_size_forward_and_backward_on_cuda,
+    test_opcheck,
+    test_problem_too_large_for_shared_memory_matches_reference,
+    test_small_regularisation_matches_reference,
+    test_torch_compile_fullgraph_matches_eager,
+    test_uniform_marginals_and_non_contiguous_inputs,
+)
 
 OP = "sinkhorn"
 
@@ -104,8 +115,11 @@ def test_gradient_finite_where_the_reference_is_at_eps_1e_3():
     b = torch.tensor([[0.6, 0.4]], dtype=torch.float64)
     weight = torch.tensor([[[0.3, -1.2], [0.7, 2.0]]], dtype=torch.float64)
     for n_iters in (1, 2, 17):
-        grads = [torch.autograd.grad((fn(c, x, y, eps=8.79e-4, n_iters=n_iters) * weight).sum(), (c, x, y))
-                 for fn in (cpp, ref) for c, x, y in [[t.clone().requires_grad_() for t in (cost, a, b)]]]
+        grads = [
+            torch.autograd.grad((fn(c, x, y, eps=8.79e-4, n_iters=n_iters) * weight).sum(), (c, x, y))
+            for fn in (cpp, ref)
+            for c, x, y in [[t.clone().requires_grad_() for t in (cost, a, b)]]
+        ]
         assert_no_nan(*grads[0])
         scale = float(weight.abs().max()) / 8.79e-4  # the size of a cost gradient: |weight| |plan| / eps
         for g, r in zip(*grads):
@@ -126,5 +140,3 @@ def test_zero_mass_entries_give_zero_rows_and_columns(backend, dtype):
     assert float(grads[1][0, 1]) == 0  # a zero-mass entry gets no gradient (its cost row still shapes the first g)
     expected = reference.sinkhorn(cost, a, b, eps=0.05, n_iters=20)
     assert float((plan.double() - expected).abs().max()) <= (1e-12 if dtype == torch.float64 else 1e-5)
-
-

@@ -2,6 +2,7 @@
 float64 central differences of the converged plan and against the unrolled gradient at many iterations (the same
 gauge for a, b), on both Schur sides (n < m, n > m), with zero-mass entries (0, never NaN), float32, the
 not-converged warning, and gradcheck on the cost."""
+
 import warnings
 
 import pytest
@@ -77,15 +78,19 @@ def test_implicit_gradcheck_on_the_cost():
     cost, a, b, _ = problem(3, 4, batch=1, seed=7)
     torch.autograd.gradcheck(
         lambda c: hf.sinkhorn(c, a, b, eps=0.2, n_iters=100000, tol=1e-15, grad="implicit", backend="reference"),
-        (cost.clone().requires_grad_(),), atol=1e-6, rtol=1e-5)
+        (cost.clone().requires_grad_(),),
+        atol=1e-6,
+        rtol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_implicit_float32_is_close_to_float64(backend):
     cost, a, b, weight = problem(5, 7, batch=3, seed=2)
     want = gradients(cost, a, b, weight, eps=0.1, n_iters=5000, tol=1e-13, grad="implicit", backend=backend)
-    got = gradients(*(t.float() for t in (cost, a, b, weight)), eps=0.1, n_iters=5000, tol=1e-6, grad="implicit",
-                    backend=backend)
+    got = gradients(
+        *(t.float() for t in (cost, a, b, weight)), eps=0.1, n_iters=5000, tol=1e-6, grad="implicit", backend=backend
+    )
     for g32, g64 in zip(got, want):
         assert g32.dtype == torch.float32
         torch.testing.assert_close(g32.double(), g64, rtol=1e-3, atol=1e-4)

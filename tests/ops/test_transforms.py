@@ -5,6 +5,7 @@ torch.autograd.grad(create_graph=True) then grad again), torch.func.grad, jacrev
 A fast backend may never answer with a silent zero or None: each transform either matches the reference to 1e-10 or
 raises an error naming the op and what is unsupported (vmap's refused random draws of the dropout ops).
 """
+
 import pytest
 import torch
 from torch.autograd import forward_ad
@@ -46,8 +47,11 @@ def _gw_inputs(device):
 
 
 def _attention_inputs(device):
-    q, k, v = _draw(20, 1, 2, 2, 3, device=device), _draw(21, 1, 2, 3, 3, device=device), _draw(22, 1, 2, 3, 3,
-                                                                                                 device=device)
+    q, k, v = (
+        _draw(20, 1, 2, 2, 3, device=device),
+        _draw(21, 1, 2, 3, 3, device=device),
+        _draw(22, 1, 2, 3, 3, device=device),
+    )
     bias, residual = _draw(23, 2, 3, device=device), _draw(24, 1, 2, 6, device=device)
     ln_weight, ln_bias = _draw(25, 6, device=device) + 1.0, _draw(26, 6, device=device)
     return q, k, v, bias, residual, ln_weight, ln_bias
@@ -58,29 +62,44 @@ def _attention(backend, q, k, v, bias, residual, ln_weight, ln_bias):
 
 
 def _attention_dropout(backend, q, k, v):
-    return hf.lcd_attention(q, k, v, dropkey_p=0.3, dropout_p=0.3, generator=torch.Generator().manual_seed(3),
-                            backend=backend)
+    return hf.lcd_attention(
+        q, k, v, dropkey_p=0.3, dropout_p=0.3, generator=torch.Generator().manual_seed(3), backend=backend
+    )
 
 
 CASES = {
-    "sinkhorn": Case("sinkhorn", _ot_inputs,
-                     lambda backend, c, a, b: hf.sinkhorn(c, a, b, eps=0.5, n_iters=4, backend=backend)),
-    "ipot": Case("ipot", _ot_inputs,
-                 lambda backend, c, a, b: hf.ipot(c, a, b, beta=0.5, n_iters=3, grad="unrolled", backend=backend)),
+    "sinkhorn": Case(
+        "sinkhorn", _ot_inputs, lambda backend, c, a, b: hf.sinkhorn(c, a, b, eps=0.5, n_iters=4, backend=backend)
+    ),
+    "ipot": Case(
+        "ipot",
+        _ot_inputs,
+        lambda backend, c, a, b: hf.ipot(c, a, b, beta=0.5, n_iters=3, grad="unrolled", backend=backend),
+    ),
     "gromov_wasserstein-ipot": Case(
-        "gromov_wasserstein", _gw_inputs,
-        lambda backend, cs, ct, a, b: hf.gromov_wasserstein(cs, ct, a, b, eps=0.5, outer_iters=2, inner_iters=3,
-                                                            grad="unrolled", backend=backend)),
+        "gromov_wasserstein",
+        _gw_inputs,
+        lambda backend, cs, ct, a, b: hf.gromov_wasserstein(
+            cs, ct, a, b, eps=0.5, outer_iters=2, inner_iters=3, grad="unrolled", backend=backend
+        ),
+    ),
     "gromov_wasserstein-sinkhorn": Case(
-        "gromov_wasserstein", _gw_inputs,
-        lambda backend, cs, ct, a, b: hf.gromov_wasserstein(cs, ct, a, b, eps=0.5, outer_iters=2, inner_iters=3,
-                                                            solver="sinkhorn", grad="unrolled", backend=backend)),
+        "gromov_wasserstein",
+        _gw_inputs,
+        lambda backend, cs, ct, a, b: hf.gromov_wasserstein(
+            cs, ct, a, b, eps=0.5, outer_iters=2, inner_iters=3, solver="sinkhorn", grad="unrolled", backend=backend
+        ),
+    ),
     "lcd_attention": Case("lcd_attention", _attention_inputs, _attention),
-    "lcd_attention-dropout": Case("lcd_attention", lambda device: _attention_inputs(device)[:3], _attention_dropout,
-                                  random=True),
-    "seeded_dropout": Case("seeded_dropout", lambda device: (_draw(30, 2, 5, device=device),),
-                           lambda backend, x: hf.seeded_dropout(x, 0.4, generator=torch.Generator().manual_seed(4),
-                                                                backend=backend), random=True),
+    "lcd_attention-dropout": Case(
+        "lcd_attention", lambda device: _attention_inputs(device)[:3], _attention_dropout, random=True
+    ),
+    "seeded_dropout": Case(
+        "seeded_dropout",
+        lambda device: (_draw(30, 2, 5, device=device),),
+        lambda backend, x: hf.seeded_dropout(x, 0.4, generator=torch.Generator().manual_seed(4), backend=backend),
+        random=True,
+    ),
 }
 
 
@@ -135,6 +154,7 @@ def func_grad(f, inputs):
     def loss(*xs):
         out = f(*xs)
         return (_loss_weight(out) * out * out).sum()
+
     return torch.func.grad(loss, argnums=tuple(range(len(inputs))))(*inputs)
 
 
@@ -157,9 +177,18 @@ def jacfwd_same(f, inputs):
     return torch.func.jacfwd(f, argnums=tuple(range(len(inputs))), randomness="same")(*inputs)
 
 
-TRANSFORMS = {"jvp": jvp, "jacfwd": jacfwd, "forward_ad": forward_mode, "hvp": hessian_vector_product,
-              "gradient_penalty": gradient_penalty, "func_grad": func_grad, "jacrev": jacrev, "vmap": vmap,
-              "vmap_same": vmap_same, "jacfwd_same": jacfwd_same}
+TRANSFORMS = {
+    "jvp": jvp,
+    "jacfwd": jacfwd,
+    "forward_ad": forward_mode,
+    "hvp": hessian_vector_product,
+    "gradient_penalty": gradient_penalty,
+    "func_grad": func_grad,
+    "jacrev": jacrev,
+    "vmap": vmap,
+    "vmap_same": vmap_same,
+    "jacfwd_same": jacfwd_same,
+}
 # vmap's default randomness="error" refuses the dropout ops' seed draw: a clear error naming the op.
 REFUSED = {("random", "vmap"), ("random", "jacfwd")}
 
@@ -212,8 +241,9 @@ def test_first_order_backward_never_runs_the_reference(fast, case_name, monkeypa
     assert all(g is not None for g in grads)
 
 
-@pytest.mark.parametrize("case_name, varied", [("sinkhorn", 1), ("ipot", 1), ("gromov_wasserstein-ipot", 2),
-                                               ("lcd_attention-dropout", 3)])
+@pytest.mark.parametrize(
+    "case_name, varied", [("sinkhorn", 1), ("ipot", 1), ("gromov_wasserstein-ipot", 2), ("lcd_attention-dropout", 3)]
+)
 @pytest.mark.parametrize("fast", fast_backend_params())
 def test_gradgradcheck(fast, case_name, varied):
     """The second derivatives of the fast ops against finite differences of their own first derivatives, with

@@ -6,6 +6,7 @@ what a kernel computes (masks at ragged edges, padded reductions), so each case 
 backend, forward and backward. The bound is loose on purpose (a wrong block-size path is off by O(1)); precision
 itself is held to the tolerance table by each op's own tests.
 """
+
 import pytest
 import torch
 

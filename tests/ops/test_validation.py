@@ -1,4 +1,5 @@
 """Every validation rule: the wrong input raises a clear error naming the argument, on every backend."""
+
 import math
 
 import pytest
@@ -43,10 +44,18 @@ OT_CASES = [
     (dict(n_iters=2**63), ValueError, "n_iters must be an int <= 2147483647"),
     (dict(cost=torch.empty(2, 3, 4, device="meta")), ValueError, "cost is a meta tensor"),
     # issue 25: the mass check is relative, so unequal masses far below 1 are refused too
-    (dict(a=torch.full((2, 3), 1e-6 / 3, dtype=torch.float64), b=torch.full((2, 4), 5e-6 / 4, dtype=torch.float64)),
-     ValueError, r"equal total mass per batch entry \(within 1e-10, relative\); got .* = 0\.8"),
-    (dict(a=torch.full((2, 3), 1e-9 / 3, dtype=torch.float64), b=torch.full((2, 4), 1.001e-9 / 4, dtype=torch.float64)),
-     ValueError, "equal total mass"),
+    (
+        dict(a=torch.full((2, 3), 1e-6 / 3, dtype=torch.float64), b=torch.full((2, 4), 5e-6 / 4, dtype=torch.float64)),
+        ValueError,
+        r"equal total mass per batch entry \(within 1e-10, relative\); got .* = 0\.8",
+    ),
+    (
+        dict(
+            a=torch.full((2, 3), 1e-9 / 3, dtype=torch.float64), b=torch.full((2, 4), 1.001e-9 / 4, dtype=torch.float64)
+        ),
+        ValueError,
+        "equal total mass",
+    ),
 ]
 
 
@@ -56,11 +65,25 @@ def test_sinkhorn_and_ipot_reject_bad_input(change, exc, match, backend):
     args = dict(cost=ot_inputs(), a=None, b=None, eps=0.1, n_iters=3, grad="none")
     args.update(change)
     with pytest.raises(exc, match=match):
-        hf.sinkhorn(args["cost"], args["a"], args["b"], eps=args["eps"], n_iters=args["n_iters"], grad=args["grad"],
-                    backend=backend)
+        hf.sinkhorn(
+            args["cost"],
+            args["a"],
+            args["b"],
+            eps=args["eps"],
+            n_iters=args["n_iters"],
+            grad=args["grad"],
+            backend=backend,
+        )
     with pytest.raises(exc, match=match.replace("eps", "beta")):
-        hf.ipot(args["cost"], args["a"], args["b"], beta=args["eps"], n_iters=args["n_iters"], grad=args["grad"],
-                backend=backend)
+        hf.ipot(
+            args["cost"],
+            args["a"],
+            args["b"],
+            beta=args["eps"],
+            n_iters=args["n_iters"],
+            grad=args["grad"],
+            backend=backend,
+        )
 
 
 def test_check_finite_false_skips_the_scan():
@@ -72,8 +95,10 @@ def test_check_finite_false_skips_the_scan():
 
 def gw_inputs():
     gen = torch.Generator().manual_seed(0)
-    return (torch.rand(2, 3, 3, generator=gen, dtype=torch.float64),
-            torch.rand(2, 4, 4, generator=gen, dtype=torch.float64))
+    return (
+        torch.rand(2, 3, 3, generator=gen, dtype=torch.float64),
+        torch.rand(2, 4, 4, generator=gen, dtype=torch.float64),
+    )
 
 
 GW_CASES = [
@@ -125,8 +150,12 @@ ATTENTION_CASES = [
     (dict(residual=torch.randn(2, 3, 9, dtype=torch.float64)), ValueError, r"residual must have shape \[B, Lq, H\*D\]"),
     (dict(ln_bias=torch.randn(10, dtype=torch.float64)), ValueError, "ln_bias needs ln_weight"),
     (dict(ln_weight=torch.randn(9, dtype=torch.float64)), ValueError, r"ln_weight must have shape \[H\*D\]"),
-    (dict(ln_weight=torch.randn(10, dtype=torch.float32)), TypeError, r"ln_weight must have the dtype of q \(torch"
-     r"\.float64\), got torch\.float32"),
+    (
+        dict(ln_weight=torch.randn(10, dtype=torch.float32)),
+        TypeError,
+        r"ln_weight must have the dtype of q \(torch"
+        r"\.float64\), got torch\.float32",
+    ),
     (dict(dropkey_mask=torch.zeros(2, 2, 3, 4)), TypeError, "dropkey_mask must have dtype"),
     (dict(dropout_mask=torch.zeros(2, 2, 3, 3, dtype=torch.bool)), ValueError, r"dropout_mask must have shape"),
     (dict(dropkey_p=1.0), ValueError, r"dropkey_p must be in \[0, 1\)"),
@@ -135,21 +164,50 @@ ATTENTION_CASES = [
     (dict(ln_eps=0.0), ValueError, "ln_eps must be a finite float > 0"),
     (dict(q=torch.full((2, 2, 3, 5), math.inf, dtype=torch.float64)), ValueError, "q contains NaN or inf"),
     (dict(ln_weight=torch.full((10,), math.nan, dtype=torch.float64)), ValueError, "ln_weight contains NaN or inf"),
-    (dict(ln_weight=torch.ones(10, dtype=torch.float64), ln_bias=torch.full((10,), -math.inf, dtype=torch.float64)),
-     ValueError, "ln_bias contains NaN or inf"),
+    (
+        dict(ln_weight=torch.ones(10, dtype=torch.float64), ln_bias=torch.full((10,), -math.inf, dtype=torch.float64)),
+        ValueError,
+        "ln_bias contains NaN or inf",
+    ),
     (dict(q=torch.empty(2, 2, 3, 5, dtype=torch.float64, device="meta")), ValueError, "q is a meta tensor"),
     # issue 25: finite inputs whose logits or LayerNorm variance would overflow the compute dtype (NaN out)
-    (dict(q=torch.full((2, 2, 3, 5), 1e20), k=torch.full((2, 2, 4, 5), 1e20), v=torch.ones(2, 2, 4, 5)), ValueError,
-     r"inputs of lcd_attention are too large for torch\.float32: \(D max\|q\| max\|k\| \+ max\|bias\|\)"),
-    (dict(q=torch.ones(2, 2, 3, 5), k=torch.ones(2, 2, 4, 5), v=torch.ones(2, 2, 4, 5),
-          bias=torch.full((3, 4), 3e38), scale=2.0), ValueError, "too large for torch.float32"),
-    (dict(q=torch.ones(2, 2, 3, 5), k=torch.ones(2, 2, 4, 5), v=torch.ones(2, 2, 4, 5),
-          residual=torch.full((2, 3, 10), 1e20), ln_weight=torch.ones(10)), ValueError,
-     r"too large for torch\.float32: .*bounding the LayerNorm variance's sum"),
-    (dict(q=torch.ones(2, 2, 3, 5, dtype=torch.float64), k=torch.ones(2, 2, 4, 5, dtype=torch.float64),
-          v=torch.full((2, 2, 4, 5), 1e308, dtype=torch.float64),
-          residual=torch.full((2, 3, 10), 1.7e308, dtype=torch.float64)),
-     ValueError, r"too large for torch\.float64: .*bounding the output"),
+    (
+        dict(q=torch.full((2, 2, 3, 5), 1e20), k=torch.full((2, 2, 4, 5), 1e20), v=torch.ones(2, 2, 4, 5)),
+        ValueError,
+        r"inputs of lcd_attention are too large for torch\.float32: \(D max\|q\| max\|k\| \+ max\|bias\|\)",
+    ),
+    (
+        dict(
+            q=torch.ones(2, 2, 3, 5),
+            k=torch.ones(2, 2, 4, 5),
+            v=torch.ones(2, 2, 4, 5),
+            bias=torch.full((3, 4), 3e38),
+            scale=2.0,
+        ),
+        ValueError,
+        "too large for torch.float32",
+    ),
+    (
+        dict(
+            q=torch.ones(2, 2, 3, 5),
+            k=torch.ones(2, 2, 4, 5),
+            v=torch.ones(2, 2, 4, 5),
+            residual=torch.full((2, 3, 10), 1e20),
+            ln_weight=torch.ones(10),
+        ),
+        ValueError,
+        r"too large for torch\.float32: .*bounding the LayerNorm variance's sum",
+    ),
+    (
+        dict(
+            q=torch.ones(2, 2, 3, 5, dtype=torch.float64),
+            k=torch.ones(2, 2, 4, 5, dtype=torch.float64),
+            v=torch.full((2, 2, 4, 5), 1e308, dtype=torch.float64),
+            residual=torch.full((2, 3, 10), 1.7e308, dtype=torch.float64),
+        ),
+        ValueError,
+        r"too large for torch\.float64: .*bounding the output",
+    ),
 ]
 
 
@@ -171,10 +229,14 @@ def test_lcd_attention_half_inputs_take_float32_layer_norm_parameters_only(dtype
     q, k, v = attention_inputs(dtype=dtype)
     out = hf.lcd_attention(q, k, v, ln_weight=torch.ones(10), ln_bias=torch.zeros(10), backend=backend)
     assert out.dtype == dtype
-    with pytest.raises(TypeError, match=r"ln_bias must have the dtype of q \(torch\.\w+\) or float32, got "
-                                        r"torch\.float64"):
-        hf.lcd_attention(q, k, v, ln_weight=torch.ones(10), ln_bias=torch.zeros(10, dtype=torch.float64),
-                         backend=backend)
+    with pytest.raises(
+        TypeError,
+        match=r"ln_bias must have the dtype of q \(torch\.\w+\) or float32, got "
+        r"torch\.float64",
+    ):
+        hf.lcd_attention(
+            q, k, v, ln_weight=torch.ones(10), ln_bias=torch.zeros(10, dtype=torch.float64), backend=backend
+        )
 
 
 def test_unknown_backend_is_a_value_error():

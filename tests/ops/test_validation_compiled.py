@@ -2,6 +2,7 @@
 marginals, unequal masses, NaN costs, an eps too small for the costs and attention inputs that would overflow are
 refused by a compiled call too (RuntimeError with the eager message, without the values), on every backend; valid
 inputs give the eager result. One compilation per (op, backend): every case has the same shapes."""
+
 import math
 
 import pytest
@@ -15,8 +16,11 @@ DT = torch.float64
 
 def _ot_case(change):
     gen = torch.Generator().manual_seed(0)
-    args = dict(cost=torch.rand(2, 3, 4, generator=gen, dtype=DT), a=torch.full((2, 3), 1 / 3, dtype=DT),
-                b=torch.full((2, 4), 1 / 4, dtype=DT))
+    args = dict(
+        cost=torch.rand(2, 3, 4, generator=gen, dtype=DT),
+        a=torch.full((2, 3), 1 / 3, dtype=DT),
+        b=torch.full((2, 4), 1 / 4, dtype=DT),
+    )
     args.update(change)
     return args["cost"], args["a"], args["b"]
 
@@ -35,11 +39,14 @@ OT_BAD = [
 @pytest.mark.parametrize("backend", backend_params("sinkhorn"))
 def test_compiled_sinkhorn_refuses_what_eager_refuses(backend):
     torch._dynamo.reset()
-    fn = torch.compile(lambda c, a, b: hf.sinkhorn(c, a, b, eps=0.1, n_iters=3, backend=backend), fullgraph=True,
-                       backend="aot_eager", dynamic=False)
+    fn = torch.compile(
+        lambda c, a, b: hf.sinkhorn(c, a, b, eps=0.1, n_iters=3, backend=backend),
+        fullgraph=True,
+        backend="aot_eager",
+        dynamic=False,
+    )
     good = _ot_case({})
-    torch.testing.assert_close(fn(*good), hf.sinkhorn(*good, eps=0.1, n_iters=3, backend=backend), rtol=1e-12,
-                               atol=0)
+    torch.testing.assert_close(fn(*good), hf.sinkhorn(*good, eps=0.1, n_iters=3, backend=backend), rtol=1e-12, atol=0)
     for change, match in OT_BAD:
         with pytest.raises(ValueError, match=match):
             hf.sinkhorn(*_ot_case(change), eps=0.1, n_iters=3, backend=backend)
@@ -51,8 +58,9 @@ def test_inductor_keeps_the_checks():
     """The default compiler (inductor) too: its CPU code raises from the compiled assertion."""
     skip_unless_backend("cpp", "ipot", CPU)
     torch._dynamo.reset()
-    fn = torch.compile(lambda c, a, b: hf.ipot(c, a, b, beta=0.1, n_iters=3, backend="cpp"), fullgraph=True,
-                       dynamic=False)
+    fn = torch.compile(
+        lambda c, a, b: hf.ipot(c, a, b, beta=0.1, n_iters=3, backend="cpp"), fullgraph=True, dynamic=False
+    )
     good = _ot_case({})
     torch.testing.assert_close(fn(*good), hf.ipot(*good, beta=0.1, n_iters=3, backend="cpp"), rtol=1e-12, atol=0)
     for change, match in OT_BAD:
@@ -63,18 +71,26 @@ def test_inductor_keeps_the_checks():
 @pytest.mark.parametrize("backend", backend_params("gromov_wasserstein"))
 def test_compiled_gromov_wasserstein_refuses_what_eager_refuses(backend):
     torch._dynamo.reset()
-    fn = torch.compile(lambda cs, ct, a, b: hf.gromov_wasserstein(cs, ct, a, b, eps=0.1, outer_iters=2, inner_iters=2,
-                                                                  backend=backend),
-                       fullgraph=True, backend="aot_eager", dynamic=False)
+    fn = torch.compile(
+        lambda cs, ct, a, b: hf.gromov_wasserstein(
+            cs, ct, a, b, eps=0.1, outer_iters=2, inner_iters=2, backend=backend
+        ),
+        fullgraph=True,
+        backend="aot_eager",
+        dynamic=False,
+    )
     gen = torch.Generator().manual_seed(1)
     cs, ct = torch.rand(2, 3, 3, generator=gen, dtype=DT), torch.rand(2, 4, 4, generator=gen, dtype=DT)
     a, b = torch.full((2, 3), 1 / 3, dtype=DT), torch.full((2, 4), 1 / 4, dtype=DT)
-    torch.testing.assert_close(fn(cs, ct, a, b), hf.gromov_wasserstein(cs, ct, a, b, eps=0.1, outer_iters=2,
-                                                                       inner_iters=2, backend=backend))
-    cases = [((cs, ct, a, torch.full((2, 4), 0.5, dtype=DT)), "equal total mass"),
-             ((cs, ct, -a, b), "a must be non-negative"),
-             ((cs.clone().fill_(math.inf), ct, a, b), "cs contains NaN or inf"),
-             ((cs * 1e10, ct, a, b), r"too small for .*costs")]
+    torch.testing.assert_close(
+        fn(cs, ct, a, b), hf.gromov_wasserstein(cs, ct, a, b, eps=0.1, outer_iters=2, inner_iters=2, backend=backend)
+    )
+    cases = [
+        ((cs, ct, a, torch.full((2, 4), 0.5, dtype=DT)), "equal total mass"),
+        ((cs, ct, -a, b), "a must be non-negative"),
+        ((cs.clone().fill_(math.inf), ct, a, b), "cs contains NaN or inf"),
+        ((cs * 1e10, ct, a, b), r"too small for .*costs"),
+    ]
     for args, match in cases:
         with pytest.raises(RuntimeError, match=match):
             fn(*args)
@@ -83,17 +99,23 @@ def test_compiled_gromov_wasserstein_refuses_what_eager_refuses(backend):
 @pytest.mark.parametrize("backend", backend_params("lcd_attention"))
 def test_compiled_lcd_attention_refuses_what_eager_refuses(backend):
     torch._dynamo.reset()
-    fn = torch.compile(lambda q, k, v, r: hf.lcd_attention(q, k, v, residual=r, ln_weight=torch.ones(8),
-                                                           backend=backend),
-                       fullgraph=True, backend="aot_eager", dynamic=False)
+    fn = torch.compile(
+        lambda q, k, v, r: hf.lcd_attention(q, k, v, residual=r, ln_weight=torch.ones(8), backend=backend),
+        fullgraph=True,
+        backend="aot_eager",
+        dynamic=False,
+    )
     gen = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(1, 2, 3, 4, generator=gen) for _ in range(3))
     r = torch.randn(1, 3, 8, generator=gen)
-    torch.testing.assert_close(fn(q, k, v, r), hf.lcd_attention(q, k, v, residual=r, ln_weight=torch.ones(8),
-                                                                backend=backend))
-    cases = [((q.clone().fill_(math.nan), k, v, r), "q contains NaN or inf"),
-             ((q * 1e20, k * 1e20, v, r), r"too large for torch\.float32: \(D max\|q\| max\|k\|"),
-             ((q, k, v, r * 1e20), "bounding the LayerNorm variance's sum")]
+    torch.testing.assert_close(
+        fn(q, k, v, r), hf.lcd_attention(q, k, v, residual=r, ln_weight=torch.ones(8), backend=backend)
+    )
+    cases = [
+        ((q.clone().fill_(math.nan), k, v, r), "q contains NaN or inf"),
+        ((q * 1e20, k * 1e20, v, r), r"too large for torch\.float32: \(D max\|q\| max\|k\|"),
+        ((q, k, v, r * 1e20), "bounding the LayerNorm variance's sum"),
+    ]
     for args, match in cases:
         with pytest.raises(ValueError, match=match):
             hf.lcd_attention(*args[:3], residual=args[3], ln_weight=torch.ones(8), backend=backend)

@@ -1,4 +1,5 @@
 """benchmarks/report.py computes its tables from the JSON (fed a small hand-made file here)."""
+
 import json
 import os
 import re
@@ -9,28 +10,52 @@ from benchmarks import report
 
 
 def bench(group, provider, median, batch=128, saved=None, device="cpu"):
-    return {"name": f"test[{provider}]", "group": group, "stats": {"median": median},
-            "extra_info": {"op": "gromov_wasserstein", "provider": provider, "pass": "fwd", "size": f"B={batch} n=36",
-                           "batch": batch, "device": device, "dtype": "float32", "threads": 2, "saved_bytes": saved}}
+    return {
+        "name": f"test[{provider}]",
+        "group": group,
+        "stats": {"median": median},
+        "extra_info": {
+            "op": "gromov_wasserstein",
+            "provider": provider,
+            "pass": "fwd",
+            "size": f"B={batch} n=36",
+            "batch": batch,
+            "device": device,
+            "dtype": "float32",
+            "threads": 2,
+            "saved_bytes": saved,
+        },
+    }
 
 
 def write_run(path, benchmarks, gpu=None):
-    path.write_text(json.dumps({"machine_info": {"node": "box", "cpu": {"brand_raw": "Test CPU 9000"},
-                                                 "helo_cuda_device": gpu},
-                                "commit_info": {"id": "abcdef1234567"}, "benchmarks": benchmarks}))
+    path.write_text(
+        json.dumps(
+            {
+                "machine_info": {"node": "box", "cpu": {"brand_raw": "Test CPU 9000"}, "helo_cuda_device": gpu},
+                "commit_info": {"id": "abcdef1234567"},
+                "benchmarks": benchmarks,
+            }
+        )
+    )
     return str(path)
 
 
 @pytest.fixture
 def results(tmp_path):
-    data = {"machine_info": {"node": "box", "cpu": {"brand_raw": "Test CPU 9000"}, "python_version": "3.11"},
-            "commit_info": {"id": "abcdef1234567", "dirty": False}, "datetime": "2026-11-24",
-            "benchmarks": [bench("gw B=128 fwd", "reference", 0.020, saved=4 << 20),
-                           bench("gw B=128 fwd", "compile", 0.010),
-                           bench("gw B=128 fwd", "cpp", 0.001, saved=1 << 10),
-                           bench("gw B=1024 fwd", "reference", 0.160, batch=1024),
-                           bench("gw B=1024 fwd", "cpp", 0.004, batch=1024),
-                           {"name": "unrelated", "group": None, "stats": {"median": 1.0}, "extra_info": {}}]}
+    data = {
+        "machine_info": {"node": "box", "cpu": {"brand_raw": "Test CPU 9000"}, "python_version": "3.11"},
+        "commit_info": {"id": "abcdef1234567", "dirty": False},
+        "datetime": "2026-11-24",
+        "benchmarks": [
+            bench("gw B=128 fwd", "reference", 0.020, saved=4 << 20),
+            bench("gw B=128 fwd", "compile", 0.010),
+            bench("gw B=128 fwd", "cpp", 0.001, saved=1 << 10),
+            bench("gw B=1024 fwd", "reference", 0.160, batch=1024),
+            bench("gw B=1024 fwd", "cpp", 0.004, batch=1024),
+            {"name": "unrelated", "group": None, "stats": {"median": 1.0}, "extra_info": {}},
+        ],
+    }
     path = tmp_path / "in.json"
     path.write_text(json.dumps(data))
     return path
@@ -62,7 +87,7 @@ def test_main_writes_report_plots_and_readme_block(results, tmp_path):
     doc = (tmp_path / "docs" / "performance.md").read_text()
     assert "| gw B=1024 fwd | cpp | 4 ms | 40.00x | – | – | – |" in doc and "20.00x" in doc
     for link in re.findall(r"\]\(([^)]+)\)", doc) + re.findall(r"`([^`]+REPORT.md)`", doc):
-        assert (tmp_path / "docs" / link).resolve().exists(), link   # relative to the doc, every plot
+        assert (tmp_path / "docs" / link).resolve().exists(), link  # relative to the doc, every plot
     assert doc.count("![") == 2
 
 
@@ -74,21 +99,41 @@ def test_json_without_our_benchmarks_is_an_error(tmp_path):
 
 
 def test_runs_merge_and_a_gpu_run_fills_the_gpu_block(tmp_path):
-    first = write_run(tmp_path / "a.json", [bench("gw B=128 fwd", "reference", 0.02, device="cuda"),
-                                            bench("gw B=128 fwd", "cpp", 0.001, device="cuda")], gpu="Test GPU")
-    second = write_run(tmp_path / "b.json", [bench("gw B=4096 fwd", "reference", 0.5, 4096, device="cuda"),
-                                             bench("gw B=4096 fwd", "cpp", 0.01, 4096, device="cuda")], gpu="Test GPU")
+    first = write_run(
+        tmp_path / "a.json",
+        [bench("gw B=128 fwd", "reference", 0.02, device="cuda"), bench("gw B=128 fwd", "cpp", 0.001, device="cuda")],
+        gpu="Test GPU",
+    )
+    second = write_run(
+        tmp_path / "b.json",
+        [
+            bench("gw B=4096 fwd", "reference", 0.5, 4096, device="cuda"),
+            bench("gw B=4096 fwd", "cpp", 0.01, 4096, device="cuda"),
+        ],
+        gpu="Test GPU",
+    )
     readme = tmp_path / "README.md"
     readme_text = f"{report.SUMMARY_BEGIN}\ncpu summary\n{report.SUMMARY_END}\n"
     readme.write_text(readme_text)
     doc = tmp_path / "perf.md"
     doc.write_text(f"{report.DOC_BEGIN}\ncpu\n{report.DOC_END}\n{report.DOC_GPU_BEGIN}\nold\n{report.DOC_GPU_END}\n")
-    path = report.main([first, second, "--out-root", str(tmp_path / "out"), "--update-readme", str(readme),
-                        "--performance-doc", str(doc), "--no-plots"])
+    path = report.main(
+        [
+            first,
+            second,
+            "--out-root",
+            str(tmp_path / "out"),
+            "--update-readme",
+            str(readme),
+            "--performance-doc",
+            str(doc),
+            "--no-plots",
+        ]
+    )
     assert os.path.dirname(path).endswith("test-gpu")
     text = doc.read_text()
     assert "cpu" in text and "old" not in text and "20.00x" in text and "50.00x" in text
-    assert readme.read_text() == readme_text   # the README summarises the CPU run only
+    assert readme.read_text() == readme_text  # the README summarises the CPU run only
 
 
 def test_a_file_without_its_block_is_an_error(results, tmp_path):
@@ -107,10 +152,16 @@ def test_summary_has_one_row_per_series_at_most_summary_rows(tmp_path):
     for i in range(report.SUMMARY_ROWS + 3):
         for batch in (128, 1024):
             group = f"op{i:02d} B={batch} fwd"
-            benchmarks += [dict(bench(group, "reference", 0.010, batch), extra_info={
-                               **bench(group, "reference", 0.010, batch)["extra_info"], "op": f"op{i:02d}"}),
-                           dict(bench(group, "cpp", 0.002, batch), extra_info={
-                               **bench(group, "cpp", 0.002, batch)["extra_info"], "op": f"op{i:02d}"})]
+            benchmarks += [
+                dict(
+                    bench(group, "reference", 0.010, batch),
+                    extra_info={**bench(group, "reference", 0.010, batch)["extra_info"], "op": f"op{i:02d}"},
+                ),
+                dict(
+                    bench(group, "cpp", 0.002, batch),
+                    extra_info={**bench(group, "cpp", 0.002, batch)["extra_info"], "op": f"op{i:02d}"},
+                ),
+            ]
     path = write_run(tmp_path / "a.json", benchmarks)
     table, left_out = report.summary_table(report.group_rows(report.load_rows(json.loads(open(path).read()))))
     rows = table.splitlines()[2:]
@@ -129,14 +180,25 @@ def test_summary_row_is_the_fastest_fused_provider_in_float32_against_the_best_p
         entry["extra_info"]["precision"] = precision
         return entry
 
-    path = write_run(tmp_path / "a.json", [row("reference", 0.040), row("compile", 0.020), row("sdpa", 0.030),
-                                           row("torch_dropout", 0.025), row("cpp", 0.010), row("triton", 0.008),
-                                           row("cpp", 0.001, "bf16-mixed"), row("reference", 0.040, batch=64),
-                                           row("cpp", 0.001, batch=64)])
+    path = write_run(
+        tmp_path / "a.json",
+        [
+            row("reference", 0.040),
+            row("compile", 0.020),
+            row("sdpa", 0.030),
+            row("torch_dropout", 0.025),
+            row("cpp", 0.010),
+            row("triton", 0.008),
+            row("cpp", 0.001, "bf16-mixed"),
+            row("reference", 0.040, batch=64),
+            row("cpp", 0.001, batch=64),
+        ],
+    )
     table, left_out = report.summary_table(report.group_rows(report.load_rows(json.loads(open(path).read()))))
     assert left_out == 0
     assert table.splitlines()[2:] == [
-        "| attn B=128 fwd | 40 ms | triton 8 ms | 5.00x | 2.50x | 3.12x (torch_dropout) |"]
+        "| attn B=128 fwd | 40 ms | triton 8 ms | 5.00x | 2.50x | 3.12x (torch_dropout) |"
+    ]
 
 
 def test_a_group_split_across_runs_is_an_error(tmp_path):
@@ -152,8 +214,15 @@ def test_mixed_precision_providers_are_labelled_and_compared_with_the_reference_
         row["extra_info"]["precision"] = precision
         return row
 
-    path = write_run(tmp_path / "a.json", [step("cpp", 0.030, "bf16-mixed"), step("reference", 0.170, "32"),
-                                           step("reference", 0.120, "bf16-mixed"), step("cpp", 0.085, "32")])
+    path = write_run(
+        tmp_path / "a.json",
+        [
+            step("cpp", 0.030, "bf16-mixed"),
+            step("reference", 0.170, "32"),
+            step("reference", 0.120, "bf16-mixed"),
+            step("cpp", 0.085, "32"),
+        ],
+    )
     rows = report.load_rows(json.loads(open(path).read()))
     groups = report.group_rows(rows)
     assert report._ordered(groups["step B=128"]) == ["reference", "reference bf16-mixed", "cpp", "cpp bf16-mixed"]
@@ -165,7 +234,7 @@ def test_mixed_precision_providers_are_labelled_and_compared_with_the_reference_
 def test_results_json_is_compact_and_a_later_run_replaces_its_groups(results, tmp_path):
     data = json.loads(results.read_text())
     for row in data["benchmarks"]:
-        row["stats"]["data"] = [0.1] * 1000   # pytest-benchmark's per-round timings
+        row["stats"]["data"] = [0.1] * 1000  # pytest-benchmark's per-round timings
     data["machine_info"]["cpu"]["flags"] = ["avx2"] * 100
     results.write_text(json.dumps(data))
     out = tmp_path / "out"
@@ -173,14 +242,15 @@ def test_results_json_is_compact_and_a_later_run_replaces_its_groups(results, tm
     saved = os.path.join(os.path.dirname(report_path), "results.json")
     text = open(saved).read()
     assert '"data"' not in text and "flags" not in text and len(text.splitlines()) < 40
-    newer = write_run(tmp_path / "b.json", [bench("gw B=128 fwd", "reference", 0.030),
-                                            bench("gw B=128 fwd", "cpp", 0.002)])
+    newer = write_run(
+        tmp_path / "b.json", [bench("gw B=128 fwd", "reference", 0.030), bench("gw B=128 fwd", "cpp", 0.002)]
+    )
     with pytest.raises(SystemExit, match="ratios must come from one run"):
         report.main([saved, newer, "--out-root", str(out), "--no-plots"])
     report.main([saved, newer, "--out-root", str(out), "--no-plots", "--replace-groups"])
     table = open(report_path).read()
     assert "| gw B=128 fwd | cpp | 2 ms | 15.00x |" in table and "| gw B=128 fwd | compile |" not in table
-    assert "| gw B=1024 fwd | cpp | 4 ms | 40.00x |" in table   # the group the newer run did not measure stays
+    assert "| gw B=1024 fwd | cpp | 4 ms | 40.00x |" in table  # the group the newer run did not measure stays
 
 
 def test_compile_first_call_is_shown_apart_from_its_median(tmp_path):

@@ -1,4 +1,5 @@
 """GPU input rotation of the benchmarks (benchmarks/conftest.py): the set count and the cycling order."""
+
 import torch
 
 from benchmarks.conftest import DEVICE, input_sets, rotating, rotation_count

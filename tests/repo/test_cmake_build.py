@@ -1,4 +1,5 @@
 """The CMake build for C++ users (libtorch via find_package(Torch)) builds and its ctest passes."""
+
 import os
 import shutil
 import subprocess

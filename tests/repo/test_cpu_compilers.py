@@ -3,6 +3,7 @@
 aarch64 (Graviton, Apple silicon under Linux: the x86 dispatch compiles out, the kernels take their 16-byte tier).
 A syntax and template-instantiation check (-fsyntax-only -Wall -Werror) of each op source; a compiler that is not
 installed is skipped with the package that provides it (Debian: clang libomp-dev, g++-aarch64-linux-gnu)."""
+
 import glob
 import os
 import shutil
@@ -14,7 +15,8 @@ from torch.utils import cpp_extension
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The op sources (the Python binding, module.cpp and python_interrupt.cpp, needs the target's Python headers).
 SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))) + [
-    os.path.join(ROOT, "csrc", name) for name in ("schema.cpp", "interrupt.cpp", "build_info.cpp")]
+    os.path.join(ROOT, "csrc", name) for name in ("schema.cpp", "interrupt.cpp", "build_info.cpp")
+]
 # compiler -> the Debian packages that provide it (and, for clang, the OpenMP header ATen includes)
 COMPILERS = {"aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu", "clang++": "clang libomp-dev"}
 
@@ -24,8 +26,12 @@ def missing_reason(compiler: str):
     if shutil.which(compiler) is None:
         return f"{compiler} not installed (Debian: apt-get install {COMPILERS[compiler]})"
     if compiler == "clang++":
-        probe = subprocess.run([compiler, "-fopenmp", "-x", "c++", "-fsyntax-only", "-"], input="#include <omp.h>\n",
-                               capture_output=True, text=True)
+        probe = subprocess.run(
+            [compiler, "-fopenmp", "-x", "c++", "-fsyntax-only", "-"],
+            input="#include <omp.h>\n",
+            capture_output=True,
+            text=True,
+        )
         if probe.returncode != 0:
             return f"clang++ finds no omp.h (Debian: apt-get install {COMPILERS[compiler]})"
     return None

@@ -2,6 +2,7 @@
 
 Linking a CUDAExtension against the CPU build of torch fails, so this only compiles to an object.
 """
+
 import glob
 import os
 import shutil
@@ -20,9 +21,20 @@ pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
 
 def nvcc_command(source, output):
     includes = cpp_extension.include_paths() + [sysconfig.get_paths()["include"], os.path.join(ROOT, "csrc")]
-    return [NVCC, "-c", source, "-o", output, "-std=c++20", "-O2", "-arch=sm_90", "--expt-relaxed-constexpr",
-            "-DHELO_FAST_WITH_CUDA", "-DTORCH_EXTENSION_NAME=_C", "-D_GLIBCXX_USE_CXX11_ABI=1"] + \
-        [f"-I{path}" for path in includes]
+    return [
+        NVCC,
+        "-c",
+        source,
+        "-o",
+        output,
+        "-std=c++20",
+        "-O2",
+        "-arch=sm_90",
+        "--expt-relaxed-constexpr",
+        "-DHELO_FAST_WITH_CUDA",
+        "-DTORCH_EXTENSION_NAME=_C",
+        "-D_GLIBCXX_USE_CXX11_ABI=1",
+    ] + [f"-I{path}" for path in includes]
 
 
 def test_there_are_cuda_sources_to_check():

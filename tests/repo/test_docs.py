@@ -1,5 +1,6 @@
 """The documentation stays true to the tree: every path it names exists, nothing points outside the
 repository, the README stays short, and every public op documents each of its arguments with a runnable example."""
+
 import doctest
 import inspect
 import os
@@ -46,8 +47,11 @@ def named_paths(text):
 
 def links(text):
     """The relative link targets of a Markdown text (images included), without their #anchors."""
-    return [target.split("#")[0] for target in re.findall(r"\]\(([^)\s]+)\)", text)
-            if "://" not in target and not target.startswith("#")]
+    return [
+        target.split("#")[0]
+        for target in re.findall(r"\]\(([^)\s]+)\)", text)
+        if "://" not in target and not target.startswith("#")
+    ]
 
 
 @pytest.mark.parametrize("path", doc_files(), ids=lambda p: os.path.relpath(p, ROOT))
@@ -76,7 +80,8 @@ def test_no_tracked_source_or_doc_points_at_the_design_folder():
     offenders = []
     for name in tracked.stdout.split():
         if name.endswith((".py", ".md", ".h", ".cpp", ".cu", ".cuh", ".txt", ".toml", ".sh")) and os.path.exists(
-                os.path.join(ROOT, name)):
+            os.path.join(ROOT, name)
+        ):
             text = open(os.path.join(ROOT, name), encoding="utf-8", errors="replace").read()
             if re.search(r"\.\./shared|shared[/]design|HELO_SPEC\.md|METHOD\.md", text):
                 offenders.append(name)
@@ -95,10 +100,9 @@ def test_readme_is_under_300_lines_and_links_the_docs():
 
 def test_the_op_index_has_a_row_for_every_public_op():
     text = open(os.path.join(DOCS, "architecture.md"), encoding="utf-8").read()
-    index = text.split("## Op index")[1].split("\n## ")[0].split("\n\n")[1]   # the first table of the section
+    index = text.split("## Op index")[1].split("\n## ")[0].split("\n\n")[1]  # the first table of the section
     rows = [line.split("|")[1].strip().strip("`") for line in index.splitlines() if line.startswith("| `")]
     assert sorted(rows) == sorted(helo_fast._ops.OPS)
-
 
 
 KERNEL_BODY_BACKENDS = ["reference", "C++ CPU", "CUDA", "Triton"]
@@ -110,7 +114,7 @@ def _defines(path, name):
     text = open(os.path.join(ROOT, path), encoding="utf-8").read()
     if path.endswith(".py"):
         return re.search(rf"^\s*(def|class)\s+{name}\b", text, re.M) is not None
-    function = rf"[\w>*&)]\s+{name}\s*\((?:[^;{{}}]|\{{\}})*\)\s*(const\s*)?\{{"   # also with `= {}` defaults
+    function = rf"[\w>*&)]\s+{name}\s*\((?:[^;{{}}]|\{{\}})*\)\s*(const\s*)?\{{"  # also with `= {}` defaults
     return bool(re.search(function, text) or re.search(rf"\b(struct|class)\s+{name}\b", text))
 
 
@@ -136,19 +140,29 @@ def _kernel_body_errors(cell):
 
 def test_the_kernel_body_table_names_existing_files_and_the_functions_they_define():
     header = open(os.path.join(DOCS, "architecture.md"), encoding="utf-8").read().split("| op | kernel body: ")[1]
-    assert ["kernel body: " + b for b in KERNEL_BODY_BACKENDS] == \
-        ["kernel body: " + cell.strip() for cell in header.split("\n")[0].strip("| ").split("| kernel body: ")]
+    assert ["kernel body: " + b for b in KERNEL_BODY_BACKENDS] == [
+        "kernel body: " + cell.strip() for cell in header.split("\n")[0].strip("| ").split("| kernel body: ")
+    ]
     rows = _table("Op index", 1)
     assert sorted(row[0].strip("`") for row in rows) == sorted(helo_fast._ops.OPS)
-    errors = {(row[0], backend): _kernel_body_errors(cell)
-              for row in rows for backend, cell in zip(KERNEL_BODY_BACKENDS, row[1:], strict=True)}
+    errors = {
+        (row[0], backend): _kernel_body_errors(cell)
+        for row in rows
+        for backend, cell in zip(KERNEL_BODY_BACKENDS, row[1:], strict=True)
+    }
     assert {where: e for where, e in errors.items() if e} == {}
 
 
 PUBLIC_OPS = [getattr(helo_fast, name) for name in helo_fast.__all__ if inspect.isfunction(getattr(helo_fast, name))]
-MODULES = [helo_fast.nn.LCDAttention, helo_fast.nn.FusedGromovWasserstein, helo_fast.nn.FusedSinkhorn,
-           helo_fast.nn.FusedDropout, helo_fast.nn.SinkhornLoss, helo_fast.nn.GromovWassersteinLoss,
-           helo_fast.models.helo.HeLo]
+MODULES = [
+    helo_fast.nn.LCDAttention,
+    helo_fast.nn.FusedGromovWasserstein,
+    helo_fast.nn.FusedSinkhorn,
+    helo_fast.nn.FusedDropout,
+    helo_fast.nn.SinkhornLoss,
+    helo_fast.nn.GromovWassersteinLoss,
+    helo_fast.models.helo.HeLo,
+]
 
 
 @pytest.mark.parametrize("obj", PUBLIC_OPS + MODULES, ids=lambda o: o.__name__)
@@ -163,8 +177,11 @@ def test_public_api_documents_every_argument_and_gives_an_example(obj):
         assert "Returns:" in doc
 
 
-@pytest.mark.parametrize("module", [helo_fast.functional, helo_fast.metrics, helo_fast.env, helo_fast.nn,
-                                    helo_fast.models.helo], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module",
+    [helo_fast.functional, helo_fast.metrics, helo_fast.env, helo_fast.nn, helo_fast.models.helo],
+    ids=lambda m: m.__name__,
+)
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
@@ -207,8 +224,7 @@ def test_the_layer_table_names_every_module_and_only_modules_that_exist():
     layers = _layers()
     assert [p for p in layers if not os.path.exists(os.path.join(ROOT, p))] == []
     assert [m for m in _modules() if _layer_of(m, layers) is None] == []
-    packages = {package.strip("`"): re.findall(r"`([^`/]+\.py)`", modules)
-                for package, modules in _table("Layers", 1)}
+    packages = {package.strip("`"): re.findall(r"`([^`/]+\.py)`", modules) for package, modules in _table("Layers", 1)}
     for package, names in packages.items():
         on_disk = sorted(n for n in os.listdir(os.path.join(ROOT, package)) if n.endswith(".py") and n != "__init__.py")
         assert sorted(names) == on_disk, package
@@ -219,20 +235,20 @@ def _imported_paths(path):
     import ast
 
     parts = path[:-3].split("/")
-    package = (["helo_fast"] if parts[0] == "kernels" else []) + parts[:-1]   # the package a relative import starts at
+    package = (["helo_fast"] if parts[0] == "kernels" else []) + parts[:-1]  # the package a relative import starts at
     names = []
     for node in ast.walk(ast.parse(open(os.path.join(ROOT, path), encoding="utf-8").read())):
         if isinstance(node, ast.Import):
             names += [alias.name.split(".") for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = (package[:len(package) - node.level + 1] if node.level else []) + (node.module or "").split(".")
+            base = (package[: len(package) - node.level + 1] if node.level else []) + (node.module or "").split(".")
             base = [b for b in base if b]
-            names += [base + [alias.name] for alias in node.names]   # a submodule, else a name of ``base``
+            names += [base + [alias.name] for alias in node.names]  # a submodule, else a name of ``base``
     paths = []
     for name in names:
         if not name or name[0] != "helo_fast":
             continue
-        if name[:2] == ["helo_fast", "_C"]:   # the compiled extension, built from csrc/
+        if name[:2] == ["helo_fast", "_C"]:  # the compiled extension, built from csrc/
             paths.append("csrc/")
             continue
         relative = (["kernels"] + name[2:]) if name[1:2] == ["kernels"] else name

@@ -1,6 +1,7 @@
 """The GPU audit (benchmarks/gpu_audit, `make gpu-check`) flags what it promises to: toy kernels with one defect each
 (spills, TF32 dot, shared memory over Hopper's limit) compiled for sm_90, ptxas reports, coverage gaps, and the
 autotune pruning that the launchers and the audit share."""
+
 import json
 import os
 import subprocess
@@ -27,8 +28,14 @@ def _has_ptxas():
 @pytest.mark.skipif(not _has_ptxas(), reason="Triton's NVIDIA backend (ptxas) is not installed")
 def test_toy_kernels_are_flagged():
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "-m", "tests.support.gpu_audit_toys"], capture_output=True, text=True,
-                         env=env, cwd=ROOT, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.support.gpu_audit_toys"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = {row["kernel"]: row for row in map(json.loads, out.stdout.splitlines())}
     assert audit.failures_of(rows["clean"]) == []
@@ -40,8 +47,16 @@ def test_toy_kernels_are_flagged():
 def test_compile_errors_and_allowances():
     row = dict(kernel="sinkhorn._sinkhorn_fwd_kernel", config="fp32 w4 sm_90", arch=90, error="RuntimeError: x")
     assert audit.failures_of(row) == ["compile error"]
-    ok = dict(kernel="sinkhorn._sinkhorn_fwd_kernel", config="fp32", arch=90, registers=40, stack=0, local=0,
-              shared=512, dots=["ieee"])
+    ok = dict(
+        kernel="sinkhorn._sinkhorn_fwd_kernel",
+        config="fp32",
+        arch=90,
+        registers=40,
+        stack=0,
+        local=0,
+        shared=512,
+        dots=["ieee"],
+    )
     assert audit.failures_of(ok) == []
     budget = audit.ALLOWANCES["sinkhorn._sinkhorn_bwd_kernel"][0]
     within = dict(ok, kernel="sinkhorn._sinkhorn_bwd_kernel", stack=budget)
@@ -52,8 +67,10 @@ def test_compile_errors_and_allowances():
 
 def test_dot_precision_is_read_from_ttgir():
     ieee = "%c = tt.dot %a, %b, %cst : tensor<16x16xf32, #a> * tensor<16x16xf32, #b> -> tensor<16x16xf32, #m>"
-    tf32 = ("%c = tt.dot %a, %b, %cst, inputPrecision = tf32 : tensor<16x16xf32, #a> * tensor<16x16xf32, #b> -> "
-            "tensor<16x16xf32, #m>")
+    tf32 = (
+        "%c = tt.dot %a, %b, %cst, inputPrecision = tf32 : tensor<16x16xf32, #a> * tensor<16x16xf32, #b> -> "
+        "tensor<16x16xf32, #m>"
+    )
     f64 = "%c = tt.dot %a, %b, %cst : tensor<16x16xf64, #a> * tensor<16x16xf64, #b> -> tensor<16x16xf64, #m>"
     assert triton_audit.dot_precisions("\n".join([ieee, tf32, f64])) == ["ieee", "tf32"]
 
@@ -72,8 +89,7 @@ ptxas info    : Used 40 registers, used 1 barriers, 8 bytes cumulative stack siz
 
 def test_coverage_gaps_are_reported():
     kernels = {"k.a_kernel": None, "k.b_kernel": None}
-    launch = {"kernel": "k.a_kernel", "args": [], "kwargs": {"SAVE": True, "NEW_MODE": 1, "BLOCK_N": 16,
-                                                             "SOLVER": 0}}
+    launch = {"kernel": "k.a_kernel", "args": [], "kwargs": {"SAVE": True, "NEW_MODE": 1, "BLOCK_N": 16, "SOLVER": 0}}
     problems = audit.coverage_problems([{"case": "c", "launches": [launch]}], kernels)
     text = "\n".join(problems)
     assert "k.b_kernel: no case launches it" in text
@@ -83,12 +99,20 @@ def test_coverage_gaps_are_reported():
     assert "BLOCK_N" not in text
 
 
-@pytest.mark.parametrize("blocks, dtype, need", [((16, 16), torch.float32, 1), ((64, 64), torch.float32, 4),
-                                                 ((32, 64), torch.float64, 4), ((64, 64, 128), torch.float32, 8)])
+@pytest.mark.parametrize(
+    "blocks, dtype, need",
+    [
+        ((16, 16), torch.float32, 1),
+        ((64, 64), torch.float32, 4),
+        ((32, 64), torch.float64, 4),
+        ((64, 64, 128), torch.float32, 8),
+    ],
+)
 def test_prune_num_warps(blocks, dtype, need):
     """Warp counts that would leave over 32 registers' worth of the largest tile per thread are never launched (at
     64 x 128 float32 on one warp ptxas ran minutes in over 13 GiB, and fewer warps than these spilled)."""
     import triton
+
     configs = [triton.Config({}, num_warps=w) for w in (1, 2, 4, 8)]
     kwargs = {f"BLOCK_{i}": b for i, b in enumerate(blocks)}
     kept = triton_utils.prune_num_warps(configs, {"x": torch.empty(1, dtype=dtype)}, **kwargs)
@@ -103,6 +127,7 @@ def test_autotuned_kernels_prune_with_the_shared_rule():
     from triton.runtime.autotuner import Autotuner
 
     from benchmarks.gpu_audit.launches import launchable_kernels
+
     tuned = {name: k for name, k in launchable_kernels().items() if isinstance(k, Autotuner)}
     assert tuned
     for name, kernel in tuned.items():
@@ -120,6 +145,7 @@ def test_attention_gets_16_warps_for_helo_tiles():
     import triton
 
     from benchmarks.gpu_audit.launches import launchable_kernels
+
     kernels = launchable_kernels()
     configs = [triton.Config({}, num_warps=w) for w in (1, 2, 4, 8, 16)]
     args = {"q": torch.empty(1)}
@@ -128,20 +154,25 @@ def test_attention_gets_16_warps_for_helo_tiles():
         assert [c.num_warps for c in kept] == [16], name
     kept = kernels["sinkhorn._sinkhorn_fwd_kernel"].early_config_prune(configs, args, BLOCK_N=64, BLOCK_M=128)
     assert [c.num_warps for c in kept] == [8]  # 128 B of the largest tile per thread; never more warps than needed
-    small = kernels["lcd_attention._lcd_attention_fwd_kernel"].early_config_prune(configs, args, BLOCK_Q=16,
-                                                                                    BLOCK_K=16, BLOCK_C=16)
+    small = kernels["lcd_attention._lcd_attention_fwd_kernel"].early_config_prune(
+        configs, args, BLOCK_Q=16, BLOCK_K=16, BLOCK_C=16
+    )
     assert [c.num_warps for c in small] == [1, 2, 4, 8]
+
 
 def _record_attention_launches(dtype):
     """The Triton launches (forward and backward) of the audit's small attention case with explicit masks."""
     from benchmarks.gpu_audit import cases as case_list
     from benchmarks.gpu_audit.launches import recording
+
     (case,) = [c for c in case_list.cases() if c.id == f"lcd_attention-bias-after-scale-tensor-masks-{dtype}"]
     sink: list = []
     with recording(sink, execute=False):
         case_list.run(case, torch.device("cpu"), "triton")
-    assert sorted(launch["kernel"] for launch in sink) == ["lcd_attention._lcd_attention_bwd_kernel",
-                                                            "lcd_attention._lcd_attention_fwd_kernel"]
+    assert sorted(launch["kernel"] for launch in sink) == [
+        "lcd_attention._lcd_attention_bwd_kernel",
+        "lcd_attention._lcd_attention_fwd_kernel",
+    ]
     return sink
 
 
@@ -158,6 +189,7 @@ def test_attention_masks_reach_the_kernel_wide_enough(dtype, mask_dtype):
 
 def _kernel_arg_names(name):
     from benchmarks.gpu_audit.launches import launchable_kernels
+
     kernel = launchable_kernels()[name]
     while not hasattr(kernel, "arg_names"):
         kernel = kernel.fn
@@ -171,8 +203,14 @@ def test_float64_attention_with_explicit_masks_compiles(tmp_path):
     path = tmp_path / "launches.json"
     path.write_text(json.dumps(_record_attention_launches("float64")))
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "-m", "tests.support.gpu_audit_compile", str(path)], capture_output=True,
-                         text=True, env=env, cwd=ROOT, timeout=1200)
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.support.gpu_audit_compile", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=1200,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = list(map(json.loads, out.stdout.splitlines()))
     assert len(rows) == 4  # forward and backward, sm_90 and sm_100

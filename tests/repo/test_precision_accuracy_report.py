@@ -1,4 +1,5 @@
 """benchmarks/precision_accuracy.py: the relative differences and the verdict come from the two runs' summaries."""
+
 from benchmarks import precision_accuracy
 from helo_fast.metrics import METRIC_NAMES
 
@@ -6,8 +7,11 @@ from helo_fast.metrics import METRIC_NAMES
 def summary(chebyshev):
     means = {m: 0.5 for m in METRIC_NAMES}
     means["chebyshev"] = chebyshev
-    return {"summary": {"helo": {m: {"mean": v, "std": 0.0} for m, v in means.items()}},
-            "models": {"helo": "HeLo"}, "n_splits": 1}
+    return {
+        "summary": {"helo": {m: {"mean": v, "std": 0.0} for m, v in means.items()}},
+        "models": {"helo": "HeLo"},
+        "n_splits": 1,
+    }
 
 
 def test_relative_differences_of_the_means():

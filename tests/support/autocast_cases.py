@@ -1,4 +1,5 @@
 """Inputs, calls and the 2x-reference-error check of the autocast tests (test_autocast_ops)."""
+
 import pytest
 import torch
 
@@ -30,8 +31,9 @@ def assert_backend_within_reference_error(fn, inputs, weight, device, dtype, bac
     """``fn(backend, *inputs)`` under autocast vs the reference under the same autocast (2x rule, against float64)."""
     out, grads = value_and_grads(lambda *x: fn(backend, *x), inputs, weight, (device.type, dtype))
     ref, ref_grads = value_and_grads(lambda *x: fn("reference", *x), inputs, weight, (device.type, dtype))
-    ref64, ref_grads64 = value_and_grads(lambda *x: fn("reference", *x),
-                                         [t.double() if t is not None else None for t in inputs], weight)
+    ref64, ref_grads64 = value_and_grads(
+        lambda *x: fn("reference", *x), [t.double() if t is not None else None for t in inputs], weight
+    )
     assert out.dtype == out_dtype
     assert_within_reference_error(out.cpu(), ref64.cpu(), ref.cpu())
     given = [t for t in inputs if t is not None]
@@ -43,8 +45,9 @@ def assert_backend_within_reference_error(fn, inputs, weight, device, dtype, bac
 def ot_call(op):
     """(backend, *tensors) -> plan of the public op ``op`` with grad="unrolled" (HeLo-like eps)."""
     if op == "gromov_wasserstein":
-        return lambda backend, cs, ct, a, b: hf.gromov_wasserstein(cs, ct, a, b, eps=0.1, outer_iters=3,
-                                                                   inner_iters=10, grad="unrolled", backend=backend)
+        return lambda backend, cs, ct, a, b: hf.gromov_wasserstein(
+            cs, ct, a, b, eps=0.1, outer_iters=3, inner_iters=10, grad="unrolled", backend=backend
+        )
     fn, reg = (hf.sinkhorn, "eps") if op == "sinkhorn" else (hf.ipot, "beta")
     return lambda backend, cost, a, b: fn(cost, a, b, n_iters=15, grad="unrolled", backend=backend, **{reg: 0.1})
 
@@ -69,8 +72,18 @@ def low_precision_costs(inputs, dtype):
 
 
 def attention_call(backend, q, k, v, bias, residual, ln_weight, ln_bias, **masks):
-    return hf.lcd_attention(q, k, v, bias, residual=residual, ln_weight=ln_weight, ln_bias=ln_bias, backend=backend,
-                            generator=torch.Generator().manual_seed(11), **masks)
+    return hf.lcd_attention(
+        q,
+        k,
+        v,
+        bias,
+        residual=residual,
+        ln_weight=ln_weight,
+        ln_bias=ln_bias,
+        backend=backend,
+        generator=torch.Generator().manual_seed(11),
+        **masks,
+    )
 
 
 def attention_inputs(shape, qkv_dtype, device, seed=0):
@@ -79,5 +92,7 @@ def attention_inputs(shape, qkv_dtype, device, seed=0):
     (activations and parameters)."""
     batch, heads, lq, lk, dim, bias_shape = shape
     tensors = attention_case(seed, batch, heads, lq, lk, dim, bias_shape, device=device)
-    return [tensors[n].to(qkv_dtype if n in ("q", "k", "v") else torch.float32) if tensors[n] is not None else None
-            for n in ATTENTION_ARGS]
+    return [
+        tensors[n].to(qkv_dtype if n in ("q", "k", "v") else torch.float32) if tensors[n] is not None else None
+        for n in ATTENTION_ARGS
+    ]

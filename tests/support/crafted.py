@@ -1,4 +1,5 @@
 """Crafted payloads for the file-safety tests: unpickling any of them writes a marker file."""
+
 import hashlib
 import os
 import random
@@ -106,8 +107,8 @@ def byte_mutations(data: bytes, seed: int = 0, header: int = 73):
     out = {f"truncated-at-{n}": data[:n] for n in (0, 7, 72, 80, 81 + 10, len(data) // 2, len(data) - 1)}
     for i in range(8):
         at = rng.randrange(len(data))
-        out[f"byte-{at}-flipped"] = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
-    out["header-length-2-to-40"] = data[:header] + struct.pack("<Q", 1 << 40) + data[header + 8:]
+        out[f"byte-{at}-flipped"] = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+    out["header-length-2-to-40"] = data[:header] + struct.pack("<Q", 1 << 40) + data[header + 8 :]
     out["tensor-shape-grown"] = data.replace(b'"shape":[', b'"shape":[99999,', 1)
     out["trailing-garbage"] = data + b"\0" * 4096
     return out

@@ -1,4 +1,5 @@
 """Runs ``tests/support/crafted_worker.py`` on a batch of crafted files and returns one outcome per file."""
+
 import json
 import os
 import subprocess
@@ -16,8 +17,9 @@ def load_in_child(family, files, timeout=240, headroom_mb=1024):
     """
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "HELO_CRAFTED_HEADROOM_MB": str(headroom_mb)}
     try:
-        proc = subprocess.run([sys.executable, WORKER, family, *map(str, files)], capture_output=True, text=True,
-                              env=env, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, WORKER, family, *map(str, files)], capture_output=True, text=True, env=env, timeout=timeout
+        )
         stdout, stderr, status = proc.stdout, proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as exc:
         stdout, stderr, status = exc.stdout or "", exc.stderr or "", f"timeout after {timeout} s"

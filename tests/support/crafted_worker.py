@@ -5,11 +5,11 @@ Imports first, then caps the address space at what the process maps now + ``HELO
 {"file", "outcome": "ok" | "error", "type", "message"}. A crash or hang shows as a missing line (the
 caller names the file that was started last: a "start" line precedes each).
 """
+
 import json
 import os
 import resource
 import sys
-
 
 
 def _loaders():
@@ -34,18 +34,22 @@ def _loaders():
 
     def load_pickle(file):
         from helo_fast.data.safe_pickle import load_plain_pickle
+
         check_plain(load_plain_pickle(file))
 
     def load_checkpoint(file):
         from helo_fast.training.checkpoint import load_checked
+
         load_checked(file)
 
     def load_mat(file):
         from helo_fast.data.dmer import load_dmer_subject
+
         load_dmer_subject(file)
 
     def load_csv(file):
         from helo_fast.data.wesad import read_quest_csv
+
         read_quest_csv(file)
 
     def run_cli(file):
@@ -53,6 +57,7 @@ def _loaders():
         import contextlib
         import io
         from helo_fast.cli import main
+
         with open(file) as fh:
             argv = json.load(fh)
         err, out = io.StringIO(), io.StringIO()
@@ -63,8 +68,13 @@ def _loaders():
                 rc = exc.code
         return {"rc": rc, "stderr": err.getvalue()[-3000:]}
 
-    return {"pickle": (load_pickle, pickle.UnpicklingError), "checkpoint": (load_checkpoint, None),
-            "mat": (load_mat, ValueError), "csv": (load_csv, ValueError), "cli": (run_cli, None)}
+    return {
+        "pickle": (load_pickle, pickle.UnpicklingError),
+        "checkpoint": (load_checkpoint, None),
+        "mat": (load_mat, ValueError),
+        "csv": (load_csv, ValueError),
+        "cli": (run_cli, None),
+    }
 
 
 def _cap_address_space(headroom: int) -> None:
@@ -79,6 +89,7 @@ def main(family, files):
     import helo_fast.training  # noqa: F401
     import scipy.io  # noqa: F401
     import scipy.io.matlab  # noqa: F401
+
     loader, _ = _loaders()[family]
     torch.set_num_threads(1)
     _cap_address_space(int(os.environ.get("HELO_CRAFTED_HEADROOM_MB", "1024")) << 20)
@@ -87,8 +98,13 @@ def main(family, files):
         try:
             record = {"file": file, "outcome": "ok", "detail": loader(file)}
         except BaseException as exc:  # noqa: B902  (the caller judges the class)
-            record = {"file": file, "outcome": "error", "type": type(exc).__name__,
-                      "classes": [c.__name__ for c in type(exc).__mro__], "message": str(exc)[:2000]}
+            record = {
+                "file": file,
+                "outcome": "error",
+                "type": type(exc).__name__,
+                "classes": [c.__name__ for c in type(exc).__mro__],
+                "message": str(exc)[:2000],
+            }
         print(json.dumps(record), flush=True)
 
 

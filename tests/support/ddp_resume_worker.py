@@ -3,6 +3,7 @@ stopped right after the checkpoint of an epoch (as a kill there would), or resum
 
 Usage: torchrun ... ddp_resume_worker.py CHECKPOINT_DIR OUTPUT_JSON [--stop-after EPOCH] [--resume]
 """
+
 import argparse
 import glob
 import os
@@ -26,11 +27,23 @@ def main():
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
     data = make_synthetic_dataset(n_subjects=2, trials_per_subject=6, rows_per_trial=4, layout=LAYOUT, seed=1)
-    model = HeLoConfig(**LAYOUT.as_config(), d_model=16, n_heads=2, ffn_dim=16, head_hidden=16, outer_iters=2,
-                       inner_iters=3)
-    cfg = TrainConfig(epochs=3, batch_size=8, seed=2, device="cpu", threads=1, quiet=True, baselines=False,
-                      max_splits=1, checkpoint_dir=args.checkpoint_dir, checkpoint_every=1, resume=args.resume,
-                      output_json=args.output_json)
+    model = HeLoConfig(
+        **LAYOUT.as_config(), d_model=16, n_heads=2, ffn_dim=16, head_hidden=16, outer_iters=2, inner_iters=3
+    )
+    cfg = TrainConfig(
+        epochs=3,
+        batch_size=8,
+        seed=2,
+        device="cpu",
+        threads=1,
+        quiet=True,
+        baselines=False,
+        max_splits=1,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=1,
+        resume=args.resume,
+        output_json=args.output_json,
+    )
 
     def stop(split, done, record):
         if done == args.stop_after:

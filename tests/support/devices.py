@@ -7,6 +7,7 @@ the CPU and CUDA and triton on its one device, skipped where the module's ``OP``
 ``backend`` parameter over BACKENDS (the reference too), skipped where ``op`` cannot run, and ``cpu_backends(op)`` for
 the names of those that can. Test files name no backend list of their own.
 """
+
 import pytest
 import torch
 
@@ -20,8 +21,9 @@ BACKENDS = ("reference", "cpp", "triton")
 
 
 def _cuda_param():
-    return pytest.param(CUDA, id="cuda", marks=[pytest.mark.cuda,
-                                                pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")])
+    return pytest.param(
+        CUDA, id="cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]
+    )
 
 
 requires_cpp = pytest.mark.skipif(not _ext.has_cpp(), reason=f"C++ extension unavailable: {_ext.EXTENSION_ERROR}")
@@ -32,7 +34,8 @@ def cpp_devices(include_cpu: bool = True):
     extension."""
     cuda = _cuda_param()
     return ([pytest.param(CPU, id="cpu", marks=requires_cpp)] if include_cpu else []) + [
-        pytest.param(CUDA, id="cuda", marks=[requires_cpp, *cuda.marks])]
+        pytest.param(CUDA, id="cuda", marks=[requires_cpp, *cuda.marks])
+    ]
 
 
 def triton_devices():
@@ -86,9 +89,11 @@ def fast_backend_params():
     device of ``triton_devices()``, with their marks (cuda / triton)."""
     cuda = _cuda_param()
     (triton,) = triton_backend_devices()
-    return [pytest.param(("cpp", CPU), id="cpp-cpu"),
-            pytest.param(("cpp", CUDA), id="cpp-cuda", marks=cuda.marks),
-            pytest.param(("triton", triton.values[0]), id=triton.id, marks=triton.marks)]
+    return [
+        pytest.param(("cpp", CPU), id="cpp-cpu"),
+        pytest.param(("cpp", CUDA), id="cpp-cuda", marks=cuda.marks),
+        pytest.param(("triton", triton.values[0]), id=triton.id, marks=triton.marks),
+    ]
 
 
 def triton_backend_devices():

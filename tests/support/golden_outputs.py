@@ -8,6 +8,7 @@ must leave the printed hash unchanged. Only the public API is used, so the scrip
 
     TRITON_INTERPRET=1 python tests/support/golden_outputs.py [--verbose]
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -101,7 +102,8 @@ def attention_op(backend, dtype):
         if case == "ln_residual":
             residual = rand(batch, lq, heads * dim)
             ln_w = (1 + 0.1 * torch.randn(heads * dim, generator=g, dtype=torch.float64)).to(
-                torch.float32 if dtype == torch.bfloat16 else dtype)
+                torch.float32 if dtype == torch.bfloat16 else dtype
+            )
             ln_b = (0.1 * torch.randn(heads * dim, generator=g, dtype=torch.float64)).to(ln_w.dtype)
             extra = [residual, ln_w, ln_b]
             kwargs = dict(dropkey_p=0.2, generator=torch.Generator().manual_seed(12))
@@ -125,8 +127,20 @@ def model_steps(backend):
     keys = dict(dropkey_p=0.3, dropout_p=0.2, outer_iters=2, inner_iters=3)
     old_names = dict(dropkey_p="p_dropkey", dropout_p="dropout", outer_iters="gw_outer", inner_iters="ot_iters")
     keys = {(k if k in fields else old_names[k]): v for k, v in keys.items()}
-    config = HeLoConfig(n_channels=3, band_features=2, gsr_features=4, ppg_features=3, video_features=6,
-                        n_classes=4, d_model=8, n_heads=2, ffn_dim=6, head_hidden=8, backend=backend, **keys)
+    config = HeLoConfig(
+        n_channels=3,
+        band_features=2,
+        gsr_features=4,
+        ppg_features=3,
+        video_features=6,
+        n_classes=4,
+        d_model=8,
+        n_heads=2,
+        ffn_dim=6,
+        head_hidden=8,
+        backend=backend,
+        **keys,
+    )
     torch.manual_seed(0)
     model = HeLo(config, mask_seed=123)
     optimizer = make_optimizer(model)

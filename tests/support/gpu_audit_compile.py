@@ -5,6 +5,7 @@ Run as ``python -m tests.support.gpu_audit_compile LAUNCHES.json`` (with TRITON_
 launches of benchmarks/gpu_audit/launches.recording: compiles each launch at its first autotune config in a child
 process (an assertion inside Triton aborts its process: the row then says so) and prints one JSON row per compile.
 """
+
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ def main(path: str) -> int:
     from benchmarks.gpu_audit.launches import launchable_kernels
     from benchmarks.gpu_audit.triton_audit import specializations
     from benchmarks.gpu_audit.worker import run_jobs
+
     kernels = launchable_kernels()
     with open(path) as f:
         launches = json.load(f)
@@ -23,8 +25,11 @@ def main(path: str) -> int:
     for launch in launches:
         for arch in (90, 100):
             job = specializations(launch, kernels[launch["kernel"]], arch)[0]
-            payloads.append(dict(kind="triton", key="", job=job.__dict__,
-                                 row=dict(kernel=job.kernel, config=job.config(), arch=arch)))
+            payloads.append(
+                dict(
+                    kind="triton", key="", job=job.__dict__, row=dict(kernel=job.kernel, config=job.config(), arch=arch)
+                )
+            )
     for row in run_jobs(payloads, workers=1, timeout=600):
         print(json.dumps(row))
     return 0

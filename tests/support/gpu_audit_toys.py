@@ -3,6 +3,7 @@
 Run as ``python -m tests.support.gpu_audit_toys`` (with TRITON_INTERPRET=0): prints one JSON row per toy, as the audit's
 compile step makes them (benchmarks/gpu_audit/triton_audit.compile_jit).
 """
+
 import json
 import os
 import sys
@@ -59,9 +60,16 @@ TOYS = {  # name -> (kernel, BLOCK, num_warps)
 
 def main() -> int:
     from benchmarks.gpu_audit.triton_audit import Job, compile_jit
+
     for name, (kernel, block, warps) in TOYS.items():
-        job = Job(kernel=name, signature=(("x_ptr", "*fp32"), ("out_ptr", "*fp32"), ("BLOCK", "constexpr")),
-                  constexprs=(("BLOCK", block),), attrs=(), options=(("num_warps", warps), ("num_stages", 1)), arch=90)
+        job = Job(
+            kernel=name,
+            signature=(("x_ptr", "*fp32"), ("out_ptr", "*fp32"), ("BLOCK", "constexpr")),
+            constexprs=(("BLOCK", block),),
+            attrs=(),
+            options=(("num_warps", warps), ("num_stages", 1)),
+            arch=90,
+        )
         print(json.dumps(compile_jit(kernel, job)), flush=True)
     return 0
 

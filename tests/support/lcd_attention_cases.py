@@ -1,5 +1,6 @@
 """Random lcd_attention inputs shared by the attention tests (C++ and Triton backends): HeLo's shapes and odd ones,
 the inputs of one case, and one run of the op with its gradients."""
+
 import torch
 
 import helo_fast as hf
@@ -20,8 +21,21 @@ ODD_SHAPES = {
 }
 
 
-def attention_case(seed, batch, heads, lq, lk, dim, bias_shape=None, *, residual=True, ln=True, ln_bias=True,
-                   dtype=torch.float64, device="cpu"):
+def attention_case(
+    seed,
+    batch,
+    heads,
+    lq,
+    lk,
+    dim,
+    bias_shape=None,
+    *,
+    residual=True,
+    ln=True,
+    ln_bias=True,
+    dtype=torch.float64,
+    device="cpu",
+):
     """Random inputs as a dict of the tensor arguments of lcd_attention (None where absent).
 
     q [B, H, Lq, D], k/v [B, H, Lk, D], bias ``bias_shape``, residual [B, Lq, H*D], ln_weight/ln_bias [H*D],
@@ -33,10 +47,15 @@ def attention_case(seed, batch, heads, lq, lk, dim, bias_shape=None, *, residual
         return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
 
     hd = heads * dim
-    return dict(q=rand(batch, heads, lq, dim), k=rand(batch, heads, lk, dim), v=rand(batch, heads, lk, dim),
-                bias=rand(*bias_shape) if bias_shape is not None else None,
-                residual=rand(batch, lq, hd) if residual else None,
-                ln_weight=1 + 0.3 * rand(hd) if ln else None, ln_bias=rand(hd) if ln and ln_bias else None)
+    return dict(
+        q=rand(batch, heads, lq, dim),
+        k=rand(batch, heads, lk, dim),
+        v=rand(batch, heads, lk, dim),
+        bias=rand(*bias_shape) if bias_shape is not None else None,
+        residual=rand(batch, lq, hd) if residual else None,
+        ln_weight=1 + 0.3 * rand(hd) if ln else None,
+        ln_bias=rand(hd) if ln and ln_bias else None,
+    )
 
 
 def op_args(**named):
@@ -54,9 +73,18 @@ def run_attention(backend, tensors, *, seed=0, grad_weight=None, **kwargs):
     generator, as a training loop passes one on any device)."""
     inputs = {name: (t.clone().requires_grad_(True) if t is not None else None) for name, t in tensors.items()}
     gen = torch.Generator().manual_seed(seed)
-    out = hf.lcd_attention(inputs["q"], inputs["k"], inputs["v"], inputs["bias"], residual=inputs["residual"],
-                           ln_weight=inputs["ln_weight"], ln_bias=inputs["ln_bias"], generator=gen, backend=backend,
-                           **kwargs)
+    out = hf.lcd_attention(
+        inputs["q"],
+        inputs["k"],
+        inputs["v"],
+        inputs["bias"],
+        residual=inputs["residual"],
+        ln_weight=inputs["ln_weight"],
+        ln_bias=inputs["ln_bias"],
+        generator=gen,
+        backend=backend,
+        **kwargs,
+    )
     if grad_weight is None:
         grad_weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(99), dtype=torch.float64)
     (out * grad_weight.to(device=out.device, dtype=out.dtype)).sum().backward()

@@ -1,5 +1,6 @@
 """Shared inputs and checks of the OT op tests (test_sinkhorn and test_ipot through ot_solver_suite,
 test_gromov_wasserstein (gw_problem, gw_runner), the convergence / implicit-gradient / OT-value tests)."""
+
 import warnings
 
 import pytest
@@ -14,8 +15,11 @@ SHAPES = [(3, 5, 7), (2, 8, 3), (2, 1, 4), (1, 6, 1), (1, 9, 9), (2, 36, 36)]
 
 # (dtype, with_grad) of the parity tests: float32 without a gradient saves no history and computes in float32
 # (with one, float32 problems are solved in float64 for their float64 backward).
-PARITY_DTYPES = [pytest.param(torch.float64, True, id="f64"), pytest.param(torch.float32, True, id="f32"),
-                 pytest.param(torch.float32, False, id="f32_nograd")]
+PARITY_DTYPES = [
+    pytest.param(torch.float64, True, id="f64"),
+    pytest.param(torch.float32, True, id="f32"),
+    pytest.param(torch.float32, False, id="f32_nograd"),
+]
 
 # Gradients whose reference magnitude is below this are measured against it instead (absolute error
 # <= 1e-10 x ZERO_GRAD in float64): they vanish in exact arithmetic (a single row or column).
@@ -25,8 +29,10 @@ ZERO_GRAD = 1e-2
 def skip_triton_low_precision_parity(backend, dtype, instead):
     """Skip a float32 parity case of the Triton backend, naming the test that checks its float32 results instead."""
     if backend == "triton" and dtype != torch.float64:
-        pytest.skip("Triton solves float32 problems in float32 (the C++ op in float64 when it keeps a history): at "
-                    f"this regularisation the 2x rule is chance; {instead} checks float32 where it is not")
+        pytest.skip(
+            "Triton solves float32 problems in float32 (the C++ op in float64 when it keeps a history): at "
+            f"this regularisation the 2x rule is chance; {instead} checks float32 where it is not"
+        )
 
 
 def marginal(gen, batch, size, floor=0.1, zeros=(), mass=1.0):
@@ -68,8 +74,9 @@ def gw_problem(seed, batch, n, m, dtype=torch.float64, device=CPU):
 def gw_runner(fn, solver, eps=0.1, outer=3, inner=6, **kw):
     """fn (hf.gromov_wasserstein or the reference) as a function of (cs, ct, a, b) with these settings, the inner
     ``solver`` and the unrolled gradient."""
-    return lambda cs, ct, a, b: fn(cs, ct, a, b, eps=eps, outer_iters=outer, inner_iters=inner, solver=solver,
-                                   grad="unrolled", **kw)
+    return lambda cs, ct, a, b: fn(
+        cs, ct, a, b, eps=eps, outer_iters=outer, inner_iters=inner, solver=solver, grad="unrolled", **kw
+    )
 
 
 def quiet(fn, *args, **kwargs):

@@ -10,6 +10,7 @@ zero-mass marginal entry).
 Apart from it, ``ipot_transcription`` / ``gw_transcription``: HELO_SPEC §4.5 / §4.4 written down literally (uniform
 marginals, plain domain), which underflows where the ops' log domain does not.
 """
+
 import math
 
 import torch
@@ -78,6 +79,7 @@ def batched(fn, *tensors, **kwargs):
 
 
 # ------------------------------------------------------------------ the spec, literally (plain domain)
+
 
 def ipot_transcription(cost, beta, n_iters):
     """HELO_SPEC §4.5 literally (uniform marginals, plain domain), one problem [n, m]."""

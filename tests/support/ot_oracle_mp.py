@@ -1,6 +1,7 @@
 """A 50-digit oracle for Sinkhorn and IPOT (mpmath): the iterations of tests/support/ot_oracle.py, one problem at a
 time, on the exact values of float64 inputs, so float64 results can be measured against it however ill-conditioned the
 problem (max|C|/eps up to 1/eps64). Positive marginals only (the float64 oracle handles zero mass)."""
+
 import mpmath
 
 DIGITS = 50
@@ -50,6 +51,7 @@ def relative_error(plan, oracle) -> float:
     """max |plan - oracle| / max |oracle| for a float64 plan [n, m] (tensor) against the mpf oracle, exactly."""
     with mpmath.workdps(DIGITS):
         size = max(abs(x) for row in oracle for x in row)
-        err = max(abs(mpmath.mpf(float(p)) - o)
-                  for prow, orow in zip(plan.tolist(), oracle) for p, o in zip(prow, orow))
+        err = max(
+            abs(mpmath.mpf(float(p)) - o) for prow, orow in zip(plan.tolist(), oracle) for p, o in zip(prow, orow)
+        )
         return float(err / size)

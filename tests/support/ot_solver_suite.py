@@ -4,6 +4,7 @@ iteration count in, a plan out). test_sinkhorn.py and test_ipot.py import them b
 cpp on the CPU and CUDA, Triton on its device); tests of what only the C++ kernels have (their float64 history of
 float32 problems, the scaling form's log-domain fallback, CUDA shared memory) take ``cpp_devices()`` instead.
 """
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -12,10 +13,22 @@ import torch
 
 import helo_fast as hf
 from helo_fast import _ops, reference
-from devices import (CUDA, backend_params, cpp_devices, seeded_weights, skip_on_the_triton_interpreter,
-                     skip_unless_backend)
-from ot_cases import (PARITY_DTYPES, SHAPES, assert_both_backward_paths, assert_parity, ot_problem,
-                      skip_triton_low_precision_parity)
+from devices import (
+    CUDA,
+    backend_params,
+    cpp_devices,
+    seeded_weights,
+    skip_on_the_triton_interpreter,
+    skip_unless_backend,
+)
+from ot_cases import (
+    PARITY_DTYPES,
+    SHAPES,
+    assert_both_backward_paths,
+    assert_parity,
+    ot_problem,
+    skip_triton_low_precision_parity,
+)
 from tolerance import assert_float64_close, assert_no_nan, assert_within_reference_error
 
 
@@ -23,6 +36,7 @@ from tolerance import assert_float64_close, assert_no_nan, assert_within_referen
 class Solver:
     """One OT solver op: its public function, its reference, the name of its regularisation argument and the
     regularisation / iteration count / seed offset its parity tests use."""
+
     op: str
     public: Callable
     reference: Callable
@@ -33,8 +47,11 @@ class Solver:
 
     def run(self, backend, cost, a, b, reg=None, n_iters=None, grad="unrolled"):
         """The plan of ``backend`` ("reference", "cpp" or "triton") for cost [B, n, m], a [B, n], b [B, m]."""
-        kwargs = {self.reg_name: self.parity_reg if reg is None else reg,
-                  "n_iters": self.parity_iters if n_iters is None else n_iters, "grad": grad}
+        kwargs = {
+            self.reg_name: self.parity_reg if reg is None else reg,
+            "n_iters": self.parity_iters if n_iters is None else n_iters,
+            "grad": grad,
+        }
         if backend == "reference":
             return self.reference(cost, a, b, **kwargs)
         return self.public(cost, a, b, backend=backend, **kwargs)
@@ -49,20 +66,26 @@ class Solver:
         """Plan and gradients of ``backend`` in ``dtype`` within 2x the reference's own error in ``dtype``."""
         results = self.plan_and_grads(backend, inputs64, dtype, weight, reg, n_iters)
         assert all(t.dtype == dtype for t in results)
-        for got, ref64, ref_same in zip(results, self.plan_and_grads("reference", inputs64, torch.float64, weight,
-                                                                     reg, n_iters),
-                                        self.plan_and_grads("reference", inputs64, dtype, weight, reg, n_iters)):
+        for got, ref64, ref_same in zip(
+            results,
+            self.plan_and_grads("reference", inputs64, torch.float64, weight, reg, n_iters),
+            self.plan_and_grads("reference", inputs64, dtype, weight, reg, n_iters),
+        ):
             assert_within_reference_error(got, ref64, ref_same)
 
     def registered(self, backend):
         """(fwd, bwd) custom ops of ``backend``; the Triton bwd also takes the iteration count."""
         prefix = "" if backend == "cpp" else "triton_"
-        return (getattr(torch.ops.helo_fast, f"{prefix}{self.op}_fwd"),
-                getattr(torch.ops.helo_fast, f"{prefix}{self.op}_bwd"))
+        return (
+            getattr(torch.ops.helo_fast, f"{prefix}{self.op}_fwd"),
+            getattr(torch.ops.helo_fast, f"{prefix}{self.op}_bwd"),
+        )
 
 
-SOLVERS = {"sinkhorn": Solver("sinkhorn", hf.sinkhorn, reference.sinkhorn, "eps", 0.07, 13, 0),
-           "ipot": Solver("ipot", hf.ipot, reference.ipot, "beta", 0.1, 9, 50)}
+SOLVERS = {
+    "sinkhorn": Solver("sinkhorn", hf.sinkhorn, reference.sinkhorn, "eps", 0.07, 13, 0),
+    "ipot": Solver("ipot", hf.ipot, reference.ipot, "beta", 0.1, 9, 50),
+}
 
 
 def shared_tests_missing(module, collected_functions) -> list[str]:
@@ -71,12 +94,16 @@ def shared_tests_missing(module, collected_functions) -> list[str]:
     fixture), else []. An op module that forgets a test in its import list never runs it: tests/conftest.py makes
     that a collection error."""
     op = getattr(module, "OP", None)
-    runs_suite = (op in SOLVERS and module.__name__.rpartition(".")[2] == f"test_{op}") or \
-        getattr(module, "solver", None) is solver
+    runs_suite = (op in SOLVERS and module.__name__.rpartition(".")[2] == f"test_{op}") or getattr(
+        module, "solver", None
+    ) is solver
     if not runs_suite:
         return []
-    shared = {name: obj for name, obj in globals().items()
-              if name.startswith("test_") and callable(obj) and getattr(obj, "__module__", None) == __name__}
+    shared = {
+        name: obj
+        for name, obj in globals().items()
+        if name.startswith("test_") and callable(obj) and getattr(obj, "__module__", None) == __name__
+    }
     collected = set(collected_functions)
     return sorted(name for name, obj in shared.items() if obj not in collected)
 
@@ -95,23 +122,31 @@ def random_problem(seed, batch, n, m, uniform=False, device=torch.device("cpu"))
 
 # ----------------------------------------------------------------------------------------------- every fast backend
 
+
 @pytest.mark.parametrize("dtype,with_grad", PARITY_DTYPES)
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"B{b}n{n}m{m}" for b, n, m in SHAPES])
 def test_forward_and_gradients_match_reference(solver, fast_backend, shape, dtype, with_grad):
     backend, device = fast_backend
     skip_on_the_triton_interpreter(backend, device, big=max(shape) > 9)
     skip_triton_low_precision_parity(backend, dtype, instead="test_float32_within_reference_error")
-    assert_parity(lambda *x: solver.run(backend, *x), lambda *x: solver.run("reference", *x),
-                  ot_problem(sum(shape) + solver.seed_offset, *shape, device=device), dtype, with_grad=with_grad)
+    assert_parity(
+        lambda *x: solver.run(backend, *x),
+        lambda *x: solver.run("reference", *x),
+        ot_problem(sum(shape) + solver.seed_offset, *shape, device=device),
+        dtype,
+        with_grad=with_grad,
+    )
 
 
-@pytest.mark.parametrize("batch,n,m,uniform", [(1, 1, 1, False), (2, 1, 3, True), (3, 5, 7, False),
-                                               (2, 9, 4, False), (1, 6, 6, True)])
+@pytest.mark.parametrize(
+    "batch,n,m,uniform", [(1, 1, 1, False), (2, 1, 3, True), (3, 5, 7, False), (2, 9, 4, False), (1, 6, 6, True)]
+)
 def test_forward_float64_with_uniform_and_given_marginals_equals_reference(solver, fast_backend, batch, n, m, uniform):
     backend, device = fast_backend
     cost, a, b = random_problem(n * 10 + m, batch, n, m, uniform=uniform, device=device)
-    assert_float64_close(solver.run(backend, cost, a, b, reg=0.1, n_iters=7),
-                         solver.run("reference", cost, a, b, reg=0.1, n_iters=7))
+    assert_float64_close(
+        solver.run(backend, cost, a, b, reg=0.1, n_iters=7), solver.run("reference", cost, a, b, reg=0.1, n_iters=7)
+    )
 
 
 def test_float32_within_reference_error(solver, fast_backend):
@@ -120,8 +155,9 @@ def test_float32_within_reference_error(solver, fast_backend):
     # accurate float32 runs is ahead then varies with the seed (measured: ratios 0.5-2.7 either way).
     backend, device = fast_backend
     weight = seeded_weights(2, 16, 7, 5, device=device)
-    solver.assert_within_reference_error(backend, ot_problem(3, 16, 7, 5, device=device), torch.float32, weight,
-                                         reg=0.5, n_iters=20)
+    solver.assert_within_reference_error(
+        backend, ot_problem(3, 16, 7, 5, device=device), torch.float32, weight, reg=0.5, n_iters=20
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -129,8 +165,9 @@ def test_half_precision_inputs_within_reference_error(solver, fast_backend, dtyp
     # Computed in float32 inside the kernel; plan and gradients returned in the input dtype.
     backend, device = fast_backend
     weight = seeded_weights(4, 4, 5, 6, device=device)
-    solver.assert_within_reference_error(backend, ot_problem(12, 4, 5, 6, device=device), dtype, weight, reg=0.5,
-                                         n_iters=5)
+    solver.assert_within_reference_error(
+        backend, ot_problem(12, 4, 5, 6, device=device), dtype, weight, reg=0.5, n_iters=5
+    )
 
 
 def test_extreme_regularisation_stays_finite(solver, fast_backend):
@@ -149,12 +186,20 @@ def test_uniform_marginals_and_non_contiguous_inputs(solver, fast_backend):
     cost_nc = wide[:, :, ::2].transpose(1, 2)  # [B, 6, 4], non-contiguous
     assert not cost_nc.is_contiguous()
     for c in (cost, cost_nc):
-        torch.testing.assert_close(solver.run(backend, c, None, None, reg=0.1, n_iters=11),
-                                   solver.run("reference", c, None, None, reg=0.1, n_iters=11), rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(
+            solver.run(backend, c, None, None, reg=0.1, n_iters=11),
+            solver.run("reference", c, None, None, reg=0.1, n_iters=11),
+            rtol=1e-10,
+            atol=1e-13,
+        )
     a_nc = torch.stack([a, a], dim=-1).reshape(3, 12)[:, ::2]  # the values of a, every other element
     assert not a_nc.is_contiguous()
-    torch.testing.assert_close(solver.run(backend, cost, a_nc, b, reg=0.1, n_iters=5),
-                               solver.run("reference", cost, a_nc, b, reg=0.1, n_iters=5), rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(
+        solver.run(backend, cost, a_nc, b, reg=0.1, n_iters=5),
+        solver.run("reference", cost, a_nc, b, reg=0.1, n_iters=5),
+        rtol=1e-10,
+        atol=1e-13,
+    )
 
 
 def test_gradcheck(solver, fast_backend):
@@ -168,7 +213,8 @@ def test_gradcheck(solver, fast_backend):
     for c, reg in ((cost, 0.3), (cost * 400, 1.0)):  # moderate, then large costs
         leaves = [t.clone().requires_grad_() for t in (c, a, b)]
         assert torch.autograd.gradcheck(
-            lambda x, y, z: fn(x, y, z, **{solver.reg_name: reg}, n_iters=4, grad="unrolled"), leaves)
+            lambda x, y, z: fn(x, y, z, **{solver.reg_name: reg}, n_iters=4, grad="unrolled"), leaves
+        )
 
 
 def test_opcheck(solver, fast_backend):
@@ -202,8 +248,13 @@ def test_torch_compile_fullgraph_matches_eager(solver, fast_backend):
     cost.requires_grad_(True)
 
     def fn(c):
-        return solver.public(c, a, b, **{solver.reg_name: 0.2}, n_iters=5, grad="unrolled", backend=backend,
-                             check_finite=False).pow(2).sum()
+        return (
+            solver.public(
+                c, a, b, **{solver.reg_name: 0.2}, n_iters=5, grad="unrolled", backend=backend, check_finite=False
+            )
+            .pow(2)
+            .sum()
+        )
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     expected, got = fn(cost), compiled(cost)
@@ -218,8 +269,9 @@ def test_helo_size_forward_and_backward_on_cuda(solver, fast_backend, dtype):
         pytest.skip("the HeLo size (B=128, 36x36) runs on CUDA only (the CPU runs it in the parity tests)")
     weight = seeded_weights(20, 128, 36, 36, device=device)
     # reg 0.5: see test_float32_within_reference_error
-    solver.assert_within_reference_error(backend, ot_problem(10, 128, 36, 36, device=device), dtype, weight, reg=0.5,
-                                         n_iters=20)
+    solver.assert_within_reference_error(
+        backend, ot_problem(10, 128, 36, 36, device=device), dtype, weight, reg=0.5, n_iters=20
+    )
 
 
 @pytest.mark.parametrize("backend", backend_params())
@@ -234,12 +286,18 @@ def test_empty_batch_gives_an_empty_plan_and_gradient(solver, backend):
 
 # ------------------------------------------------------------------------------------------- the C++ kernels only
 
+
 @pytest.mark.parametrize("device", cpp_devices(include_cpu=False))
 @pytest.mark.parametrize("dtype,with_grad", PARITY_DTYPES)
 def test_problem_too_large_for_shared_memory_matches_reference(solver, dtype, with_grad, device):
     # 2(n + m) + 2nm values exceed the CUDA kernel's 48 KB of shared memory: it solves in a global workspace.
-    assert_parity(lambda *x: solver.run("cpp", *x), lambda *x: solver.run("reference", *x),
-                  ot_problem(17 + (solver.op == "ipot"), 2, 70, 90, device=device), dtype, with_grad=with_grad)
+    assert_parity(
+        lambda *x: solver.run("cpp", *x),
+        lambda *x: solver.run("reference", *x),
+        ot_problem(17 + (solver.op == "ipot"), 2, 70, 90, device=device),
+        dtype,
+        with_grad=with_grad,
+    )
 
 
 @pytest.mark.parametrize("device", cpp_devices())
@@ -249,15 +307,27 @@ def test_small_regularisation_matches_reference(solver, dtype, device):
     # large (test_both_backward_paths forces the log-domain fallback on purpose).
     n_iters = 9 if solver.op == "sinkhorn" else 6
     seed = 7 if solver.op == "sinkhorn" else 8
-    assert_parity(lambda *x: solver.run("cpp", *x, reg=2e-3, n_iters=n_iters),
-                  lambda *x: solver.run("reference", *x, reg=2e-3, n_iters=n_iters),
-                  ot_problem(seed, 2, 6, 5, cost_scale=3.0, device=device), dtype, grad_floor=1 / 2e-3)
+    assert_parity(
+        lambda *x: solver.run("cpp", *x, reg=2e-3, n_iters=n_iters),
+        lambda *x: solver.run("reference", *x, reg=2e-3, n_iters=n_iters),
+        ot_problem(seed, 2, 6, 5, cost_scale=3.0, device=device),
+        dtype,
+        grad_floor=1 / 2e-3,
+    )
 
 
 @pytest.mark.parametrize("device", cpp_devices())
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("row_offset", [0.0, 40.0], ids=["scaling_form", "log_fallback"])
 def test_both_backward_paths(solver, row_offset, dtype, device):
-    assert_both_backward_paths(solver.op, lambda c, a, b, r, k: solver.run("cpp", c, a, b, reg=r, n_iters=k),
-                               lambda c, a, b, r, k: solver.run("reference", c, a, b, reg=r, n_iters=k), 0.05, 8,
-                               row_offset, dtype, seed=4 if solver.op == "sinkhorn" else 3, device=device)
+    assert_both_backward_paths(
+        solver.op,
+        lambda c, a, b, r, k: solver.run("cpp", c, a, b, reg=r, n_iters=k),
+        lambda c, a, b, r, k: solver.run("reference", c, a, b, reg=r, n_iters=k),
+        0.05,
+        8,
+        row_offset,
+        dtype,
+        seed=4 if solver.op == "sinkhorn" else 3,
+        device=device,
+    )

@@ -1,6 +1,7 @@
 """Ctrl-C as the Ctrl-C tests need it, however the suite was started: a shell that starts a command in the background
 (`cmd &`, nohup) hands it SIGINT ignored, and Python then never raises KeyboardInterrupt, in the suite or in its
 children."""
+
 import signal
 
 import pytest

@@ -3,6 +3,7 @@
 Rule (DEVELOPERS.md): an op's error against a float64 reference may be at most 2x the error of the
 reference itself run in the same precision; float64 paths agree to 1e-10 relative. NaN never passes.
 """
+
 import torch
 
 FLOAT64_RTOL = 1e-10
@@ -60,8 +61,14 @@ def ot_condition(op: str, max_scaled_cost: float, n_iters: int, outer_iters: int
     return (base if op == "sinkhorn" else n_iters * base) * outer_iters
 
 
-def assert_close_to_oracle(x: torch.Tensor, oracle: torch.Tensor, ref_same_precision, condition: float,
-                    scale: float = 0.0, well_conditioned: bool = True):
+def assert_close_to_oracle(
+    x: torch.Tensor,
+    oracle: torch.Tensor,
+    ref_same_precision,
+    condition: float,
+    scale: float = 0.0,
+    well_conditioned: bool = True,
+):
     """``x`` against the float64 ``oracle``, errors measured against max(max|oracle|, scale) (scale: the natural
     size of a gradient that vanishes in exact arithmetic). float64: FLOAT64_RTOL where well_conditioned, else
     GROSS_RTOL. Lower precision: max(2 x the error of ``ref_same_precision``, COND_FLOOR eps condition size).
@@ -80,6 +87,7 @@ def assert_close_to_oracle(x: torch.Tensor, oracle: torch.Tensor, ref_same_preci
     bound = max(2.0 * ref_err, floor)
     if not well_conditioned:
         bound = max(bound, GROSS_RTOL * size)
-    assert err <= bound, (f"error {err:.3g} > max(2 x reference's own error {ref_err:.3g}, floor {floor:.3g}) "
-                          f"(condition {condition:.3g})")
+    assert err <= bound, (
+        f"error {err:.3g} > max(2 x reference's own error {ref_err:.3g}, floor {floor:.3g}) (condition {condition:.3g})"
+    )
     return err, bound

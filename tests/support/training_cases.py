@@ -1,5 +1,6 @@
 """Small training problems the training, checkpoint and command-line tests share: a small feature layout and model,
 the command-line arguments of a tiny synthetic run, and an epoch hook that interrupts a run where asked."""
+
 from helo_fast.data import FeatureLayout
 from helo_fast.models import HeLoConfig
 
@@ -7,8 +8,20 @@ from helo_fast.models import HeLoConfig
 LAYOUT = FeatureLayout(n_channels=4, band_features=5, gsr_features=8, ppg_features=8, video_features=32, n_classes=10)
 SMALL_MODEL = dict(d_model=16, n_heads=2, ffn_dim=16, head_hidden=32)
 # A tiny DMER-shaped model for CLI runs (the data there is the default 913-column layout).
-CLI_MODEL = ["--config", "d_model=16", "--config", "n_heads=2", "--config", "ffn_dim=8", "--config", "head_hidden=16",
-             "--config", "outer_iters=1", "--config", "inner_iters=2"]
+CLI_MODEL = [
+    "--config",
+    "d_model=16",
+    "--config",
+    "n_heads=2",
+    "--config",
+    "ffn_dim=8",
+    "--config",
+    "head_hidden=16",
+    "--config",
+    "outer_iters=1",
+    "--config",
+    "inner_iters=2",
+]
 CLI_DATA = ["--synthetic-subjects", "2", "--synthetic-trials", "3", "--synthetic-rows", "4"]
 
 
@@ -24,7 +37,9 @@ class Interrupt(Exception):
 def interrupt_at(split: int, epoch: int):
     """An ``on_epoch_end`` hook for run_experiment that raises Interrupt once split ``split`` has done ``epoch``
     epochs."""
+
     def hook(split_index, done, record):
         if (split_index, done) == (split, epoch):
             raise Interrupt
+
     return hook

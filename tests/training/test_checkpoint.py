@@ -1,5 +1,6 @@
 """Checkpoints: plain data and tensors only (nothing in a file runs), corruption and truncation detected,
 resume falls back to the last good one, a resume that would change the numbers is refused."""
+
 import io
 import os
 import pickle
@@ -12,8 +13,15 @@ import torch
 
 from helo_fast.data import make_synthetic_dataset
 from helo_fast.training import TrainConfig, plan_run, run_experiment
-from helo_fast.training.checkpoint import (LEGACY_MAGIC, MAGIC, CheckpointError, atomic_save, load_checked,
-                                           load_latest_good, previous_path)
+from helo_fast.training.checkpoint import (
+    LEGACY_MAGIC,
+    MAGIC,
+    CheckpointError,
+    atomic_save,
+    load_checked,
+    load_latest_good,
+    previous_path,
+)
 from helo_fast.training.fingerprint import fingerprint_differences, run_fingerprint
 from crafted import WritesMarker, with_header
 from training_cases import LAYOUT, Interrupt, interrupt_at, small_config
@@ -61,8 +69,17 @@ def test_resume_after_a_corrupt_checkpoint_matches_uninterrupted_run(tmp_path):
     data = make_synthetic_dataset(n_subjects=1, trials_per_subject=8, rows_per_trial=4, layout=LAYOUT, seed=3)
 
     def config(folder, resume=False):
-        return TrainConfig(epochs=4, batch_size=8, seed=5, quiet=True, device="cpu", checkpoint_dir=str(folder),
-                           checkpoint_every=1, resume=resume, baselines=False)
+        return TrainConfig(
+            epochs=4,
+            batch_size=8,
+            seed=5,
+            quiet=True,
+            device="cpu",
+            checkpoint_dir=str(folder),
+            checkpoint_every=1,
+            resume=resume,
+            baselines=False,
+        )
 
     straight = run_experiment(data, small_config(), config(tmp_path / "a"))
     with pytest.raises(Interrupt):  # checkpoints after epochs 1, 2, 3; the one of epoch 3 gets damaged
@@ -77,12 +94,21 @@ def test_resume_after_a_corrupt_checkpoint_matches_uninterrupted_run(tmp_path):
 # --- format: plain data and tensors only ------------------------------------------------------------
 def test_state_types_round_trip(tmp_path):
     path = str(tmp_path / "ck.pt")
-    state = {"optimizer": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(2, 3)}},
-                           "param_groups": [{"betas": (0.9, 0.999), "foreach": None, "params": [0]}]},
-             "numpy": ("MT19937", np.arange(624, dtype=np.uint32), 3, 0, 0.0), "rows": np.array([4, 1], dtype=np.int64),
-             "python": (3, tuple(range(5)), None), "floats": [float("nan"), float("inf"), -0.5, np.float32(2.5)],
-             "half": torch.ones(3, dtype=torch.bfloat16), "view": torch.arange(10.0)[::2], "empty": torch.zeros(0, 4),
-             "__tuple__": "a key that looks like a tag", "nested": {1.5: "float key", (1, 2): "tuple key"}}
+    state = {
+        "optimizer": {
+            "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(2, 3)}},
+            "param_groups": [{"betas": (0.9, 0.999), "foreach": None, "params": [0]}],
+        },
+        "numpy": ("MT19937", np.arange(624, dtype=np.uint32), 3, 0, 0.0),
+        "rows": np.array([4, 1], dtype=np.int64),
+        "python": (3, tuple(range(5)), None),
+        "floats": [float("nan"), float("inf"), -0.5, np.float32(2.5)],
+        "half": torch.ones(3, dtype=torch.bfloat16),
+        "view": torch.arange(10.0)[::2],
+        "empty": torch.zeros(0, 4),
+        "__tuple__": "a key that looks like a tag",
+        "nested": {1.5: "float key", (1, 2): "tuple key"},
+    }
     atomic_save(state, path)
     loaded = load_checked(path)
     assert loaded["optimizer"]["state"][0]["exp_avg"].equal(state["optimizer"]["state"][0]["exp_avg"])
@@ -96,7 +122,7 @@ def test_state_types_round_trip(tmp_path):
     assert loaded["nested"] == state["nested"]
     atomic_save({"numpy": np.random.get_state(), "python": random.getstate()}, path)
     rngs = load_checked(path)
-    np.random.set_state(rngs["numpy"])   # the RNG states restore as they were saved
+    np.random.set_state(rngs["numpy"])  # the RNG states restore as they were saved
     random.setstate(rngs["python"])
 
 
@@ -112,14 +138,17 @@ def crafted_checkpoints(tmp_path, marker):
     pickled = pickle.dumps({"format": "helo_fast-train-v2", "x": WritesMarker(marker)})
     buffer = io.BytesIO()
     torch.save({"x": WritesMarker(marker)}, buffer)
-    return {"legacy-pickle": with_header(LEGACY_MAGIC, pickled),
-            "legacy-torch-save": with_header(LEGACY_MAGIC, buffer.getvalue()),
-            "pickle-under-new-header": with_header(MAGIC, pickled),
-            "torch-save-under-new-header": with_header(MAGIC, buffer.getvalue())}
+    return {
+        "legacy-pickle": with_header(LEGACY_MAGIC, pickled),
+        "legacy-torch-save": with_header(LEGACY_MAGIC, buffer.getvalue()),
+        "pickle-under-new-header": with_header(MAGIC, pickled),
+        "torch-save-under-new-header": with_header(MAGIC, buffer.getvalue()),
+    }
 
 
-@pytest.mark.parametrize("kind", ["legacy-pickle", "legacy-torch-save", "pickle-under-new-header",
-                                  "torch-save-under-new-header"])
+@pytest.mark.parametrize(
+    "kind", ["legacy-pickle", "legacy-torch-save", "pickle-under-new-header", "torch-save-under-new-header"]
+)
 def test_crafted_checkpoint_never_runs_code(tmp_path, kind):
     marker = tmp_path / "marker"
     path = tmp_path / "checkpoint.pt"
@@ -176,14 +205,23 @@ def test_resume_when_only_the_previous_checkpoint_is_left(tmp_path):
     data = make_synthetic_dataset(n_subjects=1, trials_per_subject=6, rows_per_trial=4, layout=LAYOUT, seed=3)
 
     def config(folder, resume=False):
-        return TrainConfig(epochs=3, batch_size=8, seed=5, quiet=True, device="cpu", checkpoint_dir=str(folder),
-                           checkpoint_every=1, resume=resume, baselines=False)
+        return TrainConfig(
+            epochs=3,
+            batch_size=8,
+            seed=5,
+            quiet=True,
+            device="cpu",
+            checkpoint_dir=str(folder),
+            checkpoint_every=1,
+            resume=resume,
+            baselines=False,
+        )
 
     straight = run_experiment(data, small_config(), config(tmp_path / "a"))
     with pytest.raises(Interrupt):
         run_experiment(data, small_config(), config(tmp_path / "b"), on_epoch_end=interrupt_at(0, 2))
     latest = str(tmp_path / "b" / "checkpoint.pt")
-    os.replace(latest, previous_path(latest))   # killed between the renames: the epoch-2 checkpoint is .prev only
+    os.replace(latest, previous_path(latest))  # killed between the renames: the epoch-2 checkpoint is .prev only
     with pytest.warns(UserWarning, match="resuming from the previous good checkpoint"):
         resumed = run_experiment(data, small_config(), config(tmp_path / "b", resume=True))
     assert resumed["splits"][0]["history"] == straight["splits"][0]["history"]
@@ -193,8 +231,18 @@ def test_resume_with_another_thread_count_is_refused(tmp_path):
     data = make_synthetic_dataset(n_subjects=1, trials_per_subject=6, rows_per_trial=4, layout=LAYOUT, seed=3)
 
     def config(threads, resume=False):
-        return TrainConfig(epochs=2, batch_size=8, seed=5, quiet=True, device="cpu", threads=threads, baselines=False,
-                           checkpoint_dir=str(tmp_path), checkpoint_every=1, resume=resume)
+        return TrainConfig(
+            epochs=2,
+            batch_size=8,
+            seed=5,
+            quiet=True,
+            device="cpu",
+            threads=threads,
+            baselines=False,
+            checkpoint_dir=str(tmp_path),
+            checkpoint_every=1,
+            resume=resume,
+        )
 
     with pytest.raises(Interrupt):
         run_experiment(data, small_config(), config(1), on_epoch_end=interrupt_at(0, 1))

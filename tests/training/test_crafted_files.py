@@ -7,6 +7,7 @@ Each is a mutation of a valid file (truncated, flipped, declared sizes grown, fi
 shape), loaded in one child process per family with its address space capped at what it maps + 1 GiB and a
 timeout (tests/support/crafted_worker.py), so a segfault, hang or huge allocation fails the case that caused it.
 """
+
 import hashlib
 import json
 import os
@@ -25,8 +26,23 @@ from helo_fast.training.checkpoint import MAGIC, atomic_save, load_checked, prev
 from helo_fast.training.plain_state import split_state
 from training_cases import CLI_DATA, CLI_MODEL
 
-TRAIN = ["train", *CLI_DATA, *CLI_MODEL, "--epochs", "2", "--checkpoint-every", "1", "--batch-size", "8", "--quiet",
-         "--no-baselines", "--threads", "1", "--max-splits", "1"]
+TRAIN = [
+    "train",
+    *CLI_DATA,
+    *CLI_MODEL,
+    "--epochs",
+    "2",
+    "--checkpoint-every",
+    "1",
+    "--batch-size",
+    "8",
+    "--quiet",
+    "--no-baselines",
+    "--threads",
+    "1",
+    "--max-splits",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +186,7 @@ def test_checkpoint_bytes_mutations_give_checkpoint_error(trained, tmp_path):
     2 GiB with a valid checksum: each a CheckpointError naming the file, none read whole (child capped at
     +1 GiB; before issue 25 the sparse file was read whole, 4.4 GiB RSS, before the checksum failed)."""
     run, _ = trained
-    data = (run / "base" / "checkpoint.pt.prev").read_bytes()   # the mid-split one: model, optimiser, RNG
+    data = (run / "base" / "checkpoint.pt.prev").read_bytes()  # the mid-split one: model, optimiser, RNG
     files = []
     for name, mutated in byte_mutations(data).items():
         files.append(tmp_path / f"{name}.pt")
@@ -178,7 +194,7 @@ def test_checkpoint_bytes_mutations_give_checkpoint_error(trained, tmp_path):
     payload = safetensors.torch.save({"t": torch.zeros(1)}, metadata={"helo_fast_state": "{}"})
     header_len = struct.unpack("<Q", payload[:8])[0]
     big = 2 << 30
-    grown = json.loads(payload[8:8 + header_len])
+    grown = json.loads(payload[8 : 8 + header_len])
     grown["t"] = {"dtype": "F32", "shape": [big // 4], "data_offsets": [0, big]}
     head = json.dumps(grown).encode()
     sparse = tmp_path / "sparse-2-gib.pt"
@@ -274,20 +290,28 @@ def _data_files(tmp_path):
 
     rng = np.random.default_rng(0)
     good = tmp_path / "good.mat"
-    savemat(str(good), {"feas": rng.normal(size=(6, 913)), "vids": np.arange(6) % 2 + 1,
-                        "dis_label": rng.random((2, 10)) + 0.1}, do_compression=True)
+    savemat(
+        str(good),
+        {"feas": rng.normal(size=(6, 913)), "vids": np.arange(6) % 2 + 1, "dis_label": rng.random((2, 10)) + 0.1},
+        do_compression=True,
+    )
     files = {}
     for name, data in byte_mutations(good.read_bytes(), seed=1).items():
         files[f"mat-{name}"] = ("mat", tmp_path / f"{name}.mat", data)
-    bomb = tmp_path / "bomb.mat"   # ~150 KB declaring 1.1 GB of float64 features (issue: 1 MB -> 1.9 GiB)
-    savemat(str(bomb), {"feas": np.zeros((150_000, 913), dtype=np.uint8), "vids": np.ones(150_000),
-                        "dis_label": np.ones((1, 10))}, do_compression=True)
+    bomb = tmp_path / "bomb.mat"  # ~150 KB declaring 1.1 GB of float64 features (issue: 1 MB -> 1.9 GiB)
+    savemat(
+        str(bomb),
+        {"feas": np.zeros((150_000, 913), dtype=np.uint8), "vids": np.ones(150_000), "dis_label": np.ones((1, 10))},
+        do_compression=True,
+    )
     files["mat-zlib-bomb"] = ("mat", bomb, None)
     cell = tmp_path / "cell.mat"
     savemat(str(cell), {"feas": np.array([["a"], ["b"]], dtype=object), "vids": [1], "dis_label": np.ones((1, 10))})
     files["mat-feas-a-cell"] = ("mat", cell, None)
-    quest = ("# Subj;S2\n# ORDER;Base;TSST;Medi 1;Fun;Medi 2\n"
-             + "".join("# PANAS;" + ";".join(["3"] * 24) + "\n" for _ in range(5))).encode()
+    quest = (
+        "# Subj;S2\n# ORDER;Base;TSST;Medi 1;Fun;Medi 2\n"
+        + "".join("# PANAS;" + ";".join(["3"] * 24) + "\n" for _ in range(5))
+    ).encode()
     for name, data in byte_mutations(quest, seed=2).items():
         files[f"csv-{name}"] = ("csv", tmp_path / f"{name}.csv", data)
     files["csv-not-numbers"] = ("csv", tmp_path / "nan.csv", quest.replace(b";3", b";x", 1))

@@ -1,4 +1,5 @@
 """Datasets: synthetic generator, splits, DMER (.mat) and WESAD (.pkl) loaders."""
+
 import codecs
 import os
 import pickle
@@ -8,8 +9,18 @@ import pytest
 from scipy.io import savemat
 
 from crafted import RunsShellCommand, WritesMarker
-from helo_fast.data import (FeatureLayout, kfold_splits, load_dataset, load_dmer, load_wesad, loso_splits,
-                            make_synthetic_dataset, standardize, subject_dependent_splits, wesad_layout)
+from helo_fast.data import (
+    FeatureLayout,
+    kfold_splits,
+    load_dataset,
+    load_dmer,
+    load_wesad,
+    loso_splits,
+    make_synthetic_dataset,
+    standardize,
+    subject_dependent_splits,
+    wesad_layout,
+)
 from helo_fast.data.safe_pickle import UnsafePickleError, load_plain_pickle
 from helo_fast.data.synthetic import emotion_groups, partner_of
 
@@ -36,14 +47,16 @@ def _ridge_r2(x_train, y_train, x_test, y_test, lam=100.0):
 
 def test_synthetic_labels_depend_on_the_right_modality():
     data = make_synthetic_dataset(n_subjects=4, trials_per_subject=50, rows_per_trial=5, seed=0)
-    train, test = data.trials % 2 == 0, data.trials % 2 == 1      # unseen trials
+    train, test = data.trials % 2 == 0, data.trials % 2 == 1  # unseen trials
     cols = data.layout.block_slices()
     physio_cols = np.r_[cols["eeg"], cols["gsr"], cols["ppg"]]
     physio, video, both = emotion_groups(10)
-    r2 = {name: _ridge_r2(data.features[train][:, c], data.labels[train], data.features[test][:, c], data.labels[test])
-          for name, c in (("physio", physio_cols), ("video", np.arange(cols["video"].start, cols["video"].stop)))}
-    assert r2["physio"][physio].min() > 0.4 and r2["video"][physio].max() < 0.15    # physiology-only emotions
-    assert r2["video"][video].min() > 0.4 and r2["physio"][video].max() < 0.15      # video-only emotions
+    r2 = {
+        name: _ridge_r2(data.features[train][:, c], data.labels[train], data.features[test][:, c], data.labels[test])
+        for name, c in (("physio", physio_cols), ("video", np.arange(cols["video"].start, cols["video"].stop)))
+    }
+    assert r2["physio"][physio].min() > 0.4 and r2["video"][physio].max() < 0.15  # physiology-only emotions
+    assert r2["video"][video].min() > 0.4 and r2["physio"][video].max() < 0.15  # video-only emotions
     assert r2["physio"][both].min() > 0.3 and r2["video"][both].min() > 0.3
 
 
@@ -53,7 +66,7 @@ def test_synthetic_emotions_co_occur_with_their_partner():
     primary = data.labels.argmax(1)
     second = np.argsort(data.labels, axis=1)[:, -2]
     share = (second == partner[primary]).mean()
-    assert share > 0.4   # 50% of trials have the partner; a random runner-up would be ~11%
+    assert share > 0.4  # 50% of trials have the partner; a random runner-up would be ~11%
     assert len(set(primary.tolist())) == 10
 
 
@@ -87,9 +100,11 @@ def test_splits_cover_rows_without_overlap():
 # --- DMER -----------------------------------------------------------------------------------------
 def _write_dmer(folder, subject, rows=6, trials=3, base=1, seed=0, **overrides):
     rng = np.random.default_rng(seed)
-    fields = {"feas": rng.standard_normal((rows, 913)),
-              "vids": (np.arange(rows) % trials + base)[:, None].astype(float),
-              "dis_label": rng.uniform(0.1, 5.0, (trials, 10))}
+    fields = {
+        "feas": rng.standard_normal((rows, 913)),
+        "vids": (np.arange(rows) % trials + base)[:, None].astype(float),
+        "dis_label": rng.uniform(0.1, 5.0, (trials, 10)),
+    }
     fields.update(overrides)
     fields = {k: v for k, v in fields.items() if v is not None}
     savemat(os.path.join(folder, f"{subject}.mat"), fields)
@@ -142,8 +157,12 @@ def _wesad_record(seconds_per_label=((1, 10), (0, 3), (2, 10), (3, 10), (4, 10))
     chest = {"ECG": n(700), "EDA": n(700), "EMG": n(700), "Resp": n(700), "Temp": n(700), "ACC": n(700, 3)}
     wrist = {"BVP": n(64), "EDA": n(4), "TEMP": n(4), "ACC": n(32, 3)}
     panas = {c: rng.integers(1, 6, 26).astype(float) for c in (1, 2, 3, 4)}
-    return {"signal": {"chest": chest, "wrist": wrist}, "label": label, "subject": "S2",
-            "questionnaire": {"baseline": panas[1], 2: panas[2], "amusement": panas[3], 4: panas[4]}}, panas
+    return {
+        "signal": {"chest": chest, "wrist": wrist},
+        "label": label,
+        "subject": "S2",
+        "questionnaire": {"baseline": panas[1], 2: panas[2], "amusement": panas[3], 4: panas[4]},
+    }, panas
 
 
 def _write_wesad(root, subject, record, protocol=pickle.DEFAULT_PROTOCOL):
@@ -187,7 +206,7 @@ def test_wesad_questionnaire_csv(tmp_path):
     (tmp_path / "S2" / "S2_quest.csv").write_text("\n".join(lines) + "\n")
     data = load_wesad(str(tmp_path), window_s=5.0)
     med = data.labels[data.trials == 4]
-    np.testing.assert_allclose(med, np.full((len(med), 20), 1 / 20), rtol=1e-6)   # mean of Medi 1 and 2
+    np.testing.assert_allclose(med, np.full((len(med), 20), 1 / 20), rtol=1e-6)  # mean of Medi 1 and 2
     assert len(med) == 1 and (data.trials == 1).sum() == 2
 
 
@@ -216,8 +235,14 @@ def test_wesad_errors_name_subject_and_field(tmp_path):
 @pytest.mark.parametrize("protocol", [0, 2, 5])
 def test_wesad_pickles_of_every_protocol_load(tmp_path, protocol):
     record, _ = _wesad_record()
-    record["extra"] = {"bytes": b"\x00\xff", "tuple": (1, 2.5, "x"), "set": {1}, "scalar": np.float32(2.0),
-                       "ints": np.arange(3, dtype=np.int16), "fortran": np.asfortranarray(np.ones((2, 3)))}
+    record["extra"] = {
+        "bytes": b"\x00\xff",
+        "tuple": (1, 2.5, "x"),
+        "set": {1},
+        "scalar": np.float32(2.0),
+        "ints": np.arange(3, dtype=np.int16),
+        "fortran": np.asfortranarray(np.ones((2, 3))),
+    }
     _write_wesad(tmp_path / "a", "S2", record)
     _write_wesad(tmp_path / "b", "S2", record, protocol=protocol)
     expected = load_wesad(str(tmp_path / "a"), window_s=5.0)
@@ -233,8 +258,12 @@ def _crafted_records(marker):
     inside_signal["signal"]["chest"]["ECG"] = WritesMarker(marker)
     in_object_array, _ = _wesad_record()
     in_object_array["questionnaire"][2] = np.array([RunsShellCommand(marker)], dtype=object)
-    return {"file-is-payload": WritesMarker(marker), "inside-signal": inside_signal, "object-array": in_object_array,
-            "shell-command": {**record, "subject": RunsShellCommand(marker)}}
+    return {
+        "file-is-payload": WritesMarker(marker),
+        "inside-signal": inside_signal,
+        "object-array": in_object_array,
+        "shell-command": {**record, "subject": RunsShellCommand(marker)},
+    }
 
 
 @pytest.mark.parametrize("kind", ["file-is-payload", "inside-signal", "object-array", "shell-command"])
@@ -264,9 +293,14 @@ def test_crafted_codec_call_is_refused(tmp_path):
         load_wesad(str(tmp_path), window_s=5.0)
 
 
-@pytest.mark.parametrize("window_s, message", [(0.0, "window_s must be a finite float > 0"),
-                                               (float("nan"), "window_s must be a finite float > 0"),
-                                               (0.001, "window_s must be at least 6 samples")])
+@pytest.mark.parametrize(
+    "window_s, message",
+    [
+        (0.0, "window_s must be a finite float > 0"),
+        (float("nan"), "window_s must be a finite float > 0"),
+        (0.001, "window_s must be at least 6 samples"),
+    ],
+)
 def test_wesad_window_is_checked(tmp_path, window_s, message):
     with pytest.raises(ValueError, match=message):
         load_wesad(str(tmp_path), window_s=window_s)

@@ -1,4 +1,5 @@
 """Two processes with DistributedDataParallel (gloo, CPU) give the single-process result for the same global batch."""
+
 import json
 import os
 import subprocess
@@ -13,17 +14,52 @@ pytestmark = pytest.mark.xdist_group("torchrun")
 # float64: HeLo's float32 gradient carries ~1e-4 relative rounding error (GW and the cosine graphs amplify it; the
 # reference and the fused model alike), so a float32 DDP run, whose sums are ordered differently, drifts from the
 # single-process run by about that much within a few Adam steps. In float64 the two agree to ~1e-12.
-ARGS = ["train", "--synthetic-subjects", "2", "--synthetic-trials", "6", "--synthetic-rows", "5", "--dtype", "float64",
-        "--protocol", "kfold", "--folds", "2", "--max-splits", "1", "--epochs", "2", "--batch-size", "7",
-        "--config", "dropkey_p=0", "--config", "dropout_p=0", "--config", "d_model=32", "--no-baselines", "--quiet",
-        "--threads", "1", "--device", "cpu"]
+ARGS = [
+    "train",
+    "--synthetic-subjects",
+    "2",
+    "--synthetic-trials",
+    "6",
+    "--synthetic-rows",
+    "5",
+    "--dtype",
+    "float64",
+    "--protocol",
+    "kfold",
+    "--folds",
+    "2",
+    "--max-splits",
+    "1",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "7",
+    "--config",
+    "dropkey_p=0",
+    "--config",
+    "dropout_p=0",
+    "--config",
+    "d_model=32",
+    "--no-baselines",
+    "--quiet",
+    "--threads",
+    "1",
+    "--device",
+    "cpu",
+]
 
 
 def run(command, tmp_path, name):
     out = tmp_path / f"{name}.json"
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command + ARGS + ["--output-json", str(out), "--checkpoint-dir", str(tmp_path / name)],
-                            capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
+    result = subprocess.run(
+        command + ARGS + ["--output-json", str(out), "--checkpoint-dir", str(tmp_path / name)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return json.loads(out.read_text()), result.stdout
 
@@ -31,12 +67,29 @@ def run(command, tmp_path, name):
 @pytest.mark.slow
 def test_two_process_ddp_equals_single_process(tmp_path):
     single, _ = run([sys.executable, "-m", "helo_fast"], tmp_path, "single")
-    ddp, stdout = run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29561",
-                       "-m", "helo_fast"], tmp_path, "ddp")
+    ddp, stdout = run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29561",
+            "-m",
+            "helo_fast",
+        ],
+        tmp_path,
+        "ddp",
+    )
     assert ddp["world_size"] == 2 and single["world_size"] == 1
     assert stdout.count("HeLo ") == 1  # rank 0 alone prints the table
-    assert sorted(os.listdir(tmp_path / "ddp")) == [".helo-fast.lock", "checkpoint.pt", "checkpoint.pt.prev",
-                                                    "model_0.pt"]
+    assert sorted(os.listdir(tmp_path / "ddp")) == [
+        ".helo-fast.lock",
+        "checkpoint.pt",
+        "checkpoint.pt.prev",
+        "model_0.pt",
+    ]
     for metric, value in single["summary"]["helo"].items():
         assert ddp["summary"]["helo"][metric]["mean"] == pytest.approx(value["mean"], rel=1e-9), metric
     losses = [[h["train_loss"] for h in run_["splits"][0]["history"]] for run_ in (single, ddp)]
@@ -50,8 +103,19 @@ def test_two_process_resume_with_masks_on_continues_bit_for_bit(tmp_path):
 
     def torchrun(name, *options, port):
         env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
-                   worker, str(tmp_path / name), str(tmp_path / f"{name}.json"), *options]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(port),
+            worker,
+            str(tmp_path / name),
+            str(tmp_path / f"{name}.json"),
+            *options,
+        ]
         result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 

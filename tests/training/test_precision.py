@@ -1,5 +1,6 @@
 """helo_fast.training.precision: where bf16-mixed is slower than float32 (a CPU without native bfloat16) it warns
 once."""
+
 import warnings
 
 import pytest
@@ -29,8 +30,9 @@ def test_bf16_mixed_on_a_cpu_without_native_bf16_warns_once_naming_the_feature(m
         precision.check_precision("--precision", "bf16-mixed", CPU)  # the second time: silent
 
 
-@pytest.mark.parametrize("native, device, name", [(True, CPU, "bf16-mixed"), (False, CPU, "32"),
-                                                 (False, torch.device("cuda"), "bf16-mixed")])
+@pytest.mark.parametrize(
+    "native, device, name", [(True, CPU, "bf16-mixed"), (False, CPU, "32"), (False, torch.device("cuda"), "bf16-mixed")]
+)
 def test_no_warning_where_bf16_is_native_or_not_used(monkeypatch, fresh_warning_state, native, device, name):
     monkeypatch.setattr(precision, "native_cpu_bf16", lambda: native)
     with warnings.catch_warnings():

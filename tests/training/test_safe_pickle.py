@@ -5,6 +5,7 @@ a hang or a huge allocation fails the test instead of killing pytest. Before iss
 numpy.ndarray / numpy.dtype as the file asked: an object array over raw bytes (segfault), dtype fields at
 arbitrary offsets, NEWOBJ arrays over uninitialised memory and 1 GiB from a tiny file all got through.
 """
+
 import codecs
 import pickle
 import struct
@@ -53,13 +54,18 @@ class _Repeated:
 
 # name -> (object or raw bytes, protocol, text the refusal names)
 REFUSED = {
-    "issue-object-array-over-bytes": (Reduces(np.ndarray, ((1,), np.dtype("O"), b"\x41" * 8)), 2,
-                                      "'O8' is not a plain numeric dtype"),
-    "ndarray-over-a-buffer": (Reduces(np.ndarray, ((2,), _dtype("f8"), b"\x00" * 16)), 2,
-                              "calls numpy.ndarray itself"),
+    "issue-object-array-over-bytes": (
+        Reduces(np.ndarray, ((1,), np.dtype("O"), b"\x41" * 8)),
+        2,
+        "'O8' is not a plain numeric dtype",
+    ),
+    "ndarray-over-a-buffer": (Reduces(np.ndarray, ((2,), _dtype("f8"), b"\x00" * 16)), 2, "calls numpy.ndarray itself"),
     "newobj-ndarray": (NEWOBJ_NDARRAY, None, "calls numpy.ndarray itself"),
-    "dtype-fields-at-negative-offset": (_dtype("f8", (3, "<", None, ("a",), {"a": (np.dtype("f8"), -8)}, 8, 1, 0)),
-                                        2, "subarray, fields or metadata"),
+    "dtype-fields-at-negative-offset": (
+        _dtype("f8", (3, "<", None, ("a",), {"a": (np.dtype("f8"), -8)}, 8, 1, 0)),
+        2,
+        "subarray, fields or metadata",
+    ),
     "dtype-state-with-huge-elsize": (_dtype("f8", (3, "<", None, None, None, 1 << 40, -1, 0)), 2, "item size"),
     "dtype-object": (_dtype("O8"), 4, "not a plain numeric dtype"),
     "dtype-void": (_dtype("V16"), 4, "not a plain numeric dtype"),
@@ -70,10 +76,16 @@ REFUSED = {
     "array-negative-shape": (_array((-1,), _dtype("f8"), b""), 4, "shape must be a tuple"),
     "array-subclass": (Reduces(multiarray._reconstruct, (np.matrix, (0,), b"b")), 2, "numpy.matrix"),
     "reconstruct-of-a-set": (Reduces(multiarray._reconstruct, (set, (0,), b"b")), 2, "_reconstruct builds only"),
-    "frombuffer-object": (Reduces(numeric._frombuffer, (b"\x00" * 8, _dtype("O8"), (1,), "C")), 5,
-                          "not a plain numeric dtype"),
-    "frombuffer-short": (Reduces(numeric._frombuffer, (b"\x00" * 8, _dtype("f8"), (1 << 28,), "C")), 5,
-                         "needs 2147483648 bytes"),
+    "frombuffer-object": (
+        Reduces(numeric._frombuffer, (b"\x00" * 8, _dtype("O8"), (1,), "C")),
+        5,
+        "not a plain numeric dtype",
+    ),
+    "frombuffer-short": (
+        Reduces(numeric._frombuffer, (b"\x00" * 8, _dtype("f8"), (1 << 28,), "C")),
+        5,
+        "needs 2147483648 bytes",
+    ),
     "scalar-object": (Reduces(multiarray.scalar, (_dtype("O8"), 0)), 2, "not a plain numeric dtype"),
     "scalar-short": (Reduces(multiarray.scalar, (_dtype("f8"), b"\x00")), 4, "needs 8 bytes"),
     "bytearray-of-1-gib": (Reduces(bytearray, (1 << 30,)), 2, "admitted with bytes or latin-1 text only"),
@@ -115,8 +127,11 @@ def test_crafted_pickle_is_refused_naming_the_file(refused_outcomes, name):
 
 def test_the_dtype_proxy_is_never_a_real_dtype_while_loading(tmp_path):
     """A dtype's BUILD state is checked before any real dtype exists (the sneaky path of the issue)."""
-    file = _write(tmp_path / "x.pkl", _array((2,), _dtype("f8", (3, ">", None, None, None, -1, -1, 0)),
-                                             np.arange(2, dtype=">f8").tobytes()), 2)
+    file = _write(
+        tmp_path / "x.pkl",
+        _array((2,), _dtype("f8", (3, ">", None, None, None, -1, -1, 0)), np.arange(2, dtype=">f8").tobytes()),
+        2,
+    )
     loaded = load_plain_pickle(str(file))
     assert loaded.dtype == pickle.loads(file.read_bytes()).dtype and loaded.tolist() == [0.0, 1.0]
     file = _write(tmp_path / "y.pkl", _dtype("f8", (3, "|", None, None, None, -1, -1, 0)), 2)
@@ -124,31 +139,49 @@ def test_the_dtype_proxy_is_never_a_real_dtype_while_loading(tmp_path):
         load_plain_pickle(str(file))
 
 
-ARRAYS = {"f8": np.linspace(0, 1, 7), "f4-big-endian": np.arange(6, dtype=">f4").reshape(2, 3),
-          "fortran": np.asfortranarray(np.arange(12.0).reshape(3, 4)), "i2": np.arange(5, dtype=np.int16),
-          "bool": np.array([True, False]), "c16": np.array([1 + 2j]), "empty": np.zeros((0, 3)),
-          "u1": np.frombuffer(bytes(range(256)), dtype=np.uint8), "f2": np.ones(3, dtype=np.float16)}
-RECORD = {"signal": {"chest": dict(ARRAYS)}, "label": np.arange(4, dtype=np.int32), "subject": "S2",
-          "scalars": (np.float64(2.5), np.int64(-3), np.bool_(True)), "dtype": np.dtype("<u4"), "bytes": b"\x00\xff",
-          "set": {1, 2}, "frozen": frozenset({3}), "complex": 1 + 2j, "bytearray": bytearray(b"ab"), "empty": b""}
+ARRAYS = {
+    "f8": np.linspace(0, 1, 7),
+    "f4-big-endian": np.arange(6, dtype=">f4").reshape(2, 3),
+    "fortran": np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+    "i2": np.arange(5, dtype=np.int16),
+    "bool": np.array([True, False]),
+    "c16": np.array([1 + 2j]),
+    "empty": np.zeros((0, 3)),
+    "u1": np.frombuffer(bytes(range(256)), dtype=np.uint8),
+    "f2": np.ones(3, dtype=np.float16),
+}
+RECORD = {
+    "signal": {"chest": dict(ARRAYS)},
+    "label": np.arange(4, dtype=np.int32),
+    "subject": "S2",
+    "scalars": (np.float64(2.5), np.int64(-3), np.bool_(True)),
+    "dtype": np.dtype("<u4"),
+    "bytes": b"\x00\xff",
+    "set": {1, 2},
+    "frozen": frozenset({3}),
+    "complex": 1 + 2j,
+    "bytearray": bytearray(b"ab"),
+    "empty": b"",
+}
 
 
-@pytest.mark.parametrize("writer", ["numpy2-p2", "numpy2-p4", "numpy2-p5", "numpy1-p2", "numpy1-p4", "numpy1-p5",
-                                    "python2-numpy1-p2"])
+@pytest.mark.parametrize(
+    "writer", ["numpy2-p2", "numpy2-p4", "numpy2-p5", "numpy1-p2", "numpy1-p4", "numpy1-p5", "python2-numpy1-p2"]
+)
 def test_real_pickles_load_unchanged(tmp_path, writer):
     """numpy 1.x and 2.x names, Python 2 (str as latin-1) and 3, protocols 2, 4 and 5: every plain array loads."""
     protocol = int(writer[-1])
     if writer.startswith("numpy2"):
         data = pickle.dumps(RECORD, protocol=protocol)
     else:
-        python2 = writer.startswith("python2")   # (Python 2 pickled bytearray as (text, "latin-1"): left out)
+        python2 = writer.startswith("python2")  # (Python 2 pickled bytearray as (text, "latin-1"): left out)
         data = legacy_pickle({**RECORD, "bytearray": b"ab"} if python2 else RECORD, protocol, python2=python2)
         assert b"numpy.core" in data and b"numpy._core" not in data
     (tmp_path / "r.pkl").write_bytes(data)
     loaded = load_plain_pickle(str(tmp_path / "r.pkl"))
-    with warnings.catch_warnings():   # numpy 2 warns about numpy.core names
+    with warnings.catch_warnings():  # numpy 2 warns about numpy.core names
         warnings.simplefilter("ignore")
-        reference = pickle.loads(data, encoding="latin1")   # numpy's own unpickling of our trusted file
+        reference = pickle.loads(data, encoding="latin1")  # numpy's own unpickling of our trusted file
     for name, array in ARRAYS.items():
         got, expected = loaded["signal"]["chest"][name], reference["signal"]["chest"][name]
         assert type(got) is np.ndarray and got.dtype == expected.dtype and got.shape == array.shape
@@ -176,8 +209,11 @@ def test_mutated_pickles_give_unpickling_errors_or_plain_data(tmp_path):
     """The generator's sweep of the pickle family: truncations, byte flips, grown sizes and garbage after valid
     pickles of every writer; each loads plain numeric data or raises UnpicklingError naming the file, in a child
     capped at +1 GiB (no crash, hang or huge allocation)."""
-    sources = {"p2": pickle.dumps(RECORD, protocol=2), "p5": pickle.dumps(RECORD, protocol=5),
-               "py2": legacy_pickle({**RECORD, "bytearray": b"ab"}, 2, python2=True)}
+    sources = {
+        "p2": pickle.dumps(RECORD, protocol=2),
+        "p5": pickle.dumps(RECORD, protocol=5),
+        "py2": legacy_pickle({**RECORD, "bytearray": b"ab"}, 2, python2=True),
+    }
     files = []
     for source, data in sources.items():
         for seed in range(3):
