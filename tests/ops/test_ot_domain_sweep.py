@@ -294,7 +294,7 @@ def test_sinkhorn_with_tol_and_implicit_gradient_over_the_domain(backend, p, tol
     """tol and grad="implicit" over the domain (issue 30): each problem's plan is the oracle's at the count it
     reports (a multiple of 10, or the cap), converged says whether that plan is within tol, and the implicit
     gradient is finite everywhere and 0 at zero-mass entries. (Its value is checked in
-    tests/ops/test_sinkhorn_implicit.py.)"""
+    tests/ops/test_sinkhorn.py.)"""
     if backend == "cpp":
         skip_unless_backend("cpp", "sinkhorn")
     run_sinkhorn_with_tol(backend, p, tol_exponent)
