@@ -1,6 +1,6 @@
 """The real ``python -m helo_fast`` entry point, in subprocesses: every bad option exits with status 2 and one
 ``helo-fast: error:`` line naming the option (before any training), crafted files never run, Ctrl-C exits 130
-with the last checkpoint intact."""
+with the last checkpoint intact, also in the middle of a long OT call."""
 
 import os
 import pickle
@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from crafted import WritesMarker, with_header
+from helo_fast import _ext
 from helo_fast.cli import main
 from helo_fast.training.checkpoint import LEGACY_MAGIC, load_checked, previous_path
-from sigint import default_sigint_in_child
+from sigint import default_sigint_in_child, sigint_raises_keyboard_interrupt  # noqa: F401  (a fixture)
 from training_cases import CLI_DATA, CLI_MODEL
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -240,6 +241,73 @@ def test_ctrl_c_exits_130_with_one_line_and_the_checkpoint_intact(tmp_path):
     ]
     state = load_checked(str(run / "checkpoint.pt"))
     assert state["format"] == "helo_fast-train-v2" and state["epoch"] >= 1
+
+
+# Runs the real entry point, printing a line when the first OT call of the training starts.
+CLI_WATCHING_OT = """
+import sys
+from helo_fast import cli
+from helo_fast._ops import gromov_wasserstein as gromov_wasserstein_ops
+
+def watch(frame, event, arg):
+    if event == "call" and frame.f_code is gromov_wasserstein_ops.gromov_wasserstein_cpp.__code__:
+        sys.setprofile(None)
+        print("ot call", flush=True)
+
+sys.setprofile(watch)
+sys.exit(cli.main(sys.argv[1:]))
+"""
+DELAY_S = 0.5  # how long the OT call runs before the signal
+
+
+# One xdist worker runs the Ctrl-C tests that time a signal one after another (tests/ops/test_interrupt.py's group).
+@pytest.mark.skipif(not _ext.has_cpp(), reason=_ext.EXTENSION_ERROR or "")
+@pytest.mark.xdist_group("timing")
+@pytest.mark.usefixtures("sigint_raises_keyboard_interrupt")
+@pytest.mark.slow
+def test_ctrl_c_during_an_ot_call_of_the_cli_exits_130(tmp_path):
+    argv = [
+        sys.executable,
+        "-c",
+        CLI_WATCHING_OT,
+        "train",
+        *CLI_DATA,
+        *CLI_MODEL,
+        "--config",
+        f"inner_iters={10**9}",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--no-baselines",
+        "--threads",
+        "1",
+    ]
+    env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+        preexec_fn=default_sigint_in_child,
+    )
+    try:
+        assert proc.stdout.readline() == "ot call\n", proc.stderr.read() if proc.poll() is not None else ""
+        time.sleep(DELAY_S)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=300)
+        stopped = time.monotonic()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["helo-fast: interrupted"]
+    # inner_iters=10**9 runs for days: stopping within minutes (the interpreter's exit included) on any machine shows
+    # the call was stopped, not finished.
+    assert stopped - sent < 120
 
 
 def test_a_used_checkpoint_dir_is_refused_unless_resume_or_overwrite(tmp_path, capsys):
