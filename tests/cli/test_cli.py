@@ -1,7 +1,10 @@
-"""The real ``python -m helo_fast`` entry point, in subprocesses: every bad option exits with status 2 and one
-``helo-fast: error:`` line naming the option (before any training), crafted files never run, Ctrl-C exits 130
-with the last checkpoint intact."""
+"""The ``helo-fast`` command line. The real ``python -m helo_fast`` entry point, in subprocesses: every bad option
+exits with status 2 and one ``helo-fast: error:`` line naming the option (before any training), crafted files never
+run, Ctrl-C exits 130 with the last checkpoint intact, also in the middle of a long OT call. Then ``main()`` in
+process: train and eval end to end (also in bf16-mixed), the errors of bad data and options, eval matching data by
+content, each option checked once."""
 
+import json
 import os
 import pickle
 import signal
@@ -10,14 +13,17 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import torch
+from scipy.io import savemat
 
 from crafted import WritesMarker, with_header
+from helo_fast import _ext
 from helo_fast.cli import main
 from helo_fast.training.checkpoint import LEGACY_MAGIC, load_checked, previous_path
-from sigint import default_sigint_in_child
-from training_cases import CLI_DATA, CLI_MODEL
+from sigint import default_sigint_in_child, sigint_raises_keyboard_interrupt  # noqa: F401  (a fixture)
+from training_cases import CLI_DATA, CLI_MODEL, one_thread  # noqa: F401  (a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = ["train", *CLI_DATA, *CLI_MODEL, "--epochs", "1", "--quiet", "--no-baselines", "--threads", "1"]
@@ -242,6 +248,73 @@ def test_ctrl_c_exits_130_with_one_line_and_the_checkpoint_intact(tmp_path):
     assert state["format"] == "helo_fast-train-v2" and state["epoch"] >= 1
 
 
+# Runs the real entry point, printing a line when the first OT call of the training starts.
+CLI_WATCHING_OT = """
+import sys
+from helo_fast import cli
+from helo_fast._ops import gromov_wasserstein as gromov_wasserstein_ops
+
+def watch(frame, event, arg):
+    if event == "call" and frame.f_code is gromov_wasserstein_ops.gromov_wasserstein_cpp.__code__:
+        sys.setprofile(None)
+        print("ot call", flush=True)
+
+sys.setprofile(watch)
+sys.exit(cli.main(sys.argv[1:]))
+"""
+DELAY_S = 0.5  # how long the OT call runs before the signal
+
+
+# One xdist worker runs the Ctrl-C tests that time a signal one after another (tests/ops/test_interrupt.py's group).
+@pytest.mark.skipif(not _ext.has_cpp(), reason=_ext.EXTENSION_ERROR or "")
+@pytest.mark.xdist_group("timing")
+@pytest.mark.usefixtures("sigint_raises_keyboard_interrupt")
+@pytest.mark.slow
+def test_ctrl_c_during_an_ot_call_of_the_cli_exits_130(tmp_path):
+    argv = [
+        sys.executable,
+        "-c",
+        CLI_WATCHING_OT,
+        "train",
+        *CLI_DATA,
+        *CLI_MODEL,
+        "--config",
+        f"inner_iters={10**9}",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--no-baselines",
+        "--threads",
+        "1",
+    ]
+    env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+        preexec_fn=default_sigint_in_child,
+    )
+    try:
+        assert proc.stdout.readline() == "ot call\n", proc.stderr.read() if proc.poll() is not None else ""
+        time.sleep(DELAY_S)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=300)
+        stopped = time.monotonic()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["helo-fast: interrupted"]
+    # inner_iters=10**9 runs for days: stopping within minutes (the interpreter's exit included) on any machine shows
+    # the call was stopped, not finished.
+    assert stopped - sent < 120
+
+
 def test_a_used_checkpoint_dir_is_refused_unless_resume_or_overwrite(tmp_path, capsys):
     """Issue 25 item 7: a run into a directory holding another run's files exits 2 with one line (before, a
     1-epoch run replaced a finished run's five files without a word); --overwrite replaces it."""
@@ -286,3 +359,247 @@ def test_a_locked_checkpoint_dir_is_refused_naming_the_holder(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"in use by another helo-fast run (pid {os.getpid()})" in err[0], err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+# In-process runs of main() (they were test_train.py's; one thread each, as there).
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_bf16_mixed_command_line_and_eval_in_the_trained_precision(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                *CLI_DATA,
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                *CLI_MODEL,
+                "--checkpoint-dir",
+                str(out),
+                "--quiet",
+                "--no-baselines",
+                "--precision",
+                "bf16-mixed",
+                "--max-splits",
+                "1",
+            ]
+        )
+        == 0
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert results["train_config"]["precision"] == "bf16-mixed"
+    for precision, json_name in ((None, "same.json"), ("32", "fp32.json")):
+        extra = [] if precision is None else ["--precision", precision]
+        assert (
+            main(
+                [
+                    "eval",
+                    *CLI_DATA,
+                    "--checkpoint-dir",
+                    str(out),
+                    "--output-json",
+                    str(tmp_path / json_name),
+                    "--quiet",
+                    *extra,
+                ]
+            )
+            == 0
+        )
+    same = json.loads((tmp_path / "same.json").read_text())["splits"][0]["helo"]
+    fp32 = json.loads((tmp_path / "fp32.json").read_text())["splits"][0]["helo"]
+    assert same == pytest.approx(results["splits"][0]["helo"], rel=1e-6)
+    assert fp32 != same
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_train_and_eval_command_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            *CLI_DATA,
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--protocol",
+            "kfold",
+            "--folds",
+            "2",
+            *CLI_MODEL,
+            "--checkpoint-dir",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "HeLo" in printed and "train mean" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["protocol"] == "kfold" and results["n_splits"] == 2
+    assert sorted(os.listdir(out)) == [
+        ".helo-fast.lock",
+        "checkpoint.pt",
+        "checkpoint.pt.prev",
+        "model_0.pt",
+        "model_1.pt",
+        "results.json",
+    ]
+    assert (
+        main(["eval", *CLI_DATA, "--checkpoint-dir", str(out), "--output-json", str(tmp_path / "e.json"), "--quiet"])
+        == 0
+    )
+    assert main(["eval", "--synthetic-subjects", "3", "--checkpoint-dir", str(out), "--quiet"]) == 2
+    assert "pass the dataset options used for training" in capsys.readouterr().err
+    evaluated = json.loads((tmp_path / "e.json").read_text())
+    for split_train, split_eval in zip(results["splits"], evaluated["splits"]):
+        assert split_eval["helo"] == pytest.approx(split_train["helo"], rel=1e-6)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_command_line_errors(tmp_path, capsys):
+    assert main(["train", "--dataset", "dmer", "--data-path", str(tmp_path / "nope"), "--quiet"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "--dataset", "wesad", "--quiet"]) == 2
+    assert "needs --data-path" in capsys.readouterr().err
+    savemat(
+        str(tmp_path / "4.mat"), {"feas": np.zeros((3, 10)), "vids": np.ones((3, 1)), "dis_label": np.ones((1, 10))}
+    )
+    assert main(["train", "--dataset", "dmer", "--data-path", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "4.mat" in err and "'feas' must have shape" in err
+    assert main(["train", *CLI_DATA, "--config", "bogus=1", "--quiet"]) == 2
+    assert "unknown HeLoConfig field 'bogus'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--no-such-option"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--protocol", "holdout"])
+    assert "invalid choice" in capsys.readouterr().err
+    assert main(["train", *CLI_DATA, "--resume", "--quiet"]) == 2
+    assert "--resume needs a --checkpoint-dir" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_python_dash_m_entry_point():
+    proc = subprocess.run(
+        [sys.executable, "-m", "helo_fast", "train", "--bogus"],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
+    assert proc.returncode == 2 and "--bogus" in proc.stderr
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_eval_matches_data_by_content_not_by_path(tmp_path, capsys):
+    """Issue 25 item 9: eval refuses edited data with the same rows (before: re-scored silently) and accepts the
+    same data under another path spelling (before: refused, the path was part of the name it compared)."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "dmer"
+    data.mkdir()
+    for subject in (1, 2):
+        savemat(
+            str(data / f"{subject}.mat"),
+            {"feas": rng.normal(size=(12, 913)), "vids": np.arange(12) % 3 + 1, "dis_label": rng.random((3, 10)) + 0.1},
+        )
+    out = tmp_path / "run"
+    dmer = ["--dataset", "dmer", "--data-path"]
+    assert (
+        main(
+            [
+                "train",
+                *dmer,
+                str(data),
+                *CLI_MODEL,
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--quiet",
+                "--no-baselines",
+                "--max-splits",
+                "1",
+                "--checkpoint-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert main(["eval", *dmer, str(data) + "/./", "--checkpoint-dir", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    savemat(
+        str(data / "2.mat"),
+        {"feas": rng.normal(size=(12, 913)), "vids": np.arange(12) % 3 + 1, "dis_label": rng.random((3, 10)) + 0.1},
+    )
+    assert main(["eval", *dmer, str(data), "--checkpoint-dir", str(out), "--quiet"]) == 2
+    assert "trained on other data" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_train_decides_each_option_once(tmp_path, capsys):
+    """Issue 29 item 2: `helo-fast train` checks each option once, at the edge, and the library objects it builds
+    do not check again (before: check_train_values ran 3 times, resolve_device, check_precision, check_subjects
+    and HeLoConfig twice, and the backend of each of HeLo's ops was resolved twice)."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "dmer"
+    data.mkdir()
+    for subject in (1, 2):
+        savemat(
+            str(data / f"{subject}.mat"),
+            {"feas": rng.normal(size=(12, 913)), "vids": np.arange(12) % 3 + 1, "dis_label": rng.random((3, 10)) + 0.1},
+        )
+    watched = {
+        "check_train_values",
+        "resolve_device",
+        "check_precision",
+        "check_subjects",
+        "choose_backend",
+        "__post_init__",
+    }
+    calls = {}
+
+    def count(frame, event, arg):
+        code = frame.f_code
+        if event == "call" and code.co_name in watched and "helo_fast" in code.co_filename:
+            where = "HeLoConfig" if code.co_filename.endswith(os.path.join("models", "config.py")) else code.co_name
+            calls[where] = calls.get(where, 0) + 1
+
+    argv = [
+        "train",
+        "--dataset",
+        "dmer",
+        "--data-path",
+        str(data),
+        "--subjects",
+        "1",
+        "2",
+        *CLI_MODEL,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--quiet",
+        "--no-baselines",
+        "--max-splits",
+        "1",
+        "--backend",
+        "reference",
+        "--checkpoint-dir",
+        str(tmp_path / "run"),
+    ]
+    sys.setprofile(count)
+    try:
+        status = main(argv)
+    finally:
+        sys.setprofile(None)
+    assert status == 0, capsys.readouterr().err
+    for name in ("check_train_values", "resolve_device", "check_precision", "check_subjects", "HeLoConfig"):
+        assert calls.get(name) == 1, (name, calls)
+    # One resolution per op of HeLo (the reference backend runs no op that resolves its own), for the checks,
+    # the fingerprint and the training alike.
+    assert calls.get("choose_backend") == 3, calls

@@ -1,6 +1,7 @@
 """Ctrl-C stops a long C++ OT call (issue 18, item 10): SIGINT during a long call raises KeyboardInterrupt long before
-the call would have ended, on 1 and 2 threads, forward and backward; the process then works as before; through the
-CLI it exits 130. The calls are long but finite, so a test fails rather than hangs when stopping is broken.
+the call would have ended, on 1 and 2 threads, forward and backward; the process then works as before (through the
+CLI it exits 130: tests/cli/test_cli.py). The calls are long but finite, so a test fails rather than hangs when
+stopping is broken.
 
 No bound here is in seconds (issue 25, item 12: a busy or 10x slower machine must still pass): each call's natural
 duration is estimated from the same call at a small fraction of its work, on the same machine and moment, and the
@@ -9,8 +10,6 @@ benchmarks/interrupt_latency.py's subject, not a test's."""
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -19,8 +18,7 @@ import torch
 
 import helo_fast as hf
 from helo_fast import _ext, reference
-from sigint import default_sigint_in_child, sigint_raises_keyboard_interrupt  # noqa: F401  (a fixture)
-from training_cases import CLI_DATA, CLI_MODEL
+from sigint import sigint_raises_keyboard_interrupt  # noqa: F401  (a fixture)
 
 # One xdist worker runs them one after another: they time how fast a signal stops a call.
 pytestmark = [
@@ -29,7 +27,6 @@ pytestmark = [
     pytest.mark.usefixtures("sigint_raises_keyboard_interrupt"),
 ]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DELAY_S = 0.5  # how long the call runs before the signal
 CALIBRATION = 0.01  # the fraction of a long call's work timed to estimate its natural duration
 # An interrupted call must stop within this fraction of its natural duration (about 10 s on a 2-core Xeon, so about
@@ -170,65 +167,3 @@ def test_the_process_works_as_before_after_an_interrupted_call(threads):
     torch.testing.assert_close(plan, reference.sinkhorn(cost, eps=0.1, n_iters=50), rtol=1e-4, atol=1e-6)
     # The kernels flush denormals while they run; the interrupted call gave this thread its setting back.
     assert (torch.tensor([2.2250738585072014e-308], dtype=torch.float64) / 4).item() > 0
-
-
-# Runs the real entry point, printing a line when the first OT call of the training starts.
-CLI_WATCHING_OT = """
-import sys
-from helo_fast import cli
-from helo_fast._ops import gromov_wasserstein as gromov_wasserstein_ops
-
-def watch(frame, event, arg):
-    if event == "call" and frame.f_code is gromov_wasserstein_ops.gromov_wasserstein_cpp.__code__:
-        sys.setprofile(None)
-        print("ot call", flush=True)
-
-sys.setprofile(watch)
-sys.exit(cli.main(sys.argv[1:]))
-"""
-
-
-@pytest.mark.slow
-def test_ctrl_c_during_an_ot_call_of_the_cli_exits_130(tmp_path):
-    argv = [
-        sys.executable,
-        "-c",
-        CLI_WATCHING_OT,
-        "train",
-        *CLI_DATA,
-        *CLI_MODEL,
-        "--config",
-        f"inner_iters={10**9}",
-        "--epochs",
-        "1",
-        "--quiet",
-        "--no-baselines",
-        "--threads",
-        "1",
-    ]
-    env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=str(tmp_path),
-        preexec_fn=default_sigint_in_child,
-    )
-    try:
-        assert proc.stdout.readline() == "ot call\n", proc.stderr.read() if proc.poll() is not None else ""
-        time.sleep(DELAY_S)
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=300)
-        stopped = time.monotonic()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, stderr
-    assert stderr.strip().splitlines() == ["helo-fast: interrupted"]
-    # inner_iters=10**9 runs for days: stopping within minutes (the interpreter's exit included) on any machine shows
-    # the call was stopped, not finished.
-    assert stopped - sent < 120

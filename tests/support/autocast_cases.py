@@ -1,4 +1,4 @@
-"""Inputs, calls and the 2x-reference-error check of the autocast tests (test_autocast_ops)."""
+"""Inputs, calls and the 2x-reference-error check of the autocast tests (tests/ops/test_autocast.py)."""
 
 import pytest
 import torch

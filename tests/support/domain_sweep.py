@@ -1,6 +1,6 @@
-"""The size of the hypothesis domain sweeps (test_ot_domain_sweep.py, test_lcd_attention_domain_sweep.py,
-test_seeded_dropout.py): HELO_SWEEP=ci (default: derandomized, the same examples every run, within CI's budget) or
-HELO_SWEEP=nightly (20x the examples, a fresh draw each run; failures are kept in .hypothesis/ and replayed first)."""
+"""The size of the hypothesis domain sweeps (tests/ops/test_domain_sweep.py, tests/ops/test_seeded_dropout.py):
+HELO_SWEEP=ci (default: derandomized, the same examples every run, within CI's budget) or HELO_SWEEP=nightly (20x the
+examples, a fresh draw each run; failures are kept in .hypothesis/ and replayed first)."""
 
 import os
 

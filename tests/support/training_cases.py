@@ -1,5 +1,9 @@
 """Small training problems the training, checkpoint and command-line tests share: a small feature layout and model,
-the command-line arguments of a tiny synthetic run, and an epoch hook that interrupts a run where asked."""
+the command-line arguments of a tiny synthetic run, an epoch hook that interrupts a run where asked, and the
+``one_thread`` fixture of in-process runs."""
+
+import pytest
+import torch
 
 from helo_fast.data import FeatureLayout
 from helo_fast.models import HeLoConfig
@@ -23,6 +27,15 @@ CLI_MODEL = [
     "inner_iters=2",
 ]
 CLI_DATA = ["--synthetic-subjects", "2", "--synthetic-trials", "3", "--synthetic-rows", "4"]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread is as fast and does not stall when other processes share the CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def small_config(**changes) -> HeLoConfig:

@@ -1,29 +1,16 @@
-"""Training loop, protocols, checkpoints/resume, baselines and the command line."""
+"""Training loop, protocols, checkpoints/resume, baselines (the command line: tests/cli/test_cli.py)."""
 
-import json
 import os
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 import torch
-from scipy.io import savemat
 
-from helo_fast.cli import main
 from helo_fast.data import make_synthetic_dataset
 from helo_fast.training import TrainConfig, experiment, format_table, run_experiment, step
 from helo_fast.training.checkpoint import load_checked
-from training_cases import CLI_DATA, CLI_MODEL, LAYOUT, Interrupt, interrupt_at, small_config
+from training_cases import LAYOUT, Interrupt, interrupt_at, one_thread, small_config  # noqa: F401  (a fixture)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is as fast and does not stall when other processes share the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow
@@ -190,133 +177,6 @@ def test_16_mixed_on_cuda_trains_with_a_grad_scaler_and_resumes_bit_for_bit(tmp_
     assert resumed["splits"][0]["history"] == straight["splits"][0]["history"]
 
 
-def test_bf16_mixed_command_line_and_eval_in_the_trained_precision(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                *CLI_DATA,
-                "--epochs",
-                "1",
-                "--batch-size",
-                "8",
-                *CLI_MODEL,
-                "--checkpoint-dir",
-                str(out),
-                "--quiet",
-                "--no-baselines",
-                "--precision",
-                "bf16-mixed",
-                "--max-splits",
-                "1",
-            ]
-        )
-        == 0
-    )
-    results = json.loads((out / "results.json").read_text())
-    assert results["train_config"]["precision"] == "bf16-mixed"
-    for precision, json_name in ((None, "same.json"), ("32", "fp32.json")):
-        extra = [] if precision is None else ["--precision", precision]
-        assert (
-            main(
-                [
-                    "eval",
-                    *CLI_DATA,
-                    "--checkpoint-dir",
-                    str(out),
-                    "--output-json",
-                    str(tmp_path / json_name),
-                    "--quiet",
-                    *extra,
-                ]
-            )
-            == 0
-        )
-    same = json.loads((tmp_path / "same.json").read_text())["splits"][0]["helo"]
-    fp32 = json.loads((tmp_path / "fp32.json").read_text())["splits"][0]["helo"]
-    assert same == pytest.approx(results["splits"][0]["helo"], rel=1e-6)
-    assert fp32 != same
-
-
-def test_train_and_eval_command_line(tmp_path, capsys):
-    out = tmp_path / "run"
-    code = main(
-        [
-            "train",
-            *CLI_DATA,
-            "--epochs",
-            "2",
-            "--batch-size",
-            "8",
-            "--protocol",
-            "kfold",
-            "--folds",
-            "2",
-            *CLI_MODEL,
-            "--checkpoint-dir",
-            str(out),
-            "--quiet",
-        ]
-    )
-    assert code == 0
-    printed = capsys.readouterr().out
-    assert "HeLo" in printed and "train mean" in printed
-    results = json.loads((out / "results.json").read_text())
-    assert results["protocol"] == "kfold" and results["n_splits"] == 2
-    assert sorted(os.listdir(out)) == [
-        ".helo-fast.lock",
-        "checkpoint.pt",
-        "checkpoint.pt.prev",
-        "model_0.pt",
-        "model_1.pt",
-        "results.json",
-    ]
-    assert (
-        main(["eval", *CLI_DATA, "--checkpoint-dir", str(out), "--output-json", str(tmp_path / "e.json"), "--quiet"])
-        == 0
-    )
-    assert main(["eval", "--synthetic-subjects", "3", "--checkpoint-dir", str(out), "--quiet"]) == 2
-    assert "pass the dataset options used for training" in capsys.readouterr().err
-    evaluated = json.loads((tmp_path / "e.json").read_text())
-    for split_train, split_eval in zip(results["splits"], evaluated["splits"]):
-        assert split_eval["helo"] == pytest.approx(split_train["helo"], rel=1e-6)
-
-
-def test_command_line_errors(tmp_path, capsys):
-    assert main(["train", "--dataset", "dmer", "--data-path", str(tmp_path / "nope"), "--quiet"]) == 2
-    assert "does not exist" in capsys.readouterr().err
-    assert main(["train", "--dataset", "wesad", "--quiet"]) == 2
-    assert "needs --data-path" in capsys.readouterr().err
-    savemat(
-        str(tmp_path / "4.mat"), {"feas": np.zeros((3, 10)), "vids": np.ones((3, 1)), "dis_label": np.ones((1, 10))}
-    )
-    assert main(["train", "--dataset", "dmer", "--data-path", str(tmp_path), "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert "4.mat" in err and "'feas' must have shape" in err
-    assert main(["train", *CLI_DATA, "--config", "bogus=1", "--quiet"]) == 2
-    assert "unknown HeLoConfig field 'bogus'" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        main(["train", "--no-such-option"])
-    assert exc.value.code == 2
-    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["train", "--protocol", "holdout"])
-    assert "invalid choice" in capsys.readouterr().err
-    assert main(["train", *CLI_DATA, "--resume", "--quiet"]) == 2
-    assert "--resume needs a --checkpoint-dir" in capsys.readouterr().err
-
-
-def test_python_dash_m_entry_point():
-    proc = subprocess.run(
-        [sys.executable, "-m", "helo_fast", "train", "--bogus"],
-        capture_output=True,
-        text=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    )
-    assert proc.returncode == 2 and "--bogus" in proc.stderr
-
-
 def test_release_mode_scores_first_sample_of_each_batch():
     data = make_synthetic_dataset(n_subjects=1, trials_per_subject=5, rows_per_trial=4, layout=LAYOUT, seed=0)
     summary = run_experiment(
@@ -394,111 +254,3 @@ def test_bad_device_is_refused_before_training(device, message):
     data = make_synthetic_dataset(n_subjects=1, trials_per_subject=4, rows_per_trial=4, layout=LAYOUT, seed=0)
     with pytest.raises(ValueError, match=message):
         run_experiment(data, small_config(), TrainConfig(epochs=1, quiet=True, device=device))
-
-
-def test_eval_matches_data_by_content_not_by_path(tmp_path, capsys):
-    """Issue 25 item 9: eval refuses edited data with the same rows (before: re-scored silently) and accepts the
-    same data under another path spelling (before: refused, the path was part of the name it compared)."""
-    rng = np.random.default_rng(0)
-    data = tmp_path / "dmer"
-    data.mkdir()
-    for subject in (1, 2):
-        savemat(
-            str(data / f"{subject}.mat"),
-            {"feas": rng.normal(size=(12, 913)), "vids": np.arange(12) % 3 + 1, "dis_label": rng.random((3, 10)) + 0.1},
-        )
-    out = tmp_path / "run"
-    dmer = ["--dataset", "dmer", "--data-path"]
-    assert (
-        main(
-            [
-                "train",
-                *dmer,
-                str(data),
-                *CLI_MODEL,
-                "--epochs",
-                "1",
-                "--batch-size",
-                "8",
-                "--quiet",
-                "--no-baselines",
-                "--max-splits",
-                "1",
-                "--checkpoint-dir",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    assert main(["eval", *dmer, str(data) + "/./", "--checkpoint-dir", str(out), "--quiet"]) == 0
-    capsys.readouterr()
-    savemat(
-        str(data / "2.mat"),
-        {"feas": rng.normal(size=(12, 913)), "vids": np.arange(12) % 3 + 1, "dis_label": rng.random((3, 10)) + 0.1},
-    )
-    assert main(["eval", *dmer, str(data), "--checkpoint-dir", str(out), "--quiet"]) == 2
-    assert "trained on other data" in capsys.readouterr().err
-
-
-def test_train_decides_each_option_once(tmp_path, capsys):
-    """Issue 29 item 2: `helo-fast train` checks each option once, at the edge, and the library objects it builds
-    do not check again (before: check_train_values ran 3 times, resolve_device, check_precision, check_subjects
-    and HeLoConfig twice, and the backend of each of HeLo's ops was resolved twice)."""
-    rng = np.random.default_rng(0)
-    data = tmp_path / "dmer"
-    data.mkdir()
-    for subject in (1, 2):
-        savemat(
-            str(data / f"{subject}.mat"),
-            {"feas": rng.normal(size=(12, 913)), "vids": np.arange(12) % 3 + 1, "dis_label": rng.random((3, 10)) + 0.1},
-        )
-    watched = {
-        "check_train_values",
-        "resolve_device",
-        "check_precision",
-        "check_subjects",
-        "choose_backend",
-        "__post_init__",
-    }
-    calls = {}
-
-    def count(frame, event, arg):
-        code = frame.f_code
-        if event == "call" and code.co_name in watched and "helo_fast" in code.co_filename:
-            where = "HeLoConfig" if code.co_filename.endswith(os.path.join("models", "config.py")) else code.co_name
-            calls[where] = calls.get(where, 0) + 1
-
-    argv = [
-        "train",
-        "--dataset",
-        "dmer",
-        "--data-path",
-        str(data),
-        "--subjects",
-        "1",
-        "2",
-        *CLI_MODEL,
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--quiet",
-        "--no-baselines",
-        "--max-splits",
-        "1",
-        "--backend",
-        "reference",
-        "--checkpoint-dir",
-        str(tmp_path / "run"),
-    ]
-    sys.setprofile(count)
-    try:
-        status = main(argv)
-    finally:
-        sys.setprofile(None)
-    assert status == 0, capsys.readouterr().err
-    for name in ("check_train_values", "resolve_device", "check_precision", "check_subjects", "HeLoConfig"):
-        assert calls.get(name) == 1, (name, calls)
-    # One resolution per op of HeLo (the reference backend runs no op that resolves its own), for the checks,
-    # the fingerprint and the training alike.
-    assert calls.get("choose_backend") == 3, calls
