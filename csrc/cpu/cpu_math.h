@@ -125,44 +125,6 @@ HF_INLINE T finite_or_zero(T x) {
   return x == -std::numeric_limits<T>::infinity() ? T(0) : x;
 }
 
-// log sum_j exp(x_j + y_j) over contiguous x, y of length len (two passes: max, then sum).
-template <typename T>
-HF_INLINE T lse_add(const T* __restrict x, const T* __restrict y, int64_t len) {
-  T mx = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(max : mx)
-  for (int64_t j = 0; j < len; ++j) mx = vmax(mx, x[j] + y[j]);
-  mx = finite_or_zero(mx);
-  T s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t j = 0; j < len; ++j) s += fast_exp(x[j] + y[j] - mx);
-  return mx + std::log(s);
-}
-
-// out_j = log sum_i exp(row_i(mat)_j + v_i) for a row-major [rows, cols] mat (column log-sum-exp);
-// colmax scratch [cols]. Two passes over mat, both along contiguous rows.
-template <typename T>
-HF_INLINE void column_lse_add(const T* __restrict mat, const T* __restrict v, int64_t rows, int64_t cols,
-                              T* __restrict out, T* __restrict colmax) {
-  for (int64_t j = 0; j < cols; ++j) colmax[j] = -std::numeric_limits<T>::infinity();
-  for (int64_t i = 0; i < rows; ++i) {
-    const T* __restrict row = mat + i * cols;
-    const T vi = v[i];
-#pragma omp simd
-    for (int64_t j = 0; j < cols; ++j) colmax[j] = vmax(colmax[j], row[j] + vi);
-  }
-  for (int64_t j = 0; j < cols; ++j) {
-    colmax[j] = finite_or_zero(colmax[j]);
-    out[j] = 0;
-  }
-  for (int64_t i = 0; i < rows; ++i) {
-    const T* __restrict row = mat + i * cols;
-    const T vi = v[i];
-#pragma omp simd
-    for (int64_t j = 0; j < cols; ++j) out[j] += fast_exp(row[j] + vi - colmax[j]);
-  }
-  for (int64_t j = 0; j < cols; ++j) out[j] = colmax[j] + std::log(out[j]);
-}
-
 }  // namespace helo_fast::cpu_math
 
 // Runtime SIMD dispatch without -march flags: the kernels are compiled per instruction set (baseline

@@ -146,8 +146,8 @@ struct IpotIterationStats {
 // The lane-wise running maxima and sums behind IpotIterationStats, while the row groups run.
 template <typename T, int kVecBytes>
 struct IpotAccumulators {
-  Vec<T, kVecBytes> zero_growth{}, delta_max{}, delta_ratio{}, delta_sum{};
-  T tail_max = 0, tail_ratio = 0, tail_sum = 0;  // rows of a last, partial group
+  Vec<T, kVecBytes> zero_growth{};
+  ScalingAccumulators<T, kVecBytes> delta;  // the deltas of the whole row groups
 };
 
 // Rows [i0, i0 + rows) (rows <= L, the lanes of a vector of kVecBytes) of one ipot_iteration: their rows of Q, their
@@ -196,19 +196,12 @@ HF_INLINE void ipot_row_group(const T* __restrict Kx, const T* Q_prev, const T* 
     V w, inv_w;
     vec_load<kVecBytes>(w, a + i0);
     vec_load<kVecBytes>(inv_w, inv_a + i0);
-    const V zero{};
-    const V dv = w / (dots + (w <= zero ? zero + 1 : zero));  // scaling_update on whole vectors
+    V dv;
+    scaling_update_into(dv, w, dots);
     vec_store<kVecBytes>(d, dv);
-    max_into(stats.delta_max, dv);
-    max_into(stats.delta_ratio, dv * inv_w);
-    stats.delta_sum += dv;
+    stats.delta.add(dv, inv_w);
   } else {
-    for (int64_t r = 0; r < rows; ++r) {
-      d[r] = scaling_update(a[i0 + r], dots[r]);
-      stats.tail_max = vmax(stats.tail_max, d[r]);
-      stats.tail_ratio = vmax(stats.tail_ratio, d[r] * inv_a[i0 + r]);
-      stats.tail_sum += d[r];
-    }
+    for (int64_t r = 0; r < rows; ++r) d[r] = scaling_update(a[i0 + r], dots[r]);
   }
   for (int64_t r = 0; r < rows; ++r) delta[i0 + r] = d[r];
   for (int64_t c = 0; c < ld; c += L) {
@@ -234,6 +227,7 @@ HF_INLINE IpotIterationStats<T> ipot_iteration(const T* __restrict Kx, const T* 
                                                const T* __restrict inv_a, const T* __restrict inv_b, int64_t n,
                                                int64_t m, int64_t ld, T* Q, T* delta, T* __restrict sig,
                                                T* __restrict col) {
+  using V = Vec<T, kVecBytes>;
   constexpr int64_t L = vec_lanes<T, kVecBytes>();
   IpotAccumulators<T, kVecBytes> acc;
   for (int64_t c = 0; c < ld; ++c) col[c] = 0;
@@ -249,25 +243,23 @@ HF_INLINE IpotIterationStats<T> ipot_iteration(const T* __restrict Kx, const T* 
     else
       group(n - i0);
   }
+  ScalingAccumulators<T, kVecBytes> sigma_acc;
+  int64_t j = 0;
+  for (; j + L <= m; j += L) {
+    V w, dots, inv_w, x;
+    vec_load<kVecBytes>(w, b + j);
+    vec_load<kVecBytes>(dots, col + j);
+    vec_load<kVecBytes>(inv_w, inv_b + j);
+    scaling_update_into(x, w, dots);
+    vec_store<kVecBytes>(sig + j, x);
+    sigma_acc.add(x, inv_w);
+  }
+  for (int64_t t = j; t < m; ++t) sig[t] = scaling_update(b[t], col[t]);
   IpotIterationStats<T> out;
-  T s_max = 0, s_ratio = 0, s_sum = 0;
-#pragma omp simd reduction(max : s_max, s_ratio) reduction(+ : s_sum)
-  for (int64_t j = 0; j < m; ++j) {
-    const T x = scaling_update(b[j], col[j]);
-    sig[j] = x;
-    s_max = vmax(s_max, x);
-    s_ratio = vmax(s_ratio, x * inv_b[j]);
-    s_sum += x;
-  }
-  T d_max = acc.tail_max, d_ratio = acc.tail_ratio, d_sum = acc.tail_sum;
-  for (int64_t l = 0; l < L; ++l) {
-    out.zero_growth = vmax(out.zero_growth, acc.zero_growth[l]);
-    d_max = vmax(d_max, acc.delta_max[l]);
-    d_ratio = vmax(d_ratio, acc.delta_ratio[l]);
-    d_sum += acc.delta_sum[l];
-  }
-  out.delta = scaling_stats_of(d_max, d_ratio, d_sum);
-  out.sigma = scaling_stats_of(s_max, s_ratio, s_sum);
+  max_lanes_into(out.zero_growth, acc.zero_growth);
+  const int64_t whole = n / L * L;  // rows in whole groups; the rest, a partial group, reduced here
+  out.delta = acc.delta.stats(delta + whole, inv_a + whole, n - whole);
+  out.sigma = sigma_acc.stats(sig + j, inv_b + j, m - j);
   return out;
 }
 

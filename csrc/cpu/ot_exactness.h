@@ -57,16 +57,42 @@ HF_INLINE ScalingStats<T> scaling_stats_of(T max, T max_ratio, T sum) {
   return s;
 }
 
-template <typename T>
-HF_INLINE ScalingStats<T> scaling_stats(const T* __restrict x, const T* __restrict inv_w, int64_t len) {
-  T mx = 0, mr = 0, sum = 0;
-#pragma omp simd reduction(max : mx, mr) reduction(+ : sum)
-  for (int64_t i = 0; i < len; ++i) {
-    mx = vmax(mx, x[i]);
-    mr = vmax(mr, x[i] * inv_w[i]);
-    sum += x[i];
+// Lane-wise running maxima of x and x inv_w and sums of x, for scaling_stats_of (explicit vectors: see max_reduce).
+template <typename T, int kBytes>
+struct ScalingAccumulators {
+  Vec<T, kBytes> max{}, ratio{}, sum{};
+  HF_INLINE void add(const Vec<T, kBytes>& x, const Vec<T, kBytes>& inv_w) {
+    max_into(max, x);
+    max_into(ratio, x * inv_w);
+    sum += x;
   }
-  return scaling_stats_of(mx, mr, sum);
+  // The statistics of what add() saw and of the scalar tail x [len] with inverses inv_w [len].
+  HF_INLINE ScalingStats<T> stats(const T* __restrict x, const T* __restrict inv_w, int64_t len) const {
+    T mx = 0, mr = 0, s = 0;
+    max_lanes_into(mx, max);
+    max_lanes_into(mr, ratio);
+    sum_lanes_into(s, sum);
+    for (int64_t i = 0; i < len; ++i) {
+      mx = vmax(mx, x[i]);
+      mr = vmax(mr, x[i] * inv_w[i]);
+      s += x[i];
+    }
+    return scaling_stats_of(mx, mr, s);
+  }
+};
+
+template <typename T, int kBytes = kSharedVecBytes>
+HF_INLINE ScalingStats<T> scaling_stats(const T* __restrict x, const T* __restrict inv_w, int64_t len) {
+  constexpr int64_t L = vec_lanes<T, kBytes>();
+  ScalingAccumulators<T, kBytes> acc;
+  int64_t i = 0;
+  for (; i + L <= len; i += L) {
+    Vec<T, kBytes> xv, wv;
+    vec_load<kBytes>(xv, x + i);
+    vec_load<kBytes>(wv, inv_w + i);
+    acc.add(xv, wv);
+  }
+  return acc.stats(x + i, inv_w + i, len - i);
 }
 
 // The underflow bookkeeping of one scaling-form solve (see the section comment). `lost` bounds the true value of

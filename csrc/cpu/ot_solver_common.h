@@ -17,6 +17,41 @@
 namespace helo_fast::ot_cpu {
 using namespace cpu_math;  // the shared math (csrc/cpu/cpu_math.h)
 
+// log sum_j exp(x_j + y_j) over contiguous x, y of length len (two passes: max, then sum).
+template <typename T>
+HF_INLINE T lse_add(const T* __restrict x, const T* __restrict y, int64_t len) {
+  const T mx = finite_or_zero(max_of_sums(x, y, len, -std::numeric_limits<T>::infinity()));
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < len; ++j) s += fast_exp(x[j] + y[j] - mx);
+  return mx + std::log(s);
+}
+
+// out_j = log sum_i exp(row_i(mat)_j + v_i) for a row-major [rows, cols] mat (column log-sum-exp);
+// colmax scratch [cols]. Two passes over mat, both along contiguous rows.
+template <typename T>
+HF_INLINE void column_lse_add(const T* __restrict mat, const T* __restrict v, int64_t rows, int64_t cols,
+                              T* __restrict out, T* __restrict colmax) {
+  for (int64_t j = 0; j < cols; ++j) colmax[j] = -std::numeric_limits<T>::infinity();
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* __restrict row = mat + i * cols;
+    const T vi = v[i];
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) colmax[j] = vmax(colmax[j], row[j] + vi);
+  }
+  for (int64_t j = 0; j < cols; ++j) {
+    colmax[j] = finite_or_zero(colmax[j]);
+    out[j] = 0;
+  }
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* __restrict row = mat + i * cols;
+    const T vi = v[i];
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) out[j] += fast_exp(row[j] + vi - colmax[j]);
+  }
+  for (int64_t j = 0; j < cols; ++j) out[j] = colmax[j] + std::log(out[j]);
+}
+
 // K = -cost / eps (division as in the reference), log a, log b for one problem; In is the input
 // dtype (float32 inputs of float64 solves are converted here, one problem at a time).
 template <typename In, typename T>
@@ -61,6 +96,13 @@ HF_INLINE T scaling_update(T w, T dot) {
   return w / (dot + T(w <= 0));
 }
 
+// scaling_update on whole vectors: out = w / dot, 0 where w = 0.
+template <typename V>
+HF_INLINE void scaling_update_into(V& out, const V& w, const V& dot) {
+  const V zero{};
+  out = w / (dot + (w <= zero ? zero + 1 : zero));
+}
+
 // inv [len] = 1 / w for w > 0 and 0 for w = 0: the scaling-form loops multiply by it instead of dividing by the
 // marginal (computed once per problem).
 template <typename T>
@@ -96,9 +138,7 @@ HF_INLINE bool all_finite(const T* __restrict x, int64_t len) {
 // [m, ld) are zero; returns max K.
 template <typename T>
 HF_INLINE T shifted_kernel_rows(const T* __restrict K, int64_t n, int64_t m, int64_t ld, T* __restrict Kx) {
-  T c = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(max : c)
-  for (int64_t e = 0; e < n * m; ++e) c = vmax(c, K[e]);
+  const T c = max_of(K, n * m, -std::numeric_limits<T>::infinity());
   for (int64_t i = 0; i < n; ++i) {
     const T* __restrict krow = K + i * m;
     T* __restrict xrow = Kx + i * ld;

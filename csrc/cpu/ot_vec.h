@@ -66,10 +66,65 @@ HF_INLINE void vec_store(T* p, const typename VecOf<T, kBytes>::type& v) {
   std::memcpy(p, &v, kBytes);
 }
 
-// x = lane-wise max(x, y).
+// x = lane-wise max(x, y): vmax per lane (x > y ? x : y, so a NaN y is taken and a NaN x replaced).
 template <typename V>
 HF_INLINE void max_into(V& x, const std::type_identity_t<V>& y) {
   x = x > y ? x : y;
+}
+
+// The width of the reductions in solver pieces that every variant shares (no kVecBytes of their own): one register
+// of each (SSE2 or NEON, and the low half of an AVX2 or AVX-512 one).
+constexpr int kSharedVecBytes = 16;
+
+// v = x in every lane.
+template <int kBytes, typename T>
+HF_INLINE void vec_splat(typename VecOf<T, kBytes>::type& v, T x) {
+  for (int64_t l = 0; l < vec_lanes<T, kBytes>(); ++l) v[l] = x;
+}
+
+// m = vmax(m, v[l]) / s += v[l] for the lanes l of v in order.
+template <typename T, typename V>
+HF_INLINE void max_lanes_into(T& m, const V& v) {
+  for (std::size_t l = 0; l < sizeof(V) / sizeof(T); ++l) m = vmax(m, v[l]);
+}
+template <typename T, typename V>
+HF_INLINE void sum_lanes_into(T& s, const V& v) {
+  for (std::size_t l = 0; l < sizeof(V) / sizeof(T); ++l) s += v[l];
+}
+
+// The largest of init and x[i] (kPairs: x[i] + y[i]) for i < len. Explicit vector maxima, not `omp simd
+// reduction(max)`: clang vectorises a floating-point max reduction only under -ffinite-math-only and -fno-signed-zeros
+// (else -Wpass-failed), GCC did it with the same lane-wise selects as here. A maximum is exact, so the result does
+// not depend on the lanes (for numbers; a NaN is kept or dropped by vmax's order-dependent rule, as before).
+template <bool kPairs, int kBytes, typename T>
+HF_INLINE T max_reduce(const T* __restrict x, const T* __restrict y, int64_t len, T init) {
+  using V = Vec<T, kBytes>;
+  constexpr int64_t L = vec_lanes<T, kBytes>();
+  V acc;
+  vec_splat<kBytes>(acc, init);
+  int64_t i = 0;
+  for (; i + L <= len; i += L) {
+    V v;
+    vec_load<kBytes>(v, x + i);
+    if constexpr (kPairs) {
+      V w;
+      vec_load<kBytes>(w, y + i);
+      v += w;
+    }
+    max_into(acc, v);
+  }
+  T mx = init;
+  max_lanes_into(mx, acc);
+  for (; i < len; ++i) mx = vmax(mx, kPairs ? x[i] + y[i] : x[i]);
+  return mx;
+}
+template <int kBytes = kSharedVecBytes, typename T>
+HF_INLINE T max_of(const T* __restrict x, int64_t len, T init) {
+  return max_reduce<false, kBytes>(x, x, len, init);
+}
+template <int kBytes = kSharedVecBytes, typename T>
+HF_INLINE T max_of_sums(const T* __restrict x, const T* __restrict y, int64_t len, T init) {
+  return max_reduce<true, kBytes>(x, y, len, init);
 }
 
 // Row stride of a [rows, cols] matrix of T whose rows are whole 32-byte vectors (cols rounded up; so also whole
