@@ -2,9 +2,9 @@
 
     .venv/bin/python -m benchmarks.cpu_tiers [--tiers avx512,avx2,default] [--compile] [--rounds N]
 
-Each tier runs in its own interpreter (``HELO_FAST_CPU_ISA`` is read once per process; PyTorch's BLAS is capped at the
-same tier, see TORCH_CAPS), which times the eager
-reference, torch.compile(reference) (with ``--compile``; its first call, compile included, is reported apart) and
+Each tier runs in its own interpreter (``HELO_FAST_CPU_ISA`` is read once per process; PyTorch's own kernels and
+BLAS are capped at the same tier, see TORCH_CAPS), which times the eager reference, torch.compile(reference) (with
+``--compile``; its first call, compile included, is reported apart) and
 the C++ kernels, interleaved round by round so that a load change on a shared machine hits every provider alike;
 the table gives medians and the ratios to eager and compiled within each tier. float32, 2 threads
 (HELO_BENCH_THREADS), B=128 (--batch), forward+backward with DropKey/dropout at 0 and at HeLo's 0.5; the step
@@ -20,6 +20,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 TIERS = ("avx512", "avx2", "default")
@@ -140,18 +141,31 @@ def time_worker(args) -> dict:
     return results
 
 
-# What a CPU of each tier runs in PyTorch's BLAS (MKL), so that a narrower tier's kernels are compared with eager and
-# compiled matmuls as that CPU would run them, not with AVX-512 BLAS (--uncapped-torch: left alone). ATen's own
-# kernels and inductor's code are not capped: with ATEN_CPU_CAPABILITY (or ONEDNN_MAX_CPU_ISA) set, the compiled
-# training step crashed the worker (SIGSEGV, torch 2.13). MKL ignored MKL_ENABLE_INSTRUCTIONS on an AMD EPYC (Zen 5):
-# its AVX2 kernels ran on every tier there (docs/performance.md, "Tiles or the vendor BLAS").
-TORCH_CAPS = {"avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}, "default": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}}
+# What a CPU of each tier runs in PyTorch, so that a narrower tier's kernels are compared with the eager and compiled
+# reference as that CPU would run them, not with AVX-512 code (--uncapped-torch: left alone): ATen's own kernels
+# (softmax, LayerNorm, element-wise; ATEN_CPU_CAPABILITY, which inductor's generated code follows too) and MKL's
+# matmuls (MKL_ENABLE_INSTRUCTIONS). MKL ignores the latter on an AMD EPYC (Zen 5): its AVX2 kernels ran on every tier
+# there, so on such a CPU eager's matmuls are faster than a CPU of the tier would run them (conservative ratios).
+# MKL_CBWR=COMPATIBLE, which does slow MKL down there, is not used: a 20x slower eager step is not what an SSE4.2
+# CPU would see.
+TORCH_CAPS = {
+    "avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+    "default": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ATEN_CPU_CAPABILITY": "default"},
+}
 
 
 def run_tier(tier: str, argv: list, cap_torch: bool) -> dict:
     """time_worker's results in a fresh interpreter capped at ``tier`` (PyTorch too with ``cap_torch``)."""
+    with tempfile.TemporaryDirectory(prefix=f"helo_fast_inductor_{tier}_") as cache_dir:
+        return _run_tier_in(tier, argv, cap_torch, cache_dir)
+
+
+def _run_tier_in(tier: str, argv: list, cap_torch: bool, cache_dir: str) -> dict:
     env = dict(os.environ)
     env.pop("HELO_FAST_CPU_ISA", None)
+    # A fresh inductor cache per tier: torch 2.13's cache key omits ATEN_CPU_CAPABILITY, so a kernel compiled for
+    # one tier was reused by another (wrong maxima under avx2, a SIGSEGV under default, on this CPU).
+    env["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
     if tier != "avx512":
         env["HELO_FAST_CPU_ISA"] = tier
         if cap_torch:
@@ -199,7 +213,13 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--reps", type=int, default=5, help="attention calls per timed sample")
-    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--json", help="also write the results here (a new file)")
+    parser.add_argument("--markdown", help="also write the printed summary here (a new file)")
+    parser.add_argument("--render", help="print the summary of a --json file of an earlier run, and exit")
+    parser.add_argument(
+        "--update-doc",
+        help="with --render: replace that file's block between DOC_BEGIN and DOC_END markers naming the JSON",
+    )
     parser.add_argument(
         "--uncapped-torch",
         dest="cap_torch",
@@ -214,24 +234,84 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(time_worker(args)))
         return
-    forwarded = [a for a in raw if not a.startswith("--json") and a != "--uncapped-torch"]
-    if args.json in forwarded:
-        forwarded.remove(args.json)
-    load = os.getloadavg()
+    if args.render:
+        with open(args.render) as f:
+            text = render(json.load(f))
+        if args.update_doc:
+            update_doc_block(args.update_doc, args.render, text)
+        else:
+            print(text)
+        return
+    forwarded = [
+        a
+        for a in raw
+        if not a.startswith(("--json", "--markdown", "--uncapped-torch")) and a not in (args.json, args.markdown)
+    ]
+    load_before = os.getloadavg()[0]
     results = {tier: run_tier(tier, forwarded, args.cap_torch) for tier in args.tiers.split(",")}
-    print(
-        f"CPU: {cpu_name()}; threads {os.environ.get('HELO_BENCH_THREADS', '2')}; B={args.batch}; PyTorch "
-        f"{'capped at each tier' if args.cap_torch else 'uncapped'}; load average before/after: "
-        f"{load[0]:.2f} / {os.getloadavg()[0]:.2f}"
-    )
-    print(table(results))
-    for tier, cases in results.items():
-        for case, by_provider in cases.items():
-            if "compile" in by_provider:
-                print(f"{tier} {case}: compile first call {by_provider['compile']['first_call_s']:.1f} s")
+    doc = {
+        "cpu": cpu_name(),
+        "threads": int(os.environ.get("HELO_BENCH_THREADS", "2")),
+        "batch": args.batch,
+        "torch_capped": args.cap_torch,
+        "load_before_after": [load_before, os.getloadavg()[0]],
+        "results": results,
+    }
+    text = render(doc)
+    print(text)
     if args.json:
         with open(args.json, "x") as f:
-            json.dump({"cpu": cpu_name(), "results": results}, f, indent=1)
+            json.dump(doc, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "x") as f:
+            f.write(text + "\n")
+
+
+DOC_BEGIN = "<!-- cpu_tiers --render {path} -->"
+DOC_END = "<!-- end cpu_tiers -->"
+
+
+def doc_block(markdown: str, json_path: str):
+    """(start, end) of the text between ``markdown``'s markers for ``json_path``, or None when it has none."""
+    begin = DOC_BEGIN.format(path=json_path)
+    start = markdown.find(begin)
+    if start < 0:
+        return None
+    start += len(begin) + 1
+    end = markdown.index(DOC_END, start)
+    return start, end
+
+
+def update_doc_block(doc_path: str, json_path: str, text: str) -> None:
+    """Replace the block of ``doc_path`` generated from ``json_path`` by ``text`` (the block must exist)."""
+    with open(doc_path) as f:
+        markdown = f.read()
+    span = doc_block(markdown, json_path)
+    if span is None:
+        raise SystemExit(f"{doc_path} has no line {DOC_BEGIN.format(path=json_path)!r}")
+    with open(doc_path, "w") as f:
+        f.write(markdown[: span[0]] + text + "\n" + markdown[span[1] :])
+
+
+def render(doc: dict) -> str:
+    """The run's summary as Markdown: the machine line, the per-tier table and the compile times (first calls)."""
+    load = doc["load_before_after"]
+    lines = [
+        f"CPU: {doc['cpu']}; threads {doc['threads']}; B={doc['batch']}; PyTorch "
+        f"{'capped at each tier' if doc['torch_capped'] else 'uncapped'}; load average before/after: "
+        f"{load[0]:.2f} / {load[1]:.2f}",
+        "",
+        table(doc["results"]),
+    ]
+    compiled = [
+        f"- {tier} {case}: torch.compile first call {by_provider['compile']['first_call_s']:.1f} s"
+        for tier, cases in doc["results"].items()
+        for case, by_provider in cases.items()
+        if "compile" in by_provider
+    ]
+    if compiled:
+        lines += ["", "First call of torch.compile(reference) (the compile), not in the medians above:", *compiled]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
