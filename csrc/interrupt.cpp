@@ -16,9 +16,7 @@ thread_local InterruptBinding current;
 void set_interrupt_poll(InterruptPoll poll) { installed_poll.store(poll); }
 
 InterruptScope::InterruptScope()
-    : poll_(installed_poll.load()),
-      next_poll_(std::chrono::steady_clock::now() + kPollInterval),
-      saved_(current) {
+    : poll_(installed_poll.load()), next_poll_(std::chrono::steady_clock::now() + kPollInterval), saved_(current) {
   current = {this, poll_ != nullptr};
 }
 

@@ -46,7 +46,7 @@ struct Inputs {
 template <typename scalar_t>
 struct InputViews {
   const scalar_t *q, *k, *v, *bias, *residual;
-  const at::opmath_type<scalar_t> *ln_weight, *ln_bias;
+  const at::opmath_type<scalar_t>*ln_weight, *ln_bias;
   const bool *dropkey_mask, *dropout_mask;
 };
 
@@ -56,8 +56,15 @@ InputViews<scalar_t> input_views(const Inputs& in) {
   auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr; };
   auto acc_ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<acc_t>() : nullptr; };
   auto mask = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<bool>() : nullptr; };
-  return {ptr(in.q), ptr(in.k), ptr(in.v), ptr(in.bias), ptr(in.residual), acc_ptr(in.ln_weight),
-          acc_ptr(in.ln_bias), mask(in.dropkey_mask), mask(in.dropout_mask)};
+  return {ptr(in.q),
+          ptr(in.k),
+          ptr(in.v),
+          ptr(in.bias),
+          ptr(in.residual),
+          acc_ptr(in.ln_weight),
+          acc_ptr(in.ln_bias),
+          mask(in.dropkey_mask),
+          mask(in.dropout_mask)};
 }
 
 inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
@@ -87,8 +94,8 @@ inline int mask_mode(const at::Tensor& explicit_mask, double p) {
 inline Inputs make_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
                           const std::optional<at::Tensor>& ln_weight, const std::optional<at::Tensor>& ln_bias,
-                          const std::optional<at::Tensor>& dropkey_mask,
-                          const std::optional<at::Tensor>& dropout_mask, bool keep_row_strides = false) {
+                          const std::optional<at::Tensor>& dropkey_mask, const std::optional<at::Tensor>& dropout_mask,
+                          bool keep_row_strides = false) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "lcd_attention: q, k, v must be 4-D [B, H, L, D]");
   const int64_t batch = q.size(0), heads = q.size(1), lq = q.size(2), dim = q.size(3), lk = k.size(2);
   TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == batch && k.size(1) == heads && k.size(3) == dim,
@@ -126,7 +133,6 @@ inline Inputs make_inputs(const at::Tensor& q, const at::Tensor& k, const at::Te
                   "lcd_attention: masks must be bool [B, H, Lq, Lk]");
   return in;
 }
-
 
 inline Params make_params(const Inputs& in, double scale, double dropkey_p, double dropout_p, double ln_eps,
                           bool bias_before_scale, int64_t seed, double dropkey_value) {

@@ -32,8 +32,9 @@ inline void check_ot_problem(const char* op, const at::Tensor& cost, const at::T
   check_marginals(op, cost, cost.size(0), cost.size(1), cost.size(2), a, b, eps_or_beta, n_iters);
 }
 
-inline void check_gromov_wasserstein_problem(const char* op, const at::Tensor& cs, const at::Tensor& ct, const at::Tensor& a,
-                             const at::Tensor& b, double eps, int64_t outer, int64_t inner) {
+inline void check_gromov_wasserstein_problem(const char* op, const at::Tensor& cs, const at::Tensor& ct,
+                                             const at::Tensor& a, const at::Tensor& b, double eps, int64_t outer,
+                                             int64_t inner) {
   TORCH_CHECK(cs.dim() == 3 && cs.size(1) == cs.size(2), op, ": cs must be [B, n, n], got ", cs.sizes());
   TORCH_CHECK(ct.dim() == 3 && ct.size(1) == ct.size(2) && ct.size(0) == cs.size(0), op,
               ": ct must be [B, m, m] with the batch of cs, got ", ct.sizes());
@@ -57,7 +58,5 @@ inline void check_ot_backward(const char* op, const at::Tensor& grad, const at::
   TORCH_CHECK(hist_n.scalar_type() == history_dtype(cost.scalar_type()) && hist_m.scalar_type() == hist_n.scalar_type(),
               op, ": the saved histories must have dtype ", history_dtype(cost.scalar_type()));
 }
-
-
 
 }  // namespace helo_fast

@@ -5,26 +5,34 @@
 
 TORCH_LIBRARY(helo_fast, m) {
   // sinkhorn
-  m.def("sinkhorn_fwd(Tensor cost, Tensor a, Tensor b, float eps, int n_iters, bool save_history) -> "
-        "(Tensor plan, Tensor f_hist, Tensor g_hist)");
-  m.def("sinkhorn_bwd(Tensor grad_plan, Tensor cost, Tensor a, Tensor b, Tensor f_hist, Tensor g_hist, float eps) -> "
-        "(Tensor grad_cost, Tensor grad_a, Tensor grad_b)");
+  m.def(
+      "sinkhorn_fwd(Tensor cost, Tensor a, Tensor b, float eps, int n_iters, bool save_history) -> "
+      "(Tensor plan, Tensor f_hist, Tensor g_hist)");
+  m.def(
+      "sinkhorn_bwd(Tensor grad_plan, Tensor cost, Tensor a, Tensor b, Tensor f_hist, Tensor g_hist, float eps) -> "
+      "(Tensor grad_cost, Tensor grad_a, Tensor grad_b)");
   // ipot
-  m.def("ipot_fwd(Tensor cost, Tensor a, Tensor b, float beta, int n_iters, bool save_history) -> "
-        "(Tensor plan, Tensor d_hist, Tensor s_hist)");
-  m.def("ipot_bwd(Tensor grad_plan, Tensor cost, Tensor a, Tensor b, Tensor d_hist, Tensor s_hist, float beta) -> "
-        "(Tensor grad_cost, Tensor grad_a, Tensor grad_b)");
+  m.def(
+      "ipot_fwd(Tensor cost, Tensor a, Tensor b, float beta, int n_iters, bool save_history) -> "
+      "(Tensor plan, Tensor d_hist, Tensor s_hist)");
+  m.def(
+      "ipot_bwd(Tensor grad_plan, Tensor cost, Tensor a, Tensor b, Tensor d_hist, Tensor s_hist, float beta) -> "
+      "(Tensor grad_cost, Tensor grad_a, Tensor grad_b)");
   // sinkhorn and ipot with a tolerance (each problem stops at its own count; csrc/cpu/ot_converged.cpp)
-  m.def("sinkhorn_fwd_tol(Tensor cost, Tensor a, Tensor b, float eps, int n_iters, float tol, bool save_history) -> "
-        "(Tensor plan, Tensor f, Tensor g, Tensor f_hist, Tensor g_hist, Tensor iterations, Tensor violation)");
-  m.def("ipot_fwd_tol(Tensor cost, Tensor a, Tensor b, float beta, int n_iters, float tol, bool save_history) -> "
-        "(Tensor plan, Tensor d_hist, Tensor s_hist, Tensor iterations, Tensor violation)");
+  m.def(
+      "sinkhorn_fwd_tol(Tensor cost, Tensor a, Tensor b, float eps, int n_iters, float tol, bool save_history) -> "
+      "(Tensor plan, Tensor f, Tensor g, Tensor f_hist, Tensor g_hist, Tensor iterations, Tensor violation)");
+  m.def(
+      "ipot_fwd_tol(Tensor cost, Tensor a, Tensor b, float beta, int n_iters, float tol, bool save_history) -> "
+      "(Tensor plan, Tensor d_hist, Tensor s_hist, Tensor iterations, Tensor violation)");
   // gromov_wasserstein
-  m.def("gromov_wasserstein_fwd(Tensor cs, Tensor ct, Tensor a, Tensor b, float eps, int outer_iters, "
-        "int inner_iters, str solver, bool save_history) -> (Tensor plan, Tensor plans, Tensor hist_n, Tensor hist_m)");
-  m.def("gromov_wasserstein_bwd(Tensor grad_plan, Tensor cs, Tensor ct, Tensor a, Tensor b, Tensor plans, "
-        "Tensor hist_n, Tensor hist_m, float eps, str solver) -> "
-        "(Tensor grad_cs, Tensor grad_ct, Tensor grad_a, Tensor grad_b)");
+  m.def(
+      "gromov_wasserstein_fwd(Tensor cs, Tensor ct, Tensor a, Tensor b, float eps, int outer_iters, "
+      "int inner_iters, str solver, bool save_history) -> (Tensor plan, Tensor plans, Tensor hist_n, Tensor hist_m)");
+  m.def(
+      "gromov_wasserstein_bwd(Tensor grad_plan, Tensor cs, Tensor ct, Tensor a, Tensor b, Tensor plans, "
+      "Tensor hist_n, Tensor hist_m, float eps, str solver) -> "
+      "(Tensor grad_cs, Tensor grad_ct, Tensor grad_a, Tensor grad_b)");
   // lcd_attention
   // The public function's argument order (helo_fast.functional.lcd_attention, generator -> seed), then what the
   // Python layer adds (dropkey_value of the dtype; the forward's save flag, the backward's saved outputs).

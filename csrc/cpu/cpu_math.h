@@ -1,4 +1,5 @@
-// Branch-free scalar math for the CPU kernels (OT, lcd_attention, seeded_dropout), written so that GCC vectorises the loops that call it
+// Branch-free scalar math for the CPU kernels (OT, lcd_attention, seeded_dropout), written so that GCC vectorises the
+// loops that call it
 // (`#pragma omp simd`): std::exp is a library call the compiler cannot vectorise without -ffast-math.
 #pragma once
 
@@ -216,34 +217,34 @@ struct FlushDenormals {
 
 // Defines NAME_avx2 / NAME_base from the always-inline template NAME<T, kVecBytes> (its vectors one register of the
 // variant: 32 bytes for AVX2, 16 for the baseline) and NAME_dispatch<T>(args...) choosing between them once per call.
-#define HF_DEFINE_SIMD_DISPATCH(NAME)                                                        \
-  HF_DEFINE_SIMD_VARIANT_WIDTH(NAME, _avx2, HF_TARGET_AVX2, 32)                              \
-  HF_DEFINE_SIMD_VARIANT_WIDTH(NAME, _base, , 16)                                            \
-  template <typename T, typename... Args>                                                    \
-  void NAME##_dispatch(Args... args) {                                                       \
-    ::helo_fast::cpu_math::FlushDenormals flush_guard;                                         \
-    if (::helo_fast::cpu_math::best_simd_isa() != ::helo_fast::cpu_math::SimdIsa::kBase)         \
-      NAME##_avx2<T>(args...);                                                               \
-    else                                                                                     \
-      NAME##_base<T>(args...);                                                               \
+#define HF_DEFINE_SIMD_DISPATCH(NAME)                                                    \
+  HF_DEFINE_SIMD_VARIANT_WIDTH(NAME, _avx2, HF_TARGET_AVX2, 32)                          \
+  HF_DEFINE_SIMD_VARIANT_WIDTH(NAME, _base, , 16)                                        \
+  template <typename T, typename... Args>                                                \
+  void NAME##_dispatch(Args... args) {                                                   \
+    ::helo_fast::cpu_math::FlushDenormals flush_guard;                                   \
+    if (::helo_fast::cpu_math::best_simd_isa() != ::helo_fast::cpu_math::SimdIsa::kBase) \
+      NAME##_avx2<T>(args...);                                                           \
+    else                                                                                 \
+      NAME##_base<T>(args...);                                                           \
   }
 
 // HF_DEFINE_SIMD_DISPATCH plus an AVX-512 variant (NAME_avx512) for T = double, preferred where the CPU
 // has it. float kernels stay on AVX2: at the sizes measured (rows of 64) a float row is four zmm vectors
 // and the horizontal sums of the row dot products outweigh the wider multiply-adds.
-#define HF_DEFINE_SIMD_DISPATCH_AVX512(NAME)                                                 \
-  HF_DEFINE_SIMD_VARIANT(NAME, _avx512, HF_TARGET_AVX512)                                    \
-  HF_DEFINE_SIMD_VARIANT(NAME, _avx2, HF_TARGET_AVX2)                                        \
-  HF_DEFINE_SIMD_VARIANT(NAME, _base, )                                                      \
-  template <typename T, typename... Args>                                                    \
-  void NAME##_dispatch(Args... args) {                                                       \
-    ::helo_fast::cpu_math::FlushDenormals flush_guard;                                         \
-    const auto isa = ::helo_fast::cpu_math::best_simd_isa();                                   \
-    if constexpr (std::is_same_v<T, double>) {                                               \
-      if (isa == ::helo_fast::cpu_math::SimdIsa::kAvx512) return NAME##_avx512<T>(args...);    \
-    }                                                                                        \
-    if (isa != ::helo_fast::cpu_math::SimdIsa::kBase)                                          \
-      NAME##_avx2<T>(args...);                                                               \
-    else                                                                                     \
-      NAME##_base<T>(args...);                                                               \
+#define HF_DEFINE_SIMD_DISPATCH_AVX512(NAME)                                                \
+  HF_DEFINE_SIMD_VARIANT(NAME, _avx512, HF_TARGET_AVX512)                                   \
+  HF_DEFINE_SIMD_VARIANT(NAME, _avx2, HF_TARGET_AVX2)                                       \
+  HF_DEFINE_SIMD_VARIANT(NAME, _base, )                                                     \
+  template <typename T, typename... Args>                                                   \
+  void NAME##_dispatch(Args... args) {                                                      \
+    ::helo_fast::cpu_math::FlushDenormals flush_guard;                                      \
+    const auto isa = ::helo_fast::cpu_math::best_simd_isa();                                \
+    if constexpr (std::is_same_v<T, double>) {                                              \
+      if (isa == ::helo_fast::cpu_math::SimdIsa::kAvx512) return NAME##_avx512<T>(args...); \
+    }                                                                                       \
+    if (isa != ::helo_fast::cpu_math::SimdIsa::kBase)                                       \
+      NAME##_avx2<T>(args...);                                                              \
+    else                                                                                    \
+      NAME##_base<T>(args...);                                                              \
   }

@@ -139,15 +139,18 @@ struct GromovWassersteinScratch {
     dK = take(nq), lam = take(nq), Z = take(nq);
     Qs = take(kept_iterates * nq);
     Dcum = take(sums * n), Scum = take(sums * m);
-    u = take(n), loga = take(n), inv_a = take(n), F = take(n), vn1 = take(n), vn2 = take(n), vn3 = take(n), vn4 = take(n), vn5 = take(n);
-    v = take(ld), logb = take(ld), inv_b = take(ld), Gv = take(ld), colmax = take(ld), vm1 = take(ld), vm2 = take(ld), vm3 = take(ld);
+    u = take(n), loga = take(n), inv_a = take(n), F = take(n), vn1 = take(n), vn2 = take(n), vn3 = take(n),
+    vn4 = take(n), vn5 = take(n);
+    v = take(ld), logb = take(ld), inv_b = take(ld), Gv = take(ld), colmax = take(ld), vm1 = take(ld), vm2 = take(ld),
+    vm3 = take(ld);
     vm4 = take(ld), vm5 = take(ld), vm6 = take(ld);
   }
 };
 
 // K = -(u_i + v_j - 2 (cs Gamma ctᵀ)_ij) / eps; X = cs Gamma is left in s.X.
 template <int kVecBytes, typename T>
-HF_INLINE void gromov_wasserstein_log_kernel(const T* cs, const T* Gamma, GromovWassersteinScratch<T>& s, int64_t n, int64_t m, T eps) {
+HF_INLINE void gromov_wasserstein_log_kernel(const T* cs, const T* Gamma, GromovWassersteinScratch<T>& s, int64_t n,
+                                             int64_t m, T eps) {
   matmul<kVecBytes>(cs, Gamma, n, n, m, s.X, s.pack);
   matmul<kVecBytes>(s.X, s.ctT, n, m, m, s.M, s.pack);
   for (int64_t i = 0; i < n; ++i) {
@@ -160,7 +163,8 @@ HF_INLINE void gromov_wasserstein_log_kernel(const T* cs, const T* Gamma, Gromov
 }
 
 template <typename T>
-HF_INLINE void gromov_wasserstein_setup(const T* cs, const T* ct, const T* a, const T* b, GromovWassersteinScratch<T>& s, int64_t n, int64_t m) {
+HF_INLINE void gromov_wasserstein_setup(const T* cs, const T* ct, const T* a, const T* b,
+                                        GromovWassersteinScratch<T>& s, int64_t n, int64_t m) {
   transpose(ct, m, m, s.ctT);
   for (int64_t i = 0; i < n; ++i) {
     T acc = 0;
@@ -179,7 +183,8 @@ HF_INLINE void gromov_wasserstein_setup(const T* cs, const T* ct, const T* a, co
 }
 
 // HeLo's problem size (2N = 36 tokens per modality): an instantiation of the per-problem loops where n and m are
-// compile-time constants: GCC unrolls the row loops and drops their remainder loops (the float32 forward at B=128: 3.8 -> 2.9 ms).
+// compile-time constants: GCC unrolls the row loops and drops their remainder loops (the float32 forward at B=128: 3.8
+// -> 2.9 ms).
 constexpr int64_t kHeloTokens = 36;
 
 // body(std::integral_constant<int64_t, kFixed>{}) with kFixed = kHeloTokens for an n = m = 36 problem, else 0
@@ -193,9 +198,10 @@ HF_INLINE void with_fixed_size(int64_t n, int64_t m, Body&& body) {
 }
 
 template <int64_t kFixed, int kVecBytes, typename T>
-HF_INLINE void gromov_wasserstein_fwd_problems(const T* cs, const T* ct, const T* a, const T* b, T* plan, T* plans, T* hist_n,
-                               T* hist_m, int64_t n_runtime, int64_t m_runtime, T eps, int64_t outer, int64_t inner,
-                               bool use_ipot, int64_t begin, int64_t end) {
+HF_INLINE void gromov_wasserstein_fwd_problems(const T* cs, const T* ct, const T* a, const T* b, T* plan, T* plans,
+                                               T* hist_n, T* hist_m, int64_t n_runtime, int64_t m_runtime, T eps,
+                                               int64_t outer, int64_t inner, bool use_ipot, int64_t begin,
+                                               int64_t end) {
   const int64_t n = kFixed != 0 ? kFixed : n_runtime, m = kFixed != 0 ? kFixed : m_runtime;
   GromovWassersteinScratch<T> s(n, m, 0, 0);
   InterruptCountdown interrupt(n * m, inner);
@@ -213,8 +219,8 @@ HF_INLINE void gromov_wasserstein_fwd_problems(const T* cs, const T* ct, const T
       T* hn = hist_n ? hist_n + (p * outer + t) * inner * n : nullptr;
       T* hm = hist_m ? hist_m + (p * outer + t) * inner * m : nullptr;
       if (use_ipot) {
-        if (!ipot_forward_linear<T, kVecBytes>(s.K, pa, pb, s.inv_a, s.inv_b, n, m, inner, gamma, hn, hm, s.G0, s.Q, s.F, s.Gv,
-                                    s.colmax))
+        if (!ipot_forward_linear<T, kVecBytes>(s.K, pa, pb, s.inv_a, s.inv_b, n, m, inner, gamma, hn, hm, s.G0, s.Q,
+                                               s.F, s.Gv, s.colmax))
           ipot_forward(s.K, s.loga, s.logb, n, m, inner, gamma, hn, hm, s.Q, s.F, s.Gv, s.colmax);
       } else if (!sinkhorn_forward_linear(s.K, pa, pb, s.inv_a, s.inv_b, n, m, inner, gamma, hn, hm, s.G0, s.F, s.Gv)) {
         sinkhorn_forward(s.K, s.loga, s.logb, n, m, inner, s.F, s.Gv, hn, hm, s.colmax);
@@ -225,21 +231,22 @@ HF_INLINE void gromov_wasserstein_fwd_problems(const T* cs, const T* ct, const T
 }
 
 template <typename T, int kVecBytes>
-HF_INLINE void gromov_wasserstein_fwd_chunk(const T* cs, const T* ct, const T* a, const T* b, T* plan, T* plans, T* hist_n, T* hist_m,
-                            int64_t n, int64_t m, T eps, int64_t outer, int64_t inner, bool use_ipot, int64_t begin,
-                            int64_t end) {
+HF_INLINE void gromov_wasserstein_fwd_chunk(const T* cs, const T* ct, const T* a, const T* b, T* plan, T* plans,
+                                            T* hist_n, T* hist_m, int64_t n, int64_t m, T eps, int64_t outer,
+                                            int64_t inner, bool use_ipot, int64_t begin, int64_t end) {
   with_fixed_size(n, m, [&](auto fixed) HF_INLINE_LAMBDA {
-    gromov_wasserstein_fwd_problems<decltype(fixed)::value, kVecBytes>(cs, ct, a, b, plan, plans, hist_n, hist_m, n, m, eps, outer, inner,
-                                            use_ipot, begin, end);
+    gromov_wasserstein_fwd_problems<decltype(fixed)::value, kVecBytes>(cs, ct, a, b, plan, plans, hist_n, hist_m, n, m,
+                                                                       eps, outer, inner, use_ipot, begin, end);
   });
 }
 HF_DEFINE_SIMD_DISPATCH(gromov_wasserstein_fwd_chunk)
 
 template <int64_t kFixed, int kVecBytes, typename T>
-HF_INLINE void gromov_wasserstein_bwd_problems(const T* grad, const T* cs, const T* ct, const T* a, const T* b, const T* plans,
-                               const T* hist_n, const T* hist_m, T* g_cs, T* g_ct, T* g_a, T* g_b, int64_t n_runtime,
-                               int64_t m_runtime, T eps, int64_t outer, int64_t inner, bool use_ipot, int64_t begin,
-                               int64_t end) {
+HF_INLINE void gromov_wasserstein_bwd_problems(const T* grad, const T* cs, const T* ct, const T* a, const T* b,
+                                               const T* plans, const T* hist_n, const T* hist_m, T* g_cs, T* g_ct,
+                                               T* g_a, T* g_b, int64_t n_runtime, int64_t m_runtime, T eps,
+                                               int64_t outer, int64_t inner, bool use_ipot, int64_t begin,
+                                               int64_t end) {
   const int64_t n = kFixed != 0 ? kFixed : n_runtime, m = kFixed != 0 ? kFixed : m_runtime;
   GromovWassersteinScratch<T> s(n, m, inner, use_ipot ? inner : 0);
   InterruptCountdown interrupt(n * m, inner);
@@ -261,12 +268,12 @@ HF_INLINE void gromov_wasserstein_bwd_problems(const T* grad, const T* cs, const
       const T* hm = hist_m + (p * outer + t) * inner * m;
       T *dloga = s.vn1, *dlogb = s.vm1;
       if (use_ipot) {
-        if (!ipot_backward_linear<kVecBytes>(s.K, pa, pb, s.inv_a, s.inv_b, n, m, inner, s.dG, s.dK, dloga, dlogb, s.Qs, s.lam, s.Dcum, s.Scum,
-                                  s.vn2, s.vm2, s.vm3, s.vm4, s.vm6))
+        if (!ipot_backward_linear<kVecBytes>(s.K, pa, pb, s.inv_a, s.inv_b, n, m, inner, s.dG, s.dK, dloga, dlogb, s.Qs,
+                                             s.lam, s.Dcum, s.Scum, s.vn2, s.vm2, s.vm3, s.vm4, s.vm6))
           ipot_backward(s.K, s.loga, s.logb, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.lam, s.Dcum, s.Scum,
                         s.vn2, s.vm2, s.vm3, s.vm4, s.Gv);
-      } else if (!sinkhorn_backward_linear(s.K, s.inv_a, s.inv_b, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.G0, s.lam,
-                                           s.vn2, s.vn3, s.F, s.vn5, s.vm2, s.vm3, s.vm4, s.vm6))
+      } else if (!sinkhorn_backward_linear(s.K, s.inv_a, s.inv_b, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.G0,
+                                           s.lam, s.vn2, s.vn3, s.F, s.vn5, s.vm2, s.vm3, s.vm4, s.vm6))
         sinkhorn_backward(s.K, s.loga, s.logb, n, m, inner, hn, hm, s.dG, s.dK, dloga, dlogb, s.vn2, s.vm2, s.vn3,
                           s.vm3);
       for (int64_t i = 0; i < n; ++i) da[i] += ratio_or_zero(dloga[i], pa[i]);
@@ -323,26 +330,26 @@ HF_INLINE void gromov_wasserstein_bwd_problems(const T* grad, const T* cs, const
 }
 
 template <typename T, int kVecBytes>
-HF_INLINE void gromov_wasserstein_bwd_chunk(const T* grad, const T* cs, const T* ct, const T* a, const T* b, const T* plans,
-                            const T* hist_n, const T* hist_m, T* g_cs, T* g_ct, T* g_a, T* g_b, int64_t n, int64_t m,
-                            T eps, int64_t outer, int64_t inner, bool use_ipot, int64_t begin, int64_t end) {
+HF_INLINE void gromov_wasserstein_bwd_chunk(const T* grad, const T* cs, const T* ct, const T* a, const T* b,
+                                            const T* plans, const T* hist_n, const T* hist_m, T* g_cs, T* g_ct, T* g_a,
+                                            T* g_b, int64_t n, int64_t m, T eps, int64_t outer, int64_t inner,
+                                            bool use_ipot, int64_t begin, int64_t end) {
   with_fixed_size(n, m, [&](auto fixed) HF_INLINE_LAMBDA {
-    gromov_wasserstein_bwd_problems<decltype(fixed)::value, kVecBytes>(grad, cs, ct, a, b, plans, hist_n, hist_m, g_cs, g_ct, g_a, g_b, n, m,
-                                            eps, outer, inner, use_ipot, begin, end);
+    gromov_wasserstein_bwd_problems<decltype(fixed)::value, kVecBytes>(
+        grad, cs, ct, a, b, plans, hist_n, hist_m, g_cs, g_ct, g_a, g_b, n, m, eps, outer, inner, use_ipot, begin, end);
   });
 }
 HF_DEFINE_SIMD_DISPATCH(gromov_wasserstein_bwd_chunk)
 
 bool uses_ipot(const std::string& solver) {
-  TORCH_CHECK(solver == "ipot" || solver == "sinkhorn", "gromov_wasserstein: solver must be 'ipot' or 'sinkhorn', got '",
-              solver, "'");
+  TORCH_CHECK(solver == "ipot" || solver == "sinkhorn",
+              "gromov_wasserstein: solver must be 'ipot' or 'sinkhorn', got '", solver, "'");
   return solver == "ipot";
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gromov_wasserstein_fwd_cpu(const at::Tensor& cs_in, const at::Tensor& ct_in,
-                                                                      const at::Tensor& a_in, const at::Tensor& b_in,
-                                                                      double eps, int64_t outer, int64_t inner,
-                                                                      c10::string_view solver, bool save_history) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gromov_wasserstein_fwd_cpu(
+    const at::Tensor& cs_in, const at::Tensor& ct_in, const at::Tensor& a_in, const at::Tensor& b_in, double eps,
+    int64_t outer, int64_t inner, c10::string_view solver, bool save_history) {
   check_gromov_wasserstein_problem("gromov_wasserstein_fwd", cs_in, ct_in, a_in, b_in, eps, outer, inner);
   const bool use_ipot = uses_ipot(std::string(solver));
   const auto hist_type = history_dtype(cs_in.scalar_type());
@@ -363,8 +370,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gromov_wasserstein_fw
     scalar_t* hn = save_history ? hist_n.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* hm = save_history ? hist_m.mutable_data_ptr<scalar_t>() : nullptr;
     interruptible_parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      gromov_wasserstein_fwd_chunk_dispatch<scalar_t>(pcs, pct, pa, pb, out, pl, hn, hm, n, m, scalar_t(eps), outer, inner, use_ipot,
-                                      begin, end);
+      gromov_wasserstein_fwd_chunk_dispatch<scalar_t>(pcs, pct, pa, pb, out, pl, hn, hm, n, m, scalar_t(eps), outer,
+                                                      inner, use_ipot, begin, end);
     });
   });
   return {plan.to(cs_in.scalar_type()), plans, hist_n, hist_m};
@@ -401,8 +408,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gromov_wasserstein_bw
     scalar_t *gcs = g_cs.mutable_data_ptr<scalar_t>(), *gct = g_ct.mutable_data_ptr<scalar_t>();
     scalar_t *ga = g_a.mutable_data_ptr<scalar_t>(), *gb = g_b.mutable_data_ptr<scalar_t>();
     interruptible_parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      gromov_wasserstein_bwd_chunk_dispatch<scalar_t>(pg, pcs, pct, pa, pb, pl, hn, hm, gcs, gct, ga, gb, n, m, scalar_t(eps), outer,
-                                      inner, use_ipot, begin, end);
+      gromov_wasserstein_bwd_chunk_dispatch<scalar_t>(pg, pcs, pct, pa, pb, pl, hn, hm, gcs, gct, ga, gb, n, m,
+                                                      scalar_t(eps), outer, inner, use_ipot, begin, end);
     });
   });
   const auto out = cs_in.scalar_type();

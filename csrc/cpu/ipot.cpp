@@ -34,7 +34,8 @@ HF_INLINE void ipot_fwd_chunk(const T* cost, const T* a, const T* b, T* plan, T*
     T* out = plan + p * n * m;
     inverse_or_zero(a + p * n, n, inv_a);
     inverse_or_zero(b + p * m, m, inv_b);
-    if (ipot_forward_linear<T, kVecBytes>(K, a + p * n, b + p * m, inv_a, inv_b, n, m, n_iters, out, dh, sh, Kx, Q, d, s, colmax))
+    if (ipot_forward_linear<T, kVecBytes>(K, a + p * n, b + p * m, inv_a, inv_b, n, m, n_iters, out, dh, sh, Kx, Q, d,
+                                          s, colmax))
       continue;
     ipot_forward(K, loga, logb, n, m, n_iters, out, dh, sh, Q, d, s, colmax);
   }
@@ -49,7 +50,7 @@ HF_INLINE void ipot_bwd_chunk(const T* grad, const T* cost, const T* a, const T*
   const int64_t ld = padded_row_stride<T>(m);
   std::vector<T> buf(n * m + (1 + n_iters) * n * ld + (n_iters + 1) * (n + m) + 4 * n + 5 * m + 2 * ld);
   T *K = buf.data(), *lam = K + n * m, *Qs = lam + n * ld, *Dcum = Qs + n_iters * n * ld;
-  T *Scum = Dcum + (n_iters + 1) * n;
+  T* Scum = Dcum + (n_iters + 1) * n;
   T *loga = Scum + (n_iters + 1) * m, *dloga = loga + n, *rr = dloga + n;
   T *inv_a = rr + n, *logb = inv_a + n, *inv_b = logb + m, *dlogb = inv_b + m, *ds = dlogb + m, *dsprev = ds + m;
   T *c1 = dsprev + m, *c2 = c1 + ld;
@@ -63,8 +64,8 @@ HF_INLINE void ipot_bwd_chunk(const T* grad, const T* cost, const T* a, const T*
     inverse_or_zero(pb, m, inv_b);
     T* dK = g_cost + p * n * m;
     const T *dh = d_hist + p * n_iters * n, *sh = s_hist + p * n_iters * m, *gT = grad + p * n * m;
-    if (!ipot_backward_linear<kVecBytes>(K, pa, pb, inv_a, inv_b, n, m, n_iters, gT, dK, dloga, dlogb, Qs, lam, Dcum, Scum, rr, ds, dsprev,
-                              c1, c2))
+    if (!ipot_backward_linear<kVecBytes>(K, pa, pb, inv_a, inv_b, n, m, n_iters, gT, dK, dloga, dlogb, Qs, lam, Dcum,
+                                         Scum, rr, ds, dsprev, c1, c2))
       ipot_backward(K, loga, logb, n, m, n_iters, dh, sh, gT, dK, dloga, dlogb, lam, Dcum, Scum, rr, ds, dsprev, c1,
                     c2);
 #pragma omp simd

@@ -101,8 +101,9 @@ HF_INLINE void ipot_backward(const T* __restrict K, const T* __restrict loga, co
     }
     for (int64_t j = 0; j < m; ++j) {
       dlogb[j] += ds[j];
-      c1[j] = log_ratio(Sk[j], logb[j]);                                           // s_k column softmax: kK + D_k + S_k - log b
-      c2[j] = Sprev[j] + (k > 1 ? s_hist[(k - 2) * m + j] : s0);         // d_k row softmax: kK + D_k + S_{k-1} + s_{k-1} - log a
+      c1[j] = log_ratio(Sk[j], logb[j]);  // s_k column softmax: kK + D_k + S_k - log b
+      // d_k row softmax: kK + D_k + S_{k-1} + s_{k-1} - log a
+      c2[j] = Sprev[j] + (k > 1 ? s_hist[(k - 2) * m + j] : s0);
       dsprev[j] = 0;
     }
     for (int64_t i = 0; i < n; ++i) rr[i] = log_ratio(Dk[i], loga[i]);
@@ -223,10 +224,9 @@ HF_INLINE void ipot_row_group(const T* __restrict Kx, const T* Q_prev, const T* 
 // ipot_row_group.
 template <bool kExactZeros, int kVecBytes, typename T>
 HF_INLINE IpotIterationStats<T> ipot_iteration(const T* __restrict Kx, const T* Q_prev, const T* delta_prev,
-                                               const T* __restrict a, const T* __restrict b,
-                                               const T* __restrict inv_a, const T* __restrict inv_b, int64_t n,
-                                               int64_t m, int64_t ld, T* Q, T* delta, T* __restrict sig,
-                                               T* __restrict col) {
+                                               const T* __restrict a, const T* __restrict b, const T* __restrict inv_a,
+                                               const T* __restrict inv_b, int64_t n, int64_t m, int64_t ld, T* Q,
+                                               T* delta, T* __restrict sig, T* __restrict col) {
   using V = Vec<T, kVecBytes>;
   constexpr int64_t L = vec_lanes<T, kVecBytes>();
   IpotAccumulators<T, kVecBytes> acc;
@@ -234,9 +234,11 @@ HF_INLINE IpotIterationStats<T> ipot_iteration(const T* __restrict Kx, const T* 
   for (int64_t i0 = 0; i0 < n; i0 += L) {
     auto group = [&](auto rows) HF_INLINE_LAMBDA {
       if (Q_prev == nullptr)
-        ipot_row_group<true, kExactZeros, kVecBytes>(Kx, Q_prev, delta_prev, a, inv_a, i0, rows, ld, sig, Q, delta, col, acc);
+        ipot_row_group<true, kExactZeros, kVecBytes>(Kx, Q_prev, delta_prev, a, inv_a, i0, rows, ld, sig, Q, delta, col,
+                                                     acc);
       else
-        ipot_row_group<false, kExactZeros, kVecBytes>(Kx, Q_prev, delta_prev, a, inv_a, i0, rows, ld, sig, Q, delta, col, acc);
+        ipot_row_group<false, kExactZeros, kVecBytes>(Kx, Q_prev, delta_prev, a, inv_a, i0, rows, ld, sig, Q, delta,
+                                                      col, acc);
     };
     if (n - i0 >= L)
       group(std::integral_constant<int64_t, L>{});
@@ -289,10 +291,10 @@ struct IpotExactness {
 // use ipot_forward_linear below.
 template <bool kExactZeros, int kVecBytes, typename T>
 HF_INLINE bool ipot_forward_linear_tracked(const T* __restrict K, const T* __restrict a, const T* __restrict b,
-                                   const T* __restrict inv_a, const T* __restrict inv_b, int64_t n, int64_t m,
-                                   int64_t n_iters, T* __restrict plan, T* d_hist, T* s_hist,
-                                   T* __restrict Kx, T* __restrict Tm, T* __restrict delta, T* __restrict sigma,
-                                   T* __restrict col) {
+                                           const T* __restrict inv_a, const T* __restrict inv_b, int64_t n, int64_t m,
+                                           int64_t n_iters, T* __restrict plan, T* d_hist, T* s_hist, T* __restrict Kx,
+                                           T* __restrict Tm, T* __restrict delta, T* __restrict sigma,
+                                           T* __restrict col) {
   const int64_t ld = padded_row_stride<T>(m);
   const T c = shifted_kernel_rows(K, n, m, ld, Kx);
   IpotExactness<T> exact(b, m);
@@ -300,8 +302,8 @@ HF_INLINE bool ipot_forward_linear_tracked(const T* __restrict K, const T* __res
   InterruptCountdown interrupt(n * m);
   for (int64_t k = 0; k < n_iters; ++k) {
     interrupt.tick();
-    const IpotIterationStats<T> it = ipot_iteration<kExactZeros, kVecBytes>(Kx, k == 0 ? nullptr : Tm, k == 0 ? nullptr : delta,
-                                                                 a, b, inv_a, inv_b, n, m, ld, Tm, delta, sigma, col);
+    const IpotIterationStats<T> it = ipot_iteration<kExactZeros, kVecBytes>(
+        Kx, k == 0 ? nullptr : Tm, k == 0 ? nullptr : delta, a, b, inv_a, inv_b, n, m, ld, Tm, delta, sigma, col);
     if (!exact.step(k == 0, it, n, m)) return false;
     if (d_hist != nullptr) {
       T* __restrict dh = d_hist + k * n;
@@ -331,10 +333,10 @@ HF_INLINE bool ipot_forward_linear(const Args&... args) {
 // sig, col [ld].
 template <bool kExactZeros, int kVecBytes, typename T>
 HF_INLINE bool ipot_forward_linear_iterates_tracked(const T* __restrict K, const T* __restrict a, const T* __restrict b,
-                                            const T* __restrict inv_a, const T* __restrict inv_b, int64_t n, int64_t m,
-                                            int64_t n_iters, T* __restrict Kx, T* __restrict Qs,
-                                            T* __restrict delta, T* __restrict sigma, T* __restrict sig,
-                                            T* __restrict col) {
+                                                    const T* __restrict inv_a, const T* __restrict inv_b, int64_t n,
+                                                    int64_t m, int64_t n_iters, T* __restrict Kx, T* __restrict Qs,
+                                                    T* __restrict delta, T* __restrict sigma, T* __restrict sig,
+                                                    T* __restrict col) {
   const int64_t ld = padded_row_stride<T>(m), nq = n * ld;
   shifted_kernel_rows(K, n, m, ld, Kx);
   IpotExactness<T> exact(b, m);
@@ -347,8 +349,8 @@ HF_INLINE bool ipot_forward_linear_iterates_tracked(const T* __restrict K, const
     T* sk = sigma + k * m;
     const bool first = k == 1;
     const IpotIterationStats<T> it =
-        ipot_iteration<kExactZeros, kVecBytes>(Kx, first ? nullptr : Qs + (k - 2) * nq, first ? nullptr : dk - n, a, b, inv_a,
-                                    inv_b, n, m, ld, Qs + (k - 1) * nq, dk, sig, col);
+        ipot_iteration<kExactZeros, kVecBytes>(Kx, first ? nullptr : Qs + (k - 2) * nq, first ? nullptr : dk - n, a, b,
+                                               inv_a, inv_b, n, m, ld, Qs + (k - 1) * nq, dk, sig, col);
     for (int64_t j = 0; j < m; ++j) sk[j] = sig[j];
     if (!exact.step(first, it, n, m)) return false;
   }
@@ -372,10 +374,10 @@ HF_INLINE bool ipot_forward_linear_iterates(const Args&... args) {
 template <int kVecBytes, typename T>
 HF_INLINE bool ipot_backward_linear(const T* __restrict K, const T* __restrict a, const T* __restrict b,
                                     const T* __restrict inv_a, const T* __restrict inv_b, int64_t n, int64_t m,
-                                    int64_t n_iters, const T* __restrict gT, T* __restrict dK,
-                                    T* __restrict dloga, T* __restrict dlogb, T* __restrict Qs, T* __restrict lam,
-                                    T* __restrict delta, T* __restrict sigma, T* __restrict rho, T* __restrict ds,
-                                    T* __restrict dsnext, T* __restrict cw, T* __restrict sig) {
+                                    int64_t n_iters, const T* __restrict gT, T* __restrict dK, T* __restrict dloga,
+                                    T* __restrict dlogb, T* __restrict Qs, T* __restrict lam, T* __restrict delta,
+                                    T* __restrict sigma, T* __restrict rho, T* __restrict ds, T* __restrict dsnext,
+                                    T* __restrict cw, T* __restrict sig) {
   const int64_t nm = n * m, ld = padded_row_stride<T>(m), nq = n * ld;
   if (!ipot_forward_linear_iterates<T, kVecBytes>(K, a, b, inv_a, inv_b, n, m, n_iters, lam, Qs, delta, sigma, sig, cw))
     return false;

@@ -37,10 +37,21 @@ struct ChunkScratch {
     return (n + lanes - 1) / lanes * lanes;
   }
   ChunkScratch(const Params& p, int64_t vector_bytes)
-      : dim_padded(padded(p.dim, vector_bytes)), lk_padded(padded(p.lk, vector_bytes)), q(p.lq * dim_padded),
-        k(p.lk * dim_padded), kt(p.dim * lk_padded), v(p.lk * dim_padded), s(p.lq * lk_padded), w(p.lq * lk_padded),
-        dp(p.lq * lk_padded), dout(p.lq * dim_padded), dq(std::max(p.lq, p.lk) * dim_padded), dk(p.lk * dim_padded),
-        dv(p.lk * dim_padded), y(p.lq * p.heads * p.dim), dy(p.lq * p.heads * p.dim) {}
+      : dim_padded(padded(p.dim, vector_bytes)),
+        lk_padded(padded(p.lk, vector_bytes)),
+        q(p.lq * dim_padded),
+        k(p.lk * dim_padded),
+        kt(p.dim * lk_padded),
+        v(p.lk * dim_padded),
+        s(p.lq * lk_padded),
+        w(p.lq * lk_padded),
+        dp(p.lq * lk_padded),
+        dout(p.lq * dim_padded),
+        dq(std::max(p.lq, p.lk) * dim_padded),
+        dk(p.lk * dim_padded),
+        dv(p.lk * dim_padded),
+        y(p.lq * p.heads * p.dim),
+        dy(p.lq * p.heads * p.dim) {}
 };
 
 // Outputs of the backward: gradients in the input dtype (q, k, v, the LayerNorm input) and reduction
@@ -84,9 +95,7 @@ HF_TARGET_REGION_END
 using cpu_math::SimdIsa;
 
 // The vector width of the kernels of isa (their scratch tiles are padded to it).
-int64_t vector_bytes(SimdIsa isa) {
-  return isa == SimdIsa::kAvx512 ? 64 : isa == SimdIsa::kAvx2 ? 32 : 16;
-}
+int64_t vector_bytes(SimdIsa isa) { return isa == SimdIsa::kAvx512 ? 64 : isa == SimdIsa::kAvx2 ? 32 : 16; }
 
 template <typename scalar_t, typename acc_t>
 void forward_cpu(const Params& p, const InputViews<scalar_t>& x, scalar_t* out, acc_t* mean_out, acc_t* rstd_out,
@@ -105,14 +114,15 @@ void forward_cpu(const Params& p, const InputViews<scalar_t>& x, scalar_t* out, 
         isa_avx2::forward_batches(p, x, out, mean_out, rstd_out, prob_out, y_out, begin, end, scratch);
         break;
 #endif
-      default: isa_default::forward_batches(p, x, out, mean_out, rstd_out, prob_out, y_out, begin, end, scratch);
+      default:
+        isa_default::forward_batches(p, x, out, mean_out, rstd_out, prob_out, y_out, begin, end, scratch);
     }
   });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lcd_attention_fwd_cpu(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& bias,
-    double scale, double dropkey_p, double dropout_p, const std::optional<at::Tensor>& residual,
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& bias, double scale,
+    double dropkey_p, double dropout_p, const std::optional<at::Tensor>& residual,
     const std::optional<at::Tensor>& ln_weight, const std::optional<at::Tensor>& ln_bias, double ln_eps,
     bool bias_before_scale, const at::Tensor& seed, const std::optional<at::Tensor>& dropkey_mask,
     const std::optional<at::Tensor>& dropout_mask, double dropkey_value, bool save_for_backward) {
@@ -140,9 +150,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& bias, double scale, double dropkey_p, double dropout_p,
     const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& ln_weight,
     const std::optional<at::Tensor>& ln_bias, double ln_eps, bool bias_before_scale, const at::Tensor& seed,
-    const std::optional<at::Tensor>& dropkey_mask, const std::optional<at::Tensor>& dropout_mask,
-    double dropkey_value, const at::Tensor& mean_in, const at::Tensor& rstd_in, const at::Tensor& prob_in,
-    const at::Tensor& ln_input_in) {
+    const std::optional<at::Tensor>& dropkey_mask, const std::optional<at::Tensor>& dropout_mask, double dropkey_value,
+    const at::Tensor& mean_in, const at::Tensor& rstd_in, const at::Tensor& prob_in, const at::Tensor& ln_input_in) {
   const Inputs in = make_inputs(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask,
                                 /*keep_row_strides=*/true);
   const Params p = make_params(in, scale, dropkey_p, dropout_p, ln_eps, bias_before_scale,
@@ -153,7 +162,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
               "(run the forward with save_for_backward=True)");
   const int64_t HD = p.heads * p.dim;
   const at::Tensor grad_out = grad_out_in.to(q.scalar_type()).contiguous();
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({p.batch, p.lq, HD}), "lcd_attention_bwd: grad_out must be [B, Lq, H*D]");
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({p.batch, p.lq, HD}),
+              "lcd_attention_bwd: grad_out must be [B, Lq, H*D]");
   const at::ScalarType acc = acc_type_of(q);
   const at::Tensor mean = mean_in.to(acc).contiguous(), rstd = rstd_in.to(acc).contiguous();
   const at::Tensor prob = prob_in.to(acc).contiguous(), ln_input = ln_input_in.to(acc).contiguous();
@@ -210,17 +220,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           case SimdIsa::kAvx512:
             isa_avx512::backward_batches(p, x, go, mp, rp, pp, yp, first, last, c, g, scratch);
             break;
-          case SimdIsa::kAvx2: isa_avx2::backward_batches(p, x, go, mp, rp, pp, yp, first, last, c, g, scratch); break;
+          case SimdIsa::kAvx2:
+            isa_avx2::backward_batches(p, x, go, mp, rp, pp, yp, first, last, c, g, scratch);
+            break;
 #endif
-          default: isa_default::backward_batches(p, x, go, mp, rp, pp, yp, first, last, c, g, scratch);
+          default:
+            isa_default::backward_batches(p, x, go, mp, rp, pp, yp, first, last, c, g, scratch);
         }
       }
     });
   });
   // Absent inputs get distinct empty tensors (outputs must not alias each other).
   at::Tensor grad_bias = q.new_empty({0}), grad_ln_weight = q.new_empty({0}), grad_ln_bias = q.new_empty({0});
-  if (p.has_bias)
-    grad_bias = (bias_shared ? dbias_acc.sum(0).view(in.bias.sizes()) : dbias_acc).to(q.scalar_type());
+  if (p.has_bias) grad_bias = (bias_shared ? dbias_acc.sum(0).view(in.bias.sizes()) : dbias_acc).to(q.scalar_type());
   if (p.has_ln) grad_ln_weight = dln_weight_acc.sum(0).to(parameter_dtype(ln_weight, q));
   if (p.has_ln_bias) grad_ln_bias = dln_bias_acc.sum(0).to(parameter_dtype(ln_bias, q));
   return {dq, dk, dv, grad_bias, dy, grad_ln_weight, grad_ln_bias};

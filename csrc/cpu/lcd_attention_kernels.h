@@ -8,8 +8,8 @@
 
 // out[j] = 0 where dropout drops logit (row, j), else in[j] * keep_scale (out may be in); a copy without dropout.
 template <typename acc_t>
-inline void apply_dropout(const Params& p, const bool* explicit_mask, uint64_t mask_base, acc_t* out,
-                          const acc_t* in, acc_t keep_scale, int64_t Lk) {
+inline void apply_dropout(const Params& p, const bool* explicit_mask, uint64_t mask_base, acc_t* out, const acc_t* in,
+                          acc_t keep_scale, int64_t Lk) {
   if (p.dropout_mode == kSeededMask) {
     // The integer form of the mask test (mask_threshold) and the weight times 0 or keep_scale, as the reference
     // multiplies by the mask: as `hash_dropped(...) ? 0 : in[j] * keep_scale` (a float compare, a select after a
@@ -18,8 +18,8 @@ inline void apply_dropout(const Params& p, const bool* explicit_mask, uint64_t m
     const uint32_t seed = p.seed, base = static_cast<uint32_t>(mask_base), threshold = mask_threshold(p.dropout_p);
 #pragma omp simd
     for (int64_t j = 0; j < Lk; ++j)
-      out[j] = in[j] * (hash_below(seed, base + static_cast<uint32_t>(j), kStreamDropout, threshold) ? acc_t(0)
-                                                                                                    : keep_scale);
+      out[j] = in[j] *
+               (hash_below(seed, base + static_cast<uint32_t>(j), kStreamDropout, threshold) ? acc_t(0) : keep_scale);
   } else if (p.dropout_mode == kExplicitMask) {
     for (int64_t j = 0; j < Lk; ++j) out[j] = explicit_mask[mask_base + j] ? acc_t(0) : in[j] * keep_scale;
   } else {
@@ -99,7 +99,7 @@ void forward_batches(const Params& p, const InputViews<scalar_t>& x, scalar_t* o
           apply_dropout(p, x.dropout_mask, mask_base, s.w.data() + i * Lkp, S + i * Lkp, keep_scale, Lk);
       }
       const acc_t* W = p.dropout_mode == kNoMask ? S : s.w.data();  // the weights after dropout
-      if (D == Dp) {  // O = W V straight into the head's columns of y
+      if (D == Dp) {                                                // O = W V straight into the head's columns of y
         gemm(Lq, Dp, Lk, W, Lkp, 1, v, Dp, y + h * D, HD);
       } else {
         acc_t* O = s.dq.data();  // [Lq, Dp]
@@ -215,8 +215,8 @@ void backward_one_batch(const Params& p, const InputViews<scalar_t>& x, const sc
       const int64_t offset = (bh * Lq + i) * Lk;
       std::copy_n(prob_in + offset, Lk, P + i * Lkp);
       if (p.dropout_mode != kNoMask)
-        apply_dropout(p, x.dropout_mask, static_cast<uint64_t>(offset), s.w.data() + i * Lkp, P + i * Lkp,
-                      keep_scale, Lk);
+        apply_dropout(p, x.dropout_mask, static_cast<uint64_t>(offset), s.w.data() + i * Lkp, P + i * Lkp, keep_scale,
+                      Lk);
     }
     if (long_rows) {
       gemm_nt(Lq, Lk, Dp, dO, ld_dO, tile_rows(s.k.data(), Dp, v_rows, p.v_stride[2], Lk, D), Dp, dP, Lkp);

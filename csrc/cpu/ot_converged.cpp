@@ -52,9 +52,9 @@ HF_INLINE void sinkhorn_tol_chunk(const T* cost, const T* a, const T* b, T* plan
 HF_DEFINE_SIMD_DISPATCH_AVX512(sinkhorn_tol_chunk)
 
 template <typename T, int kVecBytes>
-HF_INLINE void ipot_tol_chunk(const T* cost, const T* a, const T* b, T* plan, T* d_hist, T* s_hist,
-                              int64_t* iterations, T* violation, int64_t n, int64_t m, T beta, int64_t n_iters, T tol,
-                              int64_t begin, int64_t end) {
+HF_INLINE void ipot_tol_chunk(const T* cost, const T* a, const T* b, T* plan, T* d_hist, T* s_hist, int64_t* iterations,
+                              T* violation, int64_t n, int64_t m, T beta, int64_t n_iters, T tol, int64_t begin,
+                              int64_t end) {
   const int64_t ld = padded_row_stride<T>(m);
   std::vector<T> buf(n * m + 2 * n * ld + 3 * n + 2 * m + 2 * ld);
   T *K = buf.data(), *Q = K + n * m, *Kx = Q + n * ld;
@@ -71,8 +71,8 @@ HF_INLINE void ipot_tol_chunk(const T* cost, const T* a, const T* b, T* plan, T*
     inverse_or_zero(pa, n, inv_a);
     inverse_or_zero(pb, m, inv_b);
     ConvergenceReport<T> report;
-    if (!ipot_forward_linear_tol<T, kVecBytes>(K, pa, pb, inv_a, inv_b, n, m, n_iters, tol, out, dh, sh, Kx, Q, d, s, colmax,
-                                    report)) {
+    if (!ipot_forward_linear_tol<T, kVecBytes>(K, pa, pb, inv_a, inv_b, n, m, n_iters, tol, out, dh, sh, Kx, Q, d, s,
+                                               colmax, report)) {
       report = ConvergenceReport<T>();
       ipot_forward_tol(K, loga, logb, pa, n, m, n_iters, tol, out, dh, sh, Q, d, s, colmax, report);
     }
@@ -88,8 +88,8 @@ at::ScalarType work_dtype(const at::Tensor& cost, bool save_history) {
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_tol_cpu(
-    const at::Tensor& cost_in, const at::Tensor& a_in, const at::Tensor& b_in, double eps, int64_t n_iters,
-    double tol, bool save_history) {
+    const at::Tensor& cost_in, const at::Tensor& a_in, const at::Tensor& b_in, double eps, int64_t n_iters, double tol,
+    bool save_history) {
   check_ot_problem("sinkhorn_fwd_tol", cost_in, a_in, b_in, eps, n_iters);
   TORCH_CHECK(tol > 0, "sinkhorn_fwd_tol: tol must be > 0, got ", tol);
   const auto work = work_dtype(cost_in, save_history);
@@ -97,7 +97,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t batch = cost.size(0), n = cost.size(1), m = cost.size(2), hist = save_history ? n_iters : 0;
   at::Tensor plan = at::empty_like(cost), f = at::empty_like(a), g = at::empty_like(b);
   at::Tensor f_hist = at::empty({batch, hist, n}, cost.options()), g_hist = at::empty({batch, hist, m}, cost.options());
-  at::Tensor iterations = at::empty({batch}, cost.options().dtype(at::kLong)), violation = at::empty({batch}, cost.options());
+  at::Tensor iterations = at::empty({batch}, cost.options().dtype(at::kLong)),
+             violation = at::empty({batch}, cost.options());
   AT_DISPATCH_FLOATING_TYPES(cost.scalar_type(), "sinkhorn_fwd_tol_cpu", [&] {
     scalar_t* fh = save_history ? f_hist.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* gh = save_history ? g_hist.mutable_data_ptr<scalar_t>() : nullptr;
@@ -105,16 +106,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       sinkhorn_tol_chunk_dispatch<scalar_t>(
           cost.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
           plan.mutable_data_ptr<scalar_t>(), f.mutable_data_ptr<scalar_t>(), g.mutable_data_ptr<scalar_t>(), fh, gh,
-          iterations.mutable_data_ptr<int64_t>(), violation.mutable_data_ptr<scalar_t>(), n, m, scalar_t(eps),
-          n_iters, scalar_t(tol), begin, end);
+          iterations.mutable_data_ptr<int64_t>(), violation.mutable_data_ptr<scalar_t>(), n, m, scalar_t(eps), n_iters,
+          scalar_t(tol), begin, end);
     });
   });
   return {plan.to(cost_in.scalar_type()), f, g, f_hist, g_hist, iterations, violation};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ipot_fwd_tol_cpu(
-    const at::Tensor& cost_in, const at::Tensor& a_in, const at::Tensor& b_in, double beta, int64_t n_iters,
-    double tol, bool save_history) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ipot_fwd_tol_cpu(const at::Tensor& cost_in,
+                                                                                        const at::Tensor& a_in,
+                                                                                        const at::Tensor& b_in,
+                                                                                        double beta, int64_t n_iters,
+                                                                                        double tol, bool save_history) {
   check_ot_problem("ipot_fwd_tol", cost_in, a_in, b_in, beta, n_iters);
   TORCH_CHECK(tol > 0, "ipot_fwd_tol: tol must be > 0, got ", tol);
   const auto work = work_dtype(cost_in, save_history);
@@ -122,7 +125,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ipot_fwd_
   const int64_t batch = cost.size(0), n = cost.size(1), m = cost.size(2), hist = save_history ? n_iters : 0;
   at::Tensor plan = at::empty_like(cost);
   at::Tensor d_hist = at::empty({batch, hist, n}, cost.options()), s_hist = at::empty({batch, hist, m}, cost.options());
-  at::Tensor iterations = at::empty({batch}, cost.options().dtype(at::kLong)), violation = at::empty({batch}, cost.options());
+  at::Tensor iterations = at::empty({batch}, cost.options().dtype(at::kLong)),
+             violation = at::empty({batch}, cost.options());
   AT_DISPATCH_FLOATING_TYPES(cost.scalar_type(), "ipot_fwd_tol_cpu", [&] {
     scalar_t* dh = save_history ? d_hist.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* sh = save_history ? s_hist.mutable_data_ptr<scalar_t>() : nullptr;

@@ -42,11 +42,10 @@ HF_INLINE T l1_gap(const T* __restrict mass, const T* __restrict w, int64_t len)
 // final log-domain potentials (F = log u, G = log v - max K). Scratch: Kx [n, m], u [n], v, mass [m].
 template <typename T>
 HF_INLINE bool sinkhorn_forward_linear_tol(const T* __restrict K, const T* __restrict a, const T* __restrict b,
-                                           const T* __restrict inv_a, const T* __restrict inv_b, int64_t n,
-                                           int64_t m, int64_t n_iters, T tol, T* __restrict plan, T* f_hist,
-                                           T* g_hist, T* __restrict Kx, T* __restrict u, T* __restrict v,
-                                           T* __restrict mass, T* __restrict F, T* __restrict G,
-                                           ConvergenceReport<T>& out) {
+                                           const T* __restrict inv_a, const T* __restrict inv_b, int64_t n, int64_t m,
+                                           int64_t n_iters, T tol, T* __restrict plan, T* f_hist, T* g_hist,
+                                           T* __restrict Kx, T* __restrict u, T* __restrict v, T* __restrict mass,
+                                           T* __restrict F, T* __restrict G, ConvergenceReport<T>& out) {
   const T c = shifted_kernel_rows(K, n, m, m, Kx);
   const ExactnessGuard<T> guard;
   T* __restrict col = plan;  // Kxᵀ u [m]; the plan is only written after the last iteration
@@ -171,9 +170,9 @@ HF_INLINE bool ipot_forward_linear_tol(Args&&... args) {
 // ipot_forward (log domain) with the test: row sums exp(d_i + LSE_j(Q_ij + s_j)).
 template <typename T>
 HF_INLINE void ipot_forward_tol(const T* __restrict K, const T* __restrict loga, const T* __restrict logb,
-                                const T* __restrict a, int64_t n, int64_t m, int64_t n_iters, T tol,
-                                T* __restrict plan, T* d_hist, T* s_hist, T* __restrict Q, T* __restrict d,
-                                T* __restrict s, T* __restrict colmax, ConvergenceReport<T>& out) {
+                                const T* __restrict a, int64_t n, int64_t m, int64_t n_iters, T tol, T* __restrict plan,
+                                T* d_hist, T* s_hist, T* __restrict Q, T* __restrict d, T* __restrict s,
+                                T* __restrict colmax, ConvergenceReport<T>& out) {
   const T s0 = -std::log(T(m));
   for (int64_t j = 0; j < m; ++j) s[j] = s0;
   InterruptCountdown interrupt(n * m);

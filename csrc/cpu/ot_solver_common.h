@@ -114,8 +114,8 @@ HF_INLINE void inverse_or_zero(const T* __restrict w, int64_t len, T* __restrict
 // out_ij = r_i * (mat_ij * c_j): a plan from its scaling-form factors. mat [n, m] with rows ld apart; out [n, m].
 // (mat_ij c_j flushed to 0 means a true plan entry below tiny * r_i, which ExactnessGuard's row check covers.)
 template <typename T>
-HF_INLINE void scale_rows_and_columns(const T* __restrict r, const T* __restrict mat, int64_t ld,
-                                      const T* __restrict c, int64_t n, int64_t m, T* __restrict out) {
+HF_INLINE void scale_rows_and_columns(const T* __restrict r, const T* __restrict mat, int64_t ld, const T* __restrict c,
+                                      int64_t n, int64_t m, T* __restrict out) {
   for (int64_t i = 0; i < n; ++i) {
     const T ri = r[i];
     const T* __restrict mrow = mat + i * ld;
@@ -178,8 +178,8 @@ HF_INLINE void column_product(const T* __restrict mat, const T* __restrict x, in
 // (one would leave the FMA units waiting on its latency) while the rows are in L1, and an eighth of the
 // load-add-store chain through out.
 template <typename T, typename Coef>
-HF_INLINE void row_dots_then_column_product(const T* __restrict mat, const T* __restrict x, int64_t rows,
-                                            int64_t cols, T* __restrict out, Coef&& coef) {
+HF_INLINE void row_dots_then_column_product(const T* __restrict mat, const T* __restrict x, int64_t rows, int64_t cols,
+                                            T* __restrict out, Coef&& coef) {
   for (int64_t j = 0; j < cols; ++j) out[j] = 0;
   int64_t i = 0;
   for (; i + 8 <= rows; i += 8) {

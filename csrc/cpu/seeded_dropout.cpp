@@ -21,10 +21,20 @@ using cpu_math::SimdIsa;
 
 // Unsigned integer of sizeof(T) bytes: the select below is a bitwise AND, which the vectoriser takes (a ?: on
 // floating-point values stays a branch: "control flow in loop").
-template <size_t kBytes> struct BitsOf;
-template <> struct BitsOf<2> { using type = uint16_t; };
-template <> struct BitsOf<4> { using type = uint32_t; };
-template <> struct BitsOf<8> { using type = uint64_t; };
+template <size_t kBytes>
+struct BitsOf;
+template <>
+struct BitsOf<2> {
+  using type = uint16_t;
+};
+template <>
+struct BitsOf<4> {
+  using type = uint32_t;
+};
+template <>
+struct BitsOf<8> {
+  using type = uint64_t;
+};
 
 // out[i] = dropped(i) ? 0 : x[i] * scale for i in [begin, end), as bits: (x[i] * scale) AND all-ones where kept,
 // AND zero (+0.0) where dropped. The hash is 32-bit integer arithmetic (AVX2's vpmulld).

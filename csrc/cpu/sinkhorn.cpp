@@ -83,8 +83,8 @@ HF_INLINE void sinkhorn_bwd_chunk(const In* grad, const In* cost, const In* a, c
     inverse_or_zero(pb, m, inv_b);
     const T* fh = f_hist + p * n_iters * n;
     const T* gh = g_hist + p * n_iters * m;
-    if (!sinkhorn_backward_linear(K, inv_a, inv_b, n, m, n_iters, fh, gh, gp, dK, dloga, dlogb, Kx, acc, u, up, alpha, upa, v,
-                                  beta, gb, dG))
+    if (!sinkhorn_backward_linear(K, inv_a, inv_b, n, m, n_iters, fh, gh, gp, dK, dloga, dlogb, Kx, acc, u, up, alpha,
+                                  upa, v, beta, gb, dG))
       sinkhorn_backward(K, loga, logb, n, m, n_iters, fh, gh, gp, dK, dloga, dlogb, dF, dG, zeros, gb);
     In* dc = g_cost + p * n * m;
 #pragma omp simd

@@ -119,7 +119,7 @@ HF_INLINE bool sinkhorn_forward_linear(const T* __restrict K, const T* __restric
                                        T* __restrict u, T* __restrict v) {
   const T c = shifted_kernel_rows(K, n, m, m, Kx);
   const ExactnessGuard<T> guard;  // Kx is fixed: its lost entries stay below the kernel cut-off
-  T* __restrict col = plan;  // Kxᵀ u [m]; the plan is only written after the last iteration
+  T* __restrict col = plan;       // Kxᵀ u [m]; the plan is only written after the last iteration
   for (int64_t i = 0; i < n; ++i) u[i] = 1;
   T u_max = 1;
   column_product(Kx, u, n, m, col);
@@ -187,7 +187,8 @@ HF_INLINE bool sinkhorn_backward_linear(const T* __restrict K, const T* __restri
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) upa[i] = up[i] * inv_a[i];
     const ScalingStats<T> vs = load_scaling(g_hist + (k - 1) * m, c, inv_b, m, v);
-    const bool ok = (k == 1 || u_prev.in_range) && guard.dots_exact(n, u_prev.max, vs) && guard.dots_exact(m, vs.max, u_now);
+    const bool ok =
+        (k == 1 || u_prev.in_range) && guard.dots_exact(n, u_prev.max, vs) && guard.dots_exact(m, vs.max, u_now);
     u_now = u_prev;
     return ok;
   };

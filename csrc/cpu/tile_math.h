@@ -195,8 +195,7 @@ inline acc_t exp_of(acc_t x) {
 // where it already is one (same type, rows contiguous and a whole number of vectors), else a packed copy in dst
 // (so a head of a [B, L, H, D] layout is gathered here, in cache, rather than copied whole beforehand).
 template <typename acc_t, typename scalar_t>
-inline const acc_t* tile_rows(acc_t* dst, int64_t ld, const scalar_t* src, int64_t src_ld, int64_t rows,
-                              int64_t cols) {
+inline const acc_t* tile_rows(acc_t* dst, int64_t ld, const scalar_t* src, int64_t src_ld, int64_t rows, int64_t cols) {
   if constexpr (std::is_same_v<acc_t, scalar_t>) {
     if (ld == cols && src_ld == cols) return src;
   }
@@ -263,10 +262,10 @@ template <typename V, typename T, typename Op>
 HF_INLINE void reduce4(V s0, V s1, V s2, V s3, T* out, Op op) {
   constexpr std::size_t N = lane_count<V>();
   const auto lanes_seq = std::make_index_sequence<N>();
-  const V u = op(shuffle_pair<V, HalvesOf<N, false>>(s0, s1, lanes_seq),
-                 shuffle_pair<V, HalvesOf<N, true>>(s0, s1, lanes_seq));
-  const V w = op(shuffle_pair<V, HalvesOf<N, false>>(s2, s3, lanes_seq),
-                 shuffle_pair<V, HalvesOf<N, true>>(s2, s3, lanes_seq));
+  const V u =
+      op(shuffle_pair<V, HalvesOf<N, false>>(s0, s1, lanes_seq), shuffle_pair<V, HalvesOf<N, true>>(s0, s1, lanes_seq));
+  const V w =
+      op(shuffle_pair<V, HalvesOf<N, false>>(s2, s3, lanes_seq), shuffle_pair<V, HalvesOf<N, true>>(s2, s3, lanes_seq));
   if constexpr (N == 2) {
     out[0] = u[0];
     out[1] = u[1];

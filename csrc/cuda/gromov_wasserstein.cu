@@ -8,16 +8,15 @@ namespace {
 // HeLo's GW step: u = (cs∘cs) a, v = (ct∘ct) b, Gamma = a bᵀ; outer times: K = -(u + v - 2 cs Gamma ctᵀ)/eps,
 // Gamma = solve(K). Matrices cs, ct, Gamma, X = cs Gamma, K, Q per problem (shared memory or workspace).
 template <typename scalar_t, typename T>
-__global__ void __launch_bounds__(kThreads) gromov_wasserstein_kernel(const scalar_t* __restrict__ cs_in, const scalar_t* __restrict__ ct_in,
-                                                      const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
-                                                      scalar_t* __restrict__ plan, T* plans, T* hist_n, T* hist_m,
-                                                      T* workspace, int n, int m, T eps, int outer, int inner, bool ipot,
-                                                      bool on_chip) {
+__global__ void __launch_bounds__(kThreads)
+    gromov_wasserstein_kernel(const scalar_t* __restrict__ cs_in, const scalar_t* __restrict__ ct_in,
+                              const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
+                              scalar_t* __restrict__ plan, T* plans, T* hist_n, T* hist_m, T* workspace, int n, int m,
+                              T eps, int outer, int inner, bool ipot, bool on_chip) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int p = blockIdx.x, tid = threadIdx.x, nm = n * m;
   T* vec = reinterpret_cast<T*>(smem_raw);
-  T *loga = vec, *logb = vec + n, *F = vec + n + m, *G = vec + 2 * n + m, *u = vec + 2 * (n + m),
-    *v = u + n;
+  T *loga = vec, *logb = vec + n, *F = vec + n + m, *G = vec + 2 * n + m, *u = vec + 2 * (n + m), *v = u + n;
   const int64_t mat_elems = static_cast<int64_t>(n) * n + static_cast<int64_t>(m) * m + 4 * nm;
   T* mats = on_chip ? v + m : workspace + static_cast<int64_t>(p) * mat_elems;
   T *cs = mats, *ct = cs + n * n, *gamma = ct + m * m, *X = gamma + nm, *K = X + nm, *Q = K + nm;
@@ -64,10 +63,9 @@ __global__ void __launch_bounds__(kThreads) gromov_wasserstein_kernel(const scal
   for (int e = tid; e < nm; e += blockDim.x) plan[static_cast<int64_t>(p) * nm + e] = static_cast<scalar_t>(gamma[e]);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gromov_wasserstein_fwd_cuda(const at::Tensor& cs_in, const at::Tensor& ct_in,
-                                                                       const at::Tensor& a_in, const at::Tensor& b_in,
-                                                                       double eps, int64_t outer, int64_t inner,
-                                                                       c10::string_view solver, bool save_history) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gromov_wasserstein_fwd_cuda(
+    const at::Tensor& cs_in, const at::Tensor& ct_in, const at::Tensor& a_in, const at::Tensor& b_in, double eps,
+    int64_t outer, int64_t inner, c10::string_view solver, bool save_history) {
   check_gromov_wasserstein_problem("gromov_wasserstein_fwd", cs_in, ct_in, a_in, b_in, eps, outer, inner);
   TORCH_CHECK(solver == "ipot" || solver == "sinkhorn", "gromov_wasserstein: solver must be 'ipot' or 'sinkhorn'");
   const bool ipot = solver == "ipot";

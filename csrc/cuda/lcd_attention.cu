@@ -53,8 +53,7 @@ __device__ acc_t block_sum(acc_t x, acc_t* scratch) {
 
 // Scaled logit (b, h, i, j) with bias and DropKey, as reference.lcd_attention computes it.
 template <typename scalar_t, typename acc_t>
-__device__ acc_t logit_of(const Params& p, const InputViews<scalar_t>& x, int64_t b, int64_t h, int64_t i,
-                          int64_t j) {
+__device__ acc_t logit_of(const Params& p, const InputViews<scalar_t>& x, int64_t b, int64_t h, int64_t i, int64_t j) {
   const int64_t bh = b * p.heads + h;
   const scalar_t* qrow = x.q + (bh * p.lq + i) * p.dim;
   const scalar_t* krow = x.k + (bh * p.lk + j) * p.dim;
@@ -90,8 +89,8 @@ __device__ void softmax_dropout(const Params& p, const InputViews<scalar_t>& x, 
   for (int64_t j = 0; j < p.lk; ++j) {
     prob[j] *= inv_total;
     weight[j] = prob[j];
-    if (p.dropout_mode != kNoMask && dropped(p.dropout_mode, x.dropout_mask, p.seed, mask_base + j,
-                                             kStreamDropout, p.dropout_p))
+    if (p.dropout_mode != kNoMask &&
+        dropped(p.dropout_mode, x.dropout_mask, p.seed, mask_base + j, kStreamDropout, p.dropout_p))
       weight[j] = 0;
     else if (p.dropout_mode != kNoMask)
       weight[j] = prob[j] * keep_scale;
@@ -103,9 +102,9 @@ __global__ void _lcd_attention_fwd_kernel(Params p, InputViews<scalar_t> x, scal
                                           acc_t* rstd_out, acc_t* prob_out, acc_t* y_out) {
   extern __shared__ unsigned char smem_raw[];
   acc_t* prob = reinterpret_cast<acc_t*>(smem_raw);  // [H * Lk] logits -> softmax weights
-  acc_t* w = prob + p.heads * p.lk;                   // [H * Lk] weights after dropout
-  acc_t* y = w + p.heads * p.lk;                      // [H * D] LayerNorm input
-  acc_t* red = y + p.heads * p.dim;                // [warps] reduction scratch
+  acc_t* w = prob + p.heads * p.lk;                  // [H * Lk] weights after dropout
+  acc_t* y = w + p.heads * p.lk;                     // [H * D] LayerNorm input
+  acc_t* red = y + p.heads * p.dim;                  // [warps] reduction scratch
   const int64_t row = blockIdx.x, b = row / p.lq, i = row % p.lq, HD = p.heads * p.dim;
   for (int64_t idx = threadIdx.x; idx < p.heads * p.lk; idx += blockDim.x)
     prob[idx] = logit_of<scalar_t, acc_t>(p, x, b, idx / p.lk, i, idx % p.lk);
@@ -233,7 +232,7 @@ __global__ void _lcd_attention_bwd_kernel(Params p, InputViews<scalar_t> x, Devi
     if (p.dropout_mode != kNoMask) {
       const uint64_t index = static_cast<uint64_t>(b * n_logits + idx);
       dp = dropped(p.dropout_mode, x.dropout_mask, p.seed, index, kStreamDropout, p.dropout_p) ? acc_t(0)
-                                                                                                : dp * keep_scale;
+                                                                                               : dp * keep_scale;
     }
     dlogit[idx] = dp;
   }
@@ -249,9 +248,9 @@ __global__ void _lcd_attention_bwd_kernel(Params p, InputViews<scalar_t> x, Devi
     for (int64_t j = 0; j < Lk; ++j) {
       const acc_t ds = pr[j] * (dl[j] - pdp), dqk = ds * scale;
       if (g.dbias != nullptr)
-        atomicAdd(g.dbias + b * g.dbias_stride[0] + h * g.dbias_stride[1] + i * g.dbias_stride[2] +
-                      j * g.dbias_stride[3],
-                  p.bias_before_scale ? dqk : ds);
+        atomicAdd(
+            g.dbias + b * g.dbias_stride[0] + h * g.dbias_stride[1] + i * g.dbias_stride[2] + j * g.dbias_stride[3],
+            p.bias_before_scale ? dqk : ds);
       dl[j] = dqk;
     }
   }
@@ -280,8 +279,8 @@ __global__ void _lcd_attention_bwd_kernel(Params p, InputViews<scalar_t> x, Devi
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lcd_attention_fwd_cuda(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& bias,
-    double scale, double dropkey_p, double dropout_p, const std::optional<at::Tensor>& residual,
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& bias, double scale,
+    double dropkey_p, double dropout_p, const std::optional<at::Tensor>& residual,
     const std::optional<at::Tensor>& ln_weight, const std::optional<at::Tensor>& ln_bias, double ln_eps,
     bool bias_before_scale, const at::Tensor& seed, const std::optional<at::Tensor>& dropkey_mask,
     const std::optional<at::Tensor>& dropout_mask, double dropkey_value, bool save_for_backward) {
@@ -295,11 +294,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lcd_atten
     using acc_t = at::opmath_type<scalar_t>;
     const size_t smem = (2 * p.heads * p.lk + p.heads * p.dim + kForwardThreads / kWarp) * sizeof(acc_t);
     TORCH_CHECK(smem <= 48 * 1024, "lcd_attention (cuda): H*(Lk + D) too large for one block's shared memory");
-    _lcd_attention_fwd_kernel<scalar_t, acc_t>
-        <<<p.batch * p.lq, kForwardThreads, smem, current_stream(q)>>>(
-            p, input_views<scalar_t>(in), out.mutable_data_ptr<scalar_t>(), mean.mutable_data_ptr<acc_t>(),
-            rstd.mutable_data_ptr<acc_t>(), save_for_backward ? prob.mutable_data_ptr<acc_t>() : nullptr,
-            save_for_backward ? ln_input.mutable_data_ptr<acc_t>() : nullptr);
+    _lcd_attention_fwd_kernel<scalar_t, acc_t><<<p.batch * p.lq, kForwardThreads, smem, current_stream(q)>>>(
+        p, input_views<scalar_t>(in), out.mutable_data_ptr<scalar_t>(), mean.mutable_data_ptr<acc_t>(),
+        rstd.mutable_data_ptr<acc_t>(), save_for_backward ? prob.mutable_data_ptr<acc_t>() : nullptr,
+        save_for_backward ? ln_input.mutable_data_ptr<acc_t>() : nullptr);
     check_launch("lcd_attention");
   });
   return {out, mean, rstd, prob, ln_input};
@@ -310,8 +308,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& bias, double scale, double dropkey_p, double dropout_p,
     const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& ln_weight,
     const std::optional<at::Tensor>& ln_bias, double ln_eps, bool bias_before_scale, const at::Tensor& seed,
-    const std::optional<at::Tensor>& dropkey_mask, const std::optional<at::Tensor>& dropout_mask,
-    double dropkey_value, const at::Tensor& mean_in, const at::Tensor& rstd_in, const at::Tensor& /*prob: recomputed*/,
+    const std::optional<at::Tensor>& dropkey_mask, const std::optional<at::Tensor>& dropout_mask, double dropkey_value,
+    const at::Tensor& mean_in, const at::Tensor& rstd_in, const at::Tensor& /*prob: recomputed*/,
     const at::Tensor& /*ln_input: recomputed*/) {
   const c10::DeviceGuard guard(q.device());
   const Inputs in = make_inputs(q, k, v, bias, residual, ln_weight, ln_bias, dropkey_mask, dropout_mask);
@@ -365,7 +363,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     out.copy_(grad);
     return out;
   };
-  return {in_input_layout(dq, q), in_input_layout(dk, k), in_input_layout(dv, v), grad_bias, dy, grad_ln_weight,
+  return {in_input_layout(dq, q),
+          in_input_layout(dk, k),
+          in_input_layout(dv, v),
+          grad_bias,
+          dy,
+          grad_ln_weight,
           grad_ln_bias};
 }
 

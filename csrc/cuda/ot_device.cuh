@@ -141,7 +141,8 @@ __device__ __forceinline__ T block_sum(T v, T* scratch) {
 
 // sum_j |exp(G_j + LSE_i(M_ij + F_i)) - w_j|: the column-marginal violation of exp(F_i + M_ij + G_j).
 template <typename T, typename W>
-__device__ __forceinline__ T column_violation(const T* M, const T* F, const T* G, const W* w, int n, int m, T* scratch) {
+__device__ __forceinline__ T column_violation(const T* M, const T* F, const T* G, const W* w, int n, int m,
+                                              T* scratch) {
   T part = T(0);
   for (int j = threadIdx.x; j < m; j += blockDim.x) {
     Lse<T> s;
@@ -188,8 +189,7 @@ __device__ __forceinline__ bool stops_after(int k, int iters, bool ipot, const T
 // within test.tol (stops_after).
 template <typename T, typename Out, bool kTol = false, typename W = Out>
 __device__ SolveReport<T> block_solve(const T* K, T* Q, const T* loga, const T* logb, T* F, T* G, int n, int m,
-                                      int iters, bool ipot, T* hist_n, T* hist_m, Out* out,
-                                      StopTest<T, W> test = {}) {
+                                      int iters, bool ipot, T* hist_n, T* hist_m, Out* out, StopTest<T, W> test = {}) {
   const int tid = threadIdx.x, nm = n * m;
   SolveReport<T> report{iters, T(0)};
   if (!ipot) {
@@ -240,11 +240,10 @@ struct Layout {
 };
 
 template <typename scalar_t, typename T>
-__global__ void __launch_bounds__(kThreads) ot_solve_kernel(const scalar_t* __restrict__ cost,
-                                                            const scalar_t* __restrict__ a,
-                                                            const scalar_t* __restrict__ b, scalar_t* __restrict__ plan,
-                                                            T* hist_n, T* hist_m, T* workspace, int n, int m, T eps_or_beta,
-                                                            int iters, bool ipot, bool on_chip) {
+__global__ void __launch_bounds__(kThreads)
+    ot_solve_kernel(const scalar_t* __restrict__ cost, const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
+                    scalar_t* __restrict__ plan, T* hist_n, T* hist_m, T* workspace, int n, int m, T eps_or_beta,
+                    int iters, bool ipot, bool on_chip) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int p = blockIdx.x, tid = threadIdx.x, nm = n * m;
   T* vec = reinterpret_cast<T*>(smem_raw);
@@ -266,13 +265,11 @@ __global__ void __launch_bounds__(kThreads) ot_solve_kernel(const scalar_t* __re
 // ot_solve_kernel with a tolerance: each block stops at its own count and writes it, the last violation and (f_out
 // not null: Sinkhorn) the final potentials eps F, eps G. Shared layout: vectors, kWarps reduction scratch, matrices.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) ot_solve_tol_kernel(const T* __restrict__ cost, const T* __restrict__ a,
-                                                                const T* __restrict__ b, T* __restrict__ plan,
-                                                                T* f_out, T* g_out, T* hist_n, T* hist_m,
-                                                                int64_t* __restrict__ iterations,
-                                                                T* __restrict__ violation, T* workspace, int n, int m,
-                                                                T eps_or_beta, int iters, T tol, bool ipot,
-                                                                bool on_chip) {
+__global__ void __launch_bounds__(kThreads)
+    ot_solve_tol_kernel(const T* __restrict__ cost, const T* __restrict__ a, const T* __restrict__ b,
+                        T* __restrict__ plan, T* f_out, T* g_out, T* hist_n, T* hist_m,
+                        int64_t* __restrict__ iterations, T* __restrict__ violation, T* workspace, int n, int m,
+                        T eps_or_beta, int iters, T tol, bool ipot, bool on_chip) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int p = blockIdx.x, tid = threadIdx.x, nm = n * m;
   const int64_t pn = static_cast<int64_t>(p) * n, pm = static_cast<int64_t>(p) * m;
@@ -287,9 +284,9 @@ __global__ void __launch_bounds__(kThreads) ot_solve_tol_kernel(const T* __restr
   __syncthreads();
   T* hn = hist_n ? hist_n + static_cast<int64_t>(p) * iters * n : nullptr;
   T* hm = hist_m ? hist_m + static_cast<int64_t>(p) * iters * m : nullptr;
-  const SolveReport<T> report = block_solve<T, T, true, T>(K, Q, loga, logb, F, G, n, m, iters, ipot, hn, hm,
-                                                            plan + static_cast<int64_t>(p) * nm,
-                                                            StopTest<T, T>{tol, ipot ? a + pn : b + pm, scratch});
+  const SolveReport<T> report =
+      block_solve<T, T, true, T>(K, Q, loga, logb, F, G, n, m, iters, ipot, hn, hm, plan + static_cast<int64_t>(p) * nm,
+                                 StopTest<T, T>{tol, ipot ? a + pn : b + pm, scratch});
   if (tid == 0) iterations[p] = report.iterations, violation[p] = report.violation;
   if (f_out != nullptr) {
     for (int i = tid; i < n; i += blockDim.x) f_out[pn + i] = eps_or_beta * F[i];
@@ -304,8 +301,9 @@ inline at::ScalarType work_dtype(const at::Tensor& t, bool save_history) {
 }
 
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> ot_fwd_cuda(const char* op, const at::Tensor& cost_in,
-                                                           const at::Tensor& a_in, const at::Tensor& b_in, double eps_or_beta,
-                                                           int64_t iters, bool save_history, bool ipot) {
+                                                                  const at::Tensor& a_in, const at::Tensor& b_in,
+                                                                  double eps_or_beta, int64_t iters, bool save_history,
+                                                                  bool ipot) {
   check_ot_problem(op, cost_in, a_in, b_in, eps_or_beta, iters);
   const c10::DeviceGuard guard(cost_in.device());
   const auto work = work_dtype(cost_in, save_history);
@@ -331,7 +329,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> ot_fwd_cuda(const char* op
           cost.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
           plan.mutable_data_ptr<scalar_t>(), save_history ? hist_n.mutable_data_ptr<T>() : nullptr,
           save_history ? hist_m.mutable_data_ptr<T>() : nullptr, on_chip ? nullptr : workspace.mutable_data_ptr<T>(),
-          static_cast<int>(n), static_cast<int>(m), static_cast<T>(eps_or_beta), static_cast<int>(iters), ipot, on_chip);
+          static_cast<int>(n), static_cast<int>(m), static_cast<T>(eps_or_beta), static_cast<int>(iters), ipot,
+          on_chip);
     check_launch(op);
   });
   return {plan.to(cost_in.scalar_type()), hist_n, hist_m};
@@ -354,9 +353,12 @@ inline OtTolOutputs ot_fwd_tol_cuda(const char* op, const at::Tensor& cost_in, c
   const auto work = work_dtype(cost_in, save_history);
   const at::Tensor cost = cost_in.to(work).contiguous(), a = a_in.to(work).contiguous(), b = b_in.to(work).contiguous();
   const int64_t batch = cost.size(0), n = cost.size(1), m = cost.size(2), hist = save_history ? iters : 0;
-  OtTolOutputs out{at::empty_like(cost), at::empty({ipot ? 0 : batch, n}, cost.options()),
-                   at::empty({ipot ? 0 : batch, m}, cost.options()), at::empty({batch, hist, n}, cost.options()),
-                   at::empty({batch, hist, m}, cost.options()), at::empty({batch}, cost.options().dtype(at::kLong)),
+  OtTolOutputs out{at::empty_like(cost),
+                   at::empty({ipot ? 0 : batch, n}, cost.options()),
+                   at::empty({ipot ? 0 : batch, m}, cost.options()),
+                   at::empty({batch, hist, n}, cost.options()),
+                   at::empty({batch, hist, m}, cost.options()),
+                   at::empty({batch}, cost.options().dtype(at::kLong)),
                    at::empty({batch}, cost.options())};
   AT_DISPATCH_FLOATING_TYPES(cost.scalar_type(), "ot_fwd_tol_cuda", [&] {
     using T = scalar_t;
@@ -371,9 +373,9 @@ inline OtTolOutputs ot_fwd_tol_cuda(const char* op, const at::Tensor& cost_in, c
           ipot ? nullptr : out.f.mutable_data_ptr<T>(), ipot ? nullptr : out.g.mutable_data_ptr<T>(),
           save_history ? out.hist_n.mutable_data_ptr<T>() : nullptr,
           save_history ? out.hist_m.mutable_data_ptr<T>() : nullptr, out.iterations.mutable_data_ptr<int64_t>(),
-          out.violation.mutable_data_ptr<T>(), on_chip ? nullptr : workspace.mutable_data_ptr<T>(),
-          static_cast<int>(n), static_cast<int>(m), static_cast<T>(eps_or_beta), static_cast<int>(iters),
-          static_cast<T>(tol), ipot, on_chip);
+          out.violation.mutable_data_ptr<T>(), on_chip ? nullptr : workspace.mutable_data_ptr<T>(), static_cast<int>(n),
+          static_cast<int>(m), static_cast<T>(eps_or_beta), static_cast<int>(iters), static_cast<T>(tol), ipot,
+          on_chip);
     check_launch(op);
   });
   out.plan = out.plan.to(cost_in.scalar_type());
@@ -382,12 +384,14 @@ inline OtTolOutputs ot_fwd_tol_cuda(const char* op, const at::Tensor& cost_in, c
 
 // Backward: the CPU kernels on host copies (inputs are O(B n m); histories O(B iters (n + m))).
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> ot_bwd_via_cpu(const char* op, const at::Tensor& grad,
-                                                              const at::Tensor& cost, const at::Tensor& a,
-                                                              const at::Tensor& b, const at::Tensor& hist_n,
-                                                              const at::Tensor& hist_m, double eps_or_beta) {
-  static auto handle = c10::Dispatcher::singleton().findSchemaOrThrow(op, "").typed<
-      std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                     const at::Tensor&, const at::Tensor&, const at::Tensor&, double)>();
+                                                                     const at::Tensor& cost, const at::Tensor& a,
+                                                                     const at::Tensor& b, const at::Tensor& hist_n,
+                                                                     const at::Tensor& hist_m, double eps_or_beta) {
+  static auto handle = c10::Dispatcher::singleton()
+                           .findSchemaOrThrow(op, "")
+                           .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                               const at::Tensor&, const at::Tensor&, double)>();
   auto [gc, ga, gb] = handle.call(grad.cpu(), cost.cpu(), a.cpu(), b.cpu(), hist_n.cpu(), hist_m.cpu(), eps_or_beta);
   return {gc.to(cost.device()), ga.to(cost.device()), gb.to(cost.device())};
 }

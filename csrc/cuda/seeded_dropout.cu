@@ -22,8 +22,8 @@ __global__ void _seeded_dropout_fwd_kernel(const scalar_t* __restrict__ x, scala
                                            uint32_t seed, uint32_t threshold, acc_t scale) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride)
-    out[i] = dropped(seed, static_cast<uint32_t>(i), threshold) ? scalar_t(0)
-                                                                : scalar_t(static_cast<acc_t>(x[i]) * scale);
+    out[i] =
+        dropped(seed, static_cast<uint32_t>(i), threshold) ? scalar_t(0) : scalar_t(static_cast<acc_t>(x[i]) * scale);
 }
 
 at::Tensor seeded_dropout_fwd_cuda(const at::Tensor& x_in, const at::Tensor& seed, double p) {

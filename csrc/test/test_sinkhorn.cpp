@@ -25,11 +25,10 @@ int main() {
                                         const at::Tensor&, const at::Tensor&, double)>();
   auto ipot = dispatcher.findSchemaOrThrow("helo_fast::ipot_fwd", "")
                   .typed<Triple(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, int64_t, bool)>();
-  auto gromov_wasserstein =
-      dispatcher.findSchemaOrThrow("helo_fast::gromov_wasserstein_fwd", "")
-          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, int64_t, int64_t,
-              c10::string_view, bool)>();
+  auto gromov_wasserstein = dispatcher.findSchemaOrThrow("helo_fast::gromov_wasserstein_fwd", "")
+                                .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+                                    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
+                                    int64_t, int64_t, c10::string_view, bool)>();
   at::manual_seed(0);
   const int64_t batch = 3, n = 5, m = 7;
   at::Tensor cost = at::rand({batch, n, m}, at::kDouble);
@@ -48,8 +47,10 @@ int main() {
   at::Tensor weight = at::randn_like(cost), direction = at::randn_like(cost);
   at::Tensor grad_cost = std::get<0>(sinkhorn_bwd.call(weight, cost, a, b, f_hist, g_hist, 0.2));
   const double h = 1e-6;
-  const double up = (std::get<0>(sinkhorn.call(cost + h * direction, a, b, 0.2, 7, false)) * weight).sum().item<double>();
-  const double down = (std::get<0>(sinkhorn.call(cost - h * direction, a, b, 0.2, 7, false)) * weight).sum().item<double>();
+  const double up =
+      (std::get<0>(sinkhorn.call(cost + h * direction, a, b, 0.2, 7, false)) * weight).sum().item<double>();
+  const double down =
+      (std::get<0>(sinkhorn.call(cost - h * direction, a, b, 0.2, 7, false)) * weight).sum().item<double>();
   const double numeric = (up - down) / (2 * h), analytic = (grad_cost * direction).sum().item<double>();
   std::printf("sinkhorn_bwd: analytic %.10g, finite difference %.10g\n", analytic, numeric);
   check(std::abs(analytic - numeric) < 1e-6 * std::max(1.0, std::abs(numeric)), "sinkhorn_bwd directional derivative");
