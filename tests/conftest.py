@@ -5,8 +5,8 @@ suite (support/ot_solver_suite.py).
 Where a new test goes (the folders mirror the code):
 - ops/: one op's behaviour in ``ops/test_<op>.py``, for each public op of helo_fast (sinkhorn, ipot,
   gromov_wasserstein, lcd_attention, seeded_dropout, sinkhorn_cost, gromov_wasserstein_cost); one property across the
-  ops in ``ops/test_<property>.py`` (autocast, convergence, determinism, domain_sweep, float64_bound, interrupt, peers,
-  random_problems, transforms, triton_launch_cases, validation).
+  ops in ``ops/test_<property>.py`` (autocast, convergence, determinism, domain_sweep, float64_bound, interrupt,
+  openmp_runtime, peers, random_problems, transforms, triton_launch_cases, validation).
 - model/: the HeLo model, its fast modules, metrics.  training/: the training loop, checkpoints, precision, data.
 - cli/: the ``helo-fast`` command line.  repo/: checks of the repository itself (docs, builds, benchmarks, audits).
 - support/: helpers only (devices, tolerance, oracles, cases, crafted files, subprocess workers), on sys.path through
