@@ -234,6 +234,11 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(time_worker(args)))
         return
+    if args.update_doc and not args.render:
+        parser.error("--update-doc needs --render JSON")
+    for path in (args.json, args.markdown):
+        if path and os.path.exists(path):
+            parser.error(f"{path} exists: this run writes a new file (a run never overwrites another)")
     if args.render:
         with open(args.render) as f:
             text = render(json.load(f))

@@ -315,3 +315,14 @@ def test_docs_cpu_tier_tables_are_the_committed_runs_rendered():
             expected = cpu_tiers.render(json.load(f))
         start, end = cpu_tiers.doc_block(markdown, path)
         assert markdown[start:end] == expected + "\n", f"docs/performance.md's table for {path} is not its render"
+
+
+def test_cpu_tiers_refuses_an_existing_output_before_running(tmp_path, capsys):
+    from benchmarks import cpu_tiers
+
+    existing = tmp_path / "run.json"
+    existing.write_text("{}")
+    with pytest.raises(SystemExit) as exit_info:
+        cpu_tiers.main(["--json", str(existing), "--tiers", "avx512"])
+    assert exit_info.value.code == 2 and "exists" in capsys.readouterr().err
+    assert existing.read_text() == "{}"
