@@ -16,8 +16,11 @@ SCRIPT = os.path.join(ROOT, "benchmarks", "gpu_session.sh")
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash, timeout")
 def test_dry_run_ends_with_a_compact_summary(tmp_path):
+    # Without pytest's own variables: under pytest-xdist (PYTEST_XDIST_WORKER) the script's pytest runs would take
+    # themselves for xdist workers, and pytest-benchmark then disables every benchmark (no JSON, no medians).
+    outer = {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_")}
     env = dict(
-        os.environ,
+        outer,
         OUT=str(tmp_path),
         PY=sys.executable,
         TEST_WORKERS="0",
