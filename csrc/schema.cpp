@@ -1,6 +1,7 @@
 // The schema of every C++ op of helo_fast (torch.ops.helo_fast.*): the one TORCH_LIBRARY block. The kernels
 // add implementations per device (TORCH_LIBRARY_IMPL) in csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu; the Python
-// side (fake kernels, autograd, autocast) is helo_fast/_ops/<op>.py.
+// side (fake kernels, autograd, autocast) is helo_fast/_ops/<op>.py, except lcd_attention's autograd
+// (csrc/lcd_attention_autograd.cpp).
 #include <torch/library.h>
 
 TORCH_LIBRARY(helo_fast, m) {
@@ -46,6 +47,13 @@ TORCH_LIBRARY(helo_fast, m) {
       "float dropout_p, Tensor? residual, Tensor? ln_weight, Tensor? ln_bias, float ln_eps, bool bias_before_scale, "
       "Tensor seed, Tensor? dropkey_mask, Tensor? dropout_mask, float dropkey_value, Tensor mean, Tensor rstd, "
       "Tensor prob, Tensor ln_input) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The backward as a differentiable graph (create_graph=True): [dq, dk, dv, dbias, dresidual, dln_weight, dln_bias]
+  // of the reference (an empty tensor where an input is absent or needs no gradient). Implemented in Python
+  // (helo_fast/_ops/lcd_attention.py, CompositeImplicitAutograd); lcd_attention_fwd's autograd calls it.
+  m.def(
+      "lcd_attention_reference_vjp(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? bias, float scale, "
+      "float dropkey_p, float dropout_p, Tensor? residual, Tensor? ln_weight, Tensor? ln_bias, float ln_eps, "
+      "bool bias_before_scale, Tensor seed, Tensor? dropkey_mask, Tensor? dropout_mask) -> Tensor[]");
   // seeded_dropout
   m.def("seeded_dropout_fwd(Tensor x, Tensor seed, float p) -> Tensor");
 }

@@ -1,13 +1,15 @@
 """lcd_attention: the C++ op (torch.ops.helo_fast.lcd_attention_fwd/_bwd, schema in csrc/schema.cpp) and the Triton op
 (helo_fast::triton_lcd_attention_fwd/_bwd, kernels/lcd_attention.py): fake kernels, autograd, autocast rules, and the
-entry points registered for ``functional.lcd_attention``.
+entry points registered for ``functional.lcd_attention``. The C++ op's autograd is C++
+(csrc/lcd_attention_autograd.cpp); this module implements its differentiable backward
+(helo_fast::lcd_attention_reference_vjp).
 
 C++: when gradients are needed the forward also returns what the backward reads: the LayerNorm statistics
 (mean, rstd [B, Lq]), the softmax weights [B, H, Lq, Lk] and the LayerNorm input [B, Lq, H*D] (in the
 accumulation type); DropKey/dropout masks are never stored, the backward regenerates them from the seed.
 Triton: the backward kernel recomputes the forward for its rows from the saved inputs and the seed.
 A backward under create_graph=True (second derivatives) differentiates the reference instead (``_reference_vjp``,
-with the masks regenerated from the seed).
+with the masks regenerated from the seed), on both.
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ def _reference_vjp(
             bias_before_scale=bias_before_scale,
             dropkey_mask=dropkey_mask,
             dropout_mask=dropout_mask,
+            check_finite=False,  # the forward checked these inputs
         ),
     )
 
@@ -190,71 +193,29 @@ if _ext.has_cpp():
     for _qualname in ("helo_fast::lcd_attention_fwd", "helo_fast::lcd_attention_bwd"):
         register_autocast_rule(_qualname, _autocast_casts(_qualname))
 
-    def _setup_context(ctx, inputs, output):
-        """Keep what lcd_attention_bwd reads."""
-        (*op_args, dropkey_value, saved) = inputs
-        (
-            q,
-            k,
-            v,
-            bias,
-            scale,
-            dropkey_p,
-            dropout_p,
-            residual,
-            ln_weight,
-            ln_bias,
-            ln_eps,
-            bias_before_scale,
-            seed,
-            dropkey_mask,
-            dropout_mask,
-        ) = op_args
-        _, mean, rstd, prob, ln_input = output
-        # The CPU backward reads the saved LayerNorm input, so its kernel needs no residual; CUDA recomputes it.
-        # (Kept anyway, an input costs no memory: a second derivative differentiates the reference, which reads it.)
-        ctx.has_residual, ctx.saved = residual is not None, saved
-        ctx.kernel_reads_residual = q.is_cuda or not saved
-        ctx.save_for_backward(
-            q, k, v, bias, residual, ln_weight, ln_bias, seed, dropkey_mask, dropout_mask, mean, rstd, prob, ln_input
-        )
-        ctx.scalars = (scale, dropkey_p, dropout_p, ln_eps, bias_before_scale)
-        ctx.dropkey_value = dropkey_value
-        ctx.mark_non_differentiable(*output[1:])
-        # The saved outputs get no gradient: without this autograd hands the backward zero-filled tensors of their
-        # sizes (at HeLo's transformer shape, B=128: 5 MB of fresh pages zeroed per backward, for nothing).
-        ctx.set_materialize_grads(False)
-
-    def _input_grads(ctx, grad_out):
-        """Gradients for (q, k, v, bias, residual, ln_weight, ln_bias); None where an input is absent."""
-        (q, k, v, bias, residual, ln_weight, ln_bias, seed, dropkey_mask, dropout_mask, mean, rstd, prob, ln_input) = (
-            ctx.saved_tensors
-        )
-        scale, dropkey_p, dropout_p, ln_eps, bias_before_scale = ctx.scalars
-        if differentiable_backward_wanted(grad_out, q, k, v, bias, residual, ln_weight, ln_bias):
-            return tuple(
-                _reference_vjp(
-                    grad_out,
-                    q,
-                    k,
-                    v,
-                    bias,
-                    scale,
-                    dropkey_p,
-                    dropout_p,
-                    residual,
-                    ln_weight,
-                    ln_bias,
-                    ln_eps,
-                    bias_before_scale,
-                    seed,
-                    dropkey_mask,
-                    dropout_mask,
-                )
-            )
-        if not ctx.kernel_reads_residual:
-            residual = None
-        op_args = (
+    @torch.library.impl("helo_fast::lcd_attention_reference_vjp", "CompositeImplicitAutograd")
+    def _lcd_attention_reference_vjp_op(
+        grad_out,
+        q,
+        k,
+        v,
+        bias,
+        scale,
+        dropkey_p,
+        dropout_p,
+        residual,
+        ln_weight,
+        ln_bias,
+        ln_eps,
+        bias_before_scale,
+        seed,
+        dropkey_mask,
+        dropout_mask,
+    ):
+        """The backward of lcd_attention_fwd under create_graph=True (its C++ autograd calls this): ``_reference_vjp``
+        with an empty tensor for each None (absent input, or one that needs no gradient)."""
+        grads = _reference_vjp(
+            grad_out,
             q,
             k,
             v,
@@ -271,29 +232,9 @@ if _ext.has_cpp():
             dropkey_mask,
             dropout_mask,
         )
-        if not ctx.saved:  # the forward ran with save_for_backward=False: recompute what it would have saved
-            _, mean, rstd, prob, ln_input = torch.ops.helo_fast.lcd_attention_fwd(*op_args, ctx.dropkey_value, True)
-        dq, dk, dv, dbias, dy, dln_weight, dln_bias = torch.ops.helo_fast.lcd_attention_bwd(
-            grad_out, *op_args, ctx.dropkey_value, mean, rstd, prob, ln_input
-        )
-        return (
-            dq,
-            dk,
-            dv,
-            None if bias is None else dbias,
-            dy if ctx.has_residual else None,
-            None if ln_weight is None else dln_weight,
-            None if ln_bias is None else dln_bias,
-        )
+        return [grad_out.new_empty(0) if g is None else g for g in grads]
 
     _NO_SEED = torch.zeros(1, dtype=torch.int64)  # passed when no mask is drawn: its value is unused (never written)
-
-    def _backward(ctx, grad_out, *_grad_saved):
-        if grad_out is None:  # the output took no part in the loss (grads are not materialized)
-            return (None,) * len(OP_ARGS) + (None, None)
-        return _in_op_order(_input_grads(ctx, grad_out)) + (None, None)  # + dropkey_value, save_for_backward
-
-    torch.library.register_autograd("helo_fast::lcd_attention_fwd", _backward, setup_context=_setup_context)
 
     def lcd_attention_cpp(
         q,
@@ -344,10 +285,7 @@ if _ext.has_cpp():
             dropkey_value(q.dtype),
             save,
         )
-        # The op's registered autograd, in eager mode and under torch.compile alike. (An eager-only
-        # torch.autograd.Function that skipped the op's Python autograd kernel was removed in issue 20: 1 thread,
-        # fwd+bwd, interleaved medians: the same time at HeLo's B=128 call sites (0.97x, 1.01x), 15% (~0.15 ms)
-        # slower only at B=8.)
+        # The op's autograd (csrc/lcd_attention_autograd.cpp), in eager mode and under torch.compile alike.
         return torch.ops.helo_fast.lcd_attention_fwd(*args)[0]
 
     register("lcd_attention", "cpp", lcd_attention_cpp)

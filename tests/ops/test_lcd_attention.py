@@ -537,6 +537,17 @@ def test_opcheck_forward_and_backward_ops(sample):
     out, mean, rstd, prob, ln_input = torch.ops.helo_fast.lcd_attention_fwd(*args, True)
     bwd_args = (torch.randn_like(out),) + args + (mean, rstd, prob, ln_input)
     torch.library.opcheck(torch.ops.helo_fast.lcd_attention_bwd, bwd_args)
+    # The differentiable backward (create_graph=True): the reference's vjp, the kernels' gradients in float64.
+    vjp_args = (bwd_args[0],) + fwd_args[:-1]
+    torch.library.opcheck(torch.ops.helo_fast.lcd_attention_reference_vjp, vjp_args)
+    if args[0].dtype != torch.float64:  # the bfloat16 sample: opcheck only
+        return
+    kernel_grads = torch.ops.helo_fast.lcd_attention_bwd(*bwd_args)
+    reference_grads = torch.ops.helo_fast.lcd_attention_reference_vjp(*vjp_args)
+    assert len(reference_grads) == 7 and any(g.numel() for g in reference_grads)
+    for i, (reference_grad, kernel_grad) in enumerate(zip(reference_grads, kernel_grads)):
+        if reference_grad.numel():  # empty: an absent input
+            torch.testing.assert_close(reference_grad, kernel_grad, rtol=1e-10, atol=1e-12, msg=f"gradient {i}")
 
 
 @requires_cpp
@@ -557,6 +568,60 @@ def test_no_grad_forward_saves_nothing():
     args = op_samples()[0]
     _, _, _, prob, ln_input = torch.ops.helo_fast.lcd_attention_fwd(*args, False)
     assert prob.numel() == 0 and ln_input.numel() == 0
+
+
+def _differentiable_inputs(args):
+    """The op's arguments with its floating-point tensors (q, k, v, bias, residual, LayerNorm parameters) as leaves."""
+    return tuple(
+        a.detach().clone().requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+        for a in args
+    )
+
+
+@requires_cpp
+@pytest.mark.parametrize("sample", [0, 1])
+def test_forward_that_saved_nothing_recomputes_for_its_backward(sample):
+    """The op called directly with save_for_backward=False on inputs that need gradients: its autograd recomputes
+    what the forward would have saved, and the gradients are those of a saving forward."""
+    args = _differentiable_inputs(op_samples()[sample])
+    leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    grads = {}
+    for save in (True, False):
+        out = torch.ops.helo_fast.lcd_attention_fwd(*args, save)[0]
+        grads[save] = torch.autograd.grad((out * out).sum(), leaves)
+    for saved, recomputed in zip(grads[True], grads[False]):
+        assert float(saved.abs().max()) > 0
+        torch.testing.assert_close(recomputed, saved, rtol=0, atol=0)
+
+
+@requires_cpp
+def test_gradients_only_for_the_inputs_that_need_them():
+    """bias, residual and LayerNorm parameters present but not requiring gradients: only q, k, v get one, and it is
+    the one they get when everything requires a gradient."""
+    args = op_samples()[0]
+    every = _differentiable_inputs(args)
+    out = torch.ops.helo_fast.lcd_attention_fwd(*every, True)[0]
+    full = torch.autograd.grad(out.sum(), every[:3])
+    some = tuple(a.detach().clone().requires_grad_(True) if i < 3 else a for i, a in enumerate(args))
+    assert some[3] is not None and not some[3].requires_grad
+    out = torch.ops.helo_fast.lcd_attention_fwd(*some, True)[0]
+    got = torch.autograd.grad(out.sum(), some[:3])
+    for g, e in zip(got, full):
+        assert float(e.abs().max()) > 0
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
+@requires_cpp
+def test_op_refuses_forward_mode_ad_by_name():
+    """torch.ops.helo_fast.lcd_attention_fwd itself has no jvp rule: a tangent gets an error naming the op (the public
+    helo_fast.lcd_attention runs the reference for it: tests/ops/test_transforms.py)."""
+    from torch.autograd import forward_ad
+
+    args = op_samples()[0]
+    with forward_ad.dual_level():
+        dual_v = forward_ad.make_dual(args[2], torch.randn_like(args[2]))
+        with pytest.raises(NotImplementedError, match=r"helo_fast::lcd_attention_fwd has no forward-mode AD"):
+            torch.ops.helo_fast.lcd_attention_fwd(*args[:2], dual_v, *args[3:], True)
 
 
 def test_forward_without_gradients_matches_reference_and_tracks_nothing(fast_backend):
