@@ -119,13 +119,14 @@ class LcdAttentionFunction : public torch::autograd::Function<LcdAttentionFuncti
       std::copy(result.begin(), result.end(), input_grads.begin());
     } else {
       at::Tensor mean = saved[10], rstd = saved[11], prob = saved[12], ln_input = saved[13];
-      if (!ctx->saved_data["saved"].toBool()) {  // the forward ran without saving: recompute what it would have
+      const bool forward_saved = ctx->saved_data["saved"].toBool();
+      if (!forward_saved) {  // the forward ran without saving: recompute what it would have
         std::tie(std::ignore, mean, rstd, prob, ln_input) =
             call_forward(q, k, v, bias, scale, dropkey_p, dropout_p, residual, ln_weight, ln_bias, ln_eps,
                          bias_before_scale, seed, dropkey_mask, dropout_mask, dropkey_value, true);
       }
       // The CPU backward reads the saved LayerNorm input, so its kernel needs no residual; CUDA recomputes it.
-      const OptionalTensor kernel_residual = q.is_cuda() ? residual : std::nullopt;
+      const OptionalTensor kernel_residual = q.is_cuda() || !forward_saved ? residual : std::nullopt;
       static const auto op =
           c10::Dispatcher::singleton()
               .findSchemaOrThrow("helo_fast::lcd_attention_bwd", "")
