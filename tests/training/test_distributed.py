@@ -72,10 +72,9 @@ def test_two_process_ddp_equals_single_process(tmp_path):
             sys.executable,
             "-m",
             "torch.distributed.run",
+            "--standalone",  # a free port on localhost, so parallel runs on one machine cannot collide
             "--nproc-per-node",
             "2",
-            "--master-port",
-            "29561",
             "-m",
             "helo_fast",
         ],
@@ -101,16 +100,15 @@ def test_two_process_resume_with_masks_on_continues_bit_for_bit(tmp_path):
     """Each rank draws its own DropKey/dropout masks; a resume restores each rank's own mask-generator state."""
     worker = os.path.join(ROOT, "tests", "support", "ddp_resume_worker.py")
 
-    def torchrun(name, *options, port):
+    def torchrun(name, *options):
         env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
         command = [
             sys.executable,
             "-m",
             "torch.distributed.run",
+            "--standalone",
             "--nproc-per-node",
             "2",
-            "--master-port",
-            str(port),
             worker,
             str(tmp_path / name),
             str(tmp_path / f"{name}.json"),
@@ -119,10 +117,10 @@ def test_two_process_resume_with_masks_on_continues_bit_for_bit(tmp_path):
         result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
-    torchrun("straight", port=29563)
-    torchrun("resumed", "--stop-after", "1", port=29564)
+    torchrun("straight")
+    torchrun("resumed", "--stop-after", "1")
     assert not (tmp_path / "resumed.json").exists()
-    torchrun("resumed", "--resume", port=29565)
+    torchrun("resumed", "--resume")
     straight, resumed = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("straight", "resumed"))
     assert resumed["world_size"] == 2
     assert resumed["splits"][0]["history"] == straight["splits"][0]["history"]
