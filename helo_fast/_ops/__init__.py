@@ -1,7 +1,8 @@
 """The Python op index and the registry of implementations.
 
 ``OPS`` lists the public ops; ``helo_fast/_ops/<op>.py`` registers each op's C++ op (schema in csrc/schema.cpp) and
-Triton op (``torch.library.custom_op``): fake kernels, autograd, autocast rules, and the entry point of each backend
+Triton op (``torch.library.custom_op``): fake kernels, autograd (lcd_attention's C++ op has its autograd in C++,
+csrc/lcd_attention_autograd.cpp), autocast rules, and the entry point of each backend
 with ``register(op, backend, fn)``; ``functional`` looks them up with ``get``. ``fn`` takes already-validated
 inputs (marginals filled in).
 
