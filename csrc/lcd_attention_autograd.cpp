@@ -1,8 +1,8 @@
 // lcd_attention's autograd, for every device: the forward op's Autograd kernel. It runs lcd_attention_fwd below
 // autograd, keeps what lcd_attention_bwd reads (the inputs and the forward's saved outputs; the masks are
 // regenerated from the seed) and gives the backward to lcd_attention_bwd. In C++ because the same rules as a
-// torch.library Python autograd cost ~100 us per forward+backward call (argument filling, Function.apply and the
-// Python backward), ~15% of the op at HeLo's B=128 LCD-CA shape on 2 threads (docs/performance.md).
+// torch.library Python autograd cost ~85 us per forward+backward call (argument filling, Function.apply and the
+// Python backward): a fifth to a third of the op at HeLo's B=128 LCD-CA shape on 2 threads (docs/performance.md).
 //
 // A backward that must itself be differentiable (create_graph=True with an input or grad_out requiring grad) is
 // helo_fast/_ops/lcd_attention.py's rule: it calls lcd_attention_reference_vjp, which that module implements by

@@ -194,44 +194,11 @@ if _ext.has_cpp():
         register_autocast_rule(_qualname, _autocast_casts(_qualname))
 
     @torch.library.impl("helo_fast::lcd_attention_reference_vjp", "CompositeImplicitAutograd")
-    def _lcd_attention_reference_vjp_op(
-        grad_out,
-        q,
-        k,
-        v,
-        bias,
-        scale,
-        dropkey_p,
-        dropout_p,
-        residual,
-        ln_weight,
-        ln_bias,
-        ln_eps,
-        bias_before_scale,
-        seed,
-        dropkey_mask,
-        dropout_mask,
-    ):
-        """The backward of lcd_attention_fwd under create_graph=True (its C++ autograd calls this): ``_reference_vjp``
-        with an empty tensor for each None (absent input, or one that needs no gradient)."""
-        grads = _reference_vjp(
-            grad_out,
-            q,
-            k,
-            v,
-            bias,
-            scale,
-            dropkey_p,
-            dropout_p,
-            residual,
-            ln_weight,
-            ln_bias,
-            ln_eps,
-            bias_before_scale,
-            seed,
-            dropkey_mask,
-            dropout_mask,
-        )
+    def _lcd_attention_reference_vjp_op(grad_out, *op_args):
+        """The backward of lcd_attention_fwd under create_graph=True (its C++ autograd calls this with grad_out and the
+        arguments of OP_ARGS): ``_reference_vjp`` with an empty tensor for each None (absent input, or one that needs
+        no gradient)."""
+        grads = _reference_vjp(grad_out, *op_args)
         return [grad_out.new_empty(0) if g is None else g for g in grads]
 
     _NO_SEED = torch.zeros(1, dtype=torch.int64)  # passed when no mask is drawn: its value is unused (never written)
